@@ -1,0 +1,230 @@
+# -*- test-case-name: harbor.test.test_config -*-
+"""
+MailHarbor's configuration: parsed and validated once, at start, into an
+immutable L{Config}.
+
+The TOML file and the command line share one vocabulary (the file's keys are
+the long option names), so that every error can name the setting at fault and
+the command line can override the file key by key.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import tomllib
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from attrs import frozen
+
+DEFAULT_MAILDIR = "Maildir"
+DEFAULT_PORT = "tcp:25"
+
+_LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
+_HOSTNAME = re.compile(rf"^{_LABEL}(?:\.{_LABEL})*$")
+# RFC 5321 Dot-string: atoms of atext joined by single dots.
+_DOT_STRING = re.compile(r"^[A-Za-z0-9!#$&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$&'*+/=?^_`{|}~-]+)*$")
+
+_TOP_LEVEL_KEYS = frozenset({"port", "domain", "maildir", "hostname", "domains"})
+_DOMAIN_KEYS = frozenset({"accept"})
+
+
+class ConfigError(ValueError):
+    """
+    A setting has a value MailHarbor cannot use.
+
+    @ivar setting: The name of the setting at fault, as the configuration
+        file spells it (C{"port"}, C{"domains.example.com.accept"}).
+    @ivar problem: What is wrong with it, for a human.
+    """
+
+    def __init__(self, setting: str, problem: str) -> None:
+        super().__init__(f"{setting}: {problem}")
+        self.setting = setting
+        self.problem = problem
+
+
+@frozen
+class DomainConfig:
+    """
+    One domain MailHarbor receives mail for.
+
+    @ivar name: The domain in lower case, in its ASCII (A-label) form.
+    @ivar accept: The local parts (lower case) accepted for this domain, or
+        L{None} when every local part is (a catch-all).
+    """
+
+    name: str
+    accept: frozenset[str] | None = None
+
+
+@frozen
+class Config:
+    """
+    Everything MailHarbor needs to run, checked and normalised.
+
+    @ivar ports: Twisted server endpoint descriptions to listen on.
+    @ivar domains: The domains mail is accepted for, in configured order.
+    @ivar maildir: Absolute path of the root under which each domain has
+        its Maildir.
+    @ivar hostname: This server's name, used in the banner and the
+        C{Received:} header.
+    """
+
+    ports: tuple[str, ...]
+    domains: tuple[DomainConfig, ...]
+    maildir: str
+    hostname: str
+
+    @classmethod
+    def fromMapping(cls, mapping: Mapping[str, Any]) -> Config:
+        """
+        Validate a mapping shaped like the TOML file and build a L{Config}.
+
+        @param mapping: Keys C{port}, C{domain}, C{maildir}, C{hostname} and
+            C{domains} (a table of per-domain tables); all optional but
+            C{domain}/C{domains}, of which at least one domain must come.
+        @raise ConfigError: naming the first setting that is wrong.
+        """
+        unknown = sorted(set(mapping) - _TOP_LEVEL_KEYS)
+        if unknown:
+            raise ConfigError(unknown[0], "unknown setting")
+
+        ports = tuple(
+            normalisePort(p)
+            for p in _stringList(mapping.get("port", [DEFAULT_PORT]), "port", allowInt=True)
+        )
+        if not ports:
+            raise ConfigError("port", "at least one listening port is required")
+
+        tables = mapping.get("domains", {})
+        if not isinstance(tables, Mapping):
+            raise ConfigError("domains", "must be a table of domain tables")
+        perDomain: dict[str, frozenset[str] | None] = {}
+        for rawName, table in tables.items():
+            name = normaliseDomain(rawName, f"domains.{rawName}")
+            perDomain[name] = _domainTable(name, table, f"domains.{rawName}")
+
+        names = [normaliseDomain(d, "domain") for d in _stringList(mapping.get("domain", []), "domain")]
+        for name in perDomain:
+            if name not in names:
+                names.append(name)
+        names = list(dict.fromkeys(names))
+        if not names:
+            raise ConfigError("domain", "at least one domain to receive mail for is required")
+        domains = tuple(DomainConfig(name, perDomain.get(name)) for name in names)
+
+        maildir = mapping.get("maildir", DEFAULT_MAILDIR)
+        if not isinstance(maildir, str) or not maildir:
+            raise ConfigError("maildir", "must be a non-empty path")
+
+        hostname = mapping.get("hostname")
+        if hostname is None:
+            hostname = socket.getfqdn()
+            if not _HOSTNAME.match(hostname.lower()):
+                hostname = "localhost"
+        elif not isinstance(hostname, str) or not _HOSTNAME.match(hostname.lower().rstrip(".")):
+            raise ConfigError("hostname", f"{hostname!r} is not a valid host name")
+
+        return cls(
+            ports=ports,
+            domains=domains,
+            maildir=os.path.abspath(maildir),
+            hostname=hostname.lower().rstrip("."),
+        )
+
+
+def loadFile(path: str) -> dict[str, Any]:
+    """
+    Read a TOML configuration file.
+
+    @raise ConfigError: if the file cannot be read or is not valid TOML;
+        the setting named is C{config}.
+    """
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except OSError as e:
+        raise ConfigError("config", f"cannot read {path}: {e.strerror}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError("config", f"{path} is not valid TOML: {e}") from None
+
+
+def normalisePort(description: str) -> str:
+    """
+    Turn a C{--port} value into a Twisted endpoint description.
+
+    A bare number means C{tcp:N}, as users of other mail servers expect;
+    anything else must already be an endpoint string. The description is
+    parsed (without a reactor, so nothing listens) to reject mistakes now
+    rather than when the service starts.
+
+    @raise ConfigError: naming C{port}.
+    """
+    from twisted.internet.endpoints import serverFromString
+
+    description = description.strip()
+    if description.isdigit():
+        description = f"tcp:{description}"
+    try:
+        serverFromString(None, description)
+    except IndexError:
+        raise ConfigError(
+            "port",
+            f"{description!r}: no socket was passed in by systemd (LISTEN_FDS is not set)",
+        ) from None
+    except Exception as e:
+        raise ConfigError("port", f"{description!r} is not a valid endpoint: {e}") from None
+    return description
+
+
+def normaliseDomain(name: object, setting: str) -> str:
+    """
+    Lower-case a domain name and turn it into its ASCII (A-label) form.
+
+    @raise ConfigError: if C{name} is not a host name; it names C{setting}.
+    """
+    if not isinstance(name, str):
+        raise ConfigError(setting, "must be a string")
+    candidate = name.strip().rstrip(".").lower()
+    try:
+        candidate = candidate.encode("idna").decode("ascii")
+    except UnicodeError:
+        raise ConfigError(setting, f"{name!r} is not a valid domain name") from None
+    if not _HOSTNAME.match(candidate) or len(candidate) > 253:
+        raise ConfigError(setting, f"{name!r} is not a valid domain name")
+    return candidate
+
+
+def _domainTable(name: str, table: object, setting: str) -> frozenset[str] | None:
+    if not isinstance(table, Mapping):
+        raise ConfigError(setting, "must be a table")
+    unknown = sorted(set(table) - _DOMAIN_KEYS)
+    if unknown:
+        raise ConfigError(f"{setting}.{unknown[0]}", "unknown setting")
+    if "accept" not in table:
+        return None
+    accepted = set()
+    for entry in _stringList(table["accept"], f"{setting}.accept"):
+        local, at, domain = entry.strip().rpartition("@")
+        if not at:
+            local = domain
+        elif normaliseDomain(domain, f"{setting}.accept") != name:
+            raise ConfigError(f"{setting}.accept", f"{entry!r} is not an address in {name}")
+        if not _DOT_STRING.match(local):
+            raise ConfigError(f"{setting}.accept", f"{entry!r} is not a valid local part")
+        accepted.add(local.lower())
+    return frozenset(accepted)
+
+
+def _stringList(value: object, setting: str, allowInt: bool = False) -> list[str]:
+    kinds: tuple[type, ...] = (str, int) if allowInt else (str,)
+    if isinstance(value, kinds) and not isinstance(value, bool):
+        return [str(value)]
+    if isinstance(value, Iterable) and not isinstance(value, (str, Mapping)):
+        items = list(value)
+        if all(isinstance(v, kinds) and not isinstance(v, bool) for v in items):
+            return [str(v) for v in items]
+    raise ConfigError(setting, "must be a string or a list of strings")

@@ -1,0 +1,259 @@
+# -*- test-case-name: harbor.test.test_delivery -*-
+"""
+Delivery: MailHarbor's side of Twisted's L{IMessageDelivery} and L{IMessage}.
+
+The SMTP protocol asks a L{HarborDelivery} (one per mail transaction) about
+the sender and each recipient; the recipient policy decides; at DATA every
+accepted recipient shares one L{HarborMessage}, which streams the body into
+one Maildir file per recipient and makes them durable at the end.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import re
+import time
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any, TypeVar
+
+from zope.interface import Interface, implementer
+
+from twisted.internet.defer import Deferred
+from twisted.mail.interfaces import IMessageDelivery, IMessageDeliveryFactory
+from twisted.mail.smtp import Address, IMessage, SMTPBadRcpt, User
+
+from attrs import define, frozen
+
+from harbor.maildir import MaildirStore, PendingDelivery, StoredMessage
+from harbor.policy import Accept, AddressSyntaxError, Path, RecipientPolicy, parsePath
+
+T = TypeVar("T")
+RunInThread = Callable[[Callable[[], T]], "Deferred[T]"]
+
+_UNSAFE = re.compile(r"[^\x21-\x27\x2a-\x5b\x5d-\x7e]")
+_MAX_HELO_IN_HEADER = 255
+
+
+class IMessageStream(IMessage):  # type: ignore[misc]
+    """
+    An L{IMessage} that also takes the message in pieces rather than lines,
+    so that a large body costs a few calls instead of one per line.
+    """
+
+    def dataReceived(data: bytes) -> None:
+        """
+        Take the next bytes of the message, LF line ends, no dot-stuffing.
+        """
+
+
+@define(eq=False)
+class Session:
+    """
+    What the SMTP protocol knows of one client connection, shared with the
+    deliveries it starts so their trace headers can tell the truth.
+
+    @ivar clientAddress: The client's IP address.
+    @ivar helo: The name the client gave in HELO or EHLO, if any yet.
+    @ivar esmtp: Whether the client greeted with EHLO.
+    """
+
+    clientAddress: str
+    helo: str | None = None
+    esmtp: bool = False
+
+
+@frozen
+class Recipient:
+    """
+    An accepted recipient of the current transaction.
+
+    @ivar path: The path as the client sent it.
+    @ivar accept: The policy's decision for it.
+    """
+
+    path: Path
+    accept: Accept
+
+
+def headerSafe(text: str, limit: int = _MAX_HELO_IN_HEADER) -> str:
+    """
+    Make client-supplied text safe inside a header comment: no line
+    breaks, controls, parentheses or backslashes, and bounded in length.
+    """
+    return _UNSAFE.sub("?", text[:limit]) or "unknown"
+
+
+class Deliverer:
+    """
+    Everything deliveries share across connections: the policy, the store,
+    this server's name, the clock and a way to run blocking work.
+    """
+
+    def __init__(
+        self,
+        policy: RecipientPolicy,
+        store: MaildirStore,
+        hostname: str,
+        runInThread: RunInThread[Any],
+        seconds: Callable[[], float] = time.time,
+    ) -> None:
+        """
+        @param runInThread: Runs a blocking function off the reactor thread
+            and returns a L{Deferred} of its result (C{deferToThreadPool}
+            in production, a synchronous stand-in in tests).
+        """
+        self.policy = policy
+        self.store = store
+        self.hostname = hostname
+        self.runInThread = runInThread
+        self.seconds = seconds
+
+    def factoryFor(self, session: Session) -> HarborDeliveryFactory:
+        """
+        The delivery factory for one connection.
+        """
+        return HarborDeliveryFactory(self, session)
+
+
+@implementer(IMessageDeliveryFactory)
+class HarborDeliveryFactory:
+    """
+    Gives each mail transaction of one connection its own L{HarborDelivery},
+    so no state leaks from one message to the next.
+    """
+
+    def __init__(self, deliverer: Deliverer, session: Session) -> None:
+        self._deliverer = deliverer
+        self._session = session
+
+    def getMessageDelivery(self) -> HarborDelivery:
+        return HarborDelivery(self._deliverer, self._session)
+
+
+@implementer(IMessageDelivery)
+class HarborDelivery:
+    """
+    One mail transaction: its sender, its accepted recipients and, from
+    DATA on, its message.
+    """
+
+    def __init__(self, deliverer: Deliverer, session: Session) -> None:
+        self._deliverer = deliverer
+        self._session = session
+        self.sender: Path | None = None
+        self.recipients: list[Recipient] = []
+        self._message: HarborMessage | None = None
+
+    def validateFrom(self, helo: tuple[bytes | None, bytes], origin: Address) -> Address:
+        """
+        Accept any syntactically valid sender, the null sender included:
+        a receiver that refused bounces would break mail.
+        """
+        self.sender = parsePath(origin.addrstr, allowNull=True)
+        return origin
+
+    def validateTo(self, user: User) -> Callable[[], HarborMessage]:
+        """
+        Ask the policy about one recipient.
+
+        @raise SMTPBadRcpt: with the policy's code; the response text starts
+            with the enhanced status code.
+        """
+        try:
+            path = parsePath(user.dest.addrstr)
+        except AddressSyntaxError as e:
+            raise SMTPBadRcpt(user, 501, f"5.1.3 Bad recipient address syntax: {e}") from None
+        decision = self._deliverer.policy.decide(path)
+        if not isinstance(decision, Accept):
+            raise SMTPBadRcpt(user, decision.code, f"{decision.enhanced} {decision.text}")
+        self.recipients.append(Recipient(path, decision))
+        return self.message
+
+    def message(self) -> HarborMessage:
+        """
+        The transaction's one message, opened on first use (at DATA): every
+        accepted recipient gets this same object.
+
+        @raise harbor.maildir.StorageError: if the files cannot be created.
+        """
+        if self._message is None:
+            assert self.sender is not None
+            received = self._deliverer.seconds()
+            pending = self._deliverer.store.begin(
+                [
+                    (r.accept.mailbox, lambda id, r=r: self.traceHeaders(r, id, received))
+                    for r in self.recipients
+                ]
+            )
+            self._message = HarborMessage(pending, self._deliverer.runInThread)
+        return self._message
+
+    def traceHeaders(self, recipient: Recipient, id: str, received: float) -> bytes:
+        """
+        The C{Return-Path:}, C{Delivered-To:} and C{Received:} lines that
+        start one recipient's copy.
+
+        Addresses come from the parser, which admits no control characters;
+        the HELO name is made safe here, so nothing a client sends can add
+        a header line.
+        """
+        assert self.sender is not None
+        session = self._session
+        client = session.clientAddress
+        literal = f"IPv6:{client}" if ":" in client else client
+        helo = headerSafe(session.helo or "")
+        date = email.utils.format_datetime(datetime.fromtimestamp(received).astimezone())
+        withProtocol = "ESMTP" if session.esmtp else "SMTP"
+        return (
+            f"Return-Path: <{self.sender.mailbox}>\n"
+            f"Delivered-To: {recipient.accept.address}\n"
+            f"Received: from {helo} ([{literal}])\n"
+            f"\tby {self._deliverer.hostname} (MailHarbor) with {withProtocol} id {id}\n"
+            f"\tfor <{recipient.path.mailbox}>; {date}\n"
+        ).encode("ascii")
+
+    def receivedHeader(
+        self, helo: tuple[bytes | None, bytes], origin: Address, recipients: list[User]
+    ) -> None:
+        """
+        L{IMessageDelivery} asks for one C{Received:} header for all copies;
+        MailHarbor writes its own per copy in L{traceHeaders}, so there is
+        nothing for the protocol to add.
+        """
+        return None
+
+
+@implementer(IMessageStream)
+class HarborMessage:
+    """
+    The body of one transaction, streamed into every recipient's copy.
+    """
+
+    def __init__(self, pending: PendingDelivery, runInThread: RunInThread[Any]) -> None:
+        self._pending = pending
+        self._runInThread = runInThread
+        self.size = 0
+
+    def dataReceived(self, data: bytes) -> None:
+        self.size += len(data)
+        self._pending.write(data)
+
+    def lineReceived(self, line: bytes) -> None:
+        self.dataReceived(line + b"\n")
+
+    def eomReceived(self) -> Deferred[list[StoredMessage]]:
+        """
+        Make every copy durable, in a thread so other clients are served
+        meanwhile.
+
+        @return: a L{Deferred} firing with the stored copies, or failing
+            with L{harbor.maildir.StorageError}.
+        """
+        return self._runInThread(self._pending.commit)
+
+    def connectionLost(self) -> None:
+        """
+        The client went away or the transaction failed: leave nothing.
+        """
+        self._pending.abort()

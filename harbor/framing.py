@@ -1,0 +1,156 @@
+# -*- test-case-name: harbor.test.test_framing -*-
+"""
+SMTP framing without I/O: splitting what a client sends into command lines
+and message data.
+
+Twisted's C{LineOnlyReceiver} cannot pause, buffers a line without bound and
+hands DATA to the application one line at a time.  L{InputBuffer} holds the
+bytes the protocol has not consumed yet, so command processing can stop while
+a reply is pending (pipelining) and carry on later, and it never holds more
+than one command line's worth of garbage.  L{DataDecoder} turns a DATA body
+into the bytes to store in large pieces: it finds the C{<CRLF>.<CRLF>}
+terminator, undoes dot-stuffing and converts line ends to the LF a Maildir
+file has, in constant memory for lines of any length.
+"""
+
+from __future__ import annotations
+
+from attrs import frozen
+
+CRLF = b"\r\n"
+_TERMINATOR = b".\r\n"
+
+
+@frozen
+class LineTooLong:
+    """
+    A command line was longer than allowed; its bytes were thrown away up
+    to and including its CRLF.
+    """
+
+
+class InputBuffer:
+    """
+    Bytes received and not yet consumed by the protocol.
+    """
+
+    def __init__(self, maxLineLength: int) -> None:
+        """
+        @param maxLineLength: The longest command line, CRLF included, that
+            L{nextLine} returns; longer ones become L{LineTooLong}.
+        """
+        self._buffer = bytearray()
+        self._maxLineLength = maxLineLength
+        self._discarding = False
+
+    def __len__(self) -> int:
+        return len(self._buffer)
+
+    def feed(self, data: bytes) -> None:
+        """
+        Append received bytes.
+        """
+        self._buffer += data
+
+    def nextLine(self) -> bytes | LineTooLong | None:
+        """
+        Take the next command line, without its CRLF.
+
+        @return: the line; L{LineTooLong} once for a line over the limit
+            (which is then skipped up to its CRLF, however long it is); or
+            L{None} if no whole line is buffered yet.
+        """
+        end = self._buffer.find(CRLF)
+        if end == -1:
+            if len(self._buffer) >= self._maxLineLength:
+                # Keep a trailing CR: it may be the first half of the CRLF.
+                keep = self._buffer.endswith(b"\r")
+                del self._buffer[: len(self._buffer) - keep]
+                if not self._discarding:
+                    self._discarding = True
+                    return LineTooLong()
+            return None
+        line = bytes(self._buffer[:end])
+        del self._buffer[: end + 2]
+        if self._discarding:
+            # The tail of a line already reported as too long.
+            self._discarding = False
+            return self.nextLine()
+        if end + 2 > self._maxLineLength:
+            return LineTooLong()
+        return line
+
+    def takeAll(self) -> bytes:
+        """
+        Take every buffered byte, for the message data that follows DATA.
+        """
+        data = bytes(self._buffer)
+        self._buffer.clear()
+        return data
+
+    def discard(self) -> int:
+        """
+        Throw away every buffered byte, as after STARTTLS.
+
+        @return: how many bytes were thrown away.
+        """
+        count = len(self._buffer)
+        self._buffer.clear()
+        return count
+
+
+class DataDecoder:
+    """
+    Decodes one DATA body, fed in arbitrary pieces.
+
+    Only a line consisting of a single dot ends the body: C{<LF>.<LF>},
+    C{<CR>.<CR><LF>} and the like are content (RFC 5321 section 4.1.1.4,
+    the SMTP smuggling class of CVE-2023-51764).
+    """
+
+    def __init__(self) -> None:
+        self._pending = b""
+        self._atLineStart = True
+        self.done = False
+
+    def feed(self, data: bytes) -> tuple[bytes, bytes]:
+        """
+        Decode the next piece of the body.
+
+        @return: the message bytes to store (dot-stuffing removed, CRLF
+            turned into LF), and the bytes after the terminator (the next
+            commands), which is C{b""} until L{done} is true.
+        """
+        if self.done:
+            raise ValueError("feed after the end of the data")
+        buf = self._pending + data
+        self._pending = b""
+        out: list[bytes] = []
+        pos = 0
+        end = len(buf)
+        while pos < end:
+            if self._atLineStart and buf[pos] == 0x2E:  # "."
+                head = buf[pos : pos + 3]
+                if head == _TERMINATOR:
+                    self.done = True
+                    return b"".join(out), buf[pos + 3 :]
+                if _TERMINATOR.startswith(head):
+                    # "." or ".\r" at the end of this piece: wait for more.
+                    self._pending = head
+                    break
+                pos += 1  # undo dot-stuffing
+                self._atLineStart = False
+                continue
+            dotLine = buf.find(b"\r\n.", pos)
+            if dotLine == -1:
+                stop = end - 1 if buf.endswith(b"\r") else end
+                if stop > pos:
+                    chunk = buf[pos:stop]
+                    out.append(chunk.replace(CRLF, b"\n"))
+                    self._atLineStart = chunk.endswith(CRLF)
+                self._pending = buf[stop:]
+                break
+            out.append(buf[pos:dotLine].replace(CRLF, b"\n") + b"\n")
+            pos = dotLine + 2
+            self._atLineStart = True
+        return b"".join(out), b""

@@ -1,0 +1,206 @@
+# -*- test-case-name: harbor.test.test_policy -*-
+"""
+Recipient policy: which envelope addresses MailHarbor accepts, and why not.
+
+Pure functions and values, with no I/O and no Twisted: the SMTP layer hands
+in the path a client sent (C{<alice@example.com>}) and gets back a decision.
+MailHarbor only receives, so anything that asks it to route mail onwards
+(source routes, C{%} hacks, bang paths, address literals, other domains) is
+refused here, at RCPT time, which is what keeps it from being a relay.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+
+from attrs import frozen
+
+from harbor.config import DomainConfig
+
+POSTMASTER = "postmaster"
+
+# RFC 5321 section 4.1.2, ASCII only.
+_ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]"
+_DOT_STRING = re.compile(rf"{_ATEXT}+(?:\.{_ATEXT}+)*")
+_QUOTED_STRING = re.compile(r'"(?:[\x20\x21\x23-\x5b\x5d-\x7e]|\\[\x20-\x7e])*"')
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
+_DOMAIN = re.compile(rf"{_LABEL}(?:\.{_LABEL})*")
+_ADDRESS_LITERAL = re.compile(r"\[[\x21-\x5a\x5e-\x7e]+\]")
+_ROUTE = re.compile(rf"@{_DOMAIN.pattern}(?:,@{_DOMAIN.pattern})*:")
+_MAX_PATH = 256
+
+
+class AddressSyntaxError(ValueError):
+    """
+    A path is not an RFC 5321 path.
+    """
+
+
+@frozen
+class Path:
+    """
+    An envelope address as a client gave it in MAIL or RCPT.
+
+    @ivar local: The local part, as sent (quotes included), or C{""} for
+        the null path C{<>}.
+    @ivar domain: The domain or address literal, as sent, or C{""} when
+        none was given (the null path, or C{<postmaster>}).
+    @ivar route: The source route (C{@a,@b:}) in front of the mailbox, or
+        C{""}.  RFC 5321 lets servers ignore it; a receiver must not
+        follow it.
+    """
+
+    local: str
+    domain: str
+    route: str = ""
+
+    @property
+    def isNull(self) -> bool:
+        """
+        Whether this is the null reverse-path C{<>} of bounces.
+        """
+        return not self.local and not self.domain
+
+    @property
+    def isLiteral(self) -> bool:
+        """
+        Whether the domain is an address literal such as C{[192.0.2.1]}.
+        """
+        return self.domain.startswith("[")
+
+    @property
+    def mailbox(self) -> str:
+        """
+        C{local@domain}, or C{""} for the null path: what a header may carry.
+        """
+        return f"{self.local}@{self.domain}" if self.domain else self.local
+
+
+def parsePath(raw: bytes | str, allowNull: bool = False) -> Path:
+    """
+    Parse the argument of C{MAIL FROM:} or C{RCPT TO:}.
+
+    Accepts the angle-bracketed form and, as Postfix does, a bare address;
+    accepts C{<postmaster>} without a domain (RFC 5321 section 4.1.1.3).
+
+    @param allowNull: Whether C{<>} is acceptable (only as a sender).
+    @raise AddressSyntaxError: if C{raw} is not a path; the message says
+        why, for the client.
+    """
+    if isinstance(raw, bytes):
+        try:
+            raw = raw.decode("ascii")
+        except UnicodeDecodeError:
+            raise AddressSyntaxError("non-ASCII characters in address") from None
+    text = raw.strip()
+    if len(text) > _MAX_PATH:
+        raise AddressSyntaxError("address too long")
+    if text.startswith("<") and text.endswith(">"):
+        text = text[1:-1]
+    elif "<" in text or ">" in text:
+        raise AddressSyntaxError("unbalanced angle brackets")
+    if not text:
+        if allowNull:
+            return Path("", "")
+        raise AddressSyntaxError("empty address")
+
+    route = _ROUTE.match(text)
+    routeText = route.group(0) if route else ""
+    text = text[len(routeText):]
+
+    if text.startswith('"'):
+        local = _QUOTED_STRING.match(text)
+    else:
+        local = _DOT_STRING.match(text)
+    if local is None:
+        raise AddressSyntaxError("bad local part")
+    rest = text[local.end():]
+    if not rest:
+        if local.group(0).lower() == POSTMASTER and not routeText:
+            return Path(local.group(0), "")
+        raise AddressSyntaxError("address has no domain")
+    if rest[0] != "@":
+        raise AddressSyntaxError("bad local part")
+    domain = rest[1:]
+    if not (_DOMAIN.fullmatch(domain) or _ADDRESS_LITERAL.fullmatch(domain)):
+        raise AddressSyntaxError("bad domain")
+    return Path(local.group(0), domain, routeText)
+
+
+def canonicalLocalPart(local: str) -> str:
+    """
+    The form of a local part used for lookups: unquoted and in lower case.
+
+    C{"Alice"} and C{alice} name the same mailbox here, as they do in
+    Postfix's table lookups.
+    """
+    if local.startswith('"') and local.endswith('"') and len(local) >= 2:
+        local = re.sub(r"\\(.)", r"\1", local[1:-1])
+    return local.lower()
+
+
+@frozen
+class Accept:
+    """
+    The recipient is ours.
+
+    @ivar mailbox: The Maildir (relative to the root) its mail goes to;
+        it comes from the configuration, never from the address.
+    @ivar address: The recipient as it will appear in C{Delivered-To:}.
+    """
+
+    mailbox: str
+    address: str
+
+
+@frozen
+class Reject:
+    """
+    The recipient is refused.
+
+    @ivar code: The SMTP reply code.
+    @ivar enhanced: The RFC 3463 enhanced status code.
+    @ivar text: The human-readable reason.
+    """
+
+    code: int
+    enhanced: str
+    text: str
+
+
+class RecipientPolicy:
+    """
+    Decides recipients against the configured domains.
+    """
+
+    def __init__(self, domains: Iterable[DomainConfig]) -> None:
+        self._domains = {d.name: d for d in domains}
+        self._first = next(iter(self._domains))
+
+    def decide(self, path: Path) -> Accept | Reject:
+        """
+        Accept or refuse one RCPT path.
+
+        Other domains, source routes, C{%}/C{!} routing in the local part
+        and address literals are refused as relaying (550 5.7.1); unlisted
+        local parts of a domain with an address list get 550 5.1.1.  The
+        postmaster of every domain is always accepted (RFC 5321 section
+        4.5.1), and C{<postmaster>} alone goes to the first domain's.
+        """
+        shown = f"<{path.mailbox}>"
+        relay = Reject(550, "5.7.1", f"{shown}: Relay access denied")
+        if path.route or path.isLiteral:
+            return relay
+        local = canonicalLocalPart(path.local)
+        if not path.domain:
+            return Accept(self._first, f"{POSTMASTER}@{self._first}")
+        domain = self._domains.get(path.domain.lower().rstrip("."))
+        if domain is None or "%" in local or "!" in local:
+            return relay
+        address = f"{path.local}@{domain.name}"
+        if local == POSTMASTER:
+            return Accept(domain.name, f"{POSTMASTER}@{domain.name}")
+        if domain.accept is not None and local not in domain.accept:
+            return Reject(550, "5.1.1", f"{shown}: Recipient address rejected: User unknown")
+        return Accept(domain.name, address)
