@@ -14,7 +14,7 @@ import os
 import re
 import socket
 import tomllib
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from attrs import frozen
@@ -79,13 +79,17 @@ class Config:
     hostname: str
 
     @classmethod
-    def fromMapping(cls, mapping: Mapping[str, Any]) -> Config:
+    def fromMapping(
+        cls, mapping: Mapping[str, Any], fqdn: Callable[[], str] = socket.getfqdn
+    ) -> Config:
         """
         Validate a mapping shaped like the TOML file and build a L{Config}.
 
         @param mapping: Keys C{port}, C{domain}, C{maildir}, C{hostname} and
             C{domains} (a table of per-domain tables); all optional but
             C{domain}/C{domains}, of which at least one domain must come.
+        @param fqdn: Finds this machine's name when C{hostname} is not set;
+            callers that do not need it can avoid a slow DNS lookup.
         @raise ConfigError: naming the first setting that is wrong.
         """
         unknown = sorted(set(mapping) - _TOP_LEVEL_KEYS)
@@ -122,8 +126,8 @@ class Config:
 
         hostname = mapping.get("hostname")
         if hostname is None:
-            hostname = socket.getfqdn()
-            if not _HOSTNAME.match(hostname.lower()):
+            hostname = fqdn().lower().rstrip(".")
+            if not _HOSTNAME.match(hostname):
                 hostname = "localhost"
         elif not isinstance(hostname, str) or not _HOSTNAME.match(hostname.lower().rstrip(".")):
             raise ConfigError("hostname", f"{hostname!r} is not a valid host name")

@@ -1,0 +1,194 @@
+"""
+Test helpers: a recording file system for the Maildir writer and an SMTP
+driver over L{StringTransport}.
+"""
+
+from __future__ import annotations
+
+import errno
+import io
+import os
+from collections.abc import Callable
+from typing import Any
+
+from zope.interface import implementer
+
+from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
+
+from harbor.config import DomainConfig
+from harbor.delivery import Deliverer
+from harbor.maildir import IFileSystem, MaildirNamer, MaildirStore, RealFileSystem
+from harbor.policy import RecipientPolicy
+from harbor.smtp import HarborESMTP, HarborSMTPFactory
+
+HOSTNAME = "mx.example.com"
+
+
+def runSynchronously(f: Callable[[], Any]) -> Deferred[Any]:
+    """
+    A stand-in for a thread pool: run C{f} now.
+    """
+    return maybeDeferred(f)
+
+
+class DeferredThreads:
+    """
+    A stand-in for a thread pool that runs nothing until told to, so tests
+    can see what happens while blocking work is in progress.
+    """
+
+    def __init__(self) -> None:
+        self.pending: list[tuple[Callable[[], Any], Deferred[Any]]] = []
+
+    def __call__(self, f: Callable[[], Any]) -> Deferred[Any]:
+        d: Deferred[Any] = Deferred()
+        self.pending.append((f, d))
+        return d
+
+    def runAll(self) -> None:
+        while self.pending:
+            f, d = self.pending.pop(0)
+            try:
+                result = f()
+            except BaseException:
+                d.errback(Failure())
+            else:
+                d.callback(result)
+
+
+@implementer(IFileSystem)
+class RecordingFileSystem:
+    """
+    The real file system, with a log of the calls that matter for
+    durability and a way to make one of them fail.
+
+    @ivar calls: C{(name, path)} in call order.
+    @ivar failOn: Call name to fail, with L{failErrno}, or L{None}.
+    """
+
+    def __init__(self) -> None:
+        self._real = RealFileSystem()
+        self.calls: list[tuple[str, str]] = []
+        self.failOn: str | None = None
+        self.failErrno = errno.ENOSPC
+
+    def _record(self, name: str, path: str) -> None:
+        self.calls.append((name, path))
+        if self.failOn == name:
+            raise OSError(self.failErrno, os.strerror(self.failErrno), path)
+
+    def create(self, path: str) -> Any:
+        self._record("create", path)
+        f = self._real.create(path)
+        if self.failOn == "write":
+            return _FailingFile(f, self.failErrno)
+        return f
+
+    def fsync(self, f: Any) -> None:
+        self._record("fsync", f.name if isinstance(f.name, str) else "")
+        self._real.fsync(f)
+
+    def rename(self, source: str, destination: str) -> None:
+        self._record("rename", destination)
+        self._real.rename(source, destination)
+
+    def unlink(self, path: str) -> None:
+        self._record("unlink", path)
+        self._real.unlink(path)
+
+    def syncDirectory(self, path: str) -> None:
+        self._record("syncDirectory", path)
+        self._real.syncDirectory(path)
+
+    def makeDirectories(self, path: str) -> None:
+        self._record("makeDirectories", path)
+        self._real.makeDirectories(path)
+
+
+class _FailingFile(io.RawIOBase):
+    """
+    A file whose writes fail like a full disk.
+    """
+
+    def __init__(self, real: Any, error: int) -> None:
+        self._real = real
+        self._error = error
+        self.name = real.name
+
+    def write(self, data: Any) -> int:
+        raise OSError(self._error, os.strerror(self._error))
+
+    def fileno(self) -> int:
+        return self._real.fileno()  # type: ignore[no-any-return]
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        self._real.close()
+        super().close()
+
+
+def makeDeliverer(
+    root: str,
+    domains: list[DomainConfig] | None = None,
+    fs: IFileSystem | None = None,
+    runInThread: Callable[[Callable[[], Any]], Deferred[Any]] = runSynchronously,
+    clock: Clock | None = None,
+) -> tuple[Deliverer, MaildirStore]:
+    """
+    A L{Deliverer} storing under C{root} for C{example.com} (catch-all) by
+    default, with its Maildirs created.
+    """
+    clock = clock or Clock()
+    if domains is None:
+        domains = [DomainConfig("example.com")]
+    store = MaildirStore(root, MaildirNamer(HOSTNAME, clock.seconds, pid=4242), fs)
+    for domain in domains:
+        store.create(domain.name)
+    deliverer = Deliverer(RecipientPolicy(domains), store, HOSTNAME, runInThread, clock.seconds)
+    return deliverer, store
+
+
+class SMTPDriver:
+    """
+    One SMTP connection over a L{StringTransport}.
+    """
+
+    def __init__(self, deliverer: Deliverer, clock: Clock | None = None, peer: str = "192.0.2.7") -> None:
+        self.clock = clock or Clock()
+        factory = HarborSMTPFactory(deliverer, HOSTNAME, self.clock)
+        self.protocol: HarborESMTP = factory.buildProtocol(IPv4Address("TCP", peer, 40000))
+        self.transport = StringTransport(peerAddress=IPv4Address("TCP", peer, 40000))
+        self.protocol.makeConnection(self.transport)
+        self.banner = self.take()
+
+    def take(self) -> bytes:
+        """
+        Everything the server has written since last taken.
+        """
+        value = self.transport.value()
+        self.transport.clear()
+        return value
+
+    def send(self, data: bytes) -> bytes:
+        """
+        Send C{data} in one piece and return the server's answer.
+        """
+        self.protocol.dataReceived(data)
+        return self.take()
+
+    def replies(self, data: bytes) -> list[bytes]:
+        """
+        Send C{data} and return the reply lines, without CRLF.
+        """
+        return self.send(data).split(b"\r\n")[:-1]
+
+    def close(self) -> None:
+        from twisted.internet.error import ConnectionDone
+
+        self.protocol.connectionLost(Failure(ConnectionDone()))

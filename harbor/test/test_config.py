@@ -1,0 +1,201 @@
+"""
+Tests for L{harbor.config}.
+"""
+
+import os
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from harbor.config import Config, ConfigError, DomainConfig, loadFile, normalisePort
+
+
+class ConfigTests(SynchronousTestCase):
+    """
+    Tests for L{Config.fromMapping}.
+    """
+
+    def assertConfigError(self, mapping: dict, setting: str) -> ConfigError:  # type: ignore[type-arg]
+        error = self.assertRaises(ConfigError, Config.fromMapping, mapping)
+        self.assertEqual(error.setting, setting)
+        return error
+
+    def test_defaults(self) -> None:
+        """
+        With only a domain, MailHarbor listens on port 25 and stores under
+        ./Maildir, as an absolute path.
+        """
+        config = Config.fromMapping({"domain": "example.com", "hostname": "mx.example.com"})
+        self.assertEqual(config.ports, ("tcp:25",))
+        self.assertEqual(config.maildir, os.path.abspath("Maildir"))
+        self.assertEqual(config.domains, (DomainConfig("example.com"),))
+
+    def test_hostnameDefaultsToFQDN(self) -> None:
+        """
+        Without a hostname, the machine's name is looked up.
+        """
+        config = Config.fromMapping({"domain": "example.com"}, fqdn=lambda: "Host.Example.NET.")
+        self.assertEqual(config.hostname, "host.example.net")
+
+    def test_unusableFQDN(self) -> None:
+        """
+        A machine name that is not a host name is replaced by localhost.
+        """
+        config = Config.fromMapping({"domain": "example.com"}, fqdn=lambda: "bad name")
+        self.assertEqual(config.hostname, "localhost")
+
+    def test_barePortNumber(self) -> None:
+        """
+        A bare port number, as a string or an integer, means tcp:N.
+        """
+        config = Config.fromMapping({"domain": "example.com", "port": ["2525", 2526]})
+        self.assertEqual(config.ports, ("tcp:2525", "tcp:2526"))
+
+    def test_endpointStrings(self) -> None:
+        """
+        Any server endpoint string is kept as given.
+        """
+        ports = ["tcp:2525:interface=127.0.0.1", "tcp6:2525:interface=\\:\\:1", "unix:/tmp/s"]
+        config = Config.fromMapping({"domain": "example.com", "port": ports})
+        self.assertEqual(config.ports, tuple(ports))
+
+    def test_badPort(self) -> None:
+        """
+        An endpoint string Twisted cannot parse is refused, naming port.
+        """
+        for port in ["nonsense:1", "tcp:abc", "tcp:25:bogus=1", "", []]:
+            self.assertConfigError({"domain": "example.com", "port": port}, "port")
+
+    def test_systemdWithoutSockets(self) -> None:
+        """
+        A systemd endpoint without sockets from systemd is refused with a
+        message that says so.
+        """
+        self.patch(os, "environ", {})
+        error = self.assertRaises(ConfigError, normalisePort, "systemd:domain=INET:index=0")
+        self.assertIn("LISTEN_FDS", error.problem)
+
+    def test_domainRequired(self) -> None:
+        """
+        A server with no domain would refuse all mail: it is an error.
+        """
+        self.assertConfigError({}, "domain")
+
+    def test_domainNormalised(self) -> None:
+        """
+        Domains are lower-cased, lose a trailing dot, become A-labels and
+        are de-duplicated.
+        """
+        config = Config.fromMapping(
+            {"domain": ["Example.COM.", "example.com", "b\u00fccher.example"]}
+        )
+        self.assertEqual(
+            [d.name for d in config.domains], ["example.com", "xn--bcher-kva.example"]
+        )
+
+    def test_badDomain(self) -> None:
+        """
+        Something that is not a domain name is refused, naming domain.
+        """
+        for domain in ["bad domain", "../etc", "a..b", "-a.example", 42]:
+            self.assertConfigError({"domain": [domain]}, "domain")
+
+    def test_domainTables(self) -> None:
+        """
+        A [domains] table adds its domain, with its accept list, local parts
+        or whole addresses, lower-cased.
+        """
+        config = Config.fromMapping(
+            {
+                "domain": ["example.com"],
+                "domains": {"Example.org": {"accept": ["Alice", "bob@EXAMPLE.org"]}},
+            }
+        )
+        self.assertEqual(
+            config.domains,
+            (
+                DomainConfig("example.com"),
+                DomainConfig("example.org", frozenset({"alice", "bob"})),
+            ),
+        )
+
+    def test_tableWithoutAcceptIsCatchAll(self) -> None:
+        """
+        A domain table without accept is a catch-all.
+        """
+        config = Config.fromMapping({"domains": {"example.org": {}}})
+        self.assertEqual(config.domains, (DomainConfig("example.org", None),))
+
+    def test_badAcceptEntries(self) -> None:
+        """
+        An address of another domain or a malformed local part in an accept
+        list is refused, naming the list.
+        """
+        for entry in ["x@other.org", "a b", "", "a..b"]:
+            self.assertConfigError(
+                {"domains": {"example.org": {"accept": [entry]}}}, "domains.example.org.accept"
+            )
+
+    def test_unknownSettings(self) -> None:
+        """
+        A misspelt setting is an error naming it, not silently ignored.
+        """
+        self.assertConfigError({"domain": "example.com", "ports": ["25"]}, "ports")
+        self.assertConfigError(
+            {"domains": {"example.org": {"acept": []}}}, "domains.example.org.acept"
+        )
+
+    def test_badHostname(self) -> None:
+        """
+        A host name with characters that would break headers is refused.
+        """
+        for hostname in ["mx example", "mx\nX: y", "", 3]:
+            self.assertConfigError({"domain": "example.com", "hostname": hostname}, "hostname")
+
+    def test_badMaildir(self) -> None:
+        """
+        An empty or non-string maildir is refused.
+        """
+        self.assertConfigError({"domain": "example.com", "maildir": ""}, "maildir")
+        self.assertConfigError({"domain": "example.com", "maildir": 3}, "maildir")
+
+    def test_frozen(self) -> None:
+        """
+        A configuration cannot be changed once built.
+        """
+        config = Config.fromMapping({"domain": "example.com"})
+        self.assertRaises(AttributeError, setattr, config, "maildir", "/tmp")
+
+
+class LoadFileTests(SynchronousTestCase):
+    """
+    Tests for L{loadFile}.
+    """
+
+    def test_load(self) -> None:
+        """
+        A TOML file loads into a mapping.
+        """
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write('domain = ["example.com"]\n[domains."example.org"]\naccept = ["alice"]\n')
+        self.assertEqual(
+            loadFile(path),
+            {"domain": ["example.com"], "domains": {"example.org": {"accept": ["alice"]}}},
+        )
+
+    def test_missing(self) -> None:
+        """
+        A missing file is a ConfigError naming config.
+        """
+        error = self.assertRaises(ConfigError, loadFile, self.mktemp())
+        self.assertEqual(error.setting, "config")
+
+    def test_invalidTOML(self) -> None:
+        """
+        A file that is not TOML is a ConfigError naming config.
+        """
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write("domain = [\n")
+        error = self.assertRaises(ConfigError, loadFile, path)
+        self.assertIn("not valid TOML", error.problem)

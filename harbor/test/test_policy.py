@@ -1,0 +1,207 @@
+"""
+Tests for L{harbor.policy}: address parsing and recipient decisions.
+"""
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from harbor.config import DomainConfig
+from harbor.policy import (
+    Accept,
+    AddressSyntaxError,
+    Path,
+    RecipientPolicy,
+    Reject,
+    canonicalLocalPart,
+    parsePath,
+)
+
+
+class ParsePathTests(SynchronousTestCase):
+    """
+    Tests for L{parsePath}.
+    """
+
+    def test_angleBrackets(self) -> None:
+        """
+        A bracketed address splits into local part and domain.
+        """
+        self.assertEqual(parsePath(b"<alice@example.com>"), Path("alice", "example.com"))
+
+    def test_bareAddress(self) -> None:
+        """
+        An address without brackets is accepted, as Postfix does.
+        """
+        self.assertEqual(parsePath("alice@example.com"), Path("alice", "example.com"))
+
+    def test_nullPathOnlyWhenAllowed(self) -> None:
+        """
+        C{<>} is the null sender where allowed and a syntax error elsewhere.
+        """
+        self.assertTrue(parsePath(b"<>", allowNull=True).isNull)
+        self.assertRaises(AddressSyntaxError, parsePath, b"<>")
+
+    def test_sourceRouteKept(self) -> None:
+        """
+        A source route is parsed and kept, so policy can refuse it.
+        """
+        path = parsePath(b"<@relay.example,@b.example:x@example.com>")
+        self.assertEqual(path, Path("x", "example.com", "@relay.example,@b.example:"))
+
+    def test_addressLiteral(self) -> None:
+        """
+        An address literal is syntactically valid and flagged as such.
+        """
+        self.assertTrue(parsePath(b"<x@[192.0.2.1]>").isLiteral)
+        self.assertTrue(parsePath(b"<x@[IPv6:2001:db8::1]>").isLiteral)
+
+    def test_quotedLocalPart(self) -> None:
+        """
+        A quoted local part keeps its quotes.
+        """
+        self.assertEqual(parsePath(b'<"a b"@example.com>').local, '"a b"')
+
+    def test_postmasterWithoutDomain(self) -> None:
+        """
+        C{<postmaster>} alone is valid (RFC 5321 section 4.1.1.3); any other
+        local part needs a domain.
+        """
+        self.assertEqual(parsePath(b"<Postmaster>"), Path("Postmaster", ""))
+        self.assertRaises(AddressSyntaxError, parsePath, b"<alice>")
+
+    def test_controlCharactersRefused(self) -> None:
+        """
+        No control character, CR and LF included, gets through, even quoted:
+        addresses end up in headers.
+        """
+        for raw in [
+            b'<"a\nX-Evil: 1"@example.com>',
+            b'<"a\r"@example.com>',
+            b"<a\x00b@example.com>",
+            b"<a@exam\nple.com>",
+        ]:
+            self.assertRaises(AddressSyntaxError, parsePath, raw)
+
+    def test_malformed(self) -> None:
+        """
+        Malformed paths are refused with a reason.
+        """
+        for raw in [
+            b"<alice@example.com",
+            b"alice@@example.com",
+            b"<a..b@example.com>",
+            b"<.a@example.com>",
+            b"<alice@-example.com>",
+            b"<alice@example..com>",
+            b"<alice@>",
+            b"<@example.com>",
+            "<al\u00efce@example.com>".encode(),
+            b"<" + b"a" * 300 + b"@example.com>",
+        ]:
+            self.assertRaises(AddressSyntaxError, parsePath, raw)
+
+    def test_canonicalLocalPart(self) -> None:
+        """
+        Lookups ignore case and quoting.
+        """
+        self.assertEqual(canonicalLocalPart('"Alice"'), "alice")
+        self.assertEqual(canonicalLocalPart('"a\\"b"'), 'a"b')
+        self.assertEqual(canonicalLocalPart("BOB"), "bob")
+
+
+class RecipientPolicyTests(SynchronousTestCase):
+    """
+    Tests for L{RecipientPolicy}.
+    """
+
+    def setUp(self) -> None:
+        self.policy = RecipientPolicy(
+            [
+                DomainConfig("example.com"),
+                DomainConfig("example.org", frozenset({"alice"})),
+            ]
+        )
+
+    def decide(self, raw: bytes) -> Accept | Reject:
+        return self.policy.decide(parsePath(raw))
+
+    def test_catchAll(self) -> None:
+        """
+        Any local part of a catch-all domain goes to that domain's Maildir.
+        """
+        self.assertEqual(
+            self.decide(b"<anything@example.com>"),
+            Accept("example.com", "anything@example.com"),
+        )
+
+    def test_domainCaseInsensitive(self) -> None:
+        """
+        Domains match whatever their case, and the configured spelling is
+        what the mailbox and Delivered-To use.
+        """
+        self.assertEqual(
+            self.decide(b"<Bob@EXAMPLE.Com>"), Accept("example.com", "Bob@example.com")
+        )
+
+    def test_listedAddress(self) -> None:
+        """
+        A listed address is accepted, case-insensitively.
+        """
+        self.assertEqual(self.decide(b"<ALICE@example.org>").mailbox, "example.org")  # type: ignore[union-attr]
+
+    def test_unlistedAddress(self) -> None:
+        """
+        An address a domain does not list is refused with 550 5.1.1.
+        """
+        decision = self.decide(b"<bob@example.org>")
+        self.assertIsInstance(decision, Reject)
+        self.assertEqual((decision.code, decision.enhanced), (550, "5.1.1"))  # type: ignore[union-attr]
+        self.assertIn("<bob@example.org>", decision.text)  # type: ignore[union-attr]
+
+    def test_otherDomainIsRelaying(self) -> None:
+        """
+        Another domain is refused as relaying, 550 5.7.1.
+        """
+        decision = self.decide(b"<x@other.org>")
+        self.assertEqual(decision, Reject(550, "5.7.1", "<x@other.org>: Relay access denied"))
+
+    def test_subdomainIsNotOurs(self) -> None:
+        """
+        A subdomain of a configured domain is another domain.
+        """
+        self.assertIsInstance(self.decide(b"<x@mail.example.com>"), Reject)
+
+    def test_routingRefused(self) -> None:
+        """
+        Source routes, percent hacks, bang paths and address literals are all
+        refused as relaying, even when they end in one of our domains.
+        """
+        for raw in [
+            b"<@relay.example:x@example.com>",
+            b"<x%other.org@example.com>",
+            b'<"x%other.org"@example.com>',
+            b"<other.org!x@example.com>",
+            b"<x@[127.0.0.1]>",
+        ]:
+            decision = self.decide(raw)
+            self.assertIsInstance(decision, Reject, raw)
+            self.assertEqual(decision.enhanced, "5.7.1")  # type: ignore[union-attr]
+
+    def test_postmasterAlwaysAccepted(self) -> None:
+        """
+        The postmaster of every domain is accepted even when not listed, and
+        C{<postmaster>} alone goes to the first domain's.
+        """
+        self.assertEqual(
+            self.decide(b"<PostMaster@example.org>"),
+            Accept("example.org", "postmaster@example.org"),
+        )
+        self.assertEqual(self.decide(b"<postmaster>"), Accept("example.com", "postmaster@example.com"))
+
+    def test_mailboxNeverFromAddress(self) -> None:
+        """
+        A local part that looks like a path still maps to the configured
+        domain's Maildir, and one that climbs out is not even an address.
+        """
+        decision = self.decide(b"<etc/passwd@example.com>")
+        self.assertEqual(decision.mailbox, "example.com")  # type: ignore[union-attr]
+        self.assertRaises(AddressSyntaxError, parsePath, b"<../../etc/passwd@example.com>")
