@@ -6,7 +6,6 @@ driver over L{StringTransport}.
 from __future__ import annotations
 
 import errno
-import io
 import os
 from collections.abc import Callable
 from typing import Any
@@ -83,10 +82,7 @@ class RecordingFileSystem:
 
     def create(self, path: str) -> Any:
         self._record("create", path)
-        f = self._real.create(path)
-        if self.failOn == "write":
-            return _FailingFile(f, self.failErrno)
-        return f
+        return _WatchedFile(self._real.create(path), self)
 
     def fsync(self, f: Any) -> None:
         self._record("fsync", f.name if isinstance(f.name, str) else "")
@@ -109,28 +105,30 @@ class RecordingFileSystem:
         self._real.makeDirectories(path)
 
 
-class _FailingFile(io.RawIOBase):
+class _WatchedFile:
     """
-    A file whose writes fail like a full disk.
+    A file whose writes fail, like on a full disk, while its file system's
+    C{failOn} is C{"write"}.
     """
 
-    def __init__(self, real: Any, error: int) -> None:
+    def __init__(self, real: Any, fs: RecordingFileSystem) -> None:
         self._real = real
-        self._error = error
+        self._fs = fs
         self.name = real.name
 
     def write(self, data: Any) -> int:
-        raise OSError(self._error, os.strerror(self._error))
+        if self._fs.failOn == "write":
+            raise OSError(self._fs.failErrno, os.strerror(self._fs.failErrno))
+        return self._real.write(data)  # type: ignore[no-any-return]
 
     def fileno(self) -> int:
         return self._real.fileno()  # type: ignore[no-any-return]
 
     def flush(self) -> None:
-        pass
+        self._real.flush()
 
     def close(self) -> None:
         self._real.close()
-        super().close()
 
 
 def makeDeliverer(
