@@ -1,0 +1,137 @@
+"""
+Tests for L{harbor.tap}: options and the service they build.
+"""
+
+import os
+
+from twisted.application.service import IService
+from twisted.internet.testing import MemoryReactorClock
+from twisted.python import usage
+from twisted.trial.unittest import SynchronousTestCase
+
+from harbor.tap import HarborService, ListeningService, Options, makeService
+
+
+def parse(*argv: str) -> Options:
+    options = Options()
+    options.parseOptions(list(argv))
+    return options
+
+
+class OptionsTests(SynchronousTestCase):
+    """
+    Tests for L{Options}.
+    """
+
+    def assertUsageError(self, argv: list[str], *fragments: str) -> None:
+        error = self.assertRaises(usage.UsageError, parse, *argv)
+        for fragment in fragments:
+            self.assertIn(fragment, str(error))
+
+    def test_repeatedOptions(self) -> None:
+        """
+        --port and --domain may be repeated; a bare number means tcp:N.
+        """
+        config = parse(
+            "--port", "2525", "--port", "tcp6:2526", "--domain", "a.example", "-d", "b.example",
+            "--hostname", "mx.example", "--maildir", "mail",
+        ).config
+        self.assertEqual(config.ports, ("tcp:2525", "tcp6:2526"))
+        self.assertEqual([d.name for d in config.domains], ["a.example", "b.example"])
+        self.assertEqual(config.maildir, os.path.abspath("mail"))
+        self.assertEqual(config.hostname, "mx.example")
+
+    def test_badValuesNameTheOption(self) -> None:
+        """
+        Bad values are usage errors naming the command-line option.
+        """
+        self.assertUsageError(["--port", "nonsense:1", "--domain", "a.example"], "--port")
+        self.assertUsageError(["--domain", "bad domain"], "--domain")
+        self.assertUsageError([], "--domain", "required")
+        self.assertUsageError(["--domain", "a.example", "--hostname", "a b"], "--hostname")
+
+    def writeConfig(self, text: str) -> str:
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write(text)
+        return path
+
+    def test_configFile(self) -> None:
+        """
+        Settings come from the TOML file.
+        """
+        path = self.writeConfig(
+            'port = ["2525"]\nhostname = "mx.example"\nmaildir = "/srv/mail"\n'
+            '[domains."example.org"]\naccept = ["alice"]\n'
+        )
+        config = parse("--config", path).config
+        self.assertEqual(config.ports, ("tcp:2525",))
+        self.assertEqual(config.maildir, "/srv/mail")
+        self.assertEqual(config.domains[0].accept, frozenset({"alice"}))
+
+    def test_commandLineOverridesFile(self) -> None:
+        """
+        Command-line options replace the file's values, whatever the order.
+        """
+        path = self.writeConfig('port = ["2525"]\ndomain = ["a.example"]\nmaildir = "/srv/mail"\n')
+        config = parse("--port", "2600", "--config", path, "--domain", "b.example").config
+        self.assertEqual(config.ports, ("tcp:2600",))
+        self.assertEqual([d.name for d in config.domains], ["b.example"])
+        self.assertEqual(config.maildir, "/srv/mail")
+
+    def test_configErrorsNameFileAndKey(self) -> None:
+        """
+        An error in the file names the file and the key.
+        """
+        path = self.writeConfig('domain = ["a.example"]\nport = ["bogus:x"]\n')
+        self.assertUsageError(["--config", path], path, "port")
+        self.assertUsageError(["--config", self.mktemp()], "--config", "cannot read")
+
+
+class MakeServiceTests(SynchronousTestCase):
+    """
+    Tests for L{makeService}.
+    """
+
+    def test_listensOnEveryPort(self) -> None:
+        """
+        The service listens on each configured endpoint when started with
+        privileges, and stops listening when stopped.
+        """
+        reactor = MemoryReactorClock()
+        root = self.mktemp()
+        service = makeService(
+            parse("--port", "2525", "--port", "tcp:2526:interface=127.0.0.1", "-d", "a.example", "-m", root),
+            reactor,
+        )
+        self.assertTrue(IService.providedBy(service))
+        service.privilegedStartService()
+        self.assertEqual(
+            [(port, interface) for port, _, _, interface in reactor.tcpServers],
+            [(2525, ""), (2526, "127.0.0.1")],
+        )
+        self.assertFalse(os.path.exists(root))
+        service.startService()
+        self.assertTrue(os.path.isdir(os.path.join(root, "a.example", "new")))
+        listeners = [s for s in service if isinstance(s, ListeningService)]
+        self.assertTrue(all(s.port is not None for s in listeners))
+        service.stopService()
+        self.assertTrue(all(s.port is None for s in listeners))
+
+    def test_maildirProblemLoggedNotFatal(self) -> None:
+        """
+        A Maildir that cannot be created is logged at start; the server still
+        runs (and answers 4xx for that domain).
+        """
+        root = self.mktemp()
+        with open(root, "w"):
+            pass
+        service = makeService(parse("-d", "a.example", "-m", root), MemoryReactorClock())
+        self.assertIsInstance(service, HarborService)
+        events: list[dict] = []  # type: ignore[type-arg]
+        from twisted.logger import Logger
+
+        self.patch(HarborService, "_log", Logger(observer=events.append))
+        service.startService()
+        self.assertTrue(any("Cannot create" in e["log_format"] for e in events))
+        self.assertTrue(service.running)
