@@ -10,6 +10,7 @@ the command line can override the file key by key.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import socket
@@ -27,7 +28,63 @@ _HOSTNAME = re.compile(rf"^{_LABEL}(?:\.{_LABEL})*$")
 # RFC 5321 Dot-string: atoms of atext joined by single dots.
 _DOT_STRING = re.compile(r"^[A-Za-z0-9!#$&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$&'*+/=?^_`{|}~-]+)*$")
 
-_TOP_LEVEL_KEYS = frozenset({"port", "domain", "maildir", "hostname", "domains"})
+BARE_NEWLINE_ACTIONS = ("normalize", "reject")
+
+
+@frozen
+class Limits:
+    """
+    How much MailHarbor takes from a client before it says no.
+
+    Defaults follow Postfix's where the issue or the RFCs do not say
+    otherwise.
+
+    @ivar maxMessageSize: Largest message in octets, advertised with SIZE
+        (RFC 1870); 0 means no limit.
+    @ivar maxRecipients: Recipients accepted per message; RFC 5321 section
+        4.5.3.1.8 requires at least 100.
+    @ivar commandTimeout: Seconds a client may be silent between commands.
+    @ivar dataTimeout: Seconds a client may be silent while sending a
+        message body.
+    @ivar maxErrors: Error replies after which the client is disconnected
+        (Postfix's C{smtpd_hard_error_limit}).
+    @ivar maxConnections: Simultaneous connections in all.
+    @ivar maxConnectionsPerClient: Simultaneous connections from one IP
+        address.
+    @ivar connectionLimitExceptions: Networks exempt from the per-client
+        limit (by default the loopback ones, as Postfix exempts
+        C{$mynetworks}).
+    @ivar bareNewline: What a bare LF in message data gets: C{"normalize"}
+        stores it as a line end, as Postfix 3.9 does by default;
+        C{"reject"} refuses the message with 550 5.5.2.
+    """
+
+    maxMessageSize: int = 25 * 1024 * 1024
+    maxRecipients: int = 1000
+    commandTimeout: float = 300
+    dataTimeout: float = 180
+    maxErrors: int = 10
+    maxConnections: int = 10000
+    maxConnectionsPerClient: int = 50
+    connectionLimitExceptions: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
+    bareNewline: str = "normalize"
+
+
+# TOML key -> (Limits field, smallest allowed value, kind)
+_LIMIT_KEYS: dict[str, tuple[str, float, type]] = {
+    "max_message_size": ("maxMessageSize", 0, int),
+    "max_recipients": ("maxRecipients", 100, int),
+    "command_timeout": ("commandTimeout", 1, float),
+    "data_timeout": ("dataTimeout", 1, float),
+    "max_errors": ("maxErrors", 1, int),
+    "max_connections": ("maxConnections", 1, int),
+    "max_connections_per_client": ("maxConnectionsPerClient", 1, int),
+}
+
+_TOP_LEVEL_KEYS = frozenset(
+    {"port", "domain", "maildir", "hostname", "domains", "bare_newline", "connection_limit_exceptions"}
+    | set(_LIMIT_KEYS)
+)
 _DOMAIN_KEYS = frozenset({"accept"})
 
 
@@ -71,12 +128,14 @@ class Config:
         its Maildir.
     @ivar hostname: This server's name, used in the banner and the
         C{Received:} header.
+    @ivar limits: The limits on what clients may send.
     """
 
     ports: tuple[str, ...]
     domains: tuple[DomainConfig, ...]
     maildir: str
     hostname: str
+    limits: Limits = Limits()
 
     @classmethod
     def fromMapping(
@@ -137,7 +196,39 @@ class Config:
             domains=domains,
             maildir=os.path.abspath(maildir),
             hostname=hostname.lower().rstrip("."),
+            limits=_limits(mapping),
         )
+
+
+def _limits(mapping: Mapping[str, Any]) -> Limits:
+    values: dict[str, Any] = {}
+    for key, (field, minimum, kind) in _LIMIT_KEYS.items():
+        if key not in mapping:
+            continue
+        value = mapping[key]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or (
+            kind is int and not isinstance(value, int)
+        ):
+            raise ConfigError(key, f"must be {'a whole number' if kind is int else 'a number'}")
+        if value < minimum:
+            raise ConfigError(key, f"must be at least {minimum:g}")
+        values[field] = kind(value)
+    if "bare_newline" in mapping:
+        action = mapping["bare_newline"]
+        if action not in BARE_NEWLINE_ACTIONS:
+            raise ConfigError("bare_newline", f"must be one of {', '.join(BARE_NEWLINE_ACTIONS)}")
+        values["bareNewline"] = action
+    if "connection_limit_exceptions" in mapping:
+        networks = []
+        for network in _stringList(mapping["connection_limit_exceptions"], "connection_limit_exceptions"):
+            try:
+                networks.append(str(ipaddress.ip_network(network, strict=False)))
+            except ValueError:
+                raise ConfigError(
+                    "connection_limit_exceptions", f"{network!r} is not an IP network"
+                ) from None
+        values["connectionLimitExceptions"] = tuple(networks)
+    return Limits(**values)
 
 
 def loadFile(path: str) -> dict[str, Any]:

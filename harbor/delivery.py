@@ -56,11 +56,31 @@ class Session:
     @ivar clientAddress: The client's IP address.
     @ivar helo: The name the client gave in HELO or EHLO, if any yet.
     @ivar esmtp: Whether the client greeted with EHLO.
+    @ivar utf8: Whether the current transaction uses SMTPUTF8.
+    @ivar tls: The TLS protocol and cipher in use (C{"TLSv1.3
+        TLS_AES_256_GCM_SHA384"}), or L{None} on a plain connection.
+    @ivar user: The name the client authenticated as, or L{None}.
     """
 
     clientAddress: str
     helo: str | None = None
     esmtp: bool = False
+    utf8: bool = False
+    tls: str | None = None
+    user: str | None = None
+
+    @property
+    def protocolName(self) -> str:
+        """
+        The C{with} keyword of a C{Received:} header for this session
+        (RFC 3848, RFC 6531 section 4.3): ESMTP, ESMTPS, ESMTPSA,
+        UTF8SMTPS...
+        """
+        if self.utf8:
+            base = "UTF8SMTP"
+        else:
+            base = "ESMTP" if self.esmtp else "SMTP"
+        return base + ("S" if self.tls else "") + ("A" if self.user else "")
 
 
 @frozen
@@ -150,7 +170,7 @@ class HarborDelivery:
         Accept any syntactically valid sender, the null sender included:
         a receiver that refused bounces would break mail.
         """
-        self.sender = parsePath(origin.addrstr, allowNull=True)
+        self.sender = parsePath(origin.addrstr, allowNull=True, utf8=self._session.utf8)
         return origin
 
     def validateTo(self, user: User) -> Callable[[], HarborMessage]:
@@ -161,13 +181,15 @@ class HarborDelivery:
             with the enhanced status code.
         """
         try:
-            path = parsePath(user.dest.addrstr)
+            path = parsePath(user.dest.addrstr, utf8=self._session.utf8)
         except AddressSyntaxError as e:
             raise SMTPBadRcpt(user, 501, f"5.1.3 Bad recipient address syntax: {e}") from None
         decision = self._deliverer.policy.decide(path)
         if not isinstance(decision, Accept):
             raise SMTPBadRcpt(user, decision.code, f"{decision.enhanced} {decision.text}")
-        self.recipients.append(Recipient(path, decision))
+        # The same mailbox named twice gets one copy, as with Postfix.
+        if all(r.accept.key != decision.key for r in self.recipients):
+            self.recipients.append(Recipient(path, decision))
         return self.message
 
     def message(self) -> HarborMessage:
@@ -204,14 +226,14 @@ class HarborDelivery:
         literal = f"IPv6:{client}" if ":" in client else client
         helo = headerSafe(session.helo or "")
         date = email.utils.format_datetime(datetime.fromtimestamp(received).astimezone())
-        withProtocol = "ESMTP" if session.esmtp else "SMTP"
+        tls = f"\n\t(using {session.tls})" if session.tls else ""
         return (
             f"Return-Path: <{self.sender.mailbox}>\n"
             f"Delivered-To: {recipient.accept.address}\n"
-            f"Received: from {helo} ([{literal}])\n"
-            f"\tby {self._deliverer.hostname} (MailHarbor) with {withProtocol} id {id}\n"
+            f"Received: from {helo} ([{literal}]){tls}\n"
+            f"\tby {self._deliverer.hostname} (MailHarbor) with {session.protocolName} id {id}\n"
             f"\tfor <{recipient.path.mailbox}>; {date}\n"
-        ).encode("ascii")
+        ).encode("utf-8")
 
     def receivedHeader(
         self, helo: tuple[bytes | None, bytes], origin: Address, recipients: list[User]

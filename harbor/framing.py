@@ -80,6 +80,14 @@ class InputBuffer:
             return LineTooLong()
         return line
 
+    def take(self, count: int) -> bytes:
+        """
+        Take at most C{count} buffered bytes, for a BDAT chunk.
+        """
+        data = bytes(self._buffer[:count])
+        del self._buffer[:count]
+        return data
+
     def takeAll(self) -> bytes:
         """
         Take every buffered byte, for the message data that follows DATA.
@@ -112,6 +120,7 @@ class DataDecoder:
         self._pending = b""
         self._atLineStart = True
         self.done = False
+        self.bareNewline = False
 
     def feed(self, data: bytes) -> tuple[bytes, bytes]:
         """
@@ -146,11 +155,53 @@ class DataDecoder:
                 stop = end - 1 if buf.endswith(b"\r") else end
                 if stop > pos:
                     chunk = buf[pos:stop]
-                    out.append(chunk.replace(CRLF, b"\n"))
+                    out.append(self._toLF(chunk))
                     self._atLineStart = chunk.endswith(CRLF)
                 self._pending = buf[stop:]
                 break
-            out.append(buf[pos:dotLine].replace(CRLF, b"\n") + b"\n")
+            out.append(self._toLF(buf[pos:dotLine]) + b"\n")
             pos = dotLine + 2
             self._atLineStart = True
         return b"".join(out), b""
+
+    def _toLF(self, chunk: bytes) -> bytes:
+        converted = chunk.replace(CRLF, b"\n")
+        if not self.bareNewline and converted.count(b"\n") != chunk.count(CRLF):
+            self.bareNewline = True
+        return converted
+
+
+class ChunkDecoder:
+    """
+    Decodes the chunks of one BDAT transaction (RFC 3030): no dot-stuffing
+    and no terminator, just CRLF turned into LF, including a CRLF split
+    across two chunks.
+    """
+
+    def __init__(self) -> None:
+        self._pendingCR = False
+        self.bareNewline = False
+
+    def feed(self, data: bytes) -> bytes:
+        """
+        Decode the next bytes of the message.
+        """
+        if self._pendingCR:
+            data = b"\r" + data
+            self._pendingCR = False
+        if data.endswith(b"\r"):
+            data = data[:-1]
+            self._pendingCR = True
+        converted = data.replace(CRLF, b"\n")
+        if not self.bareNewline and converted.count(b"\n") != data.count(CRLF):
+            self.bareNewline = True
+        return converted
+
+    def finish(self) -> bytes:
+        """
+        The end of the last chunk: a CR held back is content after all.
+        """
+        if self._pendingCR:
+            self._pendingCR = False
+            return b"\r"
+        return b""

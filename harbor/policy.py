@@ -11,7 +11,9 @@ refused here, at RCPT time, which is what keeps it from being a relay.
 
 from __future__ import annotations
 
+import ipaddress
 import re
+import unicodedata
 from collections.abc import Iterable
 
 from attrs import frozen
@@ -20,11 +22,13 @@ from harbor.config import DomainConfig
 
 POSTMASTER = "postmaster"
 
-# RFC 5321 section 4.1.2, ASCII only.
-_ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]"
+# RFC 5321 section 4.1.2, extended by RFC 6531 section 3.3 with UTF-8
+# characters; which of those are acceptable is checked in _checkUnicode.
+_U = "\u0080-\U0010ffff"
+_ATEXT = rf"[A-Za-z0-9!#$%&'*+/=?^_`{{|}}~{_U}-]"
 _DOT_STRING = re.compile(rf"{_ATEXT}+(?:\.{_ATEXT}+)*")
-_QUOTED_STRING = re.compile(r'"(?:[\x20\x21\x23-\x5b\x5d-\x7e]|\\[\x20-\x7e])*"')
-_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
+_QUOTED_STRING = re.compile(rf'"(?:[\x20\x21\x23-\x5b\x5d-\x7e{_U}]|\\[\x20-\x7e{_U}])*"')
+_LABEL = rf"[A-Za-z0-9{_U}](?:[A-Za-z0-9{_U}-]*[A-Za-z0-9{_U}])?"
 _DOMAIN = re.compile(rf"{_LABEL}(?:\.{_LABEL})*")
 _ADDRESS_LITERAL = re.compile(r"\[[\x21-\x5a\x5e-\x7e]+\]")
 _ROUTE = re.compile(rf"@{_DOMAIN.pattern}(?:,@{_DOMAIN.pattern})*:")
@@ -35,6 +39,29 @@ class AddressSyntaxError(ValueError):
     """
     A path is not an RFC 5321 path.
     """
+
+
+class NeedsSMTPUTF8(AddressSyntaxError):
+    """
+    A path has non-ASCII characters but the client did not ask for
+    SMTPUTF8 (RFC 6531 section 3.5: 553 5.6.7).
+    """
+
+
+def asciiDomain(domain: str) -> str:
+    """
+    The lower-case A-label form of a domain, so that C{b\u00fccher.example}
+    and C{xn--bcher-kva.example} are the same domain.
+
+    @raise UnicodeError: if C{domain} is not a valid internationalised name.
+    """
+    return domain.rstrip(".").encode("idna").decode("ascii").lower()
+
+
+def _checkUnicode(text: str) -> None:
+    for ch in text:
+        if ord(ch) >= 0x80 and unicodedata.category(ch)[0] in "CZ":
+            raise AddressSyntaxError("control or separator character in address")
 
 
 @frozen
@@ -77,7 +104,7 @@ class Path:
         return f"{self.local}@{self.domain}" if self.domain else self.local
 
 
-def parsePath(raw: bytes | str, allowNull: bool = False) -> Path:
+def parsePath(raw: bytes | str, allowNull: bool = False, utf8: bool = False) -> Path:
     """
     Parse the argument of C{MAIL FROM:} or C{RCPT TO:}.
 
@@ -85,14 +112,21 @@ def parsePath(raw: bytes | str, allowNull: bool = False) -> Path:
     accepts C{<postmaster>} without a domain (RFC 5321 section 4.1.1.3).
 
     @param allowNull: Whether C{<>} is acceptable (only as a sender).
+    @param utf8: Whether the transaction uses SMTPUTF8, which allows UTF-8
+        in local parts and domains (RFC 6531).
+    @raise NeedsSMTPUTF8: for a non-ASCII path without C{utf8}.
     @raise AddressSyntaxError: if C{raw} is not a path; the message says
         why, for the client.
     """
     if isinstance(raw, bytes):
         try:
-            raw = raw.decode("ascii")
+            raw = raw.decode("utf-8")
         except UnicodeDecodeError:
-            raise AddressSyntaxError("non-ASCII characters in address") from None
+            raise AddressSyntaxError("address is not UTF-8") from None
+    if not raw.isascii():
+        if not utf8:
+            raise NeedsSMTPUTF8("non-ASCII address without SMTPUTF8")
+        _checkUnicode(raw)
     text = raw.strip()
     if len(text) > _MAX_PATH:
         raise AddressSyntaxError("address too long")
@@ -123,8 +157,15 @@ def parsePath(raw: bytes | str, allowNull: bool = False) -> Path:
     if rest[0] != "@":
         raise AddressSyntaxError("bad local part")
     domain = rest[1:]
-    if not (_DOMAIN.fullmatch(domain) or _ADDRESS_LITERAL.fullmatch(domain)):
+    if _ADDRESS_LITERAL.fullmatch(domain):
+        return Path(local.group(0), domain, routeText)
+    if not _DOMAIN.fullmatch(domain):
         raise AddressSyntaxError("bad domain")
+    if not domain.isascii():
+        try:
+            asciiDomain(domain)
+        except UnicodeError:
+            raise AddressSyntaxError("bad internationalised domain") from None
     return Path(local.group(0), domain, routeText)
 
 
@@ -152,6 +193,15 @@ class Accept:
 
     mailbox: str
     address: str
+
+    @property
+    def key(self) -> tuple[str, str]:
+        """
+        What makes two acceptances the same delivery: the mailbox and the
+        address, regardless of the local part's case or quoting.
+        """
+        local, _, domain = self.address.rpartition("@")
+        return (self.mailbox, f"{canonicalLocalPart(local)}@{domain}")
 
 
 @frozen
@@ -195,7 +245,7 @@ class RecipientPolicy:
         local = canonicalLocalPart(path.local)
         if not path.domain:
             return Accept(self._first, f"{POSTMASTER}@{self._first}")
-        domain = self._domains.get(path.domain.lower().rstrip("."))
+        domain = self._domains.get(asciiDomain(path.domain))
         if domain is None or "%" in local or "!" in local:
             return relay
         address = f"{path.local}@{domain.name}"
@@ -204,3 +254,55 @@ class RecipientPolicy:
         if domain.accept is not None and local not in domain.accept:
             return Reject(550, "5.1.1", f"{shown}: Recipient address rejected: User unknown")
         return Accept(domain.name, address)
+
+
+class ConnectionCounter:
+    """
+    Counts open connections in all and per client address, to refuse the
+    ones over the limits before they cost anything more.
+    """
+
+    def __init__(
+        self, maxConnections: int, maxPerClient: int, exceptions: Iterable[str] = ()
+    ) -> None:
+        """
+        @param exceptions: Networks (CIDR) whose clients only count towards
+            the total, like Postfix's C{$mynetworks}.
+        """
+        self._max = maxConnections
+        self._maxPerClient = maxPerClient
+        self._exceptions = [ipaddress.ip_network(n) for n in exceptions]
+        self._total = 0
+        self._perClient: dict[str, int] = {}
+
+    def admit(self, client: str) -> str | None:
+        """
+        Count a new connection from C{client}, unless it is over a limit.
+
+        @return: L{None} if admitted (call L{release} when it closes), or
+            why it is refused.
+        """
+        if self._total >= self._max:
+            return "too many connections"
+        count = self._perClient.get(client, 0)
+        if count >= self._maxPerClient and not self._exempt(client):
+            return "too many connections from your address"
+        self._total += 1
+        self._perClient[client] = count + 1
+        return None
+
+    def release(self, client: str) -> None:
+        """
+        Forget an admitted connection that has closed.
+        """
+        self._total -= 1
+        count = self._perClient.pop(client, 1) - 1
+        if count:
+            self._perClient[client] = count
+
+    def _exempt(self, client: str) -> bool:
+        try:
+            address = ipaddress.ip_address(client)
+        except ValueError:
+            return False
+        return any(address in network for network in self._exceptions)

@@ -7,13 +7,15 @@ L{IMessageDelivery} per transaction, whose C{validateTo} returns the
 L{IMessage} factories) and replaces what a receiver cannot live with:
 
  - input is framed by L{harbor.framing}: bounded, and paused while a reply
-   is pending, so pipelined commands are answered in order;
+   is pending, so pipelined commands are answered in order (RFC 2920);
  - DATA is decoded in large pieces, not line by line, and only
-   C{<CRLF>.<CRLF>} ends it;
- - every reply carries an RFC 3463 enhanced status code;
+   C{<CRLF>.<CRLF>} ends it; BDAT chunks (RFC 3030) are read byte-exact;
+ - every reply to an EHLO client carries an RFC 3463 enhanced status code;
+ - SIZE, 8BITMIME and SMTPUTF8 parameters are honoured, others refused;
  - a local failure (full disk, permissions) is a 4xx temporary failure,
-   never Twisted's C{550 Could not send e-mail}, and the 250 reply to DATA
-   comes only once the message is fsynced, naming the stored id;
+   never Twisted's C{550 Could not send e-mail}, and the 250 reply to the
+   message comes only once it is fsynced, naming the stored id;
+ - limits on size, recipients, time, errors and connections;
  - one log line per transaction.
 """
 
@@ -29,42 +31,77 @@ from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 from twisted.internet.interfaces import IAddress, IReactorTime
 from twisted.internet.protocol import ServerFactory
 from twisted.logger import Logger
-from twisted.mail.smtp import ESMTP, Address, IMessage, SMTPBadSender, SMTPServerError, User
+from twisted.mail.smtp import ESMTP, Address, IMessage, SMTPServerError, User
 from twisted.python.failure import Failure
 
-from harbor.delivery import Deliverer, IMessageStream, Session
-from harbor.framing import DataDecoder, InputBuffer, LineTooLong
-from harbor.maildir import StorageError, StoredMessage
-from harbor.policy import AddressSyntaxError, Path, parsePath
+from attrs import frozen
 
-MAX_COMMAND_LINE = 2048
+from harbor.config import Limits
+from harbor.delivery import Deliverer, IMessageStream, Session
+from harbor.framing import ChunkDecoder, DataDecoder, InputBuffer, LineTooLong
+from harbor.maildir import StorageError, StoredMessage
+from harbor.policy import AddressSyntaxError, ConnectionCounter, NeedsSMTPUTF8, Path, parsePath
+
+# RFC 5321 section 4.5.3.1.4, raised for MAIL by the parameters we take:
+# SIZE (RFC 1870: 26), BODY=8BITMIME (14), SMTPUTF8 (RFC 6531: 10).
+MAX_COMMAND_LINE = 512
+_LINE_LIMITS = {b"MAIL": MAX_COMMAND_LINE + 26 + 14 + 10}
+# Nothing longer is ever buffered as one command line.
+_MAX_BUFFERED_LINE = 12288 + 2
 MAX_BUFFERED_INPUT = 256 * 1024
-COMMAND_TIMEOUT = 300
 
 _MAIL = re.compile(rb"^FROM:\s*(<[^>]*>|[^\s<>]+)(?:\s+(.*))?$", re.IGNORECASE | re.DOTALL)
 _RCPT = re.compile(rb"^TO:\s*(<[^>]*>|[^\s<>]+)(?:\s+(.*))?$", re.IGNORECASE | re.DOTALL)
+_BDAT = re.compile(rb"^(\d{1,15})(?:\s+(LAST))?\s*$", re.IGNORECASE)
 _ENHANCED = re.compile(r"^[245]\.\d{1,3}\.\d{1,3} ")
 _VERB = re.compile(rb"^[A-Za-z]{1,16}$")
+# A host name or address literal: printable, no spaces or controls.
+_HELO = re.compile(rb"^[\x21-\x7e\x80-\xff]{1,255}$")
 _BODY_TYPES = frozenset({b"7BIT", b"8BITMIME"})
+
+
+@frozen
+class Reply:
+    """
+    An SMTP reply.
+
+    @ivar enhanced: The RFC 3463 code, sent to EHLO clients only.
+    """
+
+    code: int
+    enhanced: str | None
+    text: str
+
+
+SIZE_EXCEEDED = Reply(552, "5.3.4", "Error: message size exceeds fixed maximum message size")
+BARE_NEWLINE = Reply(550, "5.5.2", "Error: bare <LF> received")
+LOCAL_ERROR = Reply(451, "4.3.0", "Error: local error in processing, try again later")
+NO_SPACE = Reply(452, "4.3.1", "Error: insufficient system storage")
 
 
 def _address(raw: bytes, path: Path) -> Address:
     """
     Build the Twisted L{Address} that L{IMessageDelivery} expects, from a
     path our own parser accepted.  Twisted's parser would silently drop a
-    source route and refuse address literals; C{addrstr} keeps what the
-    client sent so the delivery can judge it.
+    source route and refuse address literals and UTF-8; C{addrstr} keeps
+    what the client sent so the delivery can judge it.
     """
     address = Address.__new__(Address)
     address.addrstr = raw
-    address.local = path.local.encode("ascii")
-    address.domain = path.domain.encode("ascii")
+    address.local = path.local.encode("utf-8")
+    address.domain = path.domain.encode("utf-8")
     return address
 
 
 class _Transaction:
     """
     What one MAIL transaction has gathered, for its replies and its log line.
+
+    @ivar messages: The message streams, once DATA or the first BDAT has
+        opened them.
+    @ivar chunks: The BDAT decoder, if the transaction uses BDAT.
+    @ivar failure: Why the message being received will be refused: a
+        L{Reply} or a L{Failure}; the rest of it is read and discarded.
     """
 
     def __init__(self, delivery: Any, sender: Path) -> None:
@@ -73,6 +110,9 @@ class _Transaction:
         self.recipients: list[tuple[User, Callable[[], IMessage]]] = []
         self.rejected: list[str] = []
         self.size = 0
+        self.messages: list[IMessageStream] = []
+        self.chunks: ChunkDecoder | None = None
+        self.failure: Reply | Failure | None = None
 
 
 @implementer(IMessageStream)
@@ -112,24 +152,36 @@ class HarborESMTP(ESMTP):  # type: ignore[misc]
     """
 
     _log = Logger()
-    timeout = COMMAND_TIMEOUT
 
-    def __init__(self, deliverer: Deliverer, hostname: str, clock: IReactorTime | None = None) -> None:
+    def __init__(
+        self,
+        deliverer: Deliverer,
+        hostname: str,
+        limits: Limits,
+        connections: ConnectionCounter,
+        clock: IReactorTime | None = None,
+    ) -> None:
         super().__init__()
         self.host = hostname
         self._hostname = hostname
         self._deliverer = deliverer
+        self._limits = limits
+        self._connections = connections
         if clock is not None:
             self.callLater = clock.callLater
-        self._input = InputBuffer(MAX_COMMAND_LINE)
+        self._input = InputBuffer(_MAX_BUFFERED_LINE)
         self._decoder: DataDecoder | None = None
-        self._messages: list[IMessageStream] = []
-        self._dataFailure: Failure | None = None
+        self._chunkRemaining: int | None = None
+        self._chunkLast = False
         self._tx: _Transaction | None = None
+        self._errors = 0
         self._paused = False
         self._processing = False
-        self._producerPaused = False
+        self._inputBacklogged = False
+        self._outputBlocked = False
+        self._reading = True
         self._closed = False
+        self._admitted = False
         self.session = Session("unknown")
 
     # Connection life cycle
@@ -137,22 +189,42 @@ class HarborESMTP(ESMTP):  # type: ignore[misc]
     def connectionMade(self) -> None:
         peer = self.transport.getPeer()
         self.session = Session(str(getattr(peer, "host", peer)))
+        refusal = self._connections.admit(self.session.clientAddress)
+        if refusal is not None:
+            self._log.info(
+                "client={client} refused: {reason}",
+                client=self.session.clientAddress,
+                reason=refusal,
+            )
+            self._send(Reply(421, "4.7.0", f"{self._hostname} Error: {refusal}"))
+            self._close()
+            return
+        self._admitted = True
+        # Our replies are produced for the transport: when the client stops
+        # reading them, the transport pauses us and we stop reading commands.
+        self.transport.registerProducer(self, True)
         self.deliveryFactory = self._deliverer.factoryFor(self.session)
         self._helo = (None, self.session.clientAddress.encode("ascii", "replace"))
-        self._reply(220, None, f"{self._hostname} ESMTP MailHarbor")
-        self.setTimeout(self.timeout)
+        self._send(Reply(220, None, f"{self._hostname} ESMTP MailHarbor"))
+        self.setTimeout(self._limits.commandTimeout)
 
     def connectionLost(self, reason: Failure | None = None) -> None:
         self._closed = True
         self.setTimeout(None)
-        if self._decoder is not None:
-            self._abortMessages()
-            self._endTransaction("disconnected during DATA")
-        elif self._tx is not None:
+        if self._admitted:
+            self._admitted = False
+            self._connections.release(self.session.clientAddress)
+        if self._decoder is not None or self._chunkRemaining is not None:
+            self._endTransaction("disconnected while receiving the message")
+        else:
             self._endTransaction("disconnected")
 
     def timeoutConnection(self) -> None:
-        self._reply(421, "4.4.2", f"{self._hostname} Error: timeout exceeded")
+        self._send(Reply(421, "4.4.2", f"{self._hostname} Error: timeout exceeded"))
+        self._close()
+
+    def _close(self) -> None:
+        self._closed = True
         self.transport.loseConnection()
 
     # Input
@@ -161,11 +233,13 @@ class HarborESMTP(ESMTP):  # type: ignore[misc]
         if self._closed:
             return
         self.resetTimeout()
-        if self._decoder is not None and not self._paused and not len(self._input):
-            self._bodyReceived(data)
-        else:
-            self._input.feed(data)
+        if self._receivingBody() and not self._paused and not len(self._input):
+            data = self._bodyReceived(data)
+        self._input.feed(data)
         self._processInput()
+
+    def _receivingBody(self) -> bool:
+        return self._decoder is not None or self._chunkRemaining is not None
 
     def _processInput(self) -> None:
         """
@@ -175,17 +249,17 @@ class HarborESMTP(ESMTP):  # type: ignore[misc]
             return
         self._processing = True
         try:
-            while not self._paused and not self._closed:
-                if self._decoder is not None:
-                    if not len(self._input):
+            while not (self._paused or self._outputBlocked or self._closed):
+                if self._receivingBody():
+                    if not len(self._input) and self._chunkRemaining != 0:
                         break
-                    self._bodyReceived(self._input.takeAll())
+                    self._input.feed(self._bodyReceived(self._input.takeAll()))
                     continue
                 line = self._input.nextLine()
                 if line is None:
                     break
                 if isinstance(line, LineTooLong):
-                    self._reply(500, "5.5.2", "Error: line too long")
+                    self._reply(Reply(500, "5.5.2", "Error: line too long"))
                     continue
                 self._commandReceived(line)
         finally:
@@ -198,12 +272,45 @@ class HarborESMTP(ESMTP):  # type: ignore[misc]
         the buffer stays bounded; read again when it drains.
         """
         buffered = len(self._input)
-        if not self._producerPaused and buffered > MAX_BUFFERED_INPUT:
-            self._producerPaused = True
-            self.transport.pauseProducing()
-        elif self._producerPaused and buffered <= MAX_BUFFERED_INPUT // 2:
-            self._producerPaused = False
-            self.transport.resumeProducing()
+        if buffered > MAX_BUFFERED_INPUT:
+            self._inputBacklogged = True
+        elif buffered <= MAX_BUFFERED_INPUT // 2:
+            self._inputBacklogged = False
+        self._updateReading()
+
+    def _updateReading(self) -> None:
+        if self._closed:
+            return
+        reading = not (self._inputBacklogged or self._outputBlocked)
+        if reading != self._reading:
+            self._reading = reading
+            if reading:
+                self.transport.resumeProducing()
+            else:
+                self.transport.pauseProducing()
+
+    # IPushProducer, for the transport our replies go to
+
+    def pauseProducing(self) -> None:
+        """
+        The client is not reading our replies: stop answering, and so stop
+        reading, until it does.
+        """
+        self._outputBlocked = True
+        self._updateReading()
+
+    def resumeProducing(self) -> None:
+        """
+        The client has read our replies: carry on.
+        """
+        self._outputBlocked = False
+        self._updateReading()
+        self._processInput()
+
+    def stopProducing(self) -> None:
+        """
+        The connection is going away; L{connectionLost} cleans up.
+        """
 
     def _waitFor(
         self,
@@ -212,12 +319,16 @@ class HarborESMTP(ESMTP):  # type: ignore[misc]
         onFailure: Callable[[Failure], None],
     ) -> None:
         """
-        Hold further input until C{result} fires and its reply is sent.
+        Hold further input, and the client's timeout, until C{result} fires
+        and its reply is sent.
         """
         self._paused = True
+        self.setTimeout(None)
 
         def resume(outcome: object) -> None:
             self._paused = False
+            if not self._closed:
+                self.setTimeout(self._limits.commandTimeout)
             try:
                 if isinstance(outcome, Failure):
                     onFailure(outcome)
@@ -232,51 +343,85 @@ class HarborESMTP(ESMTP):  # type: ignore[misc]
 
     def _commandReceived(self, line: bytes) -> None:
         parts = line.strip().split(None, 1)
-        verb = parts[0] if parts else b""
+        verb = parts[0].upper() if parts else b""
         argument = parts[1] if len(parts) == 2 else b""
+        if len(line) + 2 > _LINE_LIMITS.get(verb, MAX_COMMAND_LINE):
+            self._reply(Reply(500, "5.5.2", "Error: line too long"))
+            return
         handler = None
         if _VERB.match(verb):
-            handler = getattr(self, "smtp_" + verb.decode("ascii").upper(), None)
+            handler = getattr(self, "smtp_" + verb.decode("ascii"), None)
         if handler is None:
-            self._reply(500, "5.5.2", "Error: command not recognized")
+            self._reply(Reply(500, "5.5.2", "Error: command not recognized"))
             return
         try:
             handler(argument)
         except Exception:
             self._log.failure("Error handling {verb} command", verb=verb.decode("ascii"))
-            self._reply(451, "4.3.0", "Error: local error in processing")
+            self._reply(Reply(451, "4.3.0", "Error: local error in processing"))
 
     # Replies
 
-    def _reply(self, code: int, enhanced: str | None, text: str) -> None:
+    def _send(self, reply: Reply) -> None:
         """
-        Send a reply; each line of a multi-line one carries the code and,
-        when given, the enhanced status code.
+        Write a reply; each line of a multi-line one carries the code and,
+        for EHLO clients (RFC 2034), the enhanced status code.
         """
-        lines = text.split("\n")
-        extra = f"{enhanced} " if enhanced else ""
+        lines = reply.text.split("\n")
+        extra = f"{reply.enhanced} " if reply.enhanced and self.session.esmtp else ""
         last = len(lines) - 1
         self.transport.write(
             "".join(
-                f"{code}{'-' if i < last else ' '}{extra}{line}\r\n"
+                f"{reply.code}{'-' if i < last else ' '}{extra}{line}\r\n"
                 for i, line in enumerate(lines)
             ).encode("utf-8", "replace")
         )
 
-    def _replyFromError(self, code: int, resp: str | bytes, default: str) -> None:
+    def _reply(self, reply: Reply) -> None:
+        """
+        Send a reply to a command, and hang up on a client that has made
+        too many errors, as Postfix's hard error limit does.
+        """
+        self._send(reply)
+        if reply.code >= 500:
+            self._errors += 1
+            if self._errors >= self._limits.maxErrors and not self._closed:
+                self._send(Reply(421, "4.7.0", f"{self._hostname} Error: too many errors"))
+                self._endTransaction("too many errors")
+                self._close()
+
+    def _replyFromError(self, error: SMTPServerError, default: str) -> None:
         """
         Reply with an exception's code and text, whichever type Twisted's
         callers put in C{resp}, adding an enhanced code if it has none.
         """
+        resp = error.resp
         text = resp.decode("utf-8", "replace") if isinstance(resp, bytes) else str(resp)
         text = text.replace("\r", " ").replace("\n", " ")
+        enhanced: str | None = default
         if _ENHANCED.match(text):
             enhanced, text = text.split(" ", 1)
-        else:
-            enhanced = default
-        self._reply(code, enhanced, text)
+        self._reply(Reply(error.code, enhanced, text))
 
-    # Commands
+    def _replyToFailure(self, failure: Reply | Failure) -> None:
+        """
+        Answer a message that could not be stored: a local storage problem
+        is temporary (452 for a full disk, otherwise 451) so the sender
+        retries; an SMTP error keeps its own code; anything else is a bug,
+        logged, and also answered 451 so no mail is lost.
+        """
+        if isinstance(failure, Reply):
+            self._reply(failure)
+        elif failure.check(StorageError):
+            self._log.error("Storage failure: {error}", error=failure.getErrorMessage())
+            self._reply(NO_SPACE if failure.value.noSpace else LOCAL_ERROR)
+        elif failure.check(SMTPServerError):
+            self._replyFromError(failure.value, "4.3.0" if failure.value.code < 500 else "5.3.0")
+        else:
+            self._log.failure("Delivery failed", failure)
+            self._reply(LOCAL_ERROR)
+
+    # Greeting and simple commands
 
     def smtp_HELO(self, argument: bytes) -> None:
         self._greeted(argument, esmtp=False)
@@ -287,136 +432,225 @@ class HarborESMTP(ESMTP):  # type: ignore[misc]
     def _greeted(self, argument: bytes, esmtp: bool) -> None:
         verb = "EHLO" if esmtp else "HELO"
         name = argument.strip()
-        if not name:
-            self._reply(501, "5.5.4", f"Syntax: {verb} hostname")
+        if not name or not _HELO.match(name):
+            self._reply(Reply(501, "5.5.4", f"Syntax: {verb} hostname"))
             return
-        self._resetTransaction("new greeting")
-        self.session.helo = name.decode("ascii", "replace")
+        self._endTransaction("abandoned: new greeting")
+        self.session.helo = name.decode("utf-8", "replace")
         self.session.esmtp = esmtp
         self._helo = (name, self.session.clientAddress.encode("ascii", "replace"))
-        if esmtp:
-            self._reply(250, None, "\n".join([self._hostname] + self.esmtpExtensions()))
-        else:
-            self._reply(250, None, self._hostname)
+        lines = [self._hostname] + (self.esmtpExtensions() if esmtp else [])
+        self._reply(Reply(250, None, "\n".join(lines)))
 
     def esmtpExtensions(self) -> list[str]:
         """
         The service extensions advertised in the EHLO reply.
         """
-        return ["PIPELINING", "8BITMIME", "ENHANCEDSTATUSCODES"]
+        return [
+            "PIPELINING",
+            f"SIZE {self._limits.maxMessageSize}",
+            "8BITMIME",
+            "SMTPUTF8",
+            "CHUNKING",
+            "ENHANCEDSTATUSCODES",
+        ]
+
+    def smtp_RSET(self, argument: bytes) -> None:
+        self._endTransaction("abandoned: reset")
+        self._reply(Reply(250, "2.0.0", "Ok"))
+
+    def smtp_NOOP(self, argument: bytes) -> None:
+        self._reply(Reply(250, "2.0.0", "Ok"))
+
+    def smtp_VRFY(self, argument: bytes) -> None:
+        if not argument.strip():
+            self._reply(Reply(501, "5.5.4", "Syntax: VRFY address"))
+            return
+        self._reply(Reply(252, "2.0.0", "Send some mail, I will try my best"))
+
+    def smtp_EXPN(self, argument: bytes) -> None:
+        self._reply(Reply(502, "5.5.1", "Error: EXPN is not supported"))
+
+    def smtp_HELP(self, argument: bytes) -> None:
+        self._reply(
+            Reply(
+                214,
+                "2.0.0",
+                "Commands: HELO EHLO MAIL RCPT DATA BDAT RSET NOOP QUIT VRFY HELP",
+            )
+        )
+
+    def smtp_QUIT(self, argument: bytes) -> None:
+        self._endTransaction("abandoned: quit")
+        self._send(Reply(221, "2.0.0", "Bye"))
+        self._close()
+
+    # The envelope
 
     def smtp_MAIL(self, argument: bytes) -> None:
         if self._tx is not None:
-            self._reply(503, "5.5.1", "Error: nested MAIL command")
+            self._reply(Reply(503, "5.5.1", "Error: nested MAIL command"))
             return
         match = _MAIL.match(argument)
         if match is None:
-            self._reply(501, "5.5.4", "Syntax: MAIL FROM:<address>")
+            self._reply(Reply(501, "5.5.4", "Syntax: MAIL FROM:<address>"))
             return
-        rawPath, parameters = match.group(1), match.group(2) or b""
-        problem = self._checkMailParameters(parameters)
-        if problem is not None:
-            self._reply(*problem)
+        rawPath = match.group(1)
+        parameters = self._mailParameters(match.group(2) or b"")
+        if isinstance(parameters, Reply):
+            self._reply(parameters)
             return
+        utf8 = b"SMTPUTF8" in parameters
         try:
-            path = parsePath(rawPath, allowNull=True)
-        except AddressSyntaxError as e:
-            self._reply(501, "5.1.7", f"Bad sender address syntax: {e}")
+            path = parsePath(rawPath, allowNull=True, utf8=utf8)
+        except NeedsSMTPUTF8:
+            self._reply(Reply(553, "5.6.7", "Error: non-ASCII address requires SMTPUTF8"))
             return
+        except AddressSyntaxError as e:
+            self._reply(Reply(501, "5.1.7", f"Bad sender address syntax: {e}"))
+            return
+        self.session.utf8 = utf8
         delivery = self.deliveryFactory.getMessageDelivery()
         origin = _address(rawPath, path)
 
         def accepted(ignored: object) -> None:
             self._tx = _Transaction(delivery, path)
-            self._reply(250, "2.1.0", "Ok")
+            self._reply(Reply(250, "2.1.0", "Ok"))
 
         def refused(failure: Failure) -> None:
             if failure.check(SMTPServerError):
-                self._replyFromError(failure.value.code, failure.value.resp, "5.7.1")
+                self._replyFromError(failure.value, "5.7.1")
             else:
                 self._log.failure("Sender validation failed", failure)
-                self._reply(451, "4.3.0", "Error: local error in processing")
+                self._reply(Reply(451, "4.3.0", "Error: local error in processing"))
 
         self._waitFor(maybeDeferred(delivery.validateFrom, self._helo, origin), accepted, refused)
 
-    def _checkMailParameters(self, parameters: bytes) -> tuple[int, str, str] | None:
+    def _mailParameters(self, text: bytes) -> dict[bytes, bytes] | Reply:
         """
-        Check the ESMTP parameters of MAIL FROM.
+        Parse and check the ESMTP parameters of MAIL FROM.
 
-        @return: the reply refusing them, or L{None} if all are understood.
+        @return: the parameters by upper-case keyword, or the reply that
+            refuses them.
         """
-        for parameter in parameters.split():
+        parameters: dict[bytes, bytes] = {}
+        for parameter in text.split():
             keyword, _, value = parameter.partition(b"=")
             keyword = keyword.upper()
-            if keyword == b"BODY" and value.upper() in _BODY_TYPES:
-                continue
-            if keyword == b"SIZE" and value.isdigit():
-                continue
-            return (555, "5.5.4", "Error: unsupported MAIL parameter")
-        return None
+            if keyword in parameters:
+                return Reply(501, "5.5.4", f"Error: duplicate {keyword.decode('ascii', 'replace')} parameter")
+            if keyword == b"BODY":
+                if value.upper() not in _BODY_TYPES:
+                    return Reply(501, "5.5.4", "Error: BODY must be 7BIT or 8BITMIME")
+            elif keyword == b"SIZE":
+                if not value.isdigit() or len(value) > 20:
+                    return Reply(501, "5.5.4", "Error: bad SIZE parameter")
+                limit = self._limits.maxMessageSize
+                if limit and int(value) > limit:
+                    return SIZE_EXCEEDED
+            elif keyword == b"SMTPUTF8":
+                if value or b"=" in parameter:
+                    return Reply(501, "5.5.4", "Error: SMTPUTF8 takes no value")
+            else:
+                return Reply(555, "5.5.4", "Error: unsupported MAIL parameter")
+            parameters[keyword] = value
+        return parameters
 
     def smtp_RCPT(self, argument: bytes) -> None:
         tx = self._tx
         if tx is None:
-            self._reply(503, "5.5.1", "Error: need MAIL command")
+            self._reply(Reply(503, "5.5.1", "Error: need MAIL command"))
             return
         match = _RCPT.match(argument)
         if match is None:
-            self._reply(501, "5.5.4", "Syntax: RCPT TO:<address>")
+            self._reply(Reply(501, "5.5.4", "Syntax: RCPT TO:<address>"))
             return
         rawPath, parameters = match.group(1), match.group(2) or b""
         if parameters.strip():
-            self._reply(555, "5.5.4", "Error: unsupported RCPT parameter")
+            self._reply(Reply(555, "5.5.4", "Error: unsupported RCPT parameter"))
+            return
+        if len(tx.recipients) >= self._limits.maxRecipients:
+            self._reply(Reply(452, "4.5.3", "Error: too many recipients"))
             return
         try:
-            path = parsePath(rawPath)
+            path = parsePath(rawPath, utf8=self.session.utf8)
+        except NeedsSMTPUTF8:
+            tx.rejected.append(rawPath.decode("utf-8", "replace"))
+            self._reply(Reply(553, "5.6.7", "Error: non-ASCII address requires SMTPUTF8"))
+            return
         except AddressSyntaxError as e:
-            tx.rejected.append(rawPath.decode("ascii", "replace"))
-            self._reply(501, "5.1.3", f"Bad recipient address syntax: {e}")
+            tx.rejected.append(rawPath.decode("utf-8", "replace"))
+            self._reply(Reply(501, "5.1.3", f"Bad recipient address syntax: {e}"))
             return
         user = User(_address(rawPath, path), self._helo, self, _address(b"", tx.sender))
 
         def accepted(messageFactory: Callable[[], IMessage]) -> None:
             tx.recipients.append((user, messageFactory))
-            self._reply(250, "2.1.5", "Ok")
+            self._reply(Reply(250, "2.1.5", "Ok"))
 
         def refused(failure: Failure) -> None:
             tx.rejected.append(path.mailbox)
             if failure.check(SMTPServerError):
-                self._replyFromError(failure.value.code, failure.value.resp, "5.1.1")
+                self._replyFromError(failure.value, "5.1.1")
             else:
                 self._log.failure("Recipient validation failed", failure)
-                self._reply(451, "4.3.0", "Error: local error in processing")
+                self._reply(Reply(451, "4.3.0", "Error: local error in processing"))
 
         self._waitFor(maybeDeferred(tx.delivery.validateTo, user), accepted, refused)
 
+    # The message
+
+    def _checkReadyForMessage(self, tx: _Transaction | None) -> Reply | None:
+        if tx is None:
+            return Reply(503, "5.5.1", "Error: need MAIL command")
+        if not tx.recipients:
+            return Reply(554, "5.5.1", "Error: no valid recipients")
+        return None
+
     def smtp_DATA(self, argument: bytes) -> None:
         tx = self._tx
-        if tx is None:
-            self._reply(503, "5.5.1", "Error: need RCPT command")
+        problem = self._checkReadyForMessage(tx)
+        if problem is not None:
+            self._reply(problem)
             return
-        if not tx.recipients:
-            self._reply(554, "5.5.1", "Error: no valid recipients")
+        assert tx is not None
+        if tx.chunks is not None:
+            self._reply(Reply(503, "5.5.1", "Error: DATA not allowed after BDAT"))
             return
         if argument.strip():
-            self._reply(501, "5.5.4", "Syntax: DATA")
+            self._reply(Reply(501, "5.5.4", "Syntax: DATA"))
             return
-        try:
-            messages = self._openMessages(tx)
-        except Exception:
-            failure = Failure()
-            self._replyToFailure(failure)
-            self._endTransaction(f"DATA refused: {failure.getErrorMessage()}")
+        if not self._openMessages(tx):
             return
-        self._messages = messages
-        self._dataFailure = None
         self._decoder = DataDecoder()
-        self._reply(354, None, "End data with <CR><LF>.<CR><LF>")
+        self.setTimeout(self._limits.dataTimeout)
+        self._reply(Reply(354, None, "End data with <CR><LF>.<CR><LF>"))
 
-    def _openMessages(self, tx: _Transaction) -> list[IMessageStream]:
+    def smtp_BDAT(self, argument: bytes) -> None:
+        match = _BDAT.match(argument)
+        if match is None:
+            self._reply(Reply(501, "5.5.4", "Syntax: BDAT count [LAST]"))
+            return
+        tx = self._tx
+        problem = self._checkReadyForMessage(tx)
+        if problem is None and tx is not None and tx.chunks is None:
+            tx.chunks = ChunkDecoder()
+            if not self._openMessages(tx, answer=False):
+                problem = tx.failure if isinstance(tx.failure, Reply) else LOCAL_ERROR
+        self._chunkRemaining = int(match.group(1))
+        self._chunkLast = match.group(2) is not None
+        self._chunkProblem = problem
+        self.setTimeout(self._limits.dataTimeout)
+
+    def _openMessages(self, tx: _Transaction, answer: bool = True) -> bool:
         """
         Call each recipient's message factory; recipients that share a
         message object (as all of MailHarbor's do) share its stream.
+
+        @param answer: Whether to reply now if that fails (DATA), rather
+            than after the chunk (BDAT), which leaves the failure in the
+            transaction.
+        @return: whether the messages are open.
         """
         unique: dict[int, IMessageStream] = {}
         try:
@@ -430,44 +664,113 @@ class HarborESMTP(ESMTP):  # type: ignore[misc]
                     )
                     if header:
                         stream.lineReceived(header)
-        except BaseException:
+        except Exception:
+            failure = Failure()
             for stream in unique.values():
                 stream.connectionLost()
-            raise
-        return list(unique.values())
+            if answer:
+                self._replyToFailure(failure)
+                self._endTransaction(f"refused: {failure.getErrorMessage()}")
+            else:
+                self._replyToFailureLater(tx, failure)
+            return False
+        tx.messages = list(unique.values())
+        return True
 
-    def _bodyReceived(self, data: bytes) -> None:
-        assert self._decoder is not None
-        body, rest = self._decoder.feed(data)
+    def _replyToFailureLater(self, tx: _Transaction, failure: Failure) -> None:
+        """
+        Remember a failure to open a BDAT transaction's messages; it is
+        logged now and answered when the chunk has been read.
+        """
+        if failure.check(StorageError):
+            self._log.error("Storage failure: {error}", error=failure.getErrorMessage())
+            tx.failure = NO_SPACE if failure.value.noSpace else LOCAL_ERROR
+        else:
+            self._log.failure("Could not start a message", failure)
+            tx.failure = LOCAL_ERROR
+
+    def _bodyReceived(self, data: bytes) -> bytes:
+        """
+        Take message data; return what follows it (the next commands).
+        """
         tx = self._tx
-        assert tx is not None
-        tx.size += len(body)
-        if body and self._dataFailure is None:
+        if self._decoder is not None:
+            assert tx is not None
+            body, rest = self._decoder.feed(data)
+            # The size as sent, counting each line end as CRLF (RFC 1870).
+            tx.size += len(body) + body.count(b"\n")
+            self._store(tx, body, self._decoder.bareNewline)
+            if self._decoder.done:
+                self._decoder = None
+                self.setTimeout(self._limits.commandTimeout)
+                self._endOfMessage(tx)
+            return rest
+        assert self._chunkRemaining is not None
+        count = min(self._chunkRemaining, len(data))
+        chunk, rest = data[:count], data[count:]
+        self._chunkRemaining -= count
+        if tx is not None and self._chunkProblem is None and tx.chunks is not None:
+            tx.size += count
+            self._store(tx, tx.chunks.feed(chunk), tx.chunks.bareNewline)
+            if self._chunkRemaining == 0 and self._chunkLast:
+                self._store(tx, tx.chunks.finish(), tx.chunks.bareNewline)
+        if self._chunkRemaining == 0:
+            self._chunkRemaining = None
+            self.setTimeout(self._limits.commandTimeout)
+            self._endOfChunk(tx)
+        return rest
+
+    def _store(self, tx: _Transaction, body: bytes, bareNewline: bool) -> None:
+        """
+        Pass message data on, unless the message is already refused; refuse
+        it (and drop what was written) once it breaks a limit.
+        """
+        if tx.failure is not None:
+            return
+        limit = self._limits.maxMessageSize
+        if limit and tx.size > limit:
+            tx.failure = SIZE_EXCEEDED
+        elif bareNewline and self._limits.bareNewline == "reject":
+            tx.failure = BARE_NEWLINE
+        elif body:
             try:
-                for message in self._messages:
+                for message in tx.messages:
                     message.dataReceived(body)
             except Exception:
-                self._dataFailure = Failure()
-                self._abortMessages()
-        if self._decoder.done:
-            self._decoder = None
-            self._input.feed(rest)
-            self._endOfData(tx)
+                tx.failure = Failure()
+        if tx.failure is not None:
+            self._abortMessages(tx)
 
-    def _endOfData(self, tx: _Transaction) -> None:
+    def _endOfChunk(self, tx: _Transaction | None) -> None:
+        problem, self._chunkProblem = self._chunkProblem, None
+        if problem is not None:
+            self._reply(problem)
+            if tx is not None and tx.chunks is not None:
+                self._endTransaction(f"failed: {problem.code} {problem.text}")
+        elif tx is None:
+            return
+        elif tx.failure is not None:
+            self._endOfMessage(tx)
+        elif self._chunkLast:
+            self._endOfMessage(tx)
+        else:
+            self._reply(Reply(250, "2.0.0", f"Ok: {tx.size} octets received"))
+
+    def _endOfMessage(self, tx: _Transaction) -> None:
+        """
+        The whole message is in: make it durable, then answer.
+        """
         # The transaction is over for the protocol: the next MAIL may come.
         # It is logged once the outcome of storing it is known.
         self._tx = None
-        if self._dataFailure is not None:
-            failure = self._dataFailure
-            self._dataFailure = None
+        if tx.failure is not None:
+            failure = tx.failure
             self._replyToFailure(failure)
-            self._logTransaction(tx, f"failed: {failure.getErrorMessage()}")
+            reason = failure.text if isinstance(failure, Reply) else failure.getErrorMessage()
+            self._logTransaction(tx, f"failed: {reason}")
             return
-        messages, self._messages = self._messages, []
-        results = DeferredList(
-            [maybeDeferred(m.eomReceived) for m in messages], consumeErrors=True
-        )
+        messages, tx.messages = tx.messages, []
+        results = DeferredList([maybeDeferred(m.eomReceived) for m in messages], consumeErrors=True)
 
         def stored(outcomes: list[tuple[bool, Any]]) -> None:
             for succeeded, outcome in outcomes:
@@ -483,75 +786,35 @@ class HarborESMTP(ESMTP):  # type: ignore[misc]
                 if isinstance(m, StoredMessage)
             ]
             if not ids:
-                self._reply(250, "2.0.0", "Ok: message accepted")
+                text = "Ok: message accepted"
             elif len(ids) == 1:
-                self._reply(250, "2.0.0", f"Ok: stored as {ids[0]}")
+                text = f"Ok: stored as {ids[0]}"
             else:
-                self._reply(250, "2.0.0", f"Ok: stored as {ids[0]} (+{len(ids) - 1} more copies)")
+                text = f"Ok: stored as {ids[0]} (+{len(ids) - 1} more copies)"
+            self._reply(Reply(250, "2.0.0", text))
             self._logTransaction(tx, "stored", ids)
 
         self._waitFor(results, stored, self._replyToFailure)
 
-    def _replyToFailure(self, failure: Failure) -> None:
-        """
-        Answer a failed delivery: a local storage problem is temporary
-        (452 for a full disk, otherwise 451) so the sender retries; an SMTP
-        error keeps its own code; anything else is a bug, logged, and also
-        answered 451 so no mail is lost.
-        """
-        if failure.check(StorageError):
-            self._log.error("Storage failure: {error}", error=failure.getErrorMessage())
-            if failure.value.noSpace:
-                self._reply(452, "4.3.1", "Error: insufficient system storage")
-            else:
-                self._reply(451, "4.3.0", "Error: local error in processing, try again later")
-        elif failure.check(SMTPServerError):
-            self._replyFromError(failure.value.code, failure.value.resp, "4.3.0" if failure.value.code < 500 else "5.3.0")
-        else:
-            self._log.failure("Delivery failed", failure)
-            self._reply(451, "4.3.0", "Error: local error in processing, try again later")
-
-    def _abortMessages(self) -> None:
-        messages, self._messages = self._messages, []
+    def _abortMessages(self, tx: _Transaction) -> None:
+        messages, tx.messages = tx.messages, []
         for message in messages:
             try:
                 message.connectionLost()
             except Exception:
                 self._log.failure("Error discarding a message")
 
-    def smtp_RSET(self, argument: bytes) -> None:
-        self._resetTransaction("reset")
-        self._reply(250, "2.0.0", "Ok")
-
-    def smtp_NOOP(self, argument: bytes) -> None:
-        self._reply(250, "2.0.0", "Ok")
-
-    def smtp_VRFY(self, argument: bytes) -> None:
-        self._reply(252, "2.0.0", "Send some mail, I will try my best")
-
-    def smtp_EXPN(self, argument: bytes) -> None:
-        self._reply(502, "5.5.1", "Error: EXPN is not supported")
-
-    def smtp_HELP(self, argument: bytes) -> None:
-        self._reply(
-            214, "2.0.0", "Commands: HELO EHLO MAIL RCPT DATA RSET NOOP QUIT VRFY HELP"
-        )
-
-    def smtp_QUIT(self, argument: bytes) -> None:
-        self._resetTransaction("quit")
-        self._reply(221, "2.0.0", "Bye")
-        self._closed = True
-        self.transport.loseConnection()
-
     # Transactions and their log line
 
-    def _resetTransaction(self, why: str) -> None:
-        if self._tx is not None:
-            self._endTransaction(f"abandoned: {why}")
-
     def _endTransaction(self, result: str) -> None:
+        """
+        End the transaction in progress, if any, dropping any message it
+        was receiving.
+        """
         tx, self._tx = self._tx, None
+        self._decoder = None
         if tx is not None:
+            self._abortMessages(tx)
             self._logTransaction(tx, result)
 
     def _logTransaction(self, tx: _Transaction, result: str, ids: Sequence[str] = ()) -> None:
@@ -575,17 +838,32 @@ class HarborESMTP(ESMTP):  # type: ignore[misc]
 
 class HarborSMTPFactory(ServerFactory):
     """
-    Builds a L{HarborESMTP} for each connection.
+    Builds a L{HarborESMTP} for each connection, counting them against the
+    connection limits.
     """
 
     noisy = False
 
-    def __init__(self, deliverer: Deliverer, hostname: str, clock: IReactorTime | None = None) -> None:
+    def __init__(
+        self,
+        deliverer: Deliverer,
+        hostname: str,
+        limits: Limits = Limits(),
+        clock: IReactorTime | None = None,
+    ) -> None:
         self._deliverer = deliverer
         self._hostname = hostname
+        self._limits = limits
         self._clock = clock
+        self.connections = ConnectionCounter(
+            limits.maxConnections,
+            limits.maxConnectionsPerClient,
+            limits.connectionLimitExceptions,
+        )
 
     def buildProtocol(self, addr: IAddress) -> HarborESMTP:
-        protocol = HarborESMTP(self._deliverer, self._hostname, self._clock)
+        protocol = HarborESMTP(
+            self._deliverer, self._hostname, self._limits, self.connections, self._clock
+        )
         protocol.factory = self
         return protocol

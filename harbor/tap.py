@@ -215,7 +215,7 @@ def makeService(options: Options, reactor: Any = None) -> HarborService:
         lambda f: deferToThreadPool(reactor, reactor.getThreadPool(), f),
         reactor.seconds,
     )
-    factory = HarborSMTPFactory(deliverer, config.hostname, reactor)
+    factory = HarborSMTPFactory(deliverer, config.hostname, config.limits, reactor)
     service = HarborService(config, store)
     for description in config.ports:
         ListeningService(

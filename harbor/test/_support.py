@@ -18,7 +18,7 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 
-from harbor.config import DomainConfig
+from harbor.config import DomainConfig, Limits
 from harbor.delivery import Deliverer
 from harbor.maildir import IFileSystem, MaildirNamer, MaildirStore, RealFileSystem
 from harbor.policy import RecipientPolicy
@@ -157,9 +157,17 @@ class SMTPDriver:
     One SMTP connection over a L{StringTransport}.
     """
 
-    def __init__(self, deliverer: Deliverer, clock: Clock | None = None, peer: str = "192.0.2.7") -> None:
+    def __init__(
+        self,
+        deliverer: Deliverer,
+        clock: Clock | None = None,
+        peer: str = "192.0.2.7",
+        limits: Limits | None = None,
+        factory: HarborSMTPFactory | None = None,
+    ) -> None:
         self.clock = clock or Clock()
-        factory = HarborSMTPFactory(deliverer, HOSTNAME, self.clock)
+        if factory is None:
+            factory = HarborSMTPFactory(deliverer, HOSTNAME, limits or Limits(), self.clock)
         self.protocol: HarborESMTP = factory.buildProtocol(IPv4Address("TCP", peer, 40000))
         self.transport = StringTransport(peerAddress=IPv4Address("TCP", peer, 40000))
         self.protocol.makeConnection(self.transport)

@@ -6,7 +6,7 @@ import os
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from harbor.config import Config, ConfigError, DomainConfig, loadFile, normalisePort
+from harbor.config import Config, ConfigError, DomainConfig, Limits, loadFile, normalisePort
 
 
 class ConfigTests(SynchronousTestCase):
@@ -199,3 +199,64 @@ class LoadFileTests(SynchronousTestCase):
             f.write("domain = [\n")
         error = self.assertRaises(ConfigError, loadFile, path)
         self.assertIn("not valid TOML", error.problem)
+
+
+class LimitsTests(SynchronousTestCase):
+    """
+    Tests for the limits settings.
+    """
+
+    def test_defaults(self) -> None:
+        """
+        Without limit settings, the documented defaults apply: 25 MiB, 1000
+        recipients, 300 s and 180 s timeouts, 10 errors, loopback exempt.
+        """
+        limits = Config.fromMapping({"domain": "example.com"}).limits
+        self.assertEqual(
+            (limits.maxMessageSize, limits.maxRecipients, limits.commandTimeout, limits.dataTimeout),
+            (26214400, 1000, 300, 180),
+        )
+        self.assertEqual(limits.maxErrors, 10)
+        self.assertEqual(limits.connectionLimitExceptions, ("127.0.0.0/8", "::1/128"))
+        self.assertEqual(limits.bareNewline, "normalize")
+
+    def test_settings(self) -> None:
+        """
+        Each limit is read from its key.
+        """
+        limits = Config.fromMapping(
+            {
+                "domain": "example.com",
+                "max_message_size": 1000,
+                "max_recipients": 100,
+                "command_timeout": 30,
+                "data_timeout": 2.5,
+                "max_errors": 3,
+                "max_connections": 7,
+                "max_connections_per_client": 2,
+                "connection_limit_exceptions": ["10.1.2.3/8"],
+                "bare_newline": "reject",
+            }
+        ).limits
+        self.assertEqual(
+            limits,
+            Limits(1000, 100, 30.0, 2.5, 3, 7, 2, ("10.0.0.0/8",), "reject"),
+        )
+
+    def test_badLimits(self) -> None:
+        """
+        Values of the wrong type or too small are refused, naming the key;
+        fewer than 100 recipients would break RFC 5321.
+        """
+        for key, value in [
+            ("max_message_size", -1),
+            ("max_message_size", "10M"),
+            ("max_recipients", 99),
+            ("command_timeout", 0),
+            ("max_errors", True),
+            ("max_errors", 2.5),
+            ("bare_newline", "ignore"),
+            ("connection_limit_exceptions", ["not-a-net"]),
+        ]:
+            error = self.assertRaises(ConfigError, Config.fromMapping, {"domain": "example.com", key: value})
+            self.assertEqual(error.setting, key)

@@ -1,0 +1,424 @@
+"""
+Helpers for the end-to-end tests: the real MailHarbor service listening on
+loopback, blocking clients run in threads, and a real C{twistd mailharbor}
+subprocess.
+
+The in-process server is built exactly as C{twistd mailharbor} builds it
+(L{harbor.tap.Options} then L{harbor.tap.makeService} with the global
+reactor), so what is tested is the wiring, not a hand-made factory.  Its
+cleanup stops listening and then waits until the server side of every
+connection accepted on its port has closed, so trial finds a clean reactor.
+"""
+
+from __future__ import annotations
+
+import mailbox
+import os
+import re
+import smtplib
+import socket
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+from twisted.internet import reactor, task
+from twisted.internet.defer import Deferred
+from twisted.internet.error import ProcessDone, ProcessTerminated
+from twisted.internet.protocol import ProcessProtocol
+from twisted.internet.tcp import Server
+from twisted.internet.threads import deferToThread
+from twisted.python.failure import Failure
+from twisted.trial.unittest import TestCase
+
+from harbor.tap import ListeningService, Options, makeService
+
+T = TypeVar("T")
+
+DOMAIN = "example.com"
+HOSTNAME = "mx.example.com"
+LOOPBACK_PORT = "tcp:0:interface=127.0.0.1"
+CLIENT_TIMEOUT = 30.0
+# How long cleanup and polling loops wait before giving up.
+POLL_LIMIT = 15.0
+POLL_INTERVAL = 0.02
+
+_LISTENING = re.compile(rb"MailHarbor listening on .*\(127\.0\.0\.1 port (\d+)\)")
+
+
+def pause(seconds: float = POLL_INTERVAL) -> Deferred[None]:
+    """
+    Let the reactor turn for a moment; only for bounded polling loops.
+    """
+    return task.deferLater(reactor, seconds, lambda: None)
+
+
+async def pollUntil(
+    condition: Callable[[], object], what: str, limit: float = POLL_LIMIT
+) -> None:
+    """
+    Wait, with the reactor running, until C{condition()} is true.
+
+    @raise AssertionError: naming C{what} if it is still false after
+        C{limit} seconds.
+    """
+    deadline = time.monotonic() + limit
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"gave up after {limit}s waiting until {what}")
+        await pause()
+
+
+def inThread(f: Callable[..., T], *args: Any, **kwargs: Any) -> Deferred[T]:
+    """
+    Run a blocking client off the reactor thread, so the server can answer.
+    """
+    return deferToThread(f, *args, **kwargs)
+
+
+def _serverConnections(portNumber: int) -> list[Server]:
+    """
+    The server-side TCP connections the reactor still watches on a port.
+    """
+    selectables = list(reactor.getReaders()) + list(reactor.getWriters())
+    found = []
+    for s in dict.fromkeys(selectables):
+        if isinstance(s, Server):
+            try:
+                if s.getHost().port == portNumber:
+                    found.append(s)
+            except OSError:
+                found.append(s)
+    return found
+
+
+class RunningServer:
+    """
+    A MailHarbor service running in this process.
+
+    @ivar root: The Maildir root.
+    @ivar port: The TCP port it listens on, on 127.0.0.1.
+    @ivar service: The L{harbor.tap.HarborService}.
+    """
+
+    def __init__(self, root: str, port: int, service: Any) -> None:
+        self.root = root
+        self.port = port
+        self.service = service
+
+    def maildirPath(self, domain: str = DOMAIN) -> str:
+        """
+        The Maildir a domain's mail is stored in.
+        """
+        return os.path.join(self.root, domain)
+
+    def maildir(self, domain: str = DOMAIN) -> mailbox.Maildir:
+        """
+        The domain's Maildir opened as a mail reader opens it.
+        """
+        return mailbox.Maildir(self.maildirPath(domain), factory=None, create=False)
+
+    def listing(self, sub: str, domain: str = DOMAIN) -> list[str]:
+        """
+        The file names in C{tmp}, C{new} or C{cur} of a domain's Maildir.
+        """
+        return sorted(os.listdir(os.path.join(self.maildirPath(domain), sub)))
+
+    def storedFiles(self, domain: str = DOMAIN) -> dict[str, bytes]:
+        """
+        Every message stored for a domain, by Maildir key, as bytes.
+        """
+        md = self.maildir(domain)
+        return {key: md.get_bytes(key) for key in md.keys()}
+
+    def connect(self) -> smtplib.SMTP:
+        """
+        Open an smtplib session (blocking: call it in a thread).
+        """
+        return smtplib.SMTP("127.0.0.1", self.port, local_hostname="client.example", timeout=CLIENT_TIMEOUT)
+
+    def rawSocket(self) -> RawClient:
+        """
+        Open a raw socket session (blocking: call it in a thread).
+        """
+        return RawClient(self.port)
+
+
+async def startServer(
+    testCase: TestCase, *extraArguments: str, domains: Sequence[str] = (DOMAIN,)
+) -> RunningServer:
+    """
+    Start MailHarbor as C{twistd mailharbor} would, on a free loopback port,
+    with the Maildir root in a fresh temporary directory.  Cleanup stops
+    it and waits until its connections have closed.
+
+    @param extraArguments: More command-line options (C{--config}, ...).
+    """
+    root = os.path.abspath(testCase.mktemp())
+    arguments = ["--port", LOOPBACK_PORT, "--maildir", root, "--hostname", HOSTNAME]
+    for domain in domains:
+        arguments += ["--domain", domain]
+    options = Options()
+    options.parseOptions(arguments + list(extraArguments))
+    service = makeService(options, reactor)
+    service.privilegedStartService()
+    service.startService()
+    listeners = [s for s in service if isinstance(s, ListeningService)]
+    testCase.assertEqual(len(listeners), 1)
+    listening = listeners[0].port
+    testCase.assertIsNotNone(listening)
+    portNumber = listening.getHost().port
+
+    async def stop() -> None:
+        await service.stopService()
+        try:
+            await pollUntil(
+                lambda: not _serverConnections(portNumber),
+                "the server has closed its connections",
+            )
+        except AssertionError:
+            # Leave a clean reactor for the next test, and fail this one.
+            for connection in _serverConnections(portNumber):
+                connection.abortConnection()
+            await pause(0.1)
+            raise
+
+    testCase.addCleanup(stop)
+    return RunningServer(root, portNumber, service)
+
+
+def traceHeaders(stored: bytes) -> tuple[bytes, bytes]:
+    """
+    Split a stored copy into MailHarbor's trace block (its C{Return-Path:},
+    C{Delivered-To:} and three-line C{Received:}) and what the client sent.
+    """
+    lines = stored.split(b"\n", 5)
+    return b"\n".join(lines[:5]) + b"\n", lines[5]
+
+
+class RawClient:
+    """
+    A blocking SMTP client on a bare socket, for what smtplib will not send.
+    Every operation has a timeout, so a server that stops answering fails
+    the test instead of hanging it.
+    """
+
+    def __init__(self, port: int) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=CLIENT_TIMEOUT)
+        self._buffer = b""
+        self.greeting = self.reply()
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def _line(self) -> bytes | None:
+        while b"\r\n" not in self._buffer:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                return None
+            self._buffer += chunk
+        line, self._buffer = self._buffer.split(b"\r\n", 1)
+        return line
+
+    def reply(self) -> tuple[int, bytes]:
+        """
+        Read one (possibly multi-line) reply.
+
+        @return: its code and its text, lines joined by LF.
+        @raise EOFError: if the connection closes first.
+        """
+        texts = []
+        while True:
+            line = self._line()
+            if line is None:
+                raise EOFError(f"connection closed; partial reply {texts!r}")
+            if len(line) < 3 or not line[:3].isdigit() or line[3:4] not in (b" ", b"-", b""):
+                raise ValueError(f"not an SMTP reply line: {line!r}")
+            texts.append(line[4:])
+            if line[3:4] != b"-":
+                return int(line[:3]), b"\n".join(texts)
+
+    def command(self, line: bytes) -> tuple[int, bytes]:
+        """
+        Send one command line (CRLF added) and read its reply.
+        """
+        self.send(line + b"\r\n")
+        return self.reply()
+
+    def repliesUntilClosed(self) -> list[tuple[int, bytes]]:
+        """
+        Read replies until the server closes the connection.
+        """
+        replies = []
+        while True:
+            try:
+                replies.append(self.reply())
+            except EOFError:
+                if self._buffer:
+                    raise
+                return replies
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def twistdPath() -> str:
+    """
+    The C{twistd} of the environment the tests run in.
+    """
+    return os.path.join(os.path.dirname(sys.executable), "twistd")
+
+
+def subprocessEnvironment() -> dict[str, str]:
+    """
+    The environment for a C{twistd} subprocess: this one, without anything
+    that would put the checkout ahead of the installed package.
+    """
+    env = dict(os.environ)
+    env.pop("PYTHONPATH", None)
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+class _TwistdProtocol(ProcessProtocol):
+    def __init__(self) -> None:
+        self.output = b""
+        self.ended: Deferred[int] = Deferred()
+        self.exitCode: int | None = None
+
+    def outReceived(self, data: bytes) -> None:
+        self.output += data
+
+    errReceived = outReceived
+
+    def processEnded(self, reason: Failure) -> None:
+        if reason.check(ProcessDone):
+            self.exitCode = 0
+        elif reason.check(ProcessTerminated):
+            value = reason.value
+            self.exitCode = value.exitCode if value.exitCode is not None else -(value.signal or 0)
+        else:
+            self.exitCode = -1
+        self.ended.callback(self.exitCode)
+
+
+class TwistdProcess:
+    """
+    A C{twistd -n mailharbor} subprocess.
+
+    @ivar protocol: Collects its output (stdout and stderr together) and
+        fires C{ended} with its exit code.
+    """
+
+    def __init__(self, arguments: Sequence[str], cwd: str) -> None:
+        self.arguments = list(arguments)
+        self.protocol = _TwistdProtocol()
+        self.transport = reactor.spawnProcess(
+            self.protocol,
+            self.arguments[0],
+            self.arguments,
+            env=subprocessEnvironment(),
+            path=cwd,
+        )
+
+    @property
+    def output(self) -> bytes:
+        return self.protocol.output
+
+    @property
+    def exited(self) -> bool:
+        return self.protocol.exitCode is not None
+
+    async def wait(self, limit: float = POLL_LIMIT * 2) -> int:
+        """
+        Wait until it exits by itself; kill it and fail if it does not.
+        """
+        try:
+            await pollUntil(lambda: self.exited, "twistd has exited", limit)
+        except AssertionError:
+            await self.stop()
+            raise AssertionError(f"twistd did not exit; output:\n{self.output.decode(errors='replace')}")
+        assert self.protocol.exitCode is not None
+        return self.protocol.exitCode
+
+    async def stop(self) -> None:
+        """
+        Terminate it (SIGTERM, then SIGKILL if it lingers) and reap it.
+        """
+        if self.exited:
+            return
+        self.transport.signalProcess("TERM")
+        try:
+            await pollUntil(lambda: self.exited, "twistd has stopped after SIGTERM")
+        except AssertionError:
+            if not self.exited:
+                self.transport.signalProcess("KILL")
+            await pollUntil(lambda: self.exited, "twistd has died after SIGKILL")
+            raise
+
+
+async def runTwistd(
+    testCase: TestCase,
+    serviceArguments: Sequence[str],
+    twistdArguments: Sequence[str] = (),
+) -> TwistdProcess:
+    """
+    Start C{twistd -n --pidfile= [twistdArguments] mailharbor
+    [serviceArguments]} from the installed package, in a temporary working
+    directory; cleanup terminates it and waits for it.
+    """
+    cwd = os.path.abspath(testCase.mktemp())
+    os.makedirs(cwd)
+    process = TwistdProcess(
+        [twistdPath(), "-n", "--pidfile=", *twistdArguments, "mailharbor", *serviceArguments], cwd
+    )
+    testCase.addCleanup(process.stop)
+    return process
+
+
+async def startTwistdServer(
+    testCase: TestCase,
+    root: str,
+    twistdArguments: Sequence[str] = (),
+    logfile: str | None = None,
+) -> tuple[TwistdProcess, int]:
+    """
+    Start a real C{twistd mailharbor} on a free loopback port and wait until
+    it logs the port it bound (on its output, or in C{logfile}).
+
+    @return: the process and the port.
+    """
+    twistdArguments = list(twistdArguments)
+    if logfile is not None:
+        twistdArguments += ["--logfile", logfile]
+    process = await runTwistd(
+        testCase,
+        ["--port", LOOPBACK_PORT, "--domain", DOMAIN, "--maildir", root, "--hostname", HOSTNAME],
+        twistdArguments,
+    )
+
+    def logged() -> bytes:
+        if logfile is None:
+            return process.output
+        try:
+            with open(logfile, "rb") as f:
+                return f.read()
+        except FileNotFoundError:
+            return b""
+
+    found: list[int] = []
+
+    def listening() -> bool:
+        match = _LISTENING.search(logged())
+        if match:
+            found.append(int(match.group(1)))
+            return True
+        if process.exited:
+            raise AssertionError(
+                f"twistd exited with {process.protocol.exitCode} before listening:\n"
+                f"{process.output.decode(errors='replace')}{logged().decode(errors='replace')}"
+            )
+        return False
+
+    await pollUntil(listening, "twistd logs the port it listens on", POLL_LIMIT * 2)
+    return process, found[0]

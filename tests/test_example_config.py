@@ -1,0 +1,55 @@
+"""
+The shipped example configuration, C{etc/mailharbor.toml}, is valid and
+says what the README says.
+"""
+
+import os
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from harbor.config import Config, DomainConfig, loadFile
+
+ETC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "etc")
+
+
+class ExampleConfigTests(SynchronousTestCase):
+    """
+    Tests for C{etc/mailharbor.toml}.
+    """
+
+    def test_parses(self) -> None:
+        """
+        The example loads into a valid configuration with the documented
+        values: port 25, a catch-all domain and one with an accept list.
+        """
+        config = Config.fromMapping(loadFile(os.path.join(ETC, "mailharbor.toml")))
+        self.assertEqual(config.ports, ("tcp:25",))
+        self.assertEqual(config.maildir, "/var/lib/mailharbor/Maildir")
+        self.assertEqual(config.hostname, "mx.example.com")
+        self.assertEqual(
+            config.domains,
+            (
+                DomainConfig("example.com"),
+                DomainConfig("example.org", frozenset({"alice", "bob"})),
+            ),
+        )
+
+    def test_everySettingDocumented(self) -> None:
+        """
+        Every top-level setting MailHarbor knows appears in the example.
+        """
+        from harbor.config import _TOP_LEVEL_KEYS
+
+        with open(os.path.join(ETC, "mailharbor.toml")) as f:
+            text = f.read()
+        for key in _TOP_LEVEL_KEYS:
+            self.assertIn(f"\n{key}" if key != "domains" else "[domains.", text, key)
+
+    def test_systemdUnitRunsThePlugin(self) -> None:
+        """
+        The systemd unit starts the plugin in the foreground with the
+        example's path.
+        """
+        with open(os.path.join(ETC, "systemd", "mailharbor.service")) as f:
+            text = f.read()
+        self.assertIn("--nodaemon --pidfile= mailharbor --config /etc/mailharbor/mailharbor.toml", text)

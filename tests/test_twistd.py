@@ -1,0 +1,143 @@
+"""
+End-to-end tests of the installed C{twistd mailharbor}: a real twistd
+subprocess, started from the environment's C{bin/} in a directory outside
+the checkout, so only the installed package and its plugin can serve it.
+"""
+
+from __future__ import annotations
+
+import os
+import smtplib
+
+from twisted.trial.unittest import TestCase
+
+from tests._e2e import (
+    DOMAIN,
+    LOOPBACK_PORT,
+    CLIENT_TIMEOUT,
+    TwistdProcess,
+    inThread,
+    pollUntil,
+    runTwistd,
+    startTwistdServer,
+    twistdPath,
+)
+
+MESSAGE = b"Subject: from twistd\r\n\r\nHello over a real twistd.\r\n"
+
+
+def sendOne(port: int) -> dict[str, tuple[int, bytes]]:
+    """
+    Send one message with smtplib (blocking: call it in a thread).
+    """
+    with smtplib.SMTP("127.0.0.1", port, local_hostname="client.example", timeout=CLIENT_TIMEOUT) as s:
+        return s.sendmail("sender@remote.example", ["alice@example.com"], MESSAGE)
+
+
+def storedMessages(root: str) -> list[str]:
+    return sorted(os.listdir(os.path.join(root, DOMAIN, "new")))
+
+
+class TwistdTests(TestCase):
+    """
+    C{twistd -n mailharbor} in a subprocess.
+    """
+
+    timeout = 120
+
+    async def test_helpListsPlugin(self) -> None:
+        """
+        C{twistd --help} lists the mailharbor command from the installed
+        plugin.
+        """
+        cwd = os.path.abspath(self.mktemp())
+        os.makedirs(cwd)
+        process = TwistdProcess([twistdPath(), "--help"], cwd)
+        self.addCleanup(process.stop)
+        code = await process.wait()
+        self.assertEqual(code, 0, process.output)
+        commands = [line.split() for line in process.output.splitlines()]
+        self.assertIn(b"mailharbor", [words[0] for words in commands if words], process.output)
+
+    async def test_receivesMail(self) -> None:
+        """
+        The subprocess server accepts a message over SMTP and stores it in
+        the domain's Maildir.
+        """
+        root = os.path.abspath(self.mktemp())
+        process, port = await startTwistdServer(self, root)
+        self.assertEqual(await inThread(sendOne, port), {})
+        [name] = storedMessages(root)
+        with open(os.path.join(root, DOMAIN, "new", name), "rb") as f:
+            data = f.read()
+        self.assertTrue(data.startswith(b"Return-Path: <sender@remote.example>\n"), data[:200])
+        self.assertTrue(data.endswith(MESSAGE.replace(b"\r\n", b"\n")), data)
+        await process.stop()
+
+    async def assertUsageError(self, arguments: list[str], option: bytes) -> None:
+        """
+        twistd with these mailharbor arguments exits non-zero without
+        listening, and its output names C{option}.
+        """
+        process = await runTwistd(self, arguments)
+        code = await process.wait()
+        self.assertNotEqual(code, 0, process.output)
+        self.assertIn(option + b":", process.output)
+        self.assertNotIn(b"MailHarbor listening on", process.output)
+
+    async def test_badPort(self) -> None:
+        """
+        An invalid --port fails before anything listens, naming --port.
+        """
+        root = os.path.abspath(self.mktemp())
+        await self.assertUsageError(
+            ["--port", "nonsense:1", "--domain", DOMAIN, "--maildir", root], b"--port"
+        )
+        self.assertFalse(os.path.exists(root))
+
+    async def test_badDomain(self) -> None:
+        """
+        An invalid --domain fails before anything listens, naming --domain.
+        """
+        root = os.path.abspath(self.mktemp())
+        await self.assertUsageError(
+            ["--port", LOOPBACK_PORT, "--domain", "bad domain", "--maildir", root], b"--domain"
+        )
+        self.assertFalse(os.path.exists(root))
+
+    async def test_missingDomain(self) -> None:
+        """
+        Without any --domain, twistd fails before anything listens, naming
+        --domain.
+        """
+        root = os.path.abspath(self.mktemp())
+        await self.assertUsageError(["--port", LOOPBACK_PORT, "--maildir", root], b"--domain")
+        self.assertFalse(os.path.exists(root))
+
+    async def test_logfile(self) -> None:
+        """
+        With --logfile, the transaction log line of a stored message is
+        written to that file.
+        """
+        root = os.path.abspath(self.mktemp())
+        logDirectory = os.path.abspath(self.mktemp())
+        os.makedirs(logDirectory)
+        logfile = os.path.join(logDirectory, "smtp.log")
+        process, port = await startTwistdServer(self, root, logfile=logfile)
+        self.assertEqual(await inThread(sendOne, port), {})
+
+        def transactionLines() -> list[bytes]:
+            with open(logfile, "rb") as f:
+                return [
+                    line
+                    for line in f.read().splitlines()
+                    if b"from=<" in line and b"result=stored" in line
+                ]
+
+        await pollUntil(transactionLines, "the transaction is logged")
+        [line] = transactionLines()
+        self.assertIn(b"from=<sender@remote.example>", line)
+        self.assertIn(b"alice@example.com", line)
+        [name] = storedMessages(root)
+        self.assertIn(name.split(",")[0].encode(), line)
+        await process.stop()
