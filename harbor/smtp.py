@@ -828,7 +828,8 @@ class HarborESMTP(ESMTP):  # type: ignore[misc]
             client=self.session.clientAddress,
             helo=self.session.helo or "",
             sender=tx.sender.mailbox,
-            recipients=",".join(str(user) for user, _ in tx.recipients) or "-",
+            recipients=",".join(bytes(user.dest).decode("utf-8", "replace") for user, _ in tx.recipients)
+            or "-",
             rejected=",".join(tx.rejected) or "-",
             size=tx.size,
             result=result,

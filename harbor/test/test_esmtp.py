@@ -1,0 +1,581 @@
+"""
+Tests for the ESMTP extensions and limits of L{harbor.smtp}, over
+L{StringTransport}: one test per rule, exact replies, pipelined batches in
+one write.
+"""
+
+import os
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+
+from harbor.config import DomainConfig, Limits
+from harbor.smtp import HarborSMTPFactory
+from harbor.test._support import HOSTNAME, DeferredThreads, SMTPDriver, makeDeliverer
+
+MESSAGE = b"Subject: test\r\n\r\nHello.\r\n"
+ENVELOPE = b"MAIL FROM:<s@x.org>\r\nRCPT TO:<a@example.com>\r\n"
+
+
+class ESMTPTestCase(SynchronousTestCase):
+    """
+    A Maildir root and a way to connect clients with given limits.
+    """
+
+    domains = [DomainConfig("example.com"), DomainConfig("xn--bcher-kva.example")]
+    limits = Limits()
+
+    def setUp(self) -> None:
+        self.root = self.mktemp()
+        self.threads = DeferredThreads()
+        self.clock = Clock()
+        self.deliverer, self.store = makeDeliverer(
+            self.root, self.domains, runInThread=self.threads, clock=self.clock
+        )
+        self.factory = HarborSMTPFactory(self.deliverer, HOSTNAME, self.limits, self.clock)
+        self.smtp = self.connect()
+
+    def connect(self, peer: str = "192.0.2.7", ehlo: bool = True) -> SMTPDriver:
+        driver = SMTPDriver(self.deliverer, self.clock, peer=peer, factory=self.factory)
+        if ehlo:
+            driver.send(b"EHLO client.example\r\n")
+        return driver
+
+    def stored(self, domain: str = "example.com") -> list[bytes]:
+        """
+        The stored files' contents without MailHarbor's trace headers.
+        """
+        new = os.path.join(self.root, domain, "new")
+        result = []
+        for name in sorted(os.listdir(new)):
+            with open(os.path.join(new, name), "rb") as f:
+                data = f.read()
+            result.append(data.split(b"\n", 5)[5])
+        return result
+
+    def files(self, sub: str, domain: str = "example.com") -> list[str]:
+        return os.listdir(os.path.join(self.root, domain, sub))
+
+
+class EnhancedStatusCodeTests(ESMTPTestCase):
+    """
+    RFC 2034: enhanced codes for EHLO clients only.
+    """
+
+    def test_heloClientsGetPlainCodes(self) -> None:
+        """
+        A client that greeted with HELO (or not at all) gets plain codes.
+        """
+        smtp = self.connect(ehlo=False)
+        self.assertEqual(smtp.send(b"NOOP\r\n"), b"250 Ok\r\n")
+        self.assertEqual(
+            smtp.replies(b"HELO c\r\nMAIL FROM:<s@x.org>\r\nRCPT TO:<x@other.org>\r\n"),
+            [b"250 mx.example.com", b"250 Ok", b"550 <x@other.org>: Relay access denied"],
+        )
+
+    def test_ehloClientsGetEnhancedCodes(self) -> None:
+        """
+        After EHLO every reply to a command carries its enhanced code.
+        """
+        self.assertEqual(
+            self.smtp.replies(ENVELOPE + b"RCPT TO:<x@other.org>\r\nBOGUS\r\nDATA\r\n"),
+            [
+                b"250 2.1.0 Ok",
+                b"250 2.1.5 Ok",
+                b"550 5.7.1 <x@other.org>: Relay access denied",
+                b"500 5.5.2 Error: command not recognized",
+                b"354 End data with <CR><LF>.<CR><LF>",
+            ],
+        )
+
+
+class SizeTests(ESMTPTestCase):
+    """
+    RFC 1870 SIZE.
+    """
+
+    limits = Limits(maxMessageSize=1000)
+
+    def test_advertised(self) -> None:
+        """
+        EHLO advertises the configured limit.
+        """
+        self.assertIn(b"250-SIZE 1000\r\n", self.smtp.send(b"EHLO c\r\n"))
+
+    def test_declaredTooLarge(self) -> None:
+        """
+        A declared size over the limit is refused at MAIL with 552 5.3.4; a
+        malformed one is a syntax error.
+        """
+        self.assertEqual(
+            self.smtp.replies(
+                b"MAIL FROM:<s@x.org> SIZE=1001\r\nMAIL FROM:<s@x.org> SIZE=x\r\n"
+                b"MAIL FROM:<s@x.org> SIZE=1000\r\n"
+            ),
+            [
+                b"552 5.3.4 Error: message size exceeds fixed maximum message size",
+                b"501 5.5.4 Error: bad SIZE parameter",
+                b"250 2.1.0 Ok",
+            ],
+        )
+
+    def test_tooLargeWhileStreaming(self) -> None:
+        """
+        A message that grows past the limit is dropped as it arrives, is
+        answered 552 5.3.4 after the dot, and the connection stays usable.
+        """
+        self.smtp.send(ENVELOPE + b"DATA\r\n")
+        self.assertEqual(len(self.files("tmp")), 1)
+        self.smtp.send(b"x" * 600 + b"\r\n" + b"y" * 600 + b"\r\n")
+        self.assertEqual(self.files("tmp"), [])
+        self.assertEqual(
+            self.smtp.send(b"z" * 5000 + b"\r\n.\r\n"),
+            b"552 5.3.4 Error: message size exceeds fixed maximum message size\r\n",
+        )
+        self.smtp.send(ENVELOPE + b"DATA\r\n" + MESSAGE + b".\r\n")
+        self.threads.runAll()
+        self.assertEqual(self.stored(), [b"Subject: test\n\nHello.\n"])
+
+
+class PipeliningTests(ESMTPTestCase):
+    """
+    RFC 2920 PIPELINING, also when validation is asynchronous.
+    """
+
+    def test_asynchronousValidatorsKeepOrder(self) -> None:
+        """
+        While a validator's answer is pending no later command is answered,
+        so replies come in order (Twisted ticket 8126).
+        """
+        pending: list[Deferred[Any]] = []
+
+        class SlowDelivery:
+            def receivedHeader(self, *args: Any) -> None:
+                return None
+
+            def validateFrom(self, helo: Any, origin: Any) -> Deferred[Any]:
+                d: Deferred[Any] = Deferred()
+                pending.append(d)
+                return d.addCallback(lambda _: origin)
+
+            def validateTo(self, user: Any) -> Deferred[Any]:
+                d: Deferred[Any] = Deferred()
+                pending.append(d)
+                return d.addCallback(lambda _: lambda: None)
+
+        delivery = SlowDelivery()
+        self.smtp.protocol.deliveryFactory = type("F", (), {"getMessageDelivery": lambda s: delivery})()
+        self.assertEqual(self.smtp.send(ENVELOPE + b"RCPT TO:<b@example.com>\r\nNOOP\r\n"), b"")
+        replies = []
+        while pending:
+            pending.pop(0).callback(None)
+            replies.append(self.smtp.take())
+        self.assertEqual(
+            replies,
+            [b"250 2.1.0 Ok\r\n", b"250 2.1.5 Ok\r\n", b"250 2.1.5 Ok\r\n250 2.0.0 Ok\r\n"],
+        )
+
+    def test_noValidRecipientsThenData(self) -> None:
+        """
+        In a pipelined batch whose recipients were all refused, DATA gets
+        554 5.5.1 and the body that follows is read as commands.
+        """
+        replies = self.smtp.replies(
+            b"MAIL FROM:<s@x.org>\r\nRCPT TO:<x@other.org>\r\nDATA\r\nNOOP\r\n"
+        )
+        self.assertEqual(replies[2:], [b"554 5.5.1 Error: no valid recipients", b"250 2.0.0 Ok"])
+
+
+class SMTPUTF8Tests(ESMTPTestCase):
+    """
+    RFC 6531 SMTPUTF8 and internationalised domains.
+    """
+
+    def test_utf8Addresses(self) -> None:
+        """
+        With SMTPUTF8, UTF-8 local parts and a U-label domain are accepted;
+        the domain matches its configured A-label form.
+        """
+        self.smtp.send(
+            "MAIL FROM:<j\u00f6rg@x.org> SMTPUTF8\r\nRCPT TO:<\u00fcser@b\u00fccher.example>\r\n"
+            "DATA\r\n".encode()
+            + MESSAGE
+            + b".\r\n"
+        )
+        self.threads.runAll()
+        [name] = self.files("new", "xn--bcher-kva.example")
+        with open(os.path.join(self.root, "xn--bcher-kva.example", "new", name), "rb") as f:
+            data = f.read().decode("utf-8")
+        self.assertIn("Return-Path: <j\u00f6rg@x.org>\n", data)
+        self.assertIn("Delivered-To: \u00fcser@xn--bcher-kva.example\n", data)
+        self.assertIn(" with UTF8SMTP id ", data)
+
+    def test_aLabelRecipient(self) -> None:
+        """
+        An A-label recipient domain matches too, without SMTPUTF8.
+        """
+        self.assertEqual(
+            self.smtp.replies(b"MAIL FROM:<s@x.org>\r\nRCPT TO:<a@XN--BCHER-KVA.example>\r\n")[1],
+            b"250 2.1.5 Ok",
+        )
+
+    def test_utf8WithoutSMTPUTF8(self) -> None:
+        """
+        Without the SMTPUTF8 parameter, non-ASCII addresses get 553 5.6.7.
+        """
+        self.assertEqual(
+            self.smtp.replies(
+                "MAIL FROM:<j\u00f6rg@x.org>\r\nMAIL FROM:<s@x.org>\r\nRCPT TO:<\u00fc@example.com>\r\n".encode()
+            ),
+            [
+                b"553 5.6.7 Error: non-ASCII address requires SMTPUTF8",
+                b"250 2.1.0 Ok",
+                b"553 5.6.7 Error: non-ASCII address requires SMTPUTF8",
+            ],
+        )
+
+    def test_badUTF8(self) -> None:
+        """
+        Bytes that are not UTF-8, and Unicode line separators, are syntax
+        errors even with SMTPUTF8.
+        """
+        replies = self.smtp.replies(
+            b"MAIL FROM:<s@x.org> SMTPUTF8\r\nRCPT TO:<\xff@example.com>\r\n"
+            + "RCPT TO:<a\u2028b@example.com>\r\n".encode()
+        )
+        self.assertEqual([r[:9] for r in replies[1:]], [b"501 5.1.3"] * 2)
+
+
+class ChunkingTests(ESMTPTestCase):
+    """
+    RFC 3030 CHUNKING: BDAT.
+    """
+
+    limits = Limits(maxMessageSize=100)
+
+    def test_chunksStoredExactly(self) -> None:
+        """
+        Pipelined chunks are stored byte for byte, without dot-unstuffing,
+        CRLF becoming LF even when split across chunks.
+        """
+        body1 = b"Subject: x\r\n\r\n..not stuffed\r"
+        body2 = b"\n.\r\nend"
+        replies = self.smtp.replies(
+            ENVELOPE
+            + b"BDAT %d\r\n" % len(body1)
+            + body1
+            + b"BDAT %d LAST\r\n" % len(body2)
+            + body2
+        )
+        self.assertEqual(replies[2], b"250 2.0.0 Ok: %d octets received" % len(body1))
+        self.threads.runAll()
+        self.assertTrue(self.smtp.take().startswith(b"250 2.0.0 Ok: stored as "))
+        self.assertEqual(self.stored(), [b"Subject: x\n\n..not stuffed\n.\nend"])
+
+    def test_emptyLastChunk(self) -> None:
+        """
+        C{BDAT 0 LAST} ends the message.
+        """
+        self.smtp.send(ENVELOPE + b"BDAT 3\r\nabcBDAT 0 LAST\r\n")
+        self.threads.runAll()
+        self.assertEqual(self.stored(), [b"abc"])
+
+    def test_withoutTransaction(self) -> None:
+        """
+        BDAT without MAIL, or without a valid recipient, gets an error only
+        after its data has been read, so the data is not taken as commands.
+        """
+        self.assertEqual(
+            self.smtp.replies(
+                b"BDAT 6\r\nNOOP\r\nMAIL FROM:<s@x.org>\r\nRCPT TO:<x@other.org>\r\nBDAT 6 LAST\r\nRSET\r\n"
+            ),
+            [
+                b"503 5.5.1 Error: need MAIL command",
+                b"250 2.1.0 Ok",
+                b"550 5.7.1 <x@other.org>: Relay access denied",
+                b"554 5.5.1 Error: no valid recipients",
+            ],
+        )
+
+    def test_dataAfterBdat(self) -> None:
+        """
+        DATA in a transaction that used BDAT is a sequence error.
+        """
+        self.assertEqual(
+            self.smtp.replies(ENVELOPE + b"BDAT 1\r\nxDATA\r\n")[3],
+            b"503 5.5.1 Error: DATA not allowed after BDAT",
+        )
+
+    def test_sizeLimitAcrossChunks(self) -> None:
+        """
+        Chunks that together pass the limit get 552 5.3.4, nothing is
+        stored, and later chunks of the transaction are refused.
+        """
+        replies = self.smtp.replies(
+            ENVELOPE + b"BDAT 60\r\n" + b"a" * 60 + b"BDAT 60\r\n" + b"b" * 60 + b"BDAT 1 LAST\r\nc"
+        )
+        self.assertEqual(
+            replies[2:],
+            [
+                b"250 2.0.0 Ok: 60 octets received",
+                b"552 5.3.4 Error: message size exceeds fixed maximum message size",
+                b"503 5.5.1 Error: need MAIL command",
+            ],
+        )
+        self.assertEqual((self.files("tmp"), self.files("new")), ([], []))
+
+    def test_badSyntax(self) -> None:
+        """
+        A BDAT without a valid size is a syntax error.
+        """
+        self.assertEqual(
+            self.smtp.replies(b"BDAT\r\nBDAT x\r\nBDAT -1\r\n"),
+            [b"501 5.5.4 Syntax: BDAT count [LAST]"] * 3,
+        )
+
+    def test_resetMidway(self) -> None:
+        """
+        RSET between chunks drops the message.
+        """
+        self.smtp.send(ENVELOPE + b"BDAT 3\r\nabcRSET\r\n")
+        self.assertEqual((self.files("tmp"), self.files("new")), ([], []))
+
+    def test_disconnectMidChunk(self) -> None:
+        """
+        A client that leaves inside a chunk leaves nothing behind.
+        """
+        self.smtp.send(ENVELOPE + b"BDAT 50\r\nabc")
+        self.smtp.close()
+        self.assertEqual((self.files("tmp"), self.files("new")), ([], []))
+
+
+class LimitTests(ESMTPTestCase):
+    """
+    Recipients, line lengths, timeouts, errors and connections.
+    """
+
+    limits = Limits(
+        maxRecipients=100,
+        commandTimeout=30,
+        dataTimeout=20,
+        maxErrors=3,
+        maxConnections=3,
+        maxConnectionsPerClient=2,
+    )
+
+    def test_recipientLimit(self) -> None:
+        """
+        100 recipients are accepted, the 101st gets 452 4.5.3.
+        """
+        replies = self.smtp.replies(
+            b"MAIL FROM:<s@x.org>\r\n" + b"".join(b"RCPT TO:<r%d@example.com>\r\n" % i for i in range(101))
+        )
+        self.assertEqual(replies[1:101], [b"250 2.1.5 Ok"] * 100)
+        self.assertEqual(replies[101], b"452 4.5.3 Error: too many recipients")
+
+    def test_commandLineLength(self) -> None:
+        """
+        A command over 512 octets gets 500 5.5.2; MAIL may be longer by what
+        its parameters add.
+        """
+        self.assertEqual(
+            self.smtp.replies(b"NOOP " + b"x" * 505 + b"\r\nNOOP " + b"x" * 506 + b"\r\n"),
+            [b"250 2.0.0 Ok", b"500 5.5.2 Error: line too long"],
+        )
+        local = b"a" * 60
+        domain = b".".join([b"d" * 60] * 3) + b".example"
+        mail = b"MAIL FROM:<" + local + b"@" + domain + b"> SIZE=100 BODY=8BITMIME SMTPUTF8\r\n"
+        self.assertEqual(self.smtp.send(mail), b"250 2.1.0 Ok\r\n")
+
+    def test_longDataLines(self) -> None:
+        """
+        Text lines far over 998 octets in DATA are stored byte-exact and do
+        not drop the connection or end the message: the commands in the
+        body after a 20 KiB line stay content (no resynchronisation).
+        """
+        smtp = self.connect()
+        long = b"L" * 20000
+        body = long + b"\r\nRSET\r\nMAIL FROM:<evil@x.org>\r\nRCPT TO:<b@example.com>\r\nDATA\r\nsmuggled\r\n"
+        self.assertEqual(smtp.replies(ENVELOPE + b"DATA\r\n" + body + b".\r\n")[3:], [])
+        self.threads.runAll()
+        self.assertTrue(smtp.take().startswith(b"250 2.0.0 Ok: stored as "))
+        self.assertEqual(self.stored(), [body.replace(b"\r\n", b"\n")])
+
+    def test_commandTimeout(self) -> None:
+        """
+        A client silent for the command timeout gets 421 4.4.2.
+        """
+        self.clock.advance(29)
+        self.assertEqual(self.smtp.send(b"NOOP\r\n"), b"250 2.0.0 Ok\r\n")
+        self.clock.advance(30)
+        self.assertEqual(self.smtp.take(), b"421 4.4.2 mx.example.com Error: timeout exceeded\r\n")
+        self.assertTrue(self.smtp.transport.disconnecting)
+
+    def test_dataTimeout(self) -> None:
+        """
+        A client silent mid-DATA for the data timeout is dropped, and its
+        message with it.
+        """
+        self.smtp.send(ENVELOPE + b"DATA\r\npartial\r\n")
+        self.clock.advance(20)
+        self.assertEqual(self.smtp.take(), b"421 4.4.2 mx.example.com Error: timeout exceeded\r\n")
+        self.smtp.close()
+        self.assertEqual(self.files("tmp"), [])
+
+    def test_ownSlownessIsNotTheClients(self) -> None:
+        """
+        While MailHarbor is storing a message the client's timer is stopped.
+        """
+        self.smtp.send(ENVELOPE + b"DATA\r\n" + MESSAGE + b".\r\n")
+        self.clock.advance(100)
+        self.threads.runAll()
+        self.assertTrue(self.smtp.take().startswith(b"250 2.0.0 Ok: stored"))
+        self.assertFalse(self.smtp.transport.disconnecting)
+
+    def test_errorLimit(self) -> None:
+        """
+        After the configured number of error replies the client gets
+        421 4.7.0 and is disconnected.
+        """
+        self.assertEqual(
+            self.smtp.replies(b"FOO\r\nNOOP\r\nBAR\r\nRCPT TO:<a@b.c>\r\nNOOP\r\n"),
+            [
+                b"500 5.5.2 Error: command not recognized",
+                b"250 2.0.0 Ok",
+                b"500 5.5.2 Error: command not recognized",
+                b"503 5.5.1 Error: need MAIL command",
+                b"421 4.7.0 mx.example.com Error: too many errors",
+            ],
+        )
+        self.assertTrue(self.smtp.transport.disconnecting)
+
+    def test_connectionLimits(self) -> None:
+        """
+        Past the per-client limit a client gets 421 4.7.0 at once; loopback
+        clients are exempt from it but not from the total; a closed
+        connection frees its place.
+        """
+        second = self.connect(ehlo=False)
+        third = self.connect(ehlo=False)
+        self.assertEqual(
+            third.banner, b"421 mx.example.com Error: too many connections from your address\r\n"
+        )
+        self.assertTrue(third.transport.disconnecting)
+        third.close()
+        local = self.connect(peer="127.0.0.1", ehlo=False)
+        self.assertTrue(local.banner.startswith(b"220 "))
+        full = self.connect(peer="127.0.0.1", ehlo=False)
+        self.assertEqual(full.banner, b"421 mx.example.com Error: too many connections\r\n")
+        full.close()
+        second.close()
+        self.assertTrue(self.connect(ehlo=False).banner.startswith(b"220 "))
+
+
+class SmugglingTests(ESMTPTestCase):
+    """
+    Only <CRLF>.<CRLF> ends DATA (CVE-2023-51764 class).
+    """
+
+    def test_oneMessageOnly(self) -> None:
+        """
+        Bodies with LF.LF, CR.CRLF, LF.CRLF and CR.CR followed by a second
+        transaction store exactly one message holding all of it.
+        """
+        hidden = b"MAIL FROM:<evil@x.org>\r\nRCPT TO:<b@example.com>\r\nDATA\r\nsmuggled\r\n"
+        for separator in [b"\n.\n", b"\r.\r\n", b"\n.\r\n", b"\r.\r"]:
+            body = b"Subject: s\r\n\r\nbody" + separator + hidden
+            self.smtp.send(ENVELOPE + b"DATA\r\n" + body + b".\r\n")
+            self.threads.runAll()
+            self.assertTrue(self.smtp.take().startswith(b"250 2.0.0 Ok: stored as "), separator)
+        self.assertEqual(len(self.files("new")), 4)
+        for data in self.stored():
+            self.assertIn(b"smuggled", data)
+
+    def test_bareNewlineNormalized(self) -> None:
+        """
+        By default a bare LF is stored as a line end.
+        """
+        self.smtp.send(ENVELOPE + b"DATA\r\na\nb\r\n.\r\n")
+        self.threads.runAll()
+        self.assertEqual(self.stored(), [b"a\nb\n"])
+
+
+class BareNewlineRejectTests(ESMTPTestCase):
+    """
+    C{bare_newline = "reject"}.
+    """
+
+    limits = Limits(bareNewline="reject")
+
+    def test_rejected(self) -> None:
+        """
+        A message with a bare LF is refused with 550 5.5.2 after the dot and
+        nothing is stored; a clean one still is.
+        """
+        self.assertEqual(
+            self.smtp.send(ENVELOPE + b"DATA\r\na\nb\r\n.\r\n").split(b"\r\n")[-2],
+            b"550 5.5.2 Error: bare <LF> received",
+        )
+        self.assertEqual((self.files("tmp"), self.files("new")), ([], []))
+        self.assertEqual(
+            self.smtp.send(ENVELOPE + b"BDAT 4 LAST\r\na\nb\n").split(b"\r\n")[-2],
+            b"550 5.5.2 Error: bare <LF> received",
+        )
+        self.smtp.send(ENVELOPE + b"DATA\r\n" + MESSAGE + b".\r\n")
+        self.threads.runAll()
+        self.assertEqual(len(self.files("new")), 1)
+
+
+class MinimumCommandsTests(ESMTPTestCase):
+    """
+    RFC 5321 section 4.5.1.
+    """
+
+    def test_postmasterWithoutDomain(self) -> None:
+        """
+        C{RCPT TO:<Postmaster>} is accepted and delivered to the first
+        domain's postmaster.
+        """
+        self.smtp.send(b"MAIL FROM:<s@x.org>\r\nRCPT TO:<Postmaster>\r\nDATA\r\n" + MESSAGE + b".\r\n")
+        self.threads.runAll()
+        [name] = self.files("new")
+        with open(os.path.join(self.root, "example.com", "new", name), "rb") as f:
+            self.assertIn(b"\nDelivered-To: postmaster@example.com\n", f.read())
+
+    def test_vrfyNeedsArgument(self) -> None:
+        """
+        VRFY without an argument is a syntax error.
+        """
+        self.assertEqual(self.smtp.send(b"VRFY\r\n"), b"501 5.5.4 Syntax: VRFY address\r\n")
+
+
+class BackPressureTests(ESMTPTestCase):
+    """
+    Neither input nor output is buffered without bound.
+    """
+
+    def test_clientNotReadingReplies(self) -> None:
+        """
+        When the transport says our replies back up, commands are no longer
+        processed nor read until it drains.
+        """
+        self.smtp.protocol.pauseProducing()
+        self.assertEqual(self.smtp.transport.producerState, "paused")
+        self.assertEqual(self.smtp.send(b"NOOP\r\nNOOP\r\n"), b"")
+        self.smtp.protocol.resumeProducing()
+        self.assertEqual(self.smtp.transport.producerState, "producing")
+        self.assertEqual(self.smtp.take(), b"250 2.0.0 Ok\r\n250 2.0.0 Ok\r\n")
+
+    def test_clientSendingAhead(self) -> None:
+        """
+        A client that sends far ahead while a reply is pending is no longer
+        read from until its backlog is processed.
+        """
+        self.smtp.send(ENVELOPE + b"DATA\r\n" + MESSAGE + b".\r\n")
+        self.smtp.send(b"NOOP\r\n" * 50000)
+        self.assertEqual(self.smtp.transport.producerState, "paused")
+        self.threads.runAll()
+        self.assertEqual(self.smtp.transport.producerState, "producing")
+        self.assertEqual(self.smtp.take().count(b"250 2.0.0 Ok\r\n"), 50000)
