@@ -6,7 +6,7 @@ from hypothesis import given, strategies as st
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from harbor.framing import DataDecoder, InputBuffer, LineTooLong
+from harbor.framing import ChunkDecoder, DataDecoder, InputBuffer, LineTooLong
 
 
 def decodeAll(pieces: list[bytes]) -> tuple[bytes, bytes, bool]:
@@ -201,3 +201,40 @@ class DataDecoderTests(SynchronousTestCase):
         points = sorted({min(c, len(wire)) for c in cuts})
         pieces = [wire[a:b] for a, b in zip([0] + points, points + [len(wire)])]
         self.assertEqual(decodeAll(pieces), (body.replace(b"\r\n", b"\n"), b"NEXT", True))
+
+
+class ChunkDecoderTests(SynchronousTestCase):
+    """
+    Tests for L{ChunkDecoder}.
+    """
+
+    def test_noDotHandling(self) -> None:
+        """
+        Dots are data in BDAT: nothing is unstuffed or taken as an end.
+        """
+        decoder = ChunkDecoder()
+        self.assertEqual(decoder.feed(b"..a\r\n.\r\n"), b"..a\n.\n")
+
+    def test_crlfAcrossChunks(self) -> None:
+        """
+        A CR at the end of one chunk pairs with an LF at the start of the
+        next; a CR at the very end is kept.
+        """
+        decoder = ChunkDecoder()
+        self.assertEqual(decoder.feed(b"a\r"), b"a")
+        self.assertEqual(decoder.feed(b"\nb\r"), b"\nb")
+        self.assertEqual(decoder.finish(), b"\r")
+        self.assertFalse(decoder.bareNewline)
+
+    def test_bareNewline(self) -> None:
+        """
+        A bare LF is noticed, in DATA and in BDAT.
+        """
+        chunks = ChunkDecoder()
+        chunks.feed(b"a\r\nb\n")
+        self.assertTrue(chunks.bareNewline)
+        data = DataDecoder()
+        data.feed(b"a\r\nb\r\n")
+        self.assertFalse(data.bareNewline)
+        data.feed(b"c\nd\r\n")
+        self.assertTrue(data.bareNewline)

@@ -8,9 +8,12 @@ from harbor.config import DomainConfig
 from harbor.policy import (
     Accept,
     AddressSyntaxError,
+    ConnectionCounter,
+    NeedsSMTPUTF8,
     Path,
     RecipientPolicy,
     Reject,
+    asciiDomain,
     canonicalLocalPart,
     parsePath,
 )
@@ -205,3 +208,80 @@ class RecipientPolicyTests(SynchronousTestCase):
         decision = self.decide(b"<etc/passwd@example.com>")
         self.assertEqual(decision.mailbox, "example.com")  # type: ignore[union-attr]
         self.assertRaises(AddressSyntaxError, parsePath, b"<../../etc/passwd@example.com>")
+
+
+class InternationalisedTests(SynchronousTestCase):
+    """
+    SMTPUTF8 addresses (RFC 6531) and internationalised domains.
+    """
+
+    def test_utf8Path(self) -> None:
+        """
+        With utf8, UTF-8 local parts and U-label domains parse.
+        """
+        self.assertEqual(
+            parsePath("<j\u00f6rg@b\u00fccher.example>".encode(), utf8=True),
+            Path("j\u00f6rg", "b\u00fccher.example"),
+        )
+
+    def test_needsSMTPUTF8(self) -> None:
+        """
+        Without utf8, a non-ASCII path raises NeedsSMTPUTF8.
+        """
+        self.assertRaises(NeedsSMTPUTF8, parsePath, "<j\u00f6rg@x.org>".encode())
+
+    def test_separatorsAndControlsRefused(self) -> None:
+        """
+        Unicode line separators, C1 controls and format characters are
+        refused even with utf8.
+        """
+        for text in ["a\u2028b@x.org", "a\x85b@x.org", "a\u200eb@x.org"]:
+            self.assertRaises(AddressSyntaxError, parsePath, f"<{text}>".encode(), utf8=True)
+
+    def test_labelForms(self) -> None:
+        """
+        A domain configured as an A-label matches its U-label and the other
+        way round.
+        """
+        self.assertEqual(asciiDomain("B\u00fccher.Example."), "xn--bcher-kva.example")
+        policy = RecipientPolicy([DomainConfig("xn--bcher-kva.example")])
+        for domain in ["b\u00fccher.example", "XN--BCHER-KVA.example"]:
+            decision = policy.decide(parsePath(f"<a@{domain}>".encode(), utf8=True))
+            self.assertEqual(decision, Accept("xn--bcher-kva.example", "a@xn--bcher-kva.example"))
+
+    def test_duplicateKey(self) -> None:
+        """
+        Accepting the same mailbox in another case gives the same key.
+        """
+        self.assertEqual(
+            Accept("example.com", '"Alice"@example.com').key, Accept("example.com", "alice@example.com").key
+        )
+
+
+class ConnectionCounterTests(SynchronousTestCase):
+    """
+    Tests for L{ConnectionCounter}.
+    """
+
+    def test_limits(self) -> None:
+        """
+        Connections are refused past the total and per-client limits and
+        admitted again once released; exempt networks skip the per-client
+        limit.
+        """
+        counter = ConnectionCounter(3, 1, ["127.0.0.0/8"])
+        self.assertIsNone(counter.admit("192.0.2.1"))
+        self.assertEqual(counter.admit("192.0.2.1"), "too many connections from your address")
+        self.assertIsNone(counter.admit("127.0.0.1"))
+        self.assertIsNone(counter.admit("127.0.0.1"))
+        self.assertEqual(counter.admit("192.0.2.2"), "too many connections")
+        counter.release("192.0.2.1")
+        self.assertIsNone(counter.admit("192.0.2.1"))
+
+    def test_nonIPClient(self) -> None:
+        """
+        A client without an IP address (a UNIX socket) is never exempt.
+        """
+        counter = ConnectionCounter(10, 1, ["127.0.0.0/8"])
+        self.assertIsNone(counter.admit("unknown"))
+        self.assertIsNotNone(counter.admit("unknown"))
