@@ -82,9 +82,56 @@ _LIMIT_KEYS: dict[str, tuple[str, float, type]] = {
 }
 
 _TOP_LEVEL_KEYS = frozenset(
-    {"port", "domain", "maildir", "hostname", "domains", "bare_newline", "connection_limit_exceptions"}
+    {
+        "port",
+        "tls_port",
+        "submission_port",
+        "require_tls",
+        "tls_cert",
+        "tls_key",
+        "users_file",
+        "allow_plaintext_auth",
+        "submission_mailbox",
+        "domain",
+        "maildir",
+        "hostname",
+        "domains",
+        "bare_newline",
+        "connection_limit_exceptions",
+    }
     | set(_LIMIT_KEYS)
 )
+DEFAULT_SUBMISSION_MAILBOX = ".submitted/{user}"
+
+
+@frozen
+class Listener:
+    """
+    One place MailHarbor listens, and how it treats clients there.
+
+    @ivar port: The Twisted server endpoint description.
+    @ivar implicitTLS: Whether TLS starts at once (port 465, RFC 8314)
+        rather than after STARTTLS.
+    @ivar requireTLS: Whether MAIL is refused (530 5.7.0) until the
+        client has started TLS.
+    @ivar submission: Whether clients must authenticate before MAIL (port
+        587 style); their mail is stored for them, never relayed.
+    """
+
+    port: str
+    implicitTLS: bool = False
+    requireTLS: bool = False
+    submission: bool = False
+
+
+@frozen
+class TLSFiles:
+    """
+    The server's certificate (with its chain) and private key, PEM files.
+    """
+
+    certificate: str
+    key: str
 _DOMAIN_KEYS = frozenset({"accept"})
 
 
@@ -122,21 +169,37 @@ class Config:
     """
     Everything MailHarbor needs to run, checked and normalised.
 
-    @ivar ports: Twisted server endpoint descriptions to listen on.
+    @ivar listeners: Where to listen, and how.
     @ivar domains: The domains mail is accepted for, in configured order.
     @ivar maildir: Absolute path of the root under which each domain has
         its Maildir.
     @ivar hostname: This server's name, used in the banner and the
         C{Received:} header.
     @ivar limits: The limits on what clients may send.
+    @ivar tls: The certificate files, if TLS is configured.
+    @ivar usersFile: The users file for AUTH, if any.
+    @ivar allowPlaintextAuth: Whether AUTH is offered without TLS (for
+        tests on loopback; never on the internet).
+    @ivar submissionMailbox: Where an authenticated user's mail is stored,
+        relative to the root, with C{{user}} for the user name.
     """
 
-    ports: tuple[str, ...]
+    listeners: tuple[Listener, ...]
     domains: tuple[DomainConfig, ...]
     maildir: str
     hostname: str
     limits: Limits = Limits()
+    tls: TLSFiles | None = None
+    usersFile: str | None = None
+    allowPlaintextAuth: bool = False
+    submissionMailbox: str = DEFAULT_SUBMISSION_MAILBOX
 
+    @property
+    def ports(self) -> tuple[str, ...]:
+        """
+        The endpoint descriptions of all listeners.
+        """
+        return tuple(listener.port for listener in self.listeners)
     @classmethod
     def fromMapping(
         cls, mapping: Mapping[str, Any], fqdn: Callable[[], str] = socket.getfqdn
@@ -155,12 +218,51 @@ class Config:
         if unknown:
             raise ConfigError(unknown[0], "unknown setting")
 
-        ports = tuple(
-            normalisePort(p)
-            for p in _stringList(mapping.get("port", [DEFAULT_PORT]), "port", allowInt=True)
+        requireTLS = _boolean(mapping, "require_tls")
+        listeners = tuple(
+            [
+                Listener(normalisePort(p), requireTLS=requireTLS)
+                for p in _stringList(mapping.get("port", [DEFAULT_PORT]), "port", allowInt=True)
+            ]
+            + [
+                Listener(normalisePort(p, "tls_port"), implicitTLS=True)
+                for p in _stringList(mapping.get("tls_port", []), "tls_port", allowInt=True)
+            ]
+            + [
+                Listener(normalisePort(p, "submission_port"), requireTLS=True, submission=True)
+                for p in _stringList(mapping.get("submission_port", []), "submission_port", allowInt=True)
+            ]
         )
-        if not ports:
+        if not listeners:
             raise ConfigError("port", "at least one listening port is required")
+        tls = _tlsFiles(mapping)
+        if tls is None:
+            for key in ("tls_port", "submission_port", "require_tls"):
+                if mapping.get(key):
+                    raise ConfigError(key, "needs a certificate: set tls_cert and tls_key")
+        usersFile = mapping.get("users_file")
+        if usersFile is not None:
+            if not isinstance(usersFile, str) or not usersFile:
+                raise ConfigError("users_file", "must be a path")
+            from harbor.auth import readUsers
+
+            try:
+                readUsers(usersFile)
+            except OSError as e:
+                raise ConfigError("users_file", f"cannot read {usersFile}: {e.strerror}") from None
+            except ValueError as e:
+                raise ConfigError("users_file", str(e)) from None
+            usersFile = os.path.abspath(usersFile)
+        submissionMailbox = mapping.get("submission_mailbox", DEFAULT_SUBMISSION_MAILBOX)
+        if (
+            not isinstance(submissionMailbox, str)
+            or "{user}" not in submissionMailbox
+            or submissionMailbox.startswith("/")
+            or ".." in submissionMailbox.split("/")
+        ):
+            raise ConfigError(
+                "submission_mailbox", "must be a relative path containing {user}, without .."
+            )
 
         tables = mapping.get("domains", {})
         if not isinstance(tables, Mapping):
@@ -192,12 +294,40 @@ class Config:
             raise ConfigError("hostname", f"{hostname!r} is not a valid host name")
 
         return cls(
-            ports=ports,
+            listeners=listeners,
             domains=domains,
             maildir=os.path.abspath(maildir),
             hostname=hostname.lower().rstrip("."),
             limits=_limits(mapping),
+            tls=tls,
+            usersFile=usersFile,
+            allowPlaintextAuth=_boolean(mapping, "allow_plaintext_auth"),
+            submissionMailbox=submissionMailbox,
         )
+
+
+def _boolean(mapping: Mapping[str, Any], key: str) -> bool:
+    value = mapping.get(key, False)
+    if not isinstance(value, bool):
+        raise ConfigError(key, "must be true or false")
+    return value
+
+
+def _tlsFiles(mapping: Mapping[str, Any]) -> TLSFiles | None:
+    certificate, key = mapping.get("tls_cert"), mapping.get("tls_key")
+    if certificate is None and key is None:
+        return None
+    if not isinstance(certificate, str) or not certificate:
+        raise ConfigError("tls_cert", "must be the path of a PEM certificate (set with tls_key)")
+    if not isinstance(key, str) or not key:
+        raise ConfigError("tls_key", "must be the path of a PEM private key (set with tls_cert)")
+    from harbor.tls import TLSConfigurationError, loadCertificateOptions
+
+    try:
+        loadCertificateOptions(certificate, key)
+    except TLSConfigurationError as e:
+        raise ConfigError("tls_cert", str(e)) from None
+    return TLSFiles(os.path.abspath(certificate), os.path.abspath(key))
 
 
 def _limits(mapping: Mapping[str, Any]) -> Limits:
@@ -247,7 +377,7 @@ def loadFile(path: str) -> dict[str, Any]:
         raise ConfigError("config", f"{path} is not valid TOML: {e}") from None
 
 
-def normalisePort(description: str) -> str:
+def normalisePort(description: str, setting: str = "port") -> str:
     """
     Turn a C{--port} value into a Twisted endpoint description.
 
@@ -256,7 +386,7 @@ def normalisePort(description: str) -> str:
     parsed (without a reactor, so nothing listens) to reject mistakes now
     rather than when the service starts.
 
-    @raise ConfigError: naming C{port}.
+    @raise ConfigError: naming C{setting}.
     """
     from twisted.internet.endpoints import serverFromString
 
@@ -267,11 +397,11 @@ def normalisePort(description: str) -> str:
         serverFromString(None, description)
     except IndexError:
         raise ConfigError(
-            "port",
+            setting,
             f"{description!r}: no socket was passed in by systemd (LISTEN_FDS is not set)",
         ) from None
     except Exception as e:
-        raise ConfigError("port", f"{description!r} is not a valid endpoint: {e}") from None
+        raise ConfigError(setting, f"{description!r} is not a valid endpoint: {e}") from None
     return description
 
 

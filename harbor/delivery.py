@@ -26,7 +26,16 @@ from twisted.mail.smtp import Address, IMessage, SMTPBadRcpt, User
 from attrs import define, frozen
 
 from harbor.maildir import MaildirStore, PendingDelivery, StoredMessage
-from harbor.policy import Accept, AddressSyntaxError, Path, RecipientPolicy, parsePath
+from harbor.config import DEFAULT_SUBMISSION_MAILBOX
+from harbor.policy import (
+    Accept,
+    AddressSyntaxError,
+    Path,
+    RecipientPolicy,
+    Reject,
+    parsePath,
+    submissionMailbox,
+)
 
 T = TypeVar("T")
 RunInThread = Callable[[Callable[[], T]], "Deferred[T]"]
@@ -117,17 +126,21 @@ class Deliverer:
         hostname: str,
         runInThread: RunInThread[Any],
         seconds: Callable[[], float] = time.time,
+        submissionMailbox: str = DEFAULT_SUBMISSION_MAILBOX,
     ) -> None:
         """
         @param runInThread: Runs a blocking function off the reactor thread
             and returns a L{Deferred} of its result (C{deferToThreadPool}
             in production, a synchronous stand-in in tests).
+        @param submissionMailbox: Where authenticated users' mail goes,
+            relative to the root, with C{{user}} for the user name.
         """
         self.policy = policy
         self.store = store
         self.hostname = hostname
         self.runInThread = runInThread
         self.seconds = seconds
+        self.submissionMailbox = submissionMailbox
 
     def factoryFor(self, session: Session) -> HarborDeliveryFactory:
         """
@@ -184,7 +197,15 @@ class HarborDelivery:
             path = parsePath(user.dest.addrstr, utf8=self._session.utf8)
         except AddressSyntaxError as e:
             raise SMTPBadRcpt(user, 501, f"5.1.3 Bad recipient address syntax: {e}") from None
-        decision = self._deliverer.policy.decide(path)
+        if self._session.user is not None:
+            # Submission: an authenticated user may address anyone; the
+            # message is stored for the user, never relayed.
+            decision: Accept | Reject = Accept(
+                submissionMailbox(self._deliverer.submissionMailbox, self._session.user),
+                path.mailbox,
+            )
+        else:
+            decision = self._deliverer.policy.decide(path)
         if not isinstance(decision, Accept):
             raise SMTPBadRcpt(user, decision.code, f"{decision.enhanced} {decision.text}")
         # The same mailbox named twice gets one copy, as with Postfix.
@@ -201,6 +222,9 @@ class HarborDelivery:
         """
         if self._message is None:
             assert self.sender is not None
+            if self._session.user is not None:
+                for mailbox in {r.accept.mailbox for r in self.recipients}:
+                    self._deliverer.store.create(mailbox)
             received = self._deliverer.seconds()
             pending = self._deliverer.store.begin(
                 [

@@ -256,6 +256,21 @@ class RecipientPolicy:
         return Accept(domain.name, address)
 
 
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@+-]{0,127}$")
+
+
+def submissionMailbox(template: str, user: str) -> str:
+    """
+    The mailbox (relative to the root) of an authenticated user's mail.
+
+    User names come from the operator's users file or cred checker, but
+    are still not trusted as path components: a name that is not plainly
+    safe is hex-encoded.
+    """
+    safe = user if _SAFE_NAME.match(user) else "=" + user.encode("utf-8").hex()[:240]
+    return template.format(user=safe)
+
+
 class ConnectionCounter:
     """
     Counts open connections in all and per client address, to refuse the

@@ -27,25 +27,42 @@ from typing import Any
 
 from zope.interface import implementer
 
+from OpenSSL import SSL
+from twisted.cred.checkers import ICredentialsChecker
+from twisted.cred.credentials import UsernamePassword
+from twisted.cred.error import UnauthorizedLogin
+from twisted.cred.portal import IRealm, Portal
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
-from twisted.internet.interfaces import IAddress, IReactorTime
+from twisted.internet.interfaces import (
+    IAddress,
+    IHandshakeListener,
+    IOpenSSLServerConnectionCreator,
+    IReactorTime,
+    ISSLTransport,
+    ITLSTransport,
+)
 from twisted.internet.protocol import ServerFactory
+from twisted.internet.task import deferLater
 from twisted.logger import Logger
+from twisted.mail.interfaces import IMessageDeliveryFactory
 from twisted.mail.smtp import ESMTP, Address, IMessage, SMTPServerError, User
 from twisted.python.failure import Failure
 
-from attrs import frozen
+from attrs import field, frozen
 
-from harbor.config import Limits
+from harbor.auth import AuthenticationError, FailureTracker, Throttle, decodeBase64, decodePlain
+from harbor.config import Limits, Listener
 from harbor.delivery import Deliverer, IMessageStream, Session
 from harbor.framing import ChunkDecoder, DataDecoder, InputBuffer, LineTooLong
 from harbor.maildir import StorageError, StoredMessage
 from harbor.policy import AddressSyntaxError, ConnectionCounter, NeedsSMTPUTF8, Path, parsePath
+from harbor.tls import describeConnection
 
 # RFC 5321 section 4.5.3.1.4, raised for MAIL by the parameters we take:
 # SIZE (RFC 1870: 26), BODY=8BITMIME (14), SMTPUTF8 (RFC 6531: 10).
 MAX_COMMAND_LINE = 512
-_LINE_LIMITS = {b"MAIL": MAX_COMMAND_LINE + 26 + 14 + 10}
+# AUTH= (RFC 4954: 500) too; an AUTH command line may be 12288 octets.
+_LINE_LIMITS = {b"MAIL": MAX_COMMAND_LINE + 26 + 14 + 10 + 500, b"AUTH": 12288 + 2}
 # Nothing longer is ever buffered as one command line.
 _MAX_BUFFERED_LINE = 12288 + 2
 MAX_BUFFERED_INPUT = 256 * 1024
@@ -76,6 +93,51 @@ class Reply:
 SIZE_EXCEEDED = Reply(552, "5.3.4", "Error: message size exceeds fixed maximum message size")
 BARE_NEWLINE = Reply(550, "5.5.2", "Error: bare <LF> received")
 LOCAL_ERROR = Reply(451, "4.3.0", "Error: local error in processing, try again later")
+AUTH_FAILED = Reply(535, "5.7.8", "Error: authentication failed")
+_MECHANISMS = (b"PLAIN", b"LOGIN")
+
+
+@frozen
+class ServerSettings:
+    """
+    What the sessions of one listener need besides the deliverer.
+
+    @ivar hostname: This server's name.
+    @ivar limits: The limits on clients.
+    @ivar listener: The listener's own rules (TLS required, submission).
+    @ivar tls: The server's TLS, for STARTTLS and implicit TLS, or L{None}.
+    @ivar checkers: The L{twisted.cred} checkers AUTH uses; none means no
+        AUTH.
+    @ivar allowPlaintextAuth: Whether AUTH is offered without TLS.
+    @ivar throttle: How failed logins are slowed down.
+    """
+
+    hostname: str
+    limits: Limits = Limits()
+    listener: Listener = Listener("")
+    tls: IOpenSSLServerConnectionCreator | None = None
+    checkers: tuple[ICredentialsChecker, ...] = field(default=(), converter=tuple)
+    allowPlaintextAuth: bool = False
+    throttle: Throttle = Throttle()
+
+
+@implementer(IRealm)
+class _SessionRealm:
+    """
+    Gives an authenticated session its delivery factory, which then stores
+    its mail as the user's submissions.
+    """
+
+    def __init__(self, deliverer: Deliverer, session: Session) -> None:
+        self._deliverer = deliverer
+        self._session = session
+
+    def requestAvatar(self, avatarId: Any, mind: object, *interfaces: Any) -> tuple[Any, Any, Callable[[], None]]:
+        if IMessageDeliveryFactory not in interfaces:
+            raise NotImplementedError("MailHarbor's realm only gives IMessageDeliveryFactory")
+        name = avatarId.decode("utf-8", "replace") if isinstance(avatarId, bytes) else str(avatarId)
+        self._session.user = name
+        return IMessageDeliveryFactory, self._deliverer.factoryFor(self._session), lambda: None
 NO_SPACE = Reply(452, "4.3.1", "Error: insufficient system storage")
 
 
@@ -144,6 +206,7 @@ class _LineMessage:
         self._message.connectionLost()
 
 
+@implementer(IHandshakeListener)
 class HarborESMTP(ESMTP):  # type: ignore[misc]
     """
     One SMTP connection.
@@ -156,19 +219,23 @@ class HarborESMTP(ESMTP):  # type: ignore[misc]
     def __init__(
         self,
         deliverer: Deliverer,
-        hostname: str,
-        limits: Limits,
+        settings: ServerSettings,
         connections: ConnectionCounter,
-        clock: IReactorTime | None = None,
+        failures: FailureTracker,
+        clock: IReactorTime,
     ) -> None:
         super().__init__()
-        self.host = hostname
-        self._hostname = hostname
+        self.host = settings.hostname
+        self._hostname = settings.hostname
+        self._settings = settings
         self._deliverer = deliverer
-        self._limits = limits
+        self._limits = settings.limits
         self._connections = connections
-        if clock is not None:
-            self.callLater = clock.callLater
+        self._failures = failures
+        self._clock = clock
+        self.callLater = clock.callLater
+        self._auth: tuple[bytes, bytes | None] | None = None
+        self._authFailures = 0
         self._input = InputBuffer(_MAX_BUFFERED_LINE)
         self._decoder: DataDecoder | None = None
         self._chunkRemaining: int | None = None
@@ -203,14 +270,44 @@ class HarborESMTP(ESMTP):  # type: ignore[misc]
         # Our replies are produced for the transport: when the client stops
         # reading them, the transport pauses us and we stop reading commands.
         self.transport.registerProducer(self, True)
-        self.deliveryFactory = self._deliverer.factoryFor(self.session)
-        self._helo = (None, self.session.clientAddress.encode("ascii", "replace"))
+        self._startSession()
         self._send(Reply(220, None, f"{self._hostname} ESMTP MailHarbor"))
         self.setTimeout(self._limits.commandTimeout)
+
+    def _startSession(self) -> None:
+        """
+        Start from nothing but the client's address: at connection, and
+        again after STARTTLS (RFC 3207 section 4.2).
+        """
+        self.session = Session(self.session.clientAddress)
+        self.deliveryFactory = self._deliverer.factoryFor(self.session)
+        self._helo = (None, self.session.clientAddress.encode("ascii", "replace"))
+        self._auth = None
+
+    def _tlsActive(self) -> bool:
+        return self.session.tls is not None or ISSLTransport.providedBy(self.transport)
+
+    def handshakeCompleted(self) -> None:
+        """
+        TLS is up (after STARTTLS, or at once on an implicit TLS listener):
+        remember its protocol and cipher for the log and Received: header.
+        """
+        self.session.tls = describeConnection(self.transport.getHandle()) or "TLS"
+        self._log.info(
+            "client={client} TLS established: {tls}",
+            client=self.session.clientAddress,
+            tls=self.session.tls,
+        )
 
     def connectionLost(self, reason: Failure | None = None) -> None:
         self._closed = True
         self.setTimeout(None)
+        if reason is not None and reason.check(SSL.Error):
+            self._log.info(
+                "client={client} TLS failed: {error}",
+                client=self.session.clientAddress,
+                error=reason.getErrorMessage(),
+            )
         if self._admitted:
             self._admitted = False
             self._connections.release(self.session.clientAddress)
@@ -342,6 +439,9 @@ class HarborESMTP(ESMTP):  # type: ignore[misc]
         )
 
     def _commandReceived(self, line: bytes) -> None:
+        if self._auth is not None:
+            self._authResponse(line)
+            return
         parts = line.strip().split(None, 1)
         verb = parts[0].upper() if parts else b""
         argument = parts[1] if len(parts) == 2 else b""
@@ -446,7 +546,7 @@ class HarborESMTP(ESMTP):  # type: ignore[misc]
         """
         The service extensions advertised in the EHLO reply.
         """
-        return [
+        extensions = [
             "PIPELINING",
             f"SIZE {self._limits.maxMessageSize}",
             "8BITMIME",
@@ -454,6 +554,23 @@ class HarborESMTP(ESMTP):  # type: ignore[misc]
             "CHUNKING",
             "ENHANCEDSTATUSCODES",
         ]
+        if self._canStartTLS():
+            extensions.append("STARTTLS")
+        if self._authOffered():
+            extensions.append("AUTH " + " ".join(m.decode() for m in _MECHANISMS))
+        return extensions
+
+    def _canStartTLS(self) -> bool:
+        return (
+            self._settings.tls is not None
+            and not self._tlsActive()
+            and ITLSTransport.providedBy(self.transport)
+        )
+
+    def _authOffered(self) -> bool:
+        return bool(self._settings.checkers) and (
+            self._tlsActive() or self._settings.allowPlaintextAuth
+        )
 
     def smtp_RSET(self, argument: bytes) -> None:
         self._endTransaction("abandoned: reset")
@@ -476,7 +593,7 @@ class HarborESMTP(ESMTP):  # type: ignore[misc]
             Reply(
                 214,
                 "2.0.0",
-                "Commands: HELO EHLO MAIL RCPT DATA BDAT RSET NOOP QUIT VRFY HELP",
+                "Commands: HELO EHLO STARTTLS AUTH MAIL RCPT DATA BDAT RSET NOOP QUIT VRFY HELP",
             )
         )
 
@@ -485,11 +602,156 @@ class HarborESMTP(ESMTP):  # type: ignore[misc]
         self._send(Reply(221, "2.0.0", "Bye"))
         self._close()
 
+    # TLS and authentication
+
+    def smtp_STARTTLS(self, argument: bytes) -> None:
+        if argument.strip():
+            self._reply(Reply(501, "5.5.4", "Syntax: STARTTLS"))
+            return
+        if self._tlsActive():
+            self._reply(Reply(503, "5.5.1", "Error: TLS already active"))
+            return
+        if not self._canStartTLS():
+            self._reply(Reply(454, "4.7.0", "Error: TLS not available"))
+            return
+        # CVE-2011-0411: whatever came with the command in plaintext must
+        # not be executed inside TLS.
+        discarded = self._input.discard()
+        if discarded:
+            self._log.warn(
+                "client={client} sent {count} bytes after STARTTLS; discarded",
+                client=self.session.clientAddress,
+                count=discarded,
+            )
+        self._send(Reply(220, "2.0.0", "Ready to start TLS"))
+        self._endTransaction("abandoned: STARTTLS")
+        self._startSession()
+        self.transport.startTLS(self._settings.tls)
+
+    def smtp_AUTH(self, argument: bytes) -> None:
+        if not self._settings.checkers:
+            self._reply(Reply(503, "5.5.1", "Error: authentication not enabled"))
+            return
+        if not self._authOffered():
+            self._reply(Reply(538, "5.7.11", "Error: authentication requires TLS (STARTTLS first)"))
+            return
+        if not self.session.esmtp:
+            self._reply(Reply(503, "5.5.1", "Error: send EHLO first"))
+            return
+        if self.session.user is not None:
+            self._reply(Reply(503, "5.5.1", "Error: already authenticated"))
+            return
+        if self._tx is not None:
+            self._reply(Reply(503, "5.5.1", "Error: MAIL transaction in progress"))
+            return
+        parts = argument.split()
+        if not parts or len(parts) > 2:
+            self._reply(Reply(501, "5.5.4", "Syntax: AUTH mechanism [initial-response]"))
+            return
+        mechanism = parts[0].upper()
+        if mechanism not in _MECHANISMS:
+            self._reply(Reply(504, "5.5.4", "Error: unsupported authentication mechanism"))
+            return
+        if len(parts) == 1:
+            self._auth = (mechanism, None)
+            self._send(Reply(334, None, "" if mechanism == b"PLAIN" else "VXNlcm5hbWU6"))
+            return
+        self._auth = (mechanism, None)
+        self._authResponse(parts[1])
+
+    def _authResponse(self, line: bytes) -> None:
+        """
+        The client's answer to a SASL challenge (or its initial response).
+        """
+        assert self._auth is not None
+        mechanism, username = self._auth
+        if line.strip() == b"*":
+            self._auth = None
+            self._reply(Reply(501, "5.0.0", "Error: authentication cancelled"))
+            return
+        try:
+            response = decodeBase64(line)
+            if mechanism == b"PLAIN":
+                self._auth = None
+                username, password = decodePlain(response)
+            elif username is None:
+                self._auth = (mechanism, response)
+                self._send(Reply(334, None, "UGFzc3dvcmQ6"))
+                return
+            else:
+                self._auth = None
+                password = response
+        except AuthenticationError as e:
+            self._auth = None
+            if e.code == 535:
+                self._loginFailed(mechanism, b"")
+            else:
+                self._reply(Reply(e.code, e.enhanced, e.text))
+            return
+        self._login(mechanism, username, password)
+
+    def _login(self, mechanism: bytes, username: bytes, password: bytes) -> None:
+        portal = Portal(_SessionRealm(self._deliverer, self.session), self._settings.checkers)
+        result = portal.login(UsernamePassword(username, password), None, IMessageDeliveryFactory)
+
+        def succeeded(outcome: tuple[Any, Any, Any]) -> None:
+            self.deliveryFactory = outcome[1]
+            self._failures.succeeded(self.session.clientAddress)
+            self._log.info(
+                "client={client} auth={mechanism} user={user} result=ok",
+                client=self.session.clientAddress,
+                mechanism=mechanism.decode(),
+                user=self.session.user,
+            )
+            self._reply(Reply(235, "2.7.0", "Authentication successful"))
+
+        def failed(failure: Failure) -> None:
+            if failure.check(UnauthorizedLogin):
+                self._loginFailed(mechanism, username, delayed=True)
+            else:
+                self._log.failure("Authentication error", failure)
+                self._reply(Reply(454, "4.7.0", "Error: temporary authentication failure"))
+
+        def slowDown(failure: Failure) -> Deferred[Any]:
+            if not failure.check(UnauthorizedLogin):
+                return failure  # type: ignore[return-value]
+            delay = self._failures.failed(self.session.clientAddress)
+            if delay <= 0:
+                return failure  # type: ignore[return-value]
+            return deferLater(self._clock, delay, lambda: failure)
+
+        self._waitFor(result.addErrback(slowDown), succeeded, failed)
+
+    def _loginFailed(self, mechanism: bytes, username: bytes, delayed: bool = False) -> None:
+        """
+        Answer a failed login; hang up on a client that keeps failing.  The
+        password never reaches the log.
+        """
+        if not delayed:
+            self._failures.failed(self.session.clientAddress)
+        self._authFailures += 1
+        self._log.info(
+            "client={client} auth={mechanism} user={user} result=failed",
+            client=self.session.clientAddress,
+            mechanism=mechanism.decode(),
+            user=username.decode("utf-8", "replace"),
+        )
+        self._reply(AUTH_FAILED)
+        if self._authFailures >= self._settings.throttle.perSession and not self._closed:
+            self._send(Reply(421, "4.7.0", f"{self._hostname} Error: too many failed logins"))
+            self._close()
+
     # The envelope
 
     def smtp_MAIL(self, argument: bytes) -> None:
         if self._tx is not None:
             self._reply(Reply(503, "5.5.1", "Error: nested MAIL command"))
+            return
+        if self._settings.listener.requireTLS and not self._tlsActive():
+            self._reply(Reply(530, "5.7.0", "Must issue a STARTTLS command first"))
+            return
+        if self._settings.listener.submission and self.session.user is None:
+            self._reply(Reply(530, "5.7.0", "Error: authentication required"))
             return
         match = _MAIL.match(argument)
         if match is None:
@@ -548,6 +810,9 @@ class HarborESMTP(ESMTP):  # type: ignore[misc]
                 limit = self._limits.maxMessageSize
                 if limit and int(value) > limit:
                     return SIZE_EXCEEDED
+            elif keyword == b"AUTH":
+                # RFC 4954 section 5: accepted, and not trusted for anything.
+                pass
             elif keyword == b"SMTPUTF8":
                 if value or b"=" in parameter:
                     return Reply(501, "5.5.4", "Error: SMTPUTF8 takes no value")
@@ -839,8 +1104,8 @@ class HarborESMTP(ESMTP):  # type: ignore[misc]
 
 class HarborSMTPFactory(ServerFactory):
     """
-    Builds a L{HarborESMTP} for each connection, counting them against the
-    connection limits.
+    Builds a L{HarborESMTP} for each connection to one listener, counting
+    them against the connection limits, which all listeners share.
     """
 
     noisy = False
@@ -848,23 +1113,28 @@ class HarborSMTPFactory(ServerFactory):
     def __init__(
         self,
         deliverer: Deliverer,
-        hostname: str,
-        limits: Limits = Limits(),
+        settings: ServerSettings,
         clock: IReactorTime | None = None,
+        connections: ConnectionCounter | None = None,
+        failures: FailureTracker | None = None,
     ) -> None:
+        if clock is None:
+            from twisted.internet import reactor as clock  # type: ignore[assignment]
+        assert clock is not None
+        limits = settings.limits
         self._deliverer = deliverer
-        self._hostname = hostname
-        self._limits = limits
+        self._settings = settings
         self._clock = clock
-        self.connections = ConnectionCounter(
+        self.connections = connections or ConnectionCounter(
             limits.maxConnections,
             limits.maxConnectionsPerClient,
             limits.connectionLimitExceptions,
         )
+        self.failures = failures or FailureTracker(settings.throttle, clock.seconds)
 
     def buildProtocol(self, addr: IAddress) -> HarborESMTP:
         protocol = HarborESMTP(
-            self._deliverer, self._hostname, self._limits, self.connections, self._clock
+            self._deliverer, self._settings, self.connections, self.failures, self._clock
         )
         protocol.factory = self
         return protocol

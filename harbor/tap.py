@@ -12,7 +12,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import signal
+from typing import Any
+
 from twisted.application.service import MultiService, Service
+from twisted.cred import strcred
+from twisted.cred.credentials import IUsernamePassword
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
@@ -24,10 +29,31 @@ from twisted.python.failure import Failure
 
 from harbor.config import DEFAULT_MAILDIR, Config, ConfigError, loadFile
 
-_CLI_KEYS = ("port", "domain", "maildir", "hostname")
+# Command-line options that override the configuration file key of the same
+# name (with - for _).
+_CLI_KEYS = (
+    "port",
+    "tls_port",
+    "submission_port",
+    "domain",
+    "maildir",
+    "hostname",
+    "tls_cert",
+    "tls_key",
+    "users_file",
+    "require_tls",
+    "allow_plaintext_auth",
+)
 
 
-class Options(usage.Options):
+def optionName(setting: str) -> str:
+    """
+    The command-line option for a configuration setting.
+    """
+    return "--" + setting.replace("_", "-")
+
+
+class Options(usage.Options, strcred.AuthOptionMixin):
     """
     The options of C{twistd mailharbor}.
 
@@ -44,7 +70,15 @@ class Options(usage.Options):
         ["maildir", "m", None, f"Root directory of the Maildirs [default: ./{DEFAULT_MAILDIR}]"],
         ["hostname", None, None, "Name of this server in the banner and Received: headers [default: the FQDN]"],
         ["config", "c", None, "TOML configuration file; command-line options override it"],
+        ["tls-cert", None, None, "PEM certificate (with its chain) for STARTTLS and implicit TLS"],
+        ["tls-key", None, None, "PEM private key of --tls-cert"],
+        ["users-file", None, None, "Users file for AUTH (see `mailharbor passwd`)"],
     ]
+    optFlags = [
+        ["require-tls", None, "Refuse MAIL on --port listeners until the client has used STARTTLS"],
+        ["allow-plaintext-auth", None, "Offer AUTH without TLS (for tests on loopback only)"],
+    ]
+    supportedInterfaces = [IUsernamePassword]
     compData = usage.Completions(
         optActions={
             "maildir": usage.CompleteDirs(),
@@ -55,6 +89,8 @@ class Options(usage.Options):
     def __init__(self) -> None:
         super().__init__()
         self["port"] = []
+        self["tls_port"] = []
+        self["submission_port"] = []
         self["domain"] = []
 
     def opt_port(self, description: str) -> None:
@@ -66,6 +102,20 @@ class Options(usage.Options):
         self["port"].append(description)
 
     opt_p = opt_port
+
+    def opt_tls_port(self, description: str) -> None:
+        """
+        Listen with implicit TLS (port 465, RFC 8314) on this port number or
+        endpoint; needs --tls-cert; may be repeated
+        """
+        self["tls_port"].append(description)
+
+    def opt_submission_port(self, description: str) -> None:
+        """
+        Listen for authenticated submission (port 587 style: STARTTLS, then
+        AUTH before MAIL) on this port number or endpoint; may be repeated
+        """
+        self["submission_port"].append(description)
 
     def opt_domain(self, domain: str) -> None:
         """
@@ -89,16 +139,24 @@ class Options(usage.Options):
             raise usage.UsageError(f"--config: {e.problem}") from None
         fromCommandLine = set()
         for key in _CLI_KEYS:
-            value = self[key]
-            if value is not None and value != []:
-                mapping[key] = value
+            value = self.get(key, self.get(key.replace("_", "-")))
+            if value is not None and value != [] and value != 0:
+                mapping[key] = bool(value) if key in ("require_tls", "allow_plaintext_auth") else value
                 fromCommandLine.add(key)
         try:
             self.config = Config.fromMapping(mapping)
         except ConfigError as e:
             if e.setting in fromCommandLine or path is None:
-                raise usage.UsageError(f"--{e.setting}: {e.problem}") from None
+                raise usage.UsageError(f"{optionName(e.setting)}: {e.problem}") from None
             raise usage.UsageError(f"{path}: {e.setting}: {e.problem}") from None
+        if (
+            any(listener.submission for listener in self.config.listeners)
+            and self.config.usersFile is None
+            and not self.get("credCheckers")
+        ):
+            raise usage.UsageError(
+                "--submission-port: needs users to authenticate (--users-file or --auth)"
+            )
 
 
 class ListeningService(Service):
@@ -162,10 +220,34 @@ class HarborService(MultiService):
 
     _log = Logger()
 
-    def __init__(self, config: Config, store: Any) -> None:
+    def __init__(self, config: Config, store: Any, tls: Any = None) -> None:
         super().__init__()
         self.config = config
         self._store = store
+        self._tls = tls
+        self._previousHandler: Any = None
+
+    def reload(self) -> None:
+        """
+        Re-read what can change while running: the TLS certificate, for
+        connections made from now on.  A certificate that cannot be used is
+        logged and the one in use is kept.
+        """
+        from harbor.tls import TLSConfigurationError
+
+        if self._tls is None:
+            return
+        try:
+            self._tls.reload()
+        except TLSConfigurationError as e:
+            self._log.error("Keeping the TLS certificate in use: {error}", error=str(e))
+        else:
+            self._log.info("Reloaded the TLS certificate {path}", path=self._tls.certificatePath)
+
+    def _hangUp(self, signalNumber: int, frame: Any) -> None:
+        from twisted.internet import reactor
+
+        reactor.callFromThread(self.reload)
 
     def startService(self) -> None:
         from harbor.maildir import StorageError
@@ -185,7 +267,14 @@ class HarborService(MultiService):
             domains=", ".join(d.name for d in self.config.domains),
             maildir=self.config.maildir,
         )
+        self._previousHandler = signal.signal(signal.SIGHUP, self._hangUp)
         super().startService()
+
+    def stopService(self) -> Deferred[None] | None:
+        if self._previousHandler is not None:
+            signal.signal(signal.SIGHUP, self._previousHandler)
+            self._previousHandler = None
+        return super().stopService()  # type: ignore[no-any-return]
 
 
 def makeService(options: Options, reactor: Any = None) -> HarborService:
@@ -201,25 +290,54 @@ def makeService(options: Options, reactor: Any = None) -> HarborService:
         reactor = _reactor
     # Imported here, not at the top: twisted.mail.smtp imports the global
     # reactor, and twistd imports this module before it has started one.
+    from twisted.protocols.tls import TLSMemoryBIOFactory
+
+    from harbor.auth import FailureTracker, Throttle, UsersFileChecker
     from harbor.delivery import Deliverer
     from harbor.maildir import MaildirNamer, MaildirStore
-    from harbor.policy import RecipientPolicy
-    from harbor.smtp import HarborSMTPFactory
+    from harbor.policy import ConnectionCounter, RecipientPolicy
+    from harbor.smtp import HarborSMTPFactory, ServerSettings
+    from harbor.tls import ReloadableTLS
 
     config: Config = options.config
+    limits = config.limits
+
+    def runInThread(f: Any) -> Deferred[Any]:
+        return deferToThreadPool(reactor, reactor.getThreadPool(), f)
+
     store = MaildirStore(config.maildir, MaildirNamer(config.hostname, reactor.seconds))
     deliverer = Deliverer(
         RecipientPolicy(config.domains),
         store,
         config.hostname,
-        lambda f: deferToThreadPool(reactor, reactor.getThreadPool(), f),
+        runInThread,
         reactor.seconds,
+        config.submissionMailbox,
     )
-    factory = HarborSMTPFactory(deliverer, config.hostname, config.limits, reactor)
-    service = HarborService(config, store)
-    for description in config.ports:
+    tls = ReloadableTLS(config.tls.certificate, config.tls.key) if config.tls else None
+    checkers = list(options.get("credCheckers", []))
+    if config.usersFile is not None:
+        checkers.append(UsersFileChecker(config.usersFile, runInThread))
+    connections = ConnectionCounter(
+        limits.maxConnections, limits.maxConnectionsPerClient, limits.connectionLimitExceptions
+    )
+    throttle = Throttle()
+    failures = FailureTracker(throttle, reactor.seconds)
+    service = HarborService(config, store, tls)
+    for listener in config.listeners:
+        settings = ServerSettings(
+            config.hostname,
+            limits,
+            listener,
+            tls,
+            tuple(checkers),
+            config.allowPlaintextAuth,
+            throttle,
+        )
+        factory: Factory = HarborSMTPFactory(deliverer, settings, reactor, connections, failures)
+        if listener.implicitTLS:
+            factory = TLSMemoryBIOFactory(tls, False, factory)
         ListeningService(
-            description, serverFromString(reactor, description), factory
+            listener.port, serverFromString(reactor, listener.port), factory
         ).setServiceParent(service)
     return service
-

@@ -22,7 +22,7 @@ from harbor.config import DomainConfig, Limits
 from harbor.delivery import Deliverer
 from harbor.maildir import IFileSystem, MaildirNamer, MaildirStore, RealFileSystem
 from harbor.policy import RecipientPolicy
-from harbor.smtp import HarborESMTP, HarborSMTPFactory
+from harbor.smtp import HarborESMTP, HarborSMTPFactory, ServerSettings
 
 HOSTNAME = "mx.example.com"
 
@@ -167,7 +167,7 @@ class SMTPDriver:
     ) -> None:
         self.clock = clock or Clock()
         if factory is None:
-            factory = HarborSMTPFactory(deliverer, HOSTNAME, limits or Limits(), self.clock)
+            factory = HarborSMTPFactory(deliverer, ServerSettings(HOSTNAME, limits or Limits()), self.clock)
         self.protocol: HarborESMTP = factory.buildProtocol(IPv4Address("TCP", peer, 40000))
         self.transport = StringTransport(peerAddress=IPv4Address("TCP", peer, 40000))
         self.protocol.makeConnection(self.transport)

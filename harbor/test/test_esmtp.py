@@ -12,7 +12,7 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from harbor.config import DomainConfig, Limits
-from harbor.smtp import HarborSMTPFactory
+from harbor.smtp import HarborSMTPFactory, ServerSettings
 from harbor.test._support import HOSTNAME, DeferredThreads, SMTPDriver, makeDeliverer
 
 MESSAGE = b"Subject: test\r\n\r\nHello.\r\n"
@@ -34,7 +34,7 @@ class ESMTPTestCase(SynchronousTestCase):
         self.deliverer, self.store = makeDeliverer(
             self.root, self.domains, runInThread=self.threads, clock=self.clock
         )
-        self.factory = HarborSMTPFactory(self.deliverer, HOSTNAME, self.limits, self.clock)
+        self.factory = HarborSMTPFactory(self.deliverer, ServerSettings(HOSTNAME, self.limits), self.clock)
         self.smtp = self.connect()
 
     def connect(self, peer: str = "192.0.2.7", ehlo: bool = True) -> SMTPDriver:

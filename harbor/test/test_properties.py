@@ -13,7 +13,7 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from harbor.config import DomainConfig, Limits
-from harbor.smtp import HarborSMTPFactory
+from harbor.smtp import HarborSMTPFactory, ServerSettings
 from harbor.test._support import HOSTNAME, SMTPDriver, makeDeliverer
 
 _FINAL = re.compile(rb"^\d{3} ", re.MULTILINE)
@@ -55,7 +55,7 @@ class ProtocolPropertyTests(SynchronousTestCase):
         root = self.mktemp()
         clock = Clock()
         deliverer, _ = makeDeliverer(root, [DomainConfig("example.com")], clock=clock)
-        factory = HarborSMTPFactory(deliverer, HOSTNAME, Limits(maxErrors=10**9), clock)
+        factory = HarborSMTPFactory(deliverer, ServerSettings(HOSTNAME, Limits(maxErrors=10**9)), clock)
         return SMTPDriver(deliverer, clock, factory=factory), root
 
     @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])

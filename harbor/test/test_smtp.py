@@ -98,7 +98,7 @@ class GreetingTests(SMTPTestCase):
                 b"250 2.0.0 Ok",
                 b"252 2.0.0 Send some mail, I will try my best",
                 b"502 5.5.1 Error: EXPN is not supported",
-                b"214 2.0.0 Commands: HELO EHLO MAIL RCPT DATA BDAT RSET NOOP QUIT VRFY HELP",
+                b"214 2.0.0 Commands: HELO EHLO STARTTLS AUTH MAIL RCPT DATA BDAT RSET NOOP QUIT VRFY HELP",
             ],
         )
 

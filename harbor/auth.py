@@ -1,0 +1,286 @@
+# -*- test-case-name: harbor.test.test_auth -*-
+"""
+Authentication: the users file, its password hashes, the L{twisted.cred}
+checker over it, the SASL PLAIN and LOGIN exchanges (RFC 4616, RFC 4954) and
+the throttling of clients that keep guessing.
+
+Passwords are hashed with scrypt from the standard library, each with its
+own random salt, so a stolen users file is expensive to attack.  Checking a
+password is deliberately slow, so it runs in a thread, never on the reactor.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import os
+import re
+import tempfile
+from collections.abc import Callable
+from typing import Any
+
+from zope.interface import implementer
+
+from twisted.cred.checkers import ICredentialsChecker
+from twisted.cred.credentials import IUsernamePassword
+from twisted.cred.error import UnauthorizedLogin
+from twisted.internet.defer import Deferred
+
+from attrs import frozen
+
+USER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@+-]{0,127}$")
+_SCRYPT_N = 2**14
+_SCRYPT_R = 8
+_SCRYPT_P = 1
+_PREFIX = "$scrypt$"
+
+
+class AuthenticationError(Exception):
+    """
+    A client's SASL exchange is malformed.
+
+    @ivar code: The SMTP reply code.
+    @ivar enhanced: The enhanced status code.
+    @ivar text: The reply text.
+    """
+
+    def __init__(self, code: int, enhanced: str, text: str) -> None:
+        super().__init__(text)
+        self.code = code
+        self.enhanced = enhanced
+        self.text = text
+
+
+def hashPassword(password: str, salt: bytes | None = None) -> str:
+    """
+    Hash a password for the users file: C{$scrypt$ln=14,r=8,p=1$salt$hash}.
+    """
+    salt = os.urandom(16) if salt is None else salt
+    digest = hashlib.scrypt(
+        password.encode("utf-8"), salt=salt, n=_SCRYPT_N, r=_SCRYPT_R, p=_SCRYPT_P, dklen=32
+    )
+    return (
+        f"{_PREFIX}ln={_SCRYPT_N.bit_length() - 1},r={_SCRYPT_R},p={_SCRYPT_P}$"
+        f"{base64.b64encode(salt).decode()}${base64.b64encode(digest).decode()}"
+    )
+
+
+def verifyPassword(password: bytes, encoded: str) -> bool:
+    """
+    Whether C{password} matches a hash made by L{hashPassword}, compared in
+    constant time.
+    """
+    try:
+        prefix, parameters, salt, digest = encoded.rsplit("$", 3)
+        if prefix + "$" != _PREFIX:
+            return False
+        settings = dict(item.split("=", 1) for item in parameters.split(","))
+        n = 2 ** int(settings["ln"])
+        expected = base64.b64decode(digest)
+        actual = hashlib.scrypt(
+            password,
+            salt=base64.b64decode(salt),
+            n=n,
+            r=int(settings["r"]),
+            p=int(settings["p"]),
+            dklen=len(expected),
+            maxmem=256 * n * int(settings["r"]) + 2**20,
+        )
+    except (ValueError, KeyError, binascii.Error):
+        return False
+    return hmac.compare_digest(actual, expected)
+
+
+def readUsers(path: str) -> dict[str, str]:
+    """
+    Read a users file: one C{name:hash} per line; blank lines and lines
+    starting with C{#} are ignored.
+
+    @raise OSError: if it cannot be read.
+    @raise ValueError: naming the line that is not C{name:hash}.
+    """
+    users: dict[str, str] = {}
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            line = line.strip()
+            if not line or line.startswith("#"):
+                continue
+            name, colon, encoded = line.partition(":")
+            if not colon or not USER_NAME.match(name) or not encoded.startswith(_PREFIX):
+                raise ValueError(f"{path}, line {number}: not a user name and scrypt hash")
+            users[name] = encoded
+    return users
+
+
+def setPassword(path: str, user: str, password: str) -> bool:
+    """
+    Add C{user} to the users file, or change its password, replacing the
+    file atomically and keeping it private (mode 0600).
+
+    @return: whether the user was new.
+    @raise ValueError: if the user name is not acceptable.
+    """
+    if not USER_NAME.match(user):
+        raise ValueError(
+            f"{user!r} is not a valid user name (letters, digits and . _ @ + -, "
+            "not starting with a punctuation mark)"
+        )
+    users = readUsers(path) if os.path.exists(path) else {}
+    new = user not in users
+    users[user] = hashPassword(password)
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, temporary = tempfile.mkstemp(prefix=".users-", dir=directory)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write("# MailHarbor users: name:scrypt hash. Edit with `mailharbor passwd`.\n")
+            for name, encoded in users.items():
+                f.write(f"{name}:{encoded}\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(temporary, 0o600)
+        os.replace(temporary, path)
+    except BaseException:
+        os.unlink(temporary)
+        raise
+    return new
+
+
+@implementer(ICredentialsChecker)
+class UsersFileChecker:
+    """
+    Checks user names and passwords against a users file, re-read when it
+    changes, so C{mailharbor passwd} takes effect without a restart.
+    """
+
+    credentialInterfaces = (IUsernamePassword,)
+
+    def __init__(self, path: str, runInThread: Callable[[Callable[[], Any]], Deferred[Any]]) -> None:
+        """
+        @raise OSError: if the file cannot be read.
+        @raise ValueError: if it is malformed.
+        """
+        self._path = path
+        self._runInThread = runInThread
+        self._stamp: tuple[float, int] | None = None
+        self._users: dict[str, str] = {}
+        self._refresh()
+        self._dummy = hashPassword("no such user")
+
+    def _refresh(self) -> None:
+        stat = os.stat(self._path)
+        stamp = (stat.st_mtime, stat.st_size)
+        if stamp != self._stamp:
+            self._users = readUsers(self._path)
+            self._stamp = stamp
+
+    def requestAvatarId(self, credentials: IUsernamePassword) -> Deferred[str]:
+        """
+        Check a password, slowly and off the reactor thread.  An unknown
+        user costs as much time as a wrong password, so user names cannot be
+        probed.
+        """
+        try:
+            self._refresh()
+        except (OSError, ValueError):
+            pass
+        username = credentials.username
+        name = username.decode("utf-8", "replace") if isinstance(username, bytes) else str(username)
+        password = credentials.password
+        if isinstance(password, str):
+            password = password.encode("utf-8")
+        encoded = self._users.get(name)
+
+        def check() -> str:
+            matched = verifyPassword(password, encoded or self._dummy)
+            if encoded is None or not matched:
+                raise UnauthorizedLogin()
+            return name
+
+        return self._runInThread(check)
+
+
+def decodeBase64(data: bytes) -> bytes:
+    """
+    Decode a SASL response; C{=} is the empty response (RFC 4954).
+
+    @raise AuthenticationError: 501 5.5.2 if it is not base64.
+    """
+    data = data.strip()
+    if data == b"=":
+        return b""
+    try:
+        return base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError):
+        raise AuthenticationError(501, "5.5.2", "Error: invalid base64 data") from None
+
+
+def decodePlain(response: bytes) -> tuple[bytes, bytes]:
+    """
+    Split a decoded PLAIN response (RFC 4616) into user name and password.
+    Acting as another user (an authorisation identity other than the
+    authentication one) is not supported.
+
+    @raise AuthenticationError: 535 5.7.8 if it is malformed.
+    """
+    parts = response.split(b"\0")
+    if len(parts) != 3 or not parts[1] or parts[0] not in (b"", parts[1]):
+        raise AuthenticationError(535, "5.7.8", "Error: authentication failed")
+    return parts[1], parts[2]
+
+
+@frozen
+class Throttle:
+    """
+    How MailHarbor slows down password guessing.
+
+    @ivar delays: Seconds to wait before answering the Nth failure from one
+        client address in a row (the last applies to all later ones).
+    @ivar perSession: Failures after which a session is disconnected.
+    @ivar forget: Seconds after which an address's failures are forgotten.
+    """
+
+    delays: tuple[float, ...] = (0, 1, 2, 4, 8, 16)
+    perSession: int = 3
+    forget: float = 900
+
+
+class FailureTracker:
+    """
+    Counts authentication failures per client address.
+    """
+
+    def __init__(self, throttle: Throttle, seconds: Callable[[], float]) -> None:
+        self._throttle = throttle
+        self._seconds = seconds
+        self._failures: dict[str, tuple[int, float]] = {}
+
+    def failed(self, client: str) -> float:
+        """
+        Record a failure.
+
+        @return: how long to wait before telling the client.
+        """
+        now = self._seconds()
+        self._expire(now)
+        count = self._failures.get(client, (0, now))[0] + 1
+        self._failures[client] = (count, now)
+        delays = self._throttle.delays
+        return delays[min(count, len(delays)) - 1]
+
+    def succeeded(self, client: str) -> None:
+        """
+        Forget the failures of an address that has logged in.
+        """
+        self._failures.pop(client, None)
+
+    def _expire(self, now: float) -> None:
+        if len(self._failures) > 10000 or any(
+            now - last > self._throttle.forget for _, last in self._failures.values()
+        ):
+            self._failures = {
+                client: entry
+                for client, entry in self._failures.items()
+                if now - entry[1] <= self._throttle.forget
+            }

@@ -1,0 +1,380 @@
+"""
+Tests for STARTTLS and AUTH in L{harbor.smtp}, over a L{StringTransport}
+that can pretend to start TLS.
+"""
+
+import base64
+import os
+from typing import Any
+
+from zope.interface import implementer
+
+from twisted.internet.interfaces import ITLSTransport
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.logger import Logger, formatEvent
+from twisted.trial.unittest import SynchronousTestCase
+
+from harbor.auth import Throttle, UsersFileChecker, setPassword
+from harbor.config import DomainConfig, Limits, Listener
+from harbor.smtp import HarborESMTP, HarborSMTPFactory, ServerSettings
+from harbor.test._support import HOSTNAME, DeferredThreads, SMTPDriver, makeDeliverer, runSynchronously
+
+MESSAGE = b"Subject: test\r\n\r\nHello.\r\n"
+
+
+class _FakeConnection:
+    def get_protocol_version_name(self) -> str:
+        return "TLSv1.3"
+
+    def get_cipher_name(self) -> str:
+        return "TLS_AES_256_GCM_SHA384"
+
+
+@implementer(ITLSTransport)
+class TLSStringTransport(StringTransport):
+    """
+    A StringTransport on which STARTTLS can be started, and completed by
+    the test.
+    """
+
+    tls: Any = None
+
+    def startTLS(self, contextFactory: Any) -> None:
+        self.tls = contextFactory
+
+    def getHandle(self) -> Any:
+        return _FakeConnection()
+
+
+def plain(user: bytes, password: bytes) -> bytes:
+    return base64.b64encode(b"\0" + user + b"\0" + password)
+
+
+class SecurityTestCase(SynchronousTestCase):
+    """
+    A server with a (fake) certificate and a users file.
+    """
+
+    listener = Listener("tcp:25")
+    allowPlaintextAuth = False
+
+    def setUp(self) -> None:
+        self.root = self.mktemp()
+        self.clock = Clock()
+        self.threads = DeferredThreads()
+        self.deliverer, _ = makeDeliverer(
+            self.root, [DomainConfig("example.com")], runInThread=self.threads, clock=self.clock
+        )
+        users = self.mktemp()
+        setPassword(users, "alice", "right")
+        self.tlsMarker = object()
+        settings = ServerSettings(
+            HOSTNAME,
+            Limits(),
+            self.listener,
+            self.tlsMarker,  # type: ignore[arg-type]
+            (UsersFileChecker(users, runSynchronously),),
+            self.allowPlaintextAuth,
+            Throttle(delays=(0, 2, 5), perSession=3),
+        )
+        self.factory = HarborSMTPFactory(self.deliverer, settings, self.clock)
+        self.events: list[dict[str, Any]] = []
+        self.patch(HarborESMTP, "_log", Logger(observer=self.events.append))
+        self.smtp = self.connect()
+
+    def connect(self) -> SMTPDriver:
+        smtp = SMTPDriver.__new__(SMTPDriver)
+        smtp.clock = self.clock
+        smtp.protocol = self.factory.buildProtocol(None)
+        from twisted.internet.address import IPv4Address
+
+        smtp.transport = TLSStringTransport(peerAddress=IPv4Address("TCP", "192.0.2.7", 4000))
+        smtp.protocol.makeConnection(smtp.transport)
+        smtp.banner = smtp.take()
+        return smtp
+
+    def startTLS(self) -> bytes:
+        reply = self.smtp.send(b"STARTTLS\r\n")
+        self.smtp.protocol.handshakeCompleted()
+        return reply
+
+    def stored(self, mailbox: str) -> list[bytes]:
+        new = os.path.join(self.root, mailbox, "new")
+        result = []
+        for name in sorted(os.listdir(new)):
+            with open(os.path.join(new, name), "rb") as f:
+                result.append(f.read())
+        return result
+
+
+class STARTTLSTests(SecurityTestCase):
+    """
+    RFC 3207.
+    """
+
+    def test_advertisedUntilActive(self) -> None:
+        """
+        STARTTLS is offered until TLS is active; AUTH only once it is.
+        """
+        before = self.smtp.send(b"EHLO c\r\n")
+        self.assertIn(b"250 STARTTLS\r\n", before)
+        self.assertNotIn(b"AUTH", before)
+        self.startTLS()
+        after = self.smtp.send(b"EHLO c\r\n")
+        self.assertNotIn(b"STARTTLS", after)
+        self.assertIn(b"250 AUTH PLAIN LOGIN\r\n", after)
+
+    def test_startsTLS(self) -> None:
+        """
+        STARTTLS answers 220 and starts TLS with the server's certificate.
+        """
+        self.smtp.send(b"EHLO c\r\n")
+        self.assertEqual(self.startTLS(), b"220 2.0.0 Ready to start TLS\r\n")
+        self.assertIs(self.smtp.transport.tls, self.tlsMarker)
+
+    def test_pipelinedCommandsDiscarded(self) -> None:
+        """
+        Commands sent in the same write as STARTTLS are discarded, not run
+        inside TLS (CVE-2011-0411), and the discarding is logged.
+        """
+        self.smtp.send(b"EHLO c\r\n")
+        self.assertEqual(
+            self.smtp.send(b"STARTTLS\r\nRSET\r\nMAIL FROM:<evil@x.org>\r\n"),
+            b"220 2.0.0 Ready to start TLS\r\n",
+        )
+        self.smtp.protocol.handshakeCompleted()
+        self.assertEqual(
+            self.smtp.replies(b"EHLO c\r\nRCPT TO:<a@example.com>\r\n")[-1],
+            b"503 5.5.1 Error: need MAIL command",
+        )
+        self.assertTrue(any("after STARTTLS" in e["log_format"] for e in self.events))
+
+    def test_sessionStartsOver(self) -> None:
+        """
+        After STARTTLS nothing is carried over: a transaction begun before
+        is gone and the client must say EHLO again for enhanced codes.
+        """
+        self.smtp.send(b"EHLO c\r\nMAIL FROM:<s@x.org>\r\n")
+        self.startTLS()
+        self.assertEqual(self.smtp.send(b"RCPT TO:<a@example.com>\r\n"), b"503 Error: need MAIL command\r\n")
+        self.assertIsNone(self.smtp.protocol.session.helo)
+
+    def test_refusals(self) -> None:
+        """
+        STARTTLS with an argument, twice, or where it is not offered is
+        refused.
+        """
+        self.smtp.send(b"EHLO c\r\n")
+        self.assertEqual(self.smtp.send(b"STARTTLS now\r\n"), b"501 5.5.4 Syntax: STARTTLS\r\n")
+        self.startTLS()
+        self.smtp.send(b"EHLO c\r\n")
+        self.assertEqual(self.smtp.send(b"STARTTLS\r\n"), b"503 5.5.1 Error: TLS already active\r\n")
+        plain = SMTPDriver(self.deliverer, self.clock)
+        plain.send(b"EHLO c\r\n")
+        self.assertEqual(plain.send(b"STARTTLS\r\n"), b"454 4.7.0 Error: TLS not available\r\n")
+
+    def test_receivedHeaderNamesTLS(self) -> None:
+        """
+        Mail received over TLS says ESMTPS and the protocol and cipher.
+        """
+        self.startTLS()
+        self.smtp.send(b"EHLO c\r\nMAIL FROM:<s@x.org>\r\nRCPT TO:<a@example.com>\r\nDATA\r\n" + MESSAGE + b".\r\n")
+        self.threads.runAll()
+        [data] = self.stored("example.com")
+        self.assertIn(b"\n\t(using TLSv1.3 with cipher TLS_AES_256_GCM_SHA384)\n", data)
+        self.assertIn(b" with ESMTPS id ", data)
+
+
+class RequireTLSTests(SecurityTestCase):
+    """
+    A listener that requires TLS.
+    """
+
+    listener = Listener("tcp:25", requireTLS=True)
+
+    def test_mailNeedsTLS(self) -> None:
+        """
+        MAIL before STARTTLS gets 530 5.7.0; after it, mail flows.
+        """
+        self.assertEqual(
+            self.smtp.replies(b"EHLO c\r\nMAIL FROM:<s@x.org>\r\n")[-1],
+            b"530 5.7.0 Must issue a STARTTLS command first",
+        )
+        self.startTLS()
+        self.assertEqual(self.smtp.replies(b"EHLO c\r\nMAIL FROM:<s@x.org>\r\n")[-1], b"250 2.1.0 Ok")
+
+
+class AuthTests(SecurityTestCase):
+    """
+    RFC 4954 AUTH, under TLS.
+    """
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.startTLS()
+        self.smtp.send(b"EHLO c\r\n")
+
+    def test_plainInitialResponse(self) -> None:
+        """
+        AUTH PLAIN with an initial response logs in; mail then says ESMTPSA.
+        """
+        self.assertEqual(
+            self.smtp.send(b"AUTH PLAIN " + plain(b"alice", b"right") + b"\r\n"),
+            b"235 2.7.0 Authentication successful\r\n",
+        )
+        self.assertEqual(self.smtp.protocol.session.user, "alice")
+        self.assertEqual(self.smtp.protocol.session.protocolName, "ESMTPSA")
+
+    def test_plainChallenge(self) -> None:
+        """
+        AUTH PLAIN without a response gets an empty challenge first.
+        """
+        self.assertEqual(self.smtp.send(b"AUTH PLAIN\r\n"), b"334 \r\n")
+        self.assertEqual(
+            self.smtp.send(plain(b"alice", b"right") + b"\r\n"), b"235 2.7.0 Authentication successful\r\n"
+        )
+
+    def test_login(self) -> None:
+        """
+        AUTH LOGIN asks for the user name and password in turn.
+        """
+        self.assertEqual(self.smtp.send(b"AUTH LOGIN\r\n"), b"334 VXNlcm5hbWU6\r\n")
+        self.assertEqual(self.smtp.send(base64.b64encode(b"alice") + b"\r\n"), b"334 UGFzc3dvcmQ6\r\n")
+        self.assertEqual(
+            self.smtp.send(base64.b64encode(b"right") + b"\r\n"), b"235 2.7.0 Authentication successful\r\n"
+        )
+
+    def test_loginInitialResponse(self) -> None:
+        """
+        AUTH LOGIN may carry the user name.
+        """
+        self.assertEqual(
+            self.smtp.send(b"AUTH LOGIN " + base64.b64encode(b"alice") + b"\r\n"), b"334 UGFzc3dvcmQ6\r\n"
+        )
+
+    def test_malformed(self) -> None:
+        """
+        A bare AUTH, an unknown mechanism, bad base64, a cancelled exchange
+        and an empty PLAIN response each get a reply and the session goes on.
+        """
+        self.assertEqual(
+            self.smtp.replies(
+                b"AUTH\r\nAUTH CRAM-MD5\r\nAUTH PLAIN !!!\r\nAUTH LOGIN\r\n*\r\nAUTH PLAIN =\r\nNOOP\r\n"
+            ),
+            [
+                b"501 5.5.4 Syntax: AUTH mechanism [initial-response]",
+                b"504 5.5.4 Error: unsupported authentication mechanism",
+                b"501 5.5.2 Error: invalid base64 data",
+                b"334 VXNlcm5hbWU6",
+                b"501 5.0.0 Error: authentication cancelled",
+                b"535 5.7.8 Error: authentication failed",
+                b"250 2.0.0 Ok",
+            ],
+        )
+
+    def test_wrongPasswordSlowsDownThenDisconnects(self) -> None:
+        """
+        Wrong passwords get 535 5.7.8 after a delay that grows; the third
+        failure in a session disconnects; the password is never logged.
+        """
+        wrong = b"AUTH PLAIN " + plain(b"alice", b"guess-one") + b"\r\n"
+        self.assertEqual(self.smtp.send(wrong), b"535 5.7.8 Error: authentication failed\r\n")
+        self.assertEqual(self.smtp.send(wrong), b"")
+        self.clock.advance(2)
+        self.assertEqual(self.smtp.take(), b"535 5.7.8 Error: authentication failed\r\n")
+        self.smtp.send(wrong)
+        self.clock.advance(5)
+        self.assertEqual(
+            self.smtp.take(),
+            b"535 5.7.8 Error: authentication failed\r\n421 4.7.0 mx.example.com Error: too many failed logins\r\n",
+        )
+        self.assertTrue(self.smtp.transport.disconnecting)
+        logged = " ".join(formatEvent(e) for e in self.events)
+        self.assertIn("result=failed", logged)
+        self.assertNotIn("guess-one", logged)
+
+    def test_sequence(self) -> None:
+        """
+        AUTH twice, or during a transaction, is a sequence error.
+        """
+        self.smtp.send(b"AUTH PLAIN " + plain(b"alice", b"right") + b"\r\n")
+        self.assertEqual(
+            self.smtp.send(b"AUTH PLAIN " + plain(b"alice", b"right") + b"\r\n"),
+            b"503 5.5.1 Error: already authenticated\r\n",
+        )
+
+    def test_authenticatedMayAddressAnyone(self) -> None:
+        """
+        An authenticated client's mail to any address is stored in its own
+        mailbox, never relayed; MAIL's AUTH= parameter is accepted.
+        """
+        self.smtp.send(
+            b"AUTH PLAIN " + plain(b"alice", b"right") + b"\r\n"
+            b"MAIL FROM:<alice@example.com> AUTH=<>\r\nRCPT TO:<x@other.org>\r\nDATA\r\n" + MESSAGE + b".\r\n"
+        )
+        self.threads.runAll()
+        self.assertTrue(self.smtp.take().endswith(b"\r\n"))
+        [data] = self.stored(".submitted/alice")
+        self.assertIn(b"\nDelivered-To: x@other.org\n", data)
+        self.assertIn(b" with ESMTPSA id ", data)
+
+
+class PlaintextAuthTests(SecurityTestCase):
+    """
+    AUTH without TLS.
+    """
+
+    def test_refusedWithoutTLS(self) -> None:
+        """
+        Without TLS, AUTH is not offered and is refused with 538 5.7.11.
+        """
+        self.assertNotIn(b"AUTH", self.smtp.send(b"EHLO c\r\n"))
+        self.assertEqual(
+            self.smtp.send(b"AUTH PLAIN " + plain(b"alice", b"right") + b"\r\n"),
+            b"538 5.7.11 Error: authentication requires TLS (STARTTLS first)\r\n",
+        )
+
+
+class AllowedPlaintextAuthTests(SecurityTestCase):
+    """
+    C{allow_plaintext_auth}.
+    """
+
+    allowPlaintextAuth = True
+
+    def test_allowed(self) -> None:
+        """
+        With the setting, AUTH works without TLS.
+        """
+        self.assertIn(b"AUTH PLAIN LOGIN", self.smtp.send(b"EHLO c\r\n"))
+        self.assertEqual(
+            self.smtp.send(b"AUTH PLAIN " + plain(b"alice", b"right") + b"\r\n"),
+            b"235 2.7.0 Authentication successful\r\n",
+        )
+
+
+class SubmissionTests(SecurityTestCase):
+    """
+    A submission listener.
+    """
+
+    listener = Listener("tcp:587", requireTLS=True, submission=True)
+
+    def test_authRequired(self) -> None:
+        """
+        On a submission listener MAIL needs TLS, then AUTH.
+        """
+        self.assertEqual(
+            self.smtp.replies(b"EHLO c\r\nMAIL FROM:<s@x.org>\r\n")[-1],
+            b"530 5.7.0 Must issue a STARTTLS command first",
+        )
+        self.startTLS()
+        self.assertEqual(
+            self.smtp.replies(b"EHLO c\r\nMAIL FROM:<s@x.org>\r\n")[-1],
+            b"530 5.7.0 Error: authentication required",
+        )
+        self.assertEqual(
+            self.smtp.replies(b"AUTH PLAIN " + plain(b"alice", b"right") + b"\r\nMAIL FROM:<s@x.org>\r\n"),
+            [b"235 2.7.0 Authentication successful", b"250 2.1.0 Ok"],
+        )
