@@ -1,19 +1,23 @@
 # -*- test-case-name: harbor.test.test_cli -*-
 """
-The C{mailharbor} command: look at the mail the server has stored.
+The C{mailharbor} command: look at, and tidy, the mail the server has
+stored, and check its configuration.
 
 MailHarbor only receives; reading is left to any Maildir-capable mail
 reader.  This command answers the questions an operator has before one is
-set up, or while debugging delivery: what arrived, from whom, for whom, and
-what exactly was stored.  C{mailharbor list} summarises every message from
-its header block alone (the store can hold messages of many megabytes), and
-C{mailharbor show} writes one stored file out byte for byte.
+set up, or while debugging delivery: what arrived, from whom, for whom, how
+much is stored, and what exactly a message holds.  Reading the store is
+L{harbor.mailstore}'s job; this module turns command lines into calls to it
+and its results into text or JSON.
 
-It runs while the server delivers and while mail readers move messages from
-C{new/} to C{cur/}, so a file may vanish between being listed and being
-read; such files are skipped, never reported as a crash.  Nothing here
-imports the reactor or L{twisted.mail}: the command must start quickly and
-must not affect, or be affected by, the reactor a server would install.
+Every failure ends the command with a one-line message on standard error
+and a non-zero status, never a traceback: 1 when the store or a message is
+missing or unusable, 2 for bad usage or an unusable configuration.
+
+Nothing here imports the reactor or L{twisted.mail}: the command must start
+quickly and must not affect, or be affected by, the reactor a server would
+install.  C{check-config} imports L{harbor.tap}, which imports neither, only
+when it runs.
 """
 
 from __future__ import annotations
@@ -22,31 +26,48 @@ import argparse
 import codecs
 import json
 import os
+import re
 import sys
 import time
-import unicodedata
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Sequence
 from contextlib import redirect_stderr, redirect_stdout
-from datetime import datetime, timezone
-from email import policy
-from email.message import Message
-from email.parser import BytesHeaderParser
+from datetime import datetime
 from typing import IO, Any, BinaryIO
 
+import attrs
 from attrs import frozen
 
-from harbor.config import DEFAULT_MAILDIR, Config, ConfigError, loadFile
-from harbor.maildir import MaildirName, parseName
+from harbor.config import DEFAULT_MAILDIR, Config, ConfigError, loadFile, normaliseDomain
+from harbor.mailstore import (
+    MailboxStats,
+    MessageDetails,
+    MessageFile,
+    MessageSummary,
+    Query,
+    StoreError,
+    cleanText,
+    deleteMessage,
+    deliveredAt,
+    findMessage,
+    findMessageFiles,
+    findStaleTemporaryFiles,
+    listMessages,
+    mailboxStats,
+    markSeen,
+    messageSize,
+    parseMessage,
+    relocate,
+    saveAttachments,
+    summarise,
+)
 
-# The most of a file read to find its header block; a file without a blank
-# line this early is summarised from what was read.
-HEADER_LIMIT = 256 * 1024
 SUBJECT_WIDTH = 60
 _COPY_CHUNK = 64 * 1024
-_MESSAGE_DIRECTORIES = ("new", "cur")
-# Invisible characters that reorder the text around them on a terminal.
-_BIDI_CONTROLS = frozenset(
-    "\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
+_WRITE_CHUNK = 16 * 1024
+_AGE = re.compile(r"^\s*([0-9]+)\s*([smhdw])\s*$")
+_AGE_UNITS = {"s": 1, "m": 60, "h": 60 * 60, "d": 24 * 60 * 60, "w": 7 * 24 * 60 * 60}
+_MOMENT_HELP = (
+    "an ISO date or time (2026-11-01, 2026-11-01T12:00; local time) or an age (30m, 2h, 7d, 2w)"
 )
 
 
@@ -63,72 +84,48 @@ class CommandError(Exception):
 
 
 @frozen
-class MessageFile:
+class Moment:
     """
-    A stored message found by its file name, not yet opened.
+    A time given on the command line: either a fixed time or an age, which
+    is only turned into a time when the command runs.
 
-    @ivar mailbox: The name of the Maildir it is in, relative to the root.
-    @ivar path: The file's absolute path.
-    @ivar filename: The file's name.
-    @ivar name: The parts of that name.
-    @ivar seen: C{True} when it is in C{cur/} with the C{S} flag.
+    @ivar timestamp: The fixed time, in seconds since the epoch, or L{None}.
+    @ivar age: The age in seconds, or L{None}.
     """
 
-    mailbox: str
-    path: str
-    filename: str
-    name: MaildirName
-    seen: bool
+    timestamp: float | None = None
+    age: float | None = None
 
-
-@frozen
-class MessageSummary:
-    """
-    What C{mailharbor list} shows of one message.
-
-    @ivar id: The unique part of the file name.
-    @ivar mailbox: The Maildir it is in.
-    @ivar path: The file's absolute path.
-    @ivar delivered: The delivery time, in seconds since the epoch.
-    @ivar sender: The envelope sender from C{Return-Path:}, C{""} for the
-        null sender, or L{None} when the file has no such header.
-    @ivar recipient: The envelope recipient from C{Delivered-To:}, or
-        L{None}.
-    @ivar subject: The decoded subject, made safe for a terminal.
-    @ivar size: The file's size in bytes.
-    @ivar seen: C{True} when a mail reader has marked it seen.
-    """
-
-    id: str
-    mailbox: str
-    path: str
-    delivered: float
-    sender: str | None
-    recipient: str | None
-    subject: str
-    size: int
-    seen: bool
-
-    def asJSON(self) -> dict[str, Any]:
+    def resolve(self, now: float) -> float:
         """
-        Describe this message with plain JSON values.
+        The time this stands for.
 
-        @return: A mapping with the keys C{id}, C{mailbox}, C{date} (ISO 8601,
-            UTC), C{sender}, C{recipient}, C{subject}, C{size}, C{path} and
-            C{seen}.
+        @param now: The current time, for an age.
+        @return: Seconds since the epoch.
         """
-        date = datetime.fromtimestamp(self.delivered, timezone.utc)
-        return {
-            "id": self.id,
-            "mailbox": self.mailbox,
-            "date": date.strftime("%Y-%m-%dT%H:%M:%SZ"),
-            "sender": self.sender,
-            "recipient": self.recipient,
-            "subject": self.subject,
-            "size": self.size,
-            "path": self.path,
-            "seen": self.seen,
-        }
+        if self.timestamp is not None:
+            return self.timestamp
+        return now - (self.age or 0)
+
+
+def parseMoment(text: str) -> Moment:
+    """
+    Read a time as C{--since} and C{--older-than} take it.
+
+    @param text: An ISO 8601 date (C{2026-11-01}) or date and time
+        (C{2026-11-01T12:00}, in local time unless it gives an offset or
+        C{Z}), or an age: a whole number followed by C{s}, C{m}, C{h}, C{d}
+        or C{w} (seconds, minutes, hours, days, weeks).
+    @return: The time.
+    @raise ValueError: if C{text} is neither.
+    """
+    age = _AGE.match(text)
+    if age is not None:
+        return Moment(age=int(age.group(1)) * _AGE_UNITS[age.group(2)])
+    try:
+        return Moment(timestamp=datetime.fromisoformat(text.strip()).timestamp())
+    except (ValueError, OverflowError, OSError):
+        raise ValueError(f"{text!r} is not {_MOMENT_HELP}") from None
 
 
 def buildParser() -> argparse.ArgumentParser:
@@ -150,28 +147,144 @@ def buildParser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="take the Maildir root from this MailHarbor configuration file",
     )
-    source.add_argument("--json", action="store_true", help="print JSON for programs to read")
+    jsonOutput = argparse.ArgumentParser(add_help=False)
+    jsonOutput.add_argument("--json", action="store_true", help="print JSON for programs to read")
 
     parser = argparse.ArgumentParser(
         prog="mailharbor",
-        description="Look at the mail MailHarbor has stored.",
+        description="Look at, and tidy, the mail MailHarbor has stored.",
     )
     commands = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
+
     listing = commands.add_parser(
         "list",
-        parents=[source],
-        help="list every stored message, newest first",
-        description="List every stored message, newest first.",
+        parents=[source, jsonOutput],
+        help="list stored messages, newest first",
+        description=(
+            "List stored messages, newest first.  Filters combine: a message is "
+            "listed when it passes all of them."
+        ),
+    )
+    listing.add_argument(
+        "--to",
+        dest="recipient",
+        metavar="TEXT",
+        help="only messages whose envelope recipient (Delivered-To) contains TEXT, in any case",
+    )
+    listing.add_argument(
+        "--from",
+        dest="sender",
+        metavar="TEXT",
+        help="only messages whose envelope sender (Return-Path) contains TEXT, in any case",
+    )
+    listing.add_argument(
+        "--since",
+        type=_momentArgument,
+        metavar="WHEN",
+        help=f"only messages delivered since WHEN: {_MOMENT_HELP}",
+    )
+    listing.add_argument(
+        "--domain", type=_domainArgument, metavar="DOMAIN", help="only messages for DOMAIN"
+    )
+    listing.add_argument(
+        "--limit", type=_positiveInteger, metavar="N", help="only the N newest matching messages"
     )
     listing.set_defaults(command=_listCommand)
+
     showing = commands.add_parser(
         "show",
-        parents=[source],
-        help="write one stored message, exactly as stored",
-        description="Write one stored message to standard output, exactly as stored.",
+        parents=[source, jsonOutput],
+        help="write one stored message, exactly as stored or summarised",
+        description=(
+            "Write one stored message to standard output, exactly as stored, or with "
+            "--summary its headers, its text and a list of its attachments."
+        ),
+        epilog=(
+            "--mark-seen marks the message seen after it was written, as a mail reader "
+            "does: new/NAME becomes cur/NAME:2,S, or S joins the flags of a name in "
+            "cur/.  Dovecot and mutt then show it as read."
+        ),
     )
     showing.add_argument("id", metavar="ID", help="the message's id, or its full file name")
+    showing.add_argument(
+        "--summary",
+        action="store_true",
+        help="show the main headers, the text and the attachments instead of the raw message",
+    )
+    showing.add_argument(
+        "--mark-seen", action="store_true", help="then mark the message seen (see below)"
+    )
     showing.set_defaults(command=_showCommand)
+
+    exporting = commands.add_parser(
+        "export",
+        parents=[source],
+        help="save a message's attachments as files",
+        description=(
+            "Save the attachments of one message as files in DIR, created if need be.  "
+            "Names are made safe (no directories, no leading dots, no control "
+            "characters) and an existing file is never overwritten: a taken name gets "
+            '" (2)", " (3)"... before its extension.'
+        ),
+    )
+    exporting.add_argument("id", metavar="ID", help="the message's id, or its full file name")
+    exporting.add_argument("directory", metavar="DIR", help="where to save the attachments")
+    exporting.set_defaults(command=_exportCommand)
+
+    purging = commands.add_parser(
+        "purge",
+        parents=[source],
+        help="delete messages delivered before a given age",
+        description=(
+            "Delete the messages (in new/ and cur/) delivered before AGE ago, as their ids "
+            "record it, and the files in tmp/ unused for 36 hours, which the Maildir "
+            "specification says are left over from failed deliveries."
+        ),
+    )
+    purging.add_argument(
+        "--older-than",
+        type=_momentArgument,
+        required=True,
+        metavar="AGE",
+        help=f"delete messages delivered before AGE: {_MOMENT_HELP}",
+    )
+    purging.add_argument("--dry-run", action="store_true", help="only say what would be deleted")
+    purging.add_argument(
+        "--domain", type=_domainArgument, metavar="DOMAIN", help="only purge DOMAIN's Maildir"
+    )
+    purging.set_defaults(command=_purgeCommand)
+
+    statistics = commands.add_parser(
+        "stats",
+        parents=[source, jsonOutput],
+        help="count the stored messages and their size, per domain",
+        description=(
+            "Count the stored messages and add up their sizes per domain, with the number "
+            "not yet seen by a mail reader (in new/) and the number in cur/."
+        ),
+    )
+    statistics.set_defaults(command=_statsCommand)
+
+    checking = commands.add_parser(
+        "check-config",
+        parents=[jsonOutput],
+        help="check a configuration file and print the configuration in effect",
+        usage="mailharbor check-config [-h] [--json] FILE [SERVER OPTION ...]",
+        description=(
+            "Check a configuration file as 'twistd mailharbor --config FILE' would, with "
+            "any server options after FILE (--port, --domain, --maildir, --hostname, ...) "
+            "overriding it the same way, and print the configuration that results.  "
+            "--json may also come after FILE."
+        ),
+    )
+    checking.add_argument("file", metavar="FILE", help="the TOML configuration file")
+    checking.add_argument(
+        "serverOptions",
+        nargs=argparse.REMAINDER,
+        metavar="SERVER OPTION",
+        help="options of 'twistd mailharbor', which override the file",
+    )
+    checking.set_defaults(command=_checkConfigCommand)
     return parser
 
 
@@ -198,186 +311,6 @@ def resolveRoot(maildir: str | None, config: str | None) -> str:
     return os.path.abspath(DEFAULT_MAILDIR if maildir is None else maildir)
 
 
-def findMailboxes(root: str) -> list[tuple[str, str]]:
-    """
-    Find the Maildirs directly below C{root}.
-
-    @param root: The directory holding them.
-    @return: The name and path of each subdirectory that has C{new/} and
-        C{cur/}, sorted by name.
-    @raise CommandError: if C{root} is not a directory or cannot be read.
-    """
-    if not os.path.isdir(root):
-        raise CommandError(f"no Maildir at {root}")
-    try:
-        with os.scandir(root) as entries:
-            names = sorted(entry.name for entry in entries if _isDirectory(entry))
-    except OSError as e:
-        raise CommandError(f"cannot read {root}: {e.strerror or e}") from None
-    found = []
-    for name in names:
-        path = os.path.join(root, name)
-        if all(os.path.isdir(os.path.join(path, sub)) for sub in _MESSAGE_DIRECTORIES):
-            found.append((name, path))
-    return found
-
-
-def findMessageFiles(root: str) -> Iterator[MessageFile]:
-    """
-    Find every complete message below C{root}: those in C{new/} and C{cur/}
-    of each Maildir, never the unfinished ones in C{tmp/}.
-
-    A directory that cannot be read is skipped.
-
-    @param root: The directory holding the Maildirs.
-    @return: The messages, by mailbox, then C{new/} before C{cur/}.
-    @raise CommandError: if C{root} is not a directory or cannot be read.
-    """
-    for mailbox, path in findMailboxes(root):
-        for sub in _MESSAGE_DIRECTORIES:
-            directory = os.path.join(path, sub)
-            try:
-                with os.scandir(directory) as entries:
-                    filenames = sorted(entry.name for entry in entries)
-            except OSError:
-                continue
-            for filename in filenames:
-                name = parseName(filename)
-                if name is None:
-                    continue
-                yield MessageFile(
-                    mailbox=mailbox,
-                    path=os.path.join(directory, filename),
-                    filename=filename,
-                    name=name,
-                    seen=sub == "cur" and "S" in name.flags,
-                )
-
-
-def findMessage(root: str, identifier: str) -> MessageFile | None:
-    """
-    Find a stored message by its id or its full file name.
-
-    @param root: The directory holding the Maildirs.
-    @param identifier: The id (as given to the SMTP client in the 250
-        reply), or the complete name of the file.
-    @return: The message, or L{None} if there is none.
-    @raise CommandError: if C{root} is not a directory or cannot be read.
-    """
-    for message in findMessageFiles(root):
-        if identifier in (message.name.id, message.filename):
-            return message
-    return None
-
-
-def readHeaderBlock(f: BinaryIO, limit: int = HEADER_LIMIT) -> bytes:
-    """
-    Read a message's header block and nothing of its body.
-
-    @param f: The message, positioned at its start.
-    @param limit: The most bytes to read, for a file without a blank line.
-    @return: The header lines, without the blank line that ends them.
-    """
-    lines = []
-    remaining = limit
-    while remaining > 0:
-        line = f.readline(remaining)
-        if not line or line in (b"\n", b"\r\n"):
-            break
-        lines.append(line)
-        remaining -= len(line)
-    return b"".join(lines)
-
-
-def summarise(message: MessageFile, f: BinaryIO) -> MessageSummary:
-    """
-    Describe a stored message from its header block.
-
-    @param message: Where the message was found.
-    @param f: The message's open file, positioned at its start.
-    @return: The summary.
-    @raise OSError: if the file cannot be read.
-    """
-    stat = os.fstat(f.fileno())
-    headers = BytesHeaderParser(policy=policy.default).parsebytes(readHeaderBlock(f))
-    delivered = deliveryTime(message.name.id)
-    sender = _header(headers, "Return-Path")
-    if sender is not None and sender.startswith("<") and sender.endswith(">"):
-        sender = sender[1:-1].strip()
-    return MessageSummary(
-        id=message.name.id,
-        mailbox=message.mailbox,
-        path=message.path,
-        delivered=stat.st_mtime if delivered is None else delivered,
-        sender=sender,
-        recipient=_header(headers, "Delivered-To"),
-        subject=_header(headers, "Subject") or "",
-        size=stat.st_size,
-        seen=message.seen,
-    )
-
-
-def listMessages(root: str) -> list[MessageSummary]:
-    """
-    Summarise every stored message.
-
-    A message that vanishes (a mail reader moved it) or cannot be read
-    while the store is being listed is left out.
-
-    @param root: The directory holding the Maildirs.
-    @return: The summaries, newest delivery first.
-    @raise CommandError: if C{root} is not a directory or cannot be read.
-    """
-    summaries = []
-    for message in findMessageFiles(root):
-        try:
-            with open(message.path, "rb") as f:
-                summaries.append(summarise(message, f))
-        except OSError:
-            continue
-    summaries.sort(key=lambda s: (s.delivered, s.id), reverse=True)
-    return summaries
-
-
-def deliveryTime(messageID: str) -> float | None:
-    """
-    Read the delivery time that starts a Maildir id.
-
-    @param messageID: An id such as C{1732314178.M123456P4242Q7.mx.example.com}.
-    @return: Its seconds since the epoch, or L{None} if it does not start
-        with a usable time.
-    """
-    seconds = messageID.split(".", 1)[0]
-    if not seconds.isdigit() or not seconds.isascii():
-        return None
-    try:
-        datetime.fromtimestamp(int(seconds), timezone.utc)
-    except (OverflowError, OSError, ValueError):
-        return None
-    return float(seconds)
-
-
-def cleanText(text: str) -> str:
-    """
-    Make text from a message safe to print on a terminal, on one line.
-
-    @param text: Anything a sender could have put in a header.
-    @return: C{text} with line breaks and tabs turned into single spaces,
-        other control and direction-changing characters removed, and
-        undecodable bytes shown as U+FFFD.
-    """
-    kept = []
-    for character in text:
-        category = unicodedata.category(character)
-        if character.isspace():
-            kept.append(" ")
-        elif category == "Cs":
-            kept.append("\ufffd")
-        elif category != "Cc" and character not in _BIDI_CONTROLS:
-            kept.append(character)
-    return " ".join("".join(kept).split())
-
-
 def formatTable(summaries: Sequence[MessageSummary]) -> str:
     """
     Lay summaries out in aligned columns under a heading.
@@ -394,26 +327,120 @@ def formatTable(summaries: Sequence[MessageSummary]) -> str:
         rows.append(
             (
                 cleanText(summary.id),
-                time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(summary.delivered)),
+                _localTime(summary.delivered),
                 sender,
                 cleanText(summary.recipient or "") or "-",
                 _truncate(summary.subject, SUBJECT_WIDTH),
                 str(summary.size),
             )
         )
-    widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
-    lines = []
-    for row in rows:
-        cells = [cell.ljust(width) for cell, width in zip(row[:-1], widths)]
-        cells.append(row[-1].rjust(widths[-1]))
-        lines.append("  ".join(cells) + "\n")
-    return "".join(lines)
+    return _alignColumns(rows, rightAligned={len(rows[0]) - 1})
+
+
+def formatDetails(summary: MessageSummary, details: MessageDetails) -> str:
+    """
+    Lay out a message's summary for C{show --summary}: its headers, its
+    text and its attachments.
+
+    @param summary: The message as C{list} describes it.
+    @param details: What it is made of.
+    @return: The lines, each ending in a newline.
+    """
+    lines = [f"Id: {cleanText(summary.id)}", f"Mailbox: {cleanText(summary.mailbox)}"]
+    lines.append(f"Delivered: {_localTime(summary.delivered)}")
+    lines.extend(f"{name}: {value}" for name, value in details.headers)
+    lines.append("")
+    if details.text is None:
+        lines.append("(no text part)")
+    else:
+        if details.textType == "text/html":
+            lines.append("(converted from HTML)")
+        lines.append(details.text.rstrip("\n"))
+    lines.append("")
+    if details.attachments:
+        lines.append(f"Attachments ({len(details.attachments)}):")
+        rows = [
+            (
+                f"  {index}.",
+                attachment.filename or "(no name)",
+                attachment.contentType,
+                f"{attachment.size} bytes",
+            )
+            for index, attachment in enumerate(details.attachments, 1)
+        ]
+        lines.append(_alignColumns(rows, rightAligned={3}).rstrip("\n"))
+    else:
+        lines.append("No attachments.")
+    if details.truncated:
+        lines.append(
+            "(Only part of this message's MIME structure was read: it has too many parts "
+            "or is nested too deeply.)"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def formatStats(stats: Sequence[MailboxStats]) -> str:
+    """
+    Lay out C{mailharbor stats}: one line per mailbox and a total.
+
+    @param stats: The mailboxes, in the order to show them.
+    @return: The lines, each ending in a newline.
+    """
+    rows = [("MAILBOX", "MESSAGES", "NEW", "CUR", "SIZE")]
+    for entry in [*stats, _total(stats)]:
+        rows.append(
+            (
+                cleanText(entry.mailbox),
+                str(entry.messages),
+                str(entry.new),
+                str(entry.cur),
+                _humanSize(entry.size),
+            )
+        )
+    return _alignColumns(rows, rightAligned={1, 2, 3, 4})
+
+
+def formatConfig(value: Any) -> str:
+    """
+    Describe a configuration (any attrs instance) in readable text, one
+    field a line, nested values indented under their field.
+
+    Fields are found with L{attrs.fields}, so settings added to L{Config}
+    later are shown without changes here.
+
+    @param value: The configuration.
+    @return: The lines, each ending in a newline.
+    """
+    return "".join(line + "\n" for line in _textLines(plainValue(value), 0))
+
+
+def plainValue(value: Any) -> Any:
+    """
+    Turn a value made of attrs instances and collections into plain JSON
+    values.
+
+    @param value: An attrs instance, a collection, or a scalar.
+    @return: Attrs instances as mappings of their fields, tuples and lists
+        as lists, sets sorted, scalars unchanged (others as strings).
+    """
+    if attrs.has(type(value)):
+        return {f.name: plainValue(getattr(value, f.name)) for f in attrs.fields(type(value))}
+    if isinstance(value, (set, frozenset)):
+        return sorted((plainValue(v) for v in value), key=str)
+    if isinstance(value, (list, tuple)):
+        return [plainValue(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): plainValue(v) for k, v in value.items()}
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    return str(value)
 
 
 def main(
     argv: Sequence[str] | None = None,
     stdout: IO[str] | None = None,
     stderr: IO[str] | None = None,
+    now: Callable[[], float] = time.time,
 ) -> int:
     """
     Run the C{mailharbor} command.
@@ -423,9 +450,11 @@ def main(
     @param stdout: Where output goes; C{show} writes the stored bytes to its
         C{buffer} when it has one.  By default L{sys.stdout}.
     @param stderr: Where errors go; by default L{sys.stderr}.
+    @param now: The clock that ages (C{--since 7d}) count back from,
+        injected so tests are deterministic.
     @return: The exit status: 0 on success, 1 when the store or the message
-        is not there or cannot be read, 2 for bad usage or an unusable
-        configuration file.
+        is not there or cannot be read or changed, 2 for bad usage or an
+        unusable configuration file.
     """
     out = sys.stdout if stdout is None else stdout
     err = sys.stderr if stderr is None else stderr
@@ -436,37 +465,58 @@ def main(
     except SystemExit as e:
         return e.code if isinstance(e.code, int) else 2
     try:
-        status: int = arguments.command(arguments, out)
+        status: int = arguments.command(arguments, out, err, now())
         out.flush()
         return status
-    except CommandError as e:
+    except (CommandError, StoreError) as e:
         _writeText(err, f"mailharbor: {e}\n")
-        return e.status
+        return e.status if isinstance(e, CommandError) else 1
     except BrokenPipeError:
         _discardOutput(out)
+        return 1
+    except OSError as e:
+        where = f"{e.filename}: " if e.filename else ""
+        _writeText(err, f"mailharbor: {where}{e.strerror or e}\n")
         return 1
     except KeyboardInterrupt:
         return 130
 
 
-def _listCommand(arguments: argparse.Namespace, out: IO[str]) -> int:
+def _listCommand(arguments: argparse.Namespace, out: IO[str], err: IO[str], now: float) -> int:
     root = resolveRoot(arguments.maildir, arguments.config)
-    summaries = listMessages(root)
+    query = Query(
+        mailbox=arguments.domain,
+        since=None if arguments.since is None else arguments.since.resolve(now),
+        sender=arguments.sender,
+        recipient=arguments.recipient,
+        limit=arguments.limit,
+    )
+    summaries = listMessages(root, query)
     if arguments.json:
         _writeText(out, json.dumps([s.asJSON() for s in summaries], indent=2) + "\n")
-    elif not summaries:
+    elif summaries:
+        _writeText(out, formatTable(summaries))
+    elif attrs.evolve(query, limit=None) == Query():
         _writeText(out, f"No messages in {root}.\n")
     else:
-        _writeText(out, formatTable(summaries))
+        _writeText(out, f"No matching messages in {root}.\n")
     return 0
 
 
-def _showCommand(arguments: argparse.Namespace, out: IO[str]) -> int:
+def _showCommand(arguments: argparse.Namespace, out: IO[str], err: IO[str], now: float) -> int:
     root = resolveRoot(arguments.maildir, arguments.config)
     message, f = _openMessage(root, arguments.id)
     with f:
         try:
-            if arguments.json:
+            if arguments.summary:
+                summary = summarise(message, f)
+                f.seek(0)
+                details = parseMessage(f)
+                if arguments.json:
+                    _writeText(out, json.dumps(_detailsJSON(summary, details), indent=2) + "\n")
+                else:
+                    _writeText(out, formatDetails(summary, details))
+            elif arguments.json:
                 description = summarise(message, f).asJSON()
                 f.seek(0)
                 description["message"] = f.read().decode("utf-8", "replace")
@@ -477,20 +527,168 @@ def _showCommand(arguments: argparse.Namespace, out: IO[str]) -> int:
             raise
         except OSError as e:
             raise CommandError(f"cannot read {message.path}: {e.strerror or e}") from None
+    out.flush()
+    if arguments.mark_seen:
+        markSeen(message)
     return 0
 
 
+def _exportCommand(arguments: argparse.Namespace, out: IO[str], err: IO[str], now: float) -> int:
+    root = resolveRoot(arguments.maildir, arguments.config)
+    message, f = _openMessage(root, arguments.id)
+    with f:
+        try:
+            details = parseMessage(f)
+        except OSError as e:
+            raise CommandError(f"cannot read {message.path}: {e.strerror or e}") from None
+    if not details.attachments:
+        _writeText(out, f"No attachments in {cleanText(message.name.id)}.\n")
+        return 0
+    paths = saveAttachments(details.attachments, arguments.directory)
+    for attachment, path in zip(details.attachments, paths):
+        _writeText(
+            out,
+            f"{cleanText(path)}  {attachment.contentType}  {attachment.size} bytes\n",
+        )
+    return 0
+
+
+def _purgeCommand(arguments: argparse.Namespace, out: IO[str], err: IO[str], now: float) -> int:
+    root = resolveRoot(arguments.maildir, arguments.config)
+    cutoff = arguments.older_than.resolve(now)
+    dryRun = arguments.dry_run
+    verb = "would delete" if dryRun else "deleted"
+    status = 0
+    deleted = deletedBytes = removed = 0
+
+    def failed(path: str, e: OSError) -> None:
+        nonlocal status
+        status = 1
+        _writeText(err, f"mailharbor: cannot delete {cleanText(path)}: {e.strerror or e}\n")
+
+    for message in list(findMessageFiles(root, arguments.domain)):
+        delivered = deliveredAt(message)
+        if delivered is None or delivered >= cutoff:
+            continue
+        size = messageSize(message) or 0
+        if not dryRun:
+            try:
+                gone = deleteMessage(message)
+            except OSError as e:
+                failed(message.path, e)
+                continue
+            if gone is None:
+                continue
+            message = gone
+        deleted += 1
+        deletedBytes += size
+        _writeText(
+            out,
+            f"{verb} {_relative(root, message.path)}  delivered {_localTime(delivered)}"
+            f"  {size} bytes\n",
+        )
+    for stale in list(findStaleTemporaryFiles(root, now, arguments.domain)):
+        if not dryRun:
+            try:
+                os.unlink(stale.path)
+            except FileNotFoundError:
+                continue
+            except OSError as e:
+                failed(stale.path, e)
+                continue
+        removed += 1
+        _writeText(
+            out,
+            f"{verb} {_relative(root, stale.path)}  unused since {_localTime(stale.lastUsed)}"
+            f"  {stale.size} bytes\n",
+        )
+    _writeText(
+        out,
+        f"{verb.capitalize()} {_plural(deleted, 'message')} ({_humanSize(deletedBytes)})"
+        f" and {_plural(removed, 'stale file')} from tmp/.\n",
+    )
+    return status
+
+
+def _statsCommand(arguments: argparse.Namespace, out: IO[str], err: IO[str], now: float) -> int:
+    root = resolveRoot(arguments.maildir, arguments.config)
+    stats = mailboxStats(root)
+    if arguments.json:
+
+        def entry(stat: MailboxStats) -> dict[str, Any]:
+            return {
+                "messages": stat.messages,
+                "new": stat.new,
+                "cur": stat.cur,
+                "size": stat.size,
+            }
+
+        description = {
+            "root": root,
+            "mailboxes": [{"mailbox": s.mailbox, **entry(s)} for s in stats],
+            "total": entry(_total(stats)),
+        }
+        _writeText(out, json.dumps(description, indent=2) + "\n")
+    else:
+        _writeText(out, formatStats(stats))
+    return 0
+
+
+def _checkConfigCommand(
+    arguments: argparse.Namespace, out: IO[str], err: IO[str], now: float
+) -> int:
+    # Imported here: the other commands do not need Twisted's service and
+    # endpoint modules, which harbor.tap brings in.
+    from twisted.python.usage import UsageError
+
+    from harbor.tap import Options
+
+    serverOptions = [a for a in arguments.serverOptions if a != "--json"]
+    asJSON = arguments.json or len(serverOptions) != len(arguments.serverOptions)
+    options = Options()
+    try:
+        with redirect_stdout(out):
+            options.parseOptions([f"--config={arguments.file}", *serverOptions])
+    except UsageError as e:
+        # harbor.tap names the file's own problems (unreadable, not TOML)
+        # after its --config option, which is FILE here.
+        raise CommandError(str(e).removeprefix("--config: "), status=2) from None
+    except SystemExit as e:
+        # --help or --version among the server options.
+        return e.code if isinstance(e.code, int) else 0
+    if asJSON:
+        _writeText(out, json.dumps(plainValue(options.config), indent=2) + "\n")
+    else:
+        _writeText(out, formatConfig(options.config))
+    return 0
+
+
+def _detailsJSON(summary: MessageSummary, details: MessageDetails) -> dict[str, Any]:
+    description = summary.asJSON()
+    description.update(
+        headers=[[name, value] for name, value in details.headers],
+        text=details.text,
+        textType=details.textType,
+        attachments=[
+            {"filename": a.filename, "contentType": a.contentType, "size": a.size}
+            for a in details.attachments
+        ],
+        truncated=details.truncated,
+    )
+    return description
+
+
 def _openMessage(root: str, identifier: str) -> tuple[MessageFile, BinaryIO]:
-    # Looked for twice: a mail reader may move the file from new/ to cur/
-    # between finding and opening it.
+    message = findMessage(root, identifier)
+    # Opened twice at most: a mail reader may move the file from new/ to
+    # cur/ between finding and opening it.
     for _ in range(2):
-        message = findMessage(root, identifier)
         if message is None:
             break
         try:
             return message, open(message.path, "rb")
         except FileNotFoundError:
-            continue
+            message = relocate(message)
         except OSError as e:
             raise CommandError(f"cannot read {message.path}: {e.strerror or e}") from None
     raise CommandError(f"no message {cleanText(identifier)!r} in {root}")
@@ -510,17 +708,84 @@ def _copyBytes(f: BinaryIO, out: IO[str]) -> None:
     buffer.flush()
 
 
-def _header(headers: Message, name: str) -> str | None:
-    try:
-        value = headers[name]
-    except Exception:
-        # The email package has raised on malformed headers before; one bad
-        # header must not hide the message, so show it undecoded.
-        raw = [v for k, v in headers.raw_items() if k.lower() == name.lower()]
-        value = raw[0] if raw else None
+def _textLines(value: Any, indent: int) -> list[str]:
+    # The lines of a mapping of plain values, in a YAML-like layout.
+    pad = "  " * indent
+    lines = []
+    for key, item in value.items():
+        if isinstance(item, (dict, list)) and not item:
+            lines.append(f"{pad}{key}: (none)")
+        elif isinstance(item, dict):
+            lines.append(f"{pad}{key}:")
+            lines.extend(_textLines(item, indent + 1))
+        elif isinstance(item, list):
+            lines.append(f"{pad}{key}:")
+            for element in item:
+                if isinstance(element, dict) and element:
+                    nested = _textLines(element, indent + 2)
+                    lines.append(f"{pad}  - {nested[0].lstrip()}")
+                    lines.extend(nested[1:])
+                else:
+                    lines.append(f"{pad}  - {_scalarText(element)}")
+        else:
+            lines.append(f"{pad}{key}: {_scalarText(item)}")
+    return lines
+
+
+def _scalarText(value: Any) -> str:
     if value is None:
-        return None
+        return "(not set)"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, str):
+        return cleanText(value) if value else '""'
     return cleanText(str(value))
+
+
+def _alignColumns(rows: Sequence[Sequence[str]], rightAligned: set[int]) -> str:
+    widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
+    lines = []
+    for row in rows:
+        cells = [
+            cell.rjust(width) if column in rightAligned else cell.ljust(width)
+            for column, (cell, width) in enumerate(zip(row, widths))
+        ]
+        lines.append("  ".join(cells).rstrip() + "\n")
+    return "".join(lines)
+
+
+def _total(stats: Sequence[MailboxStats]) -> MailboxStats:
+    return MailboxStats(
+        mailbox="TOTAL",
+        new=sum(s.new for s in stats),
+        cur=sum(s.cur for s in stats),
+        size=sum(s.size for s in stats),
+    )
+
+
+def _humanSize(size: int) -> str:
+    if size < 1024:
+        return f"{size} B"
+    value = float(size)
+    for unit in ("KiB", "MiB", "GiB", "TiB"):
+        value /= 1024
+        if value < 1024:
+            break
+    return f"{value:.1f} {unit}"
+
+
+def _plural(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
+def _relative(root: str, path: str) -> str:
+    return cleanText(os.path.relpath(path, root))
+
+
+def _localTime(seconds: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(seconds))
 
 
 def _truncate(text: str, width: int) -> str:
@@ -529,19 +794,37 @@ def _truncate(text: str, width: int) -> str:
     return text[: width - 1].rstrip() + "\u2026"
 
 
-def _isDirectory(entry: os.DirEntry[str]) -> bool:
+def _momentArgument(text: str) -> Moment:
     try:
-        return entry.is_dir()
-    except OSError:
-        return False
+        return parseMoment(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _domainArgument(text: str) -> str:
+    try:
+        return normaliseDomain(text, "--domain")
+    except ConfigError as e:
+        raise argparse.ArgumentTypeError(e.problem) from None
+
+
+def _positiveInteger(text: str) -> int:
+    if not text.strip().isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
+    return int(text)
 
 
 def _writeText(stream: IO[str], text: str) -> None:
-    try:
-        stream.write(text)
-    except UnicodeEncodeError:
-        encoding = getattr(stream, "encoding", None) or "ascii"
-        stream.write(text.encode(encoding, "replace").decode(encoding))
+    # Written in pieces: CPython loses the EPIPE of a reader that goes away
+    # (mailharbor list | head) during one large write, and the command
+    # would not know to stop.
+    for start in range(0, len(text), _WRITE_CHUNK):
+        piece = text[start : start + _WRITE_CHUNK]
+        try:
+            stream.write(piece)
+        except UnicodeEncodeError:
+            encoding = getattr(stream, "encoding", None) or "ascii"
+            stream.write(piece.encode(encoding, "replace").decode(encoding))
 
 
 def _discardOutput(stream: IO[str]) -> None:

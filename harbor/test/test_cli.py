@@ -13,11 +13,17 @@ import os
 import subprocess
 import sys
 import time
+from email.message import EmailMessage
+from typing import Any
+
+import attrs
 
 from twisted.trial.unittest import SynchronousTestCase
 
 import harbor
 from harbor import cli
+from harbor.config import Config
+from harbor.tap import Options
 
 NOW = 1732314178
 HOST = "mx.example.com"
@@ -93,18 +99,27 @@ class _CommandTestCase(SynchronousTestCase):
             f.write(content)
         return filename
 
-    def runCommand(self, *argv: str) -> tuple[int, bytes, str]:
+    def runCommand(self, *argv: str, now: float = NOW + 3600) -> tuple[int, bytes, str]:
         """
-        Run C{mailharbor} in-process.
+        Run C{mailharbor} in-process, at the time C{now}.
 
         @return: The exit status, the bytes written to standard output and
             the text written to standard error.
         """
         out = io.TextIOWrapper(io.BytesIO(), encoding="utf-8", newline="\n")
         err = io.StringIO()
-        status = cli.main(list(argv), stdout=out, stderr=err)
+        status = cli.main(list(argv), stdout=out, stderr=err, now=lambda: now)
         out.flush()
         return status, out.buffer.getvalue(), err.getvalue()
+
+    def writeConfig(self, text: str) -> str:
+        """
+        Write a configuration file and return its path.
+        """
+        path = os.path.abspath(self.mktemp())
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(text)
+        return path
 
     def listLines(self, *argv: str) -> list[str]:
         """
@@ -422,34 +437,6 @@ class ListTests(_CommandTestCase):
         self.assertEqual((status, err.getvalue()), (1, ""))
 
 
-class ReadHeaderBlockTests(SynchronousTestCase):
-    """
-    Tests for L{cli.readHeaderBlock}.
-    """
-
-    def test_stopsAtBlankLine(self) -> None:
-        """
-        Only the header block is read: the file is left just after the blank
-        line, the body unread.
-        """
-        headers = messageBytes(body=None)
-        f = io.BytesIO(headers + b"\n" + b"x" * (4 * 1024 * 1024))
-
-        block = cli.readHeaderBlock(f)
-
-        self.assertEqual((block, f.tell()), (headers, len(headers) + 1))
-
-    def test_limit(self) -> None:
-        """
-        A file without a blank line is read no further than the limit.
-        """
-        f = io.BytesIO(b"X-Long: " + b"y" * 10000)
-
-        cli.readHeaderBlock(f, limit=1000)
-
-        self.assertEqual(f.tell(), 1000)
-
-
 class ShowTests(_CommandTestCase):
     """
     Tests for C{mailharbor show}.
@@ -548,19 +535,786 @@ class ShowTests(_CommandTestCase):
         self.assertEqual((status, out.getvalue()), (0, content.decode("utf-8")))
 
 
+class ListFilterTests(_CommandTestCase):
+    """
+    Tests for the filters of C{mailharbor list}: C{--limit}, C{--since},
+    C{--domain}, C{--to} and C{--from}.
+    """
+
+    def setUp(self) -> None:
+        self.root = self.makeRoot("example.com", "example.org")
+        # One message an hour, oldest first, alternating between domains.
+        self.ids = []
+        for hour in range(6):
+            mailbox = ("example.com", "example.org")[hour % 2]
+            identifier = messageID(NOW + hour * 3600, hour)
+            content = messageBytes(
+                sender=f"Bob{hour}@Sender.example", recipient=f"user{hour}@{mailbox}"
+            )
+            self.deliver(self.root, mailbox, identifier, content)
+            self.ids.append(identifier)
+        self.now = NOW + 6 * 3600
+
+    def listIDs(self, *argv: str) -> list[str]:
+        """
+        Run C{mailharbor list --json} on the store at C{self.now} and return
+        the ids listed.
+        """
+        status, out, err = self.runCommand(
+            "list", "--json", "--maildir", self.root, *argv, now=self.now
+        )
+        self.assertEqual((status, err), (0, ""))
+        return [entry["id"] for entry in json.loads(out)]
+
+    def test_limit(self) -> None:
+        """
+        C{--limit N} lists the N newest messages.
+        """
+        self.assertEqual(self.listIDs("--limit", "2"), [self.ids[5], self.ids[4]])
+        self.assertEqual(len(self.listIDs("--limit", "100")), 6)
+
+    def test_sinceAge(self) -> None:
+        """
+        C{--since} with an age lists what arrived since then, counted back
+        from now; the units are minutes, hours, days and weeks.
+        """
+        self.assertEqual(self.listIDs("--since", "200m"), [self.ids[5], self.ids[4], self.ids[3]])
+        self.assertEqual(self.listIDs("--since", "2h"), [self.ids[5], self.ids[4]])
+        self.assertEqual(len(self.listIDs("--since", "1d")), 6)
+        self.assertEqual(len(self.listIDs("--since", "1w")), 6)
+        self.assertEqual(self.listIDs("--since", "0s"), [])
+
+    def test_sinceTime(self) -> None:
+        """
+        C{--since} with an ISO time includes a message delivered exactly
+        then; one without an offset is local time.
+        """
+        utc = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(NOW + 3 * 3600))
+        local = time.strftime("%Y-%m-%dT%H:%M", time.localtime(NOW + 4 * 3600 - 60))
+        day = time.strftime("%Y-%m-%d", time.localtime(NOW + 8 * 86400))
+
+        self.assertEqual(self.listIDs("--since", utc), [self.ids[5], self.ids[4], self.ids[3]])
+        self.assertEqual(self.listIDs("--since", local), [self.ids[5], self.ids[4]])
+        self.assertEqual(self.listIDs("--since", day), [])
+
+    def test_sinceAndLimit(self) -> None:
+        """
+        C{--since} and C{--limit} together give the newest messages of
+        those since then, however few.
+        """
+        self.assertEqual(self.listIDs("--since", "4h", "--limit", "2"), [self.ids[5], self.ids[4]])
+        self.assertEqual(self.listIDs("--since", "90m", "--limit", "5"), [self.ids[5]])
+
+    def test_domain(self) -> None:
+        """
+        C{--domain} lists one domain's messages; its name is compared as
+        the configuration writes it, in lower case without a final dot.
+        """
+        self.assertEqual(
+            self.listIDs("--domain", "EXAMPLE.org."), [self.ids[5], self.ids[3], self.ids[1]]
+        )
+
+    def test_unknownDomain(self) -> None:
+        """
+        A domain without a Maildir is a one-line error, status 1.
+        """
+        status, out, err = self.runCommand(
+            "list", "--maildir", self.root, "--domain", "example.net"
+        )
+
+        self.assertEqual(
+            (status, out, err), (1, b"", f"mailharbor: no Maildir for example.net in {self.root}\n")
+        )
+
+    def test_invalidDomain(self) -> None:
+        """
+        A C{--domain} that is not a domain name (a path, say) is a usage
+        error, status 2.
+        """
+        status, out, err = self.runCommand("list", "--maildir", self.root, "--domain", "../etc")
+
+        self.assertEqual((status, out), (2, b""))
+        self.assertIn("argument --domain: '../etc' is not a valid domain name", err)
+
+    def test_recipientAndSender(self) -> None:
+        """
+        C{--to} and C{--from} match substrings of the envelope addresses,
+        in any case.
+        """
+        self.assertEqual(self.listIDs("--to", "USER2@"), [self.ids[2]])
+        self.assertEqual(self.listIDs("--from", "bob1@sender"), [self.ids[1]])
+        self.assertEqual(
+            self.listIDs("--to", "example.COM", "--from", "BOB4", "--limit", "3"), [self.ids[4]]
+        )
+        self.assertEqual(self.listIDs("--from", "nobody"), [])
+
+    def test_noMatch(self) -> None:
+        """
+        With filters that match nothing the table says so.
+        """
+        result = self.runCommand("list", "--maildir", self.root, "--to", "nobody")
+
+        self.assertEqual(result, (0, f"No matching messages in {self.root}.\n".encode(), ""))
+
+    def test_badSince(self) -> None:
+        """
+        A C{--since} that is neither a time nor an age is a usage error,
+        status 2, saying what is accepted.
+        """
+        for value in ["yesterday", "3x", "-2h", "2026-13-01", ""]:
+            status, out, err = self.runCommand("list", "--maildir", self.root, f"--since={value}")
+            self.assertEqual((status, out), (2, b""))
+            self.assertIn(f"argument --since: {value!r} is not an ISO date", err)
+
+    def test_badLimit(self) -> None:
+        """
+        A C{--limit} below 1, or not a number, is a usage error, status 2.
+        """
+        for value in ["0", "-1", "ten"]:
+            status, out, err = self.runCommand("list", "--maildir", self.root, "--limit", value)
+            self.assertEqual((status, out), (2, b""))
+            self.assertIn("argument --limit:", err)
+
+
+def attachmentMessage(*attachments: tuple[str | None, bytes]) -> bytes:
+    """
+    A stored message with a text part and the given attachments (name and
+    content; a name of L{None} gives none).
+    """
+    message = EmailMessage()
+    message["Return-Path"] = "<bob@x.org>"
+    message["Delivered-To"] = "alice@example.com"
+    message["From"] = "Bob <bob@x.org>"
+    message["To"] = "Alice <alice@example.com>"
+    message["Cc"] = "Carol <carol@example.com>"
+    message["Subject"] = "=?utf-8?q?Caf=C3=A9?="
+    message["Date"] = "Fri, 22 Nov 2024 22:22:50 +0000"
+    message["Message-ID"] = "<1@x.org>"
+    message.set_content("Hello Alice,\n\nthe files.\n")
+    for filename, data in attachments:
+        message.add_attachment(
+            data, maintype="application", subtype="octet-stream", filename=filename
+        )
+    return bytes(message)
+
+
+class ShowSummaryTests(_CommandTestCase):
+    """
+    Tests for C{mailharbor show --summary} and C{--mark-seen}.
+    """
+
+    def test_summary(self) -> None:
+        """
+        C{--summary} shows the trace and main headers, the text and the
+        attachments with their types and sizes.
+        """
+        root = self.makeRoot("example.com")
+        self.deliver(
+            root,
+            "example.com",
+            messageID(NOW),
+            attachmentMessage(("report.pdf", b"12345"), (None, b"xy")),
+        )
+
+        status, out, err = self.runCommand("show", "--summary", "--maildir", root, messageID(NOW))
+
+        self.assertEqual((status, err), (0, ""))
+        text = out.decode("utf-8")
+        for line in [
+            f"Id: {messageID(NOW)}",
+            "Mailbox: example.com",
+            "Return-Path: <bob@x.org>",
+            "Delivered-To: alice@example.com",
+            "From: Bob <bob@x.org>",
+            "To: Alice <alice@example.com>",
+            "Cc: Carol <carol@example.com>",
+            "Subject: Caf\u00e9",
+            "Date: Fri, 22 Nov 2024 22:22:50 +0000",
+            "Message-ID: <1@x.org>",
+            "Hello Alice,\n\nthe files.\n",
+            "Attachments (2):",
+        ]:
+            self.assertIn(line, text)
+        attachments = [line.split() for line in text.split("Attachments (2):\n")[1].splitlines()]
+        self.assertEqual(
+            attachments,
+            [
+                ["1.", "report.pdf", "application/octet-stream", "5", "bytes"],
+                ["2.", "(no", "name)", "application/octet-stream", "2", "bytes"],
+            ],
+        )
+
+    def test_summaryJSON(self) -> None:
+        """
+        C{--summary --json} gives the list fields, the headers, the text and
+        the attachments.
+        """
+        root = self.makeRoot("example.com")
+        self.deliver(root, "example.com", messageID(NOW), attachmentMessage(("a.bin", b"123")))
+
+        status, out, err = self.runCommand(
+            "show", "--summary", "--json", "--maildir", root, messageID(NOW)
+        )
+        entry = json.loads(out)
+
+        self.assertEqual((status, err), (0, ""))
+        self.assertEqual(
+            (entry["id"], entry["subject"], entry["seen"]), (messageID(NOW), "Caf\u00e9", False)
+        )
+        self.assertIn(["From", "Bob <bob@x.org>"], entry["headers"])
+        self.assertEqual(
+            (entry["text"], entry["textType"]), ("Hello Alice,\n\nthe files.\n", "text/plain")
+        )
+        self.assertEqual(
+            entry["attachments"],
+            [{"filename": "a.bin", "contentType": "application/octet-stream", "size": 3}],
+        )
+        self.assertFalse(entry["truncated"])
+
+    def test_summaryMalformed(self) -> None:
+        """
+        A malformed message is summarised as far as it goes, status 0, no
+        traceback.
+        """
+        root = self.makeRoot("example.com")
+        content = (
+            b"Subject: =?utf-8?b?!!!?=\nFrom: <<<\nContent-Type: multipart/mixed; boundary=z\n\n"
+            b"--z\nContent-Type: text/plain; charset=no-such-charset\n\n\xff\xfe text\n"
+            b"--z\nContent-Type: application/pdf\nContent-Transfer-Encoding: base64\n\n@@@\n"
+        )
+        self.deliver(root, "example.com", messageID(NOW), content)
+
+        status, out, err = self.runCommand("show", "--summary", "--maildir", root, messageID(NOW))
+
+        self.assertEqual((status, err), (0, ""))
+        self.assertIn("\ufffd\ufffd text", out.decode("utf-8"))
+        self.assertIn("Attachments (1):", out.decode("utf-8"))
+
+    def test_summaryNoText(self) -> None:
+        """
+        A message without a text part says so.
+        """
+        root = self.makeRoot("example.com")
+        self.deliver(root, "example.com", messageID(NOW), b"Content-Type: image/png\n\nPNG")
+
+        status, out, err = self.runCommand("show", "--summary", "--maildir", root, messageID(NOW))
+
+        self.assertEqual((status, err), (0, ""))
+        self.assertIn("(no text part)", out.decode("utf-8"))
+
+    def test_markSeenFromNew(self) -> None:
+        """
+        C{--mark-seen} writes the message, then moves it to C{cur/} with
+        the flags C{:2,S}.
+        """
+        root = self.makeRoot("example.com")
+        content = messageBytes()
+        filename = self.deliver(root, "example.com", messageID(NOW), content)
+
+        result = self.runCommand("show", "--mark-seen", "--maildir", root, messageID(NOW))
+
+        self.assertEqual(result, (0, content, ""))
+        self.assertEqual(os.listdir(os.path.join(root, "example.com", "new")), [])
+        self.assertEqual(os.listdir(os.path.join(root, "example.com", "cur")), [filename + ":2,S"])
+        [entry] = self.listJSON("--maildir", root)
+        self.assertTrue(entry["seen"])
+
+    def test_markSeenKeepsFlags(self) -> None:
+        """
+        In C{cur/}, C{S} joins the other flags in ASCII order; a message
+        already seen keeps its name.
+        """
+        root = self.makeRoot("example.com")
+        flagged = self.deliver(
+            root, "example.com", messageID(NOW, 1), messageBytes(), sub="cur", flags="RT"
+        )
+        seen = self.deliver(
+            root, "example.com", messageID(NOW, 2), messageBytes(), sub="cur", flags="FS"
+        )
+
+        for identifier in (messageID(NOW, 1), messageID(NOW, 2)):
+            status, out, err = self.runCommand(
+                "show", "--summary", "--mark-seen", "--maildir", root, identifier
+            )
+            self.assertEqual((status, err), (0, ""))
+
+        cur = sorted(os.listdir(os.path.join(root, "example.com", "cur")))
+        self.assertEqual(cur, [flagged[: -len("RT")] + "RST", seen])
+
+    def test_notMarkedWhenReaderGone(self) -> None:
+        """
+        A message whose output did not reach its reader is not marked seen.
+        """
+        root = self.makeRoot("example.com")
+        filename = self.deliver(root, "example.com", messageID(NOW), messageBytes())
+
+        class ClosedPipe(io.StringIO):
+            def write(self, text: str) -> int:
+                raise BrokenPipeError()
+
+        status = cli.main(
+            ["show", "--mark-seen", "--maildir", root, messageID(NOW)],
+            stdout=ClosedPipe(),
+            stderr=io.StringIO(),
+        )
+
+        self.assertEqual(status, 1)
+        self.assertEqual(os.listdir(os.path.join(root, "example.com", "new")), [filename])
+
+    def test_helpDescribesMarkSeen(self) -> None:
+        """
+        C{show --help} says what C{--mark-seen} does to the file.
+        """
+        status, out, err = self.runCommand("show", "--help")
+
+        self.assertEqual((status, err), (0, ""))
+        self.assertIn(b"new/NAME becomes cur/NAME:2,S", out)
+
+
+class ExportTests(_CommandTestCase):
+    """
+    Tests for C{mailharbor export}.
+    """
+
+    def setUp(self) -> None:
+        self.root = self.makeRoot("example.com")
+        self.parent = os.path.abspath(self.mktemp())
+        os.makedirs(self.parent)
+        self.target = os.path.join(self.parent, "out")
+
+    def filesUnder(self, directory: str) -> dict[str, bytes]:
+        """
+        Every file below C{directory}, by path relative to it.
+        """
+        found = {}
+        for path, _, files in os.walk(directory):
+            for name in files:
+                with open(os.path.join(path, name), "rb") as f:
+                    found[os.path.relpath(os.path.join(path, name), directory)] = f.read()
+        return found
+
+    def test_traversalNames(self) -> None:
+        """
+        Attachments named to escape the directory are written inside it
+        under safe names, and nowhere else; each written file is listed.
+        """
+        content = attachmentMessage(
+            ("../../x", b"1"),
+            ("/etc/passwd", b"2"),
+            ("..", b"3"),
+            ("", b"4"),
+            (".profile", b"5"),
+            ("x", b"6"),
+        )
+        self.deliver(self.root, "example.com", messageID(NOW), content)
+
+        status, out, err = self.runCommand(
+            "export", "--maildir", self.root, messageID(NOW), self.target
+        )
+
+        names = ["x", "passwd", "attachment-3.bin", "attachment-4.bin", "profile", "x (2)"]
+        self.assertEqual((status, err), (0, ""))
+        self.assertEqual(
+            self.filesUnder(self.parent),
+            {os.path.join("out", n): str(i).encode() for i, n in enumerate(names, 1)},
+        )
+        self.assertEqual(
+            out.decode("utf-8").splitlines(),
+            [f"{os.path.join(self.target, n)}  application/octet-stream  1 bytes" for n in names],
+        )
+
+    def test_neverOverwrites(self) -> None:
+        """
+        Exporting twice keeps the first files and numbers the second ones.
+        """
+        self.deliver(self.root, "example.com", messageID(NOW), attachmentMessage(("a.pdf", b"new")))
+        os.makedirs(self.target)
+        with open(os.path.join(self.target, "a.pdf"), "wb") as f:
+            f.write(b"old")
+
+        for _ in range(2):
+            self.assertEqual(
+                self.runCommand("export", "--maildir", self.root, messageID(NOW), self.target)[0], 0
+            )
+
+        self.assertEqual(
+            self.filesUnder(self.target),
+            {"a.pdf": b"old", "a (2).pdf": b"new", "a (3).pdf": b"new"},
+        )
+
+    def test_noAttachments(self) -> None:
+        """
+        A message without attachments says so and creates nothing.
+        """
+        self.deliver(self.root, "example.com", messageID(NOW), messageBytes())
+
+        result = self.runCommand("export", "--maildir", self.root, messageID(NOW), self.target)
+
+        self.assertEqual(result, (0, f"No attachments in {messageID(NOW)}.\n".encode(), ""))
+        self.assertFalse(os.path.exists(self.target))
+
+    def test_targetIsAFile(self) -> None:
+        """
+        A target that is a file is a one-line error, status 1.
+        """
+        self.deliver(self.root, "example.com", messageID(NOW), attachmentMessage(("a", b"1")))
+        with open(self.target, "wb"):
+            pass
+
+        status, out, err = self.runCommand(
+            "export", "--maildir", self.root, messageID(NOW), self.target
+        )
+
+        self.assertEqual((status, out), (1, b""))
+        self.assertTrue(err.startswith(f"mailharbor: cannot use {self.target}: "), err)
+        self.assertEqual(err.count("\n"), 1)
+
+    def test_unknownID(self) -> None:
+        """
+        An unknown id is a one-line error, status 1.
+        """
+        result = self.runCommand("export", "--maildir", self.root, "nope", self.target)
+
+        self.assertEqual(result, (1, b"", f"mailharbor: no message 'nope' in {self.root}\n"))
+
+
+class PurgeTests(_CommandTestCase):
+    """
+    Tests for C{mailharbor purge}.
+    """
+
+    def setUp(self) -> None:
+        self.now = int(time.time()) + 40 * 3600
+        self.root = self.makeRoot("example.com", "example.org")
+        day = 24 * 3600
+
+        def deliver(
+            mailbox: str, age: int, count: int, sub: str = "new", flags: str | None = None
+        ) -> str:
+            identifier = messageID(self.now - age, count)
+            filename = self.deliver(
+                self.root, mailbox, identifier, messageBytes(), sub=sub, flags=flags
+            )
+            return os.path.join(self.root, mailbox, sub, filename)
+
+        self.old = {
+            "new": deliver("example.com", 31 * day, 1),
+            "cur": deliver("example.com", 40 * day, 2, sub="cur", flags="S"),
+            "org": deliver("example.org", 60 * day, 3),
+        }
+        self.recent = deliver("example.com", 29 * day, 4)
+        # Created now: unused for 40 hours by the command's clock.
+        self.stale = os.path.join(self.root, "example.com", "tmp", "stale")
+        self.busy = os.path.join(self.root, "example.com", "tmp", "busy")
+        for path in (self.stale, self.busy):
+            with open(path, "wb") as f:
+                f.write(b"partial")
+        os.utime(self.busy, (self.now - 3600, self.now - 3600))
+
+    def files(self) -> list[str]:
+        """
+        Every file in the store, by path relative to the root.
+        """
+        return sorted(
+            os.path.relpath(os.path.join(path, name), self.root)
+            for path, _, names in os.walk(self.root)
+            for name in names
+        )
+
+    def purge(self, *argv: str) -> tuple[int, bytes, str]:
+        """
+        Run C{mailharbor purge} on the store at C{self.now}.
+        """
+        return self.runCommand("purge", "--maildir", self.root, *argv, now=self.now)
+
+    def expectedLines(self, verb: str, *paths: str) -> list[str]:
+        """
+        The lines C{purge} prints for deleting the messages at C{paths}.
+        """
+        lines = []
+        for path in paths:
+            delivered = time.strftime(
+                "%Y-%m-%d %H:%M:%S", time.localtime(int(os.path.basename(path).split(".")[0]))
+            )
+            relative = os.path.relpath(path, self.root)
+            lines.append(f"{verb} {relative}  delivered {delivered}  {len(messageBytes())} bytes")
+        return lines
+
+    def test_purge(self) -> None:
+        """
+        Messages in C{new/} and C{cur/} delivered before the age are
+        deleted, and stale files in C{tmp/}; each is listed, then a total.
+        """
+        status, out, err = self.purge("--older-than", "30d")
+
+        self.assertEqual((status, err), (0, ""))
+        self.assertEqual(
+            self.files(),
+            [os.path.relpath(p, self.root) for p in (self.recent, self.busy)],
+        )
+        lines = out.decode("utf-8").splitlines()
+        self.assertEqual(
+            lines[:3],
+            self.expectedLines("deleted", self.old["new"], self.old["cur"], self.old["org"]),
+        )
+        self.assertTrue(
+            lines[3].startswith("deleted example.com/tmp/stale  unused since "), lines[3]
+        )
+        size = 3 * len(messageBytes())
+        self.assertLess(size, 1024)
+        self.assertEqual(lines[4:], [f"Deleted 3 messages ({size} B) and 1 stale file from tmp/."])
+
+    def test_dryRun(self) -> None:
+        """
+        C{--dry-run} lists what would be deleted and deletes nothing.
+        """
+        before = self.files()
+
+        status, out, err = self.purge("--older-than", "30d", "--dry-run")
+
+        self.assertEqual((status, err), (0, ""))
+        self.assertEqual(self.files(), before)
+        lines = out.decode("utf-8").splitlines()
+        self.assertEqual(
+            lines[:3],
+            self.expectedLines("would delete", self.old["new"], self.old["cur"], self.old["org"]),
+        )
+        self.assertTrue(lines[3].startswith("would delete example.com/tmp/stale  "), lines[3])
+        self.assertTrue(lines[4].startswith("Would delete 3 messages ("), lines[4])
+
+    def test_domain(self) -> None:
+        """
+        C{--domain} purges only that domain's Maildir, C{tmp/} included.
+        """
+        status, out, err = self.purge("--older-than", "30d", "--domain", "example.org")
+
+        self.assertEqual((status, err), (0, ""))
+        self.assertNotIn(os.path.relpath(self.old["org"], self.root), self.files())
+        self.assertEqual(len(self.files()), 5)
+        total = f"Deleted 1 message ({len(messageBytes())} B) and 0 stale files from tmp/.\n"
+        self.assertTrue(out.decode("utf-8").endswith(total), out)
+
+    def test_absoluteTime(self) -> None:
+        """
+        C{--older-than} also takes an ISO time.
+        """
+        cutoff = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.now - 50 * 24 * 3600))
+
+        status, out, err = self.purge("--older-than", cutoff, "--dry-run")
+
+        self.assertEqual((status, err), (0, ""))
+        self.assertEqual(
+            out.decode("utf-8").splitlines()[:1],
+            self.expectedLines("would delete", self.old["org"]),
+        )
+
+    def test_undeletable(self) -> None:
+        """
+        A message that cannot be deleted is reported in one line; the
+        others are deleted and the status is 1.
+        """
+        os.unlink(self.old["new"])
+        os.makedirs(os.path.join(self.old["new"], "blocker"))
+
+        status, out, err = self.purge("--older-than", "30d")
+
+        self.assertEqual(status, 1)
+        self.assertTrue(err.startswith(f"mailharbor: cannot delete {self.old['new']}: "), err)
+        self.assertEqual(err.count("\n"), 1)
+        self.assertFalse(os.path.exists(self.old["cur"]))
+        self.assertIn(b"Deleted 2 messages", out)
+
+    def test_requiresAge(self) -> None:
+        """
+        C{purge} without C{--older-than}, or with a bad one, is a usage
+        error, status 2, and deletes nothing.
+        """
+        before = self.files()
+        for argv in [(), ("--older-than", "soon")]:
+            status, out, err = self.purge(*argv)
+            self.assertEqual((status, out), (2, b""))
+            self.assertIn("usage: mailharbor purge", err)
+        self.assertEqual(self.files(), before)
+
+
+class StatsTests(_CommandTestCase):
+    """
+    Tests for C{mailharbor stats}.
+    """
+
+    def setUp(self) -> None:
+        self.root = self.makeRoot("example.com", "example.org")
+        self.deliver(self.root, "example.com", messageID(NOW, 1), b"a" * 1000)
+        self.deliver(self.root, "example.com", messageID(NOW, 2), b"b" * 2000, sub="cur", flags="S")
+        self.deliver(self.root, "example.com", messageID(NOW, 3), b"c" * 3000, sub="cur", flags="")
+        self.deliver(self.root, "example.org", messageID(NOW, 4), b"d" * 4)
+
+    def test_table(self) -> None:
+        """
+        Each domain has a line with its message count, the numbers in
+        C{new/} and C{cur/} and the total size; a total line follows.
+        """
+        status, out, err = self.runCommand("stats", "--maildir", self.root)
+
+        self.assertEqual((status, err), (0, ""))
+        self.assertEqual(
+            [line.split() for line in out.decode("utf-8").splitlines()],
+            [
+                ["MAILBOX", "MESSAGES", "NEW", "CUR", "SIZE"],
+                ["example.com", "3", "1", "2", "5.9", "KiB"],
+                ["example.org", "1", "1", "0", "4", "B"],
+                ["TOTAL", "4", "2", "2", "5.9", "KiB"],
+            ],
+        )
+
+    def test_json(self) -> None:
+        """
+        C{--json} gives exact sizes in bytes.
+        """
+        status, out, err = self.runCommand("stats", "--json", "--maildir", self.root)
+
+        self.assertEqual((status, err), (0, ""))
+        self.assertEqual(
+            json.loads(out),
+            {
+                "root": self.root,
+                "mailboxes": [
+                    {"mailbox": "example.com", "messages": 3, "new": 1, "cur": 2, "size": 6000},
+                    {"mailbox": "example.org", "messages": 1, "new": 1, "cur": 0, "size": 4},
+                ],
+                "total": {"messages": 4, "new": 2, "cur": 2, "size": 6004},
+            },
+        )
+
+    def test_missingRoot(self) -> None:
+        """
+        A root that does not exist is a one-line error, status 1.
+        """
+        root = os.path.abspath(self.mktemp())
+
+        self.assertEqual(
+            self.runCommand("stats", "--maildir", root),
+            (1, b"", f"mailharbor: no Maildir at {root}\n"),
+        )
+
+
+class CheckConfigTests(_CommandTestCase):
+    """
+    Tests for C{mailharbor check-config}.
+    """
+
+    def setUp(self) -> None:
+        self.config = self.writeConfig(
+            'domain = ["example.com", "example.org"]\nmaildir = "/srv/mail"\n'
+            f'hostname = "{HOST}"\n[domains."example.org"]\naccept = ["bob", "alice"]\n'
+        )
+
+    def checkJSON(self, *argv: str) -> dict[str, Any]:
+        """
+        Run C{check-config --json} successfully and parse its output.
+        """
+        status, out, err = self.runCommand("check-config", "--json", *argv)
+        self.assertEqual((status, err), (0, ""))
+        result: dict[str, Any] = json.loads(out)
+        return result
+
+    def test_everyField(self) -> None:
+        """
+        Every field of L{Config} is printed, one top-level line each.
+        """
+        status, out, err = self.runCommand("check-config", self.config)
+
+        self.assertEqual((status, err), (0, ""))
+        text = out.decode("utf-8")
+        topLevel = [line.split(":")[0] for line in text.splitlines() if not line.startswith(" ")]
+        self.assertEqual(topLevel, [field.name for field in attrs.fields(Config)])
+        self.assertIn("\nmaildir: /srv/mail\n", text)
+        self.assertIn(f"\nhostname: {HOST}\n", text)
+        self.assertIn("  - name: example.org\n    accept:\n      - alice\n      - bob\n", text)
+
+    def test_sameAsServer(self) -> None:
+        """
+        The configuration is the one C{twistd mailharbor} builds from the
+        same file and options.
+        """
+        options = Options()
+        options.parseOptions(
+            ["--config", self.config, "--hostname", "other.example.com", "-d", "example.net"]
+        )
+
+        printed = self.checkJSON(
+            self.config, "--hostname", "other.example.com", "-d", "example.net"
+        )
+
+        self.assertEqual(printed, cli.plainValue(options.config))
+        self.assertEqual(printed["hostname"], "other.example.com")
+        self.assertEqual([d["name"] for d in printed["domains"]], ["example.net", "example.org"])
+
+    def test_jsonAfterFile(self) -> None:
+        """
+        C{--json} may also follow the file, among the server options.
+        """
+        status, out, err = self.runCommand(
+            "check-config", self.config, "--maildir", "/elsewhere", "--json"
+        )
+
+        self.assertEqual((status, err), (0, ""))
+        self.assertEqual(json.loads(out)["maildir"], "/elsewhere")
+
+    def test_fileError(self) -> None:
+        """
+        A bad setting in the file is reported with the file and the
+        setting, status 2.
+        """
+        config = self.writeConfig('domain = ["example.com"]\nhostname = "not a host!"\n')
+
+        result = self.runCommand("check-config", config)
+
+        self.assertEqual(
+            result,
+            (2, b"", f"mailharbor: {config}: hostname: 'not a host!' is not a valid host name\n"),
+        )
+
+    def test_optionError(self) -> None:
+        """
+        A bad server option is reported by its name, status 2.
+        """
+        result = self.runCommand("check-config", self.config, "--hostname", "bad host")
+
+        self.assertEqual(
+            result, (2, b"", "mailharbor: --hostname: 'bad host' is not a valid host name\n")
+        )
+
+    def test_unreadable(self) -> None:
+        """
+        A missing file or one that is not TOML is a one-line error, status
+        2.
+        """
+        missing = os.path.abspath(self.mktemp())
+        broken = self.writeConfig("domain = [\n")
+
+        self.assertEqual(
+            self.runCommand("check-config", missing),
+            (2, b"", f"mailharbor: cannot read {missing}: No such file or directory\n"),
+        )
+        status, out, err = self.runCommand("check-config", broken)
+        self.assertEqual((status, out), (2, b""))
+        self.assertTrue(err.startswith(f"mailharbor: {broken} is not valid TOML: "), err)
+        self.assertEqual(err.count("\n"), 1)
+
+    def test_unknownOption(self) -> None:
+        """
+        An option C{twistd mailharbor} does not have is an error, status 2.
+        """
+        result = self.runCommand("check-config", self.config, "--bogus")
+
+        self.assertEqual(result, (2, b"", "mailharbor: option --bogus not recognized\n"))
+
+
 class ConfigTests(_CommandTestCase):
     """
     Tests for choosing the root with C{--config}, and for usage errors.
     """
-
-    def writeConfig(self, text: str) -> str:
-        """
-        Write a configuration file and return its path.
-        """
-        path = os.path.abspath(self.mktemp())
-        with open(path, "w", encoding="utf-8") as f:
-            f.write(text)
-        return path
 
     def test_configSelectsRoot(self) -> None:
         """
@@ -651,17 +1405,29 @@ class ConfigTests(_CommandTestCase):
 
 class ImportTests(SynchronousTestCase):
     """
-    Tests for what importing L{harbor.cli} brings in.
+    Tests for what running L{harbor.cli} brings in.
     """
+
+    def runPython(self, code: str, *arguments: str) -> subprocess.CompletedProcess[str]:
+        """
+        Run C{code} in a new interpreter that imports L{harbor} from this
+        checkout; C{sys.argv[1]} is the checkout's directory.
+        """
+        parent = os.path.dirname(os.path.dirname(os.path.abspath(harbor.__file__)))
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [parent, env.get("PYTHONPATH")]))
+        return subprocess.run(
+            [sys.executable, "-c", code, parent, *arguments],
+            env=env,
+            capture_output=True,
+            text=True,
+        )
 
     def test_noReactor(self) -> None:
         """
         Importing L{harbor.cli} imports neither the reactor nor
         L{twisted.mail.smtp}.
         """
-        parent = os.path.dirname(os.path.dirname(os.path.abspath(harbor.__file__)))
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [parent, env.get("PYTHONPATH")]))
         code = (
             "import harbor.cli, sys; "
             "assert harbor.cli.__file__.startswith(sys.argv[1]), harbor.cli.__file__; "
@@ -669,11 +1435,60 @@ class ImportTests(SynchronousTestCase):
             "assert 'twisted.mail.smtp' not in sys.modules"
         )
 
-        result = subprocess.run(
-            [sys.executable, "-c", code, parent],
-            env=env,
-            capture_output=True,
-            text=True,
-        )
+        result = self.runPython(code)
 
         self.assertEqual((result.returncode, result.stderr), (0, ""))
+
+    def test_checkConfigNoReactor(self) -> None:
+        """
+        C{check-config}, which uses L{harbor.tap}, imports neither the
+        reactor nor L{twisted.mail.smtp} either.
+        """
+        config = os.path.abspath(self.mktemp())
+        with open(config, "w") as f:
+            f.write(f'domain = ["example.com"]\nhostname = "{HOST}"\nmaildir = "/srv/Maildir"\n')
+        code = (
+            "import harbor.cli, io, sys; "
+            "status = harbor.cli.main(['check-config', sys.argv[2]], stdout=io.StringIO()); "
+            "assert status == 0, status; "
+            "assert 'harbor.tap' in sys.modules; "
+            "assert 'twisted.internet.reactor' not in sys.modules; "
+            "assert 'twisted.mail.smtp' not in sys.modules"
+        )
+
+        result = self.runPython(code, config)
+
+        self.assertEqual((result.returncode, result.stderr), (0, ""))
+
+    def test_brokenPipe(self) -> None:
+        """
+        C{mailharbor list | head -1} ends quietly: no traceback, no
+        C{BrokenPipeError} when the interpreter flushes at exit.
+        """
+        root = os.path.abspath(self.mktemp())
+        for sub in ("tmp", "new", "cur"):
+            os.makedirs(os.path.join(root, "example.com", sub))
+        for count in range(1500):
+            content = messageBytes(subject=b"x" * 60)
+            filename = f"{messageID(NOW + count, count)},S={len(content)}"
+            with open(os.path.join(root, "example.com", "new", filename), "wb") as f:
+                f.write(content)
+        parent = os.path.dirname(os.path.dirname(os.path.abspath(harbor.__file__)))
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [parent, env.get("PYTHONPATH")]))
+
+        process = subprocess.Popen(
+            [sys.executable, "-m", "harbor.cli", "list", "--maildir", root],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        assert process.stdout is not None and process.stderr is not None
+        heading = process.stdout.readline()
+        process.stdout.close()
+        status = process.wait(timeout=60)
+        errors = process.stderr.read()
+        process.stderr.close()
+
+        self.assertTrue(heading.startswith(b"ID "), heading)
+        self.assertEqual((status, errors), (1, b""))
