@@ -248,6 +248,7 @@ class HarborESMTP(ESMTP):  # type: ignore[misc]
         self._outputBlocked = False
         self._reading = True
         self._closed = False
+        self._producing = False
         self._admitted = False
         self.session = Session("unknown")
 
@@ -270,6 +271,7 @@ class HarborESMTP(ESMTP):  # type: ignore[misc]
         # Our replies are produced for the transport: when the client stops
         # reading them, the transport pauses us and we stop reading commands.
         self.transport.registerProducer(self, True)
+        self._producing = True
         self._startSession()
         self._send(Reply(220, None, f"{self._hostname} ESMTP MailHarbor"))
         self.setTimeout(self._limits.commandTimeout)
@@ -322,6 +324,11 @@ class HarborESMTP(ESMTP):  # type: ignore[misc]
 
     def _close(self) -> None:
         self._closed = True
+        # A transport with a producer registered would wait for it to be
+        # unregistered before closing.
+        if self._producing:
+            self._producing = False
+            self.transport.unregisterProducer()
         self.transport.loseConnection()
 
     # Input
@@ -378,7 +385,7 @@ class HarborESMTP(ESMTP):  # type: ignore[misc]
     def _updateReading(self) -> None:
         if self._closed:
             return
-        reading = not (self._inputBacklogged or self._outputBlocked)
+        reading = not self._inputBacklogged
         if reading != self._reading:
             self._reading = reading
             if reading:
@@ -390,18 +397,19 @@ class HarborESMTP(ESMTP):  # type: ignore[misc]
 
     def pauseProducing(self) -> None:
         """
-        The client is not reading our replies: stop answering, and so stop
-        reading, until it does.
+        The client is not reading our replies: stop answering until it does.
+        What it sends meanwhile is buffered, and reading stops once that
+        buffer is full (L{_throttle}).  Reading itself is not stopped here:
+        a TLS transport pauses us until its handshake is done, and it must
+        still read the handshake.
         """
         self._outputBlocked = True
-        self._updateReading()
 
     def resumeProducing(self) -> None:
         """
         The client has read our replies: carry on.
         """
         self._outputBlocked = False
-        self._updateReading()
         self._processInput()
 
     def stopProducing(self) -> None:

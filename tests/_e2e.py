@@ -164,27 +164,31 @@ async def startServer(
     service.privilegedStartService()
     service.startService()
     listeners = [s for s in service if isinstance(s, ListeningService)]
-    testCase.assertEqual(len(listeners), 1)
-    listening = listeners[0].port
-    testCase.assertIsNotNone(listening)
-    portNumber = listening.getHost().port
+    testCase.assertTrue(listeners)
+    portNumbers = []
+    for listener in listeners:
+        testCase.assertIsNotNone(listener.port)
+        portNumbers.append(listener.port.getHost().port)
+    portNumber = portNumbers[0]
 
     async def stop() -> None:
         await service.stopService()
+        def remaining() -> list[Server]:
+            return [c for number in portNumbers for c in _serverConnections(number)]
+
         try:
-            await pollUntil(
-                lambda: not _serverConnections(portNumber),
-                "the server has closed its connections",
-            )
+            await pollUntil(lambda: not remaining(), "the server has closed its connections")
         except AssertionError:
             # Leave a clean reactor for the next test, and fail this one.
-            for connection in _serverConnections(portNumber):
+            for connection in remaining():
                 connection.abortConnection()
             await pause(0.1)
             raise
 
     testCase.addCleanup(stop)
-    return RunningServer(root, portNumber, service)
+    server = RunningServer(root, portNumber, service)
+    server.ports = portNumbers
+    return server
 
 
 def traceHeaders(stored: bytes) -> tuple[bytes, bytes]:

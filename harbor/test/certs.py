@@ -24,6 +24,7 @@ class TestCA:
     """
 
     def __init__(self, directory: str) -> None:
+        directory = os.path.abspath(directory)
         os.makedirs(directory, exist_ok=True)
         self._directory = directory
         self._key = ec.generate_private_key(ec.SECP256R1())

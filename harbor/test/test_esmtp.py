@@ -559,14 +559,17 @@ class BackPressureTests(ESMTPTestCase):
     def test_clientNotReadingReplies(self) -> None:
         """
         When the transport says our replies back up, commands are no longer
-        processed nor read until it drains.
+        processed, and once the unprocessed input is large the client is no
+        longer read from, until the replies drain.
         """
         self.smtp.protocol.pauseProducing()
-        self.assertEqual(self.smtp.transport.producerState, "paused")
         self.assertEqual(self.smtp.send(b"NOOP\r\nNOOP\r\n"), b"")
+        self.assertEqual(self.smtp.transport.producerState, "producing")
+        self.smtp.send(b"NOOP\r\n" * 50000)
+        self.assertEqual(self.smtp.transport.producerState, "paused")
         self.smtp.protocol.resumeProducing()
         self.assertEqual(self.smtp.transport.producerState, "producing")
-        self.assertEqual(self.smtp.take(), b"250 2.0.0 Ok\r\n250 2.0.0 Ok\r\n")
+        self.assertEqual(self.smtp.take().count(b"250 2.0.0 Ok\r\n"), 50002)
 
     def test_clientSendingAhead(self) -> None:
         """
