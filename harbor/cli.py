@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import codecs
+import getpass
 import json
 import os
 import re
@@ -285,7 +286,50 @@ def buildParser() -> argparse.ArgumentParser:
         help="options of 'twistd mailharbor', which override the file",
     )
     checking.set_defaults(command=_checkConfigCommand)
+
+    password = commands.add_parser(
+        "passwd",
+        help="add a user to a users file for AUTH, or change a user's password",
+        description=(
+            "Add USER to the users file FILE (created if missing, mode 0600), or change "
+            "its password.  The password is read from the terminal without echo, twice; "
+            "when standard input is not a terminal, its first line is the password.  "
+            "The server re-reads the file when it changes."
+        ),
+    )
+    password.add_argument("file", metavar="FILE", help="the users file (users_file in the configuration)")
+    password.add_argument("user", metavar="USER", help="the user name")
+    password.set_defaults(command=_passwdCommand)
     return parser
+
+
+def readPassword(stdin: IO[str] = sys.stdin) -> str:
+    """
+    Read a new password: from the terminal without echo, asked twice, or
+    from the first line of a non-terminal standard input (for scripts).
+
+    @raise CommandError: if it is empty or the two entries differ.
+    """
+    if stdin.isatty():
+        first = getpass.getpass("New password: ")
+        if getpass.getpass("Repeat it: ") != first:
+            raise CommandError("the passwords do not match", status=1)
+    else:
+        first = stdin.readline().rstrip("\r\n")
+    if not first:
+        raise CommandError("the password is empty", status=1)
+    return first
+
+
+def _passwdCommand(arguments: argparse.Namespace, out: IO[str], err: IO[str], now: float) -> int:
+    from harbor.auth import setPassword
+
+    try:
+        new = setPassword(arguments.file, arguments.user, readPassword())
+    except ValueError as e:
+        raise CommandError(str(e), status=2) from None
+    _writeText(out, f"{'Added' if new else 'Changed the password of'} {arguments.user} in {arguments.file}.\n")
+    return 0
 
 
 def resolveRoot(maildir: str | None, config: str | None) -> str:

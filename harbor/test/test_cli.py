@@ -1492,3 +1492,40 @@ class ImportTests(SynchronousTestCase):
 
         self.assertTrue(heading.startswith(b"ID "), heading)
         self.assertEqual((status, errors), (1, b""))
+
+
+class PasswdTests(SynchronousTestCase):
+    """
+    Tests for C{mailharbor passwd}.
+    """
+
+    def passwd(self, *argv: str, password: str = "s3cret\n") -> tuple[int, str, str]:
+        self.patch(cli.sys, "stdin", io.StringIO(password))
+        out, err = io.StringIO(), io.StringIO()
+        return cli.main(list(argv), out, err), out.getvalue(), err.getvalue()
+
+    def test_addAndChange(self) -> None:
+        """
+        passwd adds a user, then changes its password, reading it from a
+        non-terminal standard input; the file holds only a hash.
+        """
+        from harbor.auth import readUsers, verifyPassword
+
+        path = self.mktemp()
+        self.assertEqual(self.passwd("passwd", path, "alice")[:2], (0, f"Added alice in {path}.\n"))
+        status, out, _ = self.passwd("passwd", path, "alice", password="other\n")
+        self.assertEqual(out, f"Changed the password of alice in {path}.\n")
+        encoded = readUsers(path)["alice"]
+        self.assertTrue(verifyPassword(b"other", encoded))
+        with open(path) as f:
+            self.assertNotIn("other", f.read())
+
+    def test_refusals(self) -> None:
+        """
+        An empty password or a bad user name is a one-line error.
+        """
+        path = self.mktemp()
+        self.assertEqual(self.passwd("passwd", path, "alice", password="\n")[::2], (1, "mailharbor: the password is empty\n"))
+        status, _, err = self.passwd("passwd", path, "../evil")
+        self.assertEqual(status, 2)
+        self.assertTrue(err.startswith("mailharbor: '../evil' is not a valid user name"), err)
