@@ -303,13 +303,14 @@ def buildParser() -> argparse.ArgumentParser:
     return parser
 
 
-def readPassword(stdin: IO[str] = sys.stdin) -> str:
+def readPassword(stdin: IO[str] | None = None) -> str:
     """
     Read a new password: from the terminal without echo, asked twice, or
     from the first line of a non-terminal standard input (for scripts).
 
     @raise CommandError: if it is empty or the two entries differ.
     """
+    stdin = sys.stdin if stdin is None else stdin
     if stdin.isatty():
         first = getpass.getpass("New password: ")
         if getpass.getpass("Repeat it: ") != first:
