@@ -135,3 +135,63 @@ class MakeServiceTests(SynchronousTestCase):
         service.startService()
         self.assertTrue(any("Cannot create" in e["log_format"] for e in events))
         self.assertTrue(service.running)
+
+
+class AuthOptionsTests(SynchronousTestCase):
+    """
+    AUTH and TLS options.
+    """
+
+    def test_credCheckersFromAuthOption(self) -> None:
+        """
+        twistd's --auth adds a cred checker that the listeners use, and a
+        submission listener is then allowed.
+        """
+        from harbor.smtp import HarborSMTPFactory
+
+        options = parse("-d", "a.example", "--auth", "memory:alice:pw", "--allow-plaintext-auth")
+        self.assertEqual(len(options["credCheckers"]), 1)
+        service = makeService(options, MemoryReactorClock())
+        [listener] = [s for s in service if isinstance(s, ListeningService)]
+        factory = listener._factory
+        self.assertIsInstance(factory, HarborSMTPFactory)
+        self.assertEqual(factory._settings.checkers, tuple(options["credCheckers"]))
+        self.assertTrue(factory._settings.allowPlaintextAuth)
+
+    def test_submissionNeedsUsers(self) -> None:
+        """
+        A submission listener without any way to authenticate is refused.
+        """
+        from harbor.test.certs import TestCA
+
+        certificate, key = TestCA(self.mktemp()).issue()
+        error = self.assertRaises(
+            usage.UsageError,
+            parse,
+            "-d", "a.example", "--submission-port", "2587", "--tls-cert", certificate, "--tls-key", key,
+        )
+        self.assertIn("--submission-port", str(error))
+
+    def test_tlsListenersNeedCertificate(self) -> None:
+        """
+        Implicit TLS without a certificate is refused, naming the option.
+        """
+        error = self.assertRaises(usage.UsageError, parse, "-d", "a.example", "--tls-port", "2465")
+        self.assertIn("--tls-port", str(error))
+
+    def test_implicitTLSListenerWrapped(self) -> None:
+        """
+        A --tls-port listener speaks TLS from the start.
+        """
+        from twisted.protocols.tls import TLSMemoryBIOFactory
+
+        from harbor.test.certs import TestCA
+
+        certificate, key = TestCA(self.mktemp()).issue()
+        service = makeService(
+            parse("-d", "a.example", "--tls-port", "2465", "--tls-cert", certificate, "--tls-key", key),
+            MemoryReactorClock(),
+        )
+        factories = [s._factory for s in service if isinstance(s, ListeningService)]
+        self.assertNotIsInstance(factories[0], TLSMemoryBIOFactory)
+        self.assertIsInstance(factories[1], TLSMemoryBIOFactory)
