@@ -57,6 +57,8 @@ class Limits:
     @ivar bareNewline: What a bare LF in message data gets: C{"normalize"}
         stores it as a line end, as Postfix 3.9 does by default;
         C{"reject"} refuses the message with 550 5.5.2.
+    @ivar shutdownGrace: Seconds a stopping server gives messages being
+        received to finish.
     """
 
     maxMessageSize: int = 25 * 1024 * 1024
@@ -68,6 +70,7 @@ class Limits:
     maxConnectionsPerClient: int = 50
     connectionLimitExceptions: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
     bareNewline: str = "normalize"
+    shutdownGrace: float = 30
 
 
 # TOML key -> (Limits field, smallest allowed value, kind)
@@ -79,6 +82,7 @@ _LIMIT_KEYS: dict[str, tuple[str, float, type]] = {
     "max_errors": ("maxErrors", 1, int),
     "max_connections": ("maxConnections", 1, int),
     "max_connections_per_client": ("maxConnectionsPerClient", 1, int),
+    "shutdown_grace": ("shutdownGrace", 0, float),
 }
 
 _TOP_LEVEL_KEYS = frozenset(
@@ -398,7 +402,7 @@ def normalisePort(description: str, setting: str = "port") -> str:
     except IndexError:
         raise ConfigError(
             setting,
-            f"{description!r}: no socket was passed in by systemd (LISTEN_FDS is not set)",
+            f"{description!r}: systemd passed no socket to this process (LISTEN_FDS and LISTEN_PID)",
         ) from None
     except Exception as e:
         raise ConfigError(setting, f"{description!r} is not a valid endpoint: {e}") from None

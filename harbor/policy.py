@@ -284,11 +284,18 @@ class ConnectionCounter:
         @param exceptions: Networks (CIDR) whose clients only count towards
             the total, like Postfix's C{$mynetworks}.
         """
+        self.setLimits(maxConnections, maxPerClient, exceptions)
+        self._total = 0
+        self._perClient: dict[str, int] = {}
+
+    def setLimits(self, maxConnections: int, maxPerClient: int, exceptions: Iterable[str] = ()) -> None:
+        """
+        Change the limits (on a configuration reload); open connections
+        stay counted.
+        """
         self._max = maxConnections
         self._maxPerClient = maxPerClient
         self._exceptions = [ipaddress.ip_network(n) for n in exceptions]
-        self._total = 0
-        self._perClient: dict[str, int] = {}
 
     def admit(self, client: str) -> str | None:
         """

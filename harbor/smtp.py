@@ -159,6 +159,8 @@ class _Transaction:
     """
     What one MAIL transaction has gathered, for its replies and its log line.
 
+    @ivar started: When MAIL was accepted.
+
     @ivar messages: The message streams, once DATA or the first BDAT has
         opened them.
     @ivar chunks: The BDAT decoder, if the transaction uses BDAT.
@@ -166,9 +168,10 @@ class _Transaction:
         L{Reply} or a L{Failure}; the rest of it is read and discarded.
     """
 
-    def __init__(self, delivery: Any, sender: Path) -> None:
+    def __init__(self, delivery: Any, sender: Path, started: float = 0.0) -> None:
         self.delivery = delivery
         self.sender = sender
+        self.started = started
         self.recipients: list[tuple[User, Callable[[], IMessage]]] = []
         self.rejected: list[str] = []
         self.size = 0
@@ -206,6 +209,64 @@ class _LineMessage:
         self._message.connectionLost()
 
 
+class SessionRegistry:
+    """
+    The open SMTP connections of all listeners, so that a shutdown can let
+    messages being received finish and tell everyone else to come back.
+    """
+
+    def __init__(self) -> None:
+        self._sessions: set[HarborESMTP] = set()
+        self._waiters: list[Deferred[None]] = []
+
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+    def add(self, session: HarborESMTP) -> None:
+        self._sessions.add(session)
+
+    def remove(self, session: HarborESMTP) -> None:
+        self._sessions.discard(session)
+        if not self._sessions:
+            waiters, self._waiters = self._waiters, []
+            for waiter in waiters:
+                waiter.callback(None)
+
+    def shutdown(self, grace: float, clock: IReactorTime) -> Deferred[None]:
+        """
+        Ask every session to end: idle ones at once with 421 4.3.2, ones
+        receiving or storing a message once it is stored and answered.
+        Those still open after C{grace} seconds are cut off; a message not
+        yet answered 250 is then discarded, and its sender will retry.
+
+        @return: a L{Deferred} that fires when all are closed.
+        """
+        for session in list(self._sessions):
+            session.shutdown()
+        if not self._sessions:
+            return _fired()
+        done: Deferred[None] = Deferred()
+        self._waiters.append(done)
+
+        def cutOff() -> None:
+            for session in list(self._sessions):
+                session.transport.abortConnection()
+
+        timer = clock.callLater(grace, cutOff)
+
+        def cancelTimer(result: None) -> None:
+            if timer.active():
+                timer.cancel()
+
+        return done.addCallback(cancelTimer)
+
+
+def _fired() -> Deferred[None]:
+    d: Deferred[None] = Deferred()
+    d.callback(None)
+    return d
+
+
 @implementer(IHandshakeListener)
 class HarborESMTP(ESMTP):  # type: ignore[misc]
     """
@@ -223,8 +284,14 @@ class HarborESMTP(ESMTP):  # type: ignore[misc]
         connections: ConnectionCounter,
         failures: FailureTracker,
         clock: IReactorTime,
+        registry: SessionRegistry | None = None,
     ) -> None:
         super().__init__()
+        self._registry = SessionRegistry() if registry is None else registry
+        self._shuttingDown = False
+        self._storing = False
+        self._transactions = 0
+        self._started = clock.seconds()
         self.host = settings.hostname
         self._hostname = settings.hostname
         self._settings = settings
@@ -242,6 +309,7 @@ class HarborESMTP(ESMTP):  # type: ignore[misc]
         self._chunkLast = False
         self._tx: _Transaction | None = None
         self._errors = 0
+        self._lastCode = 0
         self._paused = False
         self._processing = False
         self._inputBacklogged = False
@@ -268,6 +336,7 @@ class HarborESMTP(ESMTP):  # type: ignore[misc]
             self._close()
             return
         self._admitted = True
+        self._registry.add(self)
         # Our replies are produced for the transport: when the client stops
         # reading them, the transport pauses us and we stop reading commands.
         self.transport.registerProducer(self, True)
@@ -296,7 +365,7 @@ class HarborESMTP(ESMTP):  # type: ignore[misc]
         """
         self.session.tls = describeConnection(self.transport.getHandle()) or "TLS"
         self._log.info(
-            "client={client} TLS established: {tls}",
+            "client={client} tls={tls} TLS established",
             client=self.session.clientAddress,
             tls=self.session.tls,
         )
@@ -310,13 +379,44 @@ class HarborESMTP(ESMTP):  # type: ignore[misc]
                 client=self.session.clientAddress,
                 error=reason.getErrorMessage(),
             )
-        if self._admitted:
-            self._admitted = False
-            self._connections.release(self.session.clientAddress)
+        if not self._admitted:
+            return
+        self._admitted = False
+        self._connections.release(self.session.clientAddress)
+        self._registry.remove(self)
         if self._decoder is not None or self._chunkRemaining is not None:
             self._endTransaction("disconnected while receiving the message")
         else:
             self._endTransaction("disconnected")
+        self._log.info(
+            "client={client} helo={helo} tls={tls} user={user} transactions={count} "
+            "errors={errors} duration={duration:.3f} disconnected",
+            client=self.session.clientAddress,
+            helo=self.session.helo or "-",
+            tls=self.session.tls or "-",
+            user=self.session.user or "-",
+            count=self._transactions,
+            errors=self._errors,
+            duration=self._clock.seconds() - self._started,
+        )
+
+    def shutdown(self) -> None:
+        """
+        The server is stopping: finish the message being received, if any,
+        then say goodbye with 421 4.3.2 (RFC 3463: system not accepting
+        messages), so the client retries later.
+        """
+        self._shuttingDown = True
+        self._finishShutdown()
+
+    def _finishShutdown(self) -> None:
+        if not self._shuttingDown or self._closed:
+            return
+        if self._receivingBody() or self._storing:
+            return
+        self._endTransaction("abandoned: server shutting down")
+        self._send(Reply(421, "4.3.2", f"{self._hostname} Service shutting down, try again later"))
+        self._close()
 
     def timeoutConnection(self) -> None:
         self._send(Reply(421, "4.4.2", f"{self._hostname} Error: timeout exceeded"))
@@ -440,6 +540,7 @@ class HarborESMTP(ESMTP):  # type: ignore[misc]
                 else:
                     onSuccess(outcome)
             finally:
+                self._finishShutdown()
                 self._processInput()
 
         result.addBoth(resume).addErrback(
@@ -475,6 +576,7 @@ class HarborESMTP(ESMTP):  # type: ignore[misc]
         Write a reply; each line of a multi-line one carries the code and,
         for EHLO clients (RFC 2034), the enhanced status code.
         """
+        self._lastCode = reply.code
         lines = reply.text.split("\n")
         extra = f"{reply.enhanced} " if reply.enhanced and self.session.esmtp else ""
         last = len(lines) - 1
@@ -784,7 +886,8 @@ class HarborESMTP(ESMTP):  # type: ignore[misc]
         origin = _address(rawPath, path)
 
         def accepted(ignored: object) -> None:
-            self._tx = _Transaction(delivery, path)
+            self._tx = _Transaction(delivery, path, self._clock.seconds())
+            self._transactions += 1
             self._reply(Reply(250, "2.1.0", "Ok"))
 
         def refused(failure: Failure) -> None:
@@ -977,6 +1080,7 @@ class HarborESMTP(ESMTP):  # type: ignore[misc]
                 self._decoder = None
                 self.setTimeout(self._limits.commandTimeout)
                 self._endOfMessage(tx)
+                self._finishShutdown()
             return rest
         assert self._chunkRemaining is not None
         count = min(self._chunkRemaining, len(data))
@@ -991,6 +1095,7 @@ class HarborESMTP(ESMTP):  # type: ignore[misc]
             self._chunkRemaining = None
             self.setTimeout(self._limits.commandTimeout)
             self._endOfChunk(tx)
+            self._finishShutdown()
         return rest
 
     def _store(self, tx: _Transaction, body: bytes, bareNewline: bool) -> None:
@@ -1043,9 +1148,11 @@ class HarborESMTP(ESMTP):  # type: ignore[misc]
             self._logTransaction(tx, f"failed: {reason}")
             return
         messages, tx.messages = tx.messages, []
+        self._storing = True
         results = DeferredList([maybeDeferred(m.eomReceived) for m in messages], consumeErrors=True)
 
         def stored(outcomes: list[tuple[bool, Any]]) -> None:
+            self._storing = False
             for succeeded, outcome in outcomes:
                 if not succeeded:
                     self._replyToFailure(outcome)
@@ -1092,14 +1199,19 @@ class HarborESMTP(ESMTP):  # type: ignore[misc]
 
     def _logTransaction(self, tx: _Transaction, result: str, ids: Sequence[str] = ()) -> None:
         """
-        The one line an operator greps for: who sent what to whom, and
-        what became of it.
+        The one line an operator greps for: who sent what to whom, over
+        what, and what became of it (the reply code sent last).
         """
         self._log.info(
-            "client={client} helo={helo} from=<{sender}> to={recipients} "
-            "rejected={rejected} size={size} result={result} id={ids}",
+            "client={client} helo={helo} tls={tls} user={user} from=<{sender}> to={recipients} "
+            "rejected={rejected} size={size} code={code} result={result} id={ids} "
+            "duration={duration:.3f}",
             client=self.session.clientAddress,
             helo=self.session.helo or "",
+            tls=self.session.tls or "-",
+            user=self.session.user or "-",
+            code=self._lastCode,
+            duration=self._clock.seconds() - tx.started,
             sender=tx.sender.mailbox,
             recipients=",".join(bytes(user.dest).decode("utf-8", "replace") for user, _ in tx.recipients)
             or "-",
@@ -1114,6 +1226,10 @@ class HarborSMTPFactory(ServerFactory):
     """
     Builds a L{HarborESMTP} for each connection to one listener, counting
     them against the connection limits, which all listeners share.
+
+    @ivar deliverer: The deliverer new connections use; replaced when the
+        configuration is reloaded, while open connections keep theirs.
+    @ivar settings: Likewise, the listener's L{ServerSettings}.
     """
 
     noisy = False
@@ -1125,24 +1241,26 @@ class HarborSMTPFactory(ServerFactory):
         clock: IReactorTime | None = None,
         connections: ConnectionCounter | None = None,
         failures: FailureTracker | None = None,
+        registry: SessionRegistry | None = None,
     ) -> None:
         if clock is None:
             from twisted.internet import reactor as clock  # type: ignore[assignment]
         assert clock is not None
         limits = settings.limits
-        self._deliverer = deliverer
-        self._settings = settings
+        self.deliverer = deliverer
+        self.settings = settings
         self._clock = clock
-        self.connections = connections or ConnectionCounter(
+        self.registry = SessionRegistry() if registry is None else registry
+        self.connections = connections if connections is not None else ConnectionCounter(
             limits.maxConnections,
             limits.maxConnectionsPerClient,
             limits.connectionLimitExceptions,
         )
-        self.failures = failures or FailureTracker(settings.throttle, clock.seconds)
+        self.failures = failures if failures is not None else FailureTracker(settings.throttle, clock.seconds)
 
     def buildProtocol(self, addr: IAddress) -> HarborESMTP:
         protocol = HarborESMTP(
-            self._deliverer, self._settings, self.connections, self.failures, self._clock
+            self.deliverer, self.settings, self.connections, self.failures, self._clock, self.registry
         )
         protocol.factory = self
         return protocol

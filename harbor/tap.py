@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 import signal
+import sys
 from typing import Any
 
 from twisted.application.service import MultiService, Service
@@ -73,6 +74,8 @@ class Options(usage.Options, strcred.AuthOptionMixin):
         ["tls-cert", None, None, "PEM certificate (with its chain) for STARTTLS and implicit TLS"],
         ["tls-key", None, None, "PEM private key of --tls-cert"],
         ["users-file", None, None, "Users file for AUTH (see `mailharbor passwd`)"],
+        ["log-format", None, "text", "text, or json for one JSON object per line (for log shippers)"],
+        ["json-log", None, "-", "With --log-format json: the file to append to, or - for standard output"],
     ]
     optFlags = [
         ["require-tls", None, "Refuse MAIL on --port listeners until the client has used STARTTLS"],
@@ -92,6 +95,14 @@ class Options(usage.Options, strcred.AuthOptionMixin):
         self["tls_port"] = []
         self["submission_port"] = []
         self["domain"] = []
+
+    def parseOptions(self, options: Any = None) -> None:
+        """
+        Parse, remembering the arguments so that SIGHUP can parse them again
+        with the configuration file as it is then.
+        """
+        self.arguments = list(sys.argv[1:] if options is None else options)
+        super().parseOptions(options)
 
     def opt_port(self, description: str) -> None:
         """
@@ -130,6 +141,8 @@ class Options(usage.Options, strcred.AuthOptionMixin):
         Merge the configuration file and the command line (which wins) and
         validate the result.
         """
+        if self["log-format"] not in ("text", "json"):
+            raise usage.UsageError("--log-format: must be text or json")
         mapping: dict[str, Any] = {}
         path = self["config"]
         try:
@@ -213,43 +226,161 @@ class ListeningService(Service):
 
 class HarborService(MultiService):
     """
-    MailHarbor as a whole: its listeners, and its Maildirs, which it
-    creates when it starts, after twistd has dropped privileges, so they
-    belong to the user mail is stored as.
+    MailHarbor as a whole: its listeners, its connections and its
+    Maildirs.
+
+    The Maildirs are created when it starts, after twistd has dropped
+    privileges, so they belong to the user mail is stored as.  SIGHUP
+    reloads the configuration; stopping lets messages being received
+    finish first.
+
+    @ivar config: The configuration in effect.
     """
 
     _log = Logger()
 
-    def __init__(self, config: Config, store: Any, tls: Any = None) -> None:
+    def __init__(self, options: Options, reactor: Any) -> None:
+        # Imported here, not at the top: twisted.mail.smtp imports the global
+        # reactor, and twistd imports this module before it has started one.
+        from twisted.protocols.tls import TLSMemoryBIOFactory
+
+        from harbor.auth import FailureTracker, Throttle
+        from harbor.policy import ConnectionCounter
+        from harbor.smtp import HarborSMTPFactory, SessionRegistry
+        from harbor.tls import ReloadableTLS
+
         super().__init__()
-        self.config = config
-        self._store = store
-        self._tls = tls
+        self.options = options
+        self.config: Config = options.config
+        self._reactor = reactor
+        config = self.config
+        limits = config.limits
+        self._tls = ReloadableTLS(config.tls.certificate, config.tls.key) if config.tls else None
+        self._connections = ConnectionCounter(
+            limits.maxConnections, limits.maxConnectionsPerClient, limits.connectionLimitExceptions
+        )
+        self._throttle = Throttle()
+        self._failures = FailureTracker(self._throttle, reactor.seconds)
+        self._registry = SessionRegistry()
         self._previousHandler: Any = None
+        deliverer, settings = self._build(config, options)
+        self._store = deliverer.store
+        self._factories: list[HarborSMTPFactory] = []
+        for listener, listenerSettings in zip(config.listeners, settings):
+            factory = HarborSMTPFactory(
+                deliverer, listenerSettings, reactor, self._connections, self._failures, self._registry
+            )
+            self._factories.append(factory)
+            wrapped: Factory = factory
+            if listener.implicitTLS:
+                wrapped = TLSMemoryBIOFactory(self._tls, False, factory)
+            ListeningService(
+                listener.port, serverFromString(reactor, listener.port), wrapped
+            ).setServiceParent(self)
+
+    def _build(self, config: Config, options: Options) -> tuple[Any, list[Any]]:
+        """
+        The parts that follow the configuration: the deliverer and each
+        listener's settings.
+        """
+        from harbor.auth import UsersFileChecker
+        from harbor.delivery import Deliverer
+        from harbor.maildir import MaildirNamer, MaildirStore
+        from harbor.policy import RecipientPolicy
+        from harbor.smtp import ServerSettings
+
+        reactor = self._reactor
+
+        def runInThread(f: Any) -> Deferred[Any]:
+            return deferToThreadPool(reactor, reactor.getThreadPool(), f)
+
+        deliverer = Deliverer(
+            RecipientPolicy(config.domains),
+            MaildirStore(config.maildir, MaildirNamer(config.hostname, reactor.seconds)),
+            config.hostname,
+            runInThread,
+            reactor.seconds,
+            config.submissionMailbox,
+        )
+        checkers = list(options.get("credCheckers", []))
+        if config.usersFile is not None:
+            checkers.append(UsersFileChecker(config.usersFile, runInThread))
+        settings = [
+            ServerSettings(
+                config.hostname,
+                config.limits,
+                listener,
+                self._tls if config.tls else None,
+                tuple(checkers),
+                config.allowPlaintextAuth,
+                self._throttle,
+            )
+            for listener in config.listeners
+        ]
+        return deliverer, settings
+
+    def setServiceParent(self, parent: Any) -> None:
+        """
+        Join the application; with C{--log-format json}, make twistd log
+        JSON lines (an application's log observer is what twistd uses).
+        """
+        if self.options.get("log-format") == "json" and hasattr(parent, "setComponent"):
+            from twisted.logger import ILogObserver
+
+            parent.setComponent(ILogObserver, jsonLogObserver(self.options.get("json-log", "-")))
+        super().setServiceParent(parent)
 
     def reload(self) -> None:
         """
-        Re-read what can change while running: the TLS certificate, for
-        connections made from now on.  A certificate that cannot be used is
-        logged and the one in use is kept.
+        Read the configuration again and use it for new connections:
+        domains, recipients, limits, users and the TLS certificate.  Open
+        connections keep the configuration they started with.  A
+        configuration with an error is logged and not used; listener changes
+        need a restart.
         """
         from harbor.tls import TLSConfigurationError
 
-        if self._tls is None:
-            return
+        fresh = Options()
         try:
-            self._tls.reload()
-        except TLSConfigurationError as e:
-            self._log.error("Keeping the TLS certificate in use: {error}", error=str(e))
-        else:
+            fresh.parseOptions(self.options.arguments)
+        except usage.UsageError as e:
+            self._log.error("Configuration not reloaded, keeping the one in use: {error}", error=str(e))
+            return
+        config: Config = fresh.config
+        if config.tls is not None and self._tls is not None:
+            try:
+                self._tls.reload(config.tls.certificate, config.tls.key)
+            except TLSConfigurationError as e:
+                self._log.error("Configuration not reloaded, keeping the one in use: {error}", error=str(e))
+                return
+        elif config.tls is not None:
+            from harbor.tls import ReloadableTLS
+
+            self._tls = ReloadableTLS(config.tls.certificate, config.tls.key)
+        if config.listeners != self.config.listeners:
+            self._log.warn("Listener changes in the configuration take effect after a restart")
+        deliverer, settings = self._build(config, fresh)
+        self._store = deliverer.store
+        self.config, self.options = config, fresh
+        self._createMaildirs()
+        limits = config.limits
+        self._connections.setLimits(
+            limits.maxConnections, limits.maxConnectionsPerClient, limits.connectionLimitExceptions
+        )
+        for factory, listenerSettings in zip(self._factories, settings):
+            factory.deliverer = deliverer
+            factory.settings = listenerSettings
+        self._log.info(
+            "Reloaded the configuration: receiving mail for {domains}",
+            domains=", ".join(d.name for d in config.domains),
+        )
+        if self._tls is not None:
             self._log.info("Reloaded the TLS certificate {path}", path=self._tls.certificatePath)
 
     def _hangUp(self, signalNumber: int, frame: Any) -> None:
-        from twisted.internet import reactor
+        self._reactor.callFromThread(self.reload)
 
-        reactor.callFromThread(self.reload)
-
-    def startService(self) -> None:
+    def _createMaildirs(self) -> None:
         from harbor.maildir import StorageError
 
         for domain in self.config.domains:
@@ -262,6 +393,9 @@ class HarborService(MultiService):
                     domain=domain.name,
                     error=str(e),
                 )
+
+    def startService(self) -> None:
+        self._createMaildirs()
         self._log.info(
             "MailHarbor receiving mail for {domains} into {maildir}",
             domains=", ".join(d.name for d in self.config.domains),
@@ -270,11 +404,40 @@ class HarborService(MultiService):
         self._previousHandler = signal.signal(signal.SIGHUP, self._hangUp)
         super().startService()
 
-    def stopService(self) -> Deferred[None] | None:
+    def stopService(self) -> Deferred[None]:
+        """
+        Stop listening at once, then let messages being received finish (for
+        up to C{shutdown_grace} seconds) while every other session is told
+        421 4.3.2 and closed.
+        """
         if self._previousHandler is not None:
             signal.signal(signal.SIGHUP, self._previousHandler)
             self._previousHandler = None
-        return super().stopService()  # type: ignore[no-any-return]
+        grace = self.config.limits.shutdownGrace
+        stopped: Deferred[Any] = super().stopService()
+
+        def closeSessions(ignored: object) -> Deferred[None]:
+            if len(self._registry):
+                self._log.info(
+                    "Stopping: closing {count} sessions, waiting up to {grace:g}s for messages "
+                    "being received",
+                    count=len(self._registry),
+                    grace=grace,
+                )
+            return self._registry.shutdown(grace, self._reactor)
+
+        return stopped.addCallback(closeSessions)
+
+
+def jsonLogObserver(path: str) -> Any:
+    """
+    A log observer writing one JSON object per line, for log shippers:
+    to standard output for C{-}, otherwise appending to C{path}.
+    """
+    from twisted.logger import jsonFileLogObserver
+
+    out = sys.stdout if path == "-" else open(path, "a", encoding="utf-8")
+    return jsonFileLogObserver(out, recordSeparator="")
 
 
 def makeService(options: Options, reactor: Any = None) -> HarborService:
@@ -288,56 +451,4 @@ def makeService(options: Options, reactor: Any = None) -> HarborService:
         from twisted.internet import reactor as _reactor
 
         reactor = _reactor
-    # Imported here, not at the top: twisted.mail.smtp imports the global
-    # reactor, and twistd imports this module before it has started one.
-    from twisted.protocols.tls import TLSMemoryBIOFactory
-
-    from harbor.auth import FailureTracker, Throttle, UsersFileChecker
-    from harbor.delivery import Deliverer
-    from harbor.maildir import MaildirNamer, MaildirStore
-    from harbor.policy import ConnectionCounter, RecipientPolicy
-    from harbor.smtp import HarborSMTPFactory, ServerSettings
-    from harbor.tls import ReloadableTLS
-
-    config: Config = options.config
-    limits = config.limits
-
-    def runInThread(f: Any) -> Deferred[Any]:
-        return deferToThreadPool(reactor, reactor.getThreadPool(), f)
-
-    store = MaildirStore(config.maildir, MaildirNamer(config.hostname, reactor.seconds))
-    deliverer = Deliverer(
-        RecipientPolicy(config.domains),
-        store,
-        config.hostname,
-        runInThread,
-        reactor.seconds,
-        config.submissionMailbox,
-    )
-    tls = ReloadableTLS(config.tls.certificate, config.tls.key) if config.tls else None
-    checkers = list(options.get("credCheckers", []))
-    if config.usersFile is not None:
-        checkers.append(UsersFileChecker(config.usersFile, runInThread))
-    connections = ConnectionCounter(
-        limits.maxConnections, limits.maxConnectionsPerClient, limits.connectionLimitExceptions
-    )
-    throttle = Throttle()
-    failures = FailureTracker(throttle, reactor.seconds)
-    service = HarborService(config, store, tls)
-    for listener in config.listeners:
-        settings = ServerSettings(
-            config.hostname,
-            limits,
-            listener,
-            tls,
-            tuple(checkers),
-            config.allowPlaintextAuth,
-            throttle,
-        )
-        factory: Factory = HarborSMTPFactory(deliverer, settings, reactor, connections, failures)
-        if listener.implicitTLS:
-            factory = TLSMemoryBIOFactory(tls, False, factory)
-        ListeningService(
-            listener.port, serverFromString(reactor, listener.port), factory
-        ).setServiceParent(service)
-    return service
+    return HarborService(options, reactor)

@@ -85,14 +85,17 @@ class ReloadableTLS:
         self.keyPath = keyPath
         self._options = loadCertificateOptions(certificatePath, keyPath)
 
-    def reload(self) -> None:
+    def reload(self, certificatePath: str | None = None, keyPath: str | None = None) -> None:
         """
-        Read the files again.
+        Read the files again, or new ones.
 
         @raise TLSConfigurationError: if they cannot be used; the certificate
             in use stays as it was.
         """
-        self._options = loadCertificateOptions(self.certificatePath, self.keyPath)
+        certificatePath = certificatePath or self.certificatePath
+        keyPath = keyPath or self.keyPath
+        self._options = loadCertificateOptions(certificatePath, keyPath)
+        self.certificatePath, self.keyPath = certificatePath, keyPath
 
     def serverConnectionForTLS(self, tlsProtocol: object) -> SSL.Connection:
         return SSL.Connection(self._options.getContext(), None)

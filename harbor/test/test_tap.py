@@ -155,8 +155,8 @@ class AuthOptionsTests(SynchronousTestCase):
         [listener] = [s for s in service if isinstance(s, ListeningService)]
         factory = listener._factory
         self.assertIsInstance(factory, HarborSMTPFactory)
-        self.assertEqual(factory._settings.checkers, tuple(options["credCheckers"]))
-        self.assertTrue(factory._settings.allowPlaintextAuth)
+        self.assertEqual(factory.settings.checkers, tuple(options["credCheckers"]))
+        self.assertTrue(factory.settings.allowPlaintextAuth)
 
     def test_submissionNeedsUsers(self) -> None:
         """
