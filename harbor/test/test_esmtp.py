@@ -582,3 +582,77 @@ class BackPressureTests(ESMTPTestCase):
         self.threads.runAll()
         self.assertEqual(self.smtp.transport.producerState, "producing")
         self.assertEqual(self.smtp.take().count(b"250 2.0.0 Ok\r\n"), 50000)
+
+
+class ShutdownTests(ESMTPTestCase):
+    """
+    Graceful shutdown through the L{SessionRegistry}.
+    """
+
+    def test_idleSessionsTold421(self) -> None:
+        """
+        An idle session, or one between MAIL and DATA, gets 421 4.3.2 at
+        once and is closed; the shutdown completes when all are gone.
+        """
+        other = self.connect()
+        other.send(ENVELOPE)
+        done = self.factory.registry.shutdown(30, self.clock)
+        expected = b"421 4.3.2 mx.example.com Service shutting down, try again later\r\n"
+        self.assertEqual(self.smtp.take(), expected)
+        self.assertEqual(other.take(), expected)
+        self.assertNoResult(done)
+        self.smtp.close()
+        other.close()
+        self.successResultOf(done)
+
+    def test_messageInFlightFinishes(self) -> None:
+        """
+        A session receiving a message may finish it: it is stored and
+        answered 250, then told 421 4.3.2.
+        """
+        self.smtp.send(ENVELOPE + b"DATA\r\nSubject: x\r\n")
+        done = self.factory.registry.shutdown(30, self.clock)
+        self.assertEqual(self.smtp.take(), b"")
+        self.smtp.send(b"\r\nbody\r\n.\r\nNOOP\r\n")
+        self.assertEqual(self.smtp.take(), b"")
+        self.threads.runAll()
+        replies = self.smtp.take().split(b"\r\n")
+        self.assertTrue(replies[0].startswith(b"250 2.0.0 Ok: stored as "))
+        self.assertTrue(replies[1].startswith(b"421 4.3.2 "))
+        self.assertTrue(self.smtp.transport.disconnecting)
+        self.smtp.close()
+        self.successResultOf(done)
+        self.assertEqual(len(self.files("new")), 1)
+
+    def test_graceRunsOut(self) -> None:
+        """
+        A message not finished within the grace period is cut off and
+        leaves nothing behind.
+        """
+        self.smtp.send(ENVELOPE + b"DATA\r\nSubject: x\r\n")
+        done = self.factory.registry.shutdown(30, self.clock)
+        self.clock.advance(30)
+        self.assertTrue(self.smtp.transport.disconnecting or self.smtp.transport.disconnected)
+        self.smtp.close()
+        self.successResultOf(done)
+        self.assertEqual((self.files("tmp"), self.files("new")), ([], []))
+
+    def test_connectionLogLine(self) -> None:
+        """
+        Each connection ends with one log line: client, HELO, TLS, counts
+        and duration.
+        """
+        from twisted.logger import Logger
+
+        from harbor.smtp import HarborESMTP
+
+        events: list[dict] = []  # type: ignore[type-arg]
+        self.patch(HarborESMTP, "_log", Logger(observer=events.append))
+        self.smtp.send(ENVELOPE + b"RSET\r\nBOGUS\r\n")
+        self.clock.advance(2)
+        self.smtp.close()
+        [line] = [e for e in events if "count" in e]
+        self.assertEqual(
+            (line["client"], line["helo"], line["tls"], line["count"], line["errors"], line["duration"]),
+            ("192.0.2.7", "client.example", "-", 1, 1, 2.0),
+        )

@@ -195,3 +195,41 @@ class AuthOptionsTests(SynchronousTestCase):
         factories = [s._factory for s in service if isinstance(s, ListeningService)]
         self.assertNotIsInstance(factories[0], TLSMemoryBIOFactory)
         self.assertIsInstance(factories[1], TLSMemoryBIOFactory)
+
+
+class ReloadTests(SynchronousTestCase):
+    """
+    Tests for L{HarborService.reload}.
+    """
+
+    def test_reloadAppliesToNewConnections(self) -> None:
+        """
+        A reload picks up new domains and limits for new connections and
+        creates the new Maildirs; a broken file is refused and the old
+        configuration stays.
+        """
+        from harbor.policy import Accept, parsePath
+
+        config = self.mktemp()
+        root = self.mktemp()
+        with open(config, "w") as f:
+            f.write('domain = ["a.example"]\n')
+        service = makeService(parse("--config", config, "-m", root), MemoryReactorClock())
+        service.startService()
+        self.addCleanup(service.stopService)
+        [listener] = [s for s in service if isinstance(s, ListeningService)]
+        factory = listener._factory
+        before = factory.deliverer
+        with open(config, "w") as f:
+            f.write('domain = ["a.example", "b.example"]\nmax_recipients = 200\n')
+        service.reload()
+        self.assertIsNot(factory.deliverer, before)
+        self.assertIsInstance(factory.deliverer.policy.decide(parsePath(b"<x@b.example>")), Accept)
+        self.assertEqual(factory.settings.limits.maxRecipients, 200)
+        self.assertTrue(os.path.isdir(os.path.join(root, "b.example", "new")))
+        current = factory.deliverer
+        with open(config, "w") as f:
+            f.write("domain = [\n")
+        service.reload()
+        self.assertIs(factory.deliverer, current)
+        self.assertEqual([d.name for d in service.config.domains], ["a.example", "b.example"])
