@@ -57,3 +57,19 @@ class ExampleConfigTests(SynchronousTestCase):
         with open(os.path.join(ETC, "systemd", "mailharbor.service")) as f:
             text = f.read()
         self.assertIn("--nodaemon --pidfile= mailharbor --config /etc/mailharbor/mailharbor.toml", text)
+        self.assertIn("User=mailharbor", text)
+        self.assertIn("ReadWritePaths=/var/lib/mailharbor", text)
+
+    def test_socketMatchesService(self) -> None:
+        """
+        The socket unit binds as many sockets as the service adopts, IPv4
+        first and IPv6 second, matching the systemd endpoints' domains.
+        """
+        import re
+
+        with open(os.path.join(ETC, "systemd", "mailharbor.socket")) as f:
+            sockets = re.findall(r"^ListenStream=(.+)$", f.read(), re.MULTILINE)
+        with open(os.path.join(ETC, "systemd", "mailharbor.service")) as f:
+            endpoints = re.findall(r"--port systemd:domain=(\w+):index=(\d)", f.read())
+        self.assertEqual(sockets, ["0.0.0.0:25", "[::]:25"])
+        self.assertEqual(endpoints, [("INET", "0"), ("INET6", "1")])
