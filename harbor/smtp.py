@@ -310,6 +310,7 @@ class HarborESMTP(ESMTP):  # type: ignore[misc]
         self._tx: _Transaction | None = None
         self._errors = 0
         self._lastCode = 0
+        self._verb = "-"
         self._paused = False
         self._processing = False
         self._inputBacklogged = False
@@ -554,6 +555,7 @@ class HarborESMTP(ESMTP):  # type: ignore[misc]
         parts = line.strip().split(None, 1)
         verb = parts[0].upper() if parts else b""
         argument = parts[1] if len(parts) == 2 else b""
+        self._verb = verb[:16].decode("ascii", "replace") or "-"
         if len(line) + 2 > _LINE_LIMITS.get(verb, MAX_COMMAND_LINE):
             self._reply(Reply(500, "5.5.2", "Error: line too long"))
             return
@@ -593,6 +595,15 @@ class HarborESMTP(ESMTP):  # type: ignore[misc]
         too many errors, as Postfix's hard error limit does.
         """
         self._send(reply)
+        if reply.code >= 400:
+            self._log.info(
+                "client={client} {verb} refused: {code} {enhanced} {reason}",
+                client=self.session.clientAddress,
+                verb=self._verb,
+                code=reply.code,
+                enhanced=reply.enhanced or "",
+                reason=reply.text,
+            )
         if reply.code >= 500:
             self._errors += 1
             if self._errors >= self._limits.maxErrors and not self._closed:

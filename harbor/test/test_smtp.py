@@ -331,6 +331,17 @@ class TransactionTests(SMTPTestCase):
         self.assertEqual((self.files("tmp"), self.files("new")), ([], []))
         self.assertEqual(self.transactionLogs()[0]["result"], "disconnected while receiving the message")
 
+    def test_refusalsLogged(self) -> None:
+        """
+        Every refusal is logged with the command and the reply sent.
+        """
+        self.smtp.send(b"MAIL FROM:<s@x.org>\r\nRCPT TO:<x@other.org>\r\n")
+        [event] = [e for e in self.events if "reason" in e]
+        self.assertEqual(
+            (event["verb"], event["code"], event["enhanced"], event["reason"]),
+            ("RCPT", 550, "5.7.1", "<x@other.org>: Relay access denied"),
+        )
+
     def test_transactionLogLine(self) -> None:
         """
         One log line per transaction carries client, HELO, sender,
