@@ -136,7 +136,17 @@ class TLSFiles:
 
     certificate: str
     key: str
-_DOMAIN_KEYS = frozenset({"accept"})
+_DOMAIN_KEYS = frozenset(
+    {"accept", "mailboxes", "aliases", "catch_all", "subaddress_delimiter", "subaddress_folders", "rules"}
+)
+_RULE_KEYS = frozenset({"sender", "recipient", "header", "contains", "folder"})
+# A mailbox is a directory inside its domain's Maildir: never one of the
+# Maildir's own, never hidden (Maildir++ folders start with a dot).
+MAILBOX_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+_RESERVED_MAILBOXES = frozenset({"tmp", "new", "cur"})
+# A Maildir++ folder name, dot-separated for hierarchy.
+FOLDER_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}(?:\.[A-Za-z0-9_-]{1,64}){0,7}$")
+CATCH_ALL_REJECT = "reject"
 
 
 class ConfigError(ValueError):
@@ -155,17 +165,67 @@ class ConfigError(ValueError):
 
 
 @frozen
+class FolderRule:
+    """
+    Files matching mail into a Maildir++ folder of its mailbox.
+
+    @ivar field: What is matched: C{"sender"}, C{"recipient"} or
+        C{"header"}.
+    @ivar header: The header's name, for C{"header"}.
+    @ivar contains: The text looked for, without regard to case.
+    @ivar folder: The folder's name (C{Lists.python} is C{.Lists.python/}).
+    """
+
+    field: str
+    header: str | None
+    contains: str
+    folder: str
+
+
+@frozen
 class DomainConfig:
     """
-    One domain MailHarbor receives mail for.
+    One domain MailHarbor receives mail for, and where its mail goes.
+
+    Without any routing settings every address is accepted and stored in
+    the domain's own Maildir, C{<root>/<domain>/}.
 
     @ivar name: The domain in lower case, in its ASCII (A-label) form.
-    @ivar accept: The local parts (lower case) accepted for this domain, or
-        L{None} when every local part is (a catch-all).
+    @ivar accept: Local parts (lower case) accepted into the domain's own
+        Maildir; when set, other addresses are refused unless routed below.
+    @ivar mailboxes: Local parts that have a mailbox of their own,
+        C{<root>/<domain>/<name>/}.
+    @ivar aliases: Local part -> mailbox names it delivers to (one or
+        several), as pairs.
+    @ivar catchAll: Where other addresses go: L{None} for the domain's own
+        Maildir (unless C{accept} restricts), C{"reject"}, or a mailbox.
+    @ivar subaddressDelimiter: The separator of C{user+tag}; C{""} turns
+        sub-addressing off.
+    @ivar subaddressFolders: Whether C{user+tag} mail goes to the C{.tag}
+        folder of C{user}'s mailbox.
+    @ivar rules: Folder rules, the first match wins.
     """
 
     name: str
     accept: frozenset[str] | None = None
+    mailboxes: frozenset[str] = frozenset()
+    aliases: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    catchAll: str | None = None
+    subaddressDelimiter: str = "+"
+    subaddressFolders: bool = False
+    rules: tuple[FolderRule, ...] = ()
+
+    def mailboxPaths(self) -> list[str]:
+        """
+        Every Maildir this domain delivers to, relative to the root: its own
+        and its mailboxes'.
+        """
+        names = set(self.mailboxes)
+        for _, targets in self.aliases:
+            names.update(targets)
+        if self.catchAll not in (None, CATCH_ALL_REJECT):
+            names.add(self.catchAll)
+        return [self.name] + [f"{self.name}/{name}" for name in sorted(names)]
 
 
 @frozen
@@ -271,7 +331,7 @@ class Config:
         tables = mapping.get("domains", {})
         if not isinstance(tables, Mapping):
             raise ConfigError("domains", "must be a table of domain tables")
-        perDomain: dict[str, frozenset[str] | None] = {}
+        perDomain: dict[str, DomainConfig] = {}
         for rawName, table in tables.items():
             name = normaliseDomain(rawName, f"domains.{rawName}")
             perDomain[name] = _domainTable(name, table, f"domains.{rawName}")
@@ -283,7 +343,7 @@ class Config:
         names = list(dict.fromkeys(names))
         if not names:
             raise ConfigError("domain", "at least one domain to receive mail for is required")
-        domains = tuple(DomainConfig(name, perDomain.get(name)) for name in names)
+        domains = tuple(perDomain.get(name, DomainConfig(name)) for name in names)
 
         maildir = mapping.get("maildir", DEFAULT_MAILDIR)
         if not isinstance(maildir, str) or not maildir:
@@ -427,25 +487,111 @@ def normaliseDomain(name: object, setting: str) -> str:
     return candidate
 
 
-def _domainTable(name: str, table: object, setting: str) -> frozenset[str] | None:
+def _domainTable(name: str, table: object, setting: str) -> DomainConfig:
     if not isinstance(table, Mapping):
         raise ConfigError(setting, "must be a table")
     unknown = sorted(set(table) - _DOMAIN_KEYS)
     if unknown:
         raise ConfigError(f"{setting}.{unknown[0]}", "unknown setting")
-    if "accept" not in table:
-        return None
-    accepted = set()
-    for entry in _stringList(table["accept"], f"{setting}.accept"):
+    accept = None
+    if "accept" in table:
+        accept = frozenset(_localParts(name, table["accept"], f"{setting}.accept"))
+    mailboxes = frozenset(_localParts(name, table.get("mailboxes", []), f"{setting}.mailboxes"))
+    for mailbox in mailboxes:
+        _checkMailbox(mailbox, f"{setting}.mailboxes")
+    aliases = []
+    rawAliases = table.get("aliases", {})
+    if not isinstance(rawAliases, Mapping):
+        raise ConfigError(f"{setting}.aliases", "must be a table of address = mailbox(es)")
+    for address, targets in rawAliases.items():
+        where = f"{setting}.aliases.{address}"
+        [local] = _localParts(name, [address], where)
+        names = tuple(_stringList(targets, where))
+        if not names:
+            raise ConfigError(where, "needs at least one mailbox")
+        for target in names:
+            _checkMailbox(target, where)
+        aliases.append((local, names))
+    catchAll = table.get("catch_all")
+    if catchAll is not None:
+        if not isinstance(catchAll, str):
+            raise ConfigError(f"{setting}.catch_all", 'must be "reject" or a mailbox name')
+        if catchAll != CATCH_ALL_REJECT:
+            _checkMailbox(catchAll, f"{setting}.catch_all")
+    delimiter = table.get("subaddress_delimiter", "+")
+    if not isinstance(delimiter, str) or len(delimiter) > 1 or (delimiter and delimiter.isalnum()):
+        raise ConfigError(f"{setting}.subaddress_delimiter", 'must be one punctuation character, or "" for none')
+    folders = table.get("subaddress_folders", False)
+    if not isinstance(folders, bool):
+        raise ConfigError(f"{setting}.subaddress_folders", "must be true or false")
+    rules = table.get("rules", [])
+    if not isinstance(rules, list):
+        raise ConfigError(f"{setting}.rules", "must be an array of tables")
+    return DomainConfig(
+        name,
+        accept,
+        mailboxes,
+        tuple(aliases),
+        catchAll,
+        delimiter,
+        folders,
+        tuple(_rule(rule, f"{setting}.rules[{i}]") for i, rule in enumerate(rules)),
+    )
+
+
+def _localParts(domainName: str, entries: object, setting: str) -> list[str]:
+    """
+    Local parts (lower case) from a list of local parts or addresses in
+    C{domainName}.
+    """
+    locals = []
+    for entry in _stringList(entries, setting):
         local, at, domain = entry.strip().rpartition("@")
         if not at:
             local = domain
-        elif normaliseDomain(domain, f"{setting}.accept") != name:
-            raise ConfigError(f"{setting}.accept", f"{entry!r} is not an address in {name}")
+        elif normaliseDomain(domain, setting) != domainName:
+            raise ConfigError(setting, f"{entry!r} is not an address in {domainName}")
         if not _DOT_STRING.match(local):
-            raise ConfigError(f"{setting}.accept", f"{entry!r} is not a valid local part")
-        accepted.add(local.lower())
-    return frozenset(accepted)
+            raise ConfigError(setting, f"{entry!r} is not a valid local part")
+        locals.append(local.lower())
+    return locals
+
+
+def _checkMailbox(name: str, setting: str) -> None:
+    if not MAILBOX_NAME.match(name) or name in _RESERVED_MAILBOXES:
+        raise ConfigError(
+            setting,
+            f"{name!r} is not a mailbox name (lower-case letters, digits, _ and -, "
+            "not tmp, new or cur)",
+        )
+
+
+def _rule(table: object, setting: str) -> FolderRule:
+    if not isinstance(table, Mapping):
+        raise ConfigError(setting, "must be a table")
+    unknown = sorted(set(table) - _RULE_KEYS)
+    if unknown:
+        raise ConfigError(f"{setting}.{unknown[0]}", "unknown setting")
+    matched = [key for key in ("sender", "recipient", "header") if key in table]
+    if len(matched) != 1:
+        raise ConfigError(setting, "needs exactly one of sender, recipient or header")
+    field = matched[0]
+    contains = table.get("contains", "" if field == "header" else table[field])
+    header = None
+    if field == "header":
+        header = table["header"]
+        if not isinstance(header, str) or not re.match(r"^[!-9;-~]+$", header):
+            raise ConfigError(f"{setting}.header", "must be a header name")
+        if "contains" not in table:
+            raise ConfigError(f"{setting}.contains", "is required with header")
+    elif "contains" in table:
+        raise ConfigError(f"{setting}.contains", f"is not used with {field} (give the text as {field} = ...)")
+    if not isinstance(contains, str) or not contains:
+        raise ConfigError(f"{setting}.{'contains' if field == 'header' else field}", "must be a non-empty text")
+    folder = table.get("folder")
+    if not isinstance(folder, str) or not FOLDER_NAME.match(folder):
+        raise ConfigError(f"{setting}.folder", "must be a folder name like Lists or Lists.python")
+    return FolderRule(field, header, contains, folder)
 
 
 def _stringList(value: object, setting: str, allowInt: bool = False) -> list[str]:

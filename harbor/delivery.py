@@ -10,8 +10,11 @@ one Maildir file per recipient and makes them durable at the end.
 
 from __future__ import annotations
 
+import email.policy
 import email.utils
 import re
+from email.message import EmailMessage
+from email.parser import BytesHeaderParser
 import time
 from collections.abc import Callable
 from datetime import datetime
@@ -26,7 +29,7 @@ from twisted.mail.smtp import Address, IMessage, SMTPBadRcpt, User
 from attrs import define, frozen
 
 from harbor.maildir import MaildirStore, PendingDelivery, StoredMessage
-from harbor.config import DEFAULT_SUBMISSION_MAILBOX
+from harbor.config import DEFAULT_SUBMISSION_MAILBOX, FolderRule
 from harbor.policy import (
     Accept,
     AddressSyntaxError,
@@ -42,6 +45,7 @@ RunInThread = Callable[[Callable[[], T]], "Deferred[T]"]
 
 _UNSAFE = re.compile(r"[^\x21-\x27\x2a-\x5b\x5d-\x7e]")
 _MAX_HELO_IN_HEADER = 255
+_MAX_HEADER_BLOCK = 64 * 1024
 
 
 class IMessageStream(IMessage):  # type: ignore[misc]
@@ -200,17 +204,20 @@ class HarborDelivery:
         if self._session.user is not None:
             # Submission: an authenticated user may address anyone; the
             # message is stored for the user, never relayed.
-            decision: Accept | Reject = Accept(
-                submissionMailbox(self._deliverer.submissionMailbox, self._session.user),
-                path.mailbox,
+            decision: tuple[Accept, ...] | Reject = (
+                Accept(
+                    submissionMailbox(self._deliverer.submissionMailbox, self._session.user),
+                    path.mailbox,
+                ),
             )
         else:
             decision = self._deliverer.policy.decide(path)
-        if not isinstance(decision, Accept):
+        if isinstance(decision, Reject):
             raise SMTPBadRcpt(user, decision.code, f"{decision.enhanced} {decision.text}")
-        # The same mailbox named twice gets one copy, as with Postfix.
-        if all(r.accept.key != decision.key for r in self.recipients):
-            self.recipients.append(Recipient(path, decision))
+        for accept in decision:
+            # The same mailbox named twice gets one copy, as with Postfix.
+            if all(r.accept.key != accept.key for r in self.recipients):
+                self.recipients.append(Recipient(path, accept))
         return self.message
 
     def message(self) -> HarborMessage:
@@ -232,8 +239,43 @@ class HarborDelivery:
                     for r in self.recipients
                 ]
             )
-            self._message = HarborMessage(pending, self._deliverer.runInThread)
+            rules = [self._rulesFor(r) for r in self.recipients]
+            self._message = HarborMessage(
+                pending,
+                self._deliverer.runInThread,
+                lambda headers: self.folders(rules, headers),
+                wantsHeaders=any(rule.field == "header" for ruleset in rules for rule in ruleset),
+            )
         return self._message
+
+    def _rulesFor(self, recipient: Recipient) -> tuple[FolderRule, ...]:
+        domain = self._deliverer.policy.domain(recipient.accept.mailbox.split("/")[0])
+        return domain.rules if domain is not None else ()
+
+    def folders(
+        self, rules: list[tuple[FolderRule, ...]], headers: EmailMessage | None
+    ) -> list[str | None]:
+        """
+        The folder of each copy: the sub-address tag's if the address chose
+        one, otherwise the first folder rule of its domain that matches the
+        sender, the recipient or a header, otherwise the inbox.
+        """
+        assert self.sender is not None
+        result: list[str | None] = []
+        for recipient, ruleset in zip(self.recipients, rules):
+            folder = recipient.accept.folder
+            for rule in ruleset if folder is None else ():
+                if rule.field == "sender":
+                    values = [self.sender.mailbox]
+                elif rule.field == "recipient":
+                    values = [recipient.accept.address]
+                else:
+                    values = [str(v) for v in (headers.get_all(rule.header or "", []) if headers else [])]
+                if any(rule.contains.lower() in value.lower() for value in values):
+                    folder = rule.folder
+                    break
+            result.append(folder)
+        return result
 
     def traceHeaders(self, recipient: Recipient, id: str, received: float) -> bytes:
         """
@@ -276,13 +318,30 @@ class HarborMessage:
     The body of one transaction, streamed into every recipient's copy.
     """
 
-    def __init__(self, pending: PendingDelivery, runInThread: RunInThread[Any]) -> None:
+    def __init__(
+        self,
+        pending: PendingDelivery,
+        runInThread: RunInThread[Any],
+        folders: Callable[[EmailMessage | None], list[str | None]] = lambda headers: [],
+        wantsHeaders: bool = False,
+    ) -> None:
+        """
+        @param folders: Given the message's headers (when C{wantsHeaders}),
+            the folder of each copy.
+        @param wantsHeaders: Whether to keep the header block as it streams
+            by (at most 64 KiB of it), for folder rules on headers.
+        """
         self._pending = pending
         self._runInThread = runInThread
+        self._folders = folders
+        self._headers: bytearray | None = bytearray() if wantsHeaders else None
         self.size = 0
 
     def dataReceived(self, data: bytes) -> None:
         self.size += len(data)
+        headers = self._headers
+        if headers is not None and len(headers) < _MAX_HEADER_BLOCK and b"\n\n" not in headers:
+            headers += data[: _MAX_HEADER_BLOCK - len(headers)]
         self._pending.write(data)
 
     def lineReceived(self, line: bytes) -> None:
@@ -296,7 +355,12 @@ class HarborMessage:
         @return: a L{Deferred} firing with the stored copies, or failing
             with L{harbor.maildir.StorageError}.
         """
-        return self._runInThread(self._pending.commit)
+        headers = None
+        if self._headers is not None:
+            block = bytes(self._headers).split(b"\n\n", 1)[0] + b"\n\n"
+            headers = BytesHeaderParser(policy=email.policy.default).parsebytes(block)
+        folders = self._folders(headers) or None
+        return self._runInThread(lambda: self._pending.commit(folders))
 
     def connectionLost(self) -> None:
         """

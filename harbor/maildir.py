@@ -269,20 +269,26 @@ class PendingDelivery:
         except OSError as e:
             self._fail(StorageError.fromOSError("writing the message", e))
 
-    def commit(self) -> list[StoredMessage]:
+    def commit(self, folders: Sequence[str | None] | None = None) -> list[StoredMessage]:
         """
         Make every copy durable and visible, or none of them.
 
-        Blocking: flush and fsync each file, rename each into C{new/}, then
-        fsync each C{new/} directory.  On any failure the copies already
-        renamed are removed again and the rest deleted, so the sender can
-        retry without duplicates.
+        Blocking: flush and fsync each file, rename each into C{new/} (of a
+        Maildir++ folder, created on first use, if one is given for it),
+        then fsync each C{new/} directory.  On any failure the copies
+        already renamed are removed again and the rest deleted, so the
+        sender can retry without duplicates.
 
+        @param folders: For each copy, the name of the folder it goes to
+            (C{Lists.python} is C{.Lists.python/}), or L{None} for the
+            inbox.  The names must already be safe.
         @raise StorageError: if the message could not be stored.
         """
         if self._failure is not None:
             self._discard()
             raise self._failure
+        if folders is None:
+            folders = [None] * len(self._copies)
         try:
             for copy in self._copies:
                 self._fs.fsync(copy.file)
@@ -293,11 +299,17 @@ class PendingDelivery:
 
         stored: list[StoredMessage] = []
         try:
-            for copy in self._copies:
-                final = os.path.join(copy.directory, "new", f"{copy.name},S={copy.size}")
+            destinations = []
+            for copy, folder in zip(self._copies, folders):
+                destination = copy.directory
+                if folder is not None:
+                    destination = os.path.join(copy.directory, "." + folder)
+                    self._makeFolder(destination)
+                destinations.append(destination)
+                final = os.path.join(destination, "new", f"{copy.name},S={copy.size}")
                 self._fs.rename(os.path.join(copy.directory, "tmp", copy.name), final)
                 stored.append(StoredMessage(copy.name, final, copy.size))
-            for directory in dict.fromkeys(copy.directory for copy in self._copies):
+            for directory in dict.fromkeys(destinations):
                 self._fs.syncDirectory(os.path.join(directory, "new"))
         except OSError as e:
             for message in stored:
@@ -306,6 +318,19 @@ class PendingDelivery:
             raise self._failure from e  # type: ignore[misc]
         self._finished = True
         return stored
+
+    def _makeFolder(self, path: str) -> None:
+        """
+        Create a Maildir++ folder, with the C{maildirfolder} marker that
+        Dovecot and Courier look for, unless it exists.
+        """
+        if os.path.isdir(os.path.join(path, "new")):
+            return
+        for sub in SUBDIRECTORIES:
+            self._fs.makeDirectories(os.path.join(path, sub))
+        marker = os.path.join(path, "maildirfolder")
+        if not os.path.exists(marker):
+            self._fs.create(marker).close()
 
     def abort(self) -> None:
         """

@@ -18,7 +18,7 @@ from collections.abc import Iterable
 
 from attrs import frozen
 
-from harbor.config import DomainConfig
+from harbor.config import CATCH_ALL_REJECT, FOLDER_NAME, DomainConfig
 
 POSTMASTER = "postmaster"
 
@@ -189,10 +189,13 @@ class Accept:
     @ivar mailbox: The Maildir (relative to the root) its mail goes to;
         it comes from the configuration, never from the address.
     @ivar address: The recipient as it will appear in C{Delivered-To:}.
+    @ivar folder: The Maildir++ folder of the mailbox, from a sanitised
+        sub-address tag, or L{None} for the inbox.
     """
 
     mailbox: str
     address: str
+    folder: str | None = None
 
     @property
     def key(self) -> tuple[str, str]:
@@ -221,22 +224,31 @@ class Reject:
 
 class RecipientPolicy:
     """
-    Decides recipients against the configured domains.
+    Decides recipients against the configured domains, and routes them to
+    mailboxes.
     """
 
     def __init__(self, domains: Iterable[DomainConfig]) -> None:
         self._domains = {d.name: d for d in domains}
         self._first = next(iter(self._domains))
+        self._aliases = {d.name: dict(d.aliases) for d in self._domains.values()}
 
-    def decide(self, path: Path) -> Accept | Reject:
+    def domain(self, name: str) -> DomainConfig | None:
         """
-        Accept or refuse one RCPT path.
+        The configuration of a domain (A-label, lower case), if we serve it.
+        """
+        return self._domains.get(name)
+
+    def decide(self, path: Path) -> tuple[Accept, ...] | Reject:
+        """
+        Accept or refuse one RCPT path, and say where its mail goes: one
+        mailbox, or several for an alias.
 
         Other domains, source routes, C{%}/C{!} routing in the local part
-        and address literals are refused as relaying (550 5.7.1); unlisted
-        local parts of a domain with an address list get 550 5.1.1.  The
-        postmaster of every domain is always accepted (RFC 5321 section
-        4.5.1), and C{<postmaster>} alone goes to the first domain's.
+        and address literals are refused as relaying (550 5.7.1); addresses
+        a domain does not route get 550 5.1.1.  The postmaster of every
+        domain is always accepted (RFC 5321 section 4.5.1), and
+        C{<postmaster>} alone goes to the first domain's.
         """
         shown = f"<{path.mailbox}>"
         relay = Reject(550, "5.7.1", f"{shown}: Relay access denied")
@@ -244,16 +256,36 @@ class RecipientPolicy:
             return relay
         local = canonicalLocalPart(path.local)
         if not path.domain:
-            return Accept(self._first, f"{POSTMASTER}@{self._first}")
+            return (Accept(self._first, f"{POSTMASTER}@{self._first}"),)
         domain = self._domains.get(asciiDomain(path.domain))
         if domain is None or "%" in local or "!" in local:
             return relay
         address = f"{path.local}@{domain.name}"
-        if local == POSTMASTER:
-            return Accept(domain.name, f"{POSTMASTER}@{domain.name}")
-        if domain.accept is not None and local not in domain.accept:
+        base, tag = local, None
+        delimiter = domain.subaddressDelimiter
+        if delimiter and delimiter in local and not local.startswith(delimiter):
+            base, tag = local.split(delimiter, 1)
+        folder = subaddressFolder(tag) if domain.subaddressFolders and tag else None
+        aliases = self._aliases[domain.name]
+        if base in aliases:
+            return tuple(Accept(f"{domain.name}/{m}", address, folder) for m in aliases[base])
+        if base in domain.mailboxes:
+            return (Accept(f"{domain.name}/{base}", address, folder),)
+        if base == POSTMASTER or (domain.accept is not None and base in domain.accept):
+            return (Accept(domain.name, address, folder),)
+        if domain.accept is not None or domain.catchAll == CATCH_ALL_REJECT:
             return Reject(550, "5.1.1", f"{shown}: Recipient address rejected: User unknown")
-        return Accept(domain.name, address)
+        if domain.catchAll is not None:
+            return (Accept(f"{domain.name}/{domain.catchAll}", address),)
+        return (Accept(domain.name, address),)
+
+
+def subaddressFolder(tag: str) -> str | None:
+    """
+    The folder for a sub-address tag, or L{None} (the inbox) when the tag
+    is not a plain folder name: a client's text never becomes a path.
+    """
+    return tag if FOLDER_NAME.match(tag) and ".." not in tag else None
 
 
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@+-]{0,127}$")

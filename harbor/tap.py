@@ -384,15 +384,16 @@ class HarborService(MultiService):
         from harbor.maildir import StorageError
 
         for domain in self.config.domains:
-            try:
-                self._store.create(domain.name)
-            except StorageError as e:
-                self._log.error(
-                    "Cannot create the Maildir of {domain}: {error}; mail for it "
-                    "will be refused with a temporary error",
-                    domain=domain.name,
-                    error=str(e),
-                )
+            for mailbox in domain.mailboxPaths():
+                try:
+                    self._store.create(mailbox)
+                except StorageError as e:
+                    self._log.error(
+                        "Cannot create the Maildir {mailbox}: {error}; mail for it "
+                        "will be refused with a temporary error",
+                        mailbox=mailbox,
+                        error=str(e),
+                    )
 
     def startService(self) -> None:
         self._createMaildirs()

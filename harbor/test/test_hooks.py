@@ -539,17 +539,29 @@ class RunnerTestCase(SynchronousTestCase):
         self.event = storeMessage(self)
 
     def runner(self, *hooks: IHook, **kwargs: Any) -> HookRunner:
+        """
+        A runner on the test's spool and clock, stopped at cleanup.
+        """
         runner = HookRunner(self.spoolDirectory, hooks, self.clock, runSynchronously, fs=self.fs, **kwargs)
         self.addCleanup(runner.stop)
         return runner
 
     def pending(self) -> list[str]:
+        """
+        The file names in the spool's C{pending/}.
+        """
         return sorted(os.listdir(os.path.join(self.spoolDirectory, "pending")))
 
     def dead(self) -> list[str]:
+        """
+        The file names in the spool's C{dead/}.
+        """
         return sorted(os.listdir(os.path.join(self.spoolDirectory, "dead")))
 
     def onDisk(self, job: Job) -> Job:
+        """
+        The job as its pending file now describes it.
+        """
         with open(os.path.join(self.spoolDirectory, "pending", job.id + ".json"), "rb") as f:
             return Job.fromJSON(json.load(f))
 
@@ -1010,6 +1022,9 @@ class CommandHookTests(TestCase):
         self.output = os.path.abspath(self.mktemp())
 
     def hook(self, argv: list[str], **kwargs: Any) -> CommandHook:
+        """
+        A command hook on the global reactor and its thread pool.
+        """
         return CommandHook(argv, "cmd", self.reactor, runInRealThread, **kwargs)
 
     async def test_environmentAndStdin(self) -> None:
@@ -1201,6 +1216,9 @@ class WebhookTests(TestCase):
         self.event = storeMessage(self)
 
     def hook(self, **kwargs: Any) -> WebhookHook:
+        """
+        A webhook to the test's receiver, its connections closed at cleanup.
+        """
         hook = WebhookHook(self.receiver.url, "web", self.reactor, runInRealThread, **kwargs)
         # Added after the receiver's cleanup, so it runs first.
         self.addCleanup(hook.stop)
@@ -1341,6 +1359,9 @@ class CommandLineTests(SynchronousTestCase):
         self.spool.bury(self.deadJob)
 
     def invoke(self, *arguments: str) -> tuple[int, str, str]:
+        """
+        Run C{mailharbor hooks} with C{arguments}: its status and output.
+        """
         out, err = io.StringIO(), io.StringIO()
         status = hooksCommand(list(arguments), out, err)
         return status, out.getvalue(), err.getvalue()

@@ -224,7 +224,7 @@ class ReloadTests(SynchronousTestCase):
             f.write('domain = ["a.example", "b.example"]\nmax_recipients = 200\n')
         service.reload()
         self.assertIsNot(factory.deliverer, before)
-        self.assertIsInstance(factory.deliverer.policy.decide(parsePath(b"<x@b.example>")), Accept)
+        self.assertIsInstance(factory.deliverer.policy.decide(parsePath(b"<x@b.example>"))[0], Accept)
         self.assertEqual(factory.settings.limits.maxRecipients, 200)
         self.assertTrue(os.path.isdir(os.path.join(root, "b.example", "new")))
         current = factory.deliverer
