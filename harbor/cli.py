@@ -190,6 +190,11 @@ def buildParser() -> argparse.ArgumentParser:
     listing.add_argument(
         "--limit", type=_positiveInteger, metavar="N", help="only the N newest matching messages"
     )
+    listing.add_argument(
+        "--folder",
+        metavar="FOLDER",
+        help="only messages filed in the Maildir++ folder FOLDER (e.g. Lists.python) of any mailbox",
+    )
     listing.set_defaults(command=_listCommand)
 
     showing = commands.add_parser(
@@ -535,6 +540,7 @@ def _listCommand(arguments: argparse.Namespace, out: IO[str], err: IO[str], now:
         sender=arguments.sender,
         recipient=arguments.recipient,
         limit=arguments.limit,
+        folder=arguments.folder,
     )
     summaries = listMessages(root, query)
     if arguments.json:

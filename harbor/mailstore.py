@@ -183,6 +183,8 @@ class Query:
         compared without regard to case; L{None} for all.
     @ivar recipient: Likewise for the envelope recipient.
     @ivar limit: At most this many, the newest; L{None} for no limit.
+    @ivar folder: Only those in Maildir++ folders of this name (C{news} is
+        C{.news/}), or all when L{None}.
     """
 
     mailbox: str | None = None
@@ -190,6 +192,7 @@ class Query:
     sender: str | None = None
     recipient: str | None = None
     limit: int | None = None
+    folder: str | None = None
 
     @property
     def readsHeaders(self) -> bool:
@@ -297,26 +300,44 @@ class MessageDetails:
 
 def findMailboxes(root: str) -> list[tuple[str, str]]:
     """
-    Find the Maildirs directly below C{root}.
+    Find the Maildirs below C{root}: each domain's, its mailboxes'
+    (C{<domain>/<mailbox>}), their Maildir++ folders (C{.../.Lists}) and
+    authenticated users' (C{.submitted/<user>}).
 
     @param root: The directory holding them.
-    @return: The name and path of each subdirectory that has C{new/} and
-        C{cur/}, sorted by name.
+    @return: The name (the path relative to C{root}) and path of each
+        directory that has C{new/} and C{cur/}, sorted by name.
     @raise StoreError: if C{root} is not a directory or cannot be read.
     """
     if not os.path.isdir(root):
         raise StoreError(f"no Maildir at {root}")
+    found: list[tuple[str, str]] = []
     try:
-        with os.scandir(root) as entries:
-            names = sorted(entry.name for entry in entries if _isDirectory(entry))
+        _walkMaildirs(root, "", found, _MAILDIR_DEPTH)
     except OSError as e:
         raise StoreError(f"cannot read {root}: {e.strerror or e}") from None
-    found = []
+    return sorted(found)
+
+
+# root/<domain>/<mailbox>/.<folder> is the deepest a Maildir lies.
+_MAILDIR_DEPTH = 3
+
+
+def _walkMaildirs(directory: str, prefix: str, found: list[tuple[str, str]], depth: int) -> None:
+    with os.scandir(directory) as entries:
+        names = sorted(entry.name for entry in entries if _isDirectory(entry))
     for name in names:
-        path = os.path.join(root, name)
+        if name in ("tmp", "new", "cur"):
+            continue
+        path = os.path.join(directory, name)
+        relative = f"{prefix}{name}"
         if all(os.path.isdir(os.path.join(path, sub)) for sub in MESSAGE_DIRECTORIES):
-            found.append((name, path))
-    return found
+            found.append((relative, path))
+        if depth > 1:
+            try:
+                _walkMaildirs(path, relative + "/", found, depth - 1)
+            except OSError:
+                continue
 
 
 def selectMailboxes(root: str, mailbox: str | None = None) -> list[tuple[str, str]]:
@@ -324,7 +345,8 @@ def selectMailboxes(root: str, mailbox: str | None = None) -> list[tuple[str, st
     Find the Maildirs to look at.
 
     @param root: The directory holding them.
-    @param mailbox: The one wanted, or L{None} for all.
+    @param mailbox: The one wanted, with the mailboxes and folders below
+        it (a domain's name gives all of its mail), or L{None} for all.
     @return: As for L{findMailboxes}.
     @raise StoreError: if C{root} cannot be read, or has no Maildir named
         C{mailbox}.
@@ -332,7 +354,7 @@ def selectMailboxes(root: str, mailbox: str | None = None) -> list[tuple[str, st
     found = findMailboxes(root)
     if mailbox is None:
         return found
-    chosen = [(name, path) for name, path in found if name == mailbox]
+    chosen = [(name, path) for name, path in found if name == mailbox or name.startswith(mailbox + "/")]
     if not chosen:
         raise StoreError(f"no Maildir for {mailbox} in {root}")
     return chosen
@@ -577,6 +599,8 @@ def listMessages(root: str, query: Query = Query()) -> list[MessageSummary]:
     # for the files opened, which may be few.
     candidates = []
     for mailbox, path in selectMailboxes(root, query.mailbox):
+        if query.folder is not None and not mailbox.endswith("/." + query.folder):
+            continue
         for sub in MESSAGE_DIRECTORIES:
             directory = os.path.join(path, sub)
             for filename in _listDirectory(directory):

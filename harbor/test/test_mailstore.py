@@ -980,3 +980,31 @@ class MessageFileTests(SynchronousTestCase):
         )
 
         self.assertEqual(message.maildir, "/r/example.com")
+
+
+class NestedMailboxTests(SynchronousTestCase):
+    """
+    Mailboxes and Maildir++ folders below a domain's Maildir.
+    """
+
+    def test_foundAndFiltered(self) -> None:
+        """
+        Messages in mailboxes, folders and users' submissions are listed;
+        --domain takes a domain's whole tree, --folder one folder.
+        """
+        from harbor.mailstore import Query, listMessages
+
+        root = self.mktemp()
+        for relative in ["example.org", "example.org/alice", "example.org/alice/.Lists.python", ".submitted/bob"]:
+            for sub in ("tmp", "new", "cur"):
+                os.makedirs(os.path.join(root, relative, sub))
+        for i, relative in enumerate(["example.org", "example.org/alice", "example.org/alice/.Lists.python", ".submitted/bob"]):
+            with open(os.path.join(root, relative, "new", f"{1700000000 + i}.M1P1Q{i}.h,S=10"), "wb") as f:
+                f.write(b"Return-Path: <s@x.org>\nDelivered-To: a@example.org\nSubject: m\n\nbody\n")
+        mailboxes = sorted(s.mailbox for s in listMessages(root, Query()))
+        self.assertEqual(
+            mailboxes, [".submitted/bob", "example.org", "example.org/alice", "example.org/alice/.Lists.python"]
+        )
+        self.assertEqual(len(listMessages(root, Query(mailbox="example.org"))), 3)
+        [filed] = listMessages(root, Query(folder="Lists.python"))
+        self.assertEqual(filed.mailbox, "example.org/alice/.Lists.python")
