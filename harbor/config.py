@@ -59,6 +59,13 @@ class Limits:
         C{"reject"} refuses the message with 550 5.5.2.
     @ivar shutdownGrace: Seconds a stopping server gives messages being
         received to finish.
+    @ivar dnsblTimeout: Seconds to wait for DNS blocklist answers; no
+        answer in time means not listed.
+    @ivar pregreetWait: Seconds the banner is held back to catch clients
+        that talk first (Postfix postscreen's pregreet test); 0 is off.
+    @ivar listenBacklog: The listen queue of TCP listeners that do not set
+        C{backlog=} themselves; Twisted's default of 50 drops connections
+        when many clients arrive at once.
     """
 
     maxMessageSize: int = 25 * 1024 * 1024
@@ -71,6 +78,9 @@ class Limits:
     connectionLimitExceptions: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
     bareNewline: str = "normalize"
     shutdownGrace: float = 30
+    dnsblTimeout: float = 5
+    pregreetWait: float = 0
+    listenBacklog: int = 1024
 
 
 # TOML key -> (Limits field, smallest allowed value, kind)
@@ -83,6 +93,9 @@ _LIMIT_KEYS: dict[str, tuple[str, float, type]] = {
     "max_connections": ("maxConnections", 1, int),
     "max_connections_per_client": ("maxConnectionsPerClient", 1, int),
     "shutdown_grace": ("shutdownGrace", 0, float),
+    "dnsbl_timeout": ("dnsblTimeout", 0.1, float),
+    "pregreet_wait": ("pregreetWait", 0, float),
+    "listen_backlog": ("listenBacklog", 1, int),
 }
 
 _TOP_LEVEL_KEYS = frozenset(
@@ -102,6 +115,10 @@ _TOP_LEVEL_KEYS = frozenset(
         "domains",
         "bare_newline",
         "connection_limit_exceptions",
+        "filter",
+        "dnsbl",
+        "dns_servers",
+        "hook",
     }
     | set(_LIMIT_KEYS)
 )
@@ -246,6 +263,11 @@ class Config:
         tests on loopback; never on the internet).
     @ivar submissionMailbox: Where an authenticated user's mail is stored,
         relative to the root, with C{{user}} for the user name.
+    @ivar filters: The envelope filters (L{harbor.filters.Filter}), in order.
+    @ivar dnsbl: DNS blocklist zones the client's address is looked up in.
+    @ivar dnsServers: DNS servers for those lookups, or none for the
+        system's.
+    @ivar hooks: The new-message hooks (L{harbor.hooks.HookConfig}).
     """
 
     listeners: tuple[Listener, ...]
@@ -257,6 +279,10 @@ class Config:
     usersFile: str | None = None
     allowPlaintextAuth: bool = False
     submissionMailbox: str = DEFAULT_SUBMISSION_MAILBOX
+    filters: tuple[Any, ...] = ()
+    dnsbl: tuple[str, ...] = ()
+    dnsServers: tuple[tuple[str, int], ...] = ()
+    hooks: tuple[Any, ...] = ()
 
     @property
     def ports(self) -> tuple[str, ...]:
@@ -367,7 +393,37 @@ class Config:
             usersFile=usersFile,
             allowPlaintextAuth=_boolean(mapping, "allow_plaintext_auth"),
             submissionMailbox=submissionMailbox,
+            filters=_filters(mapping),
+            dnsbl=tuple(normaliseDomain(zone, "dnsbl") for zone in _stringList(mapping.get("dnsbl", []), "dnsbl")),
+            dnsServers=tuple(_dnsServer(s) for s in _stringList(mapping.get("dns_servers", []), "dns_servers")),
+            hooks=_hooks(mapping),
         )
+
+
+def _filters(mapping: Mapping[str, Any]) -> tuple[Any, ...]:
+    if "filter" not in mapping:
+        return ()
+    from harbor.filters import parseFilters
+
+    return parseFilters(mapping["filter"])
+
+
+def _hooks(mapping: Mapping[str, Any]) -> tuple[Any, ...]:
+    if "hook" not in mapping:
+        return ()
+    from harbor.hooks import parseHooks
+
+    return tuple(parseHooks(mapping["hook"]))
+
+
+def _dnsServer(text: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":") if text.count(":") == 1 else (text, "", "53")
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+        number = int(port)
+    except ValueError:
+        raise ConfigError("dns_servers", f"{text!r} is not an IP address with an optional :port") from None
+    return host.strip("[]"), number
 
 
 def _boolean(mapping: Mapping[str, Any], key: str) -> bool:
@@ -466,6 +522,17 @@ def normalisePort(description: str, setting: str = "port") -> str:
         ) from None
     except Exception as e:
         raise ConfigError(setting, f"{description!r} is not a valid endpoint: {e}") from None
+    return description
+
+
+def withBacklog(description: str, backlog: int) -> str:
+    """
+    Give a C{tcp:} or C{tcp6:} endpoint description a listen backlog, unless
+    it has one.
+    """
+    kind = description.split(":", 1)[0]
+    if kind in ("tcp", "tcp6") and "backlog=" not in description:
+        return f"{description}:backlog={backlog}"
     return description
 
 

@@ -16,7 +16,7 @@ import re
 from email.message import EmailMessage
 from email.parser import BytesHeaderParser
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -24,12 +24,15 @@ from zope.interface import Interface, implementer
 
 from twisted.internet.defer import Deferred
 from twisted.mail.interfaces import IMessageDelivery, IMessageDeliveryFactory
-from twisted.mail.smtp import Address, IMessage, SMTPBadRcpt, User
+from twisted.logger import Logger
+from twisted.mail.smtp import Address, IMessage, SMTPBadRcpt, SMTPBadSender, User
 
-from attrs import define, frozen
+from attrs import Factory, define, frozen
 
 from harbor.maildir import MaildirStore, PendingDelivery, StoredMessage
 from harbor.config import DEFAULT_SUBMISSION_MAILBOX, FolderRule
+from harbor.dnsbl import Blocklists
+from harbor.filters import Filter, firstMatch
 from harbor.policy import (
     Accept,
     AddressSyntaxError,
@@ -73,6 +76,12 @@ class Session:
     @ivar tls: The TLS protocol and cipher in use (C{"TLSv1.3
         TLS_AES_256_GCM_SHA384"}), or L{None} on a plain connection.
     @ivar user: The name the client authenticated as, or L{None}.
+    @ivar trusted: Whether a filter accepted the client: later filters
+        and blocklists are skipped.
+    @ivar discard: Whether a filter said to drop this client's mail.
+    @ivar tags: Header lines filters add to this client's mail.
+    @ivar blocklist: The pending DNS blocklist result
+        (L{harbor.dnsbl.SharedResult}), if one was asked for.
     """
 
     clientAddress: str
@@ -81,6 +90,10 @@ class Session:
     utf8: bool = False
     tls: str | None = None
     user: str | None = None
+    trusted: bool = False
+    discard: bool = False
+    tags: list[str] = Factory(list)
+    blocklist: Any = None
 
     @property
     def protocolName(self) -> str:
@@ -131,6 +144,8 @@ class Deliverer:
         runInThread: RunInThread[Any],
         seconds: Callable[[], float] = time.time,
         submissionMailbox: str = DEFAULT_SUBMISSION_MAILBOX,
+        filters: Sequence[Filter] = (),
+        blocklists: Blocklists | None = None,
     ) -> None:
         """
         @param runInThread: Runs a blocking function off the reactor thread
@@ -138,6 +153,8 @@ class Deliverer:
             in production, a synchronous stand-in in tests).
         @param submissionMailbox: Where authenticated users' mail goes,
             relative to the root, with C{{user}} for the user name.
+        @param filters: The envelope filters.
+        @param blocklists: The DNS blocklists to check clients against.
         """
         self.policy = policy
         self.store = store
@@ -145,6 +162,8 @@ class Deliverer:
         self.runInThread = runInThread
         self.seconds = seconds
         self.submissionMailbox = submissionMailbox
+        self.filters = tuple(filters)
+        self.blocklists = blocklists
 
     def factoryFor(self, session: Session) -> HarborDeliveryFactory:
         """
@@ -175,12 +194,17 @@ class HarborDelivery:
     DATA on, its message.
     """
 
+    _log = Logger()
+
     def __init__(self, deliverer: Deliverer, session: Session) -> None:
         self._deliverer = deliverer
         self._session = session
         self.sender: Path | None = None
         self.recipients: list[Recipient] = []
         self._message: HarborMessage | None = None
+        self._trusted = session.trusted
+        self._discard = session.discard
+        self._tags = list(session.tags)
 
     def validateFrom(self, helo: tuple[bytes | None, bytes], origin: Address) -> Address:
         """
@@ -188,7 +212,44 @@ class HarborDelivery:
         a receiver that refused bounces would break mail.
         """
         self.sender = parsePath(origin.addrstr, allowNull=True, utf8=self._session.utf8)
+        matched = self._filter("mail")
+        if matched is not None and matched.action in ("reject", "tempfail"):
+            raise SMTPBadSender(origin, matched.code, f"{matched.enhanced} {matched.text}")
         return origin
+
+    def _filter(self, stage: str, recipient: str | None = None) -> Filter | None:
+        """
+        Apply the first matching filter of C{stage}, unless an earlier
+        filter accepted this client or transaction: accept trusts, discard
+        and tag are remembered, and a refusal is returned for the caller.
+        """
+        if self._trusted or self._session.user is not None:
+            return None
+        assert self.sender is not None
+        matched = firstMatch(
+            self._deliverer.filters,
+            stage,
+            self._session.clientAddress,
+            self._session.helo,
+            self.sender.mailbox,
+            recipient,
+        )
+        if matched is None:
+            return None
+        self._log.info(
+            "client={client} filter {action} at {stage}: {filter}",
+            client=self._session.clientAddress,
+            action=matched.action,
+            stage=stage,
+            filter=matched,
+        )
+        if matched.action == "accept" and stage != "rcpt":
+            self._trusted = True
+        elif matched.action == "discard" and stage != "rcpt":
+            self._discard = True
+        elif matched.action == "tag":
+            self._tags.append(matched.header)
+        return matched
 
     def validateTo(self, user: User) -> Callable[[], HarborMessage]:
         """
@@ -201,6 +262,26 @@ class HarborDelivery:
             path = parsePath(user.dest.addrstr, utf8=self._session.utf8)
         except AddressSyntaxError as e:
             raise SMTPBadRcpt(user, 501, f"5.1.3 Bad recipient address syntax: {e}") from None
+        filtered = None if self._session.user is not None else self._filter("rcpt", path.mailbox)
+        if filtered is not None and filtered.action in ("reject", "tempfail"):
+            raise SMTPBadRcpt(user, filtered.code, f"{filtered.enhanced} {filtered.text}")
+        if filtered is not None and filtered.action == "discard":
+            return self.message
+        blocklist = self._session.blocklist
+        if blocklist is not None and not self._trusted and filtered is None:
+            return blocklist.wait().addCallback(self._blocklisted, user, path)
+        return self._route(user, path)
+
+    def _blocklisted(self, listed: str | None, user: User, path: Path) -> Callable[[], HarborMessage]:
+        if listed is not None:
+            client = self._session.clientAddress
+            raise SMTPBadRcpt(user, 554, f"5.7.1 Service unavailable; client [{client}] blocked using {listed}")
+        return self._route(user, path)
+
+    def _route(self, user: User, path: Path) -> Callable[[], HarborMessage]:
+        """
+        Where an accepted recipient's mail goes.
+        """
         if self._session.user is not None:
             # Submission: an authenticated user may address anyone; the
             # message is stored for the user, never relayed.
@@ -233,6 +314,13 @@ class HarborDelivery:
                 for mailbox in {r.accept.mailbox for r in self.recipients}:
                     self._deliverer.store.create(mailbox)
             received = self._deliverer.seconds()
+            if self._discard:
+                self._log.info(
+                    "client={client} message from <{sender}> discarded by a filter",
+                    client=self._session.clientAddress,
+                    sender=self.sender.mailbox,
+                )
+                self.recipients = []
             pending = self._deliverer.store.begin(
                 [
                     (r.accept.mailbox, lambda id, r=r: self.traceHeaders(r, id, received))
@@ -299,6 +387,7 @@ class HarborDelivery:
             f"Received: from {helo} ([{literal}]){tls}\n"
             f"\tby {self._deliverer.hostname} (MailHarbor) with {session.protocolName} id {id}\n"
             f"\tfor <{recipient.path.mailbox}>; {date}\n"
+            + "".join(f"{tag}\n" for tag in self._tags)
         ).encode("utf-8")
 
     def receivedHeader(

@@ -1161,7 +1161,8 @@ class HookRunner(Service):
     def start(self) -> Deferred[None]:
         """
         Resume every job found in the spool, and look at it again every
-        C{rescanInterval} seconds.
+        C{rescanInterval} seconds.  Without hooks, do nothing: pending jobs
+        stay for when their hooks are configured again.
 
         @return: A L{Deferred} that fires once the spool has been read; it
             never fails (problems are logged).
@@ -1169,6 +1170,8 @@ class HookRunner(Service):
         self._stopping = False
         if self._loop is not None and self._loop.running:
             self._loop.stop()
+        if not self._hooks:
+            return succeed(None)
         loop = self._loop = LoopingCall(self._rescan, resuming=False)
         loop.clock = self._reactor
         d = self._rescan(resuming=True)
@@ -1230,7 +1233,8 @@ class HookRunner(Service):
         started = self._reactor.seconds()
 
         def read() -> list[Job]:
-            self.spool.prepare()
+            # Nothing is created here: the spool appears with the first
+            # job, so a server without hooks leaves no trace on disk.
             return self.spool.pendingJobs()
 
         def found(jobs: list[Job]) -> None:

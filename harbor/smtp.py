@@ -53,6 +53,8 @@ from attrs import field, frozen
 from harbor.auth import AuthenticationError, FailureTracker, Throttle, decodeBase64, decodePlain
 from harbor.config import Limits, Listener
 from harbor.delivery import Deliverer, IMessageStream, Session
+from harbor.dnsbl import SharedResult
+from harbor.filters import firstMatch
 from harbor.framing import ChunkDecoder, DataDecoder, InputBuffer, LineTooLong
 from harbor.maildir import StorageError, StoredMessage
 from harbor.policy import AddressSyntaxError, ConnectionCounter, NeedsSMTPUTF8, Path, parsePath
@@ -311,6 +313,8 @@ class HarborESMTP(ESMTP):  # type: ignore[misc]
         self._errors = 0
         self._lastCode = 0
         self._verb = "-"
+        self._refused = False
+        self._greeting: Any = None
         self._paused = False
         self._processing = False
         self._inputBacklogged = False
@@ -343,8 +347,64 @@ class HarborESMTP(ESMTP):  # type: ignore[misc]
         self.transport.registerProducer(self, True)
         self._producing = True
         self._startSession()
-        self._send(Reply(220, None, f"{self._hostname} ESMTP MailHarbor"))
         self.setTimeout(self._limits.commandTimeout)
+        if self._applyFilter("connect"):
+            return
+        blocklists = self._deliverer.blocklists
+        if blocklists is not None and not self.session.trusted:
+            self.session.blocklist = SharedResult(blocklists.lookup(self.session.clientAddress))
+        wait = self._limits.pregreetWait
+        if wait > 0 and not self.session.trusted:
+            # Postfix postscreen's pregreet test: a real MTA waits for the
+            # banner, many spam bots do not.
+            self._greeting = self.callLater(wait, self._greet)
+        else:
+            self._greet()
+
+    def _greet(self) -> None:
+        self._greeting = None
+        self._send(Reply(220, None, f"{self._hostname} ESMTP MailHarbor"))
+
+    def _applyFilter(self, stage: str) -> bool:
+        """
+        Apply the first matching connect or HELO filter.
+
+        @return: whether it refused the session (after replying).
+        """
+        if self.session.trusted:
+            return False
+        matched = firstMatch(
+            self._deliverer.filters, stage, self.session.clientAddress, self.session.helo
+        )
+        if matched is None:
+            return False
+        self._log.info(
+            "client={client} filter {action} at {stage}: {filter}",
+            client=self.session.clientAddress,
+            action=matched.action,
+            stage=stage,
+            filter=matched,
+        )
+        if matched.action == "accept":
+            self.session.trusted = True
+        elif matched.action == "discard":
+            self.session.discard = True
+        elif matched.action == "tag":
+            self.session.tags.append(matched.header)
+        elif stage == "connect" and matched.action == "tempfail":
+            self._send(Reply(421, matched.enhanced, f"{self._hostname} {matched.text}"))
+            self._close()
+            return True
+        elif stage == "connect":
+            # RFC 5321 section 3.1: a 554 greeting, then 503 to everything
+            # but QUIT.
+            self._refused = True
+            self._send(Reply(matched.code, matched.enhanced, f"{self._hostname} {matched.text}"))
+            return True
+        else:
+            self._reply(Reply(matched.code, matched.enhanced, matched.text))
+            return True
+        return False
 
     def _startSession(self) -> None:
         """
@@ -436,6 +496,13 @@ class HarborESMTP(ESMTP):  # type: ignore[misc]
 
     def dataReceived(self, data: bytes) -> None:
         if self._closed:
+            return
+        if self._greeting is not None:
+            self._greeting.cancel()
+            self._greeting = None
+            self._log.info("client={client} talked before the greeting", client=self.session.clientAddress)
+            self._send(Reply(554, "5.5.1", "Error: talking before the greeting"))
+            self._close()
             return
         self.resetTimeout()
         if self._receivingBody() and not self._paused and not len(self._input):
@@ -560,6 +627,9 @@ class HarborESMTP(ESMTP):  # type: ignore[misc]
             self._reply(Reply(500, "5.5.2", "Error: line too long"))
             return
         handler = None
+        if self._refused and verb != b"QUIT":
+            self._reply(Reply(503, "5.5.1", "Error: no SMTP service here"))
+            return
         if _VERB.match(verb):
             handler = getattr(self, "smtp_" + verb.decode("ascii"), None)
         if handler is None:
@@ -660,6 +730,9 @@ class HarborESMTP(ESMTP):  # type: ignore[misc]
         self.session.helo = name.decode("utf-8", "replace")
         self.session.esmtp = esmtp
         self._helo = (name, self.session.clientAddress.encode("ascii", "replace"))
+        if self._applyFilter("helo"):
+            self.session.helo = None
+            return
         lines = [self._hostname] + (self.esmtpExtensions() if esmtp else [])
         self._reply(Reply(250, None, "\n".join(lines)))
 
@@ -1183,7 +1256,7 @@ class HarborESMTP(ESMTP):  # type: ignore[misc]
             else:
                 text = f"Ok: stored as {ids[0]} (+{len(ids) - 1} more copies)"
             self._reply(Reply(250, "2.0.0", text))
-            self._logTransaction(tx, "stored", ids)
+            self._logTransaction(tx, "stored" if ids else "accepted and discarded", ids)
 
         self._waitFor(results, stored, self._replyToFailure)
 

@@ -28,7 +28,7 @@ from twisted.logger import Logger
 from twisted.python import usage
 from twisted.python.failure import Failure
 
-from harbor.config import DEFAULT_MAILDIR, Config, ConfigError, loadFile
+from harbor.config import DEFAULT_MAILDIR, Config, ConfigError, loadFile, withBacklog
 
 # Command-line options that override the configuration file key of the same
 # name (with - for _).
@@ -274,9 +274,8 @@ class HarborService(MultiService):
             wrapped: Factory = factory
             if listener.implicitTLS:
                 wrapped = TLSMemoryBIOFactory(self._tls, False, factory)
-            ListeningService(
-                listener.port, serverFromString(reactor, listener.port), wrapped
-            ).setServiceParent(self)
+            endpoint = serverFromString(reactor, withBacklog(listener.port, limits.listenBacklog))
+            ListeningService(listener.port, endpoint, wrapped).setServiceParent(self)
 
     def _build(self, config: Config, options: Options) -> tuple[Any, list[Any]]:
         """

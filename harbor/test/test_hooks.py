@@ -604,6 +604,18 @@ class RecordTests(RunnerTestCase):
         self.assertEqual(self.fs.calls, [])
         self.assertFalse(os.path.exists(self.spoolDirectory))
 
+    def test_startCreatesNothing(self) -> None:
+        """
+        Starting and stopping a runner, with or without hooks, leaves no
+        spool behind until a job is recorded.
+        """
+        for hooks in ((), (FakeHook(),)):
+            runner = self.runner(*hooks)
+            self.successResultOf(runner.start())
+            self.clock.advance(100)
+            self.successResultOf(runner.stop())
+        self.assertFalse(os.path.exists(self.spoolDirectory))
+
     def test_failureLeavesNothing(self) -> None:
         """
         A full disk makes record raise L{StorageError}, leaving no job file

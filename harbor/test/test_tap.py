@@ -107,8 +107,8 @@ class MakeServiceTests(SynchronousTestCase):
         self.assertTrue(IService.providedBy(service))
         service.privilegedStartService()
         self.assertEqual(
-            [(port, interface) for port, _, _, interface in reactor.tcpServers],
-            [(2525, ""), (2526, "127.0.0.1")],
+            [(port, backlog, interface) for port, _, backlog, interface in reactor.tcpServers],
+            [(2525, 1024, ""), (2526, 1024, "127.0.0.1")],
         )
         self.assertFalse(os.path.exists(root))
         service.startService()

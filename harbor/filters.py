@@ -1,0 +1,169 @@
+# -*- test-case-name: harbor.test.test_filters -*-
+"""
+Envelope filters: rules on the client's address, its HELO name, the sender
+and the recipient, each with an action.
+
+Pure values and functions, like L{harbor.policy}.  A filter is evaluated at
+the earliest SMTP stage at which everything it looks at is known (the
+client's address at connection, the HELO name at HELO, the sender at MAIL,
+the recipient at RCPT), so a refusal comes before any message data does.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import ipaddress
+import re
+from collections.abc import Iterable, Mapping, Sequence
+
+from attrs import frozen
+
+from harbor.config import ConfigError
+
+ACTIONS = ("accept", "reject", "tempfail", "discard", "tag")
+STAGES = ("connect", "helo", "mail", "rcpt")
+_FIELDS = {"client": "connect", "helo": "helo", "sender": "mail", "recipient": "rcpt"}
+_KEYS = frozenset(set(_FIELDS) | {"action", "code", "enhanced", "text", "header"})
+_HEADER = re.compile(r"^[!-9;-~]+: [\x20-\x7e]+$")
+_ENHANCED = re.compile(r"^[45]\.\d{1,3}\.\d{1,3}$")
+
+
+@frozen
+class Filter:
+    """
+    One envelope rule.
+
+    @ivar clients: Networks the client's address must be in, or empty.
+    @ivar helo: A glob pattern for the HELO name, or L{None}.
+    @ivar sender: A glob pattern for the sender address, or L{None}.
+    @ivar recipient: A glob pattern for the recipient address, or L{None}.
+    @ivar action: One of L{ACTIONS}.
+    @ivar code: The reply code for reject and tempfail.
+    @ivar enhanced: The enhanced status code for reject and tempfail.
+    @ivar text: The reply text for reject and tempfail.
+    @ivar header: The header line added by tag.
+    """
+
+    clients: tuple[str, ...]
+    helo: str | None
+    sender: str | None
+    recipient: str | None
+    action: str
+    code: int = 0
+    enhanced: str = ""
+    text: str = ""
+    header: str = ""
+
+    @property
+    def stage(self) -> str:
+        """
+        The earliest stage at which all this filter looks at is known.
+        """
+        used = [
+            stage
+            for field, stage in _FIELDS.items()
+            if (self.clients if field == "client" else getattr(self, field))
+        ]
+        return max(used, key=STAGES.index)
+
+    def matches(self, client: str, helo: str | None, sender: str | None, recipient: str | None) -> bool:
+        """
+        Whether every condition holds; patterns ignore case.
+        """
+        if self.clients and not _inNetworks(client, self.clients):
+            return False
+        for pattern, value in ((self.helo, helo), (self.sender, sender), (self.recipient, recipient)):
+            if pattern is not None and (
+                value is None or not fnmatch.fnmatchcase(value.lower(), pattern.lower())
+            ):
+                return False
+        return True
+
+
+def _inNetworks(client: str, networks: Iterable[str]) -> bool:
+    try:
+        address = ipaddress.ip_address(client)
+    except ValueError:
+        return False
+    return any(address in ipaddress.ip_network(n) for n in networks)
+
+
+def firstMatch(
+    filters: Sequence[Filter],
+    stage: str,
+    client: str,
+    helo: str | None = None,
+    sender: str | None = None,
+    recipient: str | None = None,
+) -> Filter | None:
+    """
+    The first filter of C{stage} that matches, if any.
+    """
+    for candidate in filters:
+        if candidate.stage == stage and candidate.matches(client, helo, sender, recipient):
+            return candidate
+    return None
+
+
+def parseFilters(tables: object) -> tuple[Filter, ...]:
+    """
+    Read the C{[[filter]]} tables of the configuration.
+
+    @raise ConfigError: naming the filter and the key at fault.
+    """
+    if not isinstance(tables, list):
+        raise ConfigError("filter", "must be an array of tables ([[filter]])")
+    return tuple(_parse(table, f"filter[{i}]") for i, table in enumerate(tables))
+
+
+def _parse(table: object, setting: str) -> Filter:
+    if not isinstance(table, Mapping):
+        raise ConfigError(setting, "must be a table")
+    unknown = sorted(set(table) - _KEYS)
+    if unknown:
+        raise ConfigError(f"{setting}.{unknown[0]}", "unknown setting")
+    clients: list[str] = []
+    rawClients = table.get("client", [])
+    for network in [rawClients] if isinstance(rawClients, str) else rawClients:
+        try:
+            clients.append(str(ipaddress.ip_network(network, strict=False)))
+        except (TypeError, ValueError):
+            raise ConfigError(f"{setting}.client", f"{network!r} is not an IP address or network") from None
+    patterns = {}
+    for field in ("helo", "sender", "recipient"):
+        value = table.get(field)
+        if value is not None and (not isinstance(value, str) or not value):
+            raise ConfigError(f"{setting}.{field}", "must be a pattern like *@example.com")
+        patterns[field] = value
+    if not clients and not any(patterns.values()):
+        raise ConfigError(setting, "needs at least one of client, helo, sender, recipient")
+    action = table.get("action")
+    if action not in ACTIONS:
+        raise ConfigError(f"{setting}.action", f"must be one of {', '.join(ACTIONS)}")
+    code, enhanced, text, header = 0, "", "", ""
+    if action in ("reject", "tempfail"):
+        first = "5" if action == "reject" else "4"
+        code = table.get("code", 550 if action == "reject" else 450)
+        if not isinstance(code, int) or str(code)[0] != first or not 400 <= code <= 599:
+            raise ConfigError(f"{setting}.code", f"must be a {first}xx reply code for {action}")
+        enhanced = table.get("enhanced", f"{first}.7.1")
+        if not isinstance(enhanced, str) or not _ENHANCED.match(enhanced) or enhanced[0] != first:
+            raise ConfigError(f"{setting}.enhanced", f"must be an enhanced status code like {first}.7.1")
+        text = table.get("text", "Access denied" if action == "reject" else "Try again later")
+        if not isinstance(text, str) or not text.isprintable() or len(text) > 200:
+            raise ConfigError(f"{setting}.text", "must be one line of printable text")
+    if action == "tag":
+        header = table.get("header", "")
+        if not isinstance(header, str) or not _HEADER.match(header):
+            raise ConfigError(f"{setting}.header", 'must be one header line, like "X-Tag: value"')
+    return Filter(
+        tuple(clients),
+        patterns["helo"],
+        patterns["sender"],
+        patterns["recipient"],
+        action,
+        code,
+        enhanced,
+        text,
+        header,
+    )
