@@ -396,10 +396,10 @@ class HarborESMTP(ESMTP):  # type: ignore[misc]
             self._close()
             return True
         elif stage == "connect":
-            # RFC 5321 section 3.1: a 554 greeting, then 503 to everything
-            # but QUIT.
+            # RFC 5321 section 3.1: a 554 greeting (the one refusal code a
+            # greeting may carry), then 503 to everything but QUIT.
             self._refused = True
-            self._send(Reply(matched.code, matched.enhanced, f"{self._hostname} {matched.text}"))
+            self._send(Reply(554, matched.enhanced, f"{self._hostname} {matched.text}"))
             return True
         else:
             self._reply(Reply(matched.code, matched.enhanced, matched.text))
