@@ -183,7 +183,7 @@ class ProtocolFilterTests(SynchronousTestCase):
         self.assertEqual(smtp.banner, b"554 mx.example.com Your network is not welcome\r\n")
         self.assertEqual(
             smtp.replies(b"EHLO c\r\nMAIL FROM:<s@x.org>\r\nQUIT\r\n"),
-            [b"503 5.5.1 Error: no SMTP service here"] * 2 + [b"221 2.0.0 Bye"],
+            [b"503 Error: no SMTP service here"] * 2 + [b"221 Bye"],
         )
 
     def test_connectTempfail(self) -> None:
