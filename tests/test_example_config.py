@@ -26,13 +26,11 @@ class ExampleConfigTests(SynchronousTestCase):
         self.assertEqual(config.ports, ("tcp:25",))
         self.assertEqual(config.maildir, "/var/lib/mailharbor/Maildir")
         self.assertEqual(config.hostname, "mx.example.com")
-        self.assertEqual(
-            config.domains,
-            (
-                DomainConfig("example.com"),
-                DomainConfig("example.org", frozenset({"alice", "bob"})),
-            ),
-        )
+        self.assertEqual(config.domains[:2], (DomainConfig("example.com"), DomainConfig("example.org", frozenset({"alice", "bob"}))))
+        net = config.domains[2]
+        self.assertEqual(net.mailboxPaths(), ["example.net", "example.net/alice", "example.net/bob"])
+        self.assertEqual(len(net.rules), 2)
+        self.assertEqual([f.action for f in config.filters], ["accept", "reject", "reject", "tag"])
 
     def test_everySettingDocumented(self) -> None:
         """
@@ -46,7 +44,12 @@ class ExampleConfigTests(SynchronousTestCase):
         with open(os.path.join(ETC, "mailharbor.toml")) as f:
             text = f.read()
         for key in _TOP_LEVEL_KEYS:
-            pattern = r"^\[domains\." if key == "domains" else rf"^(#\s+)?{key} = "
+            if key == "domains":
+                pattern = r"^\[domains\."
+            elif key in ("filter", "hook"):
+                pattern = rf"^(#\s*)?\[\[{key}\]\]"
+            else:
+                pattern = rf"^(#\s+)?{key} = "
             self.assertRegex(text, re.compile(pattern, re.MULTILINE), key)
 
     def test_systemdUnitRunsThePlugin(self) -> None:
