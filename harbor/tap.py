@@ -293,6 +293,17 @@ class HarborService(MultiService):
         def runInThread(f: Any) -> Deferred[Any]:
             return deferToThreadPool(reactor, reactor.getThreadPool(), f)
 
+        blocklists = None
+        if config.dnsbl:
+            from twisted.names import client
+
+            from harbor.dnsbl import Blocklists
+
+            if config.dnsServers:
+                resolver = client.Resolver(servers=list(config.dnsServers), reactor=reactor)
+            else:
+                resolver = client.Resolver(resolv="/etc/resolv.conf", reactor=reactor)
+            blocklists = Blocklists(config.dnsbl, resolver, reactor, config.limits.dnsblTimeout)
         deliverer = Deliverer(
             RecipientPolicy(config.domains),
             MaildirStore(config.maildir, MaildirNamer(config.hostname, reactor.seconds)),
@@ -300,6 +311,8 @@ class HarborService(MultiService):
             runInThread,
             reactor.seconds,
             config.submissionMailbox,
+            config.filters,
+            blocklists,
         )
         checkers = list(options.get("credCheckers", []))
         if config.usersFile is not None:
