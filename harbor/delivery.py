@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import email.policy
 import email.utils
+import os
 import re
 from email.message import EmailMessage
 from email.parser import BytesHeaderParser
@@ -29,7 +30,7 @@ from twisted.mail.smtp import Address, IMessage, SMTPBadRcpt, SMTPBadSender, Use
 
 from attrs import Factory, define, frozen
 
-from harbor.maildir import MaildirStore, PendingDelivery, StoredMessage
+from harbor.maildir import MaildirStore, PendingDelivery, StorageError, StoredMessage
 from harbor.config import DEFAULT_SUBMISSION_MAILBOX, FolderRule
 from harbor.dnsbl import Blocklists
 from harbor.filters import Filter, firstMatch
@@ -146,6 +147,8 @@ class Deliverer:
         submissionMailbox: str = DEFAULT_SUBMISSION_MAILBOX,
         filters: Sequence[Filter] = (),
         blocklists: Blocklists | None = None,
+        hooks: Any = None,
+        callLater: Callable[..., object] | None = None,
     ) -> None:
         """
         @param runInThread: Runs a blocking function off the reactor thread
@@ -155,6 +158,10 @@ class Deliverer:
             relative to the root, with C{{user}} for the user name.
         @param filters: The envelope filters.
         @param blocklists: The DNS blocklists to check clients against.
+        @param hooks: The L{harbor.hooks.HookRunner} told of each stored
+            copy, or L{None}.
+        @param callLater: Schedules the hooks after the reply (the
+            reactor's C{callLater}).
         """
         self.policy = policy
         self.store = store
@@ -164,6 +171,8 @@ class Deliverer:
         self.submissionMailbox = submissionMailbox
         self.filters = tuple(filters)
         self.blocklists = blocklists
+        self.hooks = hooks
+        self.callLater = callLater
 
     def factoryFor(self, session: Session) -> HarborDeliveryFactory:
         """
@@ -333,8 +342,30 @@ class HarborDelivery:
                 self._deliverer.runInThread,
                 lambda headers: self.folders(rules, headers),
                 wantsHeaders=any(rule.field == "header" for ruleset in rules for rule in ruleset),
+                hooks=self._deliverer.hooks,
+                events=self.events,
+                callLater=self._deliverer.callLater,
             )
         return self._message
+
+    def events(self, stored: Sequence[StoredMessage]) -> list[Any]:
+        """
+        What the hooks are told of each stored copy (in recipient order).
+        """
+        from harbor.hooks import NewMessage
+
+        assert self.sender is not None
+        return [
+            NewMessage(
+                self.sender.mailbox,
+                recipient.accept.address,
+                self._session.user,
+                self._session.clientAddress,
+                copy.path,
+                copy.id,
+            )
+            for recipient, copy in zip(self.recipients, stored)
+        ]
 
     def _rulesFor(self, recipient: Recipient) -> tuple[FolderRule, ...]:
         domain = self._deliverer.policy.domain(recipient.accept.mailbox.split("/")[0])
@@ -413,16 +444,25 @@ class HarborMessage:
         runInThread: RunInThread[Any],
         folders: Callable[[EmailMessage | None], list[str | None]] = lambda headers: [],
         wantsHeaders: bool = False,
+        hooks: Any = None,
+        events: Callable[[Sequence[StoredMessage]], list[Any]] = lambda stored: [],
+        callLater: Callable[..., object] | None = None,
     ) -> None:
         """
         @param folders: Given the message's headers (when C{wantsHeaders}),
             the folder of each copy.
         @param wantsHeaders: Whether to keep the header block as it streams
             by (at most 64 KiB of it), for folder rules on headers.
+        @param hooks: The L{harbor.hooks.HookRunner}, or L{None}.
+        @param events: Describes the stored copies for the hooks.
+        @param callLater: Runs the hooks once the reply is on its way.
         """
         self._pending = pending
         self._runInThread = runInThread
         self._folders = folders
+        self._hooks = hooks
+        self._events = events
+        self._callLater = callLater
         self._headers: bytearray | None = bytearray() if wantsHeaders else None
         self.size = 0
 
@@ -449,7 +489,32 @@ class HarborMessage:
             block = bytes(self._headers).split(b"\n\n", 1)[0] + b"\n\n"
             headers = BytesHeaderParser(policy=email.policy.default).parsebytes(block)
         folders = self._folders(headers) or None
-        return self._runInThread(lambda: self._pending.commit(folders))
+        hooks = self._hooks
+
+        def store() -> tuple[list[StoredMessage], list[Any]]:
+            stored = self._pending.commit(folders)
+            if hooks is None:
+                return stored, []
+            try:
+                # The hooks' jobs are on disk before the 250, so none is
+                # lost if the server dies right after it.
+                return stored, hooks.record(self._events(stored))
+            except Exception as e:
+                for copy in stored:
+                    try:
+                        os.unlink(copy.path)
+                    except OSError:
+                        pass
+                raise StorageError(f"recording the message for its hooks: {e}") from e
+
+        def stored(result: tuple[list[StoredMessage], list[Any]]) -> list[StoredMessage]:
+            copies, jobs = result
+            if jobs and self._callLater is not None:
+                # After the reply to the client, which the caller sends.
+                self._callLater(0, hooks.dispatch, jobs)
+            return copies
+
+        return self._runInThread(store).addCallback(stored)
 
     def connectionLost(self) -> None:
         """

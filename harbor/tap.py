@@ -239,7 +239,7 @@ class HarborService(MultiService):
 
     _log = Logger()
 
-    def __init__(self, options: Options, reactor: Any) -> None:
+    def __init__(self, options: Options, reactor: Any, extraHooks: Any = ()) -> None:
         # Imported here, not at the top: twisted.mail.smtp imports the global
         # reactor, and twistd imports this module before it has started one.
         from twisted.protocols.tls import TLSMemoryBIOFactory
@@ -263,6 +263,7 @@ class HarborService(MultiService):
         self._failures = FailureTracker(self._throttle, reactor.seconds)
         self._registry = SessionRegistry()
         self._previousHandler: Any = None
+        self.hooks = self._hookRunner(config, extraHooks)
         deliverer, settings = self._build(config, options)
         self._store = deliverer.store
         self._factories: list[HarborSMTPFactory] = []
@@ -276,6 +277,25 @@ class HarborService(MultiService):
                 wrapped = TLSMemoryBIOFactory(self._tls, False, factory)
             endpoint = serverFromString(reactor, withBacklog(listener.port, limits.listenBacklog))
             ListeningService(listener.port, endpoint, wrapped).setServiceParent(self)
+
+    def _hookRunner(self, config: Config, extraHooks: Any) -> Any:
+        """
+        The new-message hooks of the configuration and those given in code,
+        as a child service, or L{None} if there are none.
+        """
+        from harbor.hooks import HookRunner, loadHooks, spoolFor
+
+        reactor = self._reactor
+
+        def runInThread(f: Any) -> Deferred[Any]:
+            return deferToThreadPool(reactor, reactor.getThreadPool(), f)
+
+        hooks = loadHooks(config.hooks, reactor, runInThread) + list(extraHooks)
+        if not hooks:
+            return None
+        runner = HookRunner(spoolFor(config.maildir), hooks, reactor, runInThread)
+        runner.setServiceParent(self)
+        return runner
 
     def _build(self, config: Config, options: Options) -> tuple[Any, list[Any]]:
         """
@@ -313,6 +333,8 @@ class HarborService(MultiService):
             config.submissionMailbox,
             config.filters,
             blocklists,
+            self.hooks,
+            reactor.callLater,
         )
         checkers = list(options.get("credCheckers", []))
         if config.usersFile is not None:
