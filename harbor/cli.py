@@ -305,6 +305,10 @@ def buildParser() -> argparse.ArgumentParser:
     password.add_argument("file", metavar="FILE", help="the users file (users_file in the configuration)")
     password.add_argument("user", metavar="USER", help="the user name")
     password.set_defaults(command=_passwdCommand)
+
+    from harbor.hooks import addHooksParser
+
+    addHooksParser(commands)
     return parser
 
 

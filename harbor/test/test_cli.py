@@ -1529,3 +1529,18 @@ class PasswdTests(SynchronousTestCase):
         status, _, err = self.passwd("passwd", path, "../evil")
         self.assertEqual(status, 2)
         self.assertTrue(err.startswith("mailharbor: '../evil' is not a valid user name"), err)
+
+
+class HooksCommandTests(SynchronousTestCase):
+    """
+    C{mailharbor hooks} is part of the command.
+    """
+
+    def test_listsEmptySpool(self) -> None:
+        """
+        mailharbor hooks list reads the spool next to the Maildir.
+        """
+        out, err = io.StringIO(), io.StringIO()
+        root = os.path.abspath(self.mktemp())
+        self.assertEqual(cli.main(["hooks", "list", "--maildir", root], out, err), 0)
+        self.assertEqual(out.getvalue(), f"No pending hook jobs in {root}/.hooks.\n")
