@@ -66,6 +66,8 @@ class Limits:
     @ivar listenBacklog: The listen queue of TCP listeners that do not set
         C{backlog=} themselves; Twisted's default of 50 drops connections
         when many clients arrive at once.
+    @ivar policyHookTimeout: Seconds a policy hook may take before its
+        default applies.
     """
 
     maxMessageSize: int = 25 * 1024 * 1024
@@ -81,6 +83,7 @@ class Limits:
     dnsblTimeout: float = 5
     pregreetWait: float = 0
     listenBacklog: int = 1024
+    policyHookTimeout: float = 10
 
 
 # TOML key -> (Limits field, smallest allowed value, kind)
@@ -96,6 +99,7 @@ _LIMIT_KEYS: dict[str, tuple[str, float, type]] = {
     "dnsbl_timeout": ("dnsblTimeout", 0.1, float),
     "pregreet_wait": ("pregreetWait", 0, float),
     "listen_backlog": ("listenBacklog", 1, int),
+    "policy_hook_timeout": ("policyHookTimeout", 0.1, float),
 }
 
 _TOP_LEVEL_KEYS = frozenset(
@@ -119,6 +123,8 @@ _TOP_LEVEL_KEYS = frozenset(
         "dnsbl",
         "dns_servers",
         "hook",
+        "policy_hook",
+        "policy_hook_default",
     }
     | set(_LIMIT_KEYS)
 )
@@ -268,6 +274,9 @@ class Config:
     @ivar dnsServers: DNS servers for those lookups, or none for the
         system's.
     @ivar hooks: The new-message hooks (L{harbor.hooks.HookConfig}).
+    @ivar policyHook: The policy hook, C{package.module:function}, if any.
+    @ivar policyHookDefault: What a failing or slow policy hook means:
+        C{"accept"} or C{"tempfail"}.
     """
 
     listeners: tuple[Listener, ...]
@@ -283,6 +292,8 @@ class Config:
     dnsbl: tuple[str, ...] = ()
     dnsServers: tuple[tuple[str, int], ...] = ()
     hooks: tuple[Any, ...] = ()
+    policyHook: str | None = None
+    policyHookDefault: str = "accept"
 
     @property
     def ports(self) -> tuple[str, ...]:
@@ -397,7 +408,25 @@ class Config:
             dnsbl=tuple(normaliseDomain(zone, "dnsbl") for zone in _stringList(mapping.get("dnsbl", []), "dnsbl")),
             dnsServers=tuple(_dnsServer(s) for s in _stringList(mapping.get("dns_servers", []), "dns_servers")),
             hooks=_hooks(mapping),
+            policyHook=_policyHook(mapping),
+            policyHookDefault=_choice(mapping, "policy_hook_default", ("accept", "tempfail")),
         )
+
+
+def _policyHook(mapping: Mapping[str, Any]) -> str | None:
+    target = mapping.get("policy_hook")
+    if target is None:
+        return None
+    if not isinstance(target, str) or not re.match(r"^[\w.]+:[\w.]+$", target):
+        raise ConfigError("policy_hook", "must name a function as package.module:function")
+    return target
+
+
+def _choice(mapping: Mapping[str, Any], key: str, choices: tuple[str, ...]) -> str:
+    value = mapping.get(key, choices[0])
+    if value not in choices:
+        raise ConfigError(key, f"must be one of {', '.join(choices)}")
+    return value  # type: ignore[no-any-return]
 
 
 def _filters(mapping: Mapping[str, Any]) -> tuple[Any, ...]:

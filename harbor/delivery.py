@@ -26,7 +26,7 @@ from zope.interface import Interface, implementer
 from twisted.internet.defer import Deferred
 from twisted.mail.interfaces import IMessageDelivery, IMessageDeliveryFactory
 from twisted.logger import Logger
-from twisted.mail.smtp import Address, IMessage, SMTPBadRcpt, SMTPBadSender, User
+from twisted.mail.smtp import Address, IMessage, SMTPBadRcpt, SMTPBadSender, SMTPServerError, User
 
 from attrs import Factory, define, frozen
 
@@ -34,6 +34,7 @@ from harbor.maildir import MaildirStore, PendingDelivery, StorageError, StoredMe
 from harbor.config import DEFAULT_SUBMISSION_MAILBOX, FolderRule
 from harbor.dnsbl import Blocklists
 from harbor.filters import Filter, firstMatch
+from harbor.policyhook import PolicyHook, PolicyRequest, Refuse, recipientsOf
 from harbor.policy import (
     Accept,
     AddressSyntaxError,
@@ -149,6 +150,7 @@ class Deliverer:
         blocklists: Blocklists | None = None,
         hooks: Any = None,
         callLater: Callable[..., object] | None = None,
+        policyHook: PolicyHook | None = None,
     ) -> None:
         """
         @param runInThread: Runs a blocking function off the reactor thread
@@ -162,6 +164,8 @@ class Deliverer:
             copy, or L{None}.
         @param callLater: Schedules the hooks after the reply (the
             reactor's C{callLater}).
+        @param policyHook: The user's policy hook, asked at RCPT and before
+            the 250, or L{None}.
         """
         self.policy = policy
         self.store = store
@@ -173,6 +177,7 @@ class Deliverer:
         self.blocklists = blocklists
         self.hooks = hooks
         self.callLater = callLater
+        self.policyHook = policyHook
 
     def factoryFor(self, session: Session) -> HarborDeliveryFactory:
         """
@@ -304,11 +309,42 @@ class HarborDelivery:
             decision = self._deliverer.policy.decide(path)
         if isinstance(decision, Reject):
             raise SMTPBadRcpt(user, decision.code, f"{decision.enhanced} {decision.text}")
-        for accept in decision:
+        accepts = decision
+        policy = self._deliverer.policyHook
+        if policy is None:
+            return self._add(path, accepts)
+
+        def decided(refuse: Refuse | None) -> Callable[[], HarborMessage]:
+            if refuse is not None:
+                raise SMTPBadRcpt(user, refuse.code, f"{refuse.enhanced} {refuse.text}")
+            return self._add(path, accepts)
+
+        return policy.check(self.request("rcpt", (path.mailbox,))).addCallback(decided)
+
+    def _add(self, path: Path, accepts: tuple[Accept, ...]) -> Callable[[], HarborMessage]:
+        for accept in accepts:
             # The same mailbox named twice gets one copy, as with Postfix.
             if all(r.accept.key != accept.key for r in self.recipients):
                 self.recipients.append(Recipient(path, accept))
         return self.message
+
+    def request(
+        self, stage: str, recipients: tuple[str, ...], headers: EmailMessage | None = None, size: int = 0
+    ) -> PolicyRequest:
+        """
+        What the policy hook is asked at C{stage}.
+        """
+        assert self.sender is not None
+        return PolicyRequest(
+            stage,
+            self._session.clientAddress,
+            self._session.helo,
+            self._session.user,
+            self.sender.mailbox,
+            recipients,
+            headers,
+            size,
+        )
 
     def message(self) -> HarborMessage:
         """
@@ -337,11 +373,21 @@ class HarborDelivery:
                 ]
             )
             rules = [self._rulesFor(r) for r in self.recipients]
+            policy = self._deliverer.policyHook
+            check = None
+            if policy is not None and self.recipients:
+                recipients = recipientsOf([r.accept.address for r in self.recipients])
+
+                def check(headers: EmailMessage | None, size: int) -> Deferred[Refuse | None]:
+                    return policy.check(self.request("data", recipients, headers, size))
+
             self._message = HarborMessage(
                 pending,
                 self._deliverer.runInThread,
                 lambda headers: self.folders(rules, headers),
-                wantsHeaders=any(rule.field == "header" for ruleset in rules for rule in ruleset),
+                wantsHeaders=check is not None
+                or any(rule.field == "header" for ruleset in rules for rule in ruleset),
+                policy=check,
                 hooks=self._deliverer.hooks,
                 events=self.events,
                 callLater=self._deliverer.callLater,
@@ -447,6 +493,7 @@ class HarborMessage:
         hooks: Any = None,
         events: Callable[[Sequence[StoredMessage]], list[Any]] = lambda stored: [],
         callLater: Callable[..., object] | None = None,
+        policy: Callable[[EmailMessage | None, int], Deferred[Refuse | None]] | None = None,
     ) -> None:
         """
         @param folders: Given the message's headers (when C{wantsHeaders}),
@@ -456,6 +503,8 @@ class HarborMessage:
         @param hooks: The L{harbor.hooks.HookRunner}, or L{None}.
         @param events: Describes the stored copies for the hooks.
         @param callLater: Runs the hooks once the reply is on its way.
+        @param policy: Asks the policy hook about the whole message before
+            it is made durable, or L{None}.
         """
         self._pending = pending
         self._runInThread = runInThread
@@ -463,6 +512,7 @@ class HarborMessage:
         self._hooks = hooks
         self._events = events
         self._callLater = callLater
+        self._policy = policy
         self._headers: bytearray | None = bytearray() if wantsHeaders else None
         self.size = 0
 
@@ -489,6 +539,17 @@ class HarborMessage:
             block = bytes(self._headers).split(b"\n\n", 1)[0] + b"\n\n"
             headers = BytesHeaderParser(policy=email.policy.default).parsebytes(block)
         folders = self._folders(headers) or None
+        if self._policy is not None:
+            return self._policy(headers, self.size).addCallback(self._afterPolicy, folders)
+        return self._store(folders)
+
+    def _afterPolicy(self, refuse: Refuse | None, folders: list[str | None] | None) -> Deferred[list[StoredMessage]]:
+        if refuse is not None:
+            self._pending.abort()
+            raise SMTPServerError(refuse.code, f"{refuse.enhanced} {refuse.text}")
+        return self._store(folders)
+
+    def _store(self, folders: list[str | None] | None) -> Deferred[list[StoredMessage]]:
         hooks = self._hooks
 
         def store() -> tuple[list[StoredMessage], list[Any]]:

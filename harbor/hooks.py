@@ -1257,7 +1257,9 @@ class HookRunner(Service):
                 )
 
         def failed(failure: Failure) -> None:
-            self._log.failure("Cannot read the hook spool {directory}", failure, directory=self.spool.directory)
+            self._log.failure(
+                "Cannot read the hook spool {directory}", failure, directory=self.spool.directory
+            )
 
         def done(ignored: object) -> None:
             self._scanning = False

@@ -96,6 +96,8 @@ class Options(usage.Options, strcred.AuthOptionMixin):
         self["submission_port"] = []
         self["domain"] = []
 
+    arguments: list[str] | None = None
+
     def parseOptions(self, options: Any = None) -> None:
         """
         Parse, remembering the arguments so that SIGHUP can parse them again
@@ -162,6 +164,15 @@ class Options(usage.Options, strcred.AuthOptionMixin):
             if e.setting in fromCommandLine or path is None:
                 raise usage.UsageError(f"{optionName(e.setting)}: {e.problem}") from None
             raise usage.UsageError(f"{path}: {e.setting}: {e.problem}") from None
+        from harbor.hooks import checkHooks
+        from harbor.policyhook import loadPolicyHook
+
+        try:
+            checkHooks(self.config.hooks)
+            if self.config.policyHook is not None:
+                loadPolicyHook(self.config.policyHook, "policy_hook")
+        except ConfigError as e:
+            raise usage.UsageError(f"{path or 'configuration'}: {e.setting}: {e.problem}") from None
         if (
             any(listener.submission for listener in self.config.listeners)
             and self.config.usersFile is None
@@ -239,7 +250,9 @@ class HarborService(MultiService):
 
     _log = Logger()
 
-    def __init__(self, options: Options, reactor: Any, extraHooks: Any = ()) -> None:
+    def __init__(
+        self, options: Options, reactor: Any, extraHooks: Any = (), policy: Any = None
+    ) -> None:
         # Imported here, not at the top: twisted.mail.smtp imports the global
         # reactor, and twistd imports this module before it has started one.
         from twisted.protocols.tls import TLSMemoryBIOFactory
@@ -264,6 +277,7 @@ class HarborService(MultiService):
         self._registry = SessionRegistry()
         self._previousHandler: Any = None
         self.hooks = self._hookRunner(config, extraHooks)
+        self._policy = policy
         deliverer, settings = self._build(config, options)
         self._store = deliverer.store
         self._factories: list[HarborSMTPFactory] = []
@@ -296,6 +310,22 @@ class HarborService(MultiService):
         runner = HookRunner(spoolFor(config.maildir), hooks, reactor, runInThread)
         runner.setServiceParent(self)
         return runner
+
+    def _policyHook(self, config: Config) -> Any:
+        """
+        The policy hook given in code, or else the configuration's, with
+        its time limit and default.
+        """
+        from harbor.policyhook import PolicyHook, loadPolicyHook
+
+        function = self._policy
+        if function is None and config.policyHook is not None:
+            function = loadPolicyHook(config.policyHook, "policy_hook")
+        if function is None:
+            return None
+        return PolicyHook(
+            function, self._reactor, config.limits.policyHookTimeout, config.policyHookDefault
+        )
 
     def _build(self, config: Config, options: Options) -> tuple[Any, list[Any]]:
         """
@@ -335,6 +365,7 @@ class HarborService(MultiService):
             blocklists,
             self.hooks,
             reactor.callLater,
+            self._policyHook(config),
         )
         checkers = list(options.get("credCheckers", []))
         if config.usersFile is not None:
@@ -374,6 +405,9 @@ class HarborService(MultiService):
         """
         from harbor.tls import TLSConfigurationError
 
+        if self.options.arguments is None:
+            self._log.warn("No configuration file to reload: MailHarbor was built from a Config in code")
+            return
         fresh = Options()
         try:
             fresh.parseOptions(self.options.arguments)

@@ -1,0 +1,76 @@
+# -*- test-case-name: harbor.test.test_api -*-
+"""
+MailHarbor as a library: build the whole server from a L{Config} inside
+another Twisted program, with new-message hooks and a policy hook given as
+plain functions.
+
+    from harbor.api import Config, NewMessage, buildService
+
+    def stored(message: NewMessage) -> None:
+        print(message.recipient, message.message["Subject"])
+
+    config = Config.fromMapping({"port": ["tcp:2525"], "domain": ["example.com"]})
+    service = buildService(config, hooks=[stored])
+    service.startService()   # or service.setServiceParent(application)
+
+Everything twistd's C{mailharbor} does is there: the listeners, durable
+Maildir delivery, TLS and AUTH if configured, limits, filters, and the hooks'
+at-least-once delivery with their spool next to the Maildirs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from harbor.config import Config, ConfigError
+from harbor.hooks import IHook, NewMessage, PythonHook
+from harbor.policyhook import PolicyRequest, Refuse
+from harbor.tap import HarborService, Options
+
+__all__ = [
+    "Config",
+    "ConfigError",
+    "NewMessage",
+    "PolicyRequest",
+    "Refuse",
+    "PythonHook",
+    "buildService",
+]
+
+
+def buildService(
+    config: Config,
+    reactor: Any = None,
+    hooks: Sequence[IHook | Callable[[NewMessage], object]] = (),
+    policy: Callable[[PolicyRequest], Any] | None = None,
+) -> HarborService:
+    """
+    Build MailHarbor's service from a configuration made in code.
+
+    @param config: The configuration, from L{Config.fromMapping}.
+    @param reactor: The reactor to use; the global one by default.
+    @param hooks: Called with a L{NewMessage} for each stored copy, after
+        its 250: plain functions (which may return a L{Deferred} or be
+        coroutines) or L{IHook} providers such as L{PythonHook}.  Delivery
+        to them is at least once and survives restarts.
+    @param policy: Called with a L{PolicyRequest} at RCPT and before the
+        250; returns L{None} to take the mail or a L{Refuse}.
+    @return: The service; start it, or give it a parent.
+    """
+    if reactor is None:
+        from twisted.internet import reactor as _reactor
+
+        reactor = _reactor
+    options = Options()
+    options.config = config
+    built = [
+        hook if IHook.providedBy(hook) else PythonHook(hook, _name(hook, i))  # type: ignore[arg-type]
+        for i, hook in enumerate(hooks)
+    ]
+    return HarborService(options, reactor, built, policy)
+
+
+def _name(function: Callable[..., object], index: int) -> str:
+    name = getattr(function, "__name__", "") or f"hook{index}"
+    return "".join(c if c.isalnum() or c in "-_" else "-" for c in name)[:64] or f"hook{index}"

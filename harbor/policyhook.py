@@ -1,0 +1,152 @@
+# -*- test-case-name: harbor.test.test_policyhook -*-
+"""
+Policy hooks: the user's code deciding, before the reply, whether a
+recipient (at RCPT) or a message (after its data, before the 250) is taken.
+
+A policy hook is a callable given a L{PolicyRequest}; it returns L{None}
+(take it) or a L{Refuse}, directly, as a L{Deferred} or from a coroutine.  It
+has a time limit: past it, or if the hook fails, the configured default
+applies (take the mail, or answer 451 so the sender retries), so a slow or
+broken hook can neither hang a session nor lose mail.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Sequence
+from email.message import EmailMessage
+from typing import Any
+
+from twisted.internet.defer import Deferred, TimeoutError, maybeDeferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from attrs import frozen
+
+DEFAULTS = ("accept", "tempfail")
+
+
+@frozen
+class PolicyRequest:
+    """
+    What a policy hook is asked about.
+
+    @ivar stage: C{"rcpt"} for one recipient, C{"data"} for the whole
+        message once its data is in.
+    @ivar client: The client's IP address.
+    @ivar helo: Its HELO name, if given.
+    @ivar user: The authenticated user, if any.
+    @ivar sender: The envelope sender (C{""} for bounces).
+    @ivar recipients: The recipients (at RCPT, the one asked about).
+    @ivar headers: The message's headers, at C{"data"}.
+    @ivar size: The message's size in octets, at C{"data"}.
+    """
+
+    stage: str
+    client: str
+    helo: str | None
+    user: str | None
+    sender: str
+    recipients: tuple[str, ...]
+    headers: EmailMessage | None = None
+    size: int = 0
+
+
+@frozen
+class Refuse:
+    """
+    A policy hook's refusal.
+
+    @ivar code: A 4xx (try again later) or 5xx (permanent) reply code.
+    @ivar enhanced: The RFC 3463 code, of the same class.
+    @ivar text: One line of text for the client.
+    """
+
+    code: int
+    enhanced: str
+    text: str
+
+    def __attrs_post_init__(self) -> None:
+        if not (400 <= self.code <= 599) or self.enhanced[:1] != str(self.code)[0]:
+            raise ValueError(f"not a refusal: {self.code} {self.enhanced}")
+
+
+TEMPORARY = Refuse(451, "4.7.1", "Error: policy check unavailable, try again later")
+
+
+class PolicyHook:
+    """
+    Calls a policy function with a time limit and a default.
+    """
+
+    _log = Logger()
+
+    def __init__(
+        self,
+        function: Callable[[PolicyRequest], Any],
+        clock: IReactorTime,
+        timeout: float = 10,
+        default: str = "accept",
+    ) -> None:
+        """
+        @param default: C{"accept"} or C{"tempfail"}: what happens when the
+            function fails or runs out of time.
+        """
+        if default not in DEFAULTS:
+            raise ValueError(f"default must be one of {DEFAULTS}")
+        self._function = function
+        self._clock = clock
+        self._timeout = timeout
+        self._default = None if default == "accept" else TEMPORARY
+
+    def check(self, request: PolicyRequest) -> Deferred[Refuse | None]:
+        """
+        Ask the function.
+
+        @return: a L{Deferred} firing with its L{Refuse} or L{None}; it never
+            fails.
+        """
+
+        def call() -> Any:
+            result = self._function(request)
+            if inspect.iscoroutine(result):
+                return Deferred.fromCoroutine(result)
+            return result
+
+        d = maybeDeferred(call)
+        d.addTimeout(self._timeout, self._clock)
+
+        def decided(result: object) -> Refuse | None:
+            if result is None or isinstance(result, Refuse):
+                return result
+            raise TypeError(f"a policy hook returned {result!r}, not None or a Refuse")
+
+        def failed(failure: Failure) -> Refuse | None:
+            if failure.check(TimeoutError):
+                self._log.warn(
+                    "Policy hook timed out at {stage}; applying the default", stage=request.stage
+                )
+            else:
+                self._log.failure("Policy hook failed at {stage}; applying the default", failure, stage=request.stage)
+            return self._default
+
+        return d.addCallback(decided).addErrback(failed)
+
+
+def loadPolicyHook(target: str, setting: str) -> Callable[[PolicyRequest], Any]:
+    """
+    Import C{package.module:function}.
+
+    @raise harbor.config.ConfigError: naming C{setting} if it cannot be.
+    """
+    from harbor.hooks import importTarget
+
+    return importTarget(target, setting)  # type: ignore[return-value]
+
+
+def recipientsOf(addresses: Sequence[str]) -> tuple[str, ...]:
+    """
+    The recipients of a request, without duplicates, in order.
+    """
+    return tuple(dict.fromkeys(addresses))
