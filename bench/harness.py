@@ -1,0 +1,827 @@
+"""
+MailHarbor's benchmark: MailHarbor, aiosmtpd, Postfix and smtp-sink side by
+side on loopback, interleaved, several runs; prints the medians and
+MailHarbor's ratio to each peer.
+
+Run it through bench/run, which installs what it needs first.  Each
+measurement starts a fresh server with an empty Maildir on its own port and
+stops it afterwards; within a run the servers take turns on each workload,
+in an order rotated from run to run, so drift and noise hit all alike.
+
+  W1  1 KiB messages, 20 concurrent sessions of 10 messages, 5,000 in all:
+      messages/s from first connect to last file stored; server CPU/message
+  W2  the same, one message per connection (driven by smtp-source)
+  W3  one client, one message at a time: latency until stored, p50 and p99
+  W4  one 100 MiB message: seconds until stored; server memory growth
+  W5  1,000 then 10,000 idle connections after EHLO: all served (banner,
+      EHLO reply and a final NOOP answered); server memory while held
+
+A message lost (a stored count other than the messages acknowledged) or a
+connection not served fails the run (exit status 1).
+
+Storage is, by default, a fresh journaled ext4 loop-mounted from a sparse
+image for the benchmark's duration (--fs loop; see LoopFilesystem for why),
+or the host's file system (--fs host).  The CPU that other processes use
+meanwhile is recorded, since a shared machine's noise shows there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import resource
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import procstat  # noqa: E402
+from servers import SERVERS, Server, ServerError, find_postfix_tool, free_port  # noqa: E402
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+WORKLOADS = ("W1", "W2", "W3", "W4", "W5")
+MiB = 1024 * 1024
+
+# (key, label, better, format); "better" is None for rows without a ratio.
+METRICS = [
+    ("idle_rss_mib", "idle server RSS, MiB", "lower", "{:.1f}"),
+    ("w1_rate", "W1 msgs/s (20 sessions x 10 msgs)", "higher", "{:.0f}"),
+    ("w1_cpu_us", "W1 server CPU per msg, us", "lower", "{:.0f}"),
+    ("w2_rate", "W2 msgs/s (1 msg/connection, smtp-source)", "higher", "{:.0f}"),
+    ("w3_p50_ms", "W3 latency p50, ms", "lower", "{:.2f}"),
+    ("w3_p99_ms", "W3 latency p99, ms", "lower", "{:.2f}"),
+    ("w4_seconds", "W4 100 MiB message, s", "lower", "{:.2f}"),
+    ("w4_mem_mib", "W4 peak RSS - idle RSS, MiB", "lower", "{:.1f}"),
+]
+
+
+def w5_metrics(n: int) -> list[tuple[str, str, str | None, str]]:
+    k = f"{n // 1000}k" if n % 1000 == 0 else str(n)
+    return [
+        (f"w5_{n}_served", f"W5 {k} idle conns: served", None, "{:.0f}"),
+        (f"w5_{n}_greet_s", f"W5 {k}: seconds to greet all", "lower", "{:.2f}"),
+        (f"w5_{n}_rss_mib", f"W5 {k}: server RSS while held, MiB", "lower", "{:.1f}"),
+        (f"w5_{n}_pss_growth_mib", f"W5 {k}: PSS growth over idle, MiB", "lower", "{:.1f}"),
+    ]
+
+
+class Bench:
+    def __init__(self, options: argparse.Namespace) -> None:
+        self.options = options
+        self.venv = options.venv
+        self.python = os.path.join(self.venv, "bin", "python")
+        self.values: dict[str, dict[str, list[float]]] = {s: {} for s in options.servers}
+        self.raw: list[dict] = []
+        self.failures: list[str] = []
+        self.notes: list[str] = []
+        self.background: list[tuple[float, str]] = []
+        self.live: list[Server] = []
+        self.server_options = {
+            "postfix_main_extra": "\n".join(options.postfix_main),
+            "mailharbor_endpoint_extra": options.mailharbor_endpoint,
+            "mailharbor_limit_keys": self._mailharbor_limit_keys(),
+            "max_connections": max(options.w5) + 10000 if options.w5 else 20000,
+        }
+
+    # Utilities
+
+    def log(self, message: str) -> None:
+        stamp = datetime.datetime.now().strftime("%H:%M:%S")
+        print(f"[{stamp}] {message}", file=sys.stderr, flush=True)
+
+    def _mailharbor_limit_keys(self) -> list[str]:
+        if "mailharbor" not in self.options.servers:
+            return []
+        out = subprocess.run(
+            [self.python, "-c", "import harbor.config as c; print(' '.join(getattr(c, '_LIMIT_KEYS', {})))"],
+            capture_output=True, text=True, timeout=60,
+        )
+        return out.stdout.split()
+
+    def record(self, server: str, key: str, value: float) -> None:
+        self.values[server].setdefault(key, []).append(value)
+
+    def fail(self, what: str) -> None:
+        self.failures.append(what)
+        self.log(f"FAILED: {what}")
+
+    def loadgen(self, args: list[str], timeout: float) -> dict:
+        cmd = [self.python, os.path.join(HERE, "loadgen.py")] + args
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        if out.returncode != 0:
+            raise RuntimeError(f"loadgen {args[0]} exited {out.returncode}: {out.stderr[-2000:]}")
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
+    def wait_stored(self, server: Server, expected: int, timeout: float) -> tuple[int, float]:
+        """
+        Wait until C{expected} files are in new/ (at once for a server that
+        stores before replying; a queueing one is polled).
+
+        @return: the count and the monotonic time it was reached.
+        """
+        deadline = time.monotonic() + timeout
+        count = server.count()
+        while count < expected and server.queues and time.monotonic() < deadline:
+            time.sleep(0.005)
+            count = server.count()
+        return count, time.monotonic()
+
+    def start(self, name: str, label: str, extra: dict | None = None) -> Server:
+        workdir = tempfile.mkdtemp(prefix=f"{name}-{label}-", dir=self.options.workdir)
+        os.chmod(workdir, 0o755)
+        options = dict(self.server_options, **(extra or {}))
+        server = SERVERS[name](workdir, free_port(), self.venv, options)
+        self.live.append(server)
+        server.start()
+        time.sleep(self.options.settle)
+        return server
+
+    def finish(self, server: Server) -> None:
+        try:
+            server.stop()
+        finally:
+            if server in self.live:
+                self.live.remove(server)
+            if not self.options.keep:
+                shutil.rmtree(server.workdir, ignore_errors=True)
+            os.sync()
+
+    def stop_all(self) -> None:
+        for server in list(self.live):
+            try:
+                self.finish(server)
+            except Exception:
+                traceback.print_exc()
+
+    # The workloads: each measures one server once.
+
+    def w1(self, server: Server, run: int) -> None:
+        o = self.options
+        root = server.root_pid()
+        idle = procstat.memory(server.pids())
+        self.record(server.name, "idle_rss_mib", idle["rss_kib"] / 1024)
+        cpu0 = procstat.tree_cpu(root)
+        res = self.loadgen(
+            ["burst", "--port", str(server.port), "--sessions", str(o.w1_sessions),
+             "--per-session", str(o.w1_per_session), "--total", str(o.messages),
+             "--size", "1024", "--timeout", str(o.timeout)],
+            o.timeout + 30,
+        )
+        end = res["end"]
+        if server.stores:
+            stored, end = self.wait_stored(server, res["sent"], o.timeout)
+            self.check_count(server, "W1", run, res["sent"], stored, o.messages)
+        elif res["sent"] != o.messages:
+            self.fail(f"run {run + 1} W1 {server.name}: {res['sent']}/{o.messages} acknowledged")
+        cpu = procstat.tree_cpu(root) - cpu0
+        if res["error_count"]:
+            self.fail(f"run {run + 1} W1 {server.name}: client errors {res['errors'][:3]}")
+        rate = res["sent"] / (end - res["start"])
+        self.record(server.name, "w1_rate", rate)
+        self.record(server.name, "w1_cpu_us", cpu / max(res["sent"], 1) * 1e6)
+        self.raw.append({"run": run, "workload": "W1", "server": server.name, "rate": rate,
+                         "server_cpu_s": cpu, "client_cpu_s": res["client_cpu"],
+                         "seconds": end - res["start"], "sent": res["sent"], "idle": idle})
+        self.log(f"  W1 {server.name}: {rate:.0f} msgs/s, server CPU {cpu:.2f}s, client CPU {res['client_cpu']:.2f}s")
+
+    def w2(self, server: Server, run: int) -> None:
+        o = self.options
+        root = server.root_pid()
+        cpu0 = procstat.tree_cpu(root)
+        cmd = [find_postfix_tool("smtp-source"), "-s", str(o.w1_sessions), "-m", str(o.messages),
+               "-l", str(o.w2_payload), "-f", "sender@example.net", "-t", "rcpt@example.com",
+               "-M", "loadgen.example.net", f"127.0.0.1:{server.port}"]
+        start = time.monotonic()
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=o.timeout)
+        end = time.monotonic()
+        if out.returncode != 0:
+            self.fail(f"run {run + 1} W2 {server.name}: smtp-source exited {out.returncode}: {out.stderr.strip()[-300:]}")
+        if server.stores:
+            stored, end = self.wait_stored(server, o.messages, o.timeout)
+            self.check_count(server, "W2", run, o.messages, stored, o.messages)
+        cpu = procstat.tree_cpu(root) - cpu0
+        rate = o.messages / (end - start)
+        self.record(server.name, "w2_rate", rate)
+        self.raw.append({"run": run, "workload": "W2", "server": server.name, "rate": rate,
+                         "server_cpu_s": cpu, "seconds": end - start})
+        self.log(f"  W2 {server.name}: {rate:.0f} msgs/s, server CPU {cpu:.2f}s")
+
+    def w3(self, server: Server, run: int) -> None:
+        o = self.options
+        args = ["latency", "--port", str(server.port), "--total", str(o.w3_messages),
+                "--size", "1024", "--timeout", str(o.timeout)]
+        if server.queues:
+            args += ["--count-dir", server.new_dir]
+        res = self.loadgen(args, o.timeout + 30)
+        if res["error_count"]:
+            self.fail(f"run {run + 1} W3 {server.name}: {res['errors'][:3]}")
+        if server.stores:
+            stored, _ = self.wait_stored(server, res["sent"], o.timeout)
+            self.check_count(server, "W3", run, res["sent"], stored, o.w3_messages)
+        lat = sorted(res["stored_latencies"])
+        if not lat:
+            return
+        p50 = percentile(lat, 50) * 1000
+        p99 = percentile(lat, 99) * 1000
+        self.record(server.name, "w3_p50_ms", p50)
+        self.record(server.name, "w3_p99_ms", p99)
+        acks = sorted(res["ack_latencies"])
+        self.raw.append({"run": run, "workload": "W3", "server": server.name, "p50_ms": p50, "p99_ms": p99,
+                         "ack_p50_ms": percentile(acks, 50) * 1000, "ack_p99_ms": percentile(acks, 99) * 1000,
+                         "max_ms": lat[-1] * 1000})
+        self.log(f"  W3 {server.name}: p50 {p50:.2f} ms, p99 {p99:.2f} ms")
+
+    def w4(self, server: Server, run: int) -> None:
+        o = self.options
+        size = o.w4_mib * MiB
+        pids = server.pids()
+        idle = procstat.memory(pids)
+        with procstat.RssSampler(server.root_pid()) as sampler:
+            res = self.loadgen(["big", "--port", str(server.port), "--size", str(size),
+                                "--timeout", str(o.timeout)], o.timeout + 60)
+            end = res["end"] if res["ack"] is None else res["ack"]
+            if server.stores and res["sent"]:
+                stored, end = self.wait_stored(server, 1, o.timeout)
+                self.check_count(server, "W4", run, 1, stored, 1)
+        after = procstat.memory(server.pids())
+        if res["error_count"]:
+            self.fail(f"run {run + 1} W4 {server.name}: {res['errors'][:3]}")
+            return
+        if server.stores:
+            sizes = [e.stat().st_size for e in os.scandir(server.new_dir)]
+            if not sizes or sizes[0] < size * 0.95:
+                self.fail(f"run {run + 1} W4 {server.name}: stored file sizes {sizes}, sent {size}")
+        seconds = end - res["start"]
+        peak = sampler.peak_kib
+        if len(pids) == 1:
+            peak = max(peak, after["hwm_kib"])  # exact, for a single process
+        growth = (peak - idle["rss_kib"]) / 1024
+        self.record(server.name, "w4_seconds", seconds)
+        self.record(server.name, "w4_mem_mib", growth)
+        self.raw.append({"run": run, "workload": "W4", "server": server.name, "seconds": seconds,
+                         "ack_seconds": (res["ack"] or end) - res["start"], "idle": idle, "after": after,
+                         "sampled_peak_rss_kib": sampler.peak_kib, "samples": sampler.samples})
+        self.log(f"  W4 {server.name}: {seconds:.2f} s, RSS +{growth:.1f} MiB")
+
+    def w5(self, server: Server, run: int, n: int, label: str | None = None, timeout: float | None = None) -> dict:
+        o = self.options
+        name = label or server.name
+        # Postfix forks an smtpd per connection: ~50 a second here.
+        timeout = timeout or max(o.timeout, n * 0.03)
+        idle = procstat.memory(server.pids())
+        cmd = [self.python, os.path.join(HERE, "loadgen.py"), "idle", "--port", str(server.port),
+               "--connections", str(n), "--in-flight", str(o.w5_in_flight), "--timeout", str(timeout)]
+        proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        try:
+            ready = json.loads(_readline(proc, timeout + 30))
+            time.sleep(0.5)
+            held = procstat.memory(server.pids())
+            proc.stdin.write("go\n")
+            proc.stdin.flush()
+            res = json.loads(_readline(proc, timeout + 60))
+            proc.wait(timeout=30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        served = res["served"]
+        result = {"run": run, "workload": f"W5-{n}", "server": name, "served": served, "connections": n,
+                  "greeted": ready["greeted"], "idle": idle, "held": held,
+                  "seconds_to_greet_all": ready["seconds_to_greet_all"], "errors": res["errors"]}
+        self.raw.append(result)
+        self.log(f"  W5 {n} {name}: served {served}/{n} (greeted {ready['greeted']} in "
+                 f"{ready['seconds_to_greet_all']:.1f}s), RSS {held['rss_kib'] / 1024:.1f} MiB "
+                 f"in {held['processes']} processes, PSS +{(held['pss_kib'] - idle['pss_kib']) / 1024:.1f} MiB")
+        if label is None:
+            self.record(name, f"w5_{n}_served", served)
+            if served != n:
+                self.fail(f"run {run + 1} W5 {n} {name}: served {served}/{n}: {res['errors'][:3]}")
+            else:
+                self.record(name, f"w5_{n}_greet_s", ready["seconds_to_greet_all"])
+                self.record(name, f"w5_{n}_rss_mib", held["rss_kib"] / 1024)
+                self.record(name, f"w5_{n}_pss_growth_mib", (held["pss_kib"] - idle["pss_kib"]) / 1024)
+        return result
+
+    def check_count(self, server: Server, workload: str, run: int, acked: int, stored: int, wanted: int) -> None:
+        if acked != wanted:
+            self.fail(f"run {run + 1} {workload} {server.name}: only {acked}/{wanted} messages acknowledged")
+        if stored != acked:
+            self.fail(f"run {run + 1} {workload} {server.name}: {acked} acknowledged but {stored} stored")
+
+    # Driving
+
+    def measure(self, workload: str, name: str, run: int) -> None:
+        if workload == "W5":
+            for n in self.options.w5:
+                extra = {}
+                if name == "postfix":
+                    if n > self.options.postfix_w5_full and run >= self.options.postfix_w5_runs:
+                        # 10,000 smtpd processes take minutes to fork and
+                        # ~12 GiB: measured in the first run(s) only.
+                        continue
+                    # Default smtpd process limit is 100: raise it to serve n.
+                    extra["postfix_smtpd_maxproc"] = n + 100
+                self._measure_one(f"W5-{n}", name, run, lambda s: self.w5(s, run, n), extra)
+            return
+        method = getattr(self, workload.lower())
+        self._measure_one(workload, name, run, lambda s: method(s, run), {})
+
+    def _measure_one(self, label: str, name: str, run: int, body, extra: dict) -> None:
+        server = None
+        try:
+            server = self.start(name, label, extra)
+            srv = server
+            with procstat.ForeignCpu(lambda: procstat.tree_cpu(srv.root_pid()) + _own_cpu()) as foreign:
+                body(server)
+            self.background.append((foreign.share, f"run {run + 1} {label} {name}"))
+            if foreign.share > 0.5:
+                self.log(f"  (other processes and kernel threads used {foreign.share:.2f} CPUs meanwhile)")
+        except (ServerError, RuntimeError, subprocess.TimeoutExpired, OSError, ValueError, KeyError) as e:
+            self.fail(f"run {run + 1} {label} {name}: {type(e).__name__}: {e}")
+        finally:
+            if server is not None:
+                self.finish(server)
+
+    def postfix_defaults_probe(self) -> None:
+        """
+        W5 against Postfix's default process limits, once, for the record.
+        """
+        n = self.options.w5[0]
+        server = None
+        try:
+            server = self.start("postfix", "W5-defaults")
+            r = self.w5(server, 0, n, label="postfix (default limits)", timeout=self.options.probe_timeout)
+            self.notes.append(
+                f"Postfix with its default process limits (smtpd maxproc = default_process_limit = 100): "
+                f"{r['greeted']} of {n} idle connections got banner+EHLO within {self.options.probe_timeout:.0f} s "
+                f"and {r['served']} answered the final NOOP; the rest wait in the listen queue for an smtpd. "
+                f"W5 rows above use smtpd maxproc = connections + 100."
+            )
+        except (ServerError, RuntimeError, subprocess.TimeoutExpired, OSError, ValueError, KeyError) as e:
+            self.notes.append(f"Postfix default-limits probe failed: {e}")
+        finally:
+            if server is not None:
+                self.finish(server)
+
+    def profile(self, workload: str) -> None:
+        """
+        One extra, uncounted W1 or W2 against MailHarbor with py-spy
+        attached (wall-clock samples of every thread, idle ones included).
+        """
+        o = self.options
+        pyspy = os.path.join(self.venv, "bin", "py-spy")
+        if not os.access(pyspy, os.X_OK):
+            self.notes.append("profile: py-spy is not installed in the bench venv")
+            return
+        os.makedirs(o.results, exist_ok=True)
+        raw = os.path.join(o.results, f"mailharbor-{workload.lower()}-profile.txt")
+        server = self.start("mailharbor", f"profile-{workload}")
+        spy = None
+        try:
+            spy = subprocess.Popen([pyspy, "record", "--format", "raw", "--rate", "250", "--threads",
+                                    "--idle", "-o", raw, "-p", str(server.root_pid())],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            time.sleep(1.0)
+            if workload == "W1":
+                res = self.loadgen(["burst", "--port", str(server.port), "--sessions", str(o.w1_sessions),
+                                    "--per-session", str(o.w1_per_session), "--total", str(o.messages),
+                                    "--size", "1024", "--timeout", str(o.timeout)], o.timeout + 30)
+                rate = res["sent"] / (res["end"] - res["start"])
+            else:
+                start = time.monotonic()
+                subprocess.run([find_postfix_tool("smtp-source"), "-s", str(o.w1_sessions), "-m", str(o.messages),
+                                "-l", str(o.w2_payload), "-f", "sender@example.net", "-t", "rcpt@example.com",
+                                "-M", "loadgen.example.net", f"127.0.0.1:{server.port}"],
+                               capture_output=True, timeout=o.timeout)
+                rate = o.messages / (time.monotonic() - start)
+            self.log(f"  profiled {workload}: {rate:.0f} msgs/s under py-spy")
+        finally:
+            if spy is not None:
+                spy.send_signal(signal.SIGINT)
+                try:
+                    _, err = spy.communicate(timeout=60)
+                except subprocess.TimeoutExpired:
+                    spy.kill()
+                    _, err = spy.communicate()
+                if spy.returncode not in (0, -signal.SIGINT) and not os.path.exists(raw):
+                    self.notes.append(f"profile: py-spy failed: {err.strip()[-300:]}")
+            self.finish(server)
+        if os.path.exists(raw):
+            summary = os.path.join(o.results, f"mailharbor-{workload.lower()}-profile-summary.txt")
+            with open(summary, "w") as f:
+                f.write(summarize_profile(raw, workload))
+            self.notes.append(f"profile of MailHarbor under {workload}: {raw} (py-spy raw), summary in {summary}")
+
+    def run(self) -> None:
+        o = self.options
+        began = time.monotonic()
+        for run in range(o.runs):
+            self.log(f"run {run + 1}/{o.runs}")
+            for workload in o.only:
+                shift = run % len(o.servers)
+                order = o.servers[shift:] + o.servers[:shift]
+                for name in order:
+                    self.measure(workload, name, run)
+        big = [n for n in o.w5 if n > o.postfix_w5_full]
+        if "W5" in o.only and "postfix" in o.servers and big and o.runs > o.postfix_w5_runs:
+            self.notes.append(
+                f"Postfix W5 with {', '.join(map(str, big))} connections was measured in the first "
+                f"{o.postfix_w5_runs} run(s) only (--postfix-w5-runs): forking that many smtpd "
+                f"processes takes minutes and ~1.2 MiB PSS each."
+            )
+        if "W5" in o.only and "postfix" in o.servers and o.postfix_defaults_probe:
+            self.postfix_defaults_probe()
+        if o.profile:
+            for workload in ("W1", "W2"):
+                self.profile(workload)
+        self.elapsed = time.monotonic() - began
+
+    # Reporting
+
+    def metrics(self) -> list[tuple[str, str, str | None, str]]:
+        rows = []
+        for key, label, better, fmt in METRICS:
+            workload = key.split("_")[0].upper()
+            if workload in self.options.only or (key == "idle_rss_mib" and "W1" in self.options.only):
+                rows.append((key, label, better, fmt))
+        if "W5" in self.options.only:
+            for n in self.options.w5:
+                rows += w5_metrics(n)
+        return rows
+
+    def table(self) -> str:
+        servers = self.options.servers
+        peers = [s for s in servers if s != "mailharbor"] if "mailharbor" in servers else []
+        header = ["metric (median of %d runs)" % self.options.runs] + servers + [f"MH/{p}" for p in peers] + ["better"]
+        rows = [header]
+        for key, label, better, fmt in self.metrics():
+            medians = {}
+            row = [label]
+            for s in servers:
+                vals = self.values[s].get(key, [])
+                if key.endswith("_served"):
+                    n = int(key.split("_")[1])
+                    cell = f"{min(vals):.0f}/{n}" if vals else "-"
+                    if vals and min(vals) < n:
+                        cell = "FAIL " + cell
+                    row.append(cell)
+                    continue
+                if vals:
+                    medians[s] = statistics.median(vals)
+                    cell = fmt.format(medians[s])
+                    if len(vals) < self.options.runs:
+                        cell += f" ({len(vals)}/{self.options.runs})"
+                else:
+                    cell = "-"
+                row.append(cell)
+            for p in peers:
+                if better and "mailharbor" in medians and p in medians and medians[p] > 0:
+                    row.append(f"{medians['mailharbor'] / medians[p]:.2f}")
+                else:
+                    row.append("")
+            row.append(better or "")
+            rows.append(row)
+        widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+        lines = []
+        for i, r in enumerate(rows):
+            lines.append("  ".join(c.ljust(widths[0]) if j == 0 else c.rjust(widths[j]) for j, c in enumerate(r)).rstrip())
+            if i == 0:
+                lines.append("  ".join("-" * w for w in widths))
+        return "\n".join(lines)
+
+    def report(self) -> str:
+        o = self.options
+        out = [
+            "",
+            f"MailHarbor benchmark: {o.runs} run(s), servers interleaved, fresh server and empty Maildir per measurement",
+            f"machine: {os.cpu_count()} CPUs, {platform.platform()}, Python {platform.python_version()}, {self.versions()}",
+            f"storage: {'a fresh journaled ext4 (loop-mounted image) for this benchmark' if o.fs == 'loop' else 'the host file system under ' + os.path.dirname(o.workdir)}",
+            "",
+            self.table(),
+            "",
+            "MH/peer = MailHarbor's median / the peer's median (W1, W2: >1 means MailHarbor is faster; "
+            "other rows: <1 means MailHarbor is better).",
+            "W1/W2 time runs from the first connect to the last file in new/ (Postfix queues first and is polled); "
+            "W3 latency is from MAIL FROM to the file being in new/ (= the 250 reply for all but Postfix).",
+            "Memory: RSS summed over the server's processes (Postfix: master and all its children); "
+            "PSS growth splits shared pages among processes, so it is comparable for Postfix's many smtpd.",
+        ]
+        if o.verbose:
+            out += ["", "per-run values:"]
+            for key, label, _, fmt in self.metrics():
+                for s in o.servers:
+                    vals = self.values[s].get(key)
+                    if vals:
+                        out.append(f"  {label:45s} {s:11s} " + "  ".join(fmt.format(v) for v in vals))
+        if self.background:
+            shares = sorted(b for b, _ in self.background)
+            noisy = [f"{what} ({share:.2f})" for share, what in self.background if share > 0.5]
+            out += ["", f"other processes and kernel threads used a median {statistics.median(shares):.2f} and at most "
+                        f"{shares[-1]:.2f} CPUs during the measurements (of {os.cpu_count()}"
+                        + ("; ~0.4 is the loop device's own I/O threads under W1/W2" if o.fs == "loop" else "")
+                        + "; more means someone else was busy)."]
+            if noisy:
+                out.append(f"  disturbed (> 0.5 CPUs): {len(noisy)} of {len(shares)} measurements: "
+                           + ", ".join(noisy[:12]) + (" ..." if len(noisy) > 12 else ""))
+        if self.notes:
+            out += ["", "notes:"] + [f"  - {n}" for n in self.notes]
+        if self.failures:
+            out += ["", f"FAILURES ({len(self.failures)}):"] + [f"  - {f}" for f in self.failures]
+        out.append(f"\ntotal time {self.elapsed:.0f} s")
+        return "\n".join(out)
+
+    def versions(self) -> str:
+        parts = []
+        try:
+            v = subprocess.run(["postconf", "-d", "-h", "mail_version"], capture_output=True, text=True, timeout=10)
+            parts.append(f"Postfix {v.stdout.strip()}")
+        except OSError:
+            pass
+        v = subprocess.run([self.python, "-c", "import twisted, aiosmtpd; print(twisted.__version__, aiosmtpd.__version__)"],
+                           capture_output=True, text=True, timeout=60)
+        if v.returncode == 0:
+            tw, ai = v.stdout.split()
+            parts += [f"Twisted {tw}", f"aiosmtpd {ai}"]
+        return ", ".join(parts)
+
+
+def _own_cpu() -> float:
+    """
+    CPU seconds of the harness and its finished children (load generators).
+    """
+    me = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + children.ru_utime + children.ru_stime
+
+
+def _readline(proc: subprocess.Popen, timeout: float) -> str:
+    """
+    A line from a child's stdout, within C{timeout} seconds.
+    """
+    import selectors
+
+    with selectors.DefaultSelector() as sel:
+        sel.register(proc.stdout, selectors.EVENT_READ)
+        if not sel.select(timeout):
+            raise subprocess.TimeoutExpired(proc.args, timeout)
+    line = proc.stdout.readline()
+    if not line:
+        raise RuntimeError(f"load generator exited ({proc.poll()}) without a result")
+    return line
+
+
+def percentile(sorted_values: list[float], p: float) -> float:
+    """
+    Nearest-rank percentile of already sorted values.
+    """
+    if not sorted_values:
+        return float("nan")
+    rank = max(1, -(-len(sorted_values) * p // 100))
+    return sorted_values[int(rank) - 1]
+
+
+def summarize_profile(path: str, workload: str = "W1", top: int = 25) -> str:
+    """
+    Summarize py-spy's raw (collapsed stack, --threads --idle) output: for
+    the reactor thread and for the thread pool, how much of the wall time
+    they were busy, and the functions they were in (self and inclusive), as
+    a share of that thread group's samples.
+    """
+    groups: dict[str, dict] = {}
+    with open(path) as f:
+        for line in f:
+            stack, _, count = line.rstrip("\n").rpartition(" ")
+            if not count.isdigit():
+                continue
+            n = int(count)
+            frames = stack.split(";")
+            thread = frames[0] if frames and frames[0].startswith("thread") else ""
+            frames = frames[1:] if thread else frames
+            kind = "reactor thread (MainThread)" if "MainThread" in thread else "thread pool (fsync etc.)"
+            g = groups.setdefault(kind, {"threads": set(), "total": 0, "busy": 0, "self": {}, "incl": {}})
+            g["threads"].add(thread)
+            g["total"] += n
+            leaf = frames[-1] if frames else ""
+            idle = (
+                leaf.startswith("Condition.wait (threading.py")
+                or leaf.startswith("EPollReactor.doPoll (twisted/internet/epollreactor.py")
+                or (leaf.startswith("Condition.__enter__") and any(fr.startswith("Queue.get") for fr in frames))
+            )
+            if idle or not frames:
+                continue
+            g["busy"] += n
+            g["self"][leaf] = g["self"].get(leaf, 0) + n
+            for fr in set(frames):
+                g["incl"][fr] = g["incl"].get(fr, 0) + n
+    out = [
+        f"py-spy, wall-clock samples (blocking in a system call counts), MailHarbor under {workload}.",
+        "Percentages are of each thread group's samples; 'busy' = not waiting for work.",
+    ]
+    for kind in sorted(groups):
+        g = groups[kind]
+        t = max(g["total"], 1)
+        out += ["", f"== {kind}: {len(g['threads'])} thread(s), {g['total']} samples, busy {100 * g['busy'] / t:.0f}%",
+                f"-- top {top} by self:"]
+        for fr, n in sorted(g["self"].items(), key=lambda kv: -kv[1])[:top]:
+            out.append(f"  {100 * n / t:5.1f}%  {fr}")
+        out.append(f"-- top {top} by inclusive (harbor/ and Twisted's protocol/logging code):")
+        skip = ("twisted/python/context.py", "twisted/python/log.py", "twisted/application", "twisted/scripts",
+                "twistd:", "threading.py", "twisted/_threads", "twisted/python/threadpool.py",
+                "twisted/internet/base.py", "EPollReactor.doPoll", "_PollLikeMixin")
+        shown = 0
+        for fr, n in sorted(g["incl"].items(), key=lambda kv: -kv[1]):
+            if any(x in fr for x in skip):
+                continue
+            out.append(f"  {100 * n / t:5.1f}%  {fr}")
+            shown += 1
+            if shown >= top:
+                break
+    return "\n".join(out) + "\n"
+
+
+def raise_fd_limit(want: int) -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        with open("/proc/sys/fs/nr_open") as f:
+            ceiling = int(f.read())
+    except OSError:
+        ceiling = hard
+    target = min(max(want, hard), ceiling)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, target))
+    except (ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--runs", type=int, default=3, help="interleaved runs; medians are reported (default 3)")
+    p.add_argument("--only", default=",".join(WORKLOADS), help="workloads, e.g. W1,W3 (default all)")
+    p.add_argument("--servers", default="mailharbor,aiosmtpd,postfix,smtp-sink",
+                   help="servers, in column order (default mailharbor,aiosmtpd,postfix,smtp-sink)")
+    p.add_argument("--messages", type=int, default=5000, help="W1/W2 messages (default 5000)")
+    p.add_argument("--w1-sessions", type=int, default=20)
+    p.add_argument("--w1-per-session", type=int, default=10)
+    p.add_argument("--w2-payload", type=int, default=875,
+                   help="smtp-source -l: payload bytes, plus its ~125 header bytes makes ~1 KiB")
+    p.add_argument("--w3-messages", type=int, default=500)
+    p.add_argument("--w4-mib", type=int, default=100)
+    p.add_argument("--w5", default="1000,10000", help="W5 connection counts (default 1000,10000)")
+    p.add_argument("--w5-in-flight", type=int, default=100, help="W5 connections being opened at once")
+    p.add_argument("--no-postfix-defaults-probe", dest="postfix_defaults_probe", action="store_false",
+                   help="skip the once-per-benchmark W5 check of Postfix's default process limits")
+    p.add_argument("--probe-timeout", type=float, default=15)
+    p.add_argument("--postfix-w5-runs", type=int, default=1,
+                   help="runs in which Postfix does W5 counts above --postfix-w5-full (default 1: "
+                        "10,000 smtpd processes take ~4 minutes and ~12 GiB)")
+    p.add_argument("--postfix-w5-full", type=int, default=1000,
+                   help="W5 counts up to this are measured for Postfix in every run (default 1000)")
+    p.add_argument("--mailharbor-endpoint", default="", metavar="':OPTION=VALUE...'",
+                   help="appended to MailHarbor's tcp:PORT:interface=127.0.0.1 endpoint, e.g. ':backlog=511'")
+    p.add_argument("--postfix-main", action="append", default=[], metavar="'NAME = VALUE'",
+                   help="extra main.cf line for the Postfix instance, repeatable (e.g. 'in_flow_delay = 0')")
+    p.add_argument("--timeout", type=float, default=180, help="bound on each measurement's waits, seconds")
+    p.add_argument("--settle", type=float, default=0.5, help="seconds between a server's start and its measurement")
+    p.add_argument("--profile", action="store_true",
+                   help="also profile MailHarbor under W1 and W2 with py-spy (extra, uncounted runs)")
+    p.add_argument("--json", metavar="PATH", help="also write every value to this JSON file")
+    p.add_argument("--results", default=os.path.join(HERE, "results"), help="where profiles go")
+    p.add_argument("--workdir", default=None, help="parent of the servers' temporary directories (default /var/tmp)")
+    p.add_argument("--fs", choices=["loop", "host"], default="loop",
+                   help="loop (default): the Maildirs and Postfix's queue live on a fresh journaled ext4 "
+                        "loop-mounted from a sparse image; host: directly on the file system of --workdir")
+    p.add_argument("--fs-gib", type=int, default=6, help="size of the loop file system's sparse image")
+    p.add_argument("--keep", action="store_true",
+                   help="keep the servers' directories (Maildirs, logs; with --fs loop, the image holding them)")
+    p.add_argument("--venv", default=os.path.join(HERE, ".venv"))
+    p.add_argument("-v", "--verbose", action="store_true", help="also print every run's values")
+    o = p.parse_args(argv)
+    o.only = [w.strip().upper() for w in o.only.split(",") if w.strip()]
+    bad = [w for w in o.only if w not in WORKLOADS]
+    if bad:
+        p.error(f"unknown workload(s) {bad}; choose from {','.join(WORKLOADS)}")
+    o.servers = [s.strip() for s in o.servers.split(",") if s.strip()]
+    bad = [s for s in o.servers if s not in SERVERS]
+    if bad:
+        p.error(f"unknown server(s) {bad}; choose from {','.join(SERVERS)}")
+    o.w5 = [int(n) for n in o.w5.split(",") if n.strip()]
+    if o.runs < 1:
+        p.error("--runs must be at least 1")
+    parent = o.workdir or "/var/tmp"
+    os.makedirs(parent, exist_ok=True)
+    o.workdir = tempfile.mkdtemp(prefix="mailharbor-bench-", dir=parent)
+    os.chmod(o.workdir, 0o755)  # Postfix's users must reach their dirs
+    return o
+
+
+class LoopFilesystem:
+    """
+    A fresh ext4 file system (mkfs.ext4 defaults: journaled, as on a
+    typical Debian install) in a sparse image, loop-mounted where the
+    servers keep their Maildirs and queues.
+
+    It isolates the measurements from the host file system's history: on
+    an ext4 without a journal (this machine's root), creating a file skips
+    every inode deleted in the last minutes (recently_deleted()), so a
+    measurement run after another server's thousands of deleted files (the
+    previous Maildir, Postfix's queue files) or other processes' churn
+    pays for them, and results depend on the order of the servers.
+    """
+
+    def __init__(self, mountpoint: str, size_gib: int, keep: bool = False) -> None:
+        self.keep = keep
+        self.mountpoint = mountpoint
+        self.image = mountpoint + ".img"
+        self.size = size_gib
+        self.mounted = False
+
+    def __enter__(self) -> "LoopFilesystem":
+        with open(self.image, "wb") as f:
+            f.truncate(self.size * 1024 * MiB)
+        subprocess.run(["mkfs.ext4", "-q", "-F", "-L", "mhbench", "-E", "lazy_itable_init=0,lazy_journal_init=0",
+                        self.image], check=True, timeout=300, stdout=subprocess.DEVNULL)
+        subprocess.run(["mount", "-o", "loop", self.image, self.mountpoint], check=True, timeout=60)
+        self.mounted = True
+        os.chmod(self.mountpoint, 0o755)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.mounted:
+            for attempt in range(10):
+                if subprocess.run(["umount", self.mountpoint], stderr=subprocess.DEVNULL, timeout=60).returncode == 0:
+                    break
+                time.sleep(1)
+            else:
+                subprocess.run(["umount", "-l", self.mountpoint], timeout=60)
+            self.mounted = False
+        if self.keep:
+            print(f"kept the file system image {self.image} (mount -o loop to look inside)", file=sys.stderr)
+            return
+        try:
+            os.unlink(self.image)
+        except OSError:
+            pass
+
+
+def main(argv: list[str]) -> int:
+    o = parse_args(argv)
+    if os.geteuid() != 0 and "postfix" in o.servers:
+        print("Postfix's private instance needs root (run bench/run as root)", file=sys.stderr)
+        return 2
+    raise_fd_limit(max(o.w5 or [0]) * 2 + 10000)
+
+    def terminate(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, terminate)
+    signal.signal(signal.SIGHUP, terminate)
+    bench = Bench(o)
+    loop = LoopFilesystem(o.workdir, o.fs_gib, o.keep) if o.fs == "loop" else None
+    try:
+        if loop is not None:
+            try:
+                loop.__enter__()
+            except (subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError) as e:
+                bench.notes.append(f"could not loop-mount a file system ({e}): measured on the host's instead")
+                bench.log(f"loop file system unavailable ({e}); using the host's")
+                loop.__exit__()
+                loop = None
+                o.fs = "host"
+        bench.log(f"servers {','.join(o.servers)}; workloads {','.join(o.only)}; {o.runs} run(s); "
+                  f"work in {o.workdir} ({'fresh loop-mounted ext4' if loop else 'host file system'}); "
+                  f"fd limit {resource.getrlimit(resource.RLIMIT_NOFILE)[0]}; "
+                  f"MailHarbor knows the limits {bench.server_options['mailharbor_limit_keys'] or 'none known'}")
+        bench.run()
+    except KeyboardInterrupt:
+        bench.log("interrupted: stopping the servers")
+        bench.stop_all()
+        return 130
+    finally:
+        bench.stop_all()
+        if loop is not None:
+            loop.__exit__()
+        if not o.keep:
+            shutil.rmtree(o.workdir, ignore_errors=True)
+    report = bench.report()
+    print(report, flush=True)
+    if o.json:
+        with open(o.json, "w") as f:
+            json.dump({"options": {k: v for k, v in vars(o).items()}, "medians": {
+                s: {k: statistics.median(v) for k, v in m.items()} for s, m in bench.values.items()},
+                "values": bench.values, "raw": bench.raw, "failures": bench.failures, "notes": bench.notes,
+                "background_cpus": bench.background,
+                "elapsed_s": bench.elapsed}, f, indent=1, default=str)
+    return 1 if bench.failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
