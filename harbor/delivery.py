@@ -33,7 +33,7 @@ from attrs import Factory, define, frozen
 from harbor.maildir import MaildirStore, PendingDelivery, StorageError, StoredMessage
 from harbor.config import DEFAULT_SUBMISSION_MAILBOX, FolderRule
 from harbor.dnsbl import Blocklists
-from harbor.filters import Filter, firstMatch
+from harbor.filters import Filter, applyFirst
 from harbor.policyhook import PolicyHook, PolicyRequest, Refuse, recipientsOf
 from harbor.policy import (
     Accept,
@@ -216,9 +216,11 @@ class HarborDelivery:
         self.sender: Path | None = None
         self.recipients: list[Recipient] = []
         self._message: HarborMessage | None = None
-        self._trusted = session.trusted
-        self._discard = session.discard
-        self._tags = list(session.tags)
+        # What filters decided, starting from what they decided for the
+        # session (see L{harbor.filters.FilterScope}).
+        self.trusted = session.trusted
+        self.discard = session.discard
+        self.tags = list(session.tags)
 
     def validateFrom(self, helo: tuple[bytes | None, bytes], origin: Address) -> Address:
         """
@@ -233,37 +235,21 @@ class HarborDelivery:
 
     def _filter(self, stage: str, recipient: str | None = None) -> Filter | None:
         """
-        Apply the first matching filter of C{stage}, unless an earlier
-        filter accepted this client or transaction: accept trusts, discard
-        and tag are remembered, and a refusal is returned for the caller.
+        Apply the first matching filter of C{stage} to this transaction,
+        unless an earlier filter accepted the client or it authenticated.
         """
-        if self._trusted or self._session.user is not None:
+        if self._session.user is not None:
             return None
         assert self.sender is not None
-        matched = firstMatch(
+        return applyFirst(
             self._deliverer.filters,
             stage,
+            self,
             self._session.clientAddress,
             self._session.helo,
             self.sender.mailbox,
             recipient,
         )
-        if matched is None:
-            return None
-        self._log.info(
-            "client={client} filter {action} at {stage}: {filter}",
-            client=self._session.clientAddress,
-            action=matched.action,
-            stage=stage,
-            filter=matched,
-        )
-        if matched.action == "accept" and stage != "rcpt":
-            self._trusted = True
-        elif matched.action == "discard" and stage != "rcpt":
-            self._discard = True
-        elif matched.action == "tag":
-            self._tags.append(matched.header)
-        return matched
 
     def validateTo(self, user: User) -> Callable[[], HarborMessage]:
         """
@@ -282,7 +268,7 @@ class HarborDelivery:
         if filtered is not None and filtered.action == "discard":
             return self.message
         blocklist = self._session.blocklist
-        if blocklist is not None and not self._trusted and filtered is None:
+        if blocklist is not None and not self.trusted and filtered is None:
             return blocklist.wait().addCallback(self._blocklisted, user, path)
         return self._route(user, path)
 
@@ -359,7 +345,7 @@ class HarborDelivery:
                 for mailbox in {r.accept.mailbox for r in self.recipients}:
                     self._deliverer.store.create(mailbox)
             received = self._deliverer.seconds()
-            if self._discard:
+            if self.discard:
                 self._log.info(
                     "client={client} message from <{sender}> discarded by a filter",
                     client=self._session.clientAddress,
@@ -464,7 +450,7 @@ class HarborDelivery:
             f"Received: from {helo} ([{literal}]){tls}\n"
             f"\tby {self._deliverer.hostname} (MailHarbor) with {session.protocolName} id {id}\n"
             f"\tfor <{recipient.path.mailbox}>; {date}\n"
-            + "".join(f"{tag}\n" for tag in self._tags)
+            + "".join(f"{tag}\n" for tag in self.tags)
         ).encode("utf-8")
 
     def receivedHeader(

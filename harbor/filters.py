@@ -15,10 +15,15 @@ import fnmatch
 import ipaddress
 import re
 from collections.abc import Iterable, Mapping, Sequence
+from typing import Protocol
+
+from twisted.logger import Logger
 
 from attrs import frozen
 
 from harbor.config import ConfigError
+
+_log = Logger()
 
 ACTIONS = ("accept", "reject", "tempfail", "discard", "tag")
 STAGES = ("connect", "helo", "mail", "rcpt")
@@ -103,6 +108,55 @@ def firstMatch(
         if candidate.stage == stage and candidate.matches(client, helo, sender, recipient):
             return candidate
     return None
+
+
+class FilterScope(Protocol):
+    """
+    What a filter's verdict sticks to: a session, or one transaction.
+    """
+
+    trusted: bool
+    discard: bool
+    tags: list[str]
+
+
+def applyFirst(
+    filters: Sequence[Filter],
+    stage: str,
+    scope: FilterScope,
+    client: str,
+    helo: str | None = None,
+    sender: str | None = None,
+    recipient: str | None = None,
+) -> Filter | None:
+    """
+    Find the first filter of C{stage} that matches, log it, and record in
+    C{scope} what it means for later stages: accept trusts (later filters
+    and blocklists are skipped), discard drops the mail, tag adds a header.
+    At RCPT, accept and discard concern only that recipient, which the
+    caller handles.  Nothing is applied once C{scope} is trusted.
+
+    @return: the filter, for the caller to refuse with, or L{None}.
+    """
+    if scope.trusted:
+        return None
+    matched = firstMatch(filters, stage, client, helo, sender, recipient)
+    if matched is None:
+        return None
+    _log.info(
+        "client={client} filter {action} at {stage}: {filter}",
+        client=client,
+        action=matched.action,
+        stage=stage,
+        filter=matched,
+    )
+    if matched.action == "accept" and stage != "rcpt":
+        scope.trusted = True
+    elif matched.action == "discard" and stage != "rcpt":
+        scope.discard = True
+    elif matched.action == "tag":
+        scope.tags.append(matched.header)
+    return matched
 
 
 def parseFilters(tables: object) -> tuple[Filter, ...]:

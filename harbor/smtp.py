@@ -54,7 +54,7 @@ from harbor.auth import AuthenticationError, FailureTracker, Throttle, decodeBas
 from harbor.config import Limits, Listener
 from harbor.delivery import Deliverer, IMessageStream, Session
 from harbor.dnsbl import SharedResult
-from harbor.filters import firstMatch
+from harbor.filters import applyFirst
 from harbor.framing import ChunkDecoder, DataDecoder, InputBuffer, LineTooLong
 from harbor.maildir import StorageError, StoredMessage
 from harbor.policy import AddressSyntaxError, ConnectionCounter, NeedsSMTPUTF8, Path, parsePath
@@ -371,27 +371,12 @@ class HarborESMTP(ESMTP):  # type: ignore[misc]
 
         @return: whether it refused the session (after replying).
         """
-        if self.session.trusted:
-            return False
-        matched = firstMatch(
-            self._deliverer.filters, stage, self.session.clientAddress, self.session.helo
+        matched = applyFirst(
+            self._deliverer.filters, stage, self.session, self.session.clientAddress, self.session.helo
         )
-        if matched is None:
+        if matched is None or matched.action not in ("reject", "tempfail"):
             return False
-        self._log.info(
-            "client={client} filter {action} at {stage}: {filter}",
-            client=self.session.clientAddress,
-            action=matched.action,
-            stage=stage,
-            filter=matched,
-        )
-        if matched.action == "accept":
-            self.session.trusted = True
-        elif matched.action == "discard":
-            self.session.discard = True
-        elif matched.action == "tag":
-            self.session.tags.append(matched.header)
-        elif stage == "connect" and matched.action == "tempfail":
+        if stage == "connect" and matched.action == "tempfail":
             self._send(Reply(421, matched.enhanced, f"{self._hostname} {matched.text}"))
             self._close()
             return True
@@ -403,8 +388,7 @@ class HarborESMTP(ESMTP):  # type: ignore[misc]
             return True
         else:
             self._reply(Reply(matched.code, matched.enhanced, matched.text))
-            return True
-        return False
+        return True
 
     def _startSession(self) -> None:
         """
