@@ -284,7 +284,7 @@ def subprocessEnvironment() -> dict[str, str]:
     return env
 
 
-class _TwistdProtocol(ProcessProtocol):
+class TwistdOutput(ProcessProtocol):
     def __init__(self) -> None:
         self.output = b""
         self.ended: Deferred[int] = Deferred()
@@ -316,7 +316,7 @@ class TwistdProcess:
 
     def __init__(self, arguments: Sequence[str], cwd: str) -> None:
         self.arguments = list(arguments)
-        self.protocol = _TwistdProtocol()
+        self.protocol = TwistdOutput()
         self.transport = reactor.spawnProcess(
             self.protocol,
             self.arguments[0],

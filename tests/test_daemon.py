@@ -18,13 +18,12 @@ import socket
 import tempfile
 
 from twisted.internet import reactor
-from twisted.internet.error import ProcessDone, ProcessExitedAlready, ProcessTerminated
-from twisted.internet.protocol import ProcessProtocol
-from twisted.python.failure import Failure
+from twisted.internet.error import ProcessExitedAlready
 from twisted.trial.unittest import SkipTest, TestCase
 
 from tests._e2e import (
     DOMAIN,
+    TwistdOutput,
     HOSTNAME,
     LOOPBACK_PORT,
     RawClient,
@@ -136,7 +135,8 @@ class SignalTests(TestCase):
             client.send(b"MAIL FROM:<s@x.org>\r\nRCPT TO:<b@example.com>\r\nDATA\r\n")
             for _ in range(3):
                 client.reply()
-            client.send(b"Subject: in flight\r\n\r\nfirst half\r\n")
+            # Large enough that the server has begun writing it to tmp/.
+            client.send(b"Subject: in flight\r\n\r\n" + (b"x" * 998 + b"\r\n") * 200)
             return client
 
         busy = await inThread(startData)
@@ -174,25 +174,6 @@ class SignalTests(TestCase):
         self.assertEqual(storedFiles(root, "tmp"), [])
 
 
-class _Collector(ProcessProtocol):
-    def __init__(self) -> None:
-        self.output = b""
-        self.exitCode: int | None = None
-
-    def outReceived(self, data: bytes) -> None:
-        self.output += data
-
-    errReceived = outReceived
-
-    def processEnded(self, reason: Failure) -> None:
-        if reason.check(ProcessDone):
-            self.exitCode = 0
-        elif reason.check(ProcessTerminated):
-            self.exitCode = reason.value.exitCode if reason.value.exitCode is not None else -reason.value.signal
-        else:
-            self.exitCode = -1
-
-
 class DaemonTests(TestCase):
     """
     Daemon mode, privileges and socket activation.
@@ -210,7 +191,7 @@ class DaemonTests(TestCase):
         pidfile = os.path.join(directory, "mailharbor.pid")
         logfile = os.path.join(directory, "smtp.log")
         root = os.path.join(directory, "Maildir")
-        launcher = _Collector()
+        launcher = TwistdOutput()
         reactor.spawnProcess(
             launcher,
             twistdPath(),
@@ -310,7 +291,7 @@ class DaemonTests(TestCase):
         self.addCleanup(listening.close)
         port = listening.getsockname()[1]
         root = os.path.abspath(self.mktemp())
-        collector = _Collector()
+        collector = TwistdOutput()
         env = subprocessEnvironment()
         env["LISTEN_FDS"] = "1"
         env["LISTEN_FDNAMES"] = "mailharbor.socket"
