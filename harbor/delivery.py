@@ -178,6 +178,17 @@ class Deliverer:
         self.hooks = hooks
         self.callLater = callLater
         self.policyHook = policyHook
+        self._date: tuple[int, str] = (-1, "")
+
+    def dateHeader(self, when: float) -> str:
+        """
+        The RFC 5322 date of C{when}, in local time, for C{Received:}
+        headers; computed once per second, not once per message.
+        """
+        second = int(when)
+        if self._date[0] != second:
+            self._date = (second, email.utils.format_datetime(datetime.fromtimestamp(second).astimezone()))
+        return self._date[1]
 
     def factoryFor(self, session: Session) -> HarborDeliveryFactory:
         """
@@ -442,7 +453,7 @@ class HarborDelivery:
         client = session.clientAddress
         literal = f"IPv6:{client}" if ":" in client else client
         helo = headerSafe(session.helo or "")
-        date = email.utils.format_datetime(datetime.fromtimestamp(received).astimezone())
+        date = self._deliverer.dateHeader(received)
         tls = f"\n\t(using {session.tls})" if session.tls else ""
         return (
             f"Return-Path: <{self.sender.mailbox}>\n"
