@@ -3,11 +3,12 @@
 Maildir storage: unique names, the layout, and a streaming writer that makes
 a message durable before anyone is told it was received.
 
-A delivery writes each recipient's copy into C{tmp/} as the data arrives,
-then, at the end of the message, flushes and fsyncs every copy, renames each
-into C{new/} and fsyncs the C{new/} directories.  Only after that may the
-SMTP server answer 250: a crash at any earlier point leaves at most a file in
-C{tmp/}, which no mail reader looks at.
+A delivery keeps a small message in memory and writes a large one into each
+recipient's file in C{tmp/} as the data arrives.  At the end of the message
+it writes out the copies still in memory, flushes and fsyncs every copy,
+renames each into C{new/} and fsyncs the C{new/} directories.  Only after
+that may the SMTP server answer 250: a crash at any earlier point leaves at
+most a file in C{tmp/}, which no mail reader looks at.
 
 This module does no networking and imports no reactor; the blocking
 L{PendingDelivery.commit} is meant to run in a thread of the caller's choice.
@@ -27,7 +28,17 @@ from zope.interface import Interface, implementer
 from attrs import frozen
 
 SUBDIRECTORIES = ("tmp", "new", "cur")
-_WRITE_BUFFER = 256 * 1024
+
+# How many bytes of a message's body a delivery keeps in memory before it
+# writes the copies to tmp/ (see PendingDelivery).
+MEMORY_THRESHOLD = 64 * 1024
+
+# The buffer of a file being written (a spilled message, a hook job):
+# a streamed message costs one write per 64 KiB, and a larger buffer per
+# file buys nothing more.
+_WRITE_BUFFER = 64 * 1024
+
+_CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
 
 # A stored file is named "<id>,S=<size>" in new/ and "<id>,S=<size>:2,<flags>"
 # once a reader has moved it to cur/ (Maildir++ size and the standard info).
@@ -194,7 +205,7 @@ class RealFileSystem:
     """
 
     def create(self, path: str) -> BinaryIO:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        fd = os.open(path, _CREATE_FLAGS, 0o600)
         return os.fdopen(fd, "wb", buffering=_WRITE_BUFFER)
 
     def fsync(self, f: BinaryIO) -> None:
@@ -220,29 +231,60 @@ class RealFileSystem:
 
 class _Copy:
     """
-    One recipient's copy while it is written in C{tmp/}.
+    One recipient's copy: its name, its Maildir, its own header block and,
+    while a spilled message is being written, its open file in C{tmp/}.
+
+    @ivar created: Whether this delivery created the copy's file in
+        C{tmp/} (and so must remove it if the delivery fails).
     """
 
-    def __init__(self, name: str, directory: str, file: BinaryIO) -> None:
+    def __init__(self, name: str, directory: str, header: bytes) -> None:
         self.name = name
         self.directory = directory
-        self.file = file
-        self.size = 0
+        self.header = header
+        self.file: BinaryIO | None = None
+        self.created = False
+
+    @property
+    def temporaryPath(self) -> str:
+        return os.path.join(self.directory, "tmp", self.name)
 
 
 class PendingDelivery:
     """
-    The copies of one message, one per recipient, while they are being
-    written in C{tmp/}.
+    The copies of one message, one per recipient, while the message is
+    being received.
 
-    Data is written to every copy as it arrives, so the message is read
-    from the network once and never held in memory.  After a failure the
-    delivery is spoiled: later writes are ignored and L{commit} raises.
+    A small message is kept in memory: one buffer of the body, shared by
+    all copies (each copy is its own header block plus that body), so
+    receiving it costs the caller's thread no system call at all.  Only
+    when the body grows past C{threshold} bytes are the files created in
+    C{tmp/}, on the caller's thread, and everything from then on is
+    appended to them as it arrives: the memory a delivery holds is bounded
+    by the threshold, whatever the size of the message.  A message that
+    ends in memory is written out by L{commit}, in the thread that runs it.
+
+    After a failure the delivery is spoiled: later writes are ignored and
+    L{commit} raises.
     """
 
-    def __init__(self, fs: IFileSystem, copies: Sequence[_Copy]) -> None:
+    def __init__(
+        self,
+        fs: IFileSystem,
+        copies: Sequence[_Copy],
+        threshold: int = MEMORY_THRESHOLD,
+    ) -> None:
+        """
+        @param copies: The copies, none of them on disk yet.
+        @param threshold: How many bytes of body to keep in memory before
+            writing the copies to C{tmp/}.
+        """
         self._fs = fs
         self._copies = list(copies)
+        self._threshold = threshold
+        # The body while it is in memory; None once spilled (or finished).
+        self._buffer: bytearray | None = bytearray()
+        self._bodySize = 0
         self._failure: StorageError | None = None
         self._finished = False
 
@@ -255,29 +297,112 @@ class PendingDelivery:
 
     def write(self, data: bytes) -> None:
         """
-        Append C{data} to every copy.
+        Append C{data} to every copy: to the shared buffer while the body
+        is small, to the files in C{tmp/} once it is not.
 
         A failing write (a full disk, say) is remembered, not raised: the
         SMTP client is still sending and must be answered only at the end.
         """
-        if self._failure is not None or not data:
+        if self._failure is not None or self._finished or not data:
+            return
+        self._bodySize += len(data)
+        buffer = self._buffer
+        if buffer is not None:
+            buffer += data
+            if len(buffer) > self._threshold:
+                self._buffer = None
+                self._spill(buffer)
             return
         try:
             for copy in self._copies:
-                copy.file.write(data)
-                copy.size += len(data)
+                copy.file.write(data)  # type: ignore[union-attr]
         except OSError as e:
             self._fail(StorageError.fromOSError("writing the message", e))
+
+    def _spill(self, body: bytes | bytearray) -> None:
+        """
+        Create every copy's file in C{tmp/} with what has arrived so far.
+        """
+        try:
+            for copy in self._copies:
+                self._createFile(copy, body)
+        except StorageError as e:
+            self._fail(e)
+
+    def _createFile(self, copy: _Copy, body: bytes | bytearray) -> None:
+        """
+        Create C{copy}'s file in C{tmp/} and write its header and C{body}
+        in one write.
+
+        @raise StorageError: if that fails; a file that was created is
+            marked in C{copy.created} for L{_discard} to remove.
+        """
+        try:
+            copy.file = self._fs.create(copy.temporaryPath)
+        except OSError as e:
+            raise StorageError.fromOSError("creating the message file", e) from e
+        copy.created = True
+        try:
+            copy.file.write(copy.header + body)
+        except OSError as e:
+            raise StorageError.fromOSError("writing the message", e) from e
+
+    def _storeCopy(self, copy: _Copy, data: bytes) -> None:
+        """
+        Create C{copy}'s file in C{tmp/} with C{data} (a message that ended
+        in memory), fsync and close it.
+
+        On the real file system this takes four system calls (open, write,
+        fsync, close) and no Python file object: a buffered file would cost
+        two more system calls (fstat, lseek) and a buffer for one write, in
+        the commit thread, for every message.
+
+        @raise StorageError: if that fails; a file that was created is
+            marked in C{copy.created} for L{_discard} to remove.
+        """
+        path = copy.temporaryPath
+        action = "creating the message file"
+        if type(self._fs) is RealFileSystem:
+            try:
+                fd = os.open(path, _CREATE_FLAGS, 0o600)
+                copy.created = True
+                try:
+                    action = "writing the message"
+                    _writeAll(fd, data)
+                    action = "syncing the message to disk"
+                    os.fsync(fd)
+                except OSError:
+                    _quietly(os.close, fd)
+                    raise
+                os.close(fd)
+            except OSError as e:
+                raise StorageError.fromOSError(action, e) from e
+            return
+        try:
+            f = self._fs.create(path)
+            copy.created = True
+            try:
+                action = "writing the message"
+                f.write(data)
+                action = "syncing the message to disk"
+                self._fs.fsync(f)
+            except OSError:
+                _quietly(f.close)
+                raise
+            f.close()
+        except OSError as e:
+            raise StorageError.fromOSError(action, e) from e
 
     def commit(self, folders: Sequence[str | None] | None = None) -> list[StoredMessage]:
         """
         Make every copy durable and visible, or none of them.
 
-        Blocking: flush and fsync each file, rename each into C{new/} (of a
-        Maildir++ folder, created on first use, if one is given for it),
-        then fsync each C{new/} directory.  On any failure the copies
-        already renamed are removed again and the rest deleted, so the
-        sender can retry without duplicates.
+        Blocking: create and fsync the files of a message that ended in
+        memory, or flush and fsync those of a spilled one; only then rename
+        each into C{new/} (of a Maildir++ folder, created on first use, if
+        one is given for it), then fsync each C{new/} directory.  On any
+        failure the copies already renamed are removed again and the rest
+        deleted, so the sender can retry without duplicates.
 
         @param folders: For each copy, the name of the folder it goes to
             (C{Lists.python} is C{.Lists.python/}), or L{None} for the
@@ -287,15 +412,28 @@ class PendingDelivery:
         if self._failure is not None:
             self._discard()
             raise self._failure
+        if self._finished:
+            raise StorageError("the delivery is already over")
         if folders is None:
             folders = [None] * len(self._copies)
-        try:
-            for copy in self._copies:
-                self._fs.fsync(copy.file)
-                copy.file.close()
-        except OSError as e:
-            self._fail(StorageError.fromOSError("syncing the message to disk", e))
-            raise self._failure from e  # type: ignore[misc]
+        body = self._buffer
+        if body is not None:
+            self._buffer = None
+            try:
+                for copy in self._copies:
+                    self._storeCopy(copy, copy.header + body)
+            except StorageError as e:
+                self._fail(e)
+                raise
+        else:
+            try:
+                for copy in self._copies:
+                    assert copy.file is not None
+                    self._fs.fsync(copy.file)
+                    copy.file.close()
+            except OSError as e:
+                self._fail(StorageError.fromOSError("syncing the message to disk", e))
+                raise self._failure from e  # type: ignore[misc]
 
         stored: list[StoredMessage] = []
         try:
@@ -306,9 +444,10 @@ class PendingDelivery:
                     destination = os.path.join(copy.directory, "." + folder)
                     self._makeFolder(destination)
                 destinations.append(destination)
-                final = os.path.join(destination, "new", f"{copy.name},S={copy.size}")
-                self._fs.rename(os.path.join(copy.directory, "tmp", copy.name), final)
-                stored.append(StoredMessage(copy.name, final, copy.size))
+                size = len(copy.header) + self._bodySize
+                final = os.path.join(destination, "new", f"{copy.name},S={size}")
+                self._fs.rename(copy.temporaryPath, final)
+                stored.append(StoredMessage(copy.name, final, size))
             for directory in dict.fromkeys(destinations):
                 self._fs.syncDirectory(os.path.join(directory, "new"))
         except OSError as e:
@@ -334,8 +473,9 @@ class PendingDelivery:
 
     def abort(self) -> None:
         """
-        Give up: remove every copy from C{tmp/}.  Safe to call more than
-        once, and after L{commit} (when it does nothing).
+        Give up: forget the message and remove every copy from C{tmp/}.
+        Safe to call more than once, and after L{commit} (when it does
+        nothing).
         """
         if not self._finished:
             self._discard()
@@ -348,9 +488,12 @@ class PendingDelivery:
         if self._finished:
             return
         self._finished = True
+        self._buffer = None
         for copy in self._copies:
-            _quietly(copy.file.close)
-            _quietly(self._fs.unlink, os.path.join(copy.directory, "tmp", copy.name))
+            if copy.file is not None:
+                _quietly(copy.file.close)
+            if copy.created:
+                _quietly(self._fs.unlink, copy.temporaryPath)
 
 
 class MaildirStore:
@@ -363,10 +506,16 @@ class MaildirStore:
         root: str,
         namer: MaildirNamer,
         fs: IFileSystem | None = None,
+        memoryThreshold: int = MEMORY_THRESHOLD,
     ) -> None:
+        """
+        @param memoryThreshold: How many bytes of a message's body to keep
+            in memory before writing its copies to C{tmp/}.
+        """
         self._root = root
         self._namer = namer
         self._fs: IFileSystem = RealFileSystem() if fs is None else fs
+        self._threshold = memoryThreshold
 
     def directoryFor(self, mailbox: str) -> str:
         """
@@ -389,28 +538,35 @@ class MaildirStore:
 
     def begin(self, copies: Sequence[tuple[str, Callable[[str], bytes]]]) -> PendingDelivery:
         """
-        Open one file in C{tmp/} per copy and write its own header block.
+        Start a delivery: give each copy its unique name and its own header
+        block.
+
+        Nothing is written yet (see L{PendingDelivery}): a small message
+        touches the disk only when it is committed, so a Maildir that is
+        missing or not writable is reported by L{PendingDelivery.commit},
+        or by L{PendingDelivery.failure} once a large message has spilled.
 
         @param copies: For each copy, the mailbox it goes to and a function
             that, given the copy's id, returns the bytes that start it (its
             trace headers, which name the id).
-        @raise StorageError: if a file cannot be created; nothing is left.
+        @raise StorageError: never for now; callers should still expect it.
         """
-        opened: list[_Copy] = []
-        try:
-            for mailbox, makeHeader in copies:
-                directory = self.directoryFor(mailbox)
-                name = self._namer.nextName()
-                f = self._fs.create(os.path.join(directory, "tmp", name))
-                copy = _Copy(name, directory, f)
-                opened.append(copy)
-                header = makeHeader(name)
-                f.write(header)
-                copy.size = len(header)
-        except OSError as e:
-            PendingDelivery(self._fs, opened).abort()
-            raise StorageError.fromOSError("creating the message file", e) from e
-        return PendingDelivery(self._fs, opened)
+        started = []
+        for mailbox, makeHeader in copies:
+            name = self._namer.nextName()
+            started.append(_Copy(name, self.directoryFor(mailbox), makeHeader(name)))
+        return PendingDelivery(self._fs, started, self._threshold)
+
+
+def _writeAll(fd: int, data: bytes) -> None:
+    """
+    Write all of C{data} to C{fd}, however many calls it takes.
+    """
+    written = os.write(fd, data)
+    if written < len(data):
+        view = memoryview(data)[written:]
+        while view:
+            view = view[os.write(fd, view) :]
 
 
 def _quietly(f: Callable[..., object], *args: object) -> None:

@@ -21,7 +21,7 @@ from twisted.trial.unittest import TestCase
 from harbor.config import Config, ConfigError
 from harbor.hooks import NewMessage
 from harbor.test.test_hooks import Receiver, pollUntil
-from tests._e2e import RunningServer, _TwistdProtocol, inThread, startServer
+from tests._e2e import RunningServer, TwistdOutput, inThread, startServer
 
 SENDER = "sender@remote.example"
 MESSAGE = b"From: Sender <sender@remote.example>\r\nSubject: Hello hooks\r\n\r\nHi!\r\n"
@@ -227,7 +227,7 @@ class HookEndToEndTests(TestCase):
 
         root = os.path.abspath(self.mktemp())
         environment = dict(os.environ, PYTHONPATH=CHECKOUT, PYTHONUNBUFFERED="1")
-        protocol = _TwistdProtocol()
+        protocol = TwistdOutput()
         arguments = [
             sys.executable,
             os.path.join(CHECKOUT, "examples", "embedded.py"),

@@ -7,6 +7,7 @@ addresses, overlong lines) sent to the real MailHarbor service on loopback.
 from __future__ import annotations
 
 import os
+import time
 
 from twisted.trial.unittest import TestCase
 
@@ -70,8 +71,13 @@ class RawSocketTests(TestCase):
                 self.assertEqual(client.command(b"MAIL FROM:<" + SENDER + b">")[0], 250)
                 self.assertEqual(client.command(b"RCPT TO:<alice@example.com>")[0], 250)
                 self.assertEqual(client.command(b"DATA")[0], 354)
-                client.send(b"Subject: cut short\r\n\r\n" + b"partial line\r\n" * 5000)
-                # The copy being written is in tmp/ by now.
+                # More than a small message kept in memory: the copy is being
+                # written in tmp/.
+                client.send(b"Subject: cut short\r\n\r\n" + b"partial line\r\n" * 20000)
+                for _ in range(100):
+                    if server.listing("tmp"):
+                        break
+                    time.sleep(0.05)
                 return server.listing("tmp")
             finally:
                 client.close()

@@ -127,7 +127,6 @@ class SizeTests(ESMTPTestCase):
         answered 552 5.3.4 after the dot, and the connection stays usable.
         """
         self.smtp.send(ENVELOPE + b"DATA\r\n")
-        self.assertEqual(len(self.files("tmp")), 1)
         self.smtp.send(b"x" * 600 + b"\r\n" + b"y" * 600 + b"\r\n")
         self.assertEqual(self.files("tmp"), [])
         self.assertEqual(
@@ -137,6 +136,27 @@ class SizeTests(ESMTPTestCase):
         self.smtp.send(ENVELOPE + b"DATA\r\n" + MESSAGE + b".\r\n")
         self.threads.runAll()
         self.assertEqual(self.stored(), [b"Subject: test\n\nHello.\n"])
+
+
+class LargeSizeTests(ESMTPTestCase):
+    """
+    SIZE with a message big enough to be streaming to disk.
+    """
+
+    limits = Limits(maxMessageSize=100 * 1024)
+
+    def test_spilledThenDropped(self) -> None:
+        """
+        A message already streaming into tmp/ is removed from disk the
+        moment it passes the limit, not at the dot.
+        """
+        self.smtp.send(ENVELOPE + b"DATA\r\n" + (b"a" * 998 + b"\r\n") * 80)
+        self.assertEqual(len(self.files("tmp")), 1)
+        self.smtp.send((b"b" * 998 + b"\r\n") * 30)
+        self.assertEqual(self.files("tmp"), [])
+        self.assertEqual(
+            self.smtp.send(b".\r\n"), b"552 5.3.4 Error: message size exceeds fixed maximum message size\r\n"
+        )
 
 
 class PipeliningTests(ESMTPTestCase):

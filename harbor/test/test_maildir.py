@@ -12,6 +12,7 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from harbor.maildir import (
+    MEMORY_THRESHOLD,
     IFileSystem,
     MaildirName,
     MaildirNamer,
@@ -77,8 +78,29 @@ class StoreTests(SynchronousTestCase):
         self.fs.calls.clear()
         self.maildir = os.path.join(self.root, "example.com")
 
-    def listing(self, sub: str) -> list[str]:
-        return sorted(os.listdir(os.path.join(self.maildir, sub)))
+    def listing(self, sub: str, maildir: str | None = None) -> list[str]:
+        return sorted(os.listdir(os.path.join(maildir or self.maildir, sub)))
+
+    def assertNothingLeft(self) -> None:
+        self.assertEqual((self.listing("tmp"), self.listing("new")), ([], []))
+
+    def callNames(self) -> list[str]:
+        return [name for name, _ in self.fs.calls]
+
+    def failNth(self, method: str, n: int, code: int = errno.EIO) -> None:
+        """
+        Make the C{n}th later call of the file system's C{method} fail.
+        """
+        original = getattr(self.fs, method)
+        count = [0]
+
+        def failing(*args: object) -> object:
+            count[0] += 1
+            if count[0] == n:
+                raise OSError(code, os.strerror(code))
+            return original(*args)
+
+        setattr(self.fs, method, failing)
 
     def test_fileSystemInterface(self) -> None:
         """
@@ -97,15 +119,32 @@ class StoreTests(SynchronousTestCase):
         mode = os.stat(other.directoryFor("x.example") + "/new").st_mode & 0o777
         self.assertEqual(mode & 0o077, 0)
 
-    def test_streamsIntoTmpThenNew(self) -> None:
+    def test_beginTouchesNothing(self) -> None:
         """
-        Data goes into tmp/ as it is written and appears in new/ only after
-        commit, readable by mailbox.Maildir.
+        begin names each copy and asks for its header block with that name
+        (the trace header carries the id), but makes no file-system call.
+        """
+        asked = []
+
+        def header(id: str) -> bytes:
+            asked.append(id)
+            return b"X-Id: " + id.encode() + b"\n"
+
+        self.store.begin([("example.com", header), ("example.com", header)])
+        self.assertEqual(asked, ["0.M0P1Q1.h", "0.M0P1Q2.h"])
+        self.assertEqual(self.fs.calls, [])
+
+    def test_smallMessageInMemoryUntilCommit(self) -> None:
+        """
+        A message below the threshold creates nothing in tmp/ while it is
+        written; commit creates, fills, syncs and renames the file, readable
+        by mailbox.Maildir.
         """
         pending = self.store.begin([("example.com", lambda id: b"X-Id: " + id.encode() + b"\n")])
-        pending.write(b"Subject: hi\n\nbody\n")
-        self.assertEqual(len(self.listing("tmp")), 1)
-        self.assertEqual(self.listing("new"), [])
+        pending.write(b"Subject: hi\n\n")
+        pending.write(b"body\n")
+        self.assertEqual(self.fs.calls, [])
+        self.assertEqual(self.listing("tmp"), [])
         [stored] = pending.commit()
         self.assertEqual(self.listing("tmp"), [])
         self.assertEqual(self.listing("new"), [os.path.basename(stored.path)])
@@ -113,17 +152,103 @@ class StoreTests(SynchronousTestCase):
         self.assertEqual(messages[0]["X-Id"], stored.id)
         self.assertEqual(messages[0].get_payload(), "body\n")
 
-    def test_durabilityOrder(self) -> None:
+    def test_bodyAtThresholdStaysInMemory(self) -> None:
         """
-        Every copy is fsynced before any is renamed into new/, and new/ is
-        fsynced after the renames: only then may 250 be sent.
+        A body of exactly the threshold is still kept in memory.
+        """
+        pending = self.store.begin([("example.com", lambda id: b"H: 1\n")])
+        pending.write(b"x" * (MEMORY_THRESHOLD - 1))
+        pending.write(b"x")
+        self.assertEqual(self.listing("tmp"), [])
+        [stored] = pending.commit()
+        self.assertEqual(stored.size, 5 + MEMORY_THRESHOLD)
+        self.assertEqual(os.path.getsize(stored.path), stored.size)
+
+    def test_largeMessageSpillsToTmp(self) -> None:
+        """
+        When the body grows past the threshold, every copy's file is created
+        in tmp/ with its own header and the body so far; later data streams
+        into them, and commit moves them into new/.
+        """
+        pending = self.store.begin(
+            [("example.com", lambda id: b"A: " + id.encode() + b"\n"), ("example.com", lambda id: b"B: 2\n")]
+        )
+        pending.write(b"x" * MEMORY_THRESHOLD)
+        self.assertEqual(self.listing("tmp"), [])
+        pending.write(b"y")
+        self.assertEqual(self.callNames(), ["create", "create"])
+        self.assertEqual(len(self.listing("tmp")), 2)
+        for i in range(64):
+            pending.write(b"z" * 4096)
+        self.assertEqual(self.callNames(), ["create", "create"])
+        stored = pending.commit()
+        self.assertEqual(self.listing("tmp"), [])
+        body = b"x" * MEMORY_THRESHOLD + b"y" + b"z" * 4096 * 64
+        expected = [b"A: " + stored[0].id.encode() + b"\n" + body, b"B: 2\n" + body]
+        for message, content in zip(stored, expected):
+            with open(message.path, "rb") as f:
+                self.assertEqual(f.read(), content)
+            self.assertEqual(message.size, len(content))
+            self.assertTrue(message.path.endswith(f",S={len(content)}"))
+
+    def test_largeMessageStreamsToDisk(self) -> None:
+        """
+        After the spill the data goes to the file as it arrives: a delivery
+        holds no more than its buffers in memory, whatever the size.
+        """
+        pending = self.store.begin([("example.com", lambda id: b"")])
+        for i in range(256):
+            pending.write(b"z" * 4096)
+        [name] = self.listing("tmp")
+        size = os.path.getsize(os.path.join(self.maildir, "tmp", name))
+        self.assertGreaterEqual(size, 256 * 4096 - MEMORY_THRESHOLD)
+        [stored] = pending.commit()
+        self.assertEqual(os.path.getsize(stored.path), 256 * 4096)
+
+    def test_thresholdConfigurable(self) -> None:
+        """
+        The store's memoryThreshold sets where a message spills.
+        """
+        store = MaildirStore(self.root, MaildirNamer("h", Clock().seconds, pid=1), self.fs, memoryThreshold=4)
+        pending = store.begin([("example.com", lambda id: b"H\n")])
+        pending.write(b"1234")
+        self.assertEqual(self.listing("tmp"), [])
+        pending.write(b"5")
+        self.assertEqual(len(self.listing("tmp")), 1)
+        [stored] = pending.commit()
+        with open(stored.path, "rb") as f:
+            self.assertEqual(f.read(), b"H\n12345")
+
+    def test_durabilityOrderSmall(self) -> None:
+        """
+        For a message in memory, commit creates and fsyncs every copy
+        before any is renamed into new/, and fsyncs new/ after the renames:
+        only then may 250 be sent.
         """
         pending = self.store.begin([("example.com", lambda id: b""), ("example.com", lambda id: b"")])
         pending.write(b"x\n")
+        self.assertEqual(self.fs.calls, [])
+        stored = pending.commit()
+        self.assertEqual(
+            self.callNames(),
+            ["create", "fsync", "create", "fsync", "rename", "rename", "syncDirectory"],
+        )
+        self.assertEqual(self.fs.calls[-1][1], os.path.join(self.maildir, "new"))
+        self.assertEqual([c[1] for c in self.fs.calls if c[0] == "rename"], [s.path for s in stored])
+        self.assertEqual(len(stored), 2)
+
+    def test_durabilityOrderLarge(self) -> None:
+        """
+        For a message spilled to tmp/, commit fsyncs every copy before any
+        is renamed into new/, and fsyncs new/ after the renames.
+        """
+        pending = self.store.begin([("example.com", lambda id: b""), ("example.com", lambda id: b"")])
+        pending.write(b"x" * (MEMORY_THRESHOLD + 1))
+        self.assertEqual(self.callNames(), ["create", "create"])
         self.fs.calls.clear()
         stored = pending.commit()
         self.assertEqual(
-            [name for name, _ in self.fs.calls],
+            self.callNames(),
             ["fsync", "fsync", "rename", "rename", "syncDirectory"],
         )
         self.assertEqual(self.fs.calls[-1][1], os.path.join(self.maildir, "new"))
@@ -140,81 +265,386 @@ class StoreTests(SynchronousTestCase):
         self.assertTrue(stored.path.endswith(",S=10"))
         self.assertEqual(os.path.getsize(stored.path), 10)
 
-    def test_abortLeavesNothing(self) -> None:
+    def test_noCopies(self) -> None:
         """
-        abort removes every tmp file; nothing reaches new/.
+        A delivery with no copies (a discarded message) stores nothing and
+        touches nothing, however large.
+        """
+        pending = self.store.begin([])
+        pending.write(b"x" * (MEMORY_THRESHOLD * 2))
+        self.assertEqual(pending.commit(), [])
+        self.assertEqual(self.fs.calls, [])
+
+    def test_abortBeforeSpill(self) -> None:
+        """
+        abort of a message still in memory leaves nothing and touches
+        nothing; later writes are ignored.
         """
         pending = self.store.begin([("example.com", lambda id: b"a"), ("example.com", lambda id: b"b")])
         pending.write(b"data")
         pending.abort()
         pending.abort()
-        self.assertEqual((self.listing("tmp"), self.listing("new")), ([], []))
+        pending.write(b"x" * (MEMORY_THRESHOLD + 1))
+        self.assertEqual(self.fs.calls, [])
+        self.assertNothingLeft()
 
-    def test_beginFailureLeavesNothing(self) -> None:
+    def test_abortAfterSpill(self) -> None:
         """
-        If a file cannot be created, the ones already created are removed
-        and a StorageError says so.
+        abort removes every tmp file; nothing reaches new/.
         """
+        pending = self.store.begin([("example.com", lambda id: b"a"), ("example.com", lambda id: b"b")])
+        pending.write(b"x" * (MEMORY_THRESHOLD + 1))
+        self.assertEqual(len(self.listing("tmp")), 2)
+        pending.abort()
+        pending.abort()
+        self.assertNothingLeft()
+
+    def test_commitAfterAbort(self) -> None:
+        """
+        A delivery given up cannot be committed.
+        """
+        pending = self.store.begin([("example.com", lambda id: b"a")])
+        pending.write(b"data")
+        pending.abort()
+        self.assertRaises(StorageError, pending.commit)
+        self.assertNothingLeft()
+
+    def test_abortAfterCommit(self) -> None:
+        """
+        abort after a successful commit leaves the message in new/.
+        """
+        pending = self.store.begin([("example.com", lambda id: b"a")])
+        pending.write(b"data")
+        [stored] = pending.commit()
+        pending.abort()
+        self.assertEqual(self.listing("new"), [os.path.basename(stored.path)])
+
+    def test_createFailureAtCommitLeavesNothing(self) -> None:
+        """
+        If the second copy's file cannot be created at commit, the first is
+        removed and a StorageError says so.
+        """
+        pending = self.store.begin([("example.com", lambda id: b"a"), ("example.com", lambda id: b"b")])
+        pending.write(b"data")
+        self.failNth("create", 2, errno.EACCES)
+        error = self.assertRaises(StorageError, pending.commit)
+        self.assertFalse(error.noSpace)
+        self.assertIn("creating the message file", str(error))
+        self.assertIs(pending.failure, error)
+        self.assertNothingLeft()
+
+    def test_notWritableMaildir(self) -> None:
+        """
+        A Maildir we may not write into: begin succeeds, commit raises a
+        StorageError and leaves nothing.
+        """
+        pending = self.store.begin([("example.com", lambda id: b"")])
+        pending.write(b"data")
         self.fs.failOn = "create"
         self.fs.failErrno = errno.EACCES
-        error = self.assertRaises(StorageError, self.store.begin, [("example.com", lambda id: b"")])
+        error = self.assertRaises(StorageError, pending.commit)
         self.assertFalse(error.noSpace)
-        self.assertEqual(self.listing("tmp"), [])
+        self.assertNothingLeft()
 
     def test_missingMaildir(self) -> None:
         """
-        A Maildir that has disappeared is a StorageError, not a crash.
+        A Maildir that has disappeared is a StorageError at commit, not a
+        crash, and the copy for a Maildir that exists is not stored either.
         """
-        self.assertRaises(StorageError, self.store.begin, [("gone.example", lambda id: b"")])
+        pending = self.store.begin([("example.com", lambda id: b""), ("gone.example", lambda id: b"")])
+        pending.write(b"data")
+        self.assertRaises(StorageError, pending.commit)
+        self.assertNothingLeft()
+        self.assertFalse(os.path.exists(os.path.join(self.root, "gone.example")))
 
-    def test_writeFailureRemembered(self) -> None:
+    def test_missingMaildirAtSpill(self) -> None:
         """
-        A write that fails like a full disk is not raised at once; commit
-        raises a StorageError marked noSpace and nothing is left.
+        A Maildir that has disappeared, found when a large message spills,
+        spoils the delivery: later writes are ignored, commit raises and
+        nothing is left.
+        """
+        pending = self.store.begin([("example.com", lambda id: b""), ("gone.example", lambda id: b"")])
+        pending.write(b"x" * (MEMORY_THRESHOLD + 1))
+        self.assertIsNotNone(pending.failure)
+        self.assertNothingLeft()
+        pending.write(b"more")
+        self.assertRaises(StorageError, pending.commit)
+        self.assertNothingLeft()
+
+    def test_createFailureAtSpill(self) -> None:
+        """
+        A full disk when the files are created at the spill is remembered,
+        marked noSpace, and leaves nothing.
+        """
+        pending = self.store.begin([("example.com", lambda id: b""), ("example.com", lambda id: b"")])
+        self.failNth("create", 2, errno.ENOSPC)
+        pending.write(b"x" * (MEMORY_THRESHOLD + 1))
+        self.assertTrue(pending.failure is not None and pending.failure.noSpace)
+        self.assertNothingLeft()
+        error = self.assertRaises(StorageError, pending.commit)
+        self.assertTrue(error.noSpace)
+        self.assertNothingLeft()
+
+    def test_writeFailureAtSpill(self) -> None:
+        """
+        A write that fails like a full disk as the message spills is not
+        raised at once; commit raises a StorageError marked noSpace and
+        nothing is left.
         """
         pending = self.store.begin([("example.com", lambda id: b"")])
+        pending.write(b"x" * 100)
+        self.fs.failOn = "write"
+        pending.write(b"x" * MEMORY_THRESHOLD)
+        self.assertIsNotNone(pending.failure)
+        self.assertNothingLeft()
+        error = self.assertRaises(StorageError, pending.commit)
+        self.assertTrue(error.noSpace)
+        self.assertNothingLeft()
+
+    def test_writeFailureAfterSpill(self) -> None:
+        """
+        A write that fails like a full disk while a spilled message streams
+        is remembered; commit raises a StorageError marked noSpace and
+        nothing is left.
+        """
+        pending = self.store.begin([("example.com", lambda id: b"")])
+        pending.write(b"x" * (MEMORY_THRESHOLD + 1))
         self.fs.failOn = "write"
         pending.write(b"more")
         self.assertIsNotNone(pending.failure)
+        self.fs.failOn = None
+        pending.write(b"ignored")
         error = self.assertRaises(StorageError, pending.commit)
         self.assertTrue(error.noSpace)
-        self.assertEqual((self.listing("tmp"), self.listing("new")), ([], []))
+        self.assertNothingLeft()
+
+    def test_writeFailureAtCommit(self) -> None:
+        """
+        A message in memory whose file cannot be written at commit (a full
+        disk) is a StorageError marked noSpace, and nothing is left.
+        """
+        pending = self.store.begin([("example.com", lambda id: b"")])
+        pending.write(b"more")
+        self.fs.failOn = "write"
+        error = self.assertRaises(StorageError, pending.commit)
+        self.assertTrue(error.noSpace)
+        self.assertNothingLeft()
 
     def test_fsyncFailure(self) -> None:
         """
-        A failing fsync fails the delivery and removes its files.
+        A failing fsync fails the delivery and removes its files, whether
+        the message was in memory or spilled.
         """
-        pending = self.store.begin([("example.com", lambda id: b"")])
-        self.fs.failOn = "fsync"
-        self.fs.failErrno = errno.EIO
-        error = self.assertRaises(StorageError, pending.commit)
-        self.assertFalse(error.noSpace)
-        self.assertEqual((self.listing("tmp"), self.listing("new")), ([], []))
+        for size in (10, MEMORY_THRESHOLD + 1):
+            pending = self.store.begin([("example.com", lambda id: b""), ("example.com", lambda id: b"")])
+            pending.write(b"x" * size)
+            self.failNth("fsync", 2, errno.EIO)
+            error = self.assertRaises(StorageError, pending.commit)
+            self.assertFalse(error.noSpace)
+            self.assertNothingLeft()
+            del self.fs.fsync
 
     def test_renameFailureRollsBack(self) -> None:
         """
         If the second rename fails, the first copy is taken out of new/
         again: all copies or none.
         """
-        pending = self.store.begin([("example.com", lambda id: b""), ("example.com", lambda id: b"")])
-        original = self.fs.rename
-        calls = []
-
-        def failSecond(source: str, destination: str) -> None:
-            calls.append(destination)
-            if len(calls) == 2:
-                raise OSError(errno.EIO, "I/O error")
-            original(source, destination)
-
-        self.fs.rename = failSecond  # type: ignore[method-assign]
-        self.assertRaises(StorageError, pending.commit)
-        self.assertEqual((self.listing("tmp"), self.listing("new")), ([], []))
+        for size in (10, MEMORY_THRESHOLD + 1):
+            pending = self.store.begin([("example.com", lambda id: b""), ("example.com", lambda id: b"")])
+            pending.write(b"x" * size)
+            self.failNth("rename", 2)
+            self.assertRaises(StorageError, pending.commit)
+            self.assertNothingLeft()
+            del self.fs.rename
 
     def test_directorySyncFailure(self) -> None:
         """
         If new/ cannot be synced, the delivery fails and its copies go.
         """
         pending = self.store.begin([("example.com", lambda id: b"")])
+        pending.write(b"x")
         self.fs.failOn = "syncDirectory"
         self.assertRaises(StorageError, pending.commit)
-        self.assertEqual(self.listing("new"), [])
+        self.assertNothingLeft()
+
+    def test_folders(self) -> None:
+        """
+        commit(folders=...) creates a Maildir++ folder (tmp, new, cur and
+        the maildirfolder marker) on first use and renames the copy into
+        its new/, then syncs each new/ directory; a message in memory and
+        a spilled one alike.
+        """
+        folder = os.path.join(self.maildir, ".Lists.python")
+        for size in (10, MEMORY_THRESHOLD + 1):
+            pending = self.store.begin([("example.com", lambda id: b"a"), ("example.com", lambda id: b"b")])
+            pending.write(b"x" * size)
+            self.fs.calls.clear()
+            inbox, listed = pending.commit(folders=[None, "Lists.python"])
+            self.assertEqual(sorted(os.listdir(folder)), ["cur", "maildirfolder", "new", "tmp"])
+            self.assertEqual(os.path.dirname(listed.path), os.path.join(folder, "new"))
+            self.assertEqual(os.path.dirname(inbox.path), os.path.join(self.maildir, "new"))
+            with open(listed.path, "rb") as f:
+                self.assertEqual(f.read(), b"b" + b"x" * size)
+            names = self.callNames()
+            lastFsync = max(i for i, name in enumerate(names) if name == "fsync")
+            lastRename = max(i for i, name in enumerate(names) if name == "rename")
+            self.assertLess(lastFsync, names.index("rename"))
+            self.assertLess(lastRename, names.index("syncDirectory"))
+            self.assertEqual(
+                [c for c in self.fs.calls if c[0] == "syncDirectory"],
+                [
+                    ("syncDirectory", os.path.join(self.maildir, "new")),
+                    ("syncDirectory", os.path.join(folder, "new")),
+                ],
+            )
+            self.assertEqual(self.listing("tmp"), [])
+            self.assertEqual(self.listing("tmp", folder), [])
+        self.assertEqual(len(self.listing("new", folder)), 2)
+        self.assertEqual(len(self.listing("new")), 2)
+
+
+class RealFileSystemTests(SynchronousTestCase):
+    """
+    A message that ends in memory, on the real file system, is written
+    with plain system calls: the same promise, checked on those calls.
+    """
+
+    def setUp(self) -> None:
+        self.root = self.mktemp()
+        self.store = MaildirStore(self.root, MaildirNamer("h", Clock().seconds, pid=1))
+        self.store.create("example.com")
+        self.maildir = os.path.join(self.root, "example.com")
+        self.calls: list[tuple[str, str]] = []
+        self.paths: dict[int, str] = {}
+        realOpen, realFsync, realRename = os.open, os.fsync, os.rename
+
+        def recordOpen(path: str, flags: int, mode: int = 0o777) -> int:
+            fd = realOpen(path, flags, mode)
+            self.paths[fd] = path
+            self.calls.append(("open", path))
+            return fd
+
+        def recordFsync(fd: int) -> None:
+            self.calls.append(("fsync", self.paths.get(fd, "?")))
+            realFsync(fd)
+
+        def recordRename(source: str, destination: str) -> None:
+            self.calls.append(("rename", destination))
+            realRename(source, destination)
+
+        self.patch(os, "open", recordOpen)
+        self.patch(os, "fsync", recordFsync)
+        self.patch(os, "rename", recordRename)
+
+    def listing(self, sub: str) -> list[str]:
+        return sorted(os.listdir(os.path.join(self.maildir, sub)))
+
+    def assertNothingLeft(self) -> None:
+        self.assertEqual((self.listing("tmp"), self.listing("new")), ([], []))
+
+    def test_durabilityOrder(self) -> None:
+        """
+        Each copy is created and fsynced before any is renamed into new/;
+        new/ is fsynced after the renames; the files hold header and body.
+        """
+        pending = self.store.begin([("example.com", lambda id: b"A\n"), ("example.com", lambda id: b"B\n")])
+        pending.write(b"body\n")
+        self.assertEqual(self.calls, [])
+        first, second = pending.commit()
+        tmp = os.path.join(self.maildir, "tmp")
+        new = os.path.join(self.maildir, "new")
+        self.assertEqual(
+            self.calls,
+            [
+                ("open", os.path.join(tmp, first.id)),
+                ("fsync", os.path.join(tmp, first.id)),
+                ("open", os.path.join(tmp, second.id)),
+                ("fsync", os.path.join(tmp, second.id)),
+                ("rename", first.path),
+                ("rename", second.path),
+                ("open", new),
+                ("fsync", new),
+            ],
+        )
+        for stored, header in ((first, b"A\n"), (second, b"B\n")):
+            with open(stored.path, "rb") as f:
+                self.assertEqual(f.read(), header + b"body\n")
+            self.assertEqual(stored.size, 7)
+        self.assertEqual(self.listing("tmp"), [])
+
+    def test_spilledMessage(self) -> None:
+        """
+        A spilled message on the real file system streams into tmp/ and
+        is fsynced before it is renamed.
+        """
+        pending = self.store.begin([("example.com", lambda id: b"A\n")])
+        pending.write(b"x" * (MEMORY_THRESHOLD + 1))
+        self.assertEqual([name for name, _ in self.calls], ["open"])
+        pending.write(b"y" * 10)
+        [stored] = pending.commit()
+        self.assertEqual([name for name, _ in self.calls], ["open", "fsync", "rename", "open", "fsync"])
+        with open(stored.path, "rb") as f:
+            self.assertEqual(f.read(), b"A\n" + b"x" * (MEMORY_THRESHOLD + 1) + b"y" * 10)
+
+    def test_partialWrites(self) -> None:
+        """
+        A write that takes several system calls is completed.
+        """
+        realWrite = os.write
+        self.patch(os, "write", lambda fd, data: realWrite(fd, bytes(data[:3])))
+        pending = self.store.begin([("example.com", lambda id: b"Header: 1\n")])
+        pending.write(b"a body of some length\n")
+        [stored] = pending.commit()
+        with open(stored.path, "rb") as f:
+            self.assertEqual(f.read(), b"Header: 1\na body of some length\n")
+
+    def test_missingMaildir(self) -> None:
+        """
+        A Maildir that has disappeared fails the commit with a StorageError
+        that says what failed, and leaves nothing in the Maildirs that
+        exist.
+        """
+        pending = self.store.begin([("example.com", lambda id: b""), ("gone.example", lambda id: b"")])
+        pending.write(b"data")
+        error = self.assertRaises(StorageError, pending.commit)
+        self.assertIn("creating the message file", str(error))
+        self.assertFalse(error.noSpace)
+        self.assertNothingLeft()
+
+    def test_diskFull(self) -> None:
+        """
+        A write that fails like a full disk is a StorageError marked
+        noSpace, and the file is removed.
+        """
+
+        def full(fd: int, data: bytes) -> int:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+        self.patch(os, "write", full)
+        pending = self.store.begin([("example.com", lambda id: b"")])
+        pending.write(b"data")
+        error = self.assertRaises(StorageError, pending.commit)
+        self.assertTrue(error.noSpace)
+        self.assertIn("writing the message", str(error))
+        self.assertNothingLeft()
+
+    def test_fsyncFailure(self) -> None:
+        """
+        A failing fsync of the second copy removes both files.
+        """
+        realFsync = os.fsync
+        count = [0]
+
+        def failSecond(fd: int) -> None:
+            count[0] += 1
+            if count[0] == 2:
+                raise OSError(errno.EIO, os.strerror(errno.EIO))
+            realFsync(fd)
+
+        self.patch(os, "fsync", failSecond)
+        pending = self.store.begin([("example.com", lambda id: b""), ("example.com", lambda id: b"")])
+        pending.write(b"data")
+        error = self.assertRaises(StorageError, pending.commit)
+        self.assertIn("syncing the message to disk", str(error))
+        self.assertFalse(error.noSpace)
+        self.assertNothingLeft()

@@ -16,6 +16,7 @@ from twisted.mail.smtp import IMessage, SMTPBadRcpt
 from twisted.trial.unittest import SynchronousTestCase
 
 from harbor.config import DomainConfig
+from harbor.maildir import MEMORY_THRESHOLD
 from harbor.smtp import HarborESMTP, _LineMessage
 from harbor.test._support import DeferredThreads, RecordingFileSystem, SMTPDriver, makeDeliverer
 
@@ -322,15 +323,17 @@ class TransactionTests(SMTPTestCase):
 
     def test_disconnectDuringData(self) -> None:
         """
-        A client that goes away mid-DATA leaves no file, and the transaction
-        is logged as such.
+        A client that goes away mid-DATA leaves no file, whether the message
+        was still in memory or already streaming into tmp/, and the
+        transaction is logged as such.
         """
         self.smtp.send(b"MAIL FROM:<s@x.org>\r\nRCPT TO:<a@example.com>\r\nDATA\r\nSubject: x\r\n")
+        self.assertEqual(self.files("tmp"), [])
+        self.smtp.send(b"x" * MEMORY_THRESHOLD + b"\r\n")
         self.assertEqual(len(self.files("tmp")), 1)
         self.smtp.close()
         self.assertEqual((self.files("tmp"), self.files("new")), ([], []))
         self.assertEqual(self.transactionLogs()[0]["result"], "disconnected while receiving the message")
-
     def test_refusalsLogged(self) -> None:
         """
         Every refusal is logged with the command and the reply sent.
@@ -381,14 +384,17 @@ class LocalFailureTests(SMTPTestCase):
 
     def test_cannotCreateFile(self) -> None:
         """
-        A Maildir we may not write into gets 451 4.3.0 at DATA.
+        A Maildir we may not write into gets 451 4.3.0 after the dot (a
+        small message touches the disk only then), and nothing is left.
         """
         self.fs.failOn = "create"
         self.fs.failErrno = errno.EACCES
-        self.assertTrue(self.startData().endswith(b"451 4.3.0 Error: local error in processing, try again later\r\n"))
+        self.assertTrue(self.startData().endswith(b"354 End data with <CR><LF>.<CR><LF>\r\n"))
+        self.smtp.send(MESSAGE + b".\r\n")
+        self.threads.runAll()
+        self.assertEqual(self.smtp.take(), b"451 4.3.0 Error: local error in processing, try again later\r\n")
         self.assertNothingStored()
         self.assertEqual(self.smtp.send(b"NOOP\r\n"), b"250 2.0.0 Ok\r\n")
-
     def test_diskFullWhileStreaming(self) -> None:
         """
         A full disk mid-message is answered 452 4.3.1 after the dot; the
@@ -422,7 +428,10 @@ class LocalFailureTests(SMTPTestCase):
         import shutil
 
         shutil.rmtree(os.path.join(self.root, "example.com"))
-        self.assertTrue(self.startData().endswith(b"451 4.3.0 Error: local error in processing, try again later\r\n"))
+        self.startData()
+        self.smtp.send(MESSAGE + b".\r\n")
+        self.threads.runAll()
+        self.assertEqual(self.smtp.take(), b"451 4.3.0 Error: local error in processing, try again later\r\n")
 
 
 @implementer(IMessage)
