@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any, TypeVar
 
-from zope.interface import Interface, implementer
+from zope.interface import implementer
 
 from twisted.internet.defer import Deferred
 from twisted.mail.interfaces import IMessageDelivery, IMessageDeliveryFactory
@@ -371,12 +371,14 @@ class HarborDelivery:
             )
             rules = [self._rulesFor(r) for r in self.recipients]
             policy = self._deliverer.policyHook
-            check = None
+            check: Callable[[EmailMessage | None, int], Deferred[Refuse | None]] | None = None
             if policy is not None and self.recipients:
                 recipients = recipientsOf([r.accept.address for r in self.recipients])
 
-                def check(headers: EmailMessage | None, size: int) -> Deferred[Refuse | None]:
+                def askPolicy(headers: EmailMessage | None, size: int) -> Deferred[Refuse | None]:
                     return policy.check(self.request("data", recipients, headers, size))
+
+                check = askPolicy
 
             self._message = HarborMessage(
                 pending,

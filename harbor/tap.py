@@ -10,8 +10,6 @@ the reactor as an argument so tests can pass a fake one.
 
 from __future__ import annotations
 
-from typing import Any
-
 import signal
 import sys
 from typing import Any

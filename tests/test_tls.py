@@ -11,7 +11,6 @@ import re
 import smtplib
 import socket
 import ssl
-from typing import Any
 
 from twisted.trial.unittest import TestCase
 

@@ -14,7 +14,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from harbor.config import Config, ConfigError, DomainConfig, Limits
 from harbor.dnsbl import Blocklists, SharedResult, queryName
-from harbor.filters import Filter, firstMatch, parseFilters
+from harbor.filters import firstMatch, parseFilters
 from harbor.smtp import HarborSMTPFactory, ServerSettings
 from harbor.test._support import HOSTNAME, SMTPDriver, makeDeliverer
 

@@ -8,7 +8,7 @@ import os
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from harbor.config import Config, ConfigError, DomainConfig, FolderRule
+from harbor.config import Config, ConfigError, FolderRule
 from harbor.policy import Accept, Reject, RecipientPolicy, parsePath, subaddressFolder
 from harbor.test._support import DeferredThreads, SMTPDriver, makeDeliverer
 
