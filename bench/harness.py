@@ -88,6 +88,7 @@ class Bench:
         self.server_options = {
             "postfix_main_extra": "\n".join(options.postfix_main),
             "mailharbor_endpoint_extra": options.mailharbor_endpoint,
+            "mailharbor_workers": options.mailharbor_workers,
             "mailharbor_limit_keys": self._mailharbor_limit_keys(),
             "max_connections": max(options.w5) + 10000 if options.w5 else 20000,
         }
@@ -687,6 +688,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    help="W5 counts up to this are measured for Postfix in every run (default 1000)")
     p.add_argument("--mailharbor-endpoint", default="", metavar="':OPTION=VALUE...'",
                    help="appended to MailHarbor's tcp:PORT:interface=127.0.0.1 endpoint, e.g. ':backlog=511'")
+    p.add_argument("--mailharbor-workers", type=int, default=1, metavar="N",
+                   help="run MailHarbor with --workers N (CPU and memory rows then count only the first process)")
     p.add_argument("--postfix-main", action="append", default=[], metavar="'NAME = VALUE'",
                    help="extra main.cf line for the Postfix instance, repeatable (e.g. 'in_flow_delay = 0')")
     p.add_argument("--timeout", type=float, default=180, help="bound on each measurement's waits, seconds")

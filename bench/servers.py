@@ -209,6 +209,9 @@ class MailHarbor(Server):
             lines.append(f"max_message_size = {MAX_MESSAGE}")
         if "max_connections" in known:
             lines.append(f"max_connections = {self.options.get('max_connections', 20000)}")
+        workers = self.options.get("mailharbor_workers", 1)
+        if workers > 1 and "workers" in known:
+            lines.append(f"workers = {workers}")
         self.config = None
         if lines:
             self.config = os.path.join(self.workdir, "mailharbor.toml")

@@ -68,6 +68,8 @@ class Limits:
         when many clients arrive at once.
     @ivar policyHookTimeout: Seconds a policy hook may take before its
         default applies.
+    @ivar workers: Processes sharing the listening sockets (the first one
+        binds them and starts the others).
     """
 
     maxMessageSize: int = 25 * 1024 * 1024
@@ -84,6 +86,7 @@ class Limits:
     pregreetWait: float = 0
     listenBacklog: int = 1024
     policyHookTimeout: float = 10
+    workers: int = 1
 
 
 # TOML key -> (Limits field, smallest allowed value, kind)
@@ -100,6 +103,7 @@ _LIMIT_KEYS: dict[str, tuple[str, float, type]] = {
     "pregreet_wait": ("pregreetWait", 0, float),
     "listen_backlog": ("listenBacklog", 1, int),
     "policy_hook_timeout": ("policyHookTimeout", 0.1, float),
+    "workers": ("workers", 1, int),
 }
 
 _TOP_LEVEL_KEYS = frozenset(

@@ -10,17 +10,20 @@ the reactor as an argument so tests can pass a fake one.
 
 from __future__ import annotations
 
+import os
 import signal
+import socket
 import sys
 from typing import Any
 
 from twisted.application.service import MultiService, Service
 from twisted.cred import strcred
 from twisted.cred.credentials import IUsernamePassword
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.error import ProcessExitedAlready
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
-from twisted.internet.protocol import Factory
+from twisted.internet.protocol import Factory, ProcessProtocol
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python import usage
@@ -31,6 +34,7 @@ from harbor.config import DEFAULT_MAILDIR, Config, ConfigError, loadFile, withBa
 # Command-line options that override the configuration file key of the same
 # name (with - for _).
 _CLI_KEYS = (
+    "workers",
     "port",
     "tls_port",
     "submission_port",
@@ -73,6 +77,8 @@ class Options(usage.Options, strcred.AuthOptionMixin):
         ["tls-key", None, None, "PEM private key of --tls-cert"],
         ["users-file", None, None, "Users file for AUTH (see `mailharbor passwd`)"],
         ["log-format", None, "text", "text, or json for one JSON object per line (for log shippers)"],
+        ["workers", None, None, "Processes sharing the listening sockets [default: 1]", int],
+        ["inherit-fds", None, None, "(internal) listening sockets handed to a worker: FD:FAMILY,..."],
         ["json-log", None, "-", "With --log-format json: the file to append to, or - for standard output"],
     ]
     optFlags = [
@@ -162,6 +168,14 @@ class Options(usage.Options, strcred.AuthOptionMixin):
             if e.setting in fromCommandLine or path is None:
                 raise usage.UsageError(f"{optionName(e.setting)}: {e.problem}") from None
             raise usage.UsageError(f"{path}: {e.setting}: {e.problem}") from None
+        if self.config.limits.workers > 1 and any(
+            port.startswith("systemd:") for port in self.config.ports
+        ):
+            raise usage.UsageError("--workers: systemd's sockets are adopted by one process only")
+        if self.config.limits.workers > 1 and self.config.hooks:
+            raise usage.UsageError(
+                "--workers: new-message hooks run in one process only; use one worker with [[hook]]"
+            )
         from harbor.hooks import checkHooks
         from harbor.policyhook import loadPolicyHook
 
@@ -192,14 +206,29 @@ class ListeningService(Service):
 
     _log = Logger()
 
-    def __init__(self, description: str, endpoint: IStreamServerEndpoint, factory: Factory) -> None:
+    def __init__(
+        self,
+        description: str,
+        endpoint: IStreamServerEndpoint,
+        factory: Factory,
+        adopt: tuple[Any, int, int] | None = None,
+    ) -> None:
+        """
+        @param adopt: For a worker: the reactor, file descriptor and address
+            family of a socket already listening, to use instead of binding.
+        """
         self._description = description
         self._endpoint = endpoint
         self._factory = factory
+        self._adopt = adopt
         self._port: IListeningPort | None = None
 
     def privilegedStartService(self) -> None:
         super().privilegedStartService()
+        if self._adopt is not None:
+            reactor, fd, family = self._adopt
+            self._listening(reactor.adoptStreamPort(fd, family, self._factory))
+            return
         outcome: list[object] = []
         self._endpoint.listen(self._factory).addBoth(outcome.append)
         if outcome and isinstance(outcome[0], Failure):
@@ -278,6 +307,12 @@ class HarborService(MultiService):
         self._policy = policy
         deliverer, settings = self._build(config, options)
         self._store = deliverer.store
+        inherited = [
+            (int(fd), int(family))
+            for fd, family in (item.split(":") for item in (options.get("inherit-fds") or "").split(",") if item)
+        ]
+        self._worker = bool(inherited)
+        self._workers: list[Any] = []
         self._factories: list[HarborSMTPFactory] = []
         for listener, listenerSettings in zip(config.listeners, settings):
             factory = HarborSMTPFactory(
@@ -288,7 +323,11 @@ class HarborService(MultiService):
             if listener.implicitTLS:
                 wrapped = TLSMemoryBIOFactory(self._tls, False, factory)
             endpoint = serverFromString(reactor, withBacklog(listener.port, limits.listenBacklog))
-            ListeningService(listener.port, endpoint, wrapped).setServiceParent(self)
+            adopt = None
+            if inherited:
+                fd, family = inherited[len(self._factories) - 1]
+                adopt = (reactor, fd, family)
+            ListeningService(listener.port, endpoint, wrapped, adopt).setServiceParent(self)
 
     def _hookRunner(self, config: Config, extraHooks: Any) -> Any:
         """
@@ -445,6 +484,8 @@ class HarborService(MultiService):
 
     def _hangUp(self, signalNumber: int, frame: Any) -> None:
         self._reactor.callFromThread(self.reload)
+        for worker in self._workers:
+            self._reactor.callFromThread(worker.signal, "HUP")
 
     def _createMaildirs(self) -> None:
         from harbor.maildir import StorageError
@@ -470,6 +511,43 @@ class HarborService(MultiService):
         )
         self._previousHandler = signal.signal(signal.SIGHUP, self._hangUp)
         super().startService()
+        if not self._worker:
+            for number in range(1, self.config.limits.workers):
+                self._startWorker(number)
+
+    def _startWorker(self, number: int) -> None:
+        """
+        Start another process serving the same listening sockets: it runs
+        this same configuration as this user (privileges are already
+        dropped), adopts the sockets instead of binding, and its log lines
+        come back through us.
+        """
+        listeners = [s for s in self if isinstance(s, ListeningService)]
+        childFDs: dict[int, Any] = {0: "w", 1: "r", 2: "r"}
+        inherit = []
+        for index, listener in enumerate(listeners):
+            port = listener.port
+            target = 3 + index
+            childFDs[target] = port.fileno()  # type: ignore[union-attr]
+            family = socket.AF_INET6 if ":" in str(getattr(port.getHost(), "host", "")) else socket.AF_INET  # type: ignore[union-attr]
+            inherit.append(f"{target}:{int(family)}")
+        arguments = [
+            sys.executable,
+            "-c",
+            "import sys; from twisted.scripts.twistd import run; sys.argv[0] = 'twistd'; run()",
+            "-n",
+            "--pidfile=",
+            "mailharbor",
+            *(self.options.arguments or []),
+            "--inherit-fds",
+            ",".join(inherit),
+        ]
+        worker = _Worker(number, self._log)
+        worker.transport = self._reactor.spawnProcess(
+            worker, sys.executable, arguments, env=os.environ.copy(), childFDs=childFDs
+        )
+        self._workers.append(worker)
+        self._log.info("Started worker {number} (pid {pid})", number=number, pid=worker.transport.pid)
 
     def stopService(self) -> Deferred[None]:
         """
@@ -481,6 +559,8 @@ class HarborService(MultiService):
             signal.signal(signal.SIGHUP, self._previousHandler)
             self._previousHandler = None
         grace = self.config.limits.shutdownGrace
+        for worker in self._workers:
+            worker.signal("TERM")
         stopped: Deferred[Any] = super().stopService()
 
         def closeSessions(ignored: object) -> Deferred[None]:
@@ -493,7 +573,42 @@ class HarborService(MultiService):
                 )
             return self._registry.shutdown(grace, self._reactor)
 
-        return stopped.addCallback(closeSessions)
+        def workersEnded(ignored: object) -> Deferred[Any]:
+            return DeferredList([worker.ended for worker in self._workers])
+
+        return stopped.addCallback(closeSessions).addCallback(workersEnded)
+
+
+class _Worker(ProcessProtocol):
+    """
+    A worker process started by L{HarborService}: its output lines are
+    logged here, marked with its number.
+    """
+
+    def __init__(self, number: int, log: Logger) -> None:
+        self.number = number
+        self._log = log
+        self._partial = b""
+        self.ended: Deferred[None] = Deferred()
+        self.transport: Any = None
+
+    def outReceived(self, data: bytes) -> None:
+        lines = (self._partial + data).split(b"\n")
+        self._partial = lines.pop()
+        for line in lines:
+            self._log.info("worker {number}: {line}", number=self.number, line=line.decode("utf-8", "replace"))
+
+    errReceived = outReceived
+
+    def signal(self, name: str) -> None:
+        try:
+            self.transport.signalProcess(name)
+        except ProcessExitedAlready:
+            pass
+
+    def processEnded(self, reason: Failure) -> None:
+        self._log.info("Worker {number} ended: {reason}", number=self.number, reason=reason.getErrorMessage())
+        self.ended.callback(None)
 
 
 def jsonLogObserver(path: str) -> Any:

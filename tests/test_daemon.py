@@ -375,3 +375,43 @@ class LoggingTests(TestCase):
         [name] = storedFiles(root)
         with open(os.path.join(root, DOMAIN, "new", name), "rb") as f:
             self.assertIn(b"([IPv6:::1])", f.read())
+
+
+class WorkersTests(TestCase):
+    """
+    Several processes sharing the listening socket.
+    """
+
+    timeout = 120
+
+    async def test_workersShareThePort(self) -> None:
+        """
+        With --workers 2 a second process adopts the listening socket and
+        serves mail too; stopping the first stops both.
+        """
+        root = os.path.abspath(self.mktemp())
+        process, port = await startTwistd(
+            self, ["--workers", "2", "--port", LOOPBACK_PORT, "--domain", DOMAIN, "--maildir", root]
+        )
+        await pollUntil(lambda: re.search(rb"Started worker 1 \(pid (\d+)\)", process.output), "the worker starts")
+        worker = int(re.search(rb"Started worker 1 \(pid (\d+)\)", process.output).group(1))  # type: ignore[union-attr]
+
+        def sendUntilWorkerServes() -> int:
+            for attempt in range(300):
+                send(port)
+                if any(f"P{worker}Q" in name for name in storedFiles(root)):
+                    return attempt + 1
+            return 0
+
+        self.assertNotEqual(await inThread(sendUntilWorkerServes), 0)
+        process.transport.signalProcess("TERM")
+        await process.wait()
+
+        def gone() -> bool:
+            try:
+                os.kill(worker, 0)
+            except ProcessLookupError:
+                return True
+            return False
+
+        await pollUntil(gone, "the worker exits")
