@@ -82,10 +82,10 @@ class RecordingFileSystem:
 
     def create(self, path: str) -> Any:
         self._record("create", path)
-        return _WatchedFile(self._real.create(path), self)
+        return _WatchedFile(self._real.create(path), self, path)
 
     def fsync(self, f: Any) -> None:
-        self._record("fsync", f.name if isinstance(f.name, str) else "")
+        self._record("fsync", getattr(f, "path", ""))
         self._real.fsync(f)
 
     def rename(self, source: str, destination: str) -> None:
@@ -111,10 +111,11 @@ class _WatchedFile:
     C{failOn} is C{"write"}.
     """
 
-    def __init__(self, real: Any, fs: RecordingFileSystem) -> None:
+    def __init__(self, real: Any, fs: RecordingFileSystem, path: str) -> None:
         self._real = real
         self._fs = fs
         self.name = real.name
+        self.path = path
 
     def write(self, data: Any) -> int:
         if self._fs.failOn == "write":

@@ -10,7 +10,6 @@ subprocesses and a loopback HTTP server on the global reactor.
 from __future__ import annotations
 
 import base64
-import errno
 import io
 import json
 import os
@@ -52,7 +51,8 @@ from harbor.hooks import (
     parseHooks,
     spoolFor,
 )
-from harbor.maildir import IFileSystem, RealFileSystem, StorageError
+from harbor.maildir import StorageError
+from harbor.test._support import RecordingFileSystem
 
 NOW = 1_700_000_000.0
 MESSAGE = (
@@ -140,51 +140,6 @@ def storeMessage(testCase: SynchronousTestCase, data: bytes = MESSAGE, count: in
         path=path,
         id=messageID,
     )
-
-
-@implementer(IFileSystem)
-class RecordingFileSystem:
-    """
-    The real file system, with a log of the calls that make files durable
-    and a way to make one of them fail like a full disk.
-    """
-
-    def __init__(self) -> None:
-        self._real = RealFileSystem()
-        self.calls: list[tuple[str, str]] = []
-        self.failOn: str | None = None
-        self._paths: dict[Any, str] = {}
-
-    def _record(self, name: str, path: str) -> None:
-        self.calls.append((name, path))
-        if self.failOn == name:
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
-
-    def create(self, path: str) -> Any:
-        self._record("create", path)
-        f = self._real.create(path)
-        self._paths[f] = path
-        return f
-
-    def fsync(self, f: Any) -> None:
-        self._record("fsync", self._paths[f])
-        self._real.fsync(f)
-
-    def rename(self, source: str, destination: str) -> None:
-        self._record("rename", destination)
-        self._real.rename(source, destination)
-
-    def unlink(self, path: str) -> None:
-        self._record("unlink", path)
-        self._real.unlink(path)
-
-    def syncDirectory(self, path: str) -> None:
-        self._record("syncDirectory", path)
-        self._real.syncDirectory(path)
-
-    def makeDirectories(self, path: str) -> None:
-        self._record("makeDirectories", path)
-        self._real.makeDirectories(path)
 
 
 WAIT = object()

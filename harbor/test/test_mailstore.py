@@ -41,26 +41,16 @@ from harbor.mailstore import (
     saveAttachments,
     seenFilename,
 )
-from harbor.test.test_cli import NOW, messageBytes, messageID
+from harbor.test.test_cli import NOW, _CommandTestCase, messageBytes, messageID
 
 
-class _StoreTestCase(SynchronousTestCase):
+class _StoreTestCase(_CommandTestCase):
     """
-    Helpers to build a store.
+    Helpers to build a store (those of the command's tests), with delivered
+    messages given by path.
     """
 
-    def makeRoot(self, *mailboxes: str) -> str:
-        """
-        Create a Maildir root with an empty Maildir for each mailbox.
-        """
-        root = os.path.abspath(self.mktemp())
-        os.makedirs(root)
-        for mailbox in mailboxes:
-            for sub in ("tmp", "new", "cur"):
-                os.makedirs(os.path.join(root, mailbox, sub))
-        return root
-
-    def deliver(
+    def deliver(  # type: ignore[override]
         self,
         root: str,
         mailbox: str,
@@ -70,17 +60,12 @@ class _StoreTestCase(SynchronousTestCase):
         flags: str | None = None,
     ) -> str:
         """
-        Store C{content} named as the server (or, with C{flags}, a mail
-        reader) would name it, and return its path.
+        Store C{content} (a sample message by default) named as the server
+        (or, with C{flags}, a mail reader) would name it, and return its
+        path.
         """
-        content = content or messageBytes()
-        filename = f"{identifier},S={len(content)}"
-        if flags is not None:
-            filename += f":2,{flags}"
-        path = os.path.join(root, mailbox, sub, filename)
-        with open(path, "wb") as f:
-            f.write(content)
-        return path
+        name = super().deliver(root, mailbox, identifier, content or messageBytes(), sub, flags)
+        return os.path.join(root, mailbox, sub, name)
 
     def countOpens(self) -> list[str]:
         """
