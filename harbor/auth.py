@@ -24,9 +24,9 @@ from typing import Any
 from zope.interface import implementer
 
 from twisted.cred.checkers import ICredentialsChecker
-from twisted.cred.credentials import IUsernamePassword
+from twisted.cred.credentials import IUsernamePassword, UsernamePassword
 from twisted.cred.error import UnauthorizedLogin
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, maybeDeferred
 
 from attrs import frozen
 
@@ -199,6 +199,36 @@ class UsersFileChecker:
             return name
 
         return self._runInThread(check)
+
+
+@implementer(ICredentialsChecker)
+class TextOrBytes:
+    """
+    Adapts a checker from twistd's C{--auth}: Twisted's own checkers
+    disagree on whether user names and passwords are text (C{memory:},
+    C{unix}) or bytes (C{file:}), so the credentials are offered as text
+    first, then as bytes.
+    """
+
+    def __init__(self, checker: ICredentialsChecker) -> None:
+        self._checker = checker
+        self.credentialInterfaces = checker.credentialInterfaces
+
+    def requestAvatarId(self, credentials: IUsernamePassword) -> Deferred[Any]:
+        def text(value: bytes | str) -> str:
+            return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+
+        def octets(value: bytes | str) -> bytes:
+            return value.encode("utf-8") if isinstance(value, str) else value
+
+        asText = UsernamePassword(text(credentials.username), text(credentials.password))
+        asBytes = UsernamePassword(octets(credentials.username), octets(credentials.password))
+
+        def asOctets(failure: Any) -> Any:
+            failure.trap(UnauthorizedLogin)
+            return self._checker.requestAvatarId(asBytes)
+
+        return maybeDeferred(self._checker.requestAvatarId, asText).addErrback(asOctets)
 
 
 def decodeBase64(data: bytes) -> bytes:

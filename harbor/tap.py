@@ -369,7 +369,7 @@ class HarborService(MultiService):
         The parts that follow the configuration: the deliverer and each
         listener's settings.
         """
-        from harbor.auth import UsersFileChecker
+        from harbor.auth import TextOrBytes, UsersFileChecker
         from harbor.delivery import Deliverer
         from harbor.maildir import MaildirNamer, MaildirStore
         from harbor.policy import RecipientPolicy
@@ -404,7 +404,7 @@ class HarborService(MultiService):
             reactor.callLater,
             self._policyHook(config),
         )
-        checkers = list(options.get("credCheckers", []))
+        checkers: list[Any] = [TextOrBytes(c) for c in options.get("credCheckers", [])]
         if config.usersFile is not None:
             checkers.append(UsersFileChecker(config.usersFile, runInThread))
         settings = [

@@ -270,3 +270,30 @@ class ReloadTests(TestCase):
         await pollUntil(lambda: b"Reloaded the TLS certificate" in process.output, "twistd reloads", 30)
         self.assertEqual(await inThread(seen), second)
         self.assertEqual((await inThread(old.noop))[0], 250)
+
+
+class CredCheckerTests(TestCase):
+    """
+    Any twisted.cred checker, through twistd's --auth.
+    """
+
+    timeout = 60
+
+    async def test_strcredChecker(self) -> None:
+        """
+        A checker from --auth (here memory:) authenticates AUTH; a wrong
+        password is refused.
+        """
+        server = await startServer(self, "--auth", "memory:bob:s3cret", "--allow-plaintext-auth")
+
+        def session() -> tuple[int, int]:
+            with server.connect() as client:
+                try:
+                    client.login("bob", "wrong")
+                except smtplib.SMTPAuthenticationError as e:
+                    refused = e.smtp_code
+            with server.connect() as client:
+                accepted = client.login("bob", "s3cret")[0]
+            return refused, accepted
+
+        self.assertEqual(await inThread(session), (535, 235))

@@ -158,3 +158,26 @@ class ThrottleTests(SynchronousTestCase):
         self.assertEqual(tracker.failed("a"), 0)
         clock.advance(61)
         self.assertEqual(tracker.failed("a"), 0)
+
+
+class TextOrBytesTests(SynchronousTestCase):
+    """
+    Tests for L{TextOrBytes}.
+    """
+
+    def test_bothKinds(self) -> None:
+        """
+        Checkers keyed by text and by bytes both accept the right password,
+        and a wrong one is still refused.
+        """
+        from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
+
+        from harbor.auth import TextOrBytes
+
+        for user, password in [("bob", "pw"), (b"bob", b"pw")]:
+            checker = TextOrBytes(InMemoryUsernamePasswordDatabaseDontUse(**{}))
+            checker._checker.addUser(user, password)  # type: ignore[attr-defined]
+            self.assertEqual(
+                self.successResultOf(checker.requestAvatarId(UsernamePassword(b"bob", b"pw"))), user
+            )
+            self.failureResultOf(checker.requestAvatarId(UsernamePassword(b"bob", b"no")), UnauthorizedLogin)

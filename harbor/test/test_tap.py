@@ -155,7 +155,8 @@ class AuthOptionsTests(SynchronousTestCase):
         [listener] = [s for s in service if isinstance(s, ListeningService)]
         factory = listener._factory
         self.assertIsInstance(factory, HarborSMTPFactory)
-        self.assertEqual(factory.settings.checkers, tuple(options["credCheckers"]))
+        [checker] = factory.settings.checkers
+        self.assertIs(checker._checker, options["credCheckers"][0])
         self.assertTrue(factory.settings.allowPlaintextAuth)
 
     def test_submissionNeedsUsers(self) -> None:
