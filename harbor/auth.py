@@ -16,7 +16,6 @@ import binascii
 import hashlib
 import hmac
 import os
-import re
 import tempfile
 from collections.abc import Callable
 from typing import Any
@@ -30,7 +29,8 @@ from twisted.internet.defer import Deferred, maybeDeferred
 
 from attrs import frozen
 
-USER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@+-]{0,127}$")
+from harbor.policy import USER_NAME
+
 _SCRYPT_N = 2**14
 _SCRYPT_R = 8
 _SCRYPT_P = 1

@@ -513,13 +513,20 @@ class HarborMessage:
         self._callLater = callLater
         self._policy = policy
         self._headers: bytearray | None = bytearray() if wantsHeaders else None
+        self._collecting = wantsHeaders
         self.size = 0
 
     def dataReceived(self, data: bytes) -> None:
         self.size += len(data)
-        headers = self._headers
-        if headers is not None and len(headers) < _MAX_HEADER_BLOCK and b"\n\n" not in headers:
+        if self._collecting:
+            headers = self._headers
+            assert headers is not None
+            # Look for the blank line only in what is new (and the byte
+            # before it), and stop once it, or the limit, is reached.
+            start = max(len(headers) - 1, 0)
             headers += data[: _MAX_HEADER_BLOCK - len(headers)]
+            if b"\n\n" in headers[start:] or len(headers) >= _MAX_HEADER_BLOCK:
+                self._collecting = False
         self._pending.write(data)
 
     def lineReceived(self, line: bytes) -> None:

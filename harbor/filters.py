@@ -14,14 +14,15 @@ from __future__ import annotations
 import fnmatch
 import ipaddress
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Protocol
 
 from twisted.logger import Logger
 
-from attrs import frozen
+from attrs import field, frozen
 
 from harbor.config import ConfigError
+from harbor.policy import IPNetwork, inNetworks
 
 _log = Logger()
 
@@ -38,7 +39,8 @@ class Filter:
     """
     One envelope rule.
 
-    @ivar clients: Networks the client's address must be in, or empty.
+    @ivar clients: Networks the client's address must be in (parsed once,
+        here), or empty.
     @ivar helo: A glob pattern for the HELO name, or L{None}.
     @ivar sender: A glob pattern for the sender address, or L{None}.
     @ivar recipient: A glob pattern for the recipient address, or L{None}.
@@ -49,7 +51,9 @@ class Filter:
     @ivar header: The header line added by tag.
     """
 
-    clients: tuple[str, ...]
+    clients: tuple[IPNetwork, ...] = field(
+        converter=lambda networks: tuple(ipaddress.ip_network(n, strict=False) for n in networks)
+    )
     helo: str | None
     sender: str | None
     recipient: str | None
@@ -66,8 +70,8 @@ class Filter:
         """
         used = [
             stage
-            for field, stage in _FIELDS.items()
-            if (self.clients if field == "client" else getattr(self, field))
+            for name, stage in _FIELDS.items()
+            if (self.clients if name == "client" else getattr(self, name))
         ]
         return max(used, key=STAGES.index)
 
@@ -75,7 +79,7 @@ class Filter:
         """
         Whether every condition holds; patterns ignore case.
         """
-        if self.clients and not _inNetworks(client, self.clients):
+        if self.clients and not inNetworks(client, self.clients):
             return False
         for pattern, value in ((self.helo, helo), (self.sender, sender), (self.recipient, recipient)):
             if pattern is not None and (
@@ -83,14 +87,6 @@ class Filter:
             ):
                 return False
         return True
-
-
-def _inNetworks(client: str, networks: Iterable[str]) -> bool:
-    try:
-        address = ipaddress.ip_address(client)
-    except ValueError:
-        return False
-    return any(address in ipaddress.ip_network(n) for n in networks)
 
 
 def firstMatch(
@@ -184,11 +180,11 @@ def _parse(table: object, setting: str) -> Filter:
         except (TypeError, ValueError):
             raise ConfigError(f"{setting}.client", f"{network!r} is not an IP address or network") from None
     patterns = {}
-    for field in ("helo", "sender", "recipient"):
-        value = table.get(field)
+    for name in ("helo", "sender", "recipient"):
+        value = table.get(name)
         if value is not None and (not isinstance(value, str) or not value):
-            raise ConfigError(f"{setting}.{field}", "must be a pattern like *@example.com")
-        patterns[field] = value
+            raise ConfigError(f"{setting}.{name}", "must be a pattern like *@example.com")
+        patterns[name] = value
     if not clients and not any(patterns.values()):
         raise ConfigError(setting, "needs at least one of client, helo, sender, recipient")
     action = table.get("action")

@@ -21,7 +21,7 @@ import os
 import re
 import time
 from collections.abc import Callable, Sequence
-from typing import BinaryIO
+from typing import Protocol
 
 from zope.interface import Interface, implementer
 
@@ -32,11 +32,6 @@ SUBDIRECTORIES = ("tmp", "new", "cur")
 # How many bytes of a message's body a delivery keeps in memory before it
 # writes the copies to tmp/ (see PendingDelivery).
 MEMORY_THRESHOLD = 64 * 1024
-
-# The buffer of a file being written (a spilled message, a hook job):
-# a streamed message costs one write per 64 KiB, and a larger buffer per
-# file buys nothing more.
-_WRITE_BUFFER = 64 * 1024
 
 _CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
 
@@ -167,12 +162,14 @@ class IFileSystem(Interface):
     record their order or make them fail like a full disk would.
     """
 
-    def create(path: str) -> BinaryIO:
+    def create(path: str) -> MessageFile:
         """
-        Create C{path} exclusively and open it for buffered binary writing.
+        Create C{path} exclusively and open it for writing.  Writes are not
+        buffered (the delivery writes in large pieces), so a small message
+        costs open, write, fsync and close and nothing more.
         """
 
-    def fsync(f: BinaryIO) -> None:
+    def fsync(f: MessageFile) -> None:
         """
         Flush C{f} and force its contents to stable storage.
         """
@@ -198,17 +195,57 @@ class IFileSystem(Interface):
         """
 
 
+class MessageFile(Protocol):
+    """
+    What a delivery does with a file it writes.
+    """
+
+    def write(self, data: bytes) -> object: ...
+
+    def flush(self) -> None: ...
+
+    def fileno(self) -> int: ...
+
+    def close(self) -> None: ...
+
+
+class _DescriptorFile:
+    """
+    A file descriptor written with plain C{write(2)} calls: no buffer, and
+    none of the C{fstat}/C{lseek} a Python file object makes on opening.
+    """
+
+    def __init__(self, fd: int) -> None:
+        self._fd: int | None = fd
+
+    def write(self, data: bytes) -> int:
+        assert self._fd is not None, "write to a closed message file"
+        _writeAll(self._fd, data)
+        return len(data)
+
+    def flush(self) -> None:
+        pass
+
+    def fileno(self) -> int:
+        assert self._fd is not None, "fileno of a closed message file"
+        return self._fd
+
+    def close(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)
+
+
 @implementer(IFileSystem)
 class RealFileSystem:
     """
     L{IFileSystem} on the operating system's calls.
     """
 
-    def create(self, path: str) -> BinaryIO:
-        fd = os.open(path, _CREATE_FLAGS, 0o600)
-        return os.fdopen(fd, "wb", buffering=_WRITE_BUFFER)
+    def create(self, path: str) -> MessageFile:
+        return _DescriptorFile(os.open(path, _CREATE_FLAGS, 0o600))
 
-    def fsync(self, f: BinaryIO) -> None:
+    def fsync(self, f: MessageFile) -> None:
         f.flush()
         os.fsync(f.fileno())
 
@@ -242,7 +279,7 @@ class _Copy:
         self.name = name
         self.directory = directory
         self.header = header
-        self.file: BinaryIO | None = None
+        self.file: MessageFile | None = None
         self.created = False
 
     @property
@@ -352,32 +389,14 @@ class PendingDelivery:
         Create C{copy}'s file in C{tmp/} with C{data} (a message that ended
         in memory), fsync and close it.
 
-        On the real file system this takes four system calls (open, write,
-        fsync, close) and no Python file object: a buffered file would cost
-        two more system calls (fstat, lseek) and a buffer for one write, in
-        the commit thread, for every message.
+        On the real file system this is four system calls: open, write,
+        fsync, close.
 
         @raise StorageError: if that fails; a file that was created is
             marked in C{copy.created} for L{_discard} to remove.
         """
         path = copy.temporaryPath
         action = "creating the message file"
-        if type(self._fs) is RealFileSystem:
-            try:
-                fd = os.open(path, _CREATE_FLAGS, 0o600)
-                copy.created = True
-                try:
-                    action = "writing the message"
-                    _writeAll(fd, data)
-                    action = "syncing the message to disk"
-                    os.fsync(fd)
-                except OSError:
-                    _quietly(os.close, fd)
-                    raise
-                os.close(fd)
-            except OSError as e:
-                raise StorageError.fromOSError(action, e) from e
-            return
         try:
             f = self._fs.create(path)
             copy.created = True

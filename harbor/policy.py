@@ -15,12 +15,14 @@ import ipaddress
 import re
 import unicodedata
 from collections.abc import Iterable
+from typing import Union
 
 from attrs import frozen
 
 from harbor.config import CATCH_ALL_REJECT, FOLDER_NAME, DomainConfig
 
 POSTMASTER = "postmaster"
+IPNetwork = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
 
 # RFC 5321 section 4.1.2, extended by RFC 6531 section 3.3 with UTF-8
 # characters; which of those are acceptable is checked in _checkUnicode.
@@ -288,7 +290,8 @@ def subaddressFolder(tag: str) -> str | None:
     return tag if FOLDER_NAME.match(tag) and ".." not in tag else None
 
 
-_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@+-]{0,127}$")
+# A user name that is safe as one path component (and in the users file).
+USER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@+-]{0,127}$")
 
 
 def submissionMailbox(template: str, user: str) -> str:
@@ -299,8 +302,20 @@ def submissionMailbox(template: str, user: str) -> str:
     are still not trusted as path components: a name that is not plainly
     safe is hex-encoded.
     """
-    safe = user if _SAFE_NAME.match(user) else "=" + user.encode("utf-8").hex()[:240]
+    safe = user if USER_NAME.match(user) else "=" + user.encode("utf-8").hex()[:240]
     return template.format(user=safe)
+
+
+def inNetworks(client: str, networks: Iterable[IPNetwork]) -> bool:
+    """
+    Whether C{client} is an IP address inside one of C{networks}; a client
+    that is not an IP address (a UNIX socket) is in none.
+    """
+    try:
+        address = ipaddress.ip_address(client)
+    except ValueError:
+        return False
+    return any(address in network for network in networks)
 
 
 class ConnectionCounter:
@@ -355,8 +370,4 @@ class ConnectionCounter:
             self._perClient[client] = count
 
     def _exempt(self, client: str) -> bool:
-        try:
-            address = ipaddress.ip_address(client)
-        except ValueError:
-            return False
-        return any(address in network for network in self._exceptions)
+        return inNetworks(client, self._exceptions)

@@ -32,7 +32,7 @@ from twisted.cred.checkers import ICredentialsChecker
 from twisted.cred.credentials import UsernamePassword
 from twisted.cred.error import UnauthorizedLogin
 from twisted.cred.portal import IRealm, Portal
-from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
+from twisted.internet.defer import Deferred, DeferredList, maybeDeferred, succeed
 from twisted.internet.interfaces import (
     IAddress,
     IHandshakeListener,
@@ -246,7 +246,7 @@ class SessionRegistry:
         for session in list(self._sessions):
             session.shutdown()
         if not self._sessions:
-            return _fired()
+            return succeed(None)
         done: Deferred[None] = Deferred()
         self._waiters.append(done)
 
@@ -261,12 +261,6 @@ class SessionRegistry:
                 timer.cancel()
 
         return done.addCallback(cancelTimer)
-
-
-def _fired() -> Deferred[None]:
-    d: Deferred[None] = Deferred()
-    d.callback(None)
-    return d
 
 
 @implementer(IHandshakeListener)
@@ -329,7 +323,7 @@ class HarborESMTP(ESMTP):  # type: ignore[misc]
 
     def connectionMade(self) -> None:
         peer = self.transport.getPeer()
-        self.session = Session(str(getattr(peer, "host", peer)))
+        self._startSession(str(getattr(peer, "host", peer)))
         refusal = self._connections.admit(self.session.clientAddress)
         if refusal is not None:
             self._log.info(
@@ -346,7 +340,6 @@ class HarborESMTP(ESMTP):  # type: ignore[misc]
         # reading them, the transport pauses us and we stop reading commands.
         self.transport.registerProducer(self, True)
         self._producing = True
-        self._startSession()
         self.setTimeout(self._limits.commandTimeout)
         if self._applyFilter("connect"):
             return
@@ -390,12 +383,12 @@ class HarborESMTP(ESMTP):  # type: ignore[misc]
             self._reply(Reply(matched.code, matched.enhanced, matched.text))
         return True
 
-    def _startSession(self) -> None:
+    def _startSession(self, clientAddress: str) -> None:
         """
         Start from nothing but the client's address: at connection, and
         again after STARTTLS (RFC 3207 section 4.2).
         """
-        self.session = Session(self.session.clientAddress)
+        self.session = Session(clientAddress)
         self.deliveryFactory = self._deliverer.factoryFor(self.session)
         self._helo = (None, self.session.clientAddress.encode("ascii", "replace"))
         self._auth = None
@@ -803,7 +796,7 @@ class HarborESMTP(ESMTP):  # type: ignore[misc]
             )
         self._send(Reply(220, "2.0.0", "Ready to start TLS"))
         self._endTransaction("abandoned: STARTTLS")
-        self._startSession()
+        self._startSession(self.session.clientAddress)
         self.transport.startTLS(self._settings.tls)
 
     def smtp_AUTH(self, argument: bytes) -> None:

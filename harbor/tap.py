@@ -329,6 +329,13 @@ class HarborService(MultiService):
                 adopt = (reactor, fd, family)
             ListeningService(listener.port, endpoint, wrapped, adopt).setServiceParent(self)
 
+    def _runInThread(self, f: Any) -> Deferred[Any]:
+        """
+        Run blocking work (fsync, password hashes, hook spool) in the
+        reactor's thread pool.
+        """
+        return deferToThreadPool(self._reactor, self._reactor.getThreadPool(), f)
+
     def _hookRunner(self, config: Config, extraHooks: Any) -> Any:
         """
         The new-message hooks of the configuration and those given in code,
@@ -337,10 +344,7 @@ class HarborService(MultiService):
         from harbor.hooks import HookRunner, loadHooks, spoolFor
 
         reactor = self._reactor
-
-        def runInThread(f: Any) -> Deferred[Any]:
-            return deferToThreadPool(reactor, reactor.getThreadPool(), f)
-
+        runInThread = self._runInThread
         hooks = loadHooks(config.hooks, reactor, runInThread) + list(extraHooks)
         if not hooks:
             return None
@@ -376,10 +380,7 @@ class HarborService(MultiService):
         from harbor.smtp import ServerSettings
 
         reactor = self._reactor
-
-        def runInThread(f: Any) -> Deferred[Any]:
-            return deferToThreadPool(reactor, reactor.getThreadPool(), f)
-
+        runInThread = self._runInThread
         blocklists = None
         if config.dnsbl:
             from twisted.names import client

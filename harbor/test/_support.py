@@ -114,7 +114,6 @@ class _WatchedFile:
     def __init__(self, real: Any, fs: RecordingFileSystem, path: str) -> None:
         self._real = real
         self._fs = fs
-        self.name = real.name
         self.path = path
 
     def write(self, data: Any) -> int:
