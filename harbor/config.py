@@ -129,6 +129,7 @@ _TOP_LEVEL_KEYS = frozenset(
         "hook",
         "policy_hook",
         "policy_hook_default",
+        "group_commit",
     }
     | set(_LIMIT_KEYS)
 )
@@ -279,6 +280,10 @@ class Config:
         system's.
     @ivar hooks: The new-message hooks (L{harbor.hooks.HookConfig}).
     @ivar policyHook: The policy hook, C{package.module:function}, if any.
+    @ivar groupCommit: Whether messages that end at the same time are made
+        durable together, sharing the waits for the disk (see
+        L{harbor.maildir.commitMany}); L{False} fsyncs every file on its
+        own, as Postfix does.
     @ivar policyHookDefault: What a failing or slow policy hook means:
         C{"accept"} or C{"tempfail"}.
     """
@@ -298,6 +303,7 @@ class Config:
     hooks: tuple[Any, ...] = ()
     policyHook: str | None = None
     policyHookDefault: str = "accept"
+    groupCommit: bool = True
 
     @property
     def ports(self) -> tuple[str, ...]:
@@ -414,6 +420,7 @@ class Config:
             hooks=_hooks(mapping),
             policyHook=_policyHook(mapping),
             policyHookDefault=_choice(mapping, "policy_hook_default", ("accept", "tempfail")),
+            groupCommit=_boolean(mapping, "group_commit", True),
         )
 
 
@@ -459,8 +466,8 @@ def _dnsServer(text: str) -> tuple[str, int]:
     return host.strip("[]"), number
 
 
-def _boolean(mapping: Mapping[str, Any], key: str) -> bool:
-    value = mapping.get(key, False)
+def _boolean(mapping: Mapping[str, Any], key: str, default: bool = False) -> bool:
+    value = mapping.get(key, default)
     if not isinstance(value, bool):
         raise ConfigError(key, "must be true or false")
     return value

@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 from zope.interface import implementer
 
 from twisted.internet.defer import Deferred
+from twisted.python.failure import Failure
 from twisted.mail.interfaces import IMessageDelivery, IMessageDeliveryFactory
 from twisted.logger import Logger
 from twisted.mail.smtp import Address, IMessage, SMTPBadRcpt, SMTPBadSender, SMTPServerError, User
@@ -132,6 +133,107 @@ def headerSafe(text: str, limit: int = _MAX_HELO_IN_HEADER) -> str:
     return _UNSAFE.sub("?", text[:limit]) or "unknown"
 
 
+Folders = Sequence["str | None"] | None
+
+
+class CommitQueue:
+    """
+    Makes finished messages durable, several at a time.
+
+    While one group of messages is being committed in a thread, the
+    messages that finish meanwhile wait, and go together in the next group
+    (L{harbor.maildir.commitMany}): under load many messages share each
+    wait for the disk and each trip to the thread, and a lone message waits
+    for nothing but its own commit.  A message too large to be kept in
+    memory is committed on its own at once, so that its long fsync does not
+    hold up the small ones.
+
+    Each message's own step after its commit (recording its hook jobs)
+    runs in the same thread, before any reply is sent.
+    """
+
+    def __init__(
+        self,
+        runInThread: RunInThread[Any],
+        commitMany: Callable[[Sequence[tuple[PendingDelivery, Folders]]], list[Any]],
+        grouped: bool = True,
+    ) -> None:
+        """
+        @param runInThread: Runs the blocking commits off the reactor thread.
+        @param commitMany: Commits a group (L{MaildirStore.commitMany}).
+        @param grouped: L{False} commits every message on its own, as soon
+            as it ends (the C{group_commit = false} setting).
+        """
+        self._runInThread = runInThread
+        self._commitMany = commitMany
+        self._grouped = grouped
+        self._waiting: list[tuple[PendingDelivery, Folders, Callable[[list[StoredMessage]], Any], Deferred[Any]]] = []
+        self._busy = False
+
+    def commit(
+        self,
+        pending: PendingDelivery,
+        folders: Folders,
+        after: Callable[[list[StoredMessage]], T],
+    ) -> Deferred[tuple[list[StoredMessage], T]]:
+        """
+        Make C{pending} durable, then run C{after} on its stored copies, in
+        the commit's thread.
+
+        @return: a L{Deferred} firing with the stored copies and what
+            C{after} returned, or failing with L{StorageError} (or what
+            C{after} raised).
+        """
+        d: Deferred[tuple[list[StoredMessage], T]] = Deferred()
+        entry = (pending, folders, after, d)
+        if not self._grouped or not pending.inMemory:
+            self._run([entry], grouped=False)
+            return d
+        self._waiting.append(entry)
+        if not self._busy:
+            self._next()
+        return d
+
+    def _next(self) -> None:
+        group, self._waiting = self._waiting, []
+        self._busy = True
+        self._run(group, grouped=True)
+
+    def _run(
+        self,
+        group: list[tuple[PendingDelivery, Folders, Callable[[list[StoredMessage]], Any], Deferred[Any]]],
+        grouped: bool,
+    ) -> None:
+        commitMany = self._commitMany
+
+        def work() -> list[Any]:
+            outcomes: list[Any] = []
+            results = commitMany([(pending, folders) for pending, folders, _, _ in group])
+            for (_, _, after, _), result in zip(group, results):
+                if isinstance(result, StorageError):
+                    outcomes.append(Failure(result))
+                    continue
+                try:
+                    outcomes.append((result, after(result)))
+                except Exception:
+                    outcomes.append(Failure())
+            return outcomes
+
+        def done(outcomes: list[Any] | Failure) -> None:
+            if grouped:
+                self._busy = False
+            for index, (_, _, _, d) in enumerate(group):
+                outcome = outcomes if isinstance(outcomes, Failure) else outcomes[index]
+                if isinstance(outcome, Failure):
+                    d.errback(outcome)
+                else:
+                    d.callback(outcome)
+            if grouped and self._waiting and not self._busy:
+                self._next()
+
+        self._runInThread(work).addBoth(done)
+
+
 class Deliverer:
     """
     Everything deliveries share across connections: the policy, the store,
@@ -151,11 +253,14 @@ class Deliverer:
         hooks: Any = None,
         callLater: Callable[..., object] | None = None,
         policyHook: PolicyHook | None = None,
+        groupCommit: bool = True,
     ) -> None:
         """
         @param runInThread: Runs a blocking function off the reactor thread
             and returns a L{Deferred} of its result (C{deferToThreadPool}
             in production, a synchronous stand-in in tests).
+        @param groupCommit: Whether messages that end together are made
+            durable together (see L{CommitQueue}).
         @param submissionMailbox: Where authenticated users' mail goes,
             relative to the root, with C{{user}} for the user name.
         @param filters: The envelope filters.
@@ -178,6 +283,7 @@ class Deliverer:
         self.hooks = hooks
         self.callLater = callLater
         self.policyHook = policyHook
+        self.commits = CommitQueue(runInThread, store.commitMany, groupCommit)
         self._date: tuple[int, str] = (-1, "")
 
     def dateHeader(self, when: float) -> str:
@@ -382,7 +488,7 @@ class HarborDelivery:
 
             self._message = HarborMessage(
                 pending,
-                self._deliverer.runInThread,
+                self._deliverer.commits,
                 lambda headers: self.folders(rules, headers),
                 wantsHeaders=check is not None
                 or any(rule.field == "header" for ruleset in rules for rule in ruleset),
@@ -486,7 +592,7 @@ class HarborMessage:
     def __init__(
         self,
         pending: PendingDelivery,
-        runInThread: RunInThread[Any],
+        commits: CommitQueue,
         folders: Callable[[EmailMessage | None], list[str | None]] = lambda headers: [],
         wantsHeaders: bool = False,
         hooks: Any = None,
@@ -506,7 +612,7 @@ class HarborMessage:
             it is made durable, or L{None}.
         """
         self._pending = pending
-        self._runInThread = runInThread
+        self._commits = commits
         self._folders = folders
         self._hooks = hooks
         self._events = events
@@ -558,14 +664,13 @@ class HarborMessage:
     def _store(self, folders: list[str | None] | None) -> Deferred[list[StoredMessage]]:
         hooks = self._hooks
 
-        def store() -> tuple[list[StoredMessage], list[Any]]:
-            stored = self._pending.commit(folders)
+        def record(stored: list[StoredMessage]) -> list[Any]:
             if hooks is None:
-                return stored, []
+                return []
             try:
                 # The hooks' jobs are on disk before the 250, so none is
                 # lost if the server dies right after it.
-                return stored, hooks.record(self._events(stored))
+                return hooks.record(self._events(stored))  # type: ignore[no-any-return]
             except Exception as e:
                 for copy in stored:
                     try:
@@ -581,7 +686,7 @@ class HarborMessage:
                 self._callLater(0, hooks.dispatch, jobs)
             return copies
 
-        return self._runInThread(store).addCallback(stored)
+        return self._commits.commit(self._pending, folders, record).addCallback(stored)
 
     def connectionLost(self) -> None:
         """

@@ -5,20 +5,31 @@ a message durable before anyone is told it was received.
 
 A delivery keeps a small message in memory and writes a large one into each
 recipient's file in C{tmp/} as the data arrives.  At the end of the message
-it writes out the copies still in memory, flushes and fsyncs every copy,
-renames each into C{new/} and fsyncs the C{new/} directories.  Only after
-that may the SMTP server answer 250: a crash at any earlier point leaves at
-most a file in C{tmp/}, which no mail reader looks at.
+it writes out the copies still in memory, forces every copy to stable
+storage, renames each into C{new/} and fsyncs the C{new/} directories.  Only
+after that may the SMTP server answer 250: a crash at any earlier point
+leaves at most a file in C{tmp/}, which no mail reader looks at.
+
+Deliveries that end at about the same time can be committed together
+(L{commitMany}): their files are written, then made durable in one wait
+(one C{syncfs(2)} per file system where the system has a trustworthy one,
+instead of one C{fsync(2)} and one journal commit per file), renamed, and
+each C{new/} directory is fsynced once for all of them.  The promise is the
+same for each message; the disk's work is shared.
 
 This module does no networking and imports no reactor; the blocking
-L{PendingDelivery.commit} is meant to run in a thread of the caller's choice.
+L{commitMany} and L{PendingDelivery.commit} are meant to run in a thread of
+the caller's choice.
 """
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import os
+import platform
 import re
+import sys
 import time
 from collections.abc import Callable, Sequence
 from typing import Protocol
@@ -174,6 +185,16 @@ class IFileSystem(Interface):
         Flush C{f} and force its contents to stable storage.
         """
 
+    def syncMany(files: Sequence[MessageFile]) -> list[OSError | None]:
+        """
+        Force the contents of all of C{files}, in the order they were
+        created, to stable storage, in as few waits for the disk as the
+        system allows.
+
+        @return: for each file, the error that may have kept it from
+            stable storage, or L{None}.
+        """
+
     def rename(source: str, destination: str) -> None:
         """
         Atomically rename C{source} to C{destination}.
@@ -236,11 +257,62 @@ class _DescriptorFile:
             os.close(fd)
 
 
+def _kernelReportsSyncfsErrors(system: str, release: str) -> bool:
+    """
+    Whether C{syncfs(2)} on this kernel says when data could not be
+    written: Linux does from 5.8 on; before, it always returned success,
+    which would make a failed write look durable.
+    """
+    if system != "Linux":
+        return False
+    match = re.match(r"(\d+)\.(\d+)", release)
+    return match is not None and (int(match.group(1)), int(match.group(2))) >= (5, 8)
+
+
+def loadSyncfs() -> Callable[[int], None] | None:
+    """
+    C{syncfs(2)} as a function of a file descriptor that raises L{OSError},
+    or L{None} where the system has no trustworthy one.
+    """
+    if not sys.platform.startswith("linux") or not _kernelReportsSyncfsErrors(
+        platform.system(), platform.release()
+    ):
+        return None
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        function = libc.syncfs
+    except (OSError, AttributeError):
+        return None
+    function.argtypes = [ctypes.c_int]
+    function.restype = ctypes.c_int
+
+    def syncfs(fd: int) -> None:
+        # ctypes lets go of the GIL while the disk works.
+        if function(fd) != 0:
+            code = ctypes.get_errno()
+            raise OSError(code, os.strerror(code))
+
+    return syncfs
+
+
+_DEFAULT = object()
+
+
 @implementer(IFileSystem)
 class RealFileSystem:
     """
     L{IFileSystem} on the operating system's calls.
     """
+
+    def __init__(self, syncfs: Callable[[int], None] | None | object = _DEFAULT) -> None:
+        """
+        @param syncfs: Forces a whole file system to stable storage, given
+            a descriptor of a file on it (see L{loadSyncfs}, the default);
+            L{None} fsyncs every file on its own.
+        """
+        self._syncfs: Callable[[int], None] | None = (
+            loadSyncfs() if syncfs is _DEFAULT else syncfs  # type: ignore[assignment]
+        )
 
     def create(self, path: str) -> MessageFile:
         return _DescriptorFile(os.open(path, _CREATE_FLAGS, 0o600))
@@ -248,6 +320,41 @@ class RealFileSystem:
     def fsync(self, f: MessageFile) -> None:
         f.flush()
         os.fsync(f.fileno())
+
+    def syncMany(self, files: Sequence[MessageFile]) -> list[OSError | None]:
+        """
+        One C{syncfs(2)} per file system for two files or more, else
+        C{fsync(2)} for each.
+
+        C{syncfs} writes out all of the file system's dirty data and
+        commits its journal once, where an fsync for each file would
+        commit it once per file.  It reports a write error that happened
+        after the descriptor it is given was opened, so it is given each
+        file system's first-created file: every other file was opened
+        later, and an error on any of them is reported.
+        """
+        errors: list[OSError | None] = [None] * len(files)
+        if self._syncfs is None or len(files) < 2:
+            for index, f in enumerate(files):
+                try:
+                    self.fsync(f)
+                except OSError as e:
+                    errors[index] = e
+            return errors
+        byDevice: dict[int, list[int]] = {}
+        for index, f in enumerate(files):
+            try:
+                f.flush()
+                byDevice.setdefault(os.fstat(f.fileno()).st_dev, []).append(index)
+            except OSError as e:
+                errors[index] = e
+        for indexes in byDevice.values():
+            try:
+                self._syncfs(files[indexes[0]].fileno())
+            except OSError as e:
+                for index in indexes:
+                    errors[index] = e
+        return errors
 
     def rename(self, source: str, destination: str) -> None:
         os.rename(source, destination)
@@ -384,98 +491,106 @@ class PendingDelivery:
         except OSError as e:
             raise StorageError.fromOSError("writing the message", e) from e
 
-    def _storeCopy(self, copy: _Copy, data: bytes) -> None:
+    @property
+    def inMemory(self) -> bool:
         """
-        Create C{copy}'s file in C{tmp/} with C{data} (a message that ended
-        in memory), fsync and close it.
-
-        On the real file system this is four system calls: open, write,
-        fsync, close.
-
-        @raise StorageError: if that fails; a file that was created is
-            marked in C{copy.created} for L{_discard} to remove.
+        Whether the message is still only in memory, so that committing it
+        creates its files (a small message) rather than finishing files
+        that have been in C{tmp/} for a while (a large one).
         """
-        path = copy.temporaryPath
-        action = "creating the message file"
-        try:
-            f = self._fs.create(path)
-            copy.created = True
-            try:
-                action = "writing the message"
-                f.write(data)
-                action = "syncing the message to disk"
-                self._fs.fsync(f)
-            except OSError:
-                _quietly(f.close)
-                raise
-            f.close()
-        except OSError as e:
-            raise StorageError.fromOSError(action, e) from e
+        return self._buffer is not None and self._failure is None and not self._finished
 
     def commit(self, folders: Sequence[str | None] | None = None) -> list[StoredMessage]:
         """
-        Make every copy durable and visible, or none of them.
-
-        Blocking: create and fsync the files of a message that ended in
-        memory, or flush and fsync those of a spilled one; only then rename
-        each into C{new/} (of a Maildir++ folder, created on first use, if
-        one is given for it), then fsync each C{new/} directory.  On any
-        failure the copies already renamed are removed again and the rest
-        deleted, so the sender can retry without duplicates.
+        Make every copy durable and visible, or none of them: L{commitMany}
+        for this delivery alone.
 
         @param folders: For each copy, the name of the folder it goes to
             (C{Lists.python} is C{.Lists.python/}), or L{None} for the
             inbox.  The names must already be safe.
         @raise StorageError: if the message could not be stored.
         """
+        [result] = commitMany(self._fs, [(self, folders)])
+        if isinstance(result, StorageError):
+            raise result
+        return result
+
+    def _writeOut(self) -> list[MessageFile]:
+        """
+        The first step of a commit: write out the copies of a message in
+        memory (not yet synced), or flush those of a spilled one.
+
+        @return: every copy's open file.
+        @raise StorageError: if that fails; the delivery is then spoiled.
+        """
         if self._failure is not None:
             self._discard()
             raise self._failure
         if self._finished:
             raise StorageError("the delivery is already over")
+        body = self._buffer
+        self._buffer = None
+        try:
+            for copy in self._copies:
+                if body is not None:
+                    self._createFile(copy, body)
+                else:
+                    assert copy.file is not None
+                    copy.file.flush()
+        except StorageError as e:
+            raise self._failed(e) from e
+        except OSError as e:
+            raise self._failed(StorageError.fromOSError("writing the message", e)) from e
+        return [copy.file for copy in self._copies]  # type: ignore[misc]
+
+    def _publish(self, folders: Sequence[str | None] | None) -> tuple[list[StoredMessage], list[str]]:
+        """
+        The step after the files are durable: close them and rename each
+        into C{new/} (of a Maildir++ folder, created on first use, if one
+        is given for it).
+
+        @return: the stored copies and the C{new/} directories that now
+            need an fsync.
+        @raise StorageError: if that fails; the copies already renamed are
+            removed again and the delivery is spoiled.
+        """
         if folders is None:
             folders = [None] * len(self._copies)
-        body = self._buffer
-        if body is not None:
-            self._buffer = None
-            try:
-                for copy in self._copies:
-                    self._storeCopy(copy, copy.header + body)
-            except StorageError as e:
-                self._fail(e)
-                raise
-        else:
-            try:
-                for copy in self._copies:
-                    assert copy.file is not None
-                    self._fs.fsync(copy.file)
-                    copy.file.close()
-            except OSError as e:
-                self._fail(StorageError.fromOSError("syncing the message to disk", e))
-                raise self._failure from e  # type: ignore[misc]
-
-        stored: list[StoredMessage] = []
         try:
-            destinations = []
+            for copy in self._copies:
+                assert copy.file is not None
+                copy.file.close()
+        except OSError as e:
+            raise self._failed(StorageError.fromOSError("syncing the message to disk", e)) from e
+        stored: list[StoredMessage] = []
+        directories: list[str] = []
+        try:
             for copy, folder in zip(self._copies, folders):
                 destination = copy.directory
                 if folder is not None:
                     destination = os.path.join(copy.directory, "." + folder)
                     self._makeFolder(destination)
-                destinations.append(destination)
                 size = len(copy.header) + self._bodySize
                 final = os.path.join(destination, "new", f"{copy.name},S={size}")
                 self._fs.rename(copy.temporaryPath, final)
                 stored.append(StoredMessage(copy.name, final, size))
-            for directory in dict.fromkeys(destinations):
-                self._fs.syncDirectory(os.path.join(directory, "new"))
+                directories.append(os.path.join(destination, "new"))
         except OSError as e:
-            for message in stored:
-                _quietly(self._fs.unlink, message.path)
-            self._fail(StorageError.fromOSError("moving the message into new/", e))
-            raise self._failure from e  # type: ignore[misc]
-        self._finished = True
-        return stored
+            raise self._retract(stored, StorageError.fromOSError("moving the message into new/", e)) from e
+        return stored, list(dict.fromkeys(directories))
+
+    def _retract(self, stored: Sequence[StoredMessage], failure: StorageError) -> StorageError:
+        """
+        Remove copies already renamed into C{new/} and spoil the delivery,
+        so the sender's retry does not make duplicates.
+        """
+        for message in stored:
+            _quietly(self._fs.unlink, message.path)
+        return self._failed(failure)
+
+    def _failed(self, failure: StorageError) -> StorageError:
+        self._fail(failure)
+        return failure
 
     def _makeFolder(self, path: str) -> None:
         """
@@ -513,6 +628,80 @@ class PendingDelivery:
                 _quietly(copy.file.close)
             if copy.created:
                 _quietly(self._fs.unlink, copy.temporaryPath)
+
+
+def commitMany(
+    fs: IFileSystem,
+    deliveries: Sequence[tuple[PendingDelivery, Sequence[str | None] | None]],
+) -> list[list[StoredMessage] | StorageError]:
+    """
+    Make several deliveries durable and visible together, each one whole
+    or not at all.
+
+    Blocking.  In order: write out the messages still in memory; force all
+    files to stable storage (those just written in one
+    L{IFileSystem.syncMany}, spilled ones each with its own fsync); rename
+    every copy into C{new/}; fsync each C{new/} directory once, however
+    many copies it received.  A delivery is stored only when all of those
+    steps succeeded for every one of its copies; one delivery's failure
+    does not fail the others, except where they shared the failing
+    C{syncfs} or directory.
+
+    @param deliveries: Each delivery with its copies' folders (see
+        L{PendingDelivery.commit}).
+    @return: for each delivery, its stored copies or the L{StorageError}
+        that kept it from being stored (it is then spoiled).
+    """
+    results: list[list[StoredMessage] | StorageError | None] = [None] * len(deliveries)
+    fresh: list[tuple[int, MessageFile]] = []
+    for index, (pending, _) in enumerate(deliveries):
+        small = pending.inMemory
+        try:
+            files = pending._writeOut()
+        except StorageError as e:
+            results[index] = e
+            continue
+        if small:
+            fresh.extend((index, f) for f in files)
+            continue
+        for f in files:
+            try:
+                fs.fsync(f)
+            except OSError as e:
+                results[index] = pending._failed(StorageError.fromOSError("syncing the message to disk", e))
+                break
+    errors = fs.syncMany([f for _, f in fresh]) if fresh else []
+    for (index, _), error in zip(fresh, errors):
+        if error is not None and results[index] is None:
+            pending = deliveries[index][0]
+            results[index] = pending._failed(StorageError.fromOSError("syncing the message to disk", error))
+
+    published: list[tuple[int, list[StoredMessage], list[str]]] = []
+    for index, (pending, folders) in enumerate(deliveries):
+        if results[index] is not None:
+            continue
+        try:
+            stored, directories = pending._publish(folders)
+        except StorageError as e:
+            results[index] = e
+            continue
+        published.append((index, stored, directories))
+
+    unsynced: dict[str, OSError] = {}
+    for directory in dict.fromkeys(d for _, _, directories in published for d in directories):
+        try:
+            fs.syncDirectory(directory)
+        except OSError as e:
+            unsynced[directory] = e
+    for index, stored, directories in published:
+        pending = deliveries[index][0]
+        failure = next((unsynced[d] for d in directories if d in unsynced), None)
+        if failure is not None:
+            results[index] = pending._retract(stored, StorageError.fromOSError("moving the message into new/", failure))
+        else:
+            pending._finished = True
+            results[index] = stored
+    return results  # type: ignore[return-value]
 
 
 class MaildirStore:
@@ -575,6 +764,14 @@ class MaildirStore:
             name = self._namer.nextName()
             started.append(_Copy(name, self.directoryFor(mailbox), makeHeader(name)))
         return PendingDelivery(self._fs, started, self._threshold)
+
+    def commitMany(
+        self, deliveries: Sequence[tuple[PendingDelivery, Sequence[str | None] | None]]
+    ) -> list[list[StoredMessage] | StorageError]:
+        """
+        L{commitMany} on this store's file system.
+        """
+        return commitMany(self._fs, deliveries)
 
 
 def _writeAll(fd: int, data: bytes) -> None:

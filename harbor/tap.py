@@ -375,7 +375,7 @@ class HarborService(MultiService):
         """
         from harbor.auth import TextOrBytes, UsersFileChecker
         from harbor.delivery import Deliverer
-        from harbor.maildir import MaildirNamer, MaildirStore
+        from harbor.maildir import MaildirNamer, MaildirStore, RealFileSystem
         from harbor.policy import RecipientPolicy
         from harbor.smtp import ServerSettings
 
@@ -394,7 +394,11 @@ class HarborService(MultiService):
             blocklists = Blocklists(config.dnsbl, resolver, reactor, config.limits.dnsblTimeout)
         deliverer = Deliverer(
             RecipientPolicy(config.domains),
-            MaildirStore(config.maildir, MaildirNamer(config.hostname, reactor.seconds)),
+            MaildirStore(
+                config.maildir,
+                MaildirNamer(config.hostname, reactor.seconds),
+                RealFileSystem() if config.groupCommit else RealFileSystem(syncfs=None),
+            ),
             config.hostname,
             runInThread,
             reactor.seconds,
@@ -404,6 +408,7 @@ class HarborService(MultiService):
             self.hooks,
             reactor.callLater,
             self._policyHook(config),
+            groupCommit=config.groupCommit,
         )
         checkers: list[Any] = [TextOrBytes(c) for c in options.get("credCheckers", [])]
         if config.usersFile is not None:

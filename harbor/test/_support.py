@@ -88,6 +88,24 @@ class RecordingFileSystem:
         self._record("fsync", getattr(f, "path", ""))
         self._real.fsync(f)
 
+    def syncMany(self, files: Any) -> list[OSError | None]:
+        """
+        Like the real one: a single file is fsynced (and recorded so);
+        more are recorded as one call naming every file, in order, and
+        failing it fails them all, as a failed C{syncfs} would.
+        """
+        if len(files) == 1:
+            try:
+                self.fsync(files[0])
+            except OSError as e:
+                return [e]
+            return [None]
+        try:
+            self._record("syncMany", ",".join(getattr(f, "path", "") for f in files))
+        except OSError as e:
+            return [e] * len(files)
+        return self._real.syncMany(files)
+
     def rename(self, source: str, destination: str) -> None:
         self._record("rename", destination)
         self._real.rename(source, destination)

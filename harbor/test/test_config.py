@@ -29,6 +29,16 @@ class ConfigTests(SynchronousTestCase):
         self.assertEqual(config.maildir, os.path.abspath("Maildir"))
         self.assertEqual(config.domains, (DomainConfig("example.com"),))
 
+    def test_groupCommit(self) -> None:
+        """
+        Group commit is on unless group_commit = false; anything but a
+        boolean is an error naming the setting.
+        """
+        base = {"domain": "example.com", "hostname": "mx.example.com"}
+        self.assertTrue(Config.fromMapping(base).groupCommit)
+        self.assertFalse(Config.fromMapping({**base, "group_commit": False}).groupCommit)
+        self.assertConfigError({**base, "group_commit": "no"}, "group_commit")
+
     def test_hostnameDefaultsToFQDN(self) -> None:
         """
         Without a hostname, the machine's name is looked up.

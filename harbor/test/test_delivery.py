@@ -4,20 +4,22 @@ Tests for L{harbor.delivery}.
 
 import mailbox
 import os
+from typing import Any
 
 from zope.interface.verify import verifyObject
 
+from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.mail.interfaces import IMessageDelivery, IMessageDeliveryFactory
 from twisted.mail.smtp import IMessage, SMTPBadRcpt, User
 from twisted.trial.unittest import SynchronousTestCase
 
 from harbor.config import DomainConfig
-from harbor.delivery import HarborMessage, IMessageStream, Session, headerSafe
-from harbor.maildir import StoredMessage
+from harbor.delivery import CommitQueue, HarborMessage, IMessageStream, Session, headerSafe
+from harbor.maildir import MEMORY_THRESHOLD, MaildirNamer, MaildirStore, PendingDelivery, StorageError, StoredMessage
 from harbor.smtp import _address
 from harbor.policy import parsePath
-from harbor.test._support import makeDeliverer
+from harbor.test._support import DeferredThreads, RecordingFileSystem, makeDeliverer
 
 
 def user(raw: bytes) -> User:
@@ -172,3 +174,125 @@ class DeliveryTests(SynchronousTestCase):
         message.connectionLost()
         for sub in ("tmp", "new"):
             self.assertEqual(os.listdir(os.path.join(self.root, "example.com", sub)), [])
+
+
+class CommitQueueTests(SynchronousTestCase):
+    """
+    Tests for L{CommitQueue}: messages that end while a commit is in the
+    thread are committed together next.
+    """
+
+    def setUp(self) -> None:
+        self.root = self.mktemp()
+        self.threads = DeferredThreads()
+        self.store = MaildirStore(self.root, MaildirNamer("h", Clock().seconds, pid=1), RecordingFileSystem())
+        self.store.create("example.com")
+        self.groups: list[int] = []
+
+        def commitMany(deliveries: Any) -> list[Any]:
+            self.groups.append(len(deliveries))
+            return self.store.commitMany(deliveries)
+
+        self.queue = CommitQueue(self.threads, commitMany)
+
+    def pending(self, size: int = 10) -> PendingDelivery:
+        pending = self.store.begin([("example.com", lambda id: b"H\n")])
+        pending.write(b"x" * size)
+        return pending
+
+    def results(self, deferreds: list[Deferred[Any]]) -> list[Any]:
+        return [self.successResultOf(d) for d in deferreds]
+
+    def test_loneMessageAtOnce(self) -> None:
+        """
+        A message that ends while nothing is being committed goes to the
+        thread at once, alone, and runs its after-step there.
+        """
+        d = self.queue.commit(self.pending(), None, lambda stored: len(stored))
+        self.assertEqual(len(self.threads.pending), 1)
+        self.assertNoResult(d)
+        self.threads.runAll()
+        stored, after = self.successResultOf(d)
+        self.assertEqual((len(stored), after, self.groups), (1, 1, [1]))
+
+    def test_waitersGoTogether(self) -> None:
+        """
+        Messages that end while a commit is in the thread wait for it, then
+        go to the thread together, as one group.
+        """
+        first = self.queue.commit(self.pending(), None, lambda stored: None)
+        later = [self.queue.commit(self.pending(), None, lambda stored: None) for _ in range(3)]
+        self.assertEqual(len(self.threads.pending), 1)
+        for d in later:
+            self.assertNoResult(d)
+        self.threads.runAll()
+        self.assertEqual(self.groups, [1, 3])
+        self.assertEqual(len(self.results([first] + later)), 4)
+        self.assertEqual(len(os.listdir(os.path.join(self.root, "example.com", "new"))), 4)
+
+    def test_largeMessageAlone(self) -> None:
+        """
+        A spilled message is committed at once, on its own, even while a
+        group is in the thread.
+        """
+        small = self.queue.commit(self.pending(), None, lambda stored: None)
+        large = self.queue.commit(self.pending(MEMORY_THRESHOLD + 1), None, lambda stored: None)
+        self.assertEqual(len(self.threads.pending), 2)
+        self.threads.runAll()
+        self.assertEqual(self.groups, [1, 1])
+        self.results([small, large])
+
+    def test_ungrouped(self) -> None:
+        """
+        With grouping off, every message goes to the thread at once.
+        """
+        queue = CommitQueue(self.threads, self.store.commitMany, grouped=False)
+        deferreds = [queue.commit(self.pending(), None, lambda stored: None) for _ in range(3)]
+        self.assertEqual(len(self.threads.pending), 3)
+        self.threads.runAll()
+        self.results(deferreds)
+
+    def test_failuresStayTheirOwn(self) -> None:
+        """
+        In a group, a message that cannot be stored and one whose after-step
+        raises fail alone; the others are stored.
+        """
+        busy = self.queue.commit(self.pending(), None, lambda stored: None)
+        gone = self.store.begin([("gone.example", lambda id: b"")])
+        gone.write(b"x")
+
+        def explode(stored: Any) -> None:
+            raise RuntimeError("hook spool full")
+
+        failing = self.queue.commit(gone, None, lambda stored: None)
+        raising = self.queue.commit(self.pending(), None, explode)
+        fine = self.queue.commit(self.pending(), None, lambda stored: "ok")
+        self.threads.runAll()
+        self.failureResultOf(failing, StorageError)
+        self.failureResultOf(raising, RuntimeError)
+        self.assertEqual(self.successResultOf(fine)[1], "ok")
+        self.results([busy])
+
+    def test_unexpectedErrorFailsGroupAndGoesOn(self) -> None:
+        """
+        If committing a group raises, every message of the group fails with
+        that error, and the next group is still committed.
+        """
+        calls = [0]
+
+        def brokenOnce(deliveries: Any) -> list[Any]:
+            calls[0] += 1
+            if calls[0] == 2:
+                raise ValueError("bug")
+            return self.store.commitMany(deliveries)
+
+        queue = CommitQueue(self.threads, brokenOnce)
+        first = queue.commit(self.pending(), None, lambda stored: None)
+        broken = [queue.commit(self.pending(), None, lambda stored: None) for _ in range(2)]
+        self.threads.runAll()
+        self.results([first])
+        for d in broken:
+            self.failureResultOf(d, ValueError)
+        after = queue.commit(self.pending(), None, lambda stored: None)
+        self.threads.runAll()
+        self.results([after])

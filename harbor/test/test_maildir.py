@@ -9,7 +9,7 @@ import os
 from zope.interface.verify import verifyObject
 
 from twisted.internet.task import Clock
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from harbor.maildir import (
     MEMORY_THRESHOLD,
@@ -19,6 +19,8 @@ from harbor.maildir import (
     MaildirStore,
     RealFileSystem,
     StorageError,
+    _kernelReportsSyncfsErrors,
+    loadSyncfs,
     parseName,
 )
 from harbor.test._support import RecordingFileSystem
@@ -65,9 +67,9 @@ class NamerTests(SynchronousTestCase):
         self.assertIsNone(parseName(".hidden"))
 
 
-class StoreTests(SynchronousTestCase):
+class StoreFixture:
     """
-    Tests for L{MaildirStore} and L{PendingDelivery}.
+    A store on a recording file system, and ways to look at its Maildir.
     """
 
     def setUp(self) -> None:
@@ -101,6 +103,12 @@ class StoreTests(SynchronousTestCase):
             return original(*args)
 
         setattr(self.fs, method, failing)
+
+
+class StoreTests(StoreFixture, SynchronousTestCase):
+    """
+    Tests for L{MaildirStore} and L{PendingDelivery}.
+    """
 
     def test_fileSystemInterface(self) -> None:
         """
@@ -221,9 +229,9 @@ class StoreTests(SynchronousTestCase):
 
     def test_durabilityOrderSmall(self) -> None:
         """
-        For a message in memory, commit creates and fsyncs every copy
-        before any is renamed into new/, and fsyncs new/ after the renames:
-        only then may 250 be sent.
+        For a message in memory, commit creates every copy and syncs them
+        all before any is renamed into new/, and fsyncs new/ after the
+        renames: only then may 250 be sent.
         """
         pending = self.store.begin([("example.com", lambda id: b""), ("example.com", lambda id: b"")])
         pending.write(b"x\n")
@@ -231,7 +239,11 @@ class StoreTests(SynchronousTestCase):
         stored = pending.commit()
         self.assertEqual(
             self.callNames(),
-            ["create", "fsync", "create", "fsync", "rename", "rename", "syncDirectory"],
+            ["create", "create", "syncMany", "rename", "rename", "syncDirectory"],
+        )
+        self.assertEqual(
+            self.fs.calls[2][1],
+            ",".join(self.fs.calls[i][1] for i in (0, 1)),
         )
         self.assertEqual(self.fs.calls[-1][1], os.path.join(self.maildir, "new"))
         self.assertEqual([c[1] for c in self.fs.calls if c[0] == "rename"], [s.path for s in stored])
@@ -432,17 +444,19 @@ class StoreTests(SynchronousTestCase):
 
     def test_fsyncFailure(self) -> None:
         """
-        A failing fsync fails the delivery and removes its files, whether
-        the message was in memory or spilled.
+        A failing sync fails the delivery and removes its files, whether
+        the message was in memory (synced together) or spilled (each
+        fsynced).
         """
-        for size in (10, MEMORY_THRESHOLD + 1):
+        for size, call in ((10, "syncMany"), (MEMORY_THRESHOLD + 1, "fsync")):
             pending = self.store.begin([("example.com", lambda id: b""), ("example.com", lambda id: b"")])
             pending.write(b"x" * size)
-            self.failNth("fsync", 2, errno.EIO)
+            self.fs.failOn = call
+            self.fs.failErrno = errno.EIO
             error = self.assertRaises(StorageError, pending.commit)
+            self.assertIn("syncing the message to disk", str(error))
             self.assertFalse(error.noSpace)
             self.assertNothingLeft()
-            del self.fs.fsync
 
     def test_renameFailureRollsBack(self) -> None:
         """
@@ -486,7 +500,7 @@ class StoreTests(SynchronousTestCase):
             with open(listed.path, "rb") as f:
                 self.assertEqual(f.read(), b"b" + b"x" * size)
             names = self.callNames()
-            lastFsync = max(i for i, name in enumerate(names) if name == "fsync")
+            lastFsync = max(i for i, name in enumerate(names) if name in ("fsync", "syncMany"))
             lastRename = max(i for i, name in enumerate(names) if name == "rename")
             self.assertLess(lastFsync, names.index("rename"))
             self.assertLess(lastRename, names.index("syncDirectory"))
@@ -503,6 +517,165 @@ class StoreTests(SynchronousTestCase):
         self.assertEqual(len(self.listing("new")), 2)
 
 
+class GroupCommitTests(StoreFixture, SynchronousTestCase):
+    """
+    Tests for L{MaildirStore.commitMany}: several deliveries made durable
+    together, each whole or not at all.
+    """
+
+    def deliveries(self, *mailboxes: str, size: int = 10) -> list:
+        started = []
+        for mailbox in mailboxes:
+            pending = self.store.begin([(mailbox, lambda id: b"H\n")])
+            pending.write(b"x" * size)
+            started.append(pending)
+        return started
+
+    def test_oneWaitForAll(self) -> None:
+        """
+        Three small messages are written, synced in one syncMany, renamed,
+        and new/ is fsynced once: all before any result is returned.
+        """
+        deliveries = self.deliveries("example.com", "example.com", "example.com")
+        results = self.store.commitMany([(d, None) for d in deliveries])
+        self.assertEqual(
+            self.callNames(),
+            ["create"] * 3 + ["syncMany"] + ["rename"] * 3 + ["syncDirectory"],
+        )
+        self.assertEqual(self.fs.calls[3][1].count(","), 2)
+        self.assertEqual([len(r) for r in results], [1, 1, 1])
+        self.assertEqual(len(self.listing("new")), 3)
+        self.assertEqual(self.listing("tmp"), [])
+
+    def test_spilledFsyncedOnItsOwn(self) -> None:
+        """
+        A spilled message's file is fsynced on its own; the small messages
+        beside it are synced together; all before the first rename.
+        """
+        [large] = self.deliveries("example.com", size=MEMORY_THRESHOLD + 1)
+        small = self.deliveries("example.com", "example.com")
+        self.fs.calls.clear()
+        results = self.store.commitMany([(large, None)] + [(d, None) for d in small])
+        self.assertEqual(
+            self.callNames(),
+            ["fsync", "create", "create", "syncMany"] + ["rename"] * 3 + ["syncDirectory"],
+        )
+        self.assertEqual([len(r) for r in results], [1, 1, 1])
+
+    def test_oneFailureSparesTheOthers(self) -> None:
+        """
+        A delivery to a missing Maildir fails alone: the others are stored.
+        """
+        deliveries = self.deliveries("example.com", "gone.example", "example.com")
+        results = self.store.commitMany([(d, None) for d in deliveries])
+        self.assertIsInstance(results[1], StorageError)
+        self.assertEqual([len(results[0]), len(results[2])], [1, 1])
+        self.assertEqual(len(self.listing("new")), 2)
+        self.assertEqual(self.listing("tmp"), [])
+
+    def test_directorySyncFailureFailsThatDirectory(self) -> None:
+        """
+        A new/ that cannot be fsynced fails the deliveries that renamed
+        into it, and their copies go; a delivery elsewhere is stored.
+        """
+        self.store.create("other.example")
+        other = os.path.join(self.root, "other.example")
+        deliveries = self.deliveries("example.com", "other.example", "example.com")
+        self.fs.calls.clear()
+        real = self.fs.syncDirectory
+
+        def failing(path: str) -> None:
+            if path.startswith(other):
+                raise OSError(errno.EIO, os.strerror(errno.EIO))
+            real(path)
+
+        self.fs.syncDirectory = failing  # type: ignore[method-assign]
+        results = self.store.commitMany([(d, None) for d in deliveries])
+        self.assertIsInstance(results[1], StorageError)
+        self.assertEqual([len(results[0]), len(results[2])], [1, 1])
+        self.assertEqual(os.listdir(os.path.join(other, "new")), [])
+        self.assertEqual(len(self.listing("new")), 2)
+
+    def test_readableAsMaildir(self) -> None:
+        """
+        Messages committed together are read back whole by Python's
+        mailbox module.
+        """
+        deliveries = []
+        for n in range(5):
+            pending = self.store.begin([("example.com", lambda id: b"Subject: %d\n" % n)])
+            pending.write(b"\nbody %d\n" % n)
+            deliveries.append(pending)
+        self.store.commitMany([(d, None) for d in deliveries])
+        box = mailbox.Maildir(self.maildir, create=False)
+        self.assertEqual(
+            sorted(m["Subject"] for m in box), [str(n) for n in range(5)]
+        )
+
+
+class SyncfsTests(SynchronousTestCase):
+    """
+    Tests for L{loadSyncfs} and L{RealFileSystem.syncMany}.
+    """
+
+    def test_kernelVersions(self) -> None:
+        """
+        syncfs is trusted on Linux 5.8 and later only, where it reports
+        write errors.
+        """
+        cases = [
+            ("Linux", "5.8.0", True),
+            ("Linux", "6.18.44-fc-v657", True),
+            ("Linux", "10.0", True),
+            ("Linux", "5.7.19", False),
+            ("Linux", "4.19.0-26-amd64", False),
+            ("Linux", "weird", False),
+            ("Darwin", "23.1.0", False),
+        ]
+        for system, release, expected in cases:
+            self.assertEqual(_kernelReportsSyncfsErrors(system, release), expected, (system, release))
+
+    def test_realSyncfs(self) -> None:
+        """
+        On a system that has it, the loaded syncfs syncs a real file's file
+        system and raises OSError for a bad descriptor.
+        """
+        syncfs = loadSyncfs()
+        if syncfs is None:
+            raise SkipTest("no trustworthy syncfs here")
+        path = self.mktemp()
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+        try:
+            os.write(fd, b"x")
+            syncfs(fd)
+        finally:
+            os.close(fd)
+        error = self.assertRaises(OSError, syncfs, fd)
+        self.assertEqual(error.errno, errno.EBADF)
+
+    def test_firstFileOfEachFileSystem(self) -> None:
+        """
+        syncMany gives syncfs the first file of each file system, once, and
+        reports its error for every file on that file system.
+        """
+        fs = RealFileSystem(lambda fd: calls.append(fd))
+        calls: list[int] = []
+        paths = [self.mktemp() for _ in range(3)]
+        files = [fs.create(path) for path in paths]
+        try:
+            self.assertEqual(fs.syncMany(files), [None, None, None])
+            self.assertEqual(calls, [files[0].fileno()])
+
+            def failing(fd: int) -> None:
+                raise OSError(errno.EIO, "I/O error")
+
+            errors = RealFileSystem(failing).syncMany(files)
+            self.assertEqual([e.errno for e in errors], [errno.EIO] * 3)  # type: ignore[union-attr]
+        finally:
+            for f in files:
+                f.close()
+
+
 class RealFileSystemTests(SynchronousTestCase):
     """
     A message that ends in memory, on the real file system, is written
@@ -511,11 +684,18 @@ class RealFileSystemTests(SynchronousTestCase):
 
     def setUp(self) -> None:
         self.root = self.mktemp()
-        self.store = MaildirStore(self.root, MaildirNamer("h", Clock().seconds, pid=1))
-        self.store.create("example.com")
-        self.maildir = os.path.join(self.root, "example.com")
         self.calls: list[tuple[str, str]] = []
         self.paths: dict[int, str] = {}
+        realSyncfs = loadSyncfs() or os.fsync
+
+        def recordSyncfs(fd: int) -> None:
+            self.calls.append(("syncfs", self.paths.get(fd, "?")))
+            realSyncfs(fd)
+
+        self.syncfs = recordSyncfs
+        self.store = MaildirStore(self.root, MaildirNamer("h", Clock().seconds, pid=1), RealFileSystem(recordSyncfs))
+        self.store.create("example.com")
+        self.maildir = os.path.join(self.root, "example.com")
         realOpen, realFsync, realRename = os.open, os.fsync, os.rename
 
         def recordOpen(path: str, flags: int, mode: int = 0o777) -> int:
@@ -544,8 +724,9 @@ class RealFileSystemTests(SynchronousTestCase):
 
     def test_durabilityOrder(self) -> None:
         """
-        Each copy is created and fsynced before any is renamed into new/;
-        new/ is fsynced after the renames; the files hold header and body.
+        Each copy is created, then the file system is synced once (given
+        the first file) before any copy is renamed into new/; new/ is
+        fsynced after the renames; the files hold header and body.
         """
         pending = self.store.begin([("example.com", lambda id: b"A\n"), ("example.com", lambda id: b"B\n")])
         pending.write(b"body\n")
@@ -557,9 +738,8 @@ class RealFileSystemTests(SynchronousTestCase):
             self.calls,
             [
                 ("open", os.path.join(tmp, first.id)),
-                ("fsync", os.path.join(tmp, first.id)),
                 ("open", os.path.join(tmp, second.id)),
-                ("fsync", os.path.join(tmp, second.id)),
+                ("syncfs", os.path.join(tmp, first.id)),
                 ("rename", first.path),
                 ("rename", second.path),
                 ("open", new),
@@ -628,9 +808,62 @@ class RealFileSystemTests(SynchronousTestCase):
         self.assertIn("writing the message", str(error))
         self.assertNothingLeft()
 
+    def test_oneFileIsFsynced(self) -> None:
+        """
+        A single file is fsynced, not its whole file system.
+        """
+        pending = self.store.begin([("example.com", lambda id: b"A\n")])
+        pending.write(b"body\n")
+        [stored] = pending.commit()
+        self.assertEqual(
+            [name for name, _ in self.calls], ["open", "fsync", "rename", "open", "fsync"]
+        )
+        self.assertEqual(self.calls[1][1], os.path.join(self.maildir, "tmp", stored.id))
+
+    def test_withoutSyncfs(self) -> None:
+        """
+        Without syncfs every file is fsynced on its own, all before the
+        first rename.
+        """
+        store = MaildirStore(self.root, MaildirNamer("h", Clock().seconds, pid=2), RealFileSystem(None))
+        pending = store.begin([("example.com", lambda id: b"A\n"), ("example.com", lambda id: b"B\n")])
+        pending.write(b"body\n")
+        first, second = pending.commit()
+        tmp = os.path.join(self.maildir, "tmp")
+        self.assertEqual(
+            self.calls[:5],
+            [
+                ("open", os.path.join(tmp, first.id)),
+                ("open", os.path.join(tmp, second.id)),
+                ("fsync", os.path.join(tmp, first.id)),
+                ("fsync", os.path.join(tmp, second.id)),
+                ("rename", first.path),
+            ],
+        )
+
+    def test_syncfsFailure(self) -> None:
+        """
+        A failing syncfs fails every delivery whose files it was to sync,
+        and removes their files.
+        """
+
+        def failing(fd: int) -> None:
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+        store = MaildirStore(self.root, MaildirNamer("h", Clock().seconds, pid=2), RealFileSystem(failing))
+        one = store.begin([("example.com", lambda id: b"")])
+        two = store.begin([("example.com", lambda id: b"")])
+        one.write(b"1")
+        two.write(b"2")
+        results = store.commitMany([(one, None), (two, None)])
+        self.assertEqual([type(r) for r in results], [StorageError, StorageError])
+        self.assertIn("syncing the message to disk", str(results[0]))
+        self.assertNothingLeft()
+
     def test_fsyncFailure(self) -> None:
         """
-        A failing fsync of the second copy removes both files.
+        Without syncfs, a failing fsync of the second copy removes both
+        files.
         """
         realFsync = os.fsync
         count = [0]
@@ -642,6 +875,7 @@ class RealFileSystemTests(SynchronousTestCase):
             realFsync(fd)
 
         self.patch(os, "fsync", failSecond)
+        self.store = MaildirStore(self.root, MaildirNamer("h", Clock().seconds, pid=2), RealFileSystem(None))
         pending = self.store.begin([("example.com", lambda id: b""), ("example.com", lambda id: b"")])
         pending.write(b"data")
         error = self.assertRaises(StorageError, pending.commit)

@@ -371,6 +371,39 @@ class TransactionTests(SMTPTestCase):
         self.assertEqual(event["ids"], self.files("new")[0].split(",")[0])
 
 
+class GroupCommitTests(SMTPTestCase):
+    """
+    Messages of several connections that end while another is being
+    committed are made durable together, and each is answered only after.
+    """
+
+    def test_messagesEndingTogether(self) -> None:
+        """
+        Two messages that end while a third is in the commit thread are
+        synced in one call, renamed, their new/ fsynced once, and only then
+        does each connection get its 250.
+        """
+        others = [SMTPDriver(self.deliverer, self.clock) for _ in range(2)]
+        for driver in [self.smtp] + others:
+            driver.send(b"EHLO client.example\r\n")
+            driver.send(b"MAIL FROM:<s@x.org>\r\nRCPT TO:<a@example.com>\r\nDATA\r\n")
+        self.assertEqual(self.smtp.send(MESSAGE + b".\r\n"), b"")
+        self.assertEqual([d.send(MESSAGE + b".\r\n") for d in others], [b"", b""])
+        self.assertEqual(len(self.threads.pending), 1)
+        self.fs.calls.clear()
+        self.threads.runAll()
+        names = [name for name, _ in self.fs.calls]
+        self.assertEqual(
+            names,
+            ["create", "fsync", "rename", "syncDirectory"]
+            + ["create", "create", "syncMany", "rename", "rename", "syncDirectory"],
+        )
+        self.assertEqual(self.fs.calls[6][1].count(","), 1)
+        for driver in [self.smtp] + others:
+            self.assertTrue(driver.take().startswith(b"250 2.0.0 Ok: stored as "))
+        self.assertEqual(len(self.maildir()), 3)
+
+
 class LocalFailureTests(SMTPTestCase):
     """
     Local trouble is a temporary failure (4xx) and leaves nothing behind.
