@@ -525,8 +525,8 @@ class GroupCommitTests(StoreFixture, SynchronousTestCase):
 
     def deliveries(self, *mailboxes: str, size: int = 10) -> list:
         started = []
-        for mailbox in mailboxes:
-            pending = self.store.begin([(mailbox, lambda id: b"H\n")])
+        for name in mailboxes:
+            pending = self.store.begin([(name, lambda id: b"H\n")])
             pending.write(b"x" * size)
             started.append(pending)
         return started
