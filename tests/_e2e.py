@@ -385,10 +385,13 @@ async def startTwistdServer(
     root: str,
     twistdArguments: Sequence[str] = (),
     logfile: str | None = None,
+    serviceArguments: Sequence[str] = (),
 ) -> tuple[TwistdProcess, int]:
     """
     Start a real C{twistd mailharbor} on a free loopback port and wait until
     it logs the port it bound (on its output, or in C{logfile}).
+
+    @param serviceArguments: More options for C{mailharbor} itself.
 
     @return: the process and the port.
     """
@@ -397,7 +400,7 @@ async def startTwistdServer(
         twistdArguments += ["--logfile", logfile]
     process = await runTwistd(
         testCase,
-        ["--port", LOOPBACK_PORT, "--domain", DOMAIN, "--maildir", root, "--hostname", HOSTNAME],
+        ["--port", LOOPBACK_PORT, "--domain", DOMAIN, "--maildir", root, "--hostname", HOSTNAME, *serviceArguments],
         twistdArguments,
     )
 

@@ -6,9 +6,11 @@ the checkout, so only the installed package and its plugin can serve it.
 
 from __future__ import annotations
 
+import mailbox
 import os
 import smtplib
 
+from twisted.internet.defer import DeferredList
 from twisted.trial.unittest import TestCase
 
 from tests._e2e import (
@@ -73,6 +75,51 @@ class TwistdTests(TestCase):
         self.assertTrue(data.startswith(b"Return-Path: <sender@remote.example>\n"), data[:200])
         self.assertTrue(data.endswith(MESSAGE.replace(b"\r\n", b"\n")), data)
         await process.stop()
+
+    async def assertManyClientsStored(self, serviceArguments: list[str]) -> None:
+        """
+        Sixteen smtplib clients sending five messages each at the same time
+        all get 250, and a mail reader finds every message whole in new/
+        and nothing left in tmp/.
+        """
+        root = os.path.abspath(self.mktemp())
+        process, port = await startTwistdServer(self, root, serviceArguments=serviceArguments)
+
+        def sendFive(client: int) -> list[tuple[int, bytes]]:
+            replies = []
+            with smtplib.SMTP("127.0.0.1", port, local_hostname="client.example", timeout=CLIENT_TIMEOUT) as s:
+                for n in range(5):
+                    s.mail("sender@remote.example")
+                    s.rcpt("alice@example.com")
+                    replies.append(s.data(b"Subject: %d-%d\r\n\r\nbody %d-%d\r\n" % (client, n, client, n)))
+            return replies
+
+        results = await DeferredList([inThread(sendFive, c) for c in range(16)], fireOnOneErrback=True)
+        codes = [code for _, replies in results for code, _ in replies]
+        self.assertEqual(codes, [250] * 80)
+        box = mailbox.Maildir(os.path.join(root, DOMAIN), factory=None, create=False)
+        subjects = sorted(m["Subject"] for m in box)
+        self.assertEqual(subjects, sorted(f"{c}-{n}" for c in range(16) for n in range(5)))
+        for m in box:
+            self.assertEqual(m.get_payload(), f"body {m['Subject']}\n")
+        self.assertEqual(os.listdir(os.path.join(root, DOMAIN, "tmp")), [])
+        await process.stop()
+
+    async def test_manyClientsAtOnce(self) -> None:
+        """
+        Messages ending together are committed together (group commit, the
+        default) and every one is stored whole.
+        """
+        await self.assertManyClientsStored([])
+
+    async def test_manyClientsWithoutGroupCommit(self) -> None:
+        """
+        With group_commit = false every message is still stored whole.
+        """
+        config = os.path.abspath(self.mktemp())
+        with open(config, "w") as f:
+            f.write("group_commit = false\n")
+        await self.assertManyClientsStored(["--config", config])
 
     async def assertUsageError(self, arguments: list[str], option: bytes) -> None:
         """
