@@ -209,7 +209,7 @@ class CommitQueue:
         def work() -> list[Any]:
             outcomes: list[Any] = []
             results = commitMany([(pending, folders) for pending, folders, _, _ in group])
-            for (_, _, after, _), result in zip(group, results):
+            for (_, _, after, _), result in zip(group, results, strict=True):
                 if isinstance(result, StorageError):
                     outcomes.append(Failure(result))
                     continue

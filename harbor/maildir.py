@@ -12,8 +12,9 @@ leaves at most a file in C{tmp/}, which no mail reader looks at.
 
 Deliveries that end at about the same time can be committed together
 (L{commitMany}): their files are written, then made durable in one wait
-(one C{syncfs(2)} per file system where the system has a trustworthy one,
-instead of one C{fsync(2)} and one journal commit per file), renamed, and
+(one C{syncfs(2)} per file system where the kernel and the file system
+make it as good as an fsync of each file, instead of one C{fsync(2)} and
+one journal commit per file), renamed, and
 each C{new/} directory is fsynced once for all of them.  The promise is the
 same for each message; the disk's work is shared.
 
@@ -24,8 +25,10 @@ the caller's choice.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
+import functools
 import os
 import platform
 import re
@@ -185,14 +188,16 @@ class IFileSystem(Interface):
         Flush C{f} and force its contents to stable storage.
         """
 
-    def syncMany(files: Sequence[MessageFile]) -> list[OSError | None]:
+    def groupSync(directories: Sequence[str]) -> GroupSync | None:
         """
-        Force the contents of all of C{files}, in the order they were
-        created, to stable storage, in as few waits for the disk as the
-        system allows.
+        Get ready to make the files about to be created in C{directories}
+        durable together, with one wait for the disk per file system.
 
-        @return: for each file, the error that may have kept it from
-            stable storage, or L{None}.
+        Called before the files are created, so that a write error on any
+        of them is reported by L{GroupSync.sync}.
+
+        @return: the group, or L{None} where one wait cannot be trusted to
+            cover them all (then each file is fsynced).
         """
 
     def rename(source: str, destination: str) -> None:
@@ -230,6 +235,33 @@ class MessageFile(Protocol):
     def close(self) -> None: ...
 
 
+class GroupSync(Protocol):
+    """
+    Files being written in some directories, to be made durable together
+    (see L{IFileSystem.groupSync}).
+    """
+
+    def covers(self, directory: str) -> bool:
+        """
+        Whether L{sync} makes files created in C{directory} durable; those
+        in other directories must be fsynced one by one.
+        """
+
+    def sync(self) -> dict[str, OSError]:
+        """
+        Force every file created so far in the covered directories to
+        stable storage.
+
+        @return: the covered directories whose files may not be on stable
+            storage, each with its error.
+        """
+
+    def close(self) -> None:
+        """
+        Let go of what the group holds open.
+        """
+
+
 class _DescriptorFile:
     """
     A file descriptor written with plain C{write(2)} calls: no buffer, and
@@ -259,14 +291,29 @@ class _DescriptorFile:
 
 def _kernelReportsSyncfsErrors(system: str, release: str) -> bool:
     """
-    Whether C{syncfs(2)} on this kernel says when data could not be
-    written: Linux does from 5.8 on; before, it always returned success,
-    which would make a failed write look durable.
+    Whether C{syncfs(2)} on this kernel says when data could not be made
+    durable.  Linux reports write-back errors to it from 5.8 on, and the
+    file system's own failures (a journal commit, a cache flush) only from
+    5.17 on; before, a failure could look like success.
     """
     if system != "Linux":
         return False
     match = re.match(r"(\d+)\.(\d+)", release)
-    return match is not None and (int(match.group(1)), int(match.group(2))) >= (5, 8)
+    return match is not None and (int(match.group(1)), int(match.group(2))) >= (5, 17)
+
+
+@functools.cache
+def _libc() -> ctypes.CDLL:
+    return ctypes.CDLL(None, use_errno=True)
+
+
+# The local file systems whose syncfs(2) writes out every dirty file and
+# commits the journal (or transaction) with a cache flush, as fsync(2)
+# would for each file: ext2/3/4, XFS, Btrfs, F2FS.  Others fall back to an
+# fsync per file: FUSE passes syncfs to its server only for virtiofs, CIFS
+# has no sync_fs, and an overlay's write errors land on its upper file
+# system, not on the overlay's.
+TRUSTED_FILE_SYSTEMS = frozenset({0xEF53, 0x58465342, 0x9123683E, 0xF2F52010})
 
 
 def loadSyncfs() -> Callable[[int], None] | None:
@@ -279,8 +326,7 @@ def loadSyncfs() -> Callable[[int], None] | None:
     ):
         return None
     try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        function = libc.syncfs
+        function = _libc().syncfs
     except (OSError, AttributeError):
         return None
     function.argtypes = [ctypes.c_int]
@@ -295,6 +341,64 @@ def loadSyncfs() -> Callable[[int], None] | None:
     return syncfs
 
 
+def fileSystemType(fd: int) -> int | None:
+    """
+    The magic number of the file system holding C{fd} (C{f_type} of
+    C{fstatfs(2)}), or L{None} if it cannot be told.
+    """
+    try:
+        function = _libc().fstatfs
+    except (OSError, AttributeError):
+        return None
+    # struct statfs begins with f_type, a native word on Linux; the buffer
+    # is larger than the structure on any architecture.
+    buffer = ctypes.create_string_buffer(512)
+    if function(ctypes.c_int(fd), buffer) != 0:
+        return None
+    return ctypes.c_ulong.from_buffer(buffer).value & 0xFFFFFFFF
+
+
+def isTrustedFileSystem(fd: int) -> bool:
+    """
+    Whether C{syncfs(2)} on the file system holding C{fd} is as good as an
+    fsync of each of its files (see L{TRUSTED_FILE_SYSTEMS}).
+    """
+    return fileSystemType(fd) in TRUSTED_FILE_SYSTEMS
+
+
+class _SyncfsGroup:
+    """
+    L{GroupSync} by C{syncfs(2)}: one descriptor, opened before any of the
+    files, per file system.
+
+    C{syncfs} reports a write error that happened after the descriptor it
+    is given was opened; every file of the group is created after these
+    descriptors, so an error on any of them is reported.
+    """
+
+    def __init__(self, syncfs: Callable[[int], None], handles: dict[int, int], devices: dict[str, int]) -> None:
+        self._syncfs = syncfs
+        self._handles = handles
+        self._devices = devices
+
+    def covers(self, directory: str) -> bool:
+        return directory in self._devices
+
+    def sync(self) -> dict[str, OSError]:
+        failed: dict[int, OSError] = {}
+        for device, fd in self._handles.items():
+            try:
+                self._syncfs(fd)
+            except OSError as e:
+                failed[device] = e
+        return {d: failed[device] for d, device in self._devices.items() if device in failed}
+
+    def close(self) -> None:
+        handles, self._handles = self._handles, {}
+        for fd in handles.values():
+            _quietly(os.close, fd)
+
+
 _DEFAULT = object()
 
 
@@ -304,15 +408,23 @@ class RealFileSystem:
     L{IFileSystem} on the operating system's calls.
     """
 
-    def __init__(self, syncfs: Callable[[int], None] | None | object = _DEFAULT) -> None:
+    def __init__(
+        self,
+        syncfs: Callable[[int], None] | None | object = _DEFAULT,
+        trusted: Callable[[int], bool] = isTrustedFileSystem,
+    ) -> None:
         """
         @param syncfs: Forces a whole file system to stable storage, given
-            a descriptor of a file on it (see L{loadSyncfs}, the default);
-            L{None} fsyncs every file on its own.
+            a descriptor of something on it (see L{loadSyncfs}, the
+            default); L{None} fsyncs every file on its own.
+        @param trusted: Whether C{syncfs} may stand for an fsync of each
+            file on the file system of a descriptor (see
+            L{isTrustedFileSystem}, the default).
         """
         self._syncfs: Callable[[int], None] | None = (
             loadSyncfs() if syncfs is _DEFAULT else syncfs  # type: ignore[assignment]
         )
+        self._trusted = trusted
 
     def create(self, path: str) -> MessageFile:
         return _DescriptorFile(os.open(path, _CREATE_FLAGS, 0o600))
@@ -321,40 +433,44 @@ class RealFileSystem:
         f.flush()
         os.fsync(f.fileno())
 
-    def syncMany(self, files: Sequence[MessageFile]) -> list[OSError | None]:
+    def groupSync(self, directories: Sequence[str]) -> GroupSync | None:
         """
-        One C{syncfs(2)} per file system for two files or more, else
-        C{fsync(2)} for each.
-
-        C{syncfs} writes out all of the file system's dirty data and
-        commits its journal once, where an fsync for each file would
-        commit it once per file.  It reports a write error that happened
-        after the descriptor it is given was opened, so it is given each
-        file system's first-created file: every other file was opened
-        later, and an error on any of them is reported.
+        A descriptor of each directory's file system, opened now, for one
+        C{syncfs(2)} per file system later; directories on file systems
+        that are not trusted (or cannot be opened) are left out.
         """
-        errors: list[OSError | None] = [None] * len(files)
-        if self._syncfs is None or len(files) < 2:
-            for index, f in enumerate(files):
+        if self._syncfs is None:
+            return None
+        handles: dict[int, int] = {}
+        devices: dict[str, int] = {}
+        untrusted: set[int] = set()
+        try:
+            for directory in dict.fromkeys(directories):
                 try:
-                    self.fsync(f)
-                except OSError as e:
-                    errors[index] = e
-            return errors
-        byDevice: dict[int, list[int]] = {}
-        for index, f in enumerate(files):
-            try:
-                f.flush()
-                byDevice.setdefault(os.fstat(f.fileno()).st_dev, []).append(index)
-            except OSError as e:
-                errors[index] = e
-        for indexes in byDevice.values():
-            try:
-                self._syncfs(files[indexes[0]].fileno())
-            except OSError as e:
-                for index in indexes:
-                    errors[index] = e
-        return errors
+                    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+                except OSError:
+                    continue
+                keep = False
+                try:
+                    device = os.fstat(fd).st_dev
+                    if device not in handles and device not in untrusted:
+                        if self._trusted(fd):
+                            handles[device] = fd
+                            keep = True
+                        else:
+                            untrusted.add(device)
+                    if device in handles:
+                        devices[directory] = device
+                finally:
+                    if not keep:
+                        os.close(fd)
+        except BaseException:
+            for fd in handles.values():
+                _quietly(os.close, fd)
+            raise
+        if not handles:
+            return None
+        return _SyncfsGroup(self._syncfs, handles, devices)
 
     def rename(self, source: str, destination: str) -> None:
         os.rename(source, destination)
@@ -515,12 +631,17 @@ class PendingDelivery:
             raise result
         return result
 
-    def _writeOut(self) -> list[MessageFile]:
+    def _writeOut(self, group: GroupSync | None = None) -> None:
         """
-        The first step of a commit: write out the copies of a message in
-        memory (not yet synced), or flush those of a spilled one.
+        The first step of a commit: write out and close every copy's file,
+        each made durable now unless C{group} will do it.
 
-        @return: every copy's open file.
+        A message in memory has its files created and written; those in a
+        directory C{group} covers are closed at once and left to its sync,
+        the others fsynced first.  A spilled message's files are fsynced
+        (a long wait, not to be shared) and closed.  So at most one of the
+        message's files is open at a time.
+
         @raise StorageError: if that fails; the delivery is then spoiled.
         """
         if self._failure is not None:
@@ -530,23 +651,32 @@ class PendingDelivery:
             raise StorageError("the delivery is already over")
         body = self._buffer
         self._buffer = None
+        action = "syncing the message to disk"
         try:
             for copy in self._copies:
                 if body is not None:
                     self._createFile(copy, body)
-                else:
-                    assert copy.file is not None
-                    copy.file.flush()
+                assert copy.file is not None
+                if group is None or body is None or not group.covers(os.path.dirname(copy.temporaryPath)):
+                    action = "syncing the message to disk"
+                    self._fs.fsync(copy.file)
+                action = "syncing the message to disk"
+                f, copy.file = copy.file, None
+                f.close()
         except StorageError as e:
             raise self._failed(e) from e
         except OSError as e:
-            raise self._failed(StorageError.fromOSError("writing the message", e)) from e
-        return [copy.file for copy in self._copies]  # type: ignore[misc]
+            raise self._failed(StorageError.fromOSError(action, e)) from e
+
+    def _temporaryDirectories(self) -> list[str]:
+        """
+        The C{tmp/} directories this delivery's copies are written in.
+        """
+        return [os.path.dirname(copy.temporaryPath) for copy in self._copies]
 
     def _publish(self, folders: Sequence[str | None] | None) -> tuple[list[StoredMessage], list[str]]:
         """
-        The step after the files are durable: close them and rename each
-        into C{new/} (of a Maildir++ folder, created on first use, if one
+        The step after the files are durable: rename each into C{new/} (of a Maildir++ folder, created on first use, if one
         is given for it).
 
         @return: the stored copies and the C{new/} directories that now
@@ -556,12 +686,6 @@ class PendingDelivery:
         """
         if folders is None:
             folders = [None] * len(self._copies)
-        try:
-            for copy in self._copies:
-                assert copy.file is not None
-                copy.file.close()
-        except OSError as e:
-            raise self._failed(StorageError.fromOSError("syncing the message to disk", e)) from e
         stored: list[StoredMessage] = []
         directories: list[str] = []
         try:
@@ -581,11 +705,14 @@ class PendingDelivery:
 
     def _retract(self, stored: Sequence[StoredMessage], failure: StorageError) -> StorageError:
         """
-        Remove copies already renamed into C{new/} and spoil the delivery,
-        so the sender's retry does not make duplicates.
+        Remove copies already renamed into C{new/}, and make the removal
+        durable, and spoil the delivery, so the sender's retry does not
+        make duplicates.
         """
         for message in stored:
             _quietly(self._fs.unlink, message.path)
+        for directory in dict.fromkeys(os.path.dirname(message.path) for message in stored):
+            _quietly(self._fs.syncDirectory, directory)
         return self._failed(failure)
 
     def _failed(self, failure: StorageError) -> StorageError:
@@ -595,7 +722,10 @@ class PendingDelivery:
     def _makeFolder(self, path: str) -> None:
         """
         Create a Maildir++ folder, with the C{maildirfolder} marker that
-        Dovecot and Courier look for, unless it exists.
+        Dovecot and Courier look for, unless it exists; and make its
+        entries durable, so a crash cannot take the folder, and the
+        message about to be renamed into it, away.  Another thread may be
+        creating the same folder at the same time.
         """
         if os.path.isdir(os.path.join(path, "new")):
             return
@@ -603,7 +733,12 @@ class PendingDelivery:
             self._fs.makeDirectories(os.path.join(path, sub))
         marker = os.path.join(path, "maildirfolder")
         if not os.path.exists(marker):
-            self._fs.create(marker).close()
+            try:
+                self._fs.create(marker).close()
+            except FileExistsError:
+                pass
+        self._fs.syncDirectory(path)
+        self._fs.syncDirectory(os.path.dirname(path))
 
     def abort(self) -> None:
         """
@@ -638,14 +773,14 @@ def commitMany(
     Make several deliveries durable and visible together, each one whole
     or not at all.
 
-    Blocking.  In order: write out the messages still in memory; force all
-    files to stable storage (those just written in one
-    L{IFileSystem.syncMany}, spilled ones each with its own fsync); rename
-    every copy into C{new/}; fsync each C{new/} directory once, however
-    many copies it received.  A delivery is stored only when all of those
-    steps succeeded for every one of its copies; one delivery's failure
-    does not fail the others, except where they shared the failing
-    C{syncfs} or directory.
+    Blocking.  In order: get a L{GroupSync} for the messages still in
+    memory (if they have two files or more); write out every file, closing
+    each at once (those the group covers) or after its own fsync (the
+    rest, and spilled messages); sync the group; rename every copy into
+    C{new/}; fsync each C{new/} directory once, however many copies it
+    received.  A delivery is stored only when all of those steps succeeded
+    for every one of its copies; one delivery's failure does not fail the
+    others, except where they shared the failing sync or directory.
 
     @param deliveries: Each delivery with its copies' folders (see
         L{PendingDelivery.commit}).
@@ -653,54 +788,64 @@ def commitMany(
         that kept it from being stored (it is then spoiled).
     """
     results: list[list[StoredMessage] | StorageError | None] = [None] * len(deliveries)
-    fresh: list[tuple[int, MessageFile]] = []
-    for index, (pending, _) in enumerate(deliveries):
-        small = pending.inMemory
-        try:
-            files = pending._writeOut()
-        except StorageError as e:
-            results[index] = e
-            continue
-        if small:
-            fresh.extend((index, f) for f in files)
-            continue
-        for f in files:
-            try:
-                fs.fsync(f)
-            except OSError as e:
-                results[index] = pending._failed(StorageError.fromOSError("syncing the message to disk", e))
-                break
-    errors = fs.syncMany([f for _, f in fresh]) if fresh else []
-    for (index, _), error in zip(fresh, errors):
-        if error is not None and results[index] is None:
-            pending = deliveries[index][0]
-            results[index] = pending._failed(StorageError.fromOSError("syncing the message to disk", error))
-
     published: list[tuple[int, list[StoredMessage], list[str]]] = []
-    for index, (pending, folders) in enumerate(deliveries):
-        if results[index] is not None:
-            continue
+    try:
+        small = [index for index, (pending, _) in enumerate(deliveries) if pending.inMemory]
+        directories = [d for index in small for d in deliveries[index][0]._temporaryDirectories()]
+        group = fs.groupSync(directories) if len(directories) > 1 else None
         try:
-            stored, directories = pending._publish(folders)
-        except StorageError as e:
-            results[index] = e
-            continue
-        published.append((index, stored, directories))
+            for index, (pending, _) in enumerate(deliveries):
+                try:
+                    pending._writeOut(group)
+                except StorageError as e:
+                    results[index] = e
+            unsynced = group.sync() if group is not None else {}
+        finally:
+            if group is not None:
+                group.close()
+        for index in small:
+            pending = deliveries[index][0]
+            failure = next((unsynced[d] for d in pending._temporaryDirectories() if d in unsynced), None)
+            if failure is not None and results[index] is None:
+                results[index] = pending._failed(StorageError.fromOSError("syncing the message to disk", failure))
 
-    unsynced: dict[str, OSError] = {}
-    for directory in dict.fromkeys(d for _, _, directories in published for d in directories):
-        try:
-            fs.syncDirectory(directory)
-        except OSError as e:
-            unsynced[directory] = e
-    for index, stored, directories in published:
-        pending = deliveries[index][0]
-        failure = next((unsynced[d] for d in directories if d in unsynced), None)
-        if failure is not None:
-            results[index] = pending._retract(stored, StorageError.fromOSError("moving the message into new/", failure))
-        else:
-            pending._finished = True
-            results[index] = stored
+        for index, (pending, folders) in enumerate(deliveries):
+            if results[index] is not None:
+                continue
+            try:
+                stored, newDirectories = pending._publish(folders)
+            except StorageError as e:
+                results[index] = e
+                continue
+            published.append((index, stored, newDirectories))
+
+        failedDirectories: dict[str, OSError] = {}
+        for directory in dict.fromkeys(d for _, _, ds in published for d in ds):
+            try:
+                fs.syncDirectory(directory)
+            except OSError as e:
+                failedDirectories[directory] = e
+        for index, stored, newDirectories in published:
+            pending = deliveries[index][0]
+            error = next((failedDirectories[d] for d in newDirectories if d in failedDirectories), None)
+            if error is not None:
+                results[index] = pending._retract(stored, StorageError.fromOSError("moving the message into new/", error))
+            else:
+                pending._finished = True
+                results[index] = stored
+    except BaseException:
+        # A bug, not a disk: leave nothing half-done behind (a copy left in
+        # new/ would be a duplicate when the sender retries).
+        done = {index for index, result in enumerate(results) if isinstance(result, list)}
+        for index, stored, _ in published:
+            if index not in done:
+                with contextlib.suppress(Exception):
+                    deliveries[index][0]._retract(stored, StorageError("interrupted"))
+        for index, (pending, _) in enumerate(deliveries):
+            if index not in done:
+                with contextlib.suppress(Exception):
+                    pending.abort()
+        raise
     return results  # type: ignore[return-value]
 
 

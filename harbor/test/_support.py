@@ -74,6 +74,7 @@ class RecordingFileSystem:
         self.calls: list[tuple[str, str]] = []
         self.failOn: str | None = None
         self.failErrno = errno.ENOSPC
+        self.grouped = True
 
     def _record(self, name: str, path: str) -> None:
         self.calls.append((name, path))
@@ -88,23 +89,17 @@ class RecordingFileSystem:
         self._record("fsync", getattr(f, "path", ""))
         self._real.fsync(f)
 
-    def syncMany(self, files: Any) -> list[OSError | None]:
+    def groupSync(self, directories: Any) -> Any:
         """
-        Like the real one: a single file is fsynced (and recorded so);
-        more are recorded as one call naming every file, in order, and
-        failing it fails them all, as a failed C{syncfs} would.
+        A group that covers every directory, as on a file system whose
+        syncfs is trusted, recorded as C{groupSync} when made, C{syncfs}
+        when synced and C{closeGroup} when closed; failing C{syncfs} fails every directory, as a failed
+        C{syncfs} would.  Set C{grouped} to L{False} to have none.
         """
-        if len(files) == 1:
-            try:
-                self.fsync(files[0])
-            except OSError as e:
-                return [e]
-            return [None]
-        try:
-            self._record("syncMany", ",".join(getattr(f, "path", "") for f in files))
-        except OSError as e:
-            return [e] * len(files)
-        return self._real.syncMany(files)
+        if not self.grouped:
+            return None
+        self._record("groupSync", ",".join(dict.fromkeys(directories)))
+        return _RecordingGroup(self, list(dict.fromkeys(directories)))
 
     def rename(self, source: str, destination: str) -> None:
         self._record("rename", destination)
@@ -121,6 +116,30 @@ class RecordingFileSystem:
     def makeDirectories(self, path: str) -> None:
         self._record("makeDirectories", path)
         self._real.makeDirectories(path)
+
+
+class _RecordingGroup:
+    """
+    The group of L{RecordingFileSystem.groupSync}: its sync is only
+    recorded (the tests look at order, not at the disk).
+    """
+
+    def __init__(self, fs: RecordingFileSystem, directories: list[str]) -> None:
+        self._fs = fs
+        self._directories = directories
+
+    def covers(self, directory: str) -> bool:
+        return directory in self._directories
+
+    def sync(self) -> dict[str, OSError]:
+        try:
+            self._fs._record("syncfs", ",".join(self._directories))
+        except OSError as e:
+            return {d: e for d in self._directories}
+        return {}
+
+    def close(self) -> None:
+        self._fs._record("closeGroup", "")
 
 
 class _WatchedFile:

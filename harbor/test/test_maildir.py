@@ -18,8 +18,10 @@ from harbor.maildir import (
     MaildirNamer,
     MaildirStore,
     RealFileSystem,
+    TRUSTED_FILE_SYSTEMS,
     StorageError,
     _kernelReportsSyncfsErrors,
+    fileSystemType,
     loadSyncfs,
     parseName,
 )
@@ -229,9 +231,10 @@ class StoreTests(StoreFixture, SynchronousTestCase):
 
     def test_durabilityOrderSmall(self) -> None:
         """
-        For a message in memory, commit creates every copy and syncs them
-        all before any is renamed into new/, and fsyncs new/ after the
-        renames: only then may 250 be sent.
+        For a message in memory, commit gets ready to sync tmp/'s file
+        system, creates every copy, syncs them all before any is renamed
+        into new/, and fsyncs new/ after the renames: only then may 250 be
+        sent.
         """
         pending = self.store.begin([("example.com", lambda id: b""), ("example.com", lambda id: b"")])
         pending.write(b"x\n")
@@ -239,12 +242,9 @@ class StoreTests(StoreFixture, SynchronousTestCase):
         stored = pending.commit()
         self.assertEqual(
             self.callNames(),
-            ["create", "create", "syncMany", "rename", "rename", "syncDirectory"],
+            ["groupSync", "create", "create", "syncfs", "closeGroup", "rename", "rename", "syncDirectory"],
         )
-        self.assertEqual(
-            self.fs.calls[2][1],
-            ",".join(self.fs.calls[i][1] for i in (0, 1)),
-        )
+        self.assertEqual(self.fs.calls[0][1], os.path.join(self.maildir, "tmp"))
         self.assertEqual(self.fs.calls[-1][1], os.path.join(self.maildir, "new"))
         self.assertEqual([c[1] for c in self.fs.calls if c[0] == "rename"], [s.path for s in stored])
         self.assertEqual(len(stored), 2)
@@ -448,7 +448,7 @@ class StoreTests(StoreFixture, SynchronousTestCase):
         the message was in memory (synced together) or spilled (each
         fsynced).
         """
-        for size, call in ((10, "syncMany"), (MEMORY_THRESHOLD + 1, "fsync")):
+        for size, call in ((10, "syncfs"), (MEMORY_THRESHOLD + 1, "fsync")):
             pending = self.store.begin([("example.com", lambda id: b""), ("example.com", lambda id: b"")])
             pending.write(b"x" * size)
             self.fs.failOn = call
@@ -484,9 +484,9 @@ class StoreTests(StoreFixture, SynchronousTestCase):
     def test_folders(self) -> None:
         """
         commit(folders=...) creates a Maildir++ folder (tmp, new, cur and
-        the maildirfolder marker) on first use and renames the copy into
-        its new/, then syncs each new/ directory; a message in memory and
-        a spilled one alike.
+        the maildirfolder marker) on first use, syncing its entries, and
+        renames the copy into its new/, then syncs each new/ directory; a
+        message in memory and a spilled one alike.
         """
         folder = os.path.join(self.maildir, ".Lists.python")
         for size in (10, MEMORY_THRESHOLD + 1):
@@ -500,21 +500,53 @@ class StoreTests(StoreFixture, SynchronousTestCase):
             with open(listed.path, "rb") as f:
                 self.assertEqual(f.read(), b"b" + b"x" * size)
             names = self.callNames()
-            lastFsync = max(i for i, name in enumerate(names) if name in ("fsync", "syncMany"))
+            lastFsync = max(i for i, name in enumerate(names) if name in ("fsync", "syncfs"))
             lastRename = max(i for i, name in enumerate(names) if name == "rename")
             self.assertLess(lastFsync, names.index("rename"))
-            self.assertLess(lastRename, names.index("syncDirectory"))
+            newSyncs = [
+                i for i, c in enumerate(self.fs.calls) if c[0] == "syncDirectory" and c[1].endswith("new")
+            ]
+            self.assertLess(lastRename, newSyncs[0])
             self.assertEqual(
-                [c for c in self.fs.calls if c[0] == "syncDirectory"],
+                [self.fs.calls[i] for i in newSyncs],
                 [
                     ("syncDirectory", os.path.join(self.maildir, "new")),
                     ("syncDirectory", os.path.join(folder, "new")),
                 ],
             )
+            made = [c for c in self.fs.calls if c[0] == "syncDirectory" and not c[1].endswith("new")]
+            # The folder's own entries and its entry in the Maildir are made
+            # durable once, when it is created.
+            self.assertEqual(made, [("syncDirectory", folder), ("syncDirectory", self.maildir)] if size == 10 else [])
             self.assertEqual(self.listing("tmp"), [])
             self.assertEqual(self.listing("tmp", folder), [])
         self.assertEqual(len(self.listing("new", folder)), 2)
         self.assertEqual(len(self.listing("new")), 2)
+
+
+class FolderRaceTests(StoreFixture, SynchronousTestCase):
+    """
+    Two threads may create the same Maildir++ folder at once.
+    """
+
+    def test_markerMadeByAnother(self) -> None:
+        """
+        If the maildirfolder marker appears between the check and the
+        create (another thread made it), the delivery still succeeds.
+        """
+        real = self.fs.create
+
+        def raced(path: str) -> object:
+            if path.endswith("maildirfolder"):
+                real(path).close()
+                raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), path)
+            return real(path)
+
+        self.fs.create = raced  # type: ignore[method-assign]
+        pending = self.store.begin([("example.com", lambda id: b"")])
+        pending.write(b"x")
+        [stored] = pending.commit(folders=["Lists.python"])
+        self.assertTrue(os.path.exists(stored.path))
 
 
 class GroupCommitTests(StoreFixture, SynchronousTestCase):
@@ -533,16 +565,15 @@ class GroupCommitTests(StoreFixture, SynchronousTestCase):
 
     def test_oneWaitForAll(self) -> None:
         """
-        Three small messages are written, synced in one syncMany, renamed,
+        Three small messages are written, synced in one syncfs, renamed,
         and new/ is fsynced once: all before any result is returned.
         """
         deliveries = self.deliveries("example.com", "example.com", "example.com")
         results = self.store.commitMany([(d, None) for d in deliveries])
         self.assertEqual(
             self.callNames(),
-            ["create"] * 3 + ["syncMany"] + ["rename"] * 3 + ["syncDirectory"],
+            ["groupSync"] + ["create"] * 3 + ["syncfs", "closeGroup"] + ["rename"] * 3 + ["syncDirectory"],
         )
-        self.assertEqual(self.fs.calls[3][1].count(","), 2)
         self.assertEqual([len(r) for r in results], [1, 1, 1])
         self.assertEqual(len(self.listing("new")), 3)
         self.assertEqual(self.listing("tmp"), [])
@@ -558,7 +589,7 @@ class GroupCommitTests(StoreFixture, SynchronousTestCase):
         results = self.store.commitMany([(large, None)] + [(d, None) for d in small])
         self.assertEqual(
             self.callNames(),
-            ["fsync", "create", "create", "syncMany"] + ["rename"] * 3 + ["syncDirectory"],
+            ["groupSync", "fsync", "create", "create", "syncfs", "closeGroup"] + ["rename"] * 3 + ["syncDirectory"],
         )
         self.assertEqual([len(r) for r in results], [1, 1, 1])
 
@@ -596,6 +627,80 @@ class GroupCommitTests(StoreFixture, SynchronousTestCase):
         self.assertEqual(os.listdir(os.path.join(other, "new")), [])
         self.assertEqual(len(self.listing("new")), 2)
 
+    def test_noGroupMeansEachFileFsynced(self) -> None:
+        """
+        Where the file system offers no group sync, every file is created,
+        fsynced and closed in turn, all before the first rename.
+        """
+        self.fs.grouped = False
+        deliveries = self.deliveries("example.com", "example.com")
+        self.store.commitMany([(d, None) for d in deliveries])
+        self.assertEqual(
+            self.callNames(),
+            ["create", "fsync", "create", "fsync", "rename", "rename", "syncDirectory"],
+        )
+
+    def test_fewOpenFiles(self) -> None:
+        """
+        A message for many recipients holds one file open at a time, not
+        one per copy: the group's sync needs none of them.
+        """
+        opened: list[int] = []
+        real = self.fs.create
+
+        def counting(path: str) -> object:
+            f = real(path)
+            opened.append(sum(1 for name in os.listdir("/proc/self/fd")))
+            return f
+
+        self.fs.create = counting  # type: ignore[method-assign]
+        pending = self.store.begin([("example.com", lambda id: b"")] * 50)
+        pending.write(b"x")
+        self.assertEqual(len(pending.commit()), 50)
+        self.assertLessEqual(max(opened) - min(opened), 1)
+
+    def test_unexpectedErrorLeavesNothing(self) -> None:
+        """
+        Should committing break on something other than the disk, no copy
+        is left in new/ or tmp/ (a sender's retry would duplicate it).
+        """
+        deliveries = self.deliveries("example.com", "example.com")
+        real = self.fs.syncDirectory
+
+        def broken(path: str) -> None:
+            real(path)
+            raise RuntimeError("bug")
+
+        self.fs.syncDirectory = broken  # type: ignore[method-assign]
+        self.assertRaises(RuntimeError, self.store.commitMany, [(d, None) for d in deliveries])
+        self.assertNothingLeft()
+
+    def test_retractionIsSynced(self) -> None:
+        """
+        When one of a delivery's new/ directories cannot be synced, its
+        copies in the others are removed and those directories synced
+        again, so a crash cannot bring the copies back.
+        """
+        self.store.create("other.example")
+        other = os.path.join(self.root, "other.example", "new")
+        pending = self.store.begin([("example.com", lambda id: b""), ("other.example", lambda id: b"")])
+        pending.write(b"x")
+        real = self.fs.syncDirectory
+
+        def failing(path: str) -> None:
+            real(path)
+            if path == other:
+                raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+        self.fs.syncDirectory = failing  # type: ignore[method-assign]
+        self.fs.calls.clear()
+        self.assertRaises(StorageError, pending.commit)
+        new = os.path.join(self.maildir, "new")
+        unlinked = [i for i, (name, path) in enumerate(self.fs.calls) if name == "unlink" and path.startswith(new)]
+        self.assertEqual(len(unlinked), 1)
+        self.assertIn(("syncDirectory", new), self.fs.calls[unlinked[0]:])
+        self.assertEqual(self.listing("new"), [])
+
     def test_readableAsMaildir(self) -> None:
         """
         Messages committed together are read back whole by Python's
@@ -615,19 +720,22 @@ class GroupCommitTests(StoreFixture, SynchronousTestCase):
 
 class SyncfsTests(SynchronousTestCase):
     """
-    Tests for L{loadSyncfs} and L{RealFileSystem.syncMany}.
+    Tests for L{loadSyncfs} and L{RealFileSystem.groupSync}.
     """
 
     def test_kernelVersions(self) -> None:
         """
-        syncfs is trusted on Linux 5.8 and later only, where it reports
-        write errors.
+        syncfs is trusted on Linux 5.17 and later only, where it reports
+        write errors and the file system's own failures.
         """
         cases = [
-            ("Linux", "5.8.0", True),
+            ("Linux", "5.17.0", True),
             ("Linux", "6.18.44-fc-v657", True),
+            ("Linux", "6.1", True),
             ("Linux", "10.0", True),
-            ("Linux", "5.7.19", False),
+            ("Linux", "5.16.20", False),
+            ("Linux", "5.10.0-28-amd64", False),
+            ("Linux", "5.8.0", False),
             ("Linux", "4.19.0-26-amd64", False),
             ("Linux", "weird", False),
             ("Darwin", "23.1.0", False),
@@ -653,27 +761,68 @@ class SyncfsTests(SynchronousTestCase):
         error = self.assertRaises(OSError, syncfs, fd)
         self.assertEqual(error.errno, errno.EBADF)
 
-    def test_firstFileOfEachFileSystem(self) -> None:
+    def test_groupHandlePerFileSystem(self) -> None:
         """
-        syncMany gives syncfs the first file of each file system, once, and
-        reports its error for every file on that file system.
+        groupSync opens one handle per file system before any file is
+        written, covers the directories on it, and its sync gives that
+        handle to syncfs once; a failure is every covered directory's.
         """
-        fs = RealFileSystem(lambda fd: calls.append(fd))
         calls: list[int] = []
-        paths = [self.mktemp() for _ in range(3)]
-        files = [fs.create(path) for path in paths]
+        fs = RealFileSystem(calls.append, trusted=lambda fd: True)
+        one, two = self.mktemp(), self.mktemp()
+        os.makedirs(one)
+        os.makedirs(two)
+        missing = os.path.join(one, "missing")
+        group = fs.groupSync([one, two, one, missing])
+        assert group is not None
         try:
-            self.assertEqual(fs.syncMany(files), [None, None, None])
-            self.assertEqual(calls, [files[0].fileno()])
-
-            def failing(fd: int) -> None:
-                raise OSError(errno.EIO, "I/O error")
-
-            errors = RealFileSystem(failing).syncMany(files)
-            self.assertEqual([e.errno for e in errors], [errno.EIO] * 3)  # type: ignore[union-attr]
+            self.assertEqual([group.covers(d) for d in (one, two, missing)], [True, True, False])
+            self.assertEqual(group.sync(), {})
+            self.assertEqual(len(calls), 1)
+            self.assertEqual(os.path.realpath(f"/proc/self/fd/{calls[0]}"), os.path.realpath(one))
         finally:
-            for f in files:
-                f.close()
+            group.close()
+
+        def failing(fd: int) -> None:
+            raise OSError(errno.EIO, "I/O error")
+
+        group = RealFileSystem(failing, trusted=lambda fd: True).groupSync([one, two])
+        assert group is not None
+        try:
+            self.assertEqual({d: e.errno for d, e in group.sync().items()}, {one: errno.EIO, two: errno.EIO})
+        finally:
+            group.close()
+
+    def test_untrustedFileSystemHasNoGroup(self) -> None:
+        """
+        On a file system whose syncfs is not trusted (FUSE, CIFS, an
+        overlay...), or without syncfs, there is no group: each file will
+        be fsynced.
+        """
+        directory = self.mktemp()
+        os.makedirs(directory)
+        self.assertIsNone(RealFileSystem(lambda fd: None, trusted=lambda fd: False).groupSync([directory]))
+        self.assertIsNone(RealFileSystem(None).groupSync([directory]))
+
+    def test_fileSystemType(self) -> None:
+        """
+        The file system's type is read from fstatfs: tmpfs, where /dev/shm
+        usually is, is not one whose syncfs is trusted; ext4's magic is.
+        """
+        try:
+            with open("/proc/mounts") as f:
+                mounts = {fields[1]: fields[2] for fields in (line.split() for line in f) if len(fields) > 2}
+        except OSError:
+            mounts = {}
+        if mounts.get("/dev/shm") != "tmpfs":
+            raise SkipTest("no tmpfs on /dev/shm here")
+        fd = os.open("/dev/shm", os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            self.assertEqual(fileSystemType(fd), 0x01021994)
+        finally:
+            os.close(fd)
+        self.assertIn(0xEF53, TRUSTED_FILE_SYSTEMS)
+        self.assertNotIn(0x01021994, TRUSTED_FILE_SYSTEMS)
 
 
 class RealFileSystemTests(SynchronousTestCase):
@@ -693,7 +842,7 @@ class RealFileSystemTests(SynchronousTestCase):
             realSyncfs(fd)
 
         self.syncfs = recordSyncfs
-        self.store = MaildirStore(self.root, MaildirNamer("h", Clock().seconds, pid=1), RealFileSystem(recordSyncfs))
+        self.store = MaildirStore(self.root, MaildirNamer("h", Clock().seconds, pid=1), RealFileSystem(recordSyncfs, trusted=lambda fd: True))
         self.store.create("example.com")
         self.maildir = os.path.join(self.root, "example.com")
         realOpen, realFsync, realRename = os.open, os.fsync, os.rename
@@ -724,9 +873,10 @@ class RealFileSystemTests(SynchronousTestCase):
 
     def test_durabilityOrder(self) -> None:
         """
-        Each copy is created, then the file system is synced once (given
-        the first file) before any copy is renamed into new/; new/ is
-        fsynced after the renames; the files hold header and body.
+        A handle on tmp/ is opened, each copy is created and closed, then
+        the file system is synced once (given that handle) before any copy
+        is renamed into new/; new/ is fsynced after the renames; the files
+        hold header and body.
         """
         pending = self.store.begin([("example.com", lambda id: b"A\n"), ("example.com", lambda id: b"B\n")])
         pending.write(b"body\n")
@@ -737,9 +887,10 @@ class RealFileSystemTests(SynchronousTestCase):
         self.assertEqual(
             self.calls,
             [
+                ("open", tmp),
                 ("open", os.path.join(tmp, first.id)),
                 ("open", os.path.join(tmp, second.id)),
-                ("syncfs", os.path.join(tmp, first.id)),
+                ("syncfs", tmp),
                 ("rename", first.path),
                 ("rename", second.path),
                 ("open", new),
@@ -822,8 +973,8 @@ class RealFileSystemTests(SynchronousTestCase):
 
     def test_withoutSyncfs(self) -> None:
         """
-        Without syncfs every file is fsynced on its own, all before the
-        first rename.
+        Without syncfs every file is created and fsynced on its own, all
+        before the first rename.
         """
         store = MaildirStore(self.root, MaildirNamer("h", Clock().seconds, pid=2), RealFileSystem(None))
         pending = store.begin([("example.com", lambda id: b"A\n"), ("example.com", lambda id: b"B\n")])
@@ -834,8 +985,8 @@ class RealFileSystemTests(SynchronousTestCase):
             self.calls[:5],
             [
                 ("open", os.path.join(tmp, first.id)),
-                ("open", os.path.join(tmp, second.id)),
                 ("fsync", os.path.join(tmp, first.id)),
+                ("open", os.path.join(tmp, second.id)),
                 ("fsync", os.path.join(tmp, second.id)),
                 ("rename", first.path),
             ],
@@ -850,7 +1001,7 @@ class RealFileSystemTests(SynchronousTestCase):
         def failing(fd: int) -> None:
             raise OSError(errno.EIO, os.strerror(errno.EIO))
 
-        store = MaildirStore(self.root, MaildirNamer("h", Clock().seconds, pid=2), RealFileSystem(failing))
+        store = MaildirStore(self.root, MaildirNamer("h", Clock().seconds, pid=2), RealFileSystem(failing, trusted=lambda fd: True))
         one = store.begin([("example.com", lambda id: b"")])
         two = store.begin([("example.com", lambda id: b"")])
         one.write(b"1")
