@@ -24,7 +24,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from harbor.config import Config, ConfigError
-from harbor.hooks import IHook, NewMessage, PythonHook
+from harbor.hooks import IHook, NewMessage, PythonHook, defaultHookNames
 from harbor.policyhook import PolicyRequest, Refuse
 from harbor.tap import HarborService, Options
 
@@ -65,12 +65,7 @@ def buildService(
     options = Options()
     options.config = config
     built = [
-        hook if IHook.providedBy(hook) else PythonHook(hook, _name(hook, i))  # type: ignore[arg-type]
-        for i, hook in enumerate(hooks)
+        hook if IHook.providedBy(hook) else PythonHook(hook, name)  # type: ignore[arg-type]
+        for hook, name in zip(hooks, defaultHookNames(hooks))
     ]
     return HarborService(options, reactor, built, policy)
-
-
-def _name(function: Callable[..., object], index: int) -> str:
-    name = getattr(function, "__name__", "") or f"hook{index}"
-    return "".join(c if c.isalnum() or c in "-_" else "-" for c in name)[:64] or f"hook{index}"

@@ -38,7 +38,7 @@ from typing import IO, Any, BinaryIO
 import attrs
 from attrs import frozen
 
-from harbor.config import DEFAULT_MAILDIR, Config, ConfigError, loadFile, normaliseDomain
+from harbor.config import DEFAULT_MAILDIR, ConfigError, loadFile, normaliseDomain
 from harbor.mailstore import (
     MailboxStats,
     MessageDetails,
@@ -136,18 +136,7 @@ def buildParser() -> argparse.ArgumentParser:
     @return: A parser whose result has a C{command} attribute, the function
         that runs the chosen subcommand.
     """
-    source = argparse.ArgumentParser(add_help=False)
-    where = source.add_mutually_exclusive_group()
-    where.add_argument(
-        "--maildir",
-        metavar="ROOT",
-        help=f"the directory holding one Maildir per domain (default: ./{DEFAULT_MAILDIR})",
-    )
-    where.add_argument(
-        "--config",
-        metavar="FILE",
-        help="take the Maildir root from this MailHarbor configuration file",
-    )
+    source = _whereOptions(spool=False)
     jsonOutput = argparse.ArgumentParser(add_help=False)
     jsonOutput.add_argument("--json", action="store_true", help="print JSON for programs to read")
 
@@ -306,10 +295,65 @@ def buildParser() -> argparse.ArgumentParser:
     password.add_argument("user", metavar="USER", help="the user name")
     password.set_defaults(command=_passwdCommand)
 
-    from harbor.hooks import addHooksParser
+    from harbor.hooks import RESCAN_INTERVAL
 
-    addHooksParser(commands)
+    hooks = commands.add_parser(
+        "hooks",
+        help="show the new-message hooks' pending and dead jobs, and retry dead ones",
+        description=(
+            "Show the jobs of the new-message hooks: those waiting to run "
+            "(pending) and those given up on after too many failures "
+            "(dead), and put dead ones back to run again."
+        ),
+    )
+    hooks.set_defaults(command=_hooksCommand)
+    hookSource = _whereOptions(spool=True)
+    actions = hooks.add_subparsers(title="actions", metavar="ACTION", required=True)
+    listingJobs = actions.add_parser(
+        "list",
+        parents=[hookSource, jsonOutput],
+        help="list pending jobs, or dead ones with --dead",
+        description="List the pending hook jobs, oldest first, or the dead ones with --dead.",
+    )
+    listingJobs.add_argument("--dead", action="store_true", help="list the dead letters instead")
+    listingJobs.set_defaults(hooksAction="list")
+    retrying = actions.add_parser(
+        "retry",
+        parents=[hookSource, jsonOutput],
+        help="put dead jobs back to run again",
+        description=(
+            "Put dead hook jobs back in the queue with their attempts reset.  "
+            "A running server picks them up within "
+            f"{RESCAN_INTERVAL:g} seconds, a stopped one when it starts."
+        ),
+    )
+    which = retrying.add_mutually_exclusive_group(required=True)
+    which.add_argument("jobs", metavar="JOB", nargs="*", default=[], help="a dead job's id")
+    which.add_argument("--all", action="store_true", help="every dead job")
+    retrying.set_defaults(hooksAction="retry")
     return parser
+
+
+def _whereOptions(spool: bool) -> argparse.ArgumentParser:
+    """
+    The options that say where the Maildirs are (and, for C{hooks}, the
+    spool), one at most.
+    """
+    source = argparse.ArgumentParser(add_help=False)
+    where = source.add_mutually_exclusive_group()
+    where.add_argument(
+        "--maildir",
+        metavar="ROOT",
+        help=f"the directory holding one Maildir per domain (default: ./{DEFAULT_MAILDIR})",
+    )
+    where.add_argument(
+        "--config",
+        metavar="FILE",
+        help="take the Maildir root from this MailHarbor configuration file",
+    )
+    if spool:
+        where.add_argument("--spool", metavar="DIRECTORY", help="the hook spool itself")
+    return source
 
 
 def readPassword(stdin: IO[str] | None = None) -> str:
@@ -317,12 +361,17 @@ def readPassword(stdin: IO[str] | None = None) -> str:
     Read a new password: from the terminal without echo, asked twice, or
     from the first line of a non-terminal standard input (for scripts).
 
-    @raise CommandError: if it is empty or the two entries differ.
+    @raise CommandError: if it is empty, not given (end of input at the
+        prompt), or the two entries differ.
     """
     stdin = sys.stdin if stdin is None else stdin
     if stdin.isatty():
-        first = getpass.getpass("New password: ")
-        if getpass.getpass("Repeat it: ") != first:
+        try:
+            first = getpass.getpass("New password: ")
+            again = getpass.getpass("Repeat it: ")
+        except EOFError:
+            raise CommandError("no password given", status=1) from None
+        if again != first:
             raise CommandError("the passwords do not match", status=1)
     else:
         first = stdin.readline().rstrip("\r\n")
@@ -351,17 +400,18 @@ def resolveRoot(maildir: str | None, config: str | None) -> str:
     @return: The root as an absolute path; C{./Maildir} when neither is
         given, as for the server.
     @raise CommandError: with status 2 if the configuration is unusable.
+
+    Only the file's C{maildir} setting is read: reading mail must work for
+    a user who may not read the server's other files (its users file, its
+    key), and while another setting is being fixed.
     """
     if config is not None:
         try:
-            mapping = loadFile(config)
+            maildir = loadFile(config).get("maildir", DEFAULT_MAILDIR)
         except ConfigError as e:
-            raise CommandError(e.problem, status=2) from None
-        try:
-            # The host name is not needed here: skip its DNS lookup.
-            return Config.fromMapping(mapping, fqdn=lambda: "localhost").maildir
-        except ConfigError as e:
-            raise CommandError(f"{config}: {e}", status=2) from None
+            raise CommandError(f"{e.problem} (--config)", status=2) from None
+        if not isinstance(maildir, str) or not maildir:
+            raise CommandError(f"{config}: maildir: must be a non-empty path", status=2)
     return os.path.abspath(DEFAULT_MAILDIR if maildir is None else maildir)
 
 
@@ -797,6 +847,67 @@ def _scalarText(value: Any) -> str:
     if isinstance(value, str):
         return cleanText(value) if value else '""'
     return cleanText(str(value))
+
+
+def _hooksCommand(arguments: argparse.Namespace, out: IO[str], err: IO[str], now: float) -> int:
+    """
+    C{mailharbor hooks list} and C{mailharbor hooks retry}.
+    """
+    from harbor.hooks import HookSpool, spoolFor
+
+    if arguments.spool is not None:
+        directory = os.path.abspath(arguments.spool)
+    else:
+        directory = spoolFor(resolveRoot(arguments.maildir, arguments.config))
+    spool = HookSpool(directory)
+    if arguments.hooksAction == "list":
+        jobs = spool.deadJobs() if arguments.dead else spool.pendingJobs()
+        if arguments.json:
+            _writeText(out, json.dumps([job.asJSON() for job in jobs], indent=2) + "\n")
+        elif not jobs:
+            _writeText(out, f"No {'dead' if arguments.dead else 'pending'} hook jobs in {cleanText(directory)}.\n")
+        else:
+            rows = [("JOB", "HOOK", "ATTEMPTS", "FAILED" if arguments.dead else "NEXT", "RECIPIENT", "ERROR")]
+            rows += [
+                (
+                    cleanText(job.id),
+                    cleanText(job.hook),
+                    str(job.attempts),
+                    _localTime(job.due),
+                    cleanText(job.event.recipient),
+                    cleanText(job.error or "-"),
+                )
+                for job in jobs
+            ]
+            _writeText(out, _alignColumns(rows, set()))
+        return 0
+    return _retryJobs(spool, arguments, now, out, err)
+
+
+def _retryJobs(spool: Any, arguments: argparse.Namespace, now: float, out: IO[str], err: IO[str]) -> int:
+    from harbor.hooks import RESCAN_INTERVAL
+
+    jobIDs = [job.id for job in spool.deadJobs()] if arguments.all else arguments.jobs
+    revived = []
+    status = 0
+    for jobID in jobIDs:
+        try:
+            revived.append(spool.revive(jobID, now))
+        except KeyError:
+            why = "is pending, not dead" if spool.isPending(jobID) else "is not a dead hook job"
+            _writeText(err, f"mailharbor: {cleanText(jobID)} {why}\n")
+            status = 1
+    if arguments.json:
+        _writeText(out, json.dumps([job.id for job in revived], indent=2) + "\n")
+    elif revived:
+        _writeText(
+            out,
+            f"Requeued {_plural(len(revived), 'hook job')}; a running "
+            f"server starts them within {RESCAN_INTERVAL:g} seconds.\n",
+        )
+    elif arguments.all:
+        _writeText(out, "No dead hook jobs.\n")
+    return status
 
 
 def _alignColumns(rows: Sequence[Sequence[str]], rightAligned: set[int]) -> str:

@@ -18,6 +18,7 @@ import tomllib
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+import idna
 from attrs import frozen
 
 DEFAULT_MAILDIR = "Maildir"
@@ -509,15 +510,9 @@ def _limits(mapping: Mapping[str, Any]) -> Limits:
             raise ConfigError("bare_newline", f"must be one of {', '.join(BARE_NEWLINE_ACTIONS)}")
         values["bareNewline"] = action
     if "connection_limit_exceptions" in mapping:
-        networks = []
-        for network in _stringList(mapping["connection_limit_exceptions"], "connection_limit_exceptions"):
-            try:
-                networks.append(str(ipaddress.ip_network(network, strict=False)))
-            except ValueError:
-                raise ConfigError(
-                    "connection_limit_exceptions", f"{network!r} is not an IP network"
-                ) from None
-        values["connectionLimitExceptions"] = tuple(networks)
+        values["connectionLimitExceptions"] = networks(
+            mapping["connection_limit_exceptions"], "connection_limit_exceptions"
+        )
     return Limits(**values)
 
 
@@ -576,6 +571,28 @@ def withBacklog(description: str, backlog: int) -> str:
     return description
 
 
+def asciiDomain(domain: str) -> str:
+    """
+    The lower-case A-label form of a domain, so that C{b\u00fccher.example}
+    and C{xn--bcher-kva.example} are the same domain.
+
+    Internationalised names are mapped as IDNA 2008 with UTS 46 says
+    (C{stra\u00dfe.de} is C{xn--strae-oqa.de}, not C{strasse.de} as the
+    standard library's IDNA 2003 codec would have it), by the C{idna}
+    package Twisted's TLS support already brings.
+
+    @raise UnicodeError: if C{domain} is not a valid name (a label longer
+        than 63 octets, an empty label, a bad internationalised label).
+    """
+    name = domain.rstrip(".")
+    if name.isascii():
+        name = name.lower()
+        if len(name) > 253 or not all(0 < len(label) <= 63 for label in name.split(".")):
+            raise UnicodeError(f"{domain!r} has an empty or too long label")
+        return name
+    return idna.encode(name, uts46=True).decode("ascii")
+
+
 def normaliseDomain(name: object, setting: str) -> str:
     """
     Lower-case a domain name and turn it into its ASCII (A-label) form.
@@ -584,9 +601,8 @@ def normaliseDomain(name: object, setting: str) -> str:
     """
     if not isinstance(name, str):
         raise ConfigError(setting, "must be a string")
-    candidate = name.strip().rstrip(".").lower()
     try:
-        candidate = candidate.encode("idna").decode("ascii")
+        candidate = asciiDomain(name.strip())
     except UnicodeError:
         raise ConfigError(setting, f"{name!r} is not a valid domain name") from None
     if not _HOSTNAME.match(candidate) or len(candidate) > 253:
@@ -594,12 +610,8 @@ def normaliseDomain(name: object, setting: str) -> str:
     return candidate
 
 
-def _domainTable(name: str, table: object, setting: str) -> DomainConfig:
-    if not isinstance(table, Mapping):
-        raise ConfigError(setting, "must be a table")
-    unknown = sorted(set(table) - _DOMAIN_KEYS)
-    if unknown:
-        raise ConfigError(f"{setting}.{unknown[0]}", "unknown setting")
+def _domainTable(name: str, value: object, setting: str) -> DomainConfig:
+    table = checkTable(value, setting, _DOMAIN_KEYS)
     accept = None
     if "accept" in table:
         accept = frozenset(_localParts(name, table["accept"], f"{setting}.accept"))
@@ -673,12 +685,8 @@ def _checkMailbox(name: str, setting: str) -> None:
         )
 
 
-def _rule(table: object, setting: str) -> FolderRule:
-    if not isinstance(table, Mapping):
-        raise ConfigError(setting, "must be a table")
-    unknown = sorted(set(table) - _RULE_KEYS)
-    if unknown:
-        raise ConfigError(f"{setting}.{unknown[0]}", "unknown setting")
+def _rule(value: object, setting: str) -> FolderRule:
+    table = checkTable(value, setting, _RULE_KEYS)
     matched = [key for key in ("sender", "recipient", "header") if key in table]
     if len(matched) != 1:
         raise ConfigError(setting, "needs exactly one of sender, recipient or header")
@@ -699,6 +707,36 @@ def _rule(table: object, setting: str) -> FolderRule:
     if not isinstance(folder, str) or not FOLDER_NAME.match(folder):
         raise ConfigError(f"{setting}.folder", "must be a folder name like Lists or Lists.python")
     return FolderRule(field, header, contains, folder)
+
+
+def networks(value: object, setting: str) -> tuple[str, ...]:
+    """
+    Read an IP network, or a list of them (a bare address is a /32 or
+    /128), in their normal written form.
+
+    @raise ConfigError: naming C{setting}, for anything else.
+    """
+    found = []
+    for network in _stringList(value, setting):
+        try:
+            found.append(str(ipaddress.ip_network(network, strict=False)))
+        except ValueError:
+            raise ConfigError(setting, f"{network!r} is not an IP address or network") from None
+    return tuple(found)
+
+
+def checkTable(value: object, setting: str, keys: frozenset[str]) -> Mapping[str, Any]:
+    """
+    Check that C{value} is a TOML table with no keys but C{keys}.
+
+    @raise ConfigError: naming C{setting}, or its first unknown key.
+    """
+    if not isinstance(value, Mapping):
+        raise ConfigError(setting, "must be a table")
+    unknown = sorted(set(value) - keys)
+    if unknown:
+        raise ConfigError(f"{setting}.{unknown[0]}", "unknown setting")
+    return value
 
 
 def _stringList(value: object, setting: str, allowInt: bool = False) -> list[str]:

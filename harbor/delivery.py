@@ -275,7 +275,6 @@ class Deliverer:
         self.policy = policy
         self.store = store
         self.hostname = hostname
-        self.runInThread = runInThread
         self.seconds = seconds
         self.submissionMailbox = submissionMailbox
         self.filters = tuple(filters)
@@ -332,6 +331,9 @@ class HarborDelivery:
         self._session = session
         self.sender: Path | None = None
         self.recipients: list[Recipient] = []
+        # The recipients' Accept.key values, to find the same mailbox again
+        # in one lookup rather than a scan of every recipient so far.
+        self._keys: set[tuple[str, str]] = set()
         self._message: HarborMessage | None = None
         # What filters decided, starting from what they decided for the
         # session (see L{harbor.filters.FilterScope}).
@@ -427,7 +429,9 @@ class HarborDelivery:
     def _add(self, path: Path, accepts: tuple[Accept, ...]) -> Callable[[], HarborMessage]:
         for accept in accepts:
             # The same mailbox named twice gets one copy, as with Postfix.
-            if all(r.accept.key != accept.key for r in self.recipients):
+            key = accept.key
+            if key not in self._keys:
+                self._keys.add(key)
                 self.recipients.append(Recipient(path, accept))
         return self.message
 

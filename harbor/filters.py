@@ -14,14 +14,14 @@ from __future__ import annotations
 import fnmatch
 import ipaddress
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Protocol
 
 from twisted.logger import Logger
 
 from attrs import field, frozen
 
-from harbor.config import ConfigError
+from harbor.config import ConfigError, checkTable, networks
 from harbor.policy import IPNetwork, inNetworks
 
 _log = Logger()
@@ -166,19 +166,9 @@ def parseFilters(tables: object) -> tuple[Filter, ...]:
     return tuple(_parse(table, f"filter[{i}]") for i, table in enumerate(tables))
 
 
-def _parse(table: object, setting: str) -> Filter:
-    if not isinstance(table, Mapping):
-        raise ConfigError(setting, "must be a table")
-    unknown = sorted(set(table) - _KEYS)
-    if unknown:
-        raise ConfigError(f"{setting}.{unknown[0]}", "unknown setting")
-    clients: list[str] = []
-    rawClients = table.get("client", [])
-    for network in [rawClients] if isinstance(rawClients, str) else rawClients:
-        try:
-            clients.append(str(ipaddress.ip_network(network, strict=False)))
-        except (TypeError, ValueError):
-            raise ConfigError(f"{setting}.client", f"{network!r} is not an IP address or network") from None
+def _parse(value: object, setting: str) -> Filter:
+    table = checkTable(value, setting, _KEYS)
+    clients = networks(table.get("client", []), f"{setting}.client")
     patterns = {}
     for name in ("helo", "sender", "recipient"):
         value = table.get(name)

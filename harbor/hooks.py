@@ -34,7 +34,6 @@ spool without any reactor at all.
 
 from __future__ import annotations
 
-import argparse
 import base64
 import email.policy
 import importlib
@@ -42,14 +41,12 @@ import json
 import os
 import re
 import shutil
-import sys
-import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from email.message import EmailMessage
 from email.parser import BytesParser
 from functools import cached_property
-from typing import IO, Any, TypeVar, cast
+from typing import Any, TypeVar, cast
 from urllib.parse import urlsplit
 
 from zope.interface import Attribute, Interface, implementer
@@ -72,8 +69,8 @@ from twisted.python.failure import Failure
 
 from attrs import evolve, field, frozen
 
-from harbor.config import DEFAULT_MAILDIR, ConfigError, loadFile
-from harbor.maildir import IFileSystem, RealFileSystem, StorageError, parseName
+from harbor.config import ConfigError
+from harbor.maildir import IFileSystem, RealFileSystem, StorageError, quietly, parseName
 
 T = TypeVar("T")
 RunInThread = Callable[[Callable[[], T]], "Deferred[T]"]
@@ -325,6 +322,9 @@ class Job:
             number = value.get(key)
             if isinstance(number, bool) or not isinstance(number, (int, float)):
                 raise ValueError(f"the job's {key} is not a number")
+            if not 0 <= number <= _LATEST_TIME:
+                # Also refuses NaN and infinities, which no clock shows.
+                raise ValueError(f"the job's {key} is out of range")
             numbers[key] = number
         error = value.get("error")
         if error is not None and not isinstance(error, str):
@@ -338,6 +338,10 @@ class Job:
             attempts=int(numbers["attempts"]),
             error=error,
         )
+
+
+# The last second of the year 9999: later times cannot be shown as dates.
+_LATEST_TIME = 253402300799
 
 
 def jobID(event: NewMessage, hookName: str) -> str:
@@ -778,13 +782,6 @@ class WebhookHook:
         for key, value in self._extraHeaders.items():
             headers.setRawHeaders(key, [value])
         d = self._agent.request(b"POST", self._url, headers, FileBodyProducer(BytesIO(body)))
-        timedOut: list[bool] = []
-
-        def giveUp() -> None:
-            timedOut.append(True)
-            d.cancel()
-
-        timer = self._reactor.callLater(self._timeout, giveUp)
 
         def received(response: Any) -> Deferred[object]:
             finished: Deferred[bytes] = Deferred()
@@ -797,17 +794,12 @@ class WebhookHook:
 
             return finished.addCallback(check)
 
-        def over(result: object) -> object:
-            if timer.active():
-                timer.cancel()
-            if timedOut and isinstance(result, Failure):
-                raise HookFailed(
-                    f"no response from {self._url.decode('ascii')} within {self._timeout:g}s"
-                )
-            return result
+        def noResponse(result: object, timeout: float) -> object:
+            raise HookFailed(f"no response from {self._url.decode('ascii')} within {timeout:g}s")
 
         d.addCallback(received)
-        d.addBoth(over)
+        # The whole exchange, the response's body included, within the time.
+        d.addTimeout(self._timeout, self._reactor, onTimeoutCancel=noResponse)
         return d
 
     def stop(self) -> Deferred[None] | None:
@@ -819,6 +811,23 @@ class WebhookHook:
 def _tail(output: bytes) -> str:
     text = " ".join(output.decode("utf-8", "replace").split())
     return f": {text}" if text else ""
+
+
+def defaultHookNames(functions: Sequence[object]) -> list[str]:
+    """
+    Names for hooks given in code without one: each function's name, made
+    into a valid hook name (C{<lambda>} is C{lambda-}), and numbered where
+    two would be the same, since a name keys the hook's jobs.
+    """
+    names: list[str] = []
+    for index, function in enumerate(functions):
+        name = re.sub(r"[^A-Za-z0-9_-]", "-", getattr(function, "__name__", "")).lstrip("-_")[:60]
+        if not _NAME.match(name):
+            name = "hook"
+        if name in names:
+            name = f"{name}-{index}"
+        names.append(name)
+    return names
 
 
 def _checkName(name: str) -> str:
@@ -849,6 +858,12 @@ class HookSpool:
         self._pending = os.path.join(directory, "pending")
         self._dead = os.path.join(directory, "dead")
         self._prepared = False
+
+    def isPending(self, jobID: str) -> bool:
+        """
+        Whether C{jobID} names a job waiting to run.
+        """
+        return _isJobID(jobID) and os.path.exists(self.pendingPath(jobID))
 
     def pendingPath(self, jobID: str) -> str:
         """
@@ -891,7 +906,7 @@ class HookSpool:
             self._fs.syncDirectory(self._pending)
         except OSError as e:
             for path in written:
-                _quietly(self._fs.unlink, path)
+                quietly(self._fs.unlink, path)
             raise StorageError.fromOSError("recording the message for its hooks", e) from e
 
     def update(self, job: Job) -> None:
@@ -989,7 +1004,7 @@ class HookSpool:
                 path=path,
                 error=str(e),
             )
-            _quietly(os.rename, path, path + ".bad")
+            quietly(os.rename, path, path + ".bad")
             return None
 
     def _write(self, job: Job, destination: str) -> str:
@@ -1004,20 +1019,13 @@ class HookSpool:
                 f.close()
             self._fs.rename(temporary, destination)
         except BaseException:
-            _quietly(self._fs.unlink, temporary)
+            quietly(self._fs.unlink, temporary)
             raise
         return destination
 
 
 def _isJobID(text: str) -> bool:
     return bool(text) and "/" not in text and not text.startswith(".") and "\0" not in text
-
-
-def _quietly(f: Callable[..., object], *args: object) -> None:
-    try:
-        f(*args)
-    except OSError:
-        pass
 
 
 class _Entry:
@@ -1712,187 +1720,3 @@ def loadHooks(
                 )
             )
     return hooks
-
-
-def _sourceOptions() -> argparse.ArgumentParser:
-    source = argparse.ArgumentParser(add_help=False)
-    where = source.add_mutually_exclusive_group()
-    where.add_argument(
-        "--maildir",
-        metavar="ROOT",
-        help="the Maildir root, whose .hooks directory is the spool (default: ./Maildir)",
-    )
-    where.add_argument(
-        "--config", metavar="FILE", help="take the Maildir root from this configuration file"
-    )
-    where.add_argument("--spool", metavar="DIRECTORY", help="the hook spool itself")
-    source.add_argument("--json", action="store_true", help="print JSON for programs to read")
-    return source
-
-
-def addHooksParser(subparsers: Any) -> argparse.ArgumentParser:
-    """
-    Add C{hooks list} and C{hooks retry} to the C{mailharbor} command.
-
-    @param subparsers: What C{ArgumentParser.add_subparsers} returned.
-    @return: The C{hooks} parser; its result's C{command} is
-        L{hooksCommand}.
-    """
-    source = _sourceOptions()
-    hooks = subparsers.add_parser(
-        "hooks",
-        help="show the new-message hooks' pending and dead jobs, and retry dead ones",
-        description=(
-            "Show the jobs of the new-message hooks: those waiting to run "
-            "(pending) and those given up on after too many failures "
-            "(dead), and put dead ones back to run again."
-        ),
-    )
-    actions = hooks.add_subparsers(title="actions", metavar="ACTION", required=True)
-    listing = actions.add_parser(
-        "list",
-        parents=[source],
-        help="list pending jobs, or dead ones with --dead",
-        description="List the pending hook jobs, oldest first, or the dead ones with --dead.",
-    )
-    listing.add_argument("--dead", action="store_true", help="list the dead letters instead")
-    listing.set_defaults(hooksAction="list")
-    retrying = actions.add_parser(
-        "retry",
-        parents=[source],
-        help="put dead jobs back to run again",
-        description=(
-            "Put dead hook jobs back in the queue with their attempts reset.  "
-            "A running server picks them up within "
-            f"{RESCAN_INTERVAL:g} seconds, a stopped one when it starts."
-        ),
-    )
-    which = retrying.add_mutually_exclusive_group(required=True)
-    which.add_argument("jobs", metavar="JOB", nargs="*", default=[], help="a dead job's id")
-    which.add_argument("--all", action="store_true", help="every dead job")
-    retrying.set_defaults(hooksAction="retry")
-    hooks.set_defaults(command=hooksCommand)
-    return cast(argparse.ArgumentParser, hooks)
-
-
-def hooksCommand(
-    arguments: argparse.Namespace | Sequence[str],
-    stdout: IO[str] | None = None,
-    stderr: IO[str] | None = None,
-    now: float | None = None,
-) -> int:
-    """
-    Run C{mailharbor hooks ...}.
-
-    @param arguments: What L{addHooksParser}'s parser parsed, or the
-        arguments after C{hooks} to parse here.
-    @param now: The time retried jobs are due, by default the current time.
-    @return: The exit status: 0 on success, 1 when a job to retry is not
-        among the dead letters or the spool cannot be read, 2 for bad
-        usage or an unusable configuration file.
-    """
-    out = sys.stdout if stdout is None else stdout
-    err = sys.stderr if stderr is None else stderr
-    if not isinstance(arguments, argparse.Namespace):
-        parser = argparse.ArgumentParser(prog="mailharbor")
-        addHooksParser(parser.add_subparsers(required=True))
-        try:
-            arguments = parser.parse_args(["hooks", *arguments])
-        except SystemExit as e:
-            return e.code if isinstance(e.code, int) else 2
-    try:
-        spool = HookSpool(_spoolDirectory(arguments.spool, arguments.maildir, arguments.config))
-        if arguments.hooksAction == "list":
-            return _listJobs(spool, arguments.dead, arguments.json, out)
-        when = time.time() if now is None else now
-        return _retryJobs(spool, arguments.jobs, arguments.all, arguments.json, when, out, err)
-    except ConfigError as e:
-        err.write(f"mailharbor: {e}\n")
-        return 2
-    except OSError as e:
-        err.write(f"mailharbor: {e.filename or ''}: {e.strerror or e}\n")
-        return 1
-
-
-def _spoolDirectory(spool: str | None, maildir: str | None, config: str | None) -> str:
-    """
-    Where C{mailharbor hooks} finds the spool.
-
-    Only the C{maildir} key of a configuration file is read: listing jobs
-    must work even while another setting is being fixed.
-
-    @raise ConfigError: if the configuration file is unusable.
-    """
-    if spool is not None:
-        return os.path.abspath(spool)
-    if config is not None:
-        maildir = loadFile(config).get("maildir", DEFAULT_MAILDIR)
-        if not isinstance(maildir, str) or not maildir:
-            raise ConfigError("maildir", f"{config}: must be a non-empty path")
-    return spoolFor(os.path.abspath(maildir or DEFAULT_MAILDIR))
-
-
-def _printable(text: str) -> str:
-    # Job files hold what clients sent: no terminal control sequences.
-    return "".join(c if c.isprintable() else "?" for c in text)
-
-
-def _listJobs(spool: HookSpool, dead: bool, asJSON: bool, out: IO[str]) -> int:
-    jobs = spool.deadJobs() if dead else spool.pendingJobs()
-    if asJSON:
-        out.write(json.dumps([job.asJSON() for job in jobs], indent=2) + "\n")
-        return 0
-    if not jobs:
-        which = "dead" if dead else "pending"
-        out.write(f"No {which} hook jobs in {spool.directory}.\n")
-        return 0
-    rows = [("JOB", "HOOK", "ATTEMPTS", "FAILED" if dead else "NEXT", "RECIPIENT", "ERROR")]
-    for job in jobs:
-        rows.append(
-            (
-                _printable(job.id),
-                _printable(job.hook),
-                str(job.attempts),
-                time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(job.due)),
-                _printable(job.event.recipient),
-                _printable(job.error or "-"),
-            )
-        )
-    widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]) - 1)]
-    for row in rows:
-        cells = [cell.ljust(width) for cell, width in zip(row, widths)]
-        out.write("  ".join(cells + [row[-1]]).rstrip() + "\n")
-    return 0
-
-
-def _retryJobs(
-    spool: HookSpool,
-    jobIDs: Iterable[str],
-    everything: bool,
-    asJSON: bool,
-    now: float,
-    out: IO[str],
-    err: IO[str],
-) -> int:
-    if everything:
-        jobIDs = [job.id for job in spool.deadJobs()]
-    revived = []
-    status = 0
-    for jobID in jobIDs:
-        try:
-            revived.append(spool.revive(jobID, now))
-        except KeyError:
-            pending = os.path.exists(spool.pendingPath(jobID)) if _isJobID(jobID) else False
-            why = "is pending, not dead" if pending else "is not a dead hook job"
-            err.write(f"mailharbor: {_printable(jobID)} {why}\n")
-            status = 1
-    if asJSON:
-        out.write(json.dumps([job.id for job in revived], indent=2) + "\n")
-    elif revived:
-        out.write(
-            f"Requeued {len(revived)} hook job{'s' if len(revived) != 1 else ''}; a running "
-            f"server starts them within {RESCAN_INTERVAL:g} seconds.\n"
-        )
-    elif everything:
-        out.write("No dead hook jobs.\n")
-    return status

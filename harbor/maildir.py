@@ -396,7 +396,7 @@ class _SyncfsGroup:
     def close(self) -> None:
         handles, self._handles = self._handles, {}
         for fd in handles.values():
-            _quietly(os.close, fd)
+            quietly(os.close, fd)
 
 
 _DEFAULT = object()
@@ -466,7 +466,7 @@ class RealFileSystem:
                         os.close(fd)
         except BaseException:
             for fd in handles.values():
-                _quietly(os.close, fd)
+                quietly(os.close, fd)
             raise
         if not handles:
             return None
@@ -651,22 +651,20 @@ class PendingDelivery:
             raise StorageError("the delivery is already over")
         body = self._buffer
         self._buffer = None
-        action = "syncing the message to disk"
         try:
             for copy in self._copies:
                 if body is not None:
                     self._createFile(copy, body)
                 assert copy.file is not None
                 if group is None or body is None or not group.covers(os.path.dirname(copy.temporaryPath)):
-                    action = "syncing the message to disk"
                     self._fs.fsync(copy.file)
-                action = "syncing the message to disk"
+                # A close can report a failed write-back (NFS) too.
                 f, copy.file = copy.file, None
                 f.close()
         except StorageError as e:
             raise self._failed(e) from e
         except OSError as e:
-            raise self._failed(StorageError.fromOSError(action, e)) from e
+            raise self._failed(StorageError.fromOSError("syncing the message to disk", e)) from e
 
     def _temporaryDirectories(self) -> list[str]:
         """
@@ -710,9 +708,9 @@ class PendingDelivery:
         make duplicates.
         """
         for message in stored:
-            _quietly(self._fs.unlink, message.path)
+            quietly(self._fs.unlink, message.path)
         for directory in dict.fromkeys(os.path.dirname(message.path) for message in stored):
-            _quietly(self._fs.syncDirectory, directory)
+            quietly(self._fs.syncDirectory, directory)
         return self._failed(failure)
 
     def _failed(self, failure: StorageError) -> StorageError:
@@ -760,9 +758,9 @@ class PendingDelivery:
         self._buffer = None
         for copy in self._copies:
             if copy.file is not None:
-                _quietly(copy.file.close)
+                quietly(copy.file.close)
             if copy.created:
-                _quietly(self._fs.unlink, copy.temporaryPath)
+                quietly(self._fs.unlink, copy.temporaryPath)
 
 
 def commitMany(
@@ -930,7 +928,11 @@ def _writeAll(fd: int, data: bytes) -> None:
             view = view[os.write(fd, view) :]
 
 
-def _quietly(f: Callable[..., object], *args: object) -> None:
+def quietly(f: Callable[..., object], *args: object) -> None:
+    """
+    Call C{f}, ignoring the L{OSError} it may raise: for cleaning up after
+    a failure that is already being reported.
+    """
     try:
         f(*args)
     except OSError:

@@ -194,13 +194,6 @@ class Query:
     limit: int | None = None
     folder: str | None = None
 
-    @property
-    def readsHeaders(self) -> bool:
-        """
-        C{True} when a message must be opened to know whether it matches.
-        """
-        return self.sender is not None or self.recipient is not None
-
     def matches(self, summary: MessageSummary) -> bool:
         """
         Does C{summary} pass the header filters?  (The others are applied

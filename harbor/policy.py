@@ -19,7 +19,7 @@ from typing import Union
 
 from attrs import frozen
 
-from harbor.config import CATCH_ALL_REJECT, FOLDER_NAME, DomainConfig
+from harbor.config import CATCH_ALL_REJECT, FOLDER_NAME, DomainConfig, asciiDomain
 
 POSTMASTER = "postmaster"
 IPNetwork = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
@@ -48,16 +48,6 @@ class NeedsSMTPUTF8(AddressSyntaxError):
     A path has non-ASCII characters but the client did not ask for
     SMTPUTF8 (RFC 6531 section 3.5: 553 5.6.7).
     """
-
-
-def asciiDomain(domain: str) -> str:
-    """
-    The lower-case A-label form of a domain, so that C{b\u00fccher.example}
-    and C{xn--bcher-kva.example} are the same domain.
-
-    @raise UnicodeError: if C{domain} is not a valid internationalised name.
-    """
-    return domain.rstrip(".").encode("idna").decode("ascii").lower()
 
 
 def _checkUnicode(text: str) -> None:
@@ -163,11 +153,10 @@ def parsePath(raw: bytes | str, allowNull: bool = False, utf8: bool = False) -> 
         return Path(local.group(0), domain, routeText)
     if not _DOMAIN.fullmatch(domain):
         raise AddressSyntaxError("bad domain")
-    if not domain.isascii():
-        try:
-            asciiDomain(domain)
-        except UnicodeError:
-            raise AddressSyntaxError("bad internationalised domain") from None
+    try:
+        asciiDomain(domain)
+    except UnicodeError:
+        raise AddressSyntaxError("bad domain") from None
     return Path(local.group(0), domain, routeText)
 
 

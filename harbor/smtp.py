@@ -48,7 +48,7 @@ from twisted.mail.interfaces import IMessageDeliveryFactory
 from twisted.mail.smtp import ESMTP, Address, IMessage, SMTPServerError, User
 from twisted.python.failure import Failure
 
-from attrs import field, frozen
+from attrs import evolve, field, frozen
 
 from harbor.auth import AuthenticationError, FailureTracker, Throttle, decodeBase64, decodePlain
 from harbor.config import Limits, Listener
@@ -157,6 +157,23 @@ def _address(raw: bytes, path: Path) -> Address:
     return address
 
 
+def _errorReply(error: SMTPServerError, default: str) -> Reply:
+    """
+    The reply for an exception's code and text, whichever type Twisted's
+    callers put in C{resp}.  Its enhanced code is the one the text starts
+    with, if that is of the reply's class (2, 4 or 5), or else C{default}
+    moved into that class: a 451 never carries a 5.x.x.
+    """
+    resp = error.resp
+    text = resp.decode("utf-8", "replace") if isinstance(resp, bytes) else str(resp)
+    text = text.replace("\r", " ").replace("\n", " ")
+    kind = str(error.code)[0]
+    enhanced = kind + default[1:]
+    if _ENHANCED.match(text) and text[0] == kind:
+        enhanced, text = text.split(" ", 1)
+    return Reply(error.code, enhanced, text)
+
+
 class _Transaction:
     """
     What one MAIL transaction has gathered, for its replies and its log line.
@@ -166,8 +183,8 @@ class _Transaction:
     @ivar messages: The message streams, once DATA or the first BDAT has
         opened them.
     @ivar chunks: The BDAT decoder, if the transaction uses BDAT.
-    @ivar failure: Why the message being received will be refused: a
-        L{Reply} or a L{Failure}; the rest of it is read and discarded.
+    @ivar failure: Why the message being received will be refused, the
+        L{Reply} it will get; the rest of it is read and discarded.
     """
 
     def __init__(self, delivery: Any, sender: Path, started: float = 0.0) -> None:
@@ -179,7 +196,7 @@ class _Transaction:
         self.size = 0
         self.messages: list[IMessageStream] = []
         self.chunks: ChunkDecoder | None = None
-        self.failure: Reply | Failure | None = None
+        self.failure: Reply | None = None
 
 
 @implementer(IMessageStream)
@@ -303,6 +320,10 @@ class HarborESMTP(ESMTP):  # type: ignore[misc]
         self._decoder: DataDecoder | None = None
         self._chunkRemaining: int | None = None
         self._chunkLast = False
+        # Whether a BDAT transaction was refused before its LAST chunk, so
+        # the chunks the client had pipelined behind it are expected.
+        self._afterRefusedChunk = False
+        self._chunkEcho: Reply | None = None
         self._tx: _Transaction | None = None
         self._errors = 0
         self._lastCode = 0
@@ -318,6 +339,7 @@ class HarborESMTP(ESMTP):  # type: ignore[misc]
         self._producing = False
         self._admitted = False
         self.session = Session("unknown")
+        self._connectionFacts = self.session
 
     # Connection life cycle
 
@@ -346,6 +368,9 @@ class HarborESMTP(ESMTP):  # type: ignore[misc]
         blocklists = self._deliverer.blocklists
         if blocklists is not None and not self.session.trusted:
             self.session.blocklist = SharedResult(blocklists.lookup(self.session.clientAddress))
+        # What the server found out about the client's address (not what
+        # the client said) outlives STARTTLS.
+        self._connectionFacts = evolve(self.session, tags=list(self.session.tags))
         wait = self._limits.pregreetWait
         if wait > 0 and not self.session.trusted:
             # Postfix postscreen's pregreet test: a real MTA waits for the
@@ -383,12 +408,17 @@ class HarborESMTP(ESMTP):  # type: ignore[misc]
             self._reply(Reply(matched.code, matched.enhanced, matched.text))
         return True
 
-    def _startSession(self, clientAddress: str) -> None:
+    def _startSession(self, clientAddress: str, facts: Session | None = None) -> None:
         """
-        Start from nothing but the client's address: at connection, and
-        again after STARTTLS (RFC 3207 section 4.2).
+        Start from nothing but the client's address at connection; after
+        STARTTLS, forget everything the client said (RFC 3207 section 4.2)
+        but keep C{facts}, what the connect filters and the blocklist
+        lookup found about its address.
         """
-        self.session = Session(clientAddress)
+        if facts is None:
+            self.session = Session(clientAddress)
+        else:
+            self.session = evolve(facts, tags=list(facts.tags))
         self.deliveryFactory = self._deliverer.factoryFor(self.session)
         self._helo = (None, self.session.clientAddress.encode("ascii", "replace"))
         self._auth = None
@@ -502,7 +532,13 @@ class HarborESMTP(ESMTP):  # type: ignore[misc]
                 if self._receivingBody():
                     if not len(self._input) and self._chunkRemaining != 0:
                         break
-                    self._input.feed(self._bodyReceived(self._input.takeAll()))
+                    if self._chunkRemaining is not None:
+                        # Only this chunk: the pipelined commands and chunks
+                        # after it stay where they are, not copied out and
+                        # back for every chunk.
+                        self._bodyReceived(self._input.take(self._chunkRemaining))
+                    else:
+                        self._input.feed(self._bodyReceived(self._input.takeAll()))
                     continue
                 line = self._input.nextLine()
                 if line is None:
@@ -571,26 +607,44 @@ class HarborESMTP(ESMTP):  # type: ignore[misc]
         """
         Hold further input, and the client's timeout, until C{result} fires
         and its reply is sent.
+
+        A result that is already there (the usual MAIL and RCPT) is answered
+        at once, with no pause and no timeout to cancel and set again.
         """
+        outcomes: list[object] = []
+        result.addBoth(outcomes.append)
+        if outcomes:
+            self._answer(outcomes[0], onSuccess, onFailure)
+            return
         self._paused = True
         self.setTimeout(None)
 
-        def resume(outcome: object) -> None:
+        def resume(ignored: None) -> None:
             self._paused = False
             if not self._closed:
                 self.setTimeout(self._limits.commandTimeout)
-            try:
-                if isinstance(outcome, Failure):
-                    onFailure(outcome)
-                else:
-                    onSuccess(outcome)
-            finally:
-                self._finishShutdown()
-                self._processInput()
+            self._answer(outcomes[0], onSuccess, onFailure)
+            self._processInput()
 
-        result.addBoth(resume).addErrback(
-            lambda f: self._log.failure("Unexpected error sending a reply", f)
+        result.addCallback(resume).addErrback(
+            lambda f: self._log.failure("Unexpected error reading the next command", f)
         )
+
+    def _answer(
+        self,
+        outcome: object,
+        onSuccess: Callable[[Any], None],
+        onFailure: Callable[[Failure], None],
+    ) -> None:
+        try:
+            if isinstance(outcome, Failure):
+                onFailure(outcome)
+            else:
+                onSuccess(outcome)
+        except Exception:
+            self._log.failure("Unexpected error sending a reply")
+        finally:
+            self._finishShutdown()
 
     def _commandReceived(self, line: bytes) -> None:
         if self._auth is not None:
@@ -600,6 +654,8 @@ class HarborESMTP(ESMTP):  # type: ignore[misc]
         verb = parts[0].upper() if parts else b""
         argument = parts[1] if len(parts) == 2 else b""
         self._verb = verb[:16].decode("ascii", "replace") or "-"
+        if verb != b"BDAT":
+            self._afterRefusedChunk = False
         if len(line) + 2 > _LINE_LIMITS.get(verb, MAX_COMMAND_LINE):
             self._reply(Reply(500, "5.5.2", "Error: line too long"))
             return
@@ -660,34 +716,29 @@ class HarborESMTP(ESMTP):  # type: ignore[misc]
 
     def _replyFromError(self, error: SMTPServerError, default: str) -> None:
         """
-        Reply with an exception's code and text, whichever type Twisted's
-        callers put in C{resp}, adding an enhanced code if it has none.
+        Reply with an exception's code and text (see L{_errorReply}).
         """
-        resp = error.resp
-        text = resp.decode("utf-8", "replace") if isinstance(resp, bytes) else str(resp)
-        text = text.replace("\r", " ").replace("\n", " ")
-        enhanced: str | None = default
-        if _ENHANCED.match(text):
-            enhanced, text = text.split(" ", 1)
-        self._reply(Reply(error.code, enhanced, text))
+        self._reply(_errorReply(error, default))
 
-    def _replyToFailure(self, failure: Reply | Failure) -> None:
+    def _failureReply(self, failure: Reply | Failure) -> Reply:
         """
-        Answer a message that could not be stored: a local storage problem
-        is temporary (452 for a full disk, otherwise 451) so the sender
-        retries; an SMTP error keeps its own code; anything else is a bug,
-        logged, and also answered 451 so no mail is lost.
+        The answer to a message that could not be stored, logged: a local
+        storage problem is temporary (452 for a full disk, otherwise 451)
+        so the sender retries; an SMTP error keeps its own code; anything
+        else is a bug, logged, and also answered 451 so no mail is lost.
         """
         if isinstance(failure, Reply):
-            self._reply(failure)
-        elif failure.check(StorageError):
+            return failure
+        if failure.check(StorageError):
             self._log.error("Storage failure: {error}", error=failure.getErrorMessage())
-            self._reply(NO_SPACE if failure.value.noSpace else LOCAL_ERROR)
-        elif failure.check(SMTPServerError):
-            self._replyFromError(failure.value, "4.3.0" if failure.value.code < 500 else "5.3.0")
-        else:
-            self._log.failure("Delivery failed", failure)
-            self._reply(LOCAL_ERROR)
+            return NO_SPACE if failure.value.noSpace else LOCAL_ERROR
+        if failure.check(SMTPServerError):
+            return _errorReply(failure.value, "5.3.0")
+        self._log.failure("Delivery failed", failure)
+        return LOCAL_ERROR
+
+    def _replyToFailure(self, failure: Reply | Failure) -> None:
+        self._reply(self._failureReply(failure))
 
     # Greeting and simple commands
 
@@ -796,7 +847,7 @@ class HarborESMTP(ESMTP):  # type: ignore[misc]
             )
         self._send(Reply(220, "2.0.0", "Ready to start TLS"))
         self._endTransaction("abandoned: STARTTLS")
-        self._startSession(self.session.clientAddress)
+        self._startSession(self.session.clientAddress, self._connectionFacts)
         self.transport.startTLS(self._settings.tls)
 
     def smtp_AUTH(self, argument: bytes) -> None:
@@ -1070,10 +1121,16 @@ class HarborESMTP(ESMTP):  # type: ignore[misc]
             return
         tx = self._tx
         problem = self._checkReadyForMessage(tx)
+        if tx is None and self._afterRefusedChunk:
+            # RFC 3030: chunks the client had already pipelined behind a
+            # refused one are read and thrown away.  They are answered as
+            # out of sequence, but are not the client's errors: they do not
+            # count towards the error limit that would hang up on it.
+            self._chunkEcho, problem = problem, None
         if problem is None and tx is not None and tx.chunks is None:
             tx.chunks = ChunkDecoder()
             if not self._openMessages(tx, answer=False):
-                problem = tx.failure if isinstance(tx.failure, Reply) else LOCAL_ERROR
+                problem = tx.failure
         self._chunkRemaining = int(match.group(1))
         self._chunkLast = match.group(2) is not None
         self._chunkProblem = problem
@@ -1109,22 +1166,10 @@ class HarborESMTP(ESMTP):  # type: ignore[misc]
                 self._replyToFailure(failure)
                 self._endTransaction(f"refused: {failure.getErrorMessage()}")
             else:
-                self._replyToFailureLater(tx, failure)
+                tx.failure = self._failureReply(failure)
             return False
         tx.messages = list(unique.values())
         return True
-
-    def _replyToFailureLater(self, tx: _Transaction, failure: Failure) -> None:
-        """
-        Remember a failure to open a BDAT transaction's messages; it is
-        logged now and answered when the chunk has been read.
-        """
-        if failure.check(StorageError):
-            self._log.error("Storage failure: {error}", error=failure.getErrorMessage())
-            tx.failure = NO_SPACE if failure.value.noSpace else LOCAL_ERROR
-        else:
-            self._log.failure("Could not start a message", failure)
-            tx.failure = LOCAL_ERROR
 
     def _bodyReceived(self, data: bytes) -> bytes:
         """
@@ -1176,19 +1221,25 @@ class HarborESMTP(ESMTP):  # type: ignore[misc]
                 for message in tx.messages:
                     message.dataReceived(body)
             except Exception:
-                tx.failure = Failure()
+                tx.failure = self._failureReply(Failure())
         if tx.failure is not None:
             self._abortMessages(tx)
 
     def _endOfChunk(self, tx: _Transaction | None) -> None:
         problem, self._chunkProblem = self._chunkProblem, None
-        if problem is not None:
+        echo, self._chunkEcho = self._chunkEcho, None
+        if echo is not None:
+            self._send(echo)
+            self._afterRefusedChunk = not self._chunkLast
+        elif problem is not None:
             self._reply(problem)
             if tx is not None and tx.chunks is not None:
                 self._endTransaction(f"failed: {problem.code} {problem.text}")
+                self._afterRefusedChunk = not self._chunkLast
         elif tx is None:
             return
         elif tx.failure is not None:
+            self._afterRefusedChunk = not self._chunkLast
             self._endOfMessage(tx)
         elif self._chunkLast:
             self._endOfMessage(tx)
@@ -1203,10 +1254,8 @@ class HarborESMTP(ESMTP):  # type: ignore[misc]
         # It is logged once the outcome of storing it is known.
         self._tx = None
         if tx.failure is not None:
-            failure = tx.failure
-            self._replyToFailure(failure)
-            reason = failure.text if isinstance(failure, Reply) else failure.getErrorMessage()
-            self._logTransaction(tx, f"failed: {reason}")
+            self._reply(tx.failure)
+            self._logTransaction(tx, f"failed: {tx.failure.text}")
             return
         messages, tx.messages = tx.messages, []
         self._storing = True

@@ -1330,6 +1330,19 @@ class ConfigTests(_CommandTestCase):
 
         self.assertEqual(ids, [messageID(NOW)])
 
+    def test_otherSettingsNotRead(self) -> None:
+        """
+        Only the file's maildir is read: a users file this user may not
+        read, or another setting being fixed, does not stop reading mail.
+        """
+        root = self.makeRoot("example.com")
+        self.deliver(root, "example.com", messageID(NOW), messageBytes())
+        config = self.writeConfig(
+            f'maildir = {json.dumps(root)}\nusers_file = "/nonexistent/users"\nport = "nonsense:::"\n'
+        )
+        ids = [line.split()[0] for line in self.listLines("--config", config)]
+        self.assertEqual(ids, [messageID(NOW)])
+
     def test_badConfig(self) -> None:
         """
         A configuration file with a wrong setting is reported with its name
@@ -1529,6 +1542,28 @@ class PasswdTests(SynchronousTestCase):
         status, _, err = self.passwd("passwd", path, "../evil")
         self.assertEqual(status, 2)
         self.assertTrue(err.startswith("mailharbor: '../evil' is not a valid user name"), err)
+
+
+    def test_endOfInputAtThePrompt(self) -> None:
+        """
+        Ctrl-D at the terminal's password prompt is a one-line error, not
+        a traceback, and the file is not written.
+        """
+
+        class Terminal(io.StringIO):
+            def isatty(self) -> bool:
+                return True
+
+        def eof(prompt: str = "") -> str:
+            raise EOFError()
+
+        self.patch(cli.getpass, "getpass", eof)
+        self.patch(cli.sys, "stdin", Terminal())
+        path = self.mktemp()
+        err = io.StringIO()
+        self.assertEqual(cli.main(["passwd", path, "alice"], io.StringIO(), err), 1)
+        self.assertEqual(err.getvalue(), "mailharbor: no password given\n")
+        self.assertFalse(os.path.exists(path))
 
 
 class HooksCommandTests(SynchronousTestCase):

@@ -12,6 +12,7 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from harbor.config import DomainConfig, Limits
+from harbor.framing import InputBuffer
 from harbor.smtp import HarborSMTPFactory, ServerSettings
 from harbor.test._support import HOSTNAME, DeferredThreads, SMTPDriver, makeDeliverer
 
@@ -294,6 +295,28 @@ class ChunkingTests(ESMTPTestCase):
         self.assertTrue(self.smtp.take().startswith(b"250 2.0.0 Ok: stored as "))
         self.assertEqual(self.stored(), [b"Subject: x\n\n..not stuffed\n.\nend"])
 
+    def test_pipelinedChunksCopiedOnce(self) -> None:
+        """
+        Many chunks pipelined in one segment are each taken from the input
+        once: what follows a chunk is not copied out and back for every
+        chunk (which would make a long pipeline cost its square).
+        """
+        copied: list[int] = []
+        for name in ("take", "takeAll"):
+            real = getattr(InputBuffer, name)
+
+            def counting(self: InputBuffer, *args: Any, real: Any = real) -> bytes:
+                data = real(self, *args)
+                copied.append(len(data))
+                return data
+
+            self.patch(InputBuffer, name, counting)
+        chunks = b"".join(b"BDAT 1\r\nx" for _ in range(90)) + b"BDAT 1 LAST\r\ny"
+        self.smtp.send(ENVELOPE + chunks)
+        self.threads.runAll()
+        self.assertEqual(self.stored(), [b"x" * 90 + b"y"])
+        self.assertEqual(sum(copied), 91)
+
     def test_emptyLastChunk(self) -> None:
         """
         C{BDAT 0 LAST} ends the message.
@@ -345,6 +368,19 @@ class ChunkingTests(ESMTPTestCase):
             ],
         )
         self.assertEqual((self.files("tmp"), self.files("new")), ([], []))
+
+    def test_pipelinedChunksAfterARefusalDoNotHangUp(self) -> None:
+        """
+        Chunks a client had pipelined behind a refused one are read and
+        answered, but not counted as its errors: however many there are,
+        the connection stays up and usable.
+        """
+        chunks = b"".join(b"BDAT 60\r\n" + b"z" * 60 for _ in range(15))
+        replies = self.smtp.replies(ENVELOPE + b"BDAT 60\r\n" + b"a" * 60 + chunks + b"BDAT 1 LAST\r\nc" + b"NOOP\r\n")
+        self.assertEqual(replies[3], b"552 5.3.4 Error: message size exceeds fixed maximum message size")
+        self.assertEqual(replies[4:-1], [b"503 5.5.1 Error: need MAIL command"] * 15)
+        self.assertEqual(replies[-1], b"250 2.0.0 Ok")
+        self.assertFalse(self.smtp.transport.disconnecting)
 
     def test_badSyntax(self) -> None:
         """

@@ -57,6 +57,20 @@ class FilterParsingTests(SynchronousTestCase):
             error = self.assertRaises(ConfigError, Config.fromMapping, {"domain": "example.com", "filter": [table]})
             self.assertEqual(error.setting, setting, table)
 
+    def test_clientMustBeNetworks(self) -> None:
+        """
+        A client that is a number, or a list holding one, is refused naming
+        the key, as connection_limit_exceptions is, not read as an address
+        or left to crash the server.
+        """
+        for client in [5, [5], ["192.0.2.0/24", 7]]:
+            error = self.assertRaises(
+                ConfigError,
+                Config.fromMapping,
+                {"domain": "example.com", "filter": [{"client": client, "action": "reject"}]},
+            )
+            self.assertEqual(error.setting, "filter[0].client", client)
+
     def test_matching(self) -> None:
         """
         Patterns ignore case; networks contain addresses; all fields must

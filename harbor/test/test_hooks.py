@@ -28,8 +28,12 @@ from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
 from twisted.internet.task import Clock, deferLater
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+from attrs import evolve
+
+from harbor.cli import buildParser, main
 from harbor.config import ConfigError
 from harbor.hooks import (
+    defaultHookNames,
     CommandHook,
     HookConfig,
     HookFailed,
@@ -43,9 +47,7 @@ from harbor.hooks import (
     PythonHook,
     RetryPolicy,
     WebhookHook,
-    addHooksParser,
     checkHooks,
-    hooksCommand,
     jobID,
     loadHooks,
     parseHooks,
@@ -249,6 +251,38 @@ class NewMessageTests(SynchronousTestCase):
         """
         self.assertRaises(ValueError, Job.fromJSON, {"version": 99})
         self.assertRaises(ValueError, Job.fromJSON, [])
+
+    def test_timesOutOfRangeRefused(self) -> None:
+        """
+        A hand-edited job whose times no clock can show (infinite, NaN,
+        past the year 9999, negative) is refused like any unusable job,
+        so listing it cannot crash.
+        """
+        event = storeMessage(self)
+        good = Job(jobID(event, "h"), "h", event, created=NOW, due=NOW + 30, attempts=2, error=None).asJSON()
+        for key, value in [("due", float("inf")), ("due", float("nan")), ("created", 1e20), ("due", -1)]:
+            self.assertRaises(ValueError, Job.fromJSON, {**good, key: value})
+
+
+class DefaultHookNamesTests(SynchronousTestCase):
+    """
+    Tests for L{defaultHookNames}, the names of hooks given in code.
+    """
+
+    def test_validAndDistinct(self) -> None:
+        """
+        Lambdas, private functions and nameless callables get valid hook
+        names, distinct from each other, so each can be a PythonHook.
+        """
+
+        def _private(event: NewMessage) -> None:
+            pass
+
+        functions = [lambda e: None, lambda e: None, _private, object()]
+        names = defaultHookNames(functions)
+        self.assertEqual(names, ["lambda-", "lambda--1", "private", "hook"])
+        for function, name in zip(functions, names):
+            self.assertEqual(PythonHook(function, name).name, name)  # type: ignore[arg-type]
 
 
 class ParseHooksTests(SynchronousTestCase):
@@ -1312,7 +1346,7 @@ class WebhookTests(TestCase):
 
 class CommandLineTests(SynchronousTestCase):
     """
-    Tests for C{mailharbor hooks}: L{hooksCommand} and L{addHooksParser}.
+    Tests for C{mailharbor hooks}, run through L{harbor.cli.main}.
     """
 
     def setUp(self) -> None:
@@ -1330,7 +1364,7 @@ class CommandLineTests(SynchronousTestCase):
         Run C{mailharbor hooks} with C{arguments}: its status and output.
         """
         out, err = io.StringIO(), io.StringIO()
-        status = hooksCommand(list(arguments), out, err)
+        status = main(["hooks", *arguments], out, err)
         return status, out.getvalue(), err.getvalue()
 
     def test_listPending(self) -> None:
@@ -1344,6 +1378,19 @@ class CommandLineTests(SynchronousTestCase):
         self.assertEqual(header.split(), ["JOB", "HOOK", "ATTEMPTS", "NEXT", "RECIPIENT", "ERROR"])
         self.assertEqual(row.split()[:3], [self.pendingJob.id, "web", "2"])
         self.assertTrue(row.endswith("HTTP 500"))
+
+    def test_listOnAnASCIITerminal(self) -> None:
+        """
+        A recipient the terminal's encoding cannot show is replaced, not a
+        traceback.
+        """
+        event = evolve(self.event, recipient="jos\u00e9@example.com")
+        self.spool.add([Job(jobID(event, "web2"), "web2", event, NOW, NOW + 60, 1, None)])
+        out = io.TextIOWrapper(io.BytesIO(), encoding="ascii")
+        err = io.StringIO()
+        self.assertEqual(main(["hooks", "list", "--maildir", self.root], out, err), 0, err.getvalue())
+        out.flush()
+        self.assertIn(b"jos?@example.com", out.buffer.getvalue())
 
     def test_listDeadJSON(self) -> None:
         """
@@ -1400,13 +1447,10 @@ class CommandLineTests(SynchronousTestCase):
 
     def test_wiredIntoAParser(self) -> None:
         """
-        addHooksParser plugs into C{mailharbor}'s parser, whose C{command}
-        is then called as C{harbor.cli.main} calls it.
+        C{hooks} is part of C{mailharbor}'s parser, whose C{command} is
+        then called as C{harbor.cli.main} calls it.
         """
-        import argparse
-
-        parser = argparse.ArgumentParser(prog="mailharbor")
-        addHooksParser(parser.add_subparsers(required=True))
+        parser = buildParser()
         arguments = parser.parse_args(["hooks", "list", "--dead", "--maildir", self.root])
         out = io.StringIO()
         self.assertEqual(arguments.command(arguments, out, io.StringIO(), NOW), 0)
@@ -1437,8 +1481,8 @@ class CommandLineTests(SynchronousTestCase):
         """
         script = (
             "import sys\n"
-            "from harbor.hooks import hooksCommand\n"
-            f"status = hooksCommand(['list', '--spool', {self.spool.directory!r}])\n"
+            "from harbor.cli import main\n"
+            f"status = main(['hooks', 'list', '--spool', {self.spool.directory!r}])\n"
             "assert 'twisted.internet.reactor' not in sys.modules, 'reactor'\n"
             "assert 'twisted.web.client' not in sys.modules, 'web'\n"
             "sys.exit(status)\n"

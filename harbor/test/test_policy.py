@@ -249,6 +249,25 @@ class InternationalisedTests(SynchronousTestCase):
             decision = policy.decide(parsePath(f"<a@{domain}>".encode(), utf8=True))
             self.assertEqual(decision, (Accept("xn--bcher-kva.example", "a@xn--bcher-kva.example"),))
 
+    def test_idna2008(self) -> None:
+        """
+        Internationalised names map as IDNA 2008 does: straße.de is
+        xn--strae-oqa.de, a domain of its own, not strasse.de.
+        """
+        self.assertEqual(asciiDomain("stra\u00dfe.de"), "xn--strae-oqa.de")
+        policy = RecipientPolicy([DomainConfig("xn--strae-oqa.de")])
+        self.assertIsInstance(policy.decide(parsePath("<a@stra\u00dfe.de>".encode(), utf8=True))[0], Accept)
+        self.assertIsInstance(policy.decide(parsePath(b"<a@strasse.de>")), Reject)
+
+    def test_labelTooLong(self) -> None:
+        """
+        A label over 63 octets, or a name over 253, is bad syntax, found by
+        the parser (and so never a local failure later).
+        """
+        for domain in ["a" * 64 + ".example", ("a" * 60 + ".") * 5 + "example", "a..example"]:
+            self.assertRaises(AddressSyntaxError, parsePath, f"<x@{domain}>".encode())
+        self.assertEqual(parsePath(f"<x@{'a' * 63}.example>".encode()).domain, "a" * 63 + ".example")
+
     def test_duplicateKey(self) -> None:
         """
         Accepting the same mailbox in another case gives the same key.

@@ -282,6 +282,27 @@ class TransactionTests(SMTPTestCase):
             ],
         )
 
+    def test_immediateAnswersKeepTheTimeout(self) -> None:
+        """
+        MAIL and RCPT answered at once reuse the connection's one timeout
+        call instead of cancelling it and scheduling a new one each time.
+        """
+        [before] = self.clock.getDelayedCalls()
+        self.smtp.send(b"MAIL FROM:<s@x.org>\r\nRCPT TO:<a@example.com>\r\nRCPT TO:<b@example.com>\r\n")
+        [after] = self.clock.getDelayedCalls()
+        self.assertIs(after, before)
+
+    def test_labelTooLong(self) -> None:
+        """
+        A recipient domain with a label over 63 octets is bad syntax (501
+        5.1.3), not a local failure (451).
+        """
+        self.smtp.send(b"MAIL FROM:<s@x.org>\r\n")
+        self.assertEqual(
+            self.smtp.send(b"RCPT TO:<a@" + b"x" * 64 + b".example.com>\r\n"),
+            b"501 5.1.3 Bad recipient address syntax: bad domain\r\n",
+        )
+
     def test_mailParameters(self) -> None:
         """
         BODY and SIZE are understood; other MAIL or RCPT parameters get

@@ -125,6 +125,35 @@ class STARTTLSTests(SecurityTestCase):
         self.assertNotIn(b"STARTTLS", after)
         self.assertIn(b"250 AUTH PLAIN LOGIN\r\n", after)
 
+    def test_addressFactsOutliveTLS(self) -> None:
+        """
+        What the server found out about the client's address before
+        STARTTLS (a blocklist listing, a connect filter's tag) still holds
+        after it; what the client said (HELO) does not.
+        """
+        from twisted.internet.defer import succeed
+
+        from harbor.filters import parseFilters
+
+        class Listed:
+            def lookup(self, client: str) -> Any:
+                return succeed("bl.example")
+
+        self.deliverer.blocklists = Listed()  # type: ignore[assignment]
+        self.deliverer.filters = parseFilters(
+            [{"client": "192.0.2.0/24", "action": "tag", "header": "X-Net: doc"}]
+        )
+        self.smtp = self.connect()
+        self.smtp.send(b"EHLO before.example\r\n")
+        self.startTLS()
+        self.assertIsNone(self.smtp.protocol.session.helo)
+        self.assertEqual(self.smtp.protocol.session.tags, ["X-Net: doc"])
+        self.smtp.send(b"EHLO after.example\r\n")
+        self.assertEqual(
+            self.smtp.send(b"MAIL FROM:<s@x.org>\r\nRCPT TO:<a@example.com>\r\n"),
+            b"250 2.1.0 Ok\r\n554 5.7.1 Service unavailable; client [192.0.2.7] blocked using bl.example\r\n",
+        )
+
     def test_startsTLS(self) -> None:
         """
         STARTTLS answers 220 and starts TLS with the server's certificate.
