@@ -66,6 +66,39 @@ class IMessageStream(IMessage):  # type: ignore[misc]
         """
 
 
+class PathAddress(Address):  # type: ignore[misc]
+    """
+    The L{Address} that L{IMessageDelivery} expects, built from a path our
+    own parser accepted, and carrying it, so the delivery does not parse
+    the same bytes again.  Twisted's parser would silently drop a source
+    route and refuse address literals and UTF-8; C{addrstr} keeps what the
+    client sent.
+
+    @ivar path: The parsed path.
+    """
+
+    def __init__(self, raw: bytes, path: Path) -> None:
+        self.addrstr = raw
+        self.local = path.local.encode("utf-8")
+        self.domain = path.domain.encode("utf-8")
+        self.path = path
+
+
+def pathOf(address: Address, allowNull: bool = False, utf8: bool = False) -> Path:
+    """
+    The path of an address: the one the protocol parsed, or, for an
+    L{Address} made elsewhere, its C{addrstr} parsed now.
+
+    @raise AddressSyntaxError: if it is not a valid path.
+    """
+    # Twisted's User copies a PathAddress's attributes into a plain
+    # Address: the path is found by attribute, not by class.
+    path = getattr(address, "path", None)
+    if isinstance(path, Path):
+        return path
+    return parsePath(address.addrstr, allowNull=allowNull, utf8=utf8)
+
+
 @define(eq=False)
 class Session:
     """
@@ -346,7 +379,7 @@ class HarborDelivery:
         Accept any syntactically valid sender, the null sender included:
         a receiver that refused bounces would break mail.
         """
-        self.sender = parsePath(origin.addrstr, allowNull=True, utf8=self._session.utf8)
+        self.sender = pathOf(origin, allowNull=True, utf8=self._session.utf8)
         matched = self._filter("mail")
         if matched is not None and matched.action in ("reject", "tempfail"):
             raise SMTPBadSender(origin, matched.code, f"{matched.enhanced} {matched.text}")
@@ -378,7 +411,7 @@ class HarborDelivery:
             with the enhanced status code.
         """
         try:
-            path = parsePath(user.dest.addrstr, utf8=self._session.utf8)
+            path = pathOf(user.dest, utf8=self._session.utf8)
         except AddressSyntaxError as e:
             raise SMTPBadRcpt(user, 501, f"5.1.3 Bad recipient address syntax: {e}") from None
         filtered = None if self._session.user is not None else self._filter("rcpt", path.mailbox)

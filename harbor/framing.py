@@ -116,9 +116,15 @@ class DataDecoder:
     the SMTP smuggling class of CVE-2023-51764).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, detectBareNewline: bool = True) -> None:
+        """
+        @param detectBareNewline: Whether to look for bare LFs (see
+            L{bareNewline}); a server that stores them as line ends anyway
+            need not pay for the search.
+        """
         self._pending = b""
         self._atLineStart = True
+        self._detect = detectBareNewline
         self.done = False
         self.bareNewline = False
 
@@ -165,9 +171,8 @@ class DataDecoder:
         return b"".join(out), b""
 
     def _toLF(self, chunk: bytes) -> bytes:
-        converted = chunk.replace(CRLF, b"\n")
-        if not self.bareNewline and converted.count(b"\n") != chunk.count(CRLF):
-            self.bareNewline = True
+        converted, bare = _toLF(chunk, self._detect and not self.bareNewline)
+        self.bareNewline |= bare
         return converted
 
 
@@ -178,8 +183,12 @@ class ChunkDecoder:
     across two chunks.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, detectBareNewline: bool = True) -> None:
+        """
+        @param detectBareNewline: As for L{DataDecoder}.
+        """
         self._pendingCR = False
+        self._detect = detectBareNewline
         self.bareNewline = False
 
     def feed(self, data: bytes) -> bytes:
@@ -192,9 +201,8 @@ class ChunkDecoder:
         if data.endswith(b"\r"):
             data = data[:-1]
             self._pendingCR = True
-        converted = data.replace(CRLF, b"\n")
-        if not self.bareNewline and converted.count(b"\n") != data.count(CRLF):
-            self.bareNewline = True
+        converted, bare = _toLF(data, self._detect and not self.bareNewline)
+        self.bareNewline |= bare
         return converted
 
     def finish(self) -> bytes:
@@ -205,3 +213,15 @@ class ChunkDecoder:
             self._pendingCR = False
             return b"\r"
         return b""
+
+
+def _toLF(data: bytes, detect: bool) -> tuple[bytes, bool]:
+    """
+    C{data} with each CRLF turned into LF, and, if asked, whether it has a
+    bare LF: one that was not part of a CRLF, which is exactly when the
+    number of LFs exceeds the number of CRLFs replaced.
+    """
+    converted = data.replace(CRLF, b"\n")
+    if not detect:
+        return converted, False
+    return converted, converted.count(b"\n") != len(data) - len(converted)

@@ -45,14 +45,14 @@ from twisted.internet.protocol import ServerFactory
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.mail.interfaces import IMessageDeliveryFactory
-from twisted.mail.smtp import ESMTP, Address, IMessage, SMTPServerError, User
+from twisted.mail.smtp import ESMTP, IMessage, SMTPServerError, User
 from twisted.python.failure import Failure
 
 from attrs import evolve, field, frozen
 
 from harbor.auth import AuthenticationError, FailureTracker, Throttle, decodeBase64, decodePlain
 from harbor.config import Limits, Listener
-from harbor.delivery import Deliverer, IMessageStream, Session
+from harbor.delivery import Deliverer, IMessageStream, PathAddress, Session
 from harbor.dnsbl import SharedResult
 from harbor.filters import applyFirst
 from harbor.framing import ChunkDecoder, DataDecoder, InputBuffer, LineTooLong
@@ -143,20 +143,6 @@ class _SessionRealm:
 NO_SPACE = Reply(452, "4.3.1", "Error: insufficient system storage")
 
 
-def _address(raw: bytes, path: Path) -> Address:
-    """
-    Build the Twisted L{Address} that L{IMessageDelivery} expects, from a
-    path our own parser accepted.  Twisted's parser would silently drop a
-    source route and refuse address literals and UTF-8; C{addrstr} keeps
-    what the client sent so the delivery can judge it.
-    """
-    address = Address.__new__(Address)
-    address.addrstr = raw
-    address.local = path.local.encode("utf-8")
-    address.domain = path.domain.encode("utf-8")
-    return address
-
-
 def _errorReply(error: SMTPServerError, default: str) -> Reply:
     """
     The reply for an exception's code and text, whichever type Twisted's
@@ -178,8 +164,8 @@ class _Transaction:
     """
     What one MAIL transaction has gathered, for its replies and its log line.
 
+    @ivar origin: The sender, as given to the delivery and its users.
     @ivar started: When MAIL was accepted.
-
     @ivar messages: The message streams, once DATA or the first BDAT has
         opened them.
     @ivar chunks: The BDAT decoder, if the transaction uses BDAT.
@@ -187,9 +173,9 @@ class _Transaction:
         L{Reply} it will get; the rest of it is read and discarded.
     """
 
-    def __init__(self, delivery: Any, sender: Path, started: float = 0.0) -> None:
+    def __init__(self, delivery: Any, origin: PathAddress, started: float = 0.0) -> None:
         self.delivery = delivery
-        self.sender = sender
+        self.origin = origin
         self.started = started
         self.recipients: list[tuple[User, Callable[[], IMessage]]] = []
         self.rejected: list[str] = []
@@ -197,6 +183,13 @@ class _Transaction:
         self.messages: list[IMessageStream] = []
         self.chunks: ChunkDecoder | None = None
         self.failure: Reply | None = None
+
+    @property
+    def sender(self) -> Path:
+        """
+        The sender's parsed path.
+        """
+        return self.origin.path  # type: ignore[no-any-return]
 
 
 @implementer(IMessageStream)
@@ -995,10 +988,10 @@ class HarborESMTP(ESMTP):  # type: ignore[misc]
             return
         self.session.utf8 = utf8
         delivery = self.deliveryFactory.getMessageDelivery()
-        origin = _address(rawPath, path)
+        origin = PathAddress(rawPath, path)
 
         def accepted(ignored: object) -> None:
-            self._tx = _Transaction(delivery, path, self._clock.seconds())
+            self._tx = _Transaction(delivery, origin, self._clock.seconds())
             self._transactions += 1
             self._reply(Reply(250, "2.1.0", "Ok"))
 
@@ -1070,7 +1063,7 @@ class HarborESMTP(ESMTP):  # type: ignore[misc]
             tx.rejected.append(rawPath.decode("utf-8", "replace"))
             self._reply(Reply(501, "5.1.3", f"Bad recipient address syntax: {e}"))
             return
-        user = User(_address(rawPath, path), self._helo, self, _address(b"", tx.sender))
+        user = User(PathAddress(rawPath, path), self._helo, self, tx.origin)
 
         def accepted(messageFactory: Callable[[], IMessage]) -> None:
             tx.recipients.append((user, messageFactory))
@@ -1110,7 +1103,7 @@ class HarborESMTP(ESMTP):  # type: ignore[misc]
             return
         if not self._openMessages(tx):
             return
-        self._decoder = DataDecoder()
+        self._decoder = DataDecoder(self._limits.bareNewline == "reject")
         self.setTimeout(self._limits.dataTimeout)
         self._reply(Reply(354, None, "End data with <CR><LF>.<CR><LF>"))
 
@@ -1128,7 +1121,7 @@ class HarborESMTP(ESMTP):  # type: ignore[misc]
             # count towards the error limit that would hang up on it.
             self._chunkEcho, problem = problem, None
         if problem is None and tx is not None and tx.chunks is None:
-            tx.chunks = ChunkDecoder()
+            tx.chunks = ChunkDecoder(self._limits.bareNewline == "reject")
             if not self._openMessages(tx, answer=False):
                 problem = tx.failure
         self._chunkRemaining = int(match.group(1))
@@ -1154,7 +1147,7 @@ class HarborESMTP(ESMTP):  # type: ignore[misc]
                     stream = message if IMessageStream.providedBy(message) else _LineMessage(message)
                     unique[id(message)] = stream
                     header = tx.delivery.receivedHeader(
-                        self._helo, _address(b"", tx.sender), [u for u, _ in tx.recipients]
+                        self._helo, tx.origin, [u for u, _ in tx.recipients]
                     )
                     if header:
                         stream.lineReceived(header)

@@ -18,7 +18,6 @@ import re
 import smtplib
 import socket
 import sys
-import time
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
@@ -32,6 +31,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 
 from harbor.tap import ListeningService, Options, makeService
+from harbor.test._support import pollUntil
 
 T = TypeVar("T")
 
@@ -51,22 +51,6 @@ def pause(seconds: float = POLL_INTERVAL) -> Deferred[None]:
     Let the reactor turn for a moment; only for bounded polling loops.
     """
     return task.deferLater(reactor, seconds, lambda: None)
-
-
-async def pollUntil(
-    condition: Callable[[], object], what: str, limit: float = POLL_LIMIT
-) -> None:
-    """
-    Wait, with the reactor running, until C{condition()} is true.
-
-    @raise AssertionError: naming C{what} if it is still false after
-        C{limit} seconds.
-    """
-    deadline = time.monotonic() + limit
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"gave up after {limit}s waiting until {what}")
-        await pause()
 
 
 def inThread(f: Callable[..., T], *args: Any, **kwargs: Any) -> Deferred[T]:

@@ -21,6 +21,7 @@ from twisted.internet import reactor
 from twisted.internet.error import ProcessExitedAlready
 from twisted.trial.unittest import SkipTest, TestCase
 
+from harbor.test._support import processGone
 from tests._e2e import (
     DOMAIN,
     TwistdOutput,
@@ -224,14 +225,7 @@ class DaemonTests(TestCase):
         self.assertEqual(len(storedFiles(root)), 1)
         stop()
 
-        def gone() -> bool:
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                return True
-            return False
-
-        await pollUntil(gone, "the daemon exits")
+        await pollUntil(lambda: processGone(pid), "the daemon exits")
         self.assertFalse(os.path.exists(pidfile))
         self.assertIn(b"result=stored", logged())
 
@@ -407,11 +401,4 @@ class WorkersTests(TestCase):
         process.transport.signalProcess("TERM")
         await process.wait()
 
-        def gone() -> bool:
-            try:
-                os.kill(worker, 0)
-            except ProcessLookupError:
-                return True
-            return False
-
-        await pollUntil(gone, "the worker exits")
+        await pollUntil(lambda: processGone(worker), "the worker exits")

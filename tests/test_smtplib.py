@@ -14,7 +14,7 @@ import re
 
 from twisted.trial.unittest import TestCase
 
-from tests._e2e import DOMAIN, HOSTNAME, inThread, startServer, traceHeaders
+from tests._e2e import DOMAIN, HOSTNAME, RunningServer, inThread, startServer, traceHeaders
 
 SENDER = "sender@remote.example"
 MESSAGE = (
@@ -42,6 +42,18 @@ def header(data: bytes, name: str) -> list[str]:
     return email.message_from_bytes(data).get_all(name, [])
 
 
+
+def sendToAlice(server: RunningServer) -> tuple[int, bytes]:
+    """
+    Send MESSAGE to alice@example.com with smtplib, EHLO first; the reply
+    to the end of the data.  Blocking: call it in a thread.
+    """
+    with server.connect() as s:
+        s.ehlo()
+        s.mail(SENDER)
+        s.rcpt("alice@example.com")
+        return s.data(MESSAGE)  # type: ignore[no-any-return]
+
 class SMTPLibTests(TestCase):
     """
     Sessions of smtplib against MailHarbor on loopback.
@@ -56,14 +68,7 @@ class SMTPLibTests(TestCase):
         """
         server = await startServer(self)
 
-        def send() -> tuple[int, bytes]:
-            with server.connect() as s:
-                s.ehlo()
-                s.mail(SENDER)
-                s.rcpt("alice@example.com")
-                return s.data(MESSAGE)
-
-        code, reply = await inThread(send)
+        code, reply = await inThread(sendToAlice, server)
         self.assertEqual(code, 250)
         files = server.storedFiles()
         self.assertEqual(len(files), 1)
@@ -86,14 +91,7 @@ class SMTPLibTests(TestCase):
         """
         server = await startServer(self)
 
-        def send() -> tuple[int, bytes]:
-            with server.connect() as s:
-                s.ehlo()
-                s.mail(SENDER)
-                s.rcpt("alice@example.com")
-                return s.data(MESSAGE)
-
-        code, reply = await inThread(send)
+        code, reply = await inThread(sendToAlice, server)
         self.assertEqual(code, 250)
         match = re.fullmatch(rb"2\.0\.0 Ok: stored as (\S+)", reply)
         self.assertIsNotNone(match, reply)

@@ -15,9 +15,8 @@ from twisted.mail.smtp import IMessage, SMTPBadRcpt, User
 from twisted.trial.unittest import SynchronousTestCase
 
 from harbor.config import DomainConfig
-from harbor.delivery import CommitQueue, HarborMessage, IMessageStream, Session, headerSafe
+from harbor.delivery import CommitQueue, HarborMessage, IMessageStream, PathAddress, Session, headerSafe
 from harbor.maildir import MEMORY_THRESHOLD, MaildirNamer, MaildirStore, PendingDelivery, StorageError, StoredMessage
-from harbor.smtp import _address
 from harbor.policy import parsePath
 from harbor.test._support import DeferredThreads, RecordingFileSystem, makeDeliverer
 
@@ -26,7 +25,7 @@ def user(raw: bytes) -> User:
     """
     A Twisted User for C{raw}, built the way the protocol builds it.
     """
-    return User(_address(raw, parsePath(raw)), (b"client.example", b"192.0.2.7"), None, _address(b"<s@x.org>", parsePath(b"<s@x.org>")))
+    return User(PathAddress(raw, parsePath(raw)), (b"client.example", b"192.0.2.7"), None, PathAddress(b"<s@x.org>", parsePath(b"<s@x.org>")))
 
 
 class DeliveryTests(SynchronousTestCase):
@@ -47,7 +46,7 @@ class DeliveryTests(SynchronousTestCase):
         self.factory = self.deliverer.factoryFor(self.session)
         self.delivery = self.factory.getMessageDelivery()
         self.delivery.validateFrom(
-            (b"client.example", b"192.0.2.7"), _address(b"<s@x.org>", parsePath(b"<s@x.org>"))
+            (b"client.example", b"192.0.2.7"), PathAddress(b"<s@x.org>", parsePath(b"<s@x.org>"))
         )
 
     def test_interfaces(self) -> None:
@@ -131,7 +130,7 @@ class DeliveryTests(SynchronousTestCase):
         The null sender is C{<>} and an IPv6 client gets the IPv6: tag.
         """
         delivery = self.deliverer.factoryFor(Session("2001:db8::7")).getMessageDelivery()
-        delivery.validateFrom((None, b"2001:db8::7"), _address(b"<>", parsePath(b"<>", allowNull=True)))
+        delivery.validateFrom((None, b"2001:db8::7"), PathAddress(b"<>", parsePath(b"<>", allowNull=True)))
         delivery.validateTo(user(b"<a@example.com>"))
         header = delivery.traceHeaders(delivery.recipients[0], "ID", 0).decode()
         self.assertIn("Return-Path: <>\n", header)

@@ -238,3 +238,15 @@ class ChunkDecoderTests(SynchronousTestCase):
         self.assertFalse(data.bareNewline)
         data.feed(b"c\nd\r\n")
         self.assertTrue(data.bareNewline)
+
+    def test_bareNewlineNotLookedFor(self) -> None:
+        """
+        Told not to look for bare LFs (they will be stored as line ends
+        anyway), the decoders decode the same and never report one.
+        """
+        for detect in (True, False):
+            chunks = ChunkDecoder(detectBareNewline=detect)
+            data = DataDecoder(detectBareNewline=detect)
+            self.assertEqual(chunks.feed(b"a\r\nb\nc"), b"a\nb\nc")
+            self.assertEqual(data.feed(b"a\r\nb\nc\r\n.\r\n"), (b"a\nb\nc\n", b""))
+            self.assertEqual((chunks.bareNewline, data.bareNewline), (detect, detect))

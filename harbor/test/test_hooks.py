@@ -25,7 +25,7 @@ from zope.interface.verify import verifyObject
 
 from twisted.application.service import IService
 from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
-from twisted.internet.task import Clock, deferLater
+from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from attrs import evolve
@@ -54,7 +54,7 @@ from harbor.hooks import (
     spoolFor,
 )
 from harbor.maildir import StorageError
-from harbor.test._support import RecordingFileSystem
+from harbor.test._support import RecordingFileSystem, pollUntil, processGone
 
 NOW = 1_700_000_000.0
 MESSAGE = (
@@ -985,20 +985,6 @@ class RestartTests(RunnerTestCase):
         self.assertEqual(spoolFor("/var/mail"), "/var/mail/.hooks")
 
 
-async def pollUntil(condition: Callable[[], object], what: str, limit: float = 15.0) -> None:
-    """
-    Let the reactor run until C{condition()} is true; fail naming C{what}
-    after C{limit} seconds.
-    """
-    from twisted.internet import reactor
-
-    deadline = time.monotonic() + limit
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"gave up after {limit}s waiting until {what}")
-        await deferLater(reactor, 0.01, lambda: None)
-
-
 COMMAND_SCRIPT = """
 import json, os, sys
 data = sys.stdin.buffer.read()
@@ -1076,12 +1062,8 @@ class CommandHookTests(TestCase):
         of the command's output in the error.
         """
         hook = self.hook([sys.executable, "-c", "import sys; print('disk full', file=sys.stderr); sys.exit(3)"])
-        try:
-            await hook.run(self.event)
-        except HookFailed as e:
-            self.assertIn("exited with status 3: disk full", str(e))
-        else:
-            self.fail("a failing command succeeded")
+        error = await self.assertFailure(hook.run(self.event), HookFailed)
+        self.assertIn("exited with status 3: disk full", str(error))
 
     async def test_timeoutKills(self) -> None:
         """
@@ -1090,12 +1072,8 @@ class CommandHookTests(TestCase):
         script = "import os, sys, time\nopen(sys.argv[1], 'w').write(str(os.getpid()))\ntime.sleep(60)"
         hook = self.hook([sys.executable, "-c", script, self.output], timeout=2)
         started = time.monotonic()
-        try:
-            await hook.run(self.event)
-        except HookFailed as e:
-            self.assertIn("timed out after 2s", str(e))
-        else:
-            self.fail("a hanging command succeeded")
+        error = await self.assertFailure(hook.run(self.event), HookFailed)
+        self.assertIn("timed out after 2s", str(error))
         self.assertLess(time.monotonic() - started, 20)
         with open(self.output) as f:
             pid = int(f.read())
@@ -1114,14 +1092,7 @@ class CommandHookTests(TestCase):
         d.cancel()
         self.failureResultOf(d)
 
-        def gone() -> bool:
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                return True
-            return False
-
-        await pollUntil(gone, "the cancelled command has been killed and reaped")
+        await pollUntil(lambda: processGone(pid), "the cancelled command has been killed and reaped")
 
     async def test_messageGone(self) -> None:
         """
@@ -1278,37 +1249,25 @@ class WebhookTests(TestCase):
         A non-2xx status fails the call, naming the status.
         """
         self.receiver.codes = [500]
-        try:
-            await self.hook().run(self.event)
-        except HookFailed as e:
-            self.assertIn("HTTP 500", str(e))
-            self.assertIn("server sad", str(e))
-        else:
-            self.fail("HTTP 500 counted as success")
+        error = await self.assertFailure(self.hook().run(self.event), HookFailed)
+        self.assertIn("HTTP 500", str(error))
+        self.assertIn("server sad", str(error))
 
     async def test_noResponseTimesOut(self) -> None:
         """
         A receiver that does not answer within the timeout fails the call.
         """
         self.receiver.hold = True
-        try:
-            await self.hook(timeout=0.5).run(self.event)
-        except HookFailed as e:
-            self.assertIn("no response", str(e))
-        else:
-            self.fail("an unanswered request succeeded")
+        error = await self.assertFailure(self.hook(timeout=0.5).run(self.event), HookFailed)
+        self.assertIn("no response", str(error))
 
     async def test_connectionRefused(self) -> None:
         """
         A receiver that is down fails the call with a readable reason.
         """
         await self.receiver.port.stopListening()
-        try:
-            await self.hook().run(self.event)
-        except HookFailed as e:
-            self.assertIn("POST http://127.0.0.1:", str(e))
-        else:
-            self.fail("a refused connection succeeded")
+        error = await self.assertFailure(self.hook().run(self.event), HookFailed)
+        self.assertIn("POST http://127.0.0.1:", str(error))
 
     async def test_retriedUntil2xxByRunner(self) -> None:
         """

@@ -292,6 +292,22 @@ class TransactionTests(SMTPTestCase):
         [after] = self.clock.getDelayedCalls()
         self.assertIs(after, before)
 
+    def test_addressesParsedOnce(self) -> None:
+        """
+        The delivery is given the paths the protocol parsed: it does not
+        parse MAIL's and RCPT's addresses a second time.
+        """
+        import harbor.delivery
+
+        def again(*args: object, **kwargs: object) -> None:
+            raise AssertionError("parsed twice")
+
+        self.patch(harbor.delivery, "parsePath", again)
+        self.assertEqual(
+            self.smtp.replies(b"MAIL FROM:<s@x.org>\r\nRCPT TO:<a@example.com>\r\n"),
+            [b"250 2.1.0 Ok", b"250 2.1.5 Ok"],
+        )
+
     def test_labelTooLong(self) -> None:
         """
         A recipient domain with a label over 63 octets is bad syntax (501
