@@ -28,6 +28,7 @@ import getpass
 import json
 import os
 import re
+import shutil
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -808,8 +809,7 @@ def _copyBytes(f: BinaryIO, out: IO[str]) -> None:
             out.write(decoder.decode(chunk))
         out.write(decoder.decode(b"", final=True))
         return
-    while chunk := f.read(_COPY_CHUNK):
-        buffer.write(chunk)
+    shutil.copyfileobj(f, buffer, _COPY_CHUNK)
     buffer.flush()
 
 

@@ -30,6 +30,12 @@ _HOSTNAME = re.compile(rf"^{_LABEL}(?:\.{_LABEL})*$")
 _DOT_STRING = re.compile(r"^[A-Za-z0-9!#$&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$&'*+/=?^_`{|}~-]+)*$")
 
 BARE_NEWLINE_ACTIONS = ("normalize", "reject")
+# What a failing or slow policy hook means (policy_hook_default).
+POLICY_HOOK_DEFAULTS = ("accept", "tempfail")
+_IDENTIFIER = r"[A-Za-z_][A-Za-z0-9_]*"
+# A function named as package.module:function (or module:Class.method),
+# for python hooks and the policy hook.
+TARGET = re.compile(rf"^{_IDENTIFIER}(?:\.{_IDENTIFIER})*:{_IDENTIFIER}(?:\.{_IDENTIFIER})*$")
 
 
 @frozen
@@ -420,7 +426,7 @@ class Config:
             dnsServers=tuple(_dnsServer(s) for s in _stringList(mapping.get("dns_servers", []), "dns_servers")),
             hooks=_hooks(mapping),
             policyHook=_policyHook(mapping),
-            policyHookDefault=_choice(mapping, "policy_hook_default", ("accept", "tempfail")),
+            policyHookDefault=_choice(mapping, "policy_hook_default", POLICY_HOOK_DEFAULTS),
             groupCommit=_boolean(mapping, "group_commit", True),
         )
 
@@ -429,8 +435,17 @@ def _policyHook(mapping: Mapping[str, Any]) -> str | None:
     target = mapping.get("policy_hook")
     if target is None:
         return None
-    if not isinstance(target, str) or not re.match(r"^[\w.]+:[\w.]+$", target):
-        raise ConfigError("policy_hook", "must name a function as package.module:function")
+    return checkTarget(target, "policy_hook")
+
+
+def checkTarget(target: object, setting: str) -> str:
+    """
+    Check that C{target} names a function as C{package.module:function}.
+
+    @raise ConfigError: naming C{setting} if it does not.
+    """
+    if not isinstance(target, str) or not TARGET.match(target):
+        raise ConfigError(setting, "must name a function as package.module:function")
     return target
 
 
@@ -505,10 +520,7 @@ def _limits(mapping: Mapping[str, Any]) -> Limits:
             raise ConfigError(key, f"must be at least {minimum:g}")
         values[field] = kind(value)
     if "bare_newline" in mapping:
-        action = mapping["bare_newline"]
-        if action not in BARE_NEWLINE_ACTIONS:
-            raise ConfigError("bare_newline", f"must be one of {', '.join(BARE_NEWLINE_ACTIONS)}")
-        values["bareNewline"] = action
+        values["bareNewline"] = _choice(mapping, "bare_newline", BARE_NEWLINE_ACTIONS)
     if "connection_limit_exceptions" in mapping:
         values["connectionLimitExceptions"] = networks(
             mapping["connection_limit_exceptions"], "connection_limit_exceptions"

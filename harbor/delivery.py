@@ -495,9 +495,6 @@ class HarborDelivery:
         """
         if self._message is None:
             assert self.sender is not None
-            if self._session.user is not None:
-                for mailbox in {r.accept.mailbox for r in self.recipients}:
-                    self._deliverer.store.create(mailbox)
             received = self._deliverer.seconds()
             if self.discard:
                 self._log.info(
@@ -510,7 +507,9 @@ class HarborDelivery:
                 [
                     (r.accept.mailbox, lambda id, r=r: self.traceHeaders(r, id, received))
                     for r in self.recipients
-                ]
+                ],
+                # A submission mailbox is made on its user's first message.
+                create=self._session.user is not None,
             )
             rules = [self._rulesFor(r) for r in self.recipients]
             policy = self._deliverer.policyHook

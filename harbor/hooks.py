@@ -69,7 +69,7 @@ from twisted.python.failure import Failure
 
 from attrs import evolve, field, frozen
 
-from harbor.config import ConfigError
+from harbor.config import ConfigError, checkTarget
 from harbor.maildir import IFileSystem, RealFileSystem, StorageError, quietly, parseName
 
 T = TypeVar("T")
@@ -97,8 +97,6 @@ OUTPUT_LIMIT = 2000
 _JOB_SUFFIX = ".json"
 _JOB_VERSION = 1
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
-_IDENTIFIER = r"[A-Za-z_][A-Za-z0-9_]*"
-_TARGET = re.compile(rf"^{_IDENTIFIER}(?:\.{_IDENTIFIER})*:{_IDENTIFIER}(?:\.{_IDENTIFIER})*$")
 _HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 _ENVIRONMENT_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _ENVIRONMENT_PREFIX = "MAILHARBOR_"
@@ -1521,10 +1519,7 @@ def _parseHook(table: object, setting: str) -> HookConfig:
         table, "max_in_flight", setting, DEFAULT_MAX_IN_FLIGHT, 1, whole=True
     )
     if kind == "python":
-        target = table.get("target")
-        if not isinstance(target, str) or not _TARGET.match(target):
-            raise ConfigError(f"{setting}.target", "must name a function as package.module:function")
-        values["target"] = target
+        values["target"] = checkTarget(table.get("target"), f"{setting}.target")
         thread = table.get("thread", False)
         if not isinstance(thread, bool):
             raise ConfigError(f"{setting}.thread", "must be true or false")

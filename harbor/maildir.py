@@ -533,15 +533,19 @@ class PendingDelivery:
         fs: IFileSystem,
         copies: Sequence[_Copy],
         threshold: int = MEMORY_THRESHOLD,
+        create: bool = False,
     ) -> None:
         """
         @param copies: The copies, none of them on disk yet.
         @param threshold: How many bytes of body to keep in memory before
             writing the copies to C{tmp/}.
+        @param create: Whether the copies' Maildirs may not exist yet and
+            are to be made, durably, before the first file is written.
         """
         self._fs = fs
         self._copies = list(copies)
         self._threshold = threshold
+        self._create = create
         # The body while it is in memory; None once spilled (or finished).
         self._buffer: bytearray | None = bytearray()
         self._bodySize = 0
@@ -584,6 +588,7 @@ class PendingDelivery:
         Create every copy's file in C{tmp/} with what has arrived so far.
         """
         try:
+            self._ensureMaildirs()
             for copy in self._copies:
                 self._createFile(copy, body)
         except StorageError as e:
@@ -652,6 +657,8 @@ class PendingDelivery:
         body = self._buffer
         self._buffer = None
         try:
+            if body is not None:
+                self._ensureMaildirs()
             for copy in self._copies:
                 if body is not None:
                     self._createFile(copy, body)
@@ -691,7 +698,7 @@ class PendingDelivery:
                 destination = copy.directory
                 if folder is not None:
                     destination = os.path.join(copy.directory, "." + folder)
-                    self._makeFolder(destination)
+                    self._makeMaildir(destination, folder=True)
                 size = len(copy.header) + self._bodySize
                 final = os.path.join(destination, "new", f"{copy.name},S={size}")
                 self._fs.rename(copy.temporaryPath, final)
@@ -717,26 +724,48 @@ class PendingDelivery:
         self._fail(failure)
         return failure
 
-    def _makeFolder(self, path: str) -> None:
+    def _ensureMaildirs(self) -> None:
         """
-        Create a Maildir++ folder, with the C{maildirfolder} marker that
-        Dovecot and Courier look for, unless it exists; and make its
-        entries durable, so a crash cannot take the folder, and the
+        Make the copies' Maildirs, once, if this delivery may have to.
+
+        @raise StorageError: if one cannot be made.
+        """
+        if not self._create:
+            return
+        self._create = False
+        try:
+            for directory in dict.fromkeys(copy.directory for copy in self._copies):
+                self._makeMaildir(directory)
+        except OSError as e:
+            raise StorageError.fromOSError("creating the Maildir", e) from e
+
+    def _makeMaildir(self, path: str, folder: bool = False) -> None:
+        """
+        Create a Maildir (C{tmp}, C{new}, C{cur}) and any missing parent
+        unless it exists; for a Maildir++ folder also the C{maildirfolder}
+        marker that Dovecot and Courier look for.  Then make every new
+        directory entry durable, so a crash cannot take the Maildir, and the
         message about to be renamed into it, away.  Another thread may be
-        creating the same folder at the same time.
+        creating the same Maildir at the same time.
         """
         if os.path.isdir(os.path.join(path, "new")):
             return
+        created = []
+        existing = path
+        while not os.path.isdir(existing):
+            created.append(existing)
+            existing = os.path.dirname(existing)
         for sub in SUBDIRECTORIES:
             self._fs.makeDirectories(os.path.join(path, sub))
-        marker = os.path.join(path, "maildirfolder")
-        if not os.path.exists(marker):
-            try:
-                self._fs.create(marker).close()
-            except FileExistsError:
-                pass
-        self._fs.syncDirectory(path)
-        self._fs.syncDirectory(os.path.dirname(path))
+        if folder:
+            marker = os.path.join(path, "maildirfolder")
+            if not os.path.exists(marker):
+                try:
+                    self._fs.create(marker).close()
+                except FileExistsError:
+                    pass
+        for directory in dict.fromkeys([path, *created, existing]):
+            self._fs.syncDirectory(directory)
 
     def abort(self) -> None:
         """
@@ -887,7 +916,9 @@ class MaildirStore:
         except OSError as e:
             raise StorageError.fromOSError(f"creating the Maildir for {mailbox}", e) from e
 
-    def begin(self, copies: Sequence[tuple[str, Callable[[str], bytes]]]) -> PendingDelivery:
+    def begin(
+        self, copies: Sequence[tuple[str, Callable[[str], bytes]]], create: bool = False
+    ) -> PendingDelivery:
         """
         Start a delivery: give each copy its unique name and its own header
         block.
@@ -900,13 +931,16 @@ class MaildirStore:
         @param copies: For each copy, the mailbox it goes to and a function
             that, given the copy's id, returns the bytes that start it (its
             trace headers, which name the id).
+        @param create: Whether the Maildirs may be missing and are to be
+            made when the first file is written (submission mailboxes, one
+            per user), in the committing thread for a small message.
         @raise StorageError: never for now; callers should still expect it.
         """
         started = []
         for mailbox, makeHeader in copies:
             name = self._namer.nextName()
             started.append(_Copy(name, self.directoryFor(mailbox), makeHeader(name)))
-        return PendingDelivery(self._fs, started, self._threshold)
+        return PendingDelivery(self._fs, started, self._threshold, create)
 
     def commitMany(
         self, deliveries: Sequence[tuple[PendingDelivery, Sequence[str | None] | None]]

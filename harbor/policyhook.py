@@ -24,7 +24,9 @@ from twisted.python.failure import Failure
 
 from attrs import frozen
 
-DEFAULTS = ("accept", "tempfail")
+from harbor.config import POLICY_HOOK_DEFAULTS
+
+DEFAULTS = POLICY_HOOK_DEFAULTS
 
 
 @frozen

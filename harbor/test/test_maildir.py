@@ -524,6 +524,50 @@ class StoreTests(StoreFixture, SynchronousTestCase):
         self.assertEqual(len(self.listing("new")), 2)
 
 
+class CreateOnFirstUseTests(StoreFixture, SynchronousTestCase):
+    """
+    A delivery told to create its Maildirs (a user's submission mailbox).
+    """
+
+    def test_madeDurablyBeforeTheFirstFile(self) -> None:
+        """
+        The missing Maildir and its missing parent are made, and their
+        entries synced up to the first directory that existed, before the
+        message's file is created; nothing touches the disk at begin.
+        """
+        pending = self.store.begin([(".submitted/alice", lambda id: b"H\n")], create=True)
+        pending.write(b"x")
+        self.assertEqual(self.fs.calls, [])
+        [stored] = pending.commit()
+        maildir = os.path.join(self.root, ".submitted", "alice")
+        names = self.callNames()
+        self.assertEqual(names[:3], ["makeDirectories"] * 3)
+        self.assertEqual(
+            [path for name, path in self.fs.calls[3:6]],
+            [maildir, os.path.dirname(maildir), self.root],
+        )
+        self.assertEqual(names[6], "create")
+        self.assertEqual(os.path.dirname(stored.path), os.path.join(maildir, "new"))
+
+    def test_existingMaildirUntouched(self) -> None:
+        """
+        A Maildir that exists costs one look, no directory call.
+        """
+        pending = self.store.begin([("example.com", lambda id: b"H\n")], create=True)
+        pending.write(b"x")
+        pending.commit()
+        self.assertNotIn("makeDirectories", self.callNames())
+
+    def test_largeMessageMakesItAtSpill(self) -> None:
+        """
+        A message that spills to tmp/ makes its Maildir first.
+        """
+        pending = self.store.begin([(".submitted/bob", lambda id: b"")], create=True)
+        pending.write(b"x" * (MEMORY_THRESHOLD + 1))
+        self.assertIsNone(pending.failure)
+        self.assertEqual(len(pending.commit()), 1)
+
+
 class FolderRaceTests(StoreFixture, SynchronousTestCase):
     """
     Two threads may create the same Maildir++ folder at once.
