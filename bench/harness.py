@@ -56,6 +56,8 @@ METRICS = [
     ("idle_rss_mib", "idle server RSS, MiB", "lower", "{:.1f}"),
     ("w1_rate", "W1 msgs/s (20 sessions x 10 msgs)", "higher", "{:.0f}"),
     ("w1_cpu_us", "W1 server CPU per msg, us", "lower", "{:.0f}"),
+    ("w1_command_ms", "W1 MAIL/RCPT/DATA answered in, ms", "lower", "{:.2f}"),
+    ("w1_eod_ms", "W1 end of data to 250, ms", "lower", "{:.2f}"),
     ("w2_rate", "W2 msgs/s (1 msg/connection, smtp-source)", "higher", "{:.0f}"),
     ("w3_p50_ms", "W3 latency p50, ms", "lower", "{:.2f}"),
     ("w3_p99_ms", "W3 latency p99, ms", "lower", "{:.2f}"),
@@ -85,6 +87,7 @@ class Bench:
         self.notes: list[str] = []
         self.background: list[tuple[float, str]] = []
         self.live: list[Server] = []
+        self.disk: tuple[float, float] | None = None
         self.server_options = {
             "postfix_main_extra": "\n".join(options.postfix_main),
             "mailharbor_endpoint_extra": options.mailharbor_endpoint,
@@ -189,6 +192,9 @@ class Bench:
         rate = res["sent"] / (end - res["start"])
         self.record(server.name, "w1_rate", rate)
         self.record(server.name, "w1_cpu_us", cpu / max(res["sent"], 1) * 1e6)
+        for key, step in (("w1_command_ms", "command_ms"), ("w1_eod_ms", "end_of_data_ms")):
+            if res.get(step) is not None:
+                self.record(server.name, key, res[step])
         self.raw.append({"run": run, "workload": "W1", "server": server.name, "rate": rate,
                          "server_cpu_s": cpu, "client_cpu_s": res["client_cpu"],
                          "seconds": end - res["start"], "sent": res["sent"], "idle": idle})
@@ -425,6 +431,9 @@ class Bench:
     def run(self) -> None:
         o = self.options
         began = time.monotonic()
+        if {"W1", "W2", "W3"} & set(o.only):
+            self.disk = probe_disk(o.workdir)
+            self.log("disk: one fsynced delivery %.2f ms, eight with one syncfs %.2f ms" % self.disk)
         for run in range(o.runs):
             self.log(f"run {run + 1}/{o.runs}")
             for workload in o.only:
@@ -506,6 +515,13 @@ class Bench:
             f"MailHarbor benchmark: {o.runs} run(s), servers interleaved, fresh server and empty Maildir per measurement",
             f"machine: {os.cpu_count()} CPUs, {platform.platform()}, Python {platform.python_version()}, {self.versions()}",
             f"storage: {'a fresh journaled ext4 (loop-mounted image) for this benchmark' if o.fs == 'loop' else 'the host file system under ' + os.path.dirname(o.workdir)}",
+        ]
+        if self.disk is not None:
+            out.append(
+                "disk (median of 50): a 1 KiB file written, fsynced, renamed into new/ and new/ fsynced: %.2f ms; "
+                "eight such files made durable by one syncfs(2): %.2f ms" % self.disk
+            )
+        out += [
             "",
             self.table(),
             "",
@@ -513,6 +529,10 @@ class Bench:
             "other rows: <1 means MailHarbor is better).",
             "W1/W2 time runs from the first connect to the last file in new/ (Postfix queues first and is polled); "
             "W3 latency is from MAIL FROM to the file being in new/ (= the 250 reply for all but Postfix).",
+            "W1 steps (medians over all messages, as the client saw them): a session sends its next command only "
+            "after the last reply, so W1's rate is about sessions / (3 command answers + the end-of-data wait + a "
+            "tenth of connect, EHLO and QUIT); the end-of-data wait holds the store's fsyncs (Postfix: its queue "
+            "file's, before delivery; smtp-sink: none).",
             "Memory: RSS summed over the server's processes (Postfix: master and all its children); "
             "PSS growth splits shared pages among processes, so it is comparable for Postfix's many smtpd.",
         ]
@@ -578,6 +598,66 @@ def _readline(proc: subprocess.Popen, timeout: float) -> str:
     if not line:
         raise RuntimeError(f"load generator exited ({proc.poll()}) without a result")
     return line
+
+
+def probe_disk(parent: str, samples: int = 50) -> tuple[float, float]:
+    """
+    What the disk under C{parent} charges for a durable Maildir delivery, so
+    the report shows the floor under every server's end-of-data wait: the
+    median time to write a 1 KiB file in tmp/, fsync it, rename it into
+    new/ and fsync new/; and to do so for eight files made durable together
+    by one syncfs(2) (MailHarbor's group commit; the fsync-per-file time
+    again where syncfs is missing).
+    """
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    root = tempfile.mkdtemp(prefix="disk-probe-", dir=parent)
+    tmp, new = os.path.join(root, "tmp"), os.path.join(root, "new")
+    os.mkdir(tmp)
+    os.mkdir(new)
+    data = b"x" * 1024
+    count = 0
+
+    def deliver(files: int, syncfs: bool) -> float:
+        nonlocal count
+        began = time.perf_counter()
+        names = []
+        directory = os.open(tmp, os.O_RDONLY)
+        try:
+            for _ in range(files):
+                count += 1
+                name = str(count)
+                fd = os.open(os.path.join(tmp, name), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                try:
+                    os.write(fd, data)
+                    if not syncfs:
+                        os.fsync(fd)
+                finally:
+                    os.close(fd)
+                names.append(name)
+            if syncfs and libc.syncfs(directory) != 0:
+                raise OSError(ctypes.get_errno(), "syncfs")
+        finally:
+            os.close(directory)
+        for name in names:
+            os.rename(os.path.join(tmp, name), os.path.join(new, name))
+        directory = os.open(new, os.O_RDONLY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
+        return (time.perf_counter() - began) * 1000
+
+    try:
+        single = statistics.median(deliver(1, False) for _ in range(samples))
+        try:
+            grouped = statistics.median(deliver(8, True) for _ in range(samples))
+        except (OSError, AttributeError):
+            grouped = statistics.median(deliver(8, False) for _ in range(samples))
+        return single, grouped
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def percentile(sorted_values: list[float], p: float) -> float:

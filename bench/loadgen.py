@@ -7,7 +7,9 @@ on Linux, so the harness can compare them with its own.  Commands are sent
 in lock step (no pipelining), as smtp-source does.
 
   burst    W1/W2: --sessions lanes in parallel, each opening sessions of
-           --per-session messages until --total messages were sent.
+           --per-session messages until --total messages were sent; also
+           reports the median time a command (MAIL, RCPT, DATA) took to be
+           answered, and the median wait from the end of data to its 250.
   latency  W3: one connection, one message at a time; per-message latency
            until the 250 reply, and, with --count-dir, until the file is in
            that directory (for a server that queues before storing).
@@ -133,18 +135,27 @@ class Client(asyncio.Protocol):
         await self.expect(220, "banner")
         await self.command(b"EHLO " + HELO + b"\r\n", 250)
 
-    async def send(self, message: bytes) -> bytes:
+    async def send(self, message: bytes, steps: list[float] | None = None) -> bytes:
         """
         One transaction; C{message} is already dot-stuffed with CRLF line
-        ends and ends with CRLF.
+        ends and ends with CRLF.  With C{steps}, appends how long MAIL,
+        RCPT and DATA took to be answered, then the end of data.
         """
+        now = time.monotonic
+        t0 = now()
         await self.command(b"MAIL FROM:<" + SENDER + b">\r\n", 250)
+        t1 = now()
         await self.command(b"RCPT TO:<" + RECIPIENT + b">\r\n", 250)
+        t2 = now()
         await self.command(b"DATA\r\n", 354)
+        t3 = now()
         assert self.transport is not None
         self.transport.write(message)
         self.transport.write(b".\r\n")
-        return await self.expect(250, "end of data")
+        reply = await self.expect(250, "end of data")
+        if steps is not None:
+            steps += (t1 - t0, t2 - t1, t3 - t2, now() - t3)
+        return reply
 
     async def send_big(self, chunks: list[bytes]) -> bytes:
         await self.command(b"MAIL FROM:<" + SENDER + b">\r\n", 250)
@@ -204,6 +215,7 @@ async def burst(options: argparse.Namespace) -> dict:
     sessions = -(-total // per)
     template = [make_message(options.size, i) for i in range(min(total, 64))]
     state = {"next": 0, "ok": 0, "errors": [], "error_count": 0}
+    steps: list[float] = []
 
     async def session(index: int) -> None:
         first = index * per
@@ -212,7 +224,7 @@ async def burst(options: argparse.Namespace) -> dict:
         try:
             await client.greet()
             for i in range(first, first + count):
-                await client.send(template[i % len(template)])
+                await client.send(template[i % len(template)], steps)
                 state["ok"] += 1
             await client.quit()
         finally:
@@ -239,10 +251,14 @@ async def burst(options: argparse.Namespace) -> dict:
     if pending:
         state["errors"].append(f"timed out after {options.timeout}s")
         state["error_count"] += 1
+    commands = sorted(steps[i] for i in range(len(steps)) if i % 4 != 3)
+    ends = sorted(steps[3::4])
     return {
         "start": start,
         "end": end,
         "sent": state["ok"],
+        "command_ms": commands[len(commands) // 2] * 1000 if commands else None,
+        "end_of_data_ms": ends[len(ends) // 2] * 1000 if ends else None,
         "sessions": sessions,
         "error_count": state["error_count"],
         "errors": state["errors"],
