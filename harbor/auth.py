@@ -58,13 +58,18 @@ def hashPassword(password: str, salt: bytes | None = None) -> str:
     Hash a password for the users file: C{$scrypt$ln=14,r=8,p=1$salt$hash}.
     """
     salt = os.urandom(16) if salt is None else salt
-    digest = hashlib.scrypt(
-        password.encode("utf-8"), salt=salt, n=_SCRYPT_N, r=_SCRYPT_R, p=_SCRYPT_P, dklen=32
-    )
+    digest = _scrypt(password.encode("utf-8"), salt)
     return (
         f"{_PREFIX}ln={_SCRYPT_N.bit_length() - 1},r={_SCRYPT_R},p={_SCRYPT_P}$"
         f"{base64.b64encode(salt).decode()}${base64.b64encode(digest).decode()}"
     )
+
+
+def _scrypt(password: bytes, salt: bytes) -> bytes:
+    """
+    The digest L{hashPassword} stores, with today's parameters.
+    """
+    return hashlib.scrypt(password, salt=salt, n=_SCRYPT_N, r=_SCRYPT_R, p=_SCRYPT_P, dklen=32)
 
 
 def verifyPassword(password: bytes, encoded: str) -> bool:
@@ -166,7 +171,6 @@ class UsersFileChecker:
         self._stamp: tuple[float, int] | None = None
         self._users: dict[str, str] = {}
         self._refresh()
-        self._dummy = hashPassword("no such user")
 
     def _refresh(self) -> None:
         stat = os.stat(self._path)
@@ -193,8 +197,13 @@ class UsersFileChecker:
         encoded = self._users.get(name)
 
         def check() -> str:
-            matched = verifyPassword(password, encoded or self._dummy)
-            if encoded is None or not matched:
+            if encoded is None:
+                # As slow as checking a password hashed today, here in the
+                # thread rather than once on the reactor thread at every
+                # start and reload.
+                _scrypt(password, os.urandom(16))
+                raise UnauthorizedLogin()
+            if not verifyPassword(password, encoded):
                 raise UnauthorizedLogin()
             return name
 

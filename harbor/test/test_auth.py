@@ -3,7 +3,9 @@ Tests for L{harbor.auth}.
 """
 
 import base64
+import hashlib
 import os
+from typing import Any
 
 from zope.interface.verify import verifyObject
 
@@ -25,7 +27,7 @@ from harbor.auth import (
     setPassword,
     verifyPassword,
 )
-from harbor.test._support import runSynchronously
+from harbor.test._support import DeferredThreads, runSynchronously
 
 
 class PasswordTests(SynchronousTestCase):
@@ -105,6 +107,32 @@ class CheckerTests(SynchronousTestCase):
             self.failureResultOf(
                 self.checker.requestAvatarId(UsernamePassword(user, password)), UnauthorizedLogin
             )
+
+    def test_hashingOnlyInTheThread(self) -> None:
+        """
+        Making a checker (at start and at every reload, on the reactor
+        thread) computes no scrypt hash; an unknown user costs one, with
+        the parameters of a password hashed today, in the thread.
+        """
+        calls: list[tuple[int, int, int]] = []
+        real = hashlib.scrypt
+
+        def counting(password: bytes, **kwargs: Any) -> bytes:
+            calls.append((kwargs["n"], kwargs["r"], kwargs["p"]))
+            return real(password, **kwargs)
+
+        self.patch(hashlib, "scrypt", counting)
+        threads = DeferredThreads()
+        checker = UsersFileChecker(self.path, threads)
+        d = checker.requestAvatarId(UsernamePassword(b"nobody", b"right"))
+        self.assertEqual(calls, [])
+        threads.runAll()
+        self.failureResultOf(d, UnauthorizedLogin)
+        self.assertEqual(len(calls), 1)
+        d = checker.requestAvatarId(UsernamePassword(b"alice", b"wrong"))
+        threads.runAll()
+        self.failureResultOf(d, UnauthorizedLogin)
+        self.assertEqual(calls, [(2**14, 8, 1), (2**14, 8, 1)])
 
     def test_fileChangesTakeEffect(self) -> None:
         """
