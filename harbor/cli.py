@@ -861,7 +861,10 @@ def _hooksCommand(arguments: argparse.Namespace, out: IO[str], err: IO[str], now
         directory = spoolFor(resolveRoot(arguments.maildir, arguments.config))
     spool = HookSpool(directory)
     if arguments.hooksAction == "list":
-        jobs = spool.deadJobs() if arguments.dead else spool.pendingJobs()
+        unusable: list[tuple[str, str]] = []
+        jobs = spool.deadJobs(unusable) if arguments.dead else spool.pendingJobs(unusable)
+        for path, why in unusable:
+            _writeText(err, f"mailharbor: {cleanText(path)} is not a usable hook job ({cleanText(why)}); not listed\n")
         if arguments.json:
             _writeText(out, json.dumps([job.asJSON() for job in jobs], indent=2) + "\n")
         elif not jobs:
@@ -880,7 +883,7 @@ def _hooksCommand(arguments: argparse.Namespace, out: IO[str], err: IO[str], now
                 for job in jobs
             ]
             _writeText(out, _alignColumns(rows, set()))
-        return 0
+        return 1 if unusable else 0
     return _retryJobs(spool, arguments, now, out, err)
 
 

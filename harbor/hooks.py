@@ -961,19 +961,26 @@ class HookSpool:
         self._fs.syncDirectory(self._dead)
         return job
 
-    def pendingJobs(self) -> list[Job]:
+    def pendingJobs(self, unusable: list[tuple[str, str]] | None = None) -> list[Job]:
         """
         Every job waiting to run, oldest first.
-        """
-        return self._jobs(self._pending)
 
-    def deadJobs(self) -> list[Job]:
+        @param unusable: If given, a job file that cannot be read as a job
+            is added to it, with why, and left where it is (for a command
+            that only looks); otherwise it is logged and set aside as
+            C{.bad}, as the server does.
+        """
+        return self._jobs(self._pending, unusable)
+
+    def deadJobs(self, unusable: list[tuple[str, str]] | None = None) -> list[Job]:
         """
         Every job given up on, oldest first.
-        """
-        return self._jobs(self._dead)
 
-    def _jobs(self, directory: str) -> list[Job]:
+        @param unusable: As for L{pendingJobs}.
+        """
+        return self._jobs(self._dead, unusable)
+
+    def _jobs(self, directory: str, unusable: list[tuple[str, str]] | None = None) -> list[Job]:
         try:
             names = sorted(os.listdir(directory))
         except FileNotFoundError:
@@ -981,13 +988,13 @@ class HookSpool:
         jobs = []
         for name in names:
             if name.endswith(_JOB_SUFFIX):
-                job = self._load(os.path.join(directory, name))
+                job = self._load(os.path.join(directory, name), unusable)
                 if job is not None:
                     jobs.append(job)
         jobs.sort(key=lambda job: (job.created, job.id))
         return jobs
 
-    def _load(self, path: str) -> Job | None:
+    def _load(self, path: str, unusable: list[tuple[str, str]] | None = None) -> Job | None:
         try:
             with open(path, "rb") as f:
                 data = f.read()
@@ -996,6 +1003,9 @@ class HookSpool:
         try:
             return Job.fromJSON(json.loads(data))
         except ValueError as e:
+            if unusable is not None:
+                unusable.append((path, str(e)))
+                return None
             # Set aside, so it is reported once and not on every look.
             self._log.error(
                 "Hook job file {path} is unusable ({error}); renamed to {path}.bad",

@@ -1359,6 +1359,21 @@ class CommandLineTests(SynchronousTestCase):
         self.assertEqual(status, 0)
         self.assertEqual([Job.fromJSON(j) for j in json.loads(out)], [self.deadJob])
 
+    def test_listReportsUnusableJobFile(self) -> None:
+        """
+        C{hooks list} names a job file it cannot read on standard error,
+        exits 1, still lists the others, and leaves the file where it is
+        for the server to set aside.
+        """
+        broken = self.spool.pendingPath("broken")
+        with open(broken, "w") as f:
+            f.write("{not json")
+        status, out, err = self.invoke("list", "--maildir", self.root)
+        self.assertEqual(status, 1)
+        self.assertIn(self.pendingJob.id, out)
+        self.assertTrue(err.startswith(f"mailharbor: {broken} is not a usable hook job ("), err)
+        self.assertEqual((os.path.exists(broken), os.path.exists(broken + ".bad")), (True, False))
+
     def test_listEmpty(self) -> None:
         """
         An empty or missing spool is not an error.
