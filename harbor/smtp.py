@@ -449,9 +449,9 @@ class HarborESMTP(ESMTP):  # type: ignore[misc]
             self._endTransaction("disconnected while receiving the message")
         else:
             self._endTransaction("disconnected")
-        self._log.info(
-            "client={client} helo={helo} tls={tls} user={user} transactions={count} "
-            "errors={errors} duration={duration:.3f} disconnected",
+        _logRendered(
+            self._log,
+            _SESSION_LINE,
             client=self.session.clientAddress,
             helo=self.session.helo or "-",
             tls=self.session.tls or "-",
@@ -1305,10 +1305,9 @@ class HarborESMTP(ESMTP):  # type: ignore[misc]
         The one line an operator greps for: who sent what to whom, over
         what, and what became of it (the reply code sent last).
         """
-        self._log.info(
-            "client={client} helo={helo} tls={tls} user={user} from=<{sender}> to={recipients} "
-            "rejected={rejected} size={size} code={code} result={result} id={ids} "
-            "duration={duration:.3f}",
+        _logRendered(
+            self._log,
+            _TRANSACTION_LINE,
             client=self.session.clientAddress,
             helo=self.session.helo or "",
             tls=self.session.tls or "-",
@@ -1323,6 +1322,27 @@ class HarborESMTP(ESMTP):  # type: ignore[misc]
             result=result,
             ids=",".join(ids) or "-",
         )
+
+
+_TRANSACTION_LINE = (
+    "client={client} helo={helo} tls={tls} user={user} from=<{sender}> to={recipients} "
+    "rejected={rejected} size={size} code={code} result={result} id={ids} duration={duration:.3f}"
+)
+_SESSION_LINE = (
+    "client={client} helo={helo} tls={tls} user={user} transactions={count} "
+    "errors={errors} duration={duration:.3f} disconnected"
+)
+
+
+def _logRendered(log: Logger, template: str, **fields: object) -> None:
+    """
+    Log a line of every transaction or session: the fields stay the
+    event's structured fields, and the text is rendered here by C{str.format}
+    and handed over as C{{line}}, because C{twisted.logger} would render
+    the template with the pure-Python C{string.Formatter}, field by field,
+    for every message (a quarter of the CPU a message costs).
+    """
+    log.info("{line}", line=template.format(**fields), **fields)
 
 
 class HarborSMTPFactory(ServerFactory):

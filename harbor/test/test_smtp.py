@@ -11,7 +11,7 @@ from zope.interface import implementer
 
 from twisted.internet.defer import fail, succeed
 from twisted.internet.task import Clock
-from twisted.logger import Logger
+from twisted.logger import Logger, formatEvent
 from twisted.mail.smtp import IMessage, SMTPBadRcpt
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -406,6 +406,27 @@ class TransactionTests(SMTPTestCase):
             },
         )
         self.assertEqual(event["ids"], self.files("new")[0].split(",")[0])
+        self.assertEqual(
+            formatEvent(event),
+            f"client=192.0.2.7 helo=c.example tls=- user=- from=<s@x.org> to=a@example.com "
+            f"rejected=x@other.org size={len(MESSAGE)} code=250 result=stored id={event['ids']} "
+            f"duration={event['duration']:.3f}",
+        )
+
+    def test_sessionLogLine(self) -> None:
+        """
+        A closed connection logs one line with its HELO, transaction and
+        error counts, with the same fields structured.
+        """
+        self.smtp.send(b"HELO c.example\r\nNOOP\r\nBOGUS\r\nQUIT\r\n")
+        self.smtp.protocol.connectionLost(None)
+        [event] = [e for e in self.events if "transactions" in formatEvent(e)]
+        self.assertEqual((event["helo"], event["count"], event["errors"]), ("c.example", 0, 1))
+        self.assertEqual(
+            formatEvent(event),
+            f"client=192.0.2.7 helo=c.example tls=- user=- transactions=0 errors=1 "
+            f"duration={event['duration']:.3f} disconnected",
+        )
 
 
 class GroupCommitTests(SMTPTestCase):
