@@ -414,6 +414,7 @@ class HarborESMTP(ESMTP):  # type: ignore[misc]
             self.session = evolve(facts, tags=list(facts.tags))
         self.deliveryFactory = self._deliverer.factoryFor(self.session)
         self._helo = (None, self.session.clientAddress.encode("ascii", "replace"))
+        self._greetingRefused = False
         self._auth = None
 
     def _tlsActive(self) -> bool:
@@ -750,10 +751,16 @@ class HarborESMTP(ESMTP):  # type: ignore[misc]
         self._endTransaction("abandoned: new greeting")
         self.session.helo = name.decode("utf-8", "replace")
         self.session.esmtp = esmtp
-        self._helo = (name, self.session.clientAddress.encode("ascii", "replace"))
         if self._applyFilter("helo"):
+            # Not greeted; and, unlike a client that never greeted, not let
+            # on to MAIL until a greeting passes, or ignoring the refusal
+            # would be enough to get past the filter.
             self.session.helo = None
+            self.session.esmtp = False
+            self._greetingRefused = True
             return
+        self._greetingRefused = False
+        self._helo = (name, self.session.clientAddress.encode("ascii", "replace"))
         lines = [self._hostname] + (self.esmtpExtensions() if esmtp else [])
         self._reply(Reply(250, None, "\n".join(lines)))
 
@@ -961,6 +968,9 @@ class HarborESMTP(ESMTP):  # type: ignore[misc]
     def smtp_MAIL(self, argument: bytes) -> None:
         if self._tx is not None:
             self._reply(Reply(503, "5.5.1", "Error: nested MAIL command"))
+            return
+        if self._greetingRefused:
+            self._reply(Reply(503, "5.5.1", "Error: send HELO/EHLO first"))
             return
         if self._settings.listener.requireTLS and not self._tlsActive():
             self._reply(Reply(530, "5.7.0", "Must issue a STARTTLS command first"))

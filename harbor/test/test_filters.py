@@ -215,6 +215,41 @@ class ProtocolFilterTests(SynchronousTestCase):
         smtp = self.connect()
         self.assertEqual(smtp.send(b"EHLO mx.bad.example\r\n"), b"550 5.7.1 Bad HELO\r\n")
 
+    def test_heloRejectNotIgnored(self) -> None:
+        """
+        A client that carries on after its greeting was refused gets 503 to
+        MAIL, and nothing is stored, until a greeting passes; the refused
+        name is not in the stored message's trace.
+        """
+        smtp = self.connect()
+        self.assertEqual(
+            smtp.replies(
+                b"EHLO mx.bad.example\r\nMAIL FROM:<s@x.org>\r\nRCPT TO:<a@example.com>\r\nDATA\r\n"
+            ),
+            [b"550 5.7.1 Bad HELO", b"503 Error: send HELO/EHLO first", b"503 Error: need MAIL command",
+             b"503 Error: need MAIL command"],
+        )
+        self.assertEqual(self.files(), [])
+        smtp.send(b"EHLO good.example\r\n")
+        self.assertEqual(
+            smtp.replies(b"MAIL FROM:<s@x.org>\r\nRCPT TO:<a@example.com>\r\nDATA\r\nHi\r\n.\r\n")[0],
+            b"250 2.1.0 Ok",
+        )
+        [stored] = self.files()
+        with open(os.path.join(self.root, "example.com", "new", stored), "rb") as f:
+            trace = f.read()
+        self.assertIn(b"Received: from good.example", trace)
+        self.assertNotIn(b"bad.example", trace)
+
+    def test_neverGreetedMayMail(self) -> None:
+        """
+        A client that never greets may still send mail (as Postfix's
+        default, smtpd_helo_required = no): only a refused greeting holds
+        MAIL back.
+        """
+        smtp = self.connect()
+        self.assertEqual(smtp.replies(b"MAIL FROM:<s@x.org>\r\n"), [b"250 Ok"])
+
     def test_senderAndRecipientRejects(self) -> None:
         """
         Sender filters act at MAIL, recipient filters at RCPT, with their
