@@ -143,6 +143,25 @@ class RoutingEndToEndTests(TestCase):
             ],
         )
 
+    async def test_refusedGreetingNotIgnored(self) -> None:
+        """
+        smtplib carrying on after its EHLO was refused by a HELO filter is
+        refused at MAIL (503 5.5.1), and nothing is stored.
+        """
+        server = await self.start()
+
+        def session() -> tuple[int, int, str]:
+            with smtplib.SMTP("127.0.0.1", server.port, local_hostname="mx.evil.example", timeout=10) as client:
+                greeted = client.ehlo()[0]
+                try:
+                    client.sendmail("a@x.org", ["a@example.com"], b"Subject: x\r\n\r\nhi\r\n")
+                except smtplib.SMTPSenderRefused as e:
+                    return greeted, e.smtp_code, e.smtp_error.decode()
+                return greeted, 250, "sent"
+
+        self.assertEqual(await inThread(session), (550, 503, "Error: send HELO/EHLO first"))
+        self.assertEqual(server.storedFiles(), {})
+
     async def test_blocklistedClient(self) -> None:
         """
         A client listed in the blocklist zone (served by a real DNS server
