@@ -322,6 +322,9 @@ class HarborESMTP(ESMTP):  # type: ignore[misc]
         self._lastCode = 0
         self._verb = "-"
         self._refused = False
+        # Whether a filter refused the last greeting: the server's verdict,
+        # not something the client said, so STARTTLS keeps it.
+        self._greetingRefused = False
         self._greeting: Any = None
         self._paused = False
         self._processing = False
@@ -414,7 +417,6 @@ class HarborESMTP(ESMTP):  # type: ignore[misc]
             self.session = evolve(facts, tags=list(facts.tags))
         self.deliveryFactory = self._deliverer.factoryFor(self.session)
         self._helo = (None, self.session.clientAddress.encode("ascii", "replace"))
-        self._greetingRefused = False
         self._auth = None
 
     def _tlsActive(self) -> bool:

@@ -125,6 +125,21 @@ class STARTTLSTests(SecurityTestCase):
         self.assertNotIn(b"STARTTLS", after)
         self.assertIn(b"250 AUTH PLAIN LOGIN\r\n", after)
 
+    def test_refusedGreetingOutlivesTLS(self) -> None:
+        """
+        A greeting a HELO filter refused still holds MAIL back after
+        STARTTLS, until a greeting passes.
+        """
+        from harbor.filters import parseFilters
+
+        self.deliverer.filters = parseFilters([{"helo": "*.bad.example", "action": "reject", "text": "Bad HELO"}])
+        self.smtp = self.connect()
+        self.assertEqual(self.smtp.send(b"EHLO mx.bad.example\r\n"), b"550 5.7.1 Bad HELO\r\n")
+        self.startTLS()
+        self.assertEqual(self.smtp.send(b"MAIL FROM:<s@x.org>\r\n"), b"503 Error: send HELO/EHLO first\r\n")
+        self.smtp.send(b"EHLO good.example\r\n")
+        self.assertEqual(self.smtp.send(b"MAIL FROM:<s@x.org>\r\n"), b"250 2.1.0 Ok\r\n")
+
     def test_addressFactsOutliveTLS(self) -> None:
         """
         What the server found out about the client's address before
