@@ -420,7 +420,10 @@ class HarborDelivery:
         if filtered is not None and filtered.action == "discard":
             return self.message
         blocklist = self._session.blocklist
-        if blocklist is not None and not self.trusted and filtered is None:
+        # An accept filter for this recipient skips the blocklist; a tag
+        # filter only adds its header.
+        accepted = filtered is not None and filtered.action == "accept"
+        if blocklist is not None and not self.trusted and not accepted:
             return blocklist.wait().addCallback(self._blocklisted, user, path)
         return self._route(user, path)
 

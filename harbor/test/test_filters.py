@@ -241,6 +241,19 @@ class ProtocolFilterTests(SynchronousTestCase):
         self.assertIn(b"Received: from good.example", trace)
         self.assertNotIn(b"bad.example", trace)
 
+    def test_tagDoesNotSkipBlocklist(self) -> None:
+        """
+        A recipient tag filter adds its header but, unlike accept, leaves a
+        listed client refused.
+        """
+        self.deliverer.filters = parseFilters([{"recipient": "*@example.com", "action": "tag", "header": "X-Tag: yes"}])
+        smtp = self.connect("192.0.2.66")
+        smtp.send(b"EHLO c\r\n")
+        self.assertEqual(
+            smtp.replies(b"MAIL FROM:<s@x.org>\r\nRCPT TO:<a@example.com>\r\n")[1],
+            b"554 5.7.1 Service unavailable; client [192.0.2.66] blocked using bl.example",
+        )
+
     def test_neverGreetedMayMail(self) -> None:
         """
         A client that never greets may still send mail (as Postfix's
