@@ -298,13 +298,16 @@ def submissionMailbox(template: str, user: str) -> str:
 def inNetworks(client: str, networks: Iterable[IPNetwork]) -> bool:
     """
     Whether C{client} is an IP address inside one of C{networks}; a client
-    that is not an IP address (a UNIX socket) is in none.
+    that is not an IP address (a UNIX socket) is in none.  An IPv4 client
+    of a dual-stack IPv6 listener (C{::ffff:192.0.2.1}) is matched as the
+    IPv4 address it is, as Postfix does.
     """
     try:
         address = ipaddress.ip_address(client)
     except ValueError:
         return False
-    return any(address in network for network in networks)
+    mapped = address.ipv4_mapped if isinstance(address, ipaddress.IPv6Address) else None
+    return any(address in network or (mapped is not None and mapped in network) for network in networks)
 
 
 class ConnectionCounter:

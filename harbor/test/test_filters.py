@@ -200,6 +200,14 @@ class ProtocolFilterTests(SynchronousTestCase):
             [b"503 Error: no SMTP service here"] * 2 + [b"221 Bye"],
         )
 
+    def test_connectRejectMappedIPv4(self) -> None:
+        """
+        An IPv4 client reaching a dual-stack IPv6 listener, seen as
+        C{::ffff:203.0.113.5}, is refused by an IPv4 network filter too.
+        """
+        smtp = self.connect("::ffff:203.0.113.5")
+        self.assertEqual(smtp.banner, b"554 mx.example.com Your network is not welcome\r\n")
+
     def test_connectTempfail(self) -> None:
         """
         A tempfailed client gets 421 and is disconnected.
