@@ -1054,6 +1054,11 @@ class HarborESMTP(ESMTP):  # type: ignore[misc]
         if tx is None:
             self._reply(Reply(503, "5.5.1", "Error: need MAIL command"))
             return
+        if tx.chunks is not None:
+            # RFC 3030: every RCPT comes before the first BDAT; the message
+            # is already being stored for the recipients accepted so far.
+            self._reply(Reply(503, "5.5.1", "Error: RCPT not allowed after BDAT"))
+            return
         match = _RCPT.match(argument)
         if match is None:
             self._reply(Reply(501, "5.5.4", "Syntax: RCPT TO:<address>"))

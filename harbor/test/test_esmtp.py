@@ -317,6 +317,18 @@ class ChunkingTests(ESMTPTestCase):
         self.assertEqual(self.stored(), [b"x" * 90 + b"y"])
         self.assertEqual(sum(copied), 91)
 
+    def test_rcptBetweenChunks(self) -> None:
+        """
+        RCPT after the first BDAT is refused with 503 (RFC 3030: recipients
+        come first), not accepted for a message that would never reach it.
+        """
+        replies = self.smtp.replies(
+            ENVELOPE + b"BDAT 3\r\nabcRCPT TO:<b@example.com>\r\nBDAT 1 LAST\r\nd"
+        )
+        self.assertEqual(replies[3], b"503 5.5.1 Error: RCPT not allowed after BDAT")
+        self.threads.runAll()
+        self.assertEqual(self.stored(), [b"abcd"])
+
     def test_emptyLastChunk(self) -> None:
         """
         C{BDAT 0 LAST} ends the message.
