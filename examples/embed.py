@@ -20,7 +20,7 @@ def received(message: NewMessage) -> None:
 
 def policy(request: PolicyRequest) -> Refuse | None:
     """Asked at RCPT and before the 250; None takes the mail."""
-    if request.stage == "rcpt" and request.recipients[0].startswith("noreply@"):
+    if request.stage == "rcpt" and request.recipients[0].split("@")[0].split("+")[0] == "noreply":
         return Refuse(550, "5.1.1", "This address does not receive mail")
     return None
 

@@ -42,6 +42,7 @@ from harbor.policy import (
     Path,
     RecipientPolicy,
     Reject,
+    canonicalAddress,
     parsePath,
     submissionMailbox,
 )
@@ -385,22 +386,25 @@ class HarborDelivery:
             raise SMTPBadSender(origin, matched.code, f"{matched.enhanced} {matched.text}")
         return origin
 
-    def _filter(self, stage: str, recipient: str | None = None) -> Filter | None:
+    def _filter(self, stage: str, recipient: Path | None = None) -> Filter | None:
         """
         Apply the first matching filter of C{stage} to this transaction,
         unless an earlier filter accepted the client or it authenticated.
+        Addresses are matched in the forms routing looks them up by, so
+        quoting, case or a sub-address tag do not get past a filter.
         """
-        if self._session.user is not None:
+        if self._session.user is not None or not self._deliverer.filters:
             return None
         assert self.sender is not None
+        forms = self._deliverer.policy.lookupForms
         return applyFirst(
             self._deliverer.filters,
             stage,
             self,
             self._session.clientAddress,
             self._session.helo,
-            self.sender.mailbox,
-            recipient,
+            forms(self.sender),
+            None if recipient is None else forms(recipient),
         )
 
     def validateTo(self, user: User) -> Callable[[], HarborMessage]:
@@ -414,7 +418,7 @@ class HarborDelivery:
             path = pathOf(user.dest, utf8=self._session.utf8)
         except AddressSyntaxError as e:
             raise SMTPBadRcpt(user, 501, f"5.1.3 Bad recipient address syntax: {e}") from None
-        filtered = None if self._session.user is not None else self._filter("rcpt", path.mailbox)
+        filtered = self._filter("rcpt", path)
         if filtered is not None and filtered.action in ("reject", "tempfail"):
             raise SMTPBadRcpt(user, filtered.code, f"{filtered.enhanced} {filtered.text}")
         if filtered is not None and filtered.action == "discard":
@@ -460,7 +464,7 @@ class HarborDelivery:
                 raise SMTPBadRcpt(user, refuse.code, f"{refuse.enhanced} {refuse.text}")
             return self._add(path, accepts)
 
-        return policy.check(self.request("rcpt", (path.mailbox,))).addCallback(decided)
+        return policy.check(self.request("rcpt", (canonicalAddress(path),))).addCallback(decided)
 
     def _add(self, path: Path, accepts: tuple[Accept, ...]) -> Callable[[], HarborMessage]:
         for accept in accepts:
@@ -483,7 +487,7 @@ class HarborDelivery:
             self._session.clientAddress,
             self._session.helo,
             self._session.user,
-            self.sender.mailbox,
+            canonicalAddress(self.sender),
             recipients,
             headers,
             size,
@@ -518,7 +522,7 @@ class HarborDelivery:
             policy = self._deliverer.policyHook
             check: Callable[[EmailMessage | None, int], Deferred[Refuse | None]] | None = None
             if policy is not None and self.recipients:
-                recipients = recipientsOf([r.accept.address for r in self.recipients])
+                recipients = recipientsOf([canonicalAddress(r.path) for r in self.recipients])
 
                 def askPolicy(headers: EmailMessage | None, size: int) -> Deferred[Refuse | None]:
                     return policy.check(self.request("data", recipients, headers, size))

@@ -15,7 +15,7 @@ import fnmatch
 import ipaddress
 import re
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Protocol, Union
 
 from twisted.logger import Logger
 
@@ -32,6 +32,10 @@ _FIELDS = {"client": "connect", "helo": "helo", "sender": "mail", "recipient": "
 _KEYS = frozenset(set(_FIELDS) | {"action", "code", "enhanced", "text", "header"})
 _HEADER = re.compile(r"^[!-9;-~]+: [\x20-\x7e]+$")
 _ENHANCED = re.compile(r"^[45]\.\d{1,3}\.\d{1,3}$")
+
+
+# An address as one string, or the forms it is matched in, or nothing yet.
+Forms = Union[str, Sequence[str], None]
 
 
 @frozen
@@ -75,16 +79,20 @@ class Filter:
         ]
         return max(used, key=STAGES.index)
 
-    def matches(self, client: str, helo: str | None, sender: str | None, recipient: str | None) -> bool:
+    def matches(self, client: str, helo: str | None, sender: Forms, recipient: Forms) -> bool:
         """
-        Whether every condition holds; patterns ignore case.
+        Whether every condition holds; patterns ignore case.  An address
+        may come in several forms (L{harbor.policy.RecipientPolicy.lookupForms}):
+        a pattern holds if it matches any of them.
         """
         if self.clients and not inNetworks(client, self.clients):
             return False
         for pattern, value in ((self.helo, helo), (self.sender, sender), (self.recipient, recipient)):
-            if pattern is not None and (
-                value is None or not fnmatch.fnmatchcase(value.lower(), pattern.lower())
-            ):
+            if pattern is None:
+                continue
+            forms = (value,) if isinstance(value, str) else value or ()
+            lowered = pattern.lower()
+            if not any(fnmatch.fnmatchcase(form.lower(), lowered) for form in forms):
                 return False
         return True
 
@@ -94,8 +102,8 @@ def firstMatch(
     stage: str,
     client: str,
     helo: str | None = None,
-    sender: str | None = None,
-    recipient: str | None = None,
+    sender: Forms = None,
+    recipient: Forms = None,
 ) -> Filter | None:
     """
     The first filter of C{stage} that matches, if any.
@@ -122,8 +130,8 @@ def applyFirst(
     scope: FilterScope,
     client: str,
     helo: str | None = None,
-    sender: str | None = None,
-    recipient: str | None = None,
+    sender: Forms = None,
+    recipient: Forms = None,
 ) -> Filter | None:
     """
     Find the first filter of C{stage} that matches, log it, and record in

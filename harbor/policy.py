@@ -172,6 +172,24 @@ def canonicalLocalPart(local: str) -> str:
     return local.lower()
 
 
+def canonicalAddress(path: Path) -> str:
+    """
+    An address in the form it is looked up by: the local part unquoted and
+    in lower case, the domain in lower-case A-label form, so that
+    C{"Alice"@EXAMPLE.com} is C{alice@example.com} to filters and policy
+    hooks as it is to routing (a domain that is not a valid name, or an
+    address literal, is only lower-cased: routing refuses it anyway).
+    """
+    local = canonicalLocalPart(path.local)
+    if not path.domain:
+        return local
+    try:
+        domain = path.domain.lower() if path.isLiteral else asciiDomain(path.domain)
+    except UnicodeError:
+        domain = path.domain.lower()
+    return f"{local}@{domain}"
+
+
 @frozen
 class Accept:
     """
@@ -229,6 +247,24 @@ class RecipientPolicy:
         The configuration of a domain (A-label, lower case), if we serve it.
         """
         return self._domains.get(name)
+
+    def lookupForms(self, path: Path) -> tuple[str, ...]:
+        """
+        The forms of an address that filters match: its canonical form
+        (L{canonicalAddress}), then, if it has a sub-address tag, the
+        address without it, as Postfix's access tables look up
+        C{user+tag@domain} and then C{user@domain}.  The tag separator is
+        the domain's own for our domains and C{+} for others.
+        """
+        address = canonicalAddress(path)
+        local, at, domain = address.rpartition("@")
+        if not at:
+            return (address,)
+        config = self._domains.get(domain)
+        delimiter = config.subaddressDelimiter if config is not None else "+"
+        if delimiter and delimiter in local and not local.startswith(delimiter):
+            return (address, f"{local.split(delimiter, 1)[0]}@{domain}")
+        return (address,)
 
     def decide(self, path: Path) -> tuple[Accept, ...] | Reject:
         """

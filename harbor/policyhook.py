@@ -41,6 +41,10 @@ class PolicyRequest:
     @ivar user: The authenticated user, if any.
     @ivar sender: The envelope sender (C{""} for bounces).
     @ivar recipients: The recipients (at RCPT, the one asked about).
+        Addresses are in the form routing reads them
+        (L{harbor.policy.canonicalAddress}): the local part unquoted and in
+        lower case, the domain in lower-case A-label form, a sub-address
+        tag kept.
     @ivar headers: The message's headers, at C{"data"}.
     @ivar size: The message's size in octets, at C{"data"}.
     """

@@ -15,6 +15,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from harbor.config import Config, ConfigError, DomainConfig, Limits
 from harbor.dnsbl import Blocklists, SharedResult, queryName
 from harbor.filters import firstMatch, parseFilters
+from harbor.policyhook import PolicyHook, PolicyRequest
 from harbor.smtp import HarborSMTPFactory, ServerSettings
 from harbor.test._support import HOSTNAME, SMTPDriver, makeDeliverer
 
@@ -260,6 +261,64 @@ class ProtocolFilterTests(SynchronousTestCase):
         self.assertEqual(
             smtp.replies(b"MAIL FROM:<s@x.org>\r\nRCPT TO:<a@example.com>\r\n")[1],
             b"554 5.7.1 Service unavailable; client [192.0.2.66] blocked using bl.example",
+        )
+
+    def test_addressFormsCannotDodge(self) -> None:
+        """
+        Filters match addresses as routing reads them: quoting, case, an
+        escaped character, an internationalised domain or a sub-address tag
+        do not get a recipient or a sender past them.
+        """
+        self.deliverer.filters = parseFilters(
+            self.filters + [{"sender": "bad@x.org", "action": "reject", "text": "Not you"}]
+        )
+        smtp = self.connect()
+        smtp.send(b"EHLO c\r\nMAIL FROM:<s@x.org>\r\n")
+        for recipient in [
+            b"closed@example.com",
+            b'"closed"@example.com',
+            b'"clo\\sed"@example.com',
+            b"CLOSED@Example.COM",
+            b"closed+x@example.com",
+        ]:
+            self.assertEqual(
+                smtp.replies(b"RCPT TO:<" + recipient + b">\r\n"), [b"550 5.7.1 Mailbox closed"], recipient
+            )
+        smtp.send(b"RSET\r\n")
+        self.assertEqual(
+            smtp.replies(b"MAIL FROM:<closed@\xef\xbc\xa5\xef\xbc\xb8ample.com> SMTPUTF8\r\n"
+                         b"RCPT TO:<closed@\xef\xbc\xa5\xef\xbc\xb8ample.com>\r\n"),
+            [b"250 2.1.0 Ok", b"550 5.7.1 Mailbox closed"],
+        )
+        smtp.send(b"RSET\r\n")
+        for sender in [b'"bad"@x.org', b"BAD@X.ORG", b"bad+list@x.org"]:
+            self.assertEqual(smtp.replies(b"MAIL FROM:<" + sender + b">\r\n"), [b"550 5.7.1 Not you"], sender)
+        self.assertEqual(self.files(), [])
+
+    def test_policyHookSeesCanonicalAddresses(self) -> None:
+        """
+        A policy hook is asked with addresses in the form routing reads
+        them (unquoted, lower case, A-label domain), tags kept.
+        """
+        asked: list[PolicyRequest] = []
+
+        def policy(request: PolicyRequest) -> None:
+            asked.append(request)
+
+        self.deliverer.filters = ()
+        self.deliverer.policyHook = PolicyHook(policy, self.clock)
+        smtp = self.connect("192.0.2.8")
+        smtp.send(
+            b'EHLO c\r\nMAIL FROM:<"Me"@X.Org>\r\nRCPT TO:<"NoReply"@Example.COM>\r\n'
+            b"RCPT TO:<Tagged+News@example.com>\r\nDATA\r\nSubject: x\r\n\r\nhi\r\n.\r\n"
+        )
+        self.assertEqual(
+            [(r.stage, r.sender, r.recipients) for r in asked],
+            [
+                ("rcpt", "me@x.org", ("noreply@example.com",)),
+                ("rcpt", "me@x.org", ("tagged+news@example.com",)),
+                ("data", "me@x.org", ("noreply@example.com", "tagged+news@example.com")),
+            ],
         )
 
     def test_neverGreetedMayMail(self) -> None:
