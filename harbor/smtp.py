@@ -322,9 +322,10 @@ class HarborESMTP(ESMTP):  # type: ignore[misc]
         self._lastCode = 0
         self._verb = "-"
         self._refused = False
-        # Whether a filter refused the last greeting: the server's verdict,
-        # not something the client said, so STARTTLS keeps it.
-        self._greetingRefused = False
+        # A HELO filter's refusal of the last greeting, repeated to MAIL
+        # until a greeting passes: the server's verdict, not something the
+        # client said, so STARTTLS keeps it.
+        self._greetingRefusal: Reply | None = None
         self._greeting: Any = None
         self._paused = False
         self._processing = False
@@ -400,8 +401,10 @@ class HarborESMTP(ESMTP):  # type: ignore[misc]
             self._refused = True
             self._send(Reply(554, matched.enhanced, f"{self._hostname} {matched.text}"))
             return True
-        else:
-            self._reply(Reply(matched.code, matched.enhanced, matched.text))
+        refusal = Reply(matched.code, matched.enhanced, matched.text)
+        if stage == "helo":
+            self._greetingRefusal = refusal
+        self._reply(refusal)
         return True
 
     def _startSession(self, clientAddress: str, facts: Session | None = None) -> None:
@@ -754,14 +757,13 @@ class HarborESMTP(ESMTP):  # type: ignore[misc]
         self.session.helo = name.decode("utf-8", "replace")
         self.session.esmtp = esmtp
         if self._applyFilter("helo"):
-            # Not greeted; and, unlike a client that never greeted, not let
-            # on to MAIL until a greeting passes, or ignoring the refusal
+            # Not greeted; and, unlike a client that never greeted, refused
+            # again at MAIL until a greeting passes, or ignoring the refusal
             # would be enough to get past the filter.
             self.session.helo = None
             self.session.esmtp = False
-            self._greetingRefused = True
             return
-        self._greetingRefused = False
+        self._greetingRefusal = None
         self._helo = (name, self.session.clientAddress.encode("ascii", "replace"))
         lines = [self._hostname] + (self.esmtpExtensions() if esmtp else [])
         self._reply(Reply(250, None, "\n".join(lines)))
@@ -971,8 +973,10 @@ class HarborESMTP(ESMTP):  # type: ignore[misc]
         if self._tx is not None:
             self._reply(Reply(503, "5.5.1", "Error: nested MAIL command"))
             return
-        if self._greetingRefused:
-            self._reply(Reply(503, "5.5.1", "Error: send HELO/EHLO first"))
+        if self._greetingRefusal is not None:
+            # As Postfix's delayed HELO restrictions: the greeting's own
+            # refusal, a 4xx (try again later) or a 5xx.
+            self._reply(self._greetingRefusal)
             return
         if self._settings.listener.requireTLS and not self._tlsActive():
             self._reply(Reply(530, "5.7.0", "Must issue a STARTTLS command first"))

@@ -146,7 +146,7 @@ class RoutingEndToEndTests(TestCase):
     async def test_refusedGreetingNotIgnored(self) -> None:
         """
         smtplib carrying on after its EHLO was refused by a HELO filter is
-        refused at MAIL (503 5.5.1), and nothing is stored.
+        refused again at MAIL, and nothing is stored.
         """
         server = await self.start()
 
@@ -159,7 +159,7 @@ class RoutingEndToEndTests(TestCase):
                     return greeted, e.smtp_code, e.smtp_error.decode()
                 return greeted, 250, "sent"
 
-        self.assertEqual(await inThread(session), (550, 503, "Error: send HELO/EHLO first"))
+        self.assertEqual(await inThread(session), (550, 550, "Bad HELO"))
         self.assertEqual(server.storedFiles(), {})
 
     async def test_blocklistedClient(self) -> None:

@@ -226,16 +226,16 @@ class ProtocolFilterTests(SynchronousTestCase):
 
     def test_heloRejectNotIgnored(self) -> None:
         """
-        A client that carries on after its greeting was refused gets 503 to
-        MAIL, and nothing is stored, until a greeting passes; the refused
-        name is not in the stored message's trace.
+        A client that carries on after its greeting was refused gets the
+        refusal again at MAIL, and nothing is stored, until a greeting
+        passes; the refused name is not in the stored message's trace.
         """
         smtp = self.connect()
         self.assertEqual(
             smtp.replies(
                 b"EHLO mx.bad.example\r\nMAIL FROM:<s@x.org>\r\nRCPT TO:<a@example.com>\r\nDATA\r\n"
             ),
-            [b"550 5.7.1 Bad HELO", b"503 Error: send HELO/EHLO first", b"503 Error: need MAIL command",
+            [b"550 5.7.1 Bad HELO", b"550 Bad HELO", b"503 Error: need MAIL command",
              b"503 Error: need MAIL command"],
         )
         self.assertEqual(self.files(), [])
@@ -319,6 +319,18 @@ class ProtocolFilterTests(SynchronousTestCase):
                 ("rcpt", "me@x.org", ("tagged+news@example.com",)),
                 ("data", "me@x.org", ("noreply@example.com", "tagged+news@example.com")),
             ],
+        )
+
+    def test_heloTempfailStaysTemporary(self) -> None:
+        """
+        After a greeting a tempfail filter refused, MAIL gets that 4xx
+        again, never a permanent refusal that would bounce the mail.
+        """
+        self.deliverer.filters = parseFilters([{"helo": "*.slow.example", "action": "tempfail"}])
+        smtp = self.connect()
+        self.assertEqual(
+            smtp.replies(b"EHLO mx.slow.example\r\nMAIL FROM:<s@x.org>\r\n"),
+            [b"450 4.7.1 Try again later", b"450 Try again later"],
         )
 
     def test_neverGreetedMayMail(self) -> None:

@@ -136,7 +136,7 @@ class STARTTLSTests(SecurityTestCase):
         self.smtp = self.connect()
         self.assertEqual(self.smtp.send(b"EHLO mx.bad.example\r\n"), b"550 5.7.1 Bad HELO\r\n")
         self.startTLS()
-        self.assertEqual(self.smtp.send(b"MAIL FROM:<s@x.org>\r\n"), b"503 Error: send HELO/EHLO first\r\n")
+        self.assertEqual(self.smtp.send(b"MAIL FROM:<s@x.org>\r\n"), b"550 Bad HELO\r\n")
         self.smtp.send(b"EHLO good.example\r\n")
         self.assertEqual(self.smtp.send(b"MAIL FROM:<s@x.org>\r\n"), b"250 2.1.0 Ok\r\n")
 
