@@ -522,7 +522,10 @@ class HarborDelivery:
             policy = self._deliverer.policyHook
             check: Callable[[EmailMessage | None, int], Deferred[Refuse | None]] | None = None
             if policy is not None and self.recipients:
-                recipients = recipientsOf([canonicalAddress(r.path) for r in self.recipients])
+                # <postmaster> alone is asked about as the address it reaches.
+                recipients = recipientsOf(
+                    [canonicalAddress(r.path) if r.path.domain else r.accept.address for r in self.recipients]
+                )
 
                 def askPolicy(headers: EmailMessage | None, size: int) -> Deferred[Refuse | None]:
                     return policy.check(self.request("data", recipients, headers, size))

@@ -310,14 +310,16 @@ class ProtocolFilterTests(SynchronousTestCase):
         smtp = self.connect("192.0.2.8")
         smtp.send(
             b'EHLO c\r\nMAIL FROM:<"Me"@X.Org>\r\nRCPT TO:<"NoReply"@Example.COM>\r\n'
-            b"RCPT TO:<Tagged+News@example.com>\r\nDATA\r\nSubject: x\r\n\r\nhi\r\n.\r\n"
+            b"RCPT TO:<Tagged+News@example.com>\r\nRCPT TO:<postmaster>\r\n"
+            b"DATA\r\nSubject: x\r\n\r\nhi\r\n.\r\n"
         )
         self.assertEqual(
             [(r.stage, r.sender, r.recipients) for r in asked],
             [
                 ("rcpt", "me@x.org", ("noreply@example.com",)),
                 ("rcpt", "me@x.org", ("tagged+news@example.com",)),
-                ("data", "me@x.org", ("noreply@example.com", "tagged+news@example.com")),
+                ("rcpt", "me@x.org", ("postmaster",)),
+                ("data", "me@x.org", ("noreply@example.com", "tagged+news@example.com", "postmaster@example.com")),
             ],
         )
 
