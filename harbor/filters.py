@@ -21,8 +21,8 @@ from twisted.logger import Logger
 
 from attrs import field, frozen
 
-from harbor.config import ConfigError, checkTable, networks
-from harbor.policy import IPNetwork, inNetworks
+from harbor.config import ConfigError, asciiDomain, checkTable, networks
+from harbor.policy import IPNetwork, canonicalLocalPart, inNetworks
 
 _log = Logger()
 
@@ -174,6 +174,29 @@ def parseFilters(tables: object) -> tuple[Filter, ...]:
     return tuple(_parse(table, f"filter[{i}]") for i, table in enumerate(tables))
 
 
+def _addressPattern(pattern: str, setting: str) -> str:
+    """
+    A sender or recipient pattern in the form addresses are matched in
+    (L{harbor.policy.canonicalAddress}): a quoted local part unquoted, the
+    domain in A-label form, all in lower case, so that
+    C{"John Smith"@b\u00fccher.example} matches what a client sends for it.
+
+    @raise ConfigError: for an internationalised domain with wildcards,
+        which has no A-label form to match.
+    """
+    local, at, domain = pattern.rpartition("@")
+    if not at:
+        return canonicalLocalPart(pattern)
+    if not domain.isascii():
+        if any(c in domain for c in "*?["):
+            raise ConfigError(setting, "write an internationalised domain with wildcards in its xn-- form")
+        try:
+            domain = asciiDomain(domain)
+        except UnicodeError:
+            raise ConfigError(setting, f"{domain!r} is not a valid domain name") from None
+    return f"{canonicalLocalPart(local)}@{domain.lower()}"
+
+
 def _parse(value: object, setting: str) -> Filter:
     table = checkTable(value, setting, _KEYS)
     clients = networks(table.get("client", []), f"{setting}.client")
@@ -182,6 +205,8 @@ def _parse(value: object, setting: str) -> Filter:
         value = table.get(name)
         if value is not None and (not isinstance(value, str) or not value):
             raise ConfigError(f"{setting}.{name}", "must be a pattern like *@example.com")
+        if value is not None and name != "helo":
+            value = _addressPattern(value, f"{setting}.{name}")
         patterns[name] = value
     if not clients and not any(patterns.values()):
         raise ConfigError(setting, "needs at least one of client, helo, sender, recipient")

@@ -54,6 +54,8 @@ class FilterParsingTests(SynchronousTestCase):
             ({"sender": "x", "action": "tempfail", "enhanced": "5.7.1"}, "filter[0].enhanced"),
             ({"sender": "x", "action": "tag", "header": "bad\nheader"}, "filter[0].header"),
             ({"sender": "x", "action": "reject", "colour": 1}, "filter[0].colour"),
+            ({"recipient": "*@*.b\u00fccher.example", "action": "reject"}, "filter[0].recipient"),
+            ({"sender": "a@b\u00fccher..example", "action": "reject"}, "filter[0].sender"),
         ]:
             error = self.assertRaises(ConfigError, Config.fromMapping, {"domain": "example.com", "filter": [table]})
             self.assertEqual(error.setting, setting, table)
@@ -294,6 +296,27 @@ class ProtocolFilterTests(SynchronousTestCase):
         for sender in [b'"bad"@x.org', b"BAD@X.ORG", b"bad+list@x.org"]:
             self.assertEqual(smtp.replies(b"MAIL FROM:<" + sender + b">\r\n"), [b"550 5.7.1 Not you"], sender)
         self.assertEqual(self.files(), [])
+
+    def test_patternsReadLikeAddresses(self) -> None:
+        """
+        A pattern with a quoted local part or an internationalised domain
+        matches what clients send for that address.
+        """
+        self.deliverer.filters = parseFilters(
+            [
+                {"recipient": '"John Smith"@example.com', "action": "reject", "text": "Gone"},
+                {"sender": "*@b\u00fccher.example", "action": "reject", "text": "No books"},
+            ]
+        )
+        smtp = self.connect()
+        smtp.send(b"EHLO c\r\n")
+        self.assertEqual(
+            smtp.replies(
+                b"MAIL FROM:<me@B\xc3\x9cCHER.example> SMTPUTF8\r\nMAIL FROM:<me@xn--bcher-kva.example>\r\n"
+                b'MAIL FROM:<s@x.org>\r\nRCPT TO:<"john smith"@example.com>\r\n'
+            ),
+            [b"550 5.7.1 No books", b"550 5.7.1 No books", b"250 2.1.0 Ok", b"550 5.7.1 Gone"],
+        )
 
     def test_policyHookSeesCanonicalAddresses(self) -> None:
         """
