@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import email.policy
 import email.utils
-import os
 import re
 from email.message import EmailMessage
 from email.parser import BytesHeaderParser
@@ -157,6 +156,24 @@ class Recipient:
 
     path: Path
     accept: Accept
+
+
+def headerValues(headers: EmailMessage, name: str) -> list[str]:
+    """
+    The values of every header C{name}, decoded (RFC 2047 words and all)
+    where the parser can, and as received where it cannot: a malformed
+    C{From: <} must not make the message undeliverable (the parser raises
+    on some such values).
+    """
+    wanted = name.lower()
+    values = []
+    for key, raw in headers.raw_items():
+        if key.lower() == wanted:
+            try:
+                values.append(str(headers.policy.header_fetch_parse(key, raw)))
+            except Exception:
+                values.append(raw)
+    return values
 
 
 def headerSafe(text: str, limit: int = _MAX_HELO_IN_HEADER) -> str:
@@ -586,7 +603,7 @@ class HarborDelivery:
                 elif rule.field == "recipient":
                     values = [recipient.accept.address]
                 else:
-                    values = [str(v) for v in (headers.get_all(rule.header or "", []) if headers else [])]
+                    values = headerValues(headers, rule.header or "") if headers else []
                 if any(rule.contains.lower() in value.lower() for value in values):
                     folder = rule.folder
                     break
@@ -692,11 +709,16 @@ class HarborMessage:
         @return: a L{Deferred} firing with the stored copies, or failing
             with L{harbor.maildir.StorageError}.
         """
-        headers = None
-        if self._headers is not None:
-            block = bytes(self._headers).split(b"\n\n", 1)[0] + b"\n\n"
-            headers = BytesHeaderParser(policy=email.policy.default).parsebytes(block)
-        folders = self._folders(headers) or None
+        try:
+            headers = None
+            if self._headers is not None:
+                block = bytes(self._headers).split(b"\n\n", 1)[0] + b"\n\n"
+                headers = BytesHeaderParser(policy=email.policy.default).parsebytes(block)
+            folders = self._folders(headers) or None
+        except BaseException:
+            # A bug, not the client's message: leave nothing in tmp/.
+            self._pending.abort()
+            raise
         if self._policy is not None:
             return self._policy(headers, self.size).addCallback(self._afterPolicy, folders)
         return self._store(folders)
@@ -718,12 +740,11 @@ class HarborMessage:
                 # lost if the server dies right after it.
                 return hooks.record(self._events(stored))  # type: ignore[no-any-return]
             except Exception as e:
-                for copy in stored:
-                    try:
-                        os.unlink(copy.path)
-                    except OSError:
-                        pass
-                raise StorageError(f"recording the message for its hooks: {e}") from e
+                action = "recording the message for its hooks"
+                failure = (
+                    StorageError.fromOSError(action, e) if isinstance(e, OSError) else StorageError(f"{action}: {e}")
+                )
+                raise self._pending.retract(stored, failure) from e
 
         def stored(result: tuple[list[StoredMessage], list[Any]]) -> list[StoredMessage]:
             copies, jobs = result

@@ -708,6 +708,16 @@ class PendingDelivery:
             raise self._retract(stored, StorageError.fromOSError("moving the message into new/", e)) from e
         return stored, list(dict.fromkeys(directories))
 
+    def retract(self, stored: Sequence[StoredMessage], failure: StorageError) -> StorageError:
+        """
+        Take back the copies of a committed delivery, durably, when a step
+        after the commit that its 250 depends on has failed (recording its
+        hook jobs), so the sender's retry does not make duplicates.
+
+        @return: C{failure}, to raise.
+        """
+        return self._retract(stored, failure)
+
     def _retract(self, stored: Sequence[StoredMessage], failure: StorageError) -> StorageError:
         """
         Remove copies already renamed into C{new/}, and make the removal

@@ -15,7 +15,7 @@ from twisted.logger import Logger, formatEvent
 from twisted.mail.smtp import IMessage, SMTPBadRcpt
 from twisted.trial.unittest import SynchronousTestCase
 
-from harbor.config import DomainConfig
+from harbor.config import DomainConfig, FolderRule
 from harbor.maildir import MEMORY_THRESHOLD
 from harbor.smtp import HarborESMTP, _LineMessage
 from harbor.test._support import DeferredThreads, RecordingFileSystem, SMTPDriver, makeDeliverer
@@ -522,6 +522,68 @@ class LocalFailureTests(SMTPTestCase):
         self.smtp.send(MESSAGE + b".\r\n")
         self.threads.runAll()
         self.assertEqual(self.smtp.take(), b"451 4.3.0 Error: local error in processing, try again later\r\n")
+
+
+    def test_hookRecordingFailsAfterCommit(self) -> None:
+        """
+        When the hook jobs cannot be recorded after the copies reached
+        new/, the copies are removed through the file system and new/ is
+        fsynced again before the 4xx (452 for a full disk), so neither a
+        crash nor the sender's retry leaves a duplicate.
+        """
+
+        class FullSpool:
+            def record(self, events: Any) -> list[Any]:
+                raise OSError(errno.ENOSPC, "No space left on device")
+
+        self.deliverer.hooks = FullSpool()
+        self.startData()
+        self.smtp.send(MESSAGE + b".\r\n")
+        self.threads.runAll()
+        self.assertEqual(self.smtp.take(), b"452 4.3.1 Error: insufficient system storage\r\n")
+        self.assertNothingStored()
+        calls = [name for name, _ in self.fs.calls]
+        after = calls[calls.index("rename") :]
+        self.assertEqual(after, ["rename", "syncDirectory", "unlink", "syncDirectory"])
+
+    def test_malformedHeaderWithFolderRules(self) -> None:
+        """
+        A header the parser chokes on (C{From: <}) does not make a message
+        with header folder rules undeliverable: the rule reads it as sent.
+        """
+        self.deliverer, _ = makeDeliverer(
+            self.root,
+            [DomainConfig("example.com", rules=(FolderRule("header", "From", "<", "Odd"),))],
+            fs=self.fs,
+            runInThread=self.threads,
+            clock=self.clock,
+        )
+        self.smtp = SMTPDriver(self.deliverer, self.clock)
+        self.smtp.send(b"EHLO client.example\r\n")
+        self.startData()
+        self.smtp.send(b"From: <\r\nTo: a@b, \"\r\n\r\nbody\r\n.\r\n")
+        self.threads.runAll()
+        self.assertTrue(self.smtp.take().startswith(b"250 2.0.0 Ok: stored as "))
+        self.assertEqual(len(os.listdir(os.path.join(self.root, "example.com", ".Odd", "new"))), 1)
+
+    def test_unexpectedErrorAtEndLeavesNothing(self) -> None:
+        """
+        A bug at the end of a spilled message is a 451 that leaves nothing
+        in tmp/ (no file, no open descriptor), not a leak per attempt.
+        """
+        from harbor.delivery import HarborDelivery
+
+        def broken(self: Any, rules: Any, headers: Any) -> None:
+            raise IndexError("bug")
+
+        self.patch(HarborDelivery, "folders", broken)
+        self.startData()
+        reply = self.smtp.send(b"Subject: big\r\n\r\n" + (b"x" * 998 + b"\r\n") * (MEMORY_THRESHOLD // 500) + b".\r\n")
+        self.threads.runAll()
+        reply += self.smtp.take()
+        self.assertEqual(reply, b"451 4.3.0 Error: local error in processing, try again later\r\n")
+        self.assertNothingStored()
+        self.flushLoggedErrors(IndexError)
 
 
 @implementer(IMessage)
