@@ -248,8 +248,11 @@ class SessionRegistry:
         """
         Ask every session to end: idle ones at once with 421 4.3.2, ones
         receiving or storing a message once it is stored and answered.
-        Those still open after C{grace} seconds are cut off; a message not
-        yet answered 250 is then discarded, and its sender will retry.
+        Those still open after C{grace} seconds are cut off: a message
+        still being received is discarded, and its sender will retry; one
+        whose commit is already under way is stored all the same, without
+        its 250, so its sender's retry makes a duplicate (the window of
+        RFC 1047, which Postfix has too).
 
         @return: a L{Deferred} that fires when all are closed.
         """
