@@ -53,8 +53,13 @@ class Limits:
     @ivar commandTimeout: Seconds a client may be silent between commands.
     @ivar dataTimeout: Seconds a client may be silent while sending a
         message body.
-    @ivar maxErrors: Error replies after which the client is disconnected
-        (Postfix's C{smtpd_hard_error_limit}).
+    @ivar maxErrors: Error replies (4xx and 5xx) without a message stored
+        after which the client is disconnected (Postfix's
+        C{smtpd_hard_error_limit}).
+    @ivar maxJunkCommands: NOOP, RSET, VRFY and HELP commands (and BDAT
+        chunks thrown away after a refused one) without a message stored
+        after which each more counts as an error (Postfix's
+        C{smtpd_junk_command_limit}).
     @ivar maxConnections: Simultaneous connections in all.
     @ivar maxConnectionsPerClient: Simultaneous connections from one IP
         address.
@@ -94,6 +99,7 @@ class Limits:
     listenBacklog: int = 1024
     policyHookTimeout: float = 10
     workers: int = 1
+    maxJunkCommands: int = 100
 
 
 # TOML key -> (Limits field, smallest allowed value, kind)
@@ -103,6 +109,7 @@ _LIMIT_KEYS: dict[str, tuple[str, float, type]] = {
     "command_timeout": ("commandTimeout", 1, float),
     "data_timeout": ("dataTimeout", 1, float),
     "max_errors": ("maxErrors", 1, int),
+    "max_junk_commands": ("maxJunkCommands", 0, int),
     "max_connections": ("maxConnections", 1, int),
     "max_connections_per_client": ("maxConnectionsPerClient", 1, int),
     "shutdown_grace": ("shutdownGrace", 0, float),

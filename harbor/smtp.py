@@ -74,6 +74,8 @@ _RCPT = re.compile(rb"^TO:\s*(<[^>]*>|[^\s<>]+)(?:\s+(.*))?$", re.IGNORECASE | r
 _BDAT = re.compile(rb"^(\d{1,15})(?:\s+(LAST))?\s*$", re.IGNORECASE)
 _ENHANCED = re.compile(r"^[245]\.\d{1,3}\.\d{1,3} ")
 _VERB = re.compile(rb"^[A-Za-z]{1,16}$")
+# Commands that move no mail, counted against the junk limit.
+_JUNK = frozenset({b"NOOP", b"RSET", b"VRFY", b"HELP"})
 # A host name or address literal: printable, no spaces or controls.
 _HELO = re.compile(rb"^[\x21-\x7e\x80-\xff]{1,255}$")
 _BODY_TYPES = frozenset({b"7BIT", b"8BITMIME"})
@@ -322,6 +324,8 @@ class HarborESMTP(ESMTP):  # type: ignore[misc]
         self._chunkEcho: Reply | None = None
         self._tx: _Transaction | None = None
         self._errors = 0
+        self._errorsSinceDelivery = 0
+        self._junk = 0
         self._lastCode = 0
         self._verb = "-"
         self._refused = False
@@ -665,6 +669,10 @@ class HarborESMTP(ESMTP):  # type: ignore[misc]
         if self._refused and verb != b"QUIT":
             self._reply(Reply(503, "5.5.1", "Error: no SMTP service here"))
             return
+        if verb in _JUNK:
+            self._countJunk()
+            if self._closed:
+                return
         if _VERB.match(verb):
             handler = getattr(self, "smtp_" + verb.decode("ascii"), None)
         if handler is None:
@@ -709,12 +717,31 @@ class HarborESMTP(ESMTP):  # type: ignore[misc]
                 enhanced=reply.enhanced or "",
                 reason=reply.text,
             )
-        if reply.code >= 500:
-            self._errors += 1
-            if self._errors >= self._limits.maxErrors and not self._closed:
-                self._send(Reply(421, "4.7.0", f"{self._hostname} Error: too many errors"))
-                self._endTransaction("too many errors")
-                self._close()
+            self._countError()
+
+    def _countError(self) -> None:
+        """
+        Count one error (a 4xx or 5xx reply, or junk past its limit), and
+        hang up once there are too many since the last message stored, as
+        Postfix's hard error limit does: a client gets no endless supply of
+        refusals, and no endless log lines.
+        """
+        self._errors += 1
+        self._errorsSinceDelivery += 1
+        if self._errorsSinceDelivery >= self._limits.maxErrors and not self._closed:
+            self._send(Reply(421, "4.7.0", f"{self._hostname} Error: too many errors"))
+            self._endTransaction("too many errors")
+            self._close()
+
+    def _countJunk(self) -> None:
+        """
+        Count a command that moves no mail; past the junk limit, each is
+        also an error (Postfix's C{smtpd_junk_command_limit}), so a client
+        cannot hold a connection with NOOPs forever.
+        """
+        self._junk += 1
+        if self._junk > self._limits.maxJunkCommands:
+            self._countError()
 
     def _replyFromError(self, error: SMTPServerError, default: str) -> None:
         """
@@ -1248,6 +1275,7 @@ class HarborESMTP(ESMTP):  # type: ignore[misc]
         if echo is not None:
             self._send(echo)
             self._afterRefusedChunk = not self._chunkLast
+            self._countJunk()
         elif problem is not None:
             self._reply(problem)
             if tx is not None and tx.chunks is not None:
@@ -1298,6 +1326,9 @@ class HarborESMTP(ESMTP):  # type: ignore[misc]
                 text = f"Ok: stored as {ids[0]}"
             else:
                 text = f"Ok: stored as {ids[0]} (+{len(ids) - 1} more copies)"
+            # As Postfix: the error and junk limits count "without
+            # delivering mail".
+            self._errorsSinceDelivery = self._junk = 0
             self._reply(Reply(250, "2.0.0", text))
             self._logTransaction(tx, "stored" if ids else "accepted and discarded", ids)
 

@@ -384,8 +384,8 @@ class ChunkingTests(ESMTPTestCase):
     def test_pipelinedChunksAfterARefusalDoNotHangUp(self) -> None:
         """
         Chunks a client had pipelined behind a refused one are read and
-        answered, but not counted as its errors: however many there are,
-        the connection stays up and usable.
+        answered, but not counted as its errors: the connection stays up
+        and usable.
         """
         chunks = b"".join(b"BDAT 60\r\n" + b"z" * 60 for _ in range(15))
         replies = self.smtp.replies(ENVELOPE + b"BDAT 60\r\n" + b"a" * 60 + chunks + b"BDAT 1 LAST\r\nc" + b"NOOP\r\n")
@@ -393,6 +393,19 @@ class ChunkingTests(ESMTPTestCase):
         self.assertEqual(replies[4:-1], [b"503 5.5.1 Error: need MAIL command"] * 15)
         self.assertEqual(replies[-1], b"250 2.0.0 Ok")
         self.assertFalse(self.smtp.transport.disconnecting)
+
+    def test_endlessChunksAfterARefusalAreJunk(self) -> None:
+        """
+        Chunks thrown away after a refused one count as junk: past the
+        junk limit they become errors, and an endless stream of them ends
+        with 421.
+        """
+        chunks = b"".join(b"BDAT 1\r\nz" for _ in range(200))
+        replies = self.smtp.replies(ENVELOPE + b"BDAT 200\r\n" + b"a" * 200 + chunks)
+        self.assertEqual(replies[-1], b"421 4.7.0 mx.example.com Error: too many errors")
+        # MAIL, RCPT, the 552 (one error), 100 junk chunks, 9 more (errors), 421.
+        self.assertEqual(len(replies), 3 + 100 + 9 + 1)
+        self.assertTrue(self.smtp.transport.disconnecting)
 
     def test_badSyntax(self) -> None:
         """
@@ -519,6 +532,41 @@ class LimitTests(ESMTPTestCase):
         )
         self.assertTrue(self.smtp.transport.disconnecting)
 
+    def test_temporaryErrorsCount(self) -> None:
+        """
+        4xx replies count towards the error limit too, as Postfix counts
+        them: a client cannot collect refusals for ever.
+        """
+        self.assertEqual(
+            self.smtp.replies(b"STARTTLS\r\nSTARTTLS\r\nSTARTTLS\r\n")[-1],
+            b"421 4.7.0 mx.example.com Error: too many errors",
+        )
+        self.assertTrue(self.smtp.transport.disconnecting)
+
+    def test_errorsForgivenAfterDelivery(self) -> None:
+        """
+        The error limit counts errors since the last message stored.
+        """
+        smtp = self.smtp
+        smtp.send(b"FOO\r\nBAR\r\n" + ENVELOPE + b"DATA\r\n" + MESSAGE + b".\r\n")
+        self.threads.runAll()
+        self.assertTrue(smtp.take().startswith(b"250 2.0.0 Ok: stored as "))
+        self.assertEqual(smtp.replies(b"FOO\r\nBAR\r\n"), [b"500 5.5.2 Error: command not recognized"] * 2)
+        self.assertFalse(smtp.transport.disconnecting)
+
+    def test_junkCommandLimit(self) -> None:
+        """
+        Past the junk limit each NOOP, RSET, VRFY or HELP is also an error,
+        so a client cannot hold the connection with them for ever.
+        """
+        factory = HarborSMTPFactory(
+            self.deliverer, ServerSettings(HOSTNAME, Limits(maxErrors=3, maxJunkCommands=4)), self.clock
+        )
+        smtp = SMTPDriver(self.deliverer, self.clock, factory=factory)
+        replies = smtp.replies(b"NOOP\r\nRSET\r\nVRFY x\r\nHELP\r\n" + b"NOOP\r\n" * 3)
+        self.assertEqual(replies[4:], [b"250 Ok", b"250 Ok", b"421 mx.example.com Error: too many errors"])
+        self.assertTrue(smtp.transport.disconnecting)
+
     def test_connectionLimits(self) -> None:
         """
         Past the per-client limit a client gets 421 4.7.0 at once; loopback
@@ -623,6 +671,9 @@ class BackPressureTests(ESMTPTestCase):
     """
     Neither input nor output is buffered without bound.
     """
+
+    # Tens of thousands of NOOPs, which the junk limit would otherwise end.
+    limits = Limits(maxJunkCommands=10**6)
 
     def test_clientNotReadingReplies(self) -> None:
         """
