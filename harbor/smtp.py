@@ -171,6 +171,7 @@ class _Transaction:
     @ivar messages: The message streams, once DATA or the first BDAT has
         opened them.
     @ivar chunks: The BDAT decoder, if the transaction uses BDAT.
+    @ivar overshoot: RCPTs refused for going over the recipient limit.
     @ivar failure: Why the message being received will be refused, the
         L{Reply} it will get; the rest of it is read and discarded.
     """
@@ -185,6 +186,7 @@ class _Transaction:
         self.messages: list[IMessageStream] = []
         self.chunks: ChunkDecoder | None = None
         self.failure: Reply | None = None
+        self.overshoot = 0
 
     @property
     def sender(self) -> Path:
@@ -702,10 +704,12 @@ class HarborESMTP(ESMTP):  # type: ignore[misc]
             ).encode("utf-8", "replace")
         )
 
-    def _reply(self, reply: Reply) -> None:
+    def _reply(self, reply: Reply, counted: bool = True) -> None:
         """
         Send a reply to a command, and hang up on a client that has made
         too many errors, as Postfix's hard error limit does.
+
+        @param counted: Whether a 4xx or 5xx is one of the client's errors.
         """
         self._send(reply)
         if reply.code >= 400:
@@ -717,7 +721,8 @@ class HarborESMTP(ESMTP):  # type: ignore[misc]
                 enhanced=reply.enhanced or "",
                 reason=reply.text,
             )
-            self._countError()
+            if counted:
+                self._countError()
 
     def _countError(self) -> None:
         """
@@ -1102,7 +1107,12 @@ class HarborESMTP(ESMTP):  # type: ignore[misc]
             self._reply(Reply(555, "5.5.4", "Error: unsupported RCPT parameter"))
             return
         if len(tx.recipients) >= self._limits.maxRecipients:
-            self._reply(Reply(452, "4.5.3", "Error: too many recipients"))
+            # A pipelining client may send many more before it reads this:
+            # as many again are not its errors (Postfix's
+            # smtpd_recipient_overshoot_limit), or it would be hung up on
+            # with the recipients it already has.
+            tx.overshoot += 1
+            self._reply(Reply(452, "4.5.3", "Error: too many recipients"), tx.overshoot > self._limits.maxRecipients)
             return
         try:
             path = parsePath(rawPath, utf8=self.session.utf8)

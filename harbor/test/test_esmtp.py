@@ -456,6 +456,20 @@ class LimitTests(ESMTPTestCase):
         self.assertEqual(replies[1:101], [b"250 2.1.5 Ok"] * 100)
         self.assertEqual(replies[101], b"452 4.5.3 Error: too many recipients")
 
+    def test_recipientOvershoot(self) -> None:
+        """
+        As many RCPTs again past the limit are refused without counting as
+        errors (a pipelining client keeps its transaction); beyond those,
+        each is an error.
+        """
+        replies = self.smtp.replies(
+            b"MAIL FROM:<s@x.org>\r\n" + b"".join(b"RCPT TO:<r%d@example.com>\r\n" % i for i in range(200))
+        )
+        self.assertEqual(replies[101:], [b"452 4.5.3 Error: too many recipients"] * 100)
+        self.assertFalse(self.smtp.transport.disconnecting)
+        replies = self.smtp.replies(b"RCPT TO:<x@example.com>\r\n" * 3)
+        self.assertEqual(replies[-1], b"421 4.7.0 mx.example.com Error: too many errors")
+
     def test_commandLineLength(self) -> None:
         """
         A command over 512 octets gets 500 5.5.2; MAIL may be longer by what
