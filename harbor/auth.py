@@ -29,7 +29,7 @@ from twisted.internet.defer import Deferred, maybeDeferred
 
 from attrs import frozen
 
-from harbor.policy import USER_NAME
+from harbor.policy import USER_NAME, clientGroup
 
 _SCRYPT_N = 2**14
 _SCRYPT_R = 8
@@ -287,7 +287,8 @@ class Throttle:
 
 class FailureTracker:
     """
-    Counts authentication failures per client address.
+    Counts authentication failures per client address, an IPv6 client's
+    per network (L{harbor.policy.clientGroup}).
     """
 
     def __init__(self, throttle: Throttle, seconds: Callable[[], float]) -> None:
@@ -303,16 +304,18 @@ class FailureTracker:
         """
         now = self._seconds()
         self._expire(now)
-        count = self._failures.get(client, (0, now))[0] + 1
-        self._failures[client] = (count, now)
+        group = clientGroup(client)
+        count = self._failures.get(group, (0, now))[0] + 1
+        self._failures[group] = (count, now)
         delays = self._throttle.delays
         return delays[min(count, len(delays)) - 1]
 
     def succeeded(self, client: str) -> None:
         """
-        Forget the failures of an address that has logged in.
+        Forget the failures of an address (and its network, see
+        L{harbor.policy.clientGroup}) that has logged in.
         """
-        self._failures.pop(client, None)
+        self._failures.pop(clientGroup(client), None)
 
     def _expire(self, now: float) -> None:
         if len(self._failures) > 10000 or any(

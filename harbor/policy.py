@@ -346,6 +346,29 @@ def inNetworks(client: str, networks: Iterable[IPNetwork]) -> bool:
     return any(address in network or (mapped is not None and mapped in network) for network in networks)
 
 
+# How much of an IPv6 client address per-client limits look at: Postfix
+# 3.8's smtpd_client_ipv6_prefix_length, since one host may hold a /64.
+IPV6_CLIENT_PREFIX = 84
+
+
+def clientGroup(client: str) -> str:
+    """
+    What per-client limits count C{client} under: its IPv4 address (also
+    when it reaches a dual-stack listener as C{::ffff:a.b.c.d}), or its
+    IPv6 network of L{IPV6_CLIENT_PREFIX} bits, so that a client cannot
+    dodge a limit by moving through the addresses its network gives it.
+    """
+    try:
+        address = ipaddress.ip_address(client)
+    except ValueError:
+        return client
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.ip_network(f"{address}/{IPV6_CLIENT_PREFIX}", strict=False))
+    return client
+
+
 class ConnectionCounter:
     """
     Counts open connections in all and per client address, to refuse the
@@ -381,11 +404,12 @@ class ConnectionCounter:
         """
         if self._total >= self._max:
             return "too many connections"
-        count = self._perClient.get(client, 0)
+        group = clientGroup(client)
+        count = self._perClient.get(group, 0)
         if count >= self._maxPerClient and not self._exempt(client):
             return "too many connections from your address"
         self._total += 1
-        self._perClient[client] = count + 1
+        self._perClient[group] = count + 1
         return None
 
     def release(self, client: str) -> None:
@@ -393,9 +417,10 @@ class ConnectionCounter:
         Forget an admitted connection that has closed.
         """
         self._total -= 1
-        count = self._perClient.pop(client, 1) - 1
+        group = clientGroup(client)
+        count = self._perClient.pop(group, 1) - 1
         if count:
-            self._perClient[client] = count
+            self._perClient[group] = count
 
     def _exempt(self, client: str) -> bool:
         return inNetworks(client, self._exceptions)

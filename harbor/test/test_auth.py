@@ -187,6 +187,16 @@ class ThrottleTests(SynchronousTestCase):
         clock.advance(61)
         self.assertEqual(tracker.failed("a"), 0)
 
+    def test_networkThrottled(self) -> None:
+        """
+        An IPv6 client moving through the addresses of its network is
+        throttled as one address.
+        """
+        tracker = FailureTracker(Throttle(delays=(0, 1, 4)), Clock().seconds)
+        self.assertEqual([tracker.failed(f"2001:db8::{n}") for n in range(1, 5)], [0, 1, 4, 4])
+        tracker.succeeded("2001:db8::9")
+        self.assertEqual(tracker.failed("2001:db8::1"), 0)
+
 
 class TextOrBytesTests(SynchronousTestCase):
     """

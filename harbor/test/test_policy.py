@@ -15,6 +15,7 @@ from harbor.policy import (
     Reject,
     asciiDomain,
     canonicalLocalPart,
+    clientGroup,
     parsePath,
 )
 
@@ -296,6 +297,26 @@ class ConnectionCounterTests(SynchronousTestCase):
         self.assertEqual(counter.admit("192.0.2.2"), "too many connections")
         counter.release("192.0.2.1")
         self.assertIsNone(counter.admit("192.0.2.1"))
+
+    def test_clientsGrouped(self) -> None:
+        """
+        IPv6 clients in one /84 share the per-client limit (rotating
+        through a /64 does not dodge it), one in another /84 does not; an
+        IPv4 client counts as itself whether it comes as C{a.b.c.d} or as
+        C{::ffff:a.b.c.d}; releasing frees the group's slot.
+        """
+        counter = ConnectionCounter(100, 1)
+        self.assertIsNone(counter.admit("2001:db8::1"))
+        self.assertEqual(counter.admit("2001:db8::ffff:2"), "too many connections from your address")
+        self.assertIsNone(counter.admit("2001:db8:0:0:1000::1"))
+        self.assertIsNone(counter.admit("192.0.2.1"))
+        self.assertEqual(counter.admit("::ffff:192.0.2.1"), "too many connections from your address")
+        counter.release("2001:db8::1")
+        self.assertIsNone(counter.admit("2001:db8::7"))
+        self.assertEqual(
+            [clientGroup(c) for c in ("192.0.2.1", "::ffff:192.0.2.1", "2001:db8::1", "unknown")],
+            ["192.0.2.1", "192.0.2.1", "2001:db8::/84", "unknown"],
+        )
 
     def test_nonIPClient(self) -> None:
         """
