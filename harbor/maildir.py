@@ -200,6 +200,12 @@ class IFileSystem(Interface):
             cover them all (then each file is fsynced).
         """
 
+    def copyInto(source: str, offset: int, length: int, destination: MessageFile) -> None:
+        """
+        Append C{length} bytes of the file C{source}, from C{offset}, to
+        C{destination}.
+        """
+
     def rename(source: str, destination: str) -> None:
         """
         Atomically rename C{source} to C{destination}.
@@ -287,6 +293,23 @@ class _DescriptorFile:
         fd, self._fd = self._fd, None
         if fd is not None:
             os.close(fd)
+
+
+def _copyByReading(fd: int, offset: int, length: int, destination: MessageFile) -> int:
+    """
+    Copy C{length} bytes from C{fd} at C{offset} to C{destination} in
+    pieces, where C{copy_file_range(2)} does not work.
+
+    @return: how many bytes were copied.
+    """
+    copied = 0
+    while copied < length:
+        piece = os.pread(fd, min(length - copied, 1 << 20), offset + copied)
+        if not piece:
+            break
+        destination.write(piece)
+        copied += len(piece)
+    return copied
 
 
 def _kernelReportsSyncfsErrors(system: str, release: str) -> bool:
@@ -429,6 +452,28 @@ class RealFileSystem:
     def create(self, path: str) -> MessageFile:
         return _DescriptorFile(os.open(path, _CREATE_FLAGS, 0o600))
 
+    def copyInto(self, source: str, offset: int, length: int, destination: MessageFile) -> None:
+        """
+        In the kernel where it can (C{copy_file_range(2)}), through a
+        buffer where it cannot.
+        """
+        fd = os.open(source, os.O_RDONLY)
+        try:
+            target = destination.fileno()
+            while length > 0:
+                try:
+                    done = os.copy_file_range(fd, target, min(length, 1 << 30), offset)
+                except OSError as e:
+                    if e.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+                        raise
+                    done = _copyByReading(fd, offset, length, destination)
+                if done == 0:
+                    raise OSError(errno.EIO, "the message file is shorter than written", source)
+                offset += done
+                length -= done
+        finally:
+            os.close(fd)
+
     def fsync(self, f: MessageFile) -> None:
         f.flush()
         os.fsync(f.fileno())
@@ -518,10 +563,12 @@ class PendingDelivery:
     A small message is kept in memory: one buffer of the body, shared by
     all copies (each copy is its own header block plus that body), so
     receiving it costs the caller's thread no system call at all.  Only
-    when the body grows past C{threshold} bytes are the files created in
-    C{tmp/}, on the caller's thread, and everything from then on is
-    appended to them as it arrives: the memory a delivery holds is bounded
-    by the threshold, whatever the size of the message.  A message that
+    when the body grows past C{threshold} bytes is the first copy's file
+    created in C{tmp/}, on the caller's thread, and everything from then
+    on is appended to it as it arrives: the memory a delivery holds is
+    bounded by the threshold, whatever the size of the message, and one
+    file is written however many copies there are (the others are made
+    from it by the commit, in its thread).  A message that
     ends in memory is written out by L{commit}, in the thread that runs it.
 
     After a failure the delivery is spoiled: later writes are ignored and
@@ -561,8 +608,10 @@ class PendingDelivery:
 
     def write(self, data: bytes) -> None:
         """
-        Append C{data} to every copy: to the shared buffer while the body
-        is small, to the files in C{tmp/} once it is not.
+        Append C{data} to the message: to the shared buffer while the body
+        is small, to the first copy's file in C{tmp/} once it is not (the
+        other copies are made from it when the message is committed, in
+        the committing thread).
 
         A failing write (a full disk, say) is remembered, not raised: the
         SMTP client is still sending and must be answered only at the end.
@@ -577,20 +626,26 @@ class PendingDelivery:
                 self._buffer = None
                 self._spill(buffer)
             return
+        if not self._copies:
+            return
         try:
-            for copy in self._copies:
-                copy.file.write(data)  # type: ignore[union-attr]
+            self._copies[0].file.write(data)  # type: ignore[union-attr]
         except OSError as e:
             self._fail(StorageError.fromOSError("writing the message", e))
 
     def _spill(self, body: bytes | bytearray) -> None:
         """
-        Create every copy's file in C{tmp/} with what has arrived so far.
+        Create the first copy's file in C{tmp/} with what has arrived so
+        far.  Only one file is written while the message arrives, on the
+        caller's thread, however many recipients it has: a message for a
+        thousand of them costs the reactor no more writes, and no more
+        open files, than one for a single recipient.
         """
+        if not self._copies:
+            return
         try:
             self._ensureMaildirs()
-            for copy in self._copies:
-                self._createFile(copy, body)
+            self._createFile(self._copies[0], body)
         except StorageError as e:
             self._fail(e)
 
@@ -656,12 +711,18 @@ class PendingDelivery:
             raise StorageError("the delivery is already over")
         body = self._buffer
         self._buffer = None
+        first = self._copies[0] if self._copies else None
         try:
             if body is not None:
                 self._ensureMaildirs()
             for copy in self._copies:
                 if body is not None:
                     self._createFile(copy, body)
+                elif first is not None and copy is not first:
+                    # A spilled message's body is in the first copy's file,
+                    # after that copy's own header.
+                    self._createFile(copy, b"")
+                    self._fs.copyInto(first.temporaryPath, len(first.header), self._bodySize, copy.file)
                 assert copy.file is not None
                 if group is None or body is None or not group.covers(os.path.dirname(copy.temporaryPath)):
                     self._fs.fsync(copy.file)

@@ -157,6 +157,34 @@ class SMTPLibTests(TestCase):
         ids = {key.split(",")[0] for key in files}
         self.assertEqual(len(ids), 3)
 
+    async def test_largeMessageSeveralRecipients(self) -> None:
+        """
+        A message too large to keep in memory, for three recipients, is
+        stored whole for each, each copy with its own trace headers (the
+        first copy's file is streamed, the others are made from it at the
+        end), and read back with the mailbox module.
+        """
+        server = await startServer(self)
+        recipients = ["alice@example.com", "bob@example.com", "carol@example.com"]
+        message = b"Subject: big and shared\r\n\r\n" + b"".join(b"line %07d\r\n" % i for i in range(40000))
+
+        def send() -> tuple[int, bytes]:
+            with server.connect() as s:
+                s.ehlo()
+                s.mail(SENDER)
+                for r in recipients:
+                    self.assertEqual(s.rcpt(r)[0], 250)
+                return s.data(message)
+
+        code, reply = await inThread(send)
+        self.assertEqual(code, 250, reply)
+        copies = list(server.maildir())
+        self.assertEqual(sorted(m["Delivered-To"] for m in copies), recipients)
+        for copy in copies:
+            self.assertEqual(copy["Subject"], "big and shared")
+            self.assertEqual(copy.get_payload(decode=True), stored(message).split(b"\n\n", 1)[1])
+        self.assertEqual(server.listing("tmp"), [])
+
     async def test_recipientsInTwoDomains(self) -> None:
         """
         One message to recipients in two served domains is stored once in

@@ -130,6 +130,10 @@ class RecordingFileSystem:
         self._record("groupSync", ",".join(dict.fromkeys(directories)))
         return _RecordingGroup(self, list(dict.fromkeys(directories)))
 
+    def copyInto(self, source: str, offset: int, length: int, destination: Any) -> None:
+        self._record("copyInto", getattr(destination, "path", ""))
+        self._real.copyInto(source, offset, length, destination)
+
     def rename(self, source: str, destination: str) -> None:
         self._record("rename", destination)
         self._real.rename(source, destination)

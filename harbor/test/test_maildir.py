@@ -176,9 +176,10 @@ class StoreTests(StoreFixture, SynchronousTestCase):
 
     def test_largeMessageSpillsToTmp(self) -> None:
         """
-        When the body grows past the threshold, every copy's file is created
-        in tmp/ with its own header and the body so far; later data streams
-        into them, and commit moves them into new/.
+        When the body grows past the threshold, the first copy's file is
+        created in tmp/ with its header and the body so far, and later data
+        streams into it alone; commit makes the other copies from it, each
+        with its own header, and moves them all into new/.
         """
         pending = self.store.begin(
             [("example.com", lambda id: b"A: " + id.encode() + b"\n"), ("example.com", lambda id: b"B: 2\n")]
@@ -186,11 +187,11 @@ class StoreTests(StoreFixture, SynchronousTestCase):
         pending.write(b"x" * MEMORY_THRESHOLD)
         self.assertEqual(self.listing("tmp"), [])
         pending.write(b"y")
-        self.assertEqual(self.callNames(), ["create", "create"])
-        self.assertEqual(len(self.listing("tmp")), 2)
+        self.assertEqual(self.callNames(), ["create"])
+        self.assertEqual(len(self.listing("tmp")), 1)
         for i in range(64):
             pending.write(b"z" * 4096)
-        self.assertEqual(self.callNames(), ["create", "create"])
+        self.assertEqual(self.callNames(), ["create"])
         stored = pending.commit()
         self.assertEqual(self.listing("tmp"), [])
         body = b"x" * MEMORY_THRESHOLD + b"y" + b"z" * 4096 * 64
@@ -251,17 +252,18 @@ class StoreTests(StoreFixture, SynchronousTestCase):
 
     def test_durabilityOrderLarge(self) -> None:
         """
-        For a message spilled to tmp/, commit fsyncs every copy before any
-        is renamed into new/, and fsyncs new/ after the renames.
+        For a message spilled to tmp/, commit fsyncs the first copy, makes
+        and fsyncs each other copy from it, before any is renamed into
+        new/, and fsyncs new/ after the renames.
         """
         pending = self.store.begin([("example.com", lambda id: b""), ("example.com", lambda id: b"")])
         pending.write(b"x" * (MEMORY_THRESHOLD + 1))
-        self.assertEqual(self.callNames(), ["create", "create"])
+        self.assertEqual(self.callNames(), ["create"])
         self.fs.calls.clear()
         stored = pending.commit()
         self.assertEqual(
             self.callNames(),
-            ["fsync", "fsync", "rename", "rename", "syncDirectory"],
+            ["fsync", "create", "copyInto", "fsync", "rename", "rename", "syncDirectory"],
         )
         self.assertEqual(self.fs.calls[-1][1], os.path.join(self.maildir, "new"))
         self.assertEqual(len(stored), 2)
@@ -306,7 +308,7 @@ class StoreTests(StoreFixture, SynchronousTestCase):
         """
         pending = self.store.begin([("example.com", lambda id: b"a"), ("example.com", lambda id: b"b")])
         pending.write(b"x" * (MEMORY_THRESHOLD + 1))
-        self.assertEqual(len(self.listing("tmp")), 2)
+        self.assertEqual(len(self.listing("tmp")), 1)
         pending.abort()
         pending.abort()
         self.assertNothingLeft()
@@ -375,7 +377,7 @@ class StoreTests(StoreFixture, SynchronousTestCase):
         spoils the delivery: later writes are ignored, commit raises and
         nothing is left.
         """
-        pending = self.store.begin([("example.com", lambda id: b""), ("gone.example", lambda id: b"")])
+        pending = self.store.begin([("gone.example", lambda id: b""), ("example.com", lambda id: b"")])
         pending.write(b"x" * (MEMORY_THRESHOLD + 1))
         self.assertIsNotNone(pending.failure)
         self.assertNothingLeft()
@@ -383,16 +385,39 @@ class StoreTests(StoreFixture, SynchronousTestCase):
         self.assertRaises(StorageError, pending.commit)
         self.assertNothingLeft()
 
+    def test_missingMaildirOfALaterCopy(self) -> None:
+        """
+        A later copy's Maildir that has disappeared is found when that copy
+        is made, at commit: commit raises and nothing is left, not even
+        the first copy's file.
+        """
+        pending = self.store.begin([("example.com", lambda id: b""), ("gone.example", lambda id: b"")])
+        pending.write(b"x" * (MEMORY_THRESHOLD + 1))
+        self.assertRaises(StorageError, pending.commit)
+        self.assertNothingLeft()
+
     def test_createFailureAtSpill(self) -> None:
         """
-        A full disk when the files are created at the spill is remembered,
-        marked noSpace, and leaves nothing.
+        A full disk when the first file is created at the spill, or another
+        copy at commit, is remembered, marked noSpace, and leaves nothing.
         """
-        pending = self.store.begin([("example.com", lambda id: b""), ("example.com", lambda id: b"")])
-        self.failNth("create", 2, errno.ENOSPC)
+        for nth in (1, 2):
+            self.fs.calls.clear()
+            pending = self.store.begin([("example.com", lambda id: b""), ("example.com", lambda id: b"")])
+            self.failNth("create", nth, errno.ENOSPC)
+            pending.write(b"x" * (MEMORY_THRESHOLD + 1))
+            error = self.assertRaises(StorageError, pending.commit)
+            self.assertTrue(error.noSpace)
+            self.assertNothingLeft()
+
+    def test_copyFailureAtCommit(self) -> None:
+        """
+        A full disk while a spilled message's body is copied into another
+        recipient's file fails the delivery with noSpace; nothing is left.
+        """
+        pending = self.store.begin([("example.com", lambda id: b"a"), ("example.com", lambda id: b"b")])
         pending.write(b"x" * (MEMORY_THRESHOLD + 1))
-        self.assertTrue(pending.failure is not None and pending.failure.noSpace)
-        self.assertNothingLeft()
+        self.fs.failOn = "copyInto"
         error = self.assertRaises(StorageError, pending.commit)
         self.assertTrue(error.noSpace)
         self.assertNothingLeft()
