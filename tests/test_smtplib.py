@@ -48,11 +48,22 @@ def sendToAlice(server: RunningServer) -> tuple[int, bytes]:
     Send MESSAGE to alice@example.com with smtplib, EHLO first; the reply
     to the end of the data.  Blocking: call it in a thread.
     """
+    return sendTo(server, ["alice@example.com"], MESSAGE)
+
+
+def sendTo(server: RunningServer, recipients: list[str], message: bytes) -> tuple[int, bytes]:
+    """
+    Send C{message} to C{recipients} with smtplib, EHLO first, each
+    recipient accepted; the reply to the end of the data.  Blocking.
+    """
     with server.connect() as s:
         s.ehlo()
         s.mail(SENDER)
-        s.rcpt("alice@example.com")
-        return s.data(MESSAGE)  # type: ignore[no-any-return]
+        for recipient in recipients:
+            code, reply = s.rcpt(recipient)
+            if code != 250:
+                raise AssertionError(f"RCPT {recipient}: {code} {reply!r}")
+        return s.data(message)  # type: ignore[no-any-return]
 
 class SMTPLibTests(TestCase):
     """
@@ -134,16 +145,7 @@ class SMTPLibTests(TestCase):
         """
         server = await startServer(self)
         recipients = ["alice@example.com", "bob@example.com", "carol@example.com"]
-
-        def send() -> tuple[int, bytes]:
-            with server.connect() as s:
-                s.ehlo()
-                s.mail(SENDER)
-                for r in recipients:
-                    self.assertEqual(s.rcpt(r)[0], 250)
-                return s.data(MESSAGE)
-
-        code, reply = await inThread(send)
+        code, reply = await inThread(sendTo, server, recipients, MESSAGE)
         self.assertEqual(code, 250)
         match = re.fullmatch(rb"2\.0\.0 Ok: stored as (\S+) \(\+2 more copies\)", reply)
         self.assertIsNotNone(match, reply)
@@ -167,16 +169,7 @@ class SMTPLibTests(TestCase):
         server = await startServer(self)
         recipients = ["alice@example.com", "bob@example.com", "carol@example.com"]
         message = b"Subject: big and shared\r\n\r\n" + b"".join(b"line %07d\r\n" % i for i in range(40000))
-
-        def send() -> tuple[int, bytes]:
-            with server.connect() as s:
-                s.ehlo()
-                s.mail(SENDER)
-                for r in recipients:
-                    self.assertEqual(s.rcpt(r)[0], 250)
-                return s.data(message)
-
-        code, reply = await inThread(send)
+        code, reply = await inThread(sendTo, server, recipients, message)
         self.assertEqual(code, 250, reply)
         copies = list(server.maildir())
         self.assertEqual(sorted(m["Delivered-To"] for m in copies), recipients)
