@@ -741,9 +741,12 @@ class HarborMessage:
                 return hooks.record(self._events(stored))  # type: ignore[no-any-return]
             except Exception as e:
                 action = "recording the message for its hooks"
-                failure = (
-                    StorageError.fromOSError(action, e) if isinstance(e, OSError) else StorageError(f"{action}: {e}")
-                )
+                if isinstance(e, StorageError):
+                    failure = e
+                elif isinstance(e, OSError):
+                    failure = StorageError.fromOSError(action, e)
+                else:
+                    failure = StorageError(f"{action}: {e}")
                 raise self._pending.retract(stored, failure) from e
 
         def stored(result: tuple[list[StoredMessage], list[Any]]) -> list[StoredMessage]:

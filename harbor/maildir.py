@@ -460,15 +460,23 @@ class RealFileSystem:
         fd = os.open(source, os.O_RDONLY)
         try:
             target = destination.fileno()
+            # Not on every platform; and a file system may refuse it, or
+            # copy nothing, where reading still works.
+            kernel = getattr(os, "copy_file_range", None)
             while length > 0:
-                try:
-                    done = os.copy_file_range(fd, target, min(length, 1 << 30), offset)
-                except OSError as e:
-                    if e.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
-                        raise
+                done = 0
+                if kernel is not None:
+                    try:
+                        done = kernel(fd, target, min(length, 1 << 30), offset)
+                    except OSError as e:
+                        if e.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+                            raise
+                    if done == 0:
+                        kernel = None
+                if kernel is None:
                     done = _copyByReading(fd, offset, length, destination)
-                if done == 0:
-                    raise OSError(errno.EIO, "the message file is shorter than written", source)
+                    if done < length:
+                        raise OSError(errno.EIO, "the message file is shorter than written", source)
                 offset += done
                 length -= done
         finally:

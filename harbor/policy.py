@@ -385,6 +385,9 @@ class ConnectionCounter:
         self.setLimits(maxConnections, maxPerClient, exceptions)
         self._total = 0
         self._perClient: dict[str, int] = {}
+        # Exempt clients' connections, by exact address: they count towards
+        # the total only, not against their neighbours' group.
+        self._exempt: dict[str, int] = {}
 
     def setLimits(self, maxConnections: int, maxPerClient: int, exceptions: Iterable[str] = ()) -> None:
         """
@@ -404,9 +407,13 @@ class ConnectionCounter:
         """
         if self._total >= self._max:
             return "too many connections"
+        if inNetworks(client, self._exceptions):
+            self._total += 1
+            self._exempt[client] = self._exempt.get(client, 0) + 1
+            return None
         group = clientGroup(client)
         count = self._perClient.get(group, 0)
-        if count >= self._maxPerClient and not self._exempt(client):
+        if count >= self._maxPerClient:
             return "too many connections from your address"
         self._total += 1
         self._perClient[group] = count + 1
@@ -414,13 +421,16 @@ class ConnectionCounter:
 
     def release(self, client: str) -> None:
         """
-        Forget an admitted connection that has closed.
+        Forget an admitted connection that has closed (as it was counted,
+        whatever a reload has since made of the exemptions).
         """
         self._total -= 1
+        exempt = self._exempt.pop(client, 0)
+        if exempt:
+            if exempt > 1:
+                self._exempt[client] = exempt - 1
+            return
         group = clientGroup(client)
         count = self._perClient.pop(group, 1) - 1
         if count:
             self._perClient[group] = count
-
-    def _exempt(self, client: str) -> bool:
-        return inNetworks(client, self._exceptions)

@@ -410,6 +410,37 @@ class StoreTests(StoreFixture, SynchronousTestCase):
             self.assertTrue(error.noSpace)
             self.assertNothingLeft()
 
+    def test_copyWithoutKernelHelp(self) -> None:
+        """
+        Where copy_file_range is missing, refused, or copies nothing, the
+        other copies of a spilled message are made by reading and writing,
+        byte for byte the same.
+        """
+        real = getattr(os, "copy_file_range", None)
+
+        def refused(*args: object) -> int:
+            raise OSError(errno.EXDEV, "cross-device")
+
+        for variant in ("missing", refused, lambda *args: 0):
+            if variant == "missing":
+                if real is not None:
+                    del os.copy_file_range
+            else:
+                os.copy_file_range = variant  # type: ignore[assignment]
+            try:
+                pending = self.store.begin([("example.com", lambda id: b"A: 1\n"), ("example.com", lambda id: b"B\n")])
+                body = bytes(range(256)) * (MEMORY_THRESHOLD // 256 + 3)
+                pending.write(body)
+                stored = pending.commit()
+            finally:
+                if real is not None:
+                    os.copy_file_range = real
+                elif hasattr(os, "copy_file_range"):
+                    del os.copy_file_range
+            for message, header in zip(stored, [b"A: 1\n", b"B\n"]):
+                with open(message.path, "rb") as f:
+                    self.assertEqual(f.read(), header + body, variant)
+
     def test_copyFailureAtCommit(self) -> None:
         """
         A full disk while a spilled message's body is copied into another

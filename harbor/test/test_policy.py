@@ -318,6 +318,24 @@ class ConnectionCounterTests(SynchronousTestCase):
             ["192.0.2.1", "192.0.2.1", "2001:db8::/84", "unknown"],
         )
 
+    def test_exemptHostDoesNotFillItsNetwork(self) -> None:
+        """
+        An exempt IPv6 host counts towards the total only, not against the
+        other hosts of its network; its connections are released as they
+        were counted even after the exemptions change.
+        """
+        counter = ConnectionCounter(100, 1, ["2001:db8::10/128"])
+        for _ in range(5):
+            self.assertIsNone(counter.admit("2001:db8::10"))
+        self.assertIsNone(counter.admit("2001:db8::11"))
+        self.assertIsNotNone(counter.admit("2001:db8::12"))
+        counter.setLimits(100, 1, [])
+        for _ in range(5):
+            counter.release("2001:db8::10")
+        counter.release("2001:db8::11")
+        self.assertIsNone(counter.admit("2001:db8::12"))
+        self.assertIsNotNone(counter.admit("2001:db8::10"))
+
     def test_nonIPClient(self) -> None:
         """
         A client without an IP address (a UNIX socket) is never exempt.

@@ -16,7 +16,7 @@ from twisted.mail.smtp import IMessage, SMTPBadRcpt
 from twisted.trial.unittest import SynchronousTestCase
 
 from harbor.config import DomainConfig, FolderRule
-from harbor.maildir import MEMORY_THRESHOLD
+from harbor.maildir import MEMORY_THRESHOLD, StorageError
 from harbor.smtp import HarborESMTP, _LineMessage
 from harbor.test._support import DeferredThreads, RecordingFileSystem, SMTPDriver, makeDeliverer
 
@@ -532,19 +532,25 @@ class LocalFailureTests(SMTPTestCase):
         crash nor the sender's retry leaves a duplicate.
         """
 
-        class FullSpool:
-            def record(self, events: Any) -> list[Any]:
-                raise OSError(errno.ENOSPC, "No space left on device")
+        for error in [
+            OSError(errno.ENOSPC, "No space left on device"),
+            StorageError("recording the message for its hooks: No space left on device", noSpace=True),
+        ]:
 
-        self.deliverer.hooks = FullSpool()
-        self.startData()
-        self.smtp.send(MESSAGE + b".\r\n")
-        self.threads.runAll()
-        self.assertEqual(self.smtp.take(), b"452 4.3.1 Error: insufficient system storage\r\n")
-        self.assertNothingStored()
-        calls = [name for name, _ in self.fs.calls]
-        after = calls[calls.index("rename") :]
-        self.assertEqual(after, ["rename", "syncDirectory", "unlink", "syncDirectory"])
+            class FullSpool:
+                def record(self, events: Any, error: Exception = error) -> list[Any]:
+                    raise error
+
+            self.deliverer.hooks = FullSpool()
+            self.fs.calls.clear()
+            self.startData()
+            self.smtp.send(MESSAGE + b".\r\n")
+            self.threads.runAll()
+            self.assertEqual(self.smtp.take(), b"452 4.3.1 Error: insufficient system storage\r\n", error)
+            self.assertNothingStored()
+            calls = [name for name, _ in self.fs.calls]
+            after = calls[calls.index("rename") :]
+            self.assertEqual(after, ["rename", "syncDirectory", "unlink", "syncDirectory"])
 
     def test_malformedHeaderWithFolderRules(self) -> None:
         """
