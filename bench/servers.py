@@ -154,9 +154,12 @@ class Server:
         except ServerError as e:
             raise ServerError(f"{self.name}: {e}\n{self.log_tail()}") from None
 
+    # The file, in the server's work directory, whose end explains a failure.
+    log_name = "server.log"
+
     def log_tail(self, lines: int = 15) -> str:
         try:
-            with open(os.path.join(self.workdir, "server.log"), "rb") as f:
+            with open(os.path.join(self.workdir, self.log_name), "rb") as f:
                 return b"".join(f.readlines()[-lines:]).decode("utf-8", "replace")
         except OSError:
             return ""
@@ -343,6 +346,8 @@ class Postfix(Server):
     ("-" = default_process_limit, 100).
     """
 
+    log_name = "maillog"
+
     name = "postfix"
     queues = True
 
@@ -419,13 +424,6 @@ class Postfix(Server):
         except ServerError as e:
             self.stop()
             raise ServerError(f"postfix: {e}\n{self.log_tail()}") from None
-
-    def log_tail(self, lines: int = 15) -> str:
-        try:
-            with open(os.path.join(self.workdir, "maillog"), "rb") as f:
-                return b"".join(f.readlines()[-lines:]).decode("utf-8", "replace")
-        except OSError:
-            return ""
 
     def root_pid(self) -> int:
         assert self.master_pid is not None

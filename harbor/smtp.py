@@ -323,7 +323,8 @@ class HarborESMTP(ESMTP):  # type: ignore[misc]
         # Whether a BDAT transaction was refused before its LAST chunk, so
         # the chunks the client had pipelined behind it are expected.
         self._afterRefusedChunk = False
-        self._chunkEcho: Reply | None = None
+        # Whether the current chunk's refusal counts as the client's error.
+        self._chunkCounted = True
         self._tx: _Transaction | None = None
         self._errors = 0
         self._errorsSinceDelivery = 0
@@ -345,13 +346,15 @@ class HarborESMTP(ESMTP):  # type: ignore[misc]
         self._producing = False
         self._admitted = False
         self.session = Session("unknown")
-        self._connectionFacts = self.session
+        # What the server found out about the client's address, for a
+        # session restarted by STARTTLS; taken only where STARTTLS can come.
+        self._connectionFacts: Session | None = None
 
     # Connection life cycle
 
     def connectionMade(self) -> None:
         peer = self.transport.getPeer()
-        self._startSession(str(getattr(peer, "host", peer)))
+        self.session = Session(str(getattr(peer, "host", peer)))
         refusal = self._connections.admit(self.session.clientAddress)
         if refusal is not None:
             self._log.info(
@@ -363,6 +366,7 @@ class HarborESMTP(ESMTP):  # type: ignore[misc]
             self._close()
             return
         self._admitted = True
+        self._startSession(self.session)
         self._registry.add(self)
         # Our replies are produced for the transport: when the client stops
         # reading them, the transport pauses us and we stop reading commands.
@@ -374,9 +378,10 @@ class HarborESMTP(ESMTP):  # type: ignore[misc]
         blocklists = self._deliverer.blocklists
         if blocklists is not None and not self.session.trusted:
             self.session.blocklist = SharedResult(blocklists.lookup(self.session.clientAddress))
-        # What the server found out about the client's address (not what
-        # the client said) outlives STARTTLS.
-        self._connectionFacts = evolve(self.session, tags=list(self.session.tags))
+        if self._canStartTLS():
+            # What the server found out about the client's address (not
+            # what the client said) outlives STARTTLS.
+            self._connectionFacts = evolve(self.session, tags=list(self.session.tags))
         wait = self._limits.pregreetWait
         if wait > 0 and not self.session.trusted:
             # Postfix postscreen's pregreet test: a real MTA waits for the
@@ -389,44 +394,41 @@ class HarborESMTP(ESMTP):  # type: ignore[misc]
         self._greeting = None
         self._send(Reply(220, None, f"{self._hostname} ESMTP MailHarbor"))
 
-    def _applyFilter(self, stage: str) -> bool:
+    def _applyFilter(self, stage: str) -> Reply | None:
         """
         Apply the first matching connect or HELO filter.
 
-        @return: whether it refused the session (after replying).
+        @return: the refusal sent, if it refused the connection or the
+            greeting.
         """
         matched = applyFirst(
             self._deliverer.filters, stage, self.session, self.session.clientAddress, self.session.helo
         )
         if matched is None or matched.action not in ("reject", "tempfail"):
-            return False
+            return None
         if stage == "connect" and matched.action == "tempfail":
-            self._send(Reply(421, matched.enhanced, f"{self._hostname} {matched.text}"))
+            refusal = Reply(421, matched.enhanced, f"{self._hostname} {matched.text}")
+            self._send(refusal)
             self._close()
-            return True
         elif stage == "connect":
             # RFC 5321 section 3.1: a 554 greeting (the one refusal code a
             # greeting may carry), then 503 to everything but QUIT.
             self._refused = True
-            self._send(Reply(554, matched.enhanced, f"{self._hostname} {matched.text}"))
-            return True
-        refusal = Reply(matched.code, matched.enhanced, matched.text)
-        if stage == "helo":
-            self._greetingRefusal = refusal
-        self._reply(refusal)
-        return True
-
-    def _startSession(self, clientAddress: str, facts: Session | None = None) -> None:
-        """
-        Start from nothing but the client's address at connection; after
-        STARTTLS, forget everything the client said (RFC 3207 section 4.2)
-        but keep C{facts}, what the connect filters and the blocklist
-        lookup found about its address.
-        """
-        if facts is None:
-            self.session = Session(clientAddress)
+            refusal = Reply(554, matched.enhanced, f"{self._hostname} {matched.text}")
+            self._send(refusal)
         else:
-            self.session = evolve(facts, tags=list(facts.tags))
+            refusal = Reply(matched.code, matched.enhanced, matched.text)
+            self._reply(refusal)
+        return refusal
+
+    def _startSession(self, session: Session) -> None:
+        """
+        Start C{session}: at connection, one that knows nothing but the
+        client's address; after STARTTLS, one that has forgotten everything
+        the client said (RFC 3207 section 4.2) but keeps what the connect
+        filters and the blocklist lookup found about its address.
+        """
+        self.session = session
         self.deliveryFactory = self._deliverer.factoryFor(self.session)
         self._helo = (None, self.session.clientAddress.encode("ascii", "replace"))
         self._auth = None
@@ -754,15 +756,13 @@ class HarborESMTP(ESMTP):  # type: ignore[misc]
         """
         self._reply(_errorReply(error, default))
 
-    def _failureReply(self, failure: Reply | Failure) -> Reply:
+    def _failureReply(self, failure: Failure) -> Reply:
         """
         The answer to a message that could not be stored, logged: a local
         storage problem is temporary (452 for a full disk, otherwise 451)
         so the sender retries; an SMTP error keeps its own code; anything
         else is a bug, logged, and also answered 451 so no mail is lost.
         """
-        if isinstance(failure, Reply):
-            return failure
         if failure.check(StorageError):
             self._log.error("Storage failure: {error}", error=failure.getErrorMessage())
             return NO_SPACE if failure.value.noSpace else LOCAL_ERROR
@@ -771,7 +771,7 @@ class HarborESMTP(ESMTP):  # type: ignore[misc]
         self._log.failure("Delivery failed", failure)
         return LOCAL_ERROR
 
-    def _replyToFailure(self, failure: Reply | Failure) -> None:
+    def _replyToFailure(self, failure: Failure) -> None:
         self._reply(self._failureReply(failure))
 
     # Greeting and simple commands
@@ -788,16 +788,21 @@ class HarborESMTP(ESMTP):  # type: ignore[misc]
         if not name or not _HELO.match(name):
             self._reply(Reply(501, "5.5.4", f"Syntax: {verb} hostname"))
             return
-        self._endTransaction("abandoned: new greeting")
+        previous = (self.session.helo, self.session.esmtp)
+        # The filter looks at this name; its refusal answers this command.
         self.session.helo = name.decode("utf-8", "replace")
         self.session.esmtp = esmtp
-        if self._applyFilter("helo"):
-            # Not greeted; and, unlike a client that never greeted, refused
-            # again at MAIL until a greeting passes, or ignoring the refusal
-            # would be enough to get past the filter.
-            self.session.helo = None
-            self.session.esmtp = False
+        refusal = self._applyFilter("helo")
+        if refusal is not None:
+            # RFC 5321 section 4.1.4: a refused greeting leaves the session
+            # as it was.  A client not yet greeted is refused again at MAIL
+            # until a greeting passes, or ignoring the refusal would be
+            # enough to get past the filter.
+            self.session.helo, self.session.esmtp = previous
+            if previous[0] is None:
+                self._greetingRefusal = refusal
             return
+        self._endTransaction("abandoned: new greeting")
         self._greetingRefusal = None
         self._helo = (name, self.session.clientAddress.encode("ascii", "replace"))
         lines = [self._hostname] + (self.esmtpExtensions() if esmtp else [])
@@ -886,7 +891,9 @@ class HarborESMTP(ESMTP):  # type: ignore[misc]
             )
         self._send(Reply(220, "2.0.0", "Ready to start TLS"))
         self._endTransaction("abandoned: STARTTLS")
-        self._startSession(self.session.clientAddress, self._connectionFacts)
+        # Taken at connection, since STARTTLS could come; it comes once.
+        assert self._connectionFacts is not None
+        self._startSession(self._connectionFacts)
         self.transport.startTLS(self._settings.tls)
 
     def smtp_AUTH(self, argument: bytes) -> None:
@@ -1175,12 +1182,10 @@ class HarborESMTP(ESMTP):  # type: ignore[misc]
             return
         tx = self._tx
         problem = self._checkReadyForMessage(tx)
-        if tx is None and self._afterRefusedChunk:
-            # RFC 3030: chunks the client had already pipelined behind a
-            # refused one are read and thrown away.  They are answered as
-            # out of sequence, but are not the client's errors: they do not
-            # count towards the error limit that would hang up on it.
-            self._chunkEcho, problem = problem, None
+        # RFC 3030: chunks the client had already pipelined behind a refused
+        # one are read and thrown away.  They are answered as out of
+        # sequence, but are junk rather than the client's errors.
+        self._chunkCounted = not (tx is None and self._afterRefusedChunk)
         if problem is None and tx is not None and tx.chunks is None:
             tx.chunks = ChunkDecoder(self._limits.bareNewline == "reject")
             if not self._openMessages(tx, answer=False):
@@ -1268,7 +1273,7 @@ class HarborESMTP(ESMTP):  # type: ignore[misc]
         limit = self._limits.maxMessageSize
         if limit and tx.size > limit:
             tx.failure = SIZE_EXCEEDED
-        elif bareNewline and self._limits.bareNewline == "reject":
+        elif bareNewline:
             tx.failure = BARE_NEWLINE
         elif body:
             try:
@@ -1281,14 +1286,12 @@ class HarborESMTP(ESMTP):  # type: ignore[misc]
 
     def _endOfChunk(self, tx: _Transaction | None) -> None:
         problem, self._chunkProblem = self._chunkProblem, None
-        echo, self._chunkEcho = self._chunkEcho, None
-        if echo is not None:
-            self._send(echo)
-            self._afterRefusedChunk = not self._chunkLast
-            self._countJunk()
-        elif problem is not None:
-            self._reply(problem)
-            if tx is not None and tx.chunks is not None:
+        if problem is not None:
+            self._reply(problem, self._chunkCounted)
+            if not self._chunkCounted:
+                self._countJunk()
+                self._afterRefusedChunk = not self._chunkLast
+            elif tx is not None and tx.chunks is not None:
                 self._endTransaction(f"failed: {problem.code} {problem.text}")
                 self._afterRefusedChunk = not self._chunkLast
         elif tx is None:

@@ -346,6 +346,25 @@ class ProtocolFilterTests(SynchronousTestCase):
             ],
         )
 
+    def test_refusedSecondGreetingKeepsTheFirst(self) -> None:
+        """
+        A greeting refused after one that passed leaves the session as it
+        was (RFC 5321 section 4.1.4): the transaction, the first name and
+        the enhanced status codes stay, and mail goes on.
+        """
+        smtp = self.connect()
+        self.assertEqual(
+            smtp.replies(b"EHLO good.example\r\nMAIL FROM:<s@x.org>\r\nEHLO mx.bad.example\r\n")[-2:],
+            [b"250 2.1.0 Ok", b"550 5.7.1 Bad HELO"],
+        )
+        self.assertEqual(
+            smtp.replies(b"RCPT TO:<a@example.com>\r\nDATA\r\nHi\r\n.\r\n")[:2],
+            [b"250 2.1.5 Ok", b"354 End data with <CR><LF>.<CR><LF>"],
+        )
+        [stored] = self.files()
+        with open(os.path.join(self.root, "example.com", "new", stored), "rb") as f:
+            self.assertIn(b"Received: from good.example", f.read())
+
     def test_heloTempfailStaysTemporary(self) -> None:
         """
         After a greeting a tempfail filter refused, MAIL gets that 4xx
