@@ -39,7 +39,7 @@ from typing import IO, Any, BinaryIO
 import attrs
 from attrs import frozen
 
-from harbor.config import DEFAULT_MAILDIR, ConfigError, loadFile, normaliseDomain
+from harbor.config import DEFAULT_MAILDIR, RESCAN_INTERVAL, ConfigError, loadFile, normaliseDomain
 from harbor.mailstore import (
     MailboxStats,
     MessageDetails,
@@ -296,7 +296,6 @@ def buildParser() -> argparse.ArgumentParser:
     password.add_argument("user", metavar="USER", help="the user name")
     password.set_defaults(command=_passwdCommand)
 
-    from harbor.hooks import RESCAN_INTERVAL
 
     hooks = commands.add_parser(
         "hooks",
@@ -888,7 +887,6 @@ def _hooksCommand(arguments: argparse.Namespace, out: IO[str], err: IO[str], now
 
 
 def _retryJobs(spool: Any, arguments: argparse.Namespace, now: float, out: IO[str], err: IO[str]) -> int:
-    from harbor.hooks import RESCAN_INTERVAL
 
     jobIDs = [job.id for job in spool.deadJobs()] if arguments.all else arguments.jobs
     revived = []

@@ -102,6 +102,11 @@ class Limits:
     maxJunkCommands: int = 100
 
 
+# Seconds between a running server's looks at its hook spool for jobs put
+# back by `mailharbor hooks retry` (the command and the server share it).
+RESCAN_INTERVAL = 30.0
+
+
 # TOML key -> (Limits field, smallest allowed value, kind)
 _LIMIT_KEYS: dict[str, tuple[str, float, type]] = {
     "max_message_size": ("maxMessageSize", 0, int),

@@ -302,7 +302,6 @@ class Deliverer:
         filters: Sequence[Filter] = (),
         blocklists: Blocklists | None = None,
         hooks: Any = None,
-        callLater: Callable[..., object] | None = None,
         policyHook: PolicyHook | None = None,
         groupCommit: bool = True,
     ) -> None:
@@ -318,8 +317,6 @@ class Deliverer:
         @param blocklists: The DNS blocklists to check clients against.
         @param hooks: The L{harbor.hooks.HookRunner} told of each stored
             copy, or L{None}.
-        @param callLater: Schedules the hooks after the reply (the
-            reactor's C{callLater}).
         @param policyHook: The user's policy hook, asked at RCPT and before
             the 250, or L{None}.
         """
@@ -331,7 +328,6 @@ class Deliverer:
         self.filters = tuple(filters)
         self.blocklists = blocklists
         self.hooks = hooks
-        self.callLater = callLater
         self.policyHook = policyHook
         self.commits = CommitQueue(runInThread, store.commitMany, groupCommit)
         self._date: tuple[int, str] = (-1, "")
@@ -381,6 +377,8 @@ class HarborDelivery:
         self._deliverer = deliverer
         self._session = session
         self.sender: Path | None = None
+        # The sender in the forms filters match (see L{_filter}).
+        self._senderForms: tuple[str, ...] = ()
         self.recipients: list[Recipient] = []
         # The recipients' Accept.key values, to find the same mailbox again
         # in one lookup rather than a scan of every recipient so far.
@@ -398,6 +396,7 @@ class HarborDelivery:
         a receiver that refused bounces would break mail.
         """
         self.sender = pathOf(origin, allowNull=True, utf8=self._session.utf8)
+        self._senderForms = self._deliverer.policy.lookupForms(self.sender) if self._deliverer.filters else ()
         matched = self._filter("mail")
         if matched is not None and matched.action in ("reject", "tempfail"):
             raise SMTPBadSender(origin, matched.code, f"{matched.enhanced} {matched.text}")
@@ -410,18 +409,16 @@ class HarborDelivery:
         Addresses are matched in the forms routing looks them up by, so
         quoting, case or a sub-address tag do not get past a filter.
         """
-        if self._session.user is not None or not self._deliverer.filters:
+        if self._session.user is not None or self.trusted or not self._deliverer.filters:
             return None
-        assert self.sender is not None
-        forms = self._deliverer.policy.lookupForms
         return applyFirst(
             self._deliverer.filters,
             stage,
             self,
             self._session.clientAddress,
             self._session.helo,
-            forms(self.sender),
-            None if recipient is None else forms(recipient),
+            self._senderForms,
+            None if recipient is None else self._deliverer.policy.lookupForms(recipient),
         )
 
     def validateTo(self, user: User) -> Callable[[], HarborMessage]:
@@ -558,7 +555,6 @@ class HarborDelivery:
                 policy=check,
                 hooks=self._deliverer.hooks,
                 events=self.events,
-                callLater=self._deliverer.callLater,
             )
         return self._message
 
@@ -660,7 +656,6 @@ class HarborMessage:
         wantsHeaders: bool = False,
         hooks: Any = None,
         events: Callable[[Sequence[StoredMessage]], list[Any]] = lambda stored: [],
-        callLater: Callable[..., object] | None = None,
         policy: Callable[[EmailMessage | None, int], Deferred[Refuse | None]] | None = None,
     ) -> None:
         """
@@ -670,7 +665,6 @@ class HarborMessage:
             by (at most 64 KiB of it), for folder rules on headers.
         @param hooks: The L{harbor.hooks.HookRunner}, or L{None}.
         @param events: Describes the stored copies for the hooks.
-        @param callLater: Runs the hooks once the reply is on its way.
         @param policy: Asks the policy hook about the whole message before
             it is made durable, or L{None}.
         """
@@ -679,7 +673,6 @@ class HarborMessage:
         self._folders = folders
         self._hooks = hooks
         self._events = events
-        self._callLater = callLater
         self._policy = policy
         self._headers: bytearray | None = bytearray() if wantsHeaders else None
         self._collecting = wantsHeaders
@@ -751,9 +744,9 @@ class HarborMessage:
 
         def stored(result: tuple[list[StoredMessage], list[Any]]) -> list[StoredMessage]:
             copies, jobs = result
-            if jobs and self._callLater is not None:
-                # After the reply to the client, which the caller sends.
-                self._callLater(0, hooks.dispatch, jobs)
+            if jobs:
+                # They start on the reactor's next turn, after the reply.
+                hooks.dispatch(jobs)
             return copies
 
         return self._commits.commit(self._pending, folders, record).addCallback(stored)

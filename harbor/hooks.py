@@ -69,7 +69,7 @@ from twisted.python.failure import Failure
 
 from attrs import evolve, field, frozen
 
-from harbor.config import ConfigError, checkTarget
+from harbor.config import RESCAN_INTERVAL, ConfigError, checkTarget
 from harbor.maildir import IFileSystem, RealFileSystem, StorageError, quietly, parseName
 
 T = TypeVar("T")
@@ -87,8 +87,6 @@ DEFAULT_BACKOFF = 30.0
 DEFAULT_MAX_BACKOFF = 3600.0
 DEFAULT_TIMEOUT = 60.0
 DEFAULT_MAX_IN_FLIGHT = 4
-#: Seconds between looks at the spool for jobs put back by the command line.
-RESCAN_INTERVAL = 30.0
 #: Seconds L{HookRunner.stop} waits for running hooks before cancelling them.
 STOP_TIMEOUT = 10.0
 #: Bytes of a command's output or a webhook's response kept for the log.

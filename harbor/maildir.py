@@ -555,12 +555,10 @@ class _Copy:
         self.name = name
         self.directory = directory
         self.header = header
+        self.temporaryDirectory = os.path.join(directory, "tmp")
+        self.temporaryPath = os.path.join(self.temporaryDirectory, name)
         self.file: MessageFile | None = None
         self.created = False
-
-    @property
-    def temporaryPath(self) -> str:
-        return os.path.join(self.directory, "tmp", self.name)
 
 
 class PendingDelivery:
@@ -732,7 +730,7 @@ class PendingDelivery:
                     self._createFile(copy, b"")
                     self._fs.copyInto(first.temporaryPath, len(first.header), self._bodySize, copy.file)
                 assert copy.file is not None
-                if group is None or body is None or not group.covers(os.path.dirname(copy.temporaryPath)):
+                if group is None or body is None or not group.covers(copy.temporaryDirectory):
                     self._fs.fsync(copy.file)
                 # A close can report a failed write-back (NFS) too.
                 f, copy.file = copy.file, None
@@ -746,7 +744,7 @@ class PendingDelivery:
         """
         The C{tmp/} directories this delivery's copies are written in.
         """
-        return [os.path.dirname(copy.temporaryPath) for copy in self._copies]
+        return [copy.temporaryDirectory for copy in self._copies]
 
     def _publish(self, folders: Sequence[str | None] | None) -> tuple[list[StoredMessage], list[str]]:
         """

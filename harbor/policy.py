@@ -172,6 +172,17 @@ def canonicalLocalPart(local: str) -> str:
     return local.lower()
 
 
+def splitTag(local: str, delimiter: str) -> tuple[str, str | None]:
+    """
+    Split C{user+tag} into C{("user", "tag")}; a local part without the
+    delimiter, or starting with it, has no tag.  C{""} is no delimiter.
+    """
+    if delimiter and delimiter in local and not local.startswith(delimiter):
+        base, tag = local.split(delimiter, 1)
+        return base, tag
+    return local, None
+
+
 def canonicalAddress(path: Path) -> str:
     """
     An address in the form it is looked up by: the local part unquoted and
@@ -261,10 +272,8 @@ class RecipientPolicy:
         if not at:
             return (address,)
         config = self._domains.get(domain)
-        delimiter = config.subaddressDelimiter if config is not None else "+"
-        if delimiter and delimiter in local and not local.startswith(delimiter):
-            return (address, f"{local.split(delimiter, 1)[0]}@{domain}")
-        return (address,)
+        base, tag = splitTag(local, config.subaddressDelimiter if config is not None else "+")
+        return (address,) if tag is None else (address, f"{base}@{domain}")
 
     def decide(self, path: Path) -> tuple[Accept, ...] | Reject:
         """
@@ -288,10 +297,7 @@ class RecipientPolicy:
         if domain is None or "%" in local or "!" in local:
             return relay
         address = f"{path.local}@{domain.name}"
-        base, tag = local, None
-        delimiter = domain.subaddressDelimiter
-        if delimiter and delimiter in local and not local.startswith(delimiter):
-            base, tag = local.split(delimiter, 1)
+        base, tag = splitTag(local, domain.subaddressDelimiter)
         folder = subaddressFolder(tag) if domain.subaddressFolders and tag else None
         aliases = self._aliases[domain.name]
         if base in aliases:

@@ -406,8 +406,7 @@ class HarborService(MultiService):
             config.filters,
             blocklists,
             self.hooks,
-            reactor.callLater,
-            self._policyHook(config),
+            policyHook=self._policyHook(config),
             groupCommit=config.groupCommit,
         )
         checkers: list[Any] = [TextOrBytes(c) for c in options.get("credCheckers", [])]
