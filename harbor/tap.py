@@ -305,6 +305,10 @@ class HarborService(MultiService):
         self._previousHandler: Any = None
         self.hooks = self._hookRunner(config, extraHooks)
         self._policy = policy
+        # The DNS blocklists and their resolver, kept across reloads that
+        # do not change them: a resolver reads resolv.conf on the reactor
+        # thread and then every minute, for as long as it lives.
+        self._blocklists: tuple[Any, Any] | None = None
         deliverer, settings = self._build(config, options)
         self._store = deliverer.store
         inherited = [
@@ -382,7 +386,10 @@ class HarborService(MultiService):
         reactor = self._reactor
         runInThread = self._runInThread
         blocklists = None
-        if config.dnsbl:
+        key = (config.dnsbl, config.dnsServers, config.limits.dnsblTimeout)
+        if config.dnsbl and self._blocklists is not None and self._blocklists[0] == key:
+            blocklists = self._blocklists[1]
+        elif config.dnsbl:
             from twisted.names import client
 
             from harbor.dnsbl import Blocklists
@@ -392,6 +399,7 @@ class HarborService(MultiService):
             else:
                 resolver = client.Resolver(resolv="/etc/resolv.conf", reactor=reactor)
             blocklists = Blocklists(config.dnsbl, resolver, reactor, config.limits.dnsblTimeout)
+            self._blocklists = (key, blocklists)
         deliverer = Deliverer(
             RecipientPolicy(config.domains),
             MaildirStore(

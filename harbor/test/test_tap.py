@@ -234,3 +234,30 @@ class ReloadTests(SynchronousTestCase):
         service.reload()
         self.assertIs(factory.deliverer, current)
         self.assertEqual([d.name for d in service.config.domains], ["a.example", "b.example"])
+
+    def test_reloadKeepsBlocklistResolver(self) -> None:
+        """
+        A reload that leaves the DNS blocklist settings alone keeps their
+        resolver (each new one would read resolv.conf on the reactor thread
+        and then every minute for ever); one that changes them gets a new
+        one.
+        """
+        config = self.mktemp()
+        reactor = MemoryReactorClock()
+
+        def write(timeout: int) -> None:
+            with open(config, "w") as f:
+                f.write(f'domain = ["a.example"]\ndnsbl = ["bl.example"]\ndnsbl_timeout = {timeout}\n')
+
+        write(5)
+        service = makeService(parse("--config", config, "-m", self.mktemp()), reactor)
+        [listener] = [s for s in service if isinstance(s, ListeningService)]
+        first = listener._factory.deliverer.blocklists
+        pending = len(reactor.getDelayedCalls())
+        for _ in range(3):
+            service.reload()
+        self.assertIs(listener._factory.deliverer.blocklists, first)
+        self.assertEqual(len(reactor.getDelayedCalls()), pending)
+        write(7)
+        service.reload()
+        self.assertIsNot(listener._factory.deliverer.blocklists, first)
