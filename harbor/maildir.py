@@ -561,6 +561,35 @@ class _Copy:
         self.created = False
 
 
+def makeMaildir(fs: IFileSystem, path: str, folder: bool = False) -> None:
+    """
+    Create a Maildir (C{tmp}, C{new}, C{cur}) and any missing parent
+    unless it exists; for a Maildir++ folder also the C{maildirfolder}
+    marker that Dovecot and Courier look for.  Then make every new
+    directory entry durable, so a crash cannot take the Maildir, and a
+    message renamed into it, away.  Another thread may be creating the
+    same Maildir at the same time.
+
+    @raise OSError: if that fails.
+    """
+    if os.path.isdir(os.path.join(path, "new")):
+        return
+    created = []
+    existing = path
+    while not os.path.isdir(existing):
+        created.append(existing)
+        existing = os.path.dirname(existing)
+    for sub in SUBDIRECTORIES:
+        fs.makeDirectories(os.path.join(path, sub))
+    if folder:
+        try:
+            fs.create(os.path.join(path, "maildirfolder")).close()
+        except FileExistsError:
+            pass
+    for directory in dict.fromkeys([path, *created, existing]):
+        fs.syncDirectory(directory)
+
+
 class PendingDelivery:
     """
     The copies of one message, one per recipient, while the message is
@@ -765,7 +794,7 @@ class PendingDelivery:
                 destination = copy.directory
                 if folder is not None:
                     destination = os.path.join(copy.directory, "." + folder)
-                    self._makeMaildir(destination, folder=True)
+                    makeMaildir(self._fs, destination, folder=True)
                 size = len(copy.header) + self._bodySize
                 final = os.path.join(destination, "new", f"{copy.name},S={size}")
                 self._fs.rename(copy.temporaryPath, final)
@@ -812,37 +841,9 @@ class PendingDelivery:
         self._create = False
         try:
             for directory in dict.fromkeys(copy.directory for copy in self._copies):
-                self._makeMaildir(directory)
+                makeMaildir(self._fs, directory)
         except OSError as e:
             raise StorageError.fromOSError("creating the Maildir", e) from e
-
-    def _makeMaildir(self, path: str, folder: bool = False) -> None:
-        """
-        Create a Maildir (C{tmp}, C{new}, C{cur}) and any missing parent
-        unless it exists; for a Maildir++ folder also the C{maildirfolder}
-        marker that Dovecot and Courier look for.  Then make every new
-        directory entry durable, so a crash cannot take the Maildir, and the
-        message about to be renamed into it, away.  Another thread may be
-        creating the same Maildir at the same time.
-        """
-        if os.path.isdir(os.path.join(path, "new")):
-            return
-        created = []
-        existing = path
-        while not os.path.isdir(existing):
-            created.append(existing)
-            existing = os.path.dirname(existing)
-        for sub in SUBDIRECTORIES:
-            self._fs.makeDirectories(os.path.join(path, sub))
-        if folder:
-            marker = os.path.join(path, "maildirfolder")
-            if not os.path.exists(marker):
-                try:
-                    self._fs.create(marker).close()
-                except FileExistsError:
-                    pass
-        for directory in dict.fromkeys([path, *created, existing]):
-            self._fs.syncDirectory(directory)
 
     def abort(self) -> None:
         """
@@ -988,8 +989,7 @@ class MaildirStore:
         @raise StorageError: if it cannot be created.
         """
         try:
-            for sub in SUBDIRECTORIES:
-                self._fs.makeDirectories(os.path.join(self.directoryFor(mailbox), sub))
+            makeMaildir(self._fs, self.directoryFor(mailbox))
         except OSError as e:
             raise StorageError.fromOSError(f"creating the Maildir for {mailbox}", e) from e
 

@@ -129,6 +129,22 @@ class StoreTests(StoreFixture, SynchronousTestCase):
         mode = os.stat(other.directoryFor("x.example") + "/new").st_mode & 0o777
         self.assertEqual(mode & 0o077, 0)
 
+    def test_createIsDurable(self) -> None:
+        """
+        create makes the new Maildir's directory entries durable (the
+        Maildir, then its parent), as a Maildir made at delivery is, and
+        does nothing for one that exists.
+        """
+        self.store.create("new.example")
+        path = self.store.directoryFor("new.example")
+        self.assertEqual(
+            [c for c in self.fs.calls if c[0] == "syncDirectory"],
+            [("syncDirectory", path), ("syncDirectory", self.root)],
+        )
+        self.fs.calls.clear()
+        self.store.create("new.example")
+        self.assertEqual(self.fs.calls, [])
+
     def test_beginTouchesNothing(self) -> None:
         """
         begin names each copy and asks for its header block with that name
