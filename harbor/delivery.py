@@ -591,6 +591,9 @@ class HarborDelivery:
         """
         assert self.sender is not None
         result: list[str | None] = []
+        # Each header decoded once per message, however many copies and
+        # rules look at it.
+        decoded: dict[str, list[str]] = {}
         for recipient, ruleset in zip(self.recipients, rules):
             folder = recipient.accept.folder
             for rule in ruleset if folder is None else ():
@@ -598,8 +601,13 @@ class HarborDelivery:
                     values = [self.sender.mailbox]
                 elif rule.field == "recipient":
                     values = [recipient.accept.address]
+                elif headers is None:
+                    values = []
                 else:
-                    values = headerValues(headers, rule.header or "") if headers else []
+                    name = (rule.header or "").lower()
+                    if name not in decoded:
+                        decoded[name] = headerValues(headers, name)
+                    values = decoded[name]
                 if any(rule.contains.lower() in value.lower() for value in values):
                     folder = rule.folder
                     break
