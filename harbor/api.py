@@ -64,8 +64,10 @@ def buildService(
         reactor = _reactor
     options = Options()
     options.config = config
+    named = [hook.name for hook in hooks if IHook.providedBy(hook)] + [c.name for c in config.hooks]
+    names = iter(defaultHookNames([hook for hook in hooks if not IHook.providedBy(hook)], named))
     built = [
-        hook if IHook.providedBy(hook) else PythonHook(hook, name)  # type: ignore[arg-type]
-        for hook, name in zip(hooks, defaultHookNames(hooks))
+        hook if IHook.providedBy(hook) else PythonHook(hook, next(names))  # type: ignore[arg-type]
+        for hook in hooks
     ]
     return HarborService(options, reactor, built, policy)

@@ -809,20 +809,25 @@ def _tail(output: bytes) -> str:
     return f": {text}" if text else ""
 
 
-def defaultHookNames(functions: Sequence[object]) -> list[str]:
+def defaultHookNames(functions: Sequence[object], taken: Sequence[str] = ()) -> list[str]:
     """
     Names for hooks given in code without one: each function's name, made
     into a valid hook name (C{<lambda>} is C{lambda-}), and numbered where
-    two would be the same, since a name keys the hook's jobs.
+    it would be the same as another's or one of C{taken} (the hooks that
+    have names), since a name keys the hook's jobs.
     """
+    used = set(taken)
     names: list[str] = []
     for index, function in enumerate(functions):
         name = re.sub(r"[^A-Za-z0-9_-]", "-", getattr(function, "__name__", "")).lstrip("-_")[:60]
         if not _NAME.match(name):
             name = "hook"
-        if name in names:
-            name = f"{name}-{index}"
-        names.append(name)
+        candidate, number = name, index
+        while candidate in used:
+            candidate = f"{name}-{number}"
+            number += 1
+        used.add(candidate)
+        names.append(candidate)
     return names
 
 

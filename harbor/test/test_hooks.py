@@ -284,6 +284,17 @@ class DefaultHookNamesTests(SynchronousTestCase):
         for function, name in zip(functions, names):
             self.assertEqual(PythonHook(function, name).name, name)  # type: ignore[arg-type]
 
+    def test_namesTakenElsewhere(self) -> None:
+        """
+        A default name steers clear of the names hooks already have (given
+        in code or in the configuration file).
+        """
+
+        def stored(event: NewMessage) -> None:
+            pass
+
+        self.assertEqual(defaultHookNames([stored, stored], ["stored", "stored-0"]), ["stored-1", "stored-2"])
+
 
 class ParseHooksTests(SynchronousTestCase):
     """

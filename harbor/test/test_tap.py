@@ -198,6 +198,27 @@ class AuthOptionsTests(SynchronousTestCase):
         self.assertIsInstance(factories[1], TLSMemoryBIOFactory)
 
 
+class BuildServiceTests(SynchronousTestCase):
+    """
+    Tests for L{harbor.api.buildService}.
+    """
+
+    def test_hookNamesDistinct(self) -> None:
+        """
+        A plain function whose name another hook already has gets a name of
+        its own rather than a refusal.
+        """
+        from harbor.api import Config, buildService
+        from harbor.hooks import PythonHook
+
+        def stored(event: object) -> None:
+            pass
+
+        config = Config.fromMapping({"domain": ["a.example"], "maildir": os.path.abspath(self.mktemp())})
+        service = buildService(config, MemoryReactorClock(), hooks=[PythonHook(stored, "stored"), stored])
+        self.assertEqual(sorted(hook.name for hook in service.hooks._hooks.values()), ["stored", "stored-0"])
+
+
 class ReloadTests(SynchronousTestCase):
     """
     Tests for L{HarborService.reload}.
