@@ -23,7 +23,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from harbor.config import Config, ConfigError
+from harbor._syntax import ConfigError
+from harbor.config import Config
 from harbor.hooks import IHook, NewMessage, PythonHook, defaultHookNames
 from harbor.policyhook import PolicyRequest, Refuse
 from harbor.tap import HarborService, Options

@@ -27,9 +27,8 @@ from twisted.cred.credentials import IUsernamePassword, UsernamePassword
 from twisted.cred.error import UnauthorizedLogin
 from twisted.internet.defer import Deferred, maybeDeferred
 
-from attrs import frozen
 
-from harbor.policy import USER_NAME, clientGroup
+from harbor.routing import USER_NAME
 
 _SCRYPT_N = 2**14
 _SCRYPT_R = 8
@@ -267,62 +266,3 @@ def decodePlain(response: bytes) -> tuple[bytes, bytes]:
     if len(parts) != 3 or not parts[1] or parts[0] not in (b"", parts[1]):
         raise AuthenticationError(535, "5.7.8", "Error: authentication failed")
     return parts[1], parts[2]
-
-
-@frozen
-class Throttle:
-    """
-    How MailHarbor slows down password guessing.
-
-    @ivar delays: Seconds to wait before answering the Nth failure from one
-        client address in a row (the last applies to all later ones).
-    @ivar perSession: Failures after which a session is disconnected.
-    @ivar forget: Seconds after which an address's failures are forgotten.
-    """
-
-    delays: tuple[float, ...] = (0, 1, 2, 4, 8, 16)
-    perSession: int = 3
-    forget: float = 900
-
-
-class FailureTracker:
-    """
-    Counts authentication failures per client address, an IPv6 client's
-    per network (L{harbor.policy.clientGroup}).
-    """
-
-    def __init__(self, throttle: Throttle, seconds: Callable[[], float]) -> None:
-        self._throttle = throttle
-        self._seconds = seconds
-        self._failures: dict[str, tuple[int, float]] = {}
-
-    def failed(self, client: str) -> float:
-        """
-        Record a failure.
-
-        @return: how long to wait before telling the client.
-        """
-        now = self._seconds()
-        self._expire(now)
-        group = clientGroup(client)
-        count = self._failures.get(group, (0, now))[0] + 1
-        self._failures[group] = (count, now)
-        delays = self._throttle.delays
-        return delays[min(count, len(delays)) - 1]
-
-    def succeeded(self, client: str) -> None:
-        """
-        Forget the failures of an address (and its network, see
-        L{harbor.policy.clientGroup}) that has logged in.
-        """
-        self._failures.pop(clientGroup(client), None)
-
-    def _expire(self, now: float) -> None:
-        if len(self._failures) > 10000 or any(
-            now - last > self._throttle.forget for _, last in self._failures.values()
-        ):
-            self._failures = {
-                client: entry
-                for client, entry in self._failures.items()
-                if now - entry[1] <= self._throttle.forget
-            }

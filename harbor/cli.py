@@ -39,7 +39,8 @@ from typing import IO, Any, BinaryIO
 import attrs
 from attrs import frozen
 
-from harbor.config import DEFAULT_MAILDIR, RESCAN_INTERVAL, ConfigError, loadFile, normaliseDomain
+from harbor._syntax import ConfigError, normaliseDomain
+from harbor.config import DEFAULT_MAILDIR, RESCAN_INTERVAL, loadFile
 from harbor.mailstore import (
     MailboxStats,
     MessageDetails,

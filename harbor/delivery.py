@@ -31,20 +31,13 @@ from twisted.mail.smtp import Address, IMessage, SMTPBadRcpt, SMTPBadSender, SMT
 from attrs import Factory, define, frozen
 
 from harbor.maildir import MaildirStore, PendingDelivery, StorageError, StoredMessage
-from harbor.config import DEFAULT_SUBMISSION_MAILBOX, FolderRule
+from harbor.config import DEFAULT_SUBMISSION_MAILBOX
+from harbor.routing import FolderRule
 from harbor.dnsbl import Blocklists
 from harbor.filters import Filter, applyFirst
 from harbor.policyhook import PolicyHook, PolicyRequest, Refuse, recipientsOf
-from harbor.policy import (
-    Accept,
-    AddressSyntaxError,
-    Path,
-    RecipientPolicy,
-    Reject,
-    canonicalAddress,
-    parsePath,
-    submissionMailbox,
-)
+from harbor.address import AddressSyntaxError, Path, canonicalAddress, parsePath
+from harbor.routing import Accept, RecipientPolicy, Reject, submissionMailbox
 
 T = TypeVar("T")
 RunInThread = Callable[[Callable[[], T]], "Deferred[T]"]

@@ -3,7 +3,7 @@
 Envelope filters: rules on the client's address, its HELO name, the sender
 and the recipient, each with an action.
 
-Pure values and functions, like L{harbor.policy}.  A filter is evaluated at
+Pure values and functions, like L{harbor.routing}.  A filter is evaluated at
 the earliest SMTP stage at which everything it looks at is known (the
 client's address at connection, the HELO name at HELO, the sender at MAIL,
 the recipient at RCPT), so a refusal comes before any message data does.
@@ -21,8 +21,8 @@ from twisted.logger import Logger
 
 from attrs import field, frozen
 
-from harbor.config import ConfigError, asciiDomain, checkTable, networks
-from harbor.policy import IPNetwork, canonicalLocalPart, inNetworks
+from harbor._syntax import ConfigError, asciiDomain, checkTable, networks
+from harbor.address import IPNetwork, canonicalLocalPart, inNetworks
 
 _log = Logger()
 
@@ -82,7 +82,7 @@ class Filter:
     def matches(self, client: str, helo: str | None, sender: Forms, recipient: Forms) -> bool:
         """
         Whether every condition holds; patterns ignore case.  An address
-        may come in several forms (L{harbor.policy.RecipientPolicy.lookupForms}):
+        may come in several forms (L{harbor.routing.RecipientPolicy.lookupForms}):
         a pattern holds if it matches any of them.
         """
         if self.clients and not inNetworks(client, self.clients):
@@ -177,7 +177,7 @@ def parseFilters(tables: object) -> tuple[Filter, ...]:
 def _addressPattern(pattern: str, setting: str) -> str:
     """
     A sender or recipient pattern in the form addresses are matched in
-    (L{harbor.policy.canonicalAddress}): a quoted local part unquoted, the
+    (L{harbor.address.canonicalAddress}): a quoted local part unquoted, the
     domain in A-label form, all in lower case, so that
     C{"John Smith"@b\u00fccher.example} matches what a client sends for it.
 

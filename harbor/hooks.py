@@ -69,7 +69,8 @@ from twisted.python.failure import Failure
 
 from attrs import evolve, field, frozen
 
-from harbor.config import RESCAN_INTERVAL, ConfigError, checkTarget
+from harbor._syntax import ConfigError, checkTarget
+from harbor.config import RESCAN_INTERVAL
 from harbor.maildir import IFileSystem, RealFileSystem, StorageError, quietly, parseName
 
 T = TypeVar("T")

@@ -42,7 +42,7 @@ class PolicyRequest:
     @ivar sender: The envelope sender (C{""} for bounces).
     @ivar recipients: The recipients (at RCPT, the one asked about).
         Addresses are in the form routing reads them
-        (L{harbor.policy.canonicalAddress}): the local part unquoted and in
+        (L{harbor.address.canonicalAddress}): the local part unquoted and in
         lower case, the domain in lower-case A-label form, a sub-address
         tag kept.
     @ivar headers: The message's headers, at C{"data"}.
@@ -144,7 +144,7 @@ def loadPolicyHook(target: str, setting: str) -> Callable[[PolicyRequest], Any]:
     """
     Import C{package.module:function}.
 
-    @raise harbor.config.ConfigError: naming C{setting} if it cannot be.
+    @raise harbor._syntax.ConfigError: naming C{setting} if it cannot be.
     """
     from harbor.hooks import importTarget
 

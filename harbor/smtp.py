@@ -50,14 +50,17 @@ from twisted.python.failure import Failure
 
 from attrs import evolve, field, frozen
 
-from harbor.auth import AuthenticationError, FailureTracker, Throttle, decodeBase64, decodePlain
-from harbor.config import Limits, Listener
+from harbor.auth import AuthenticationError, decodeBase64, decodePlain
+from harbor.limits import FailureTracker, Throttle
+from harbor.config import Listener
+from harbor.limits import Limits
 from harbor.delivery import Deliverer, IMessageStream, PathAddress, Session
 from harbor.dnsbl import SharedResult
 from harbor.filters import applyFirst
 from harbor.framing import ChunkDecoder, DataDecoder, InputBuffer, LineTooLong
 from harbor.maildir import StorageError, StoredMessage
-from harbor.policy import AddressSyntaxError, ConnectionCounter, NeedsSMTPUTF8, Path, parsePath
+from harbor.address import AddressSyntaxError, NeedsSMTPUTF8, Path, parsePath
+from harbor.limits import ConnectionCounter
 from harbor.tls import describeConnection
 
 # RFC 5321 section 4.5.3.1.4, raised for MAIL by the parameters we take:

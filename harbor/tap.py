@@ -29,7 +29,8 @@ from twisted.logger import Logger
 from twisted.python import usage
 from twisted.python.failure import Failure
 
-from harbor.config import DEFAULT_MAILDIR, Config, ConfigError, loadFile, withBacklog
+from harbor._syntax import ConfigError
+from harbor.config import Config, DEFAULT_MAILDIR, loadFile, withBacklog
 
 # Command-line options that override the configuration file key of the same
 # name (with - for _).
@@ -284,8 +285,8 @@ class HarborService(MultiService):
         # reactor, and twistd imports this module before it has started one.
         from twisted.protocols.tls import TLSMemoryBIOFactory
 
-        from harbor.auth import FailureTracker, Throttle
-        from harbor.policy import ConnectionCounter
+        from harbor.limits import FailureTracker, Throttle
+        from harbor.limits import ConnectionCounter
         from harbor.smtp import HarborSMTPFactory, SessionRegistry
         from harbor.tls import ReloadableTLS
 
@@ -380,7 +381,7 @@ class HarborService(MultiService):
         from harbor.auth import TextOrBytes, UsersFileChecker
         from harbor.delivery import Deliverer
         from harbor.maildir import MaildirNamer, MaildirStore, RealFileSystem
-        from harbor.policy import RecipientPolicy
+        from harbor.routing import RecipientPolicy
         from harbor.smtp import ServerSettings
 
         reactor = self._reactor

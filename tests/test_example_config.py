@@ -7,7 +7,8 @@ import os
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from harbor.config import Config, DomainConfig, loadFile
+from harbor.config import Config, loadFile
+from harbor.routing import DomainConfig
 
 ETC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "etc")
 

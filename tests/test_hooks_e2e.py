@@ -18,7 +18,8 @@ import sys
 
 from twisted.trial.unittest import TestCase
 
-from harbor.config import Config, ConfigError
+from harbor._syntax import ConfigError
+from harbor.config import Config
 from harbor.hooks import NewMessage
 from harbor.test.test_hooks import Receiver, pollUntil
 from tests._e2e import RunningServer, TwistdOutput, inThread, startServer

@@ -19,10 +19,11 @@ from twisted.internet.task import Clock, deferLater
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 
-from harbor.config import DomainConfig, Limits
+from harbor.limits import Limits
+from harbor.routing import DomainConfig
 from harbor.delivery import Deliverer
 from harbor.maildir import IFileSystem, MaildirNamer, MaildirStore, RealFileSystem
-from harbor.policy import RecipientPolicy
+from harbor.routing import RecipientPolicy
 from harbor.smtp import HarborESMTP, HarborSMTPFactory, ServerSettings
 
 HOSTNAME = "mx.example.com"

@@ -17,8 +17,6 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from harbor.auth import (
     AuthenticationError,
-    FailureTracker,
-    Throttle,
     UsersFileChecker,
     decodeBase64,
     decodePlain,
@@ -27,6 +25,7 @@ from harbor.auth import (
     setPassword,
     verifyPassword,
 )
+from harbor.limits import FailureTracker, Throttle
 from harbor.test._support import DeferredThreads, runSynchronously
 
 

@@ -6,7 +6,10 @@ import os
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from harbor.config import Config, ConfigError, DomainConfig, Limits, loadFile, normalisePort
+from harbor._syntax import ConfigError
+from harbor.config import Config, loadFile, normalisePort
+from harbor.limits import Limits
+from harbor.routing import DomainConfig
 
 
 class ConfigTests(SynchronousTestCase):

@@ -14,10 +14,10 @@ from twisted.mail.interfaces import IMessageDelivery, IMessageDeliveryFactory
 from twisted.mail.smtp import IMessage, SMTPBadRcpt, User
 from twisted.trial.unittest import SynchronousTestCase
 
-from harbor.config import DomainConfig
+from harbor.routing import DomainConfig
 from harbor.delivery import CommitQueue, HarborMessage, IMessageStream, PathAddress, Session, headerSafe
 from harbor.maildir import MEMORY_THRESHOLD, MaildirNamer, MaildirStore, PendingDelivery, StorageError, StoredMessage
-from harbor.policy import parsePath
+from harbor.address import parsePath
 from harbor.test._support import DeferredThreads, RecordingFileSystem, makeDeliverer
 
 

@@ -11,7 +11,8 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from harbor.config import DomainConfig, Limits
+from harbor.limits import Limits
+from harbor.routing import DomainConfig
 from harbor.framing import InputBuffer
 from harbor.smtp import HarborSMTPFactory, ServerSettings
 from harbor.test._support import HOSTNAME, DeferredThreads, SMTPDriver, makeDeliverer

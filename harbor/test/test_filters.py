@@ -12,7 +12,10 @@ from twisted.names import dns
 from twisted.names.error import DNSNameError
 from twisted.trial.unittest import SynchronousTestCase
 
-from harbor.config import Config, ConfigError, DomainConfig, Limits
+from harbor._syntax import ConfigError
+from harbor.config import Config
+from harbor.limits import Limits
+from harbor.routing import DomainConfig
 from harbor.dnsbl import Blocklists, SharedResult, queryName
 from harbor.filters import firstMatch, parseFilters
 from harbor.policyhook import PolicyHook, PolicyRequest

@@ -31,7 +31,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from attrs import evolve
 
 from harbor.cli import buildParser, main
-from harbor.config import ConfigError
+from harbor._syntax import ConfigError
 from harbor.hooks import (
     defaultHookNames,
     CommandHook,

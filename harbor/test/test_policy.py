@@ -1,23 +1,14 @@
 """
-Tests for L{harbor.policy}: address parsing and recipient decisions.
+Tests for L{harbor.address} and L{harbor.routing}: address parsing and recipient decisions.
 """
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from harbor.config import DomainConfig
-from harbor.policy import (
-    Accept,
-    AddressSyntaxError,
-    ConnectionCounter,
-    NeedsSMTPUTF8,
-    Path,
-    RecipientPolicy,
-    Reject,
-    asciiDomain,
-    canonicalLocalPart,
-    clientGroup,
-    parsePath,
-)
+from harbor.routing import DomainConfig
+from harbor.address import AddressSyntaxError, NeedsSMTPUTF8, Path, canonicalLocalPart, clientGroup, parsePath
+from harbor.limits import ConnectionCounter
+from harbor._syntax import asciiDomain
+from harbor.routing import Accept, RecipientPolicy, Reject
 
 
 class ParsePathTests(SynchronousTestCase):

@@ -12,7 +12,8 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from harbor.config import DomainConfig, Limits
+from harbor.limits import Limits
+from harbor.routing import DomainConfig
 from harbor.smtp import HarborSMTPFactory, ServerSettings
 from harbor.test._support import HOSTNAME, SMTPDriver, makeDeliverer
 

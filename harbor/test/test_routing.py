@@ -8,8 +8,11 @@ import os
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from harbor.config import Config, ConfigError, FolderRule
-from harbor.policy import Accept, Reject, RecipientPolicy, parsePath, subaddressFolder
+from harbor._syntax import ConfigError
+from harbor.config import Config
+from harbor.routing import FolderRule
+from harbor.address import parsePath
+from harbor.routing import Accept, RecipientPolicy, Reject, subaddressFolder
 from harbor.test._support import DeferredThreads, SMTPDriver, makeDeliverer
 
 ROUTED = {

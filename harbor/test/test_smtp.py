@@ -15,7 +15,7 @@ from twisted.logger import Logger, formatEvent
 from twisted.mail.smtp import IMessage, SMTPBadRcpt
 from twisted.trial.unittest import SynchronousTestCase
 
-from harbor.config import DomainConfig, FolderRule
+from harbor.routing import DomainConfig, FolderRule
 from harbor.maildir import MEMORY_THRESHOLD, StorageError
 from harbor.smtp import HarborESMTP, _LineMessage
 from harbor.test._support import DeferredThreads, RecordingFileSystem, SMTPDriver, makeDeliverer

@@ -230,7 +230,8 @@ class ReloadTests(SynchronousTestCase):
         creates the new Maildirs; a broken file is refused and the old
         configuration stays.
         """
-        from harbor.policy import Accept, parsePath
+        from harbor.address import parsePath
+        from harbor.routing import Accept
 
         config = self.mktemp()
         root = self.mktemp()

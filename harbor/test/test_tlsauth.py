@@ -15,8 +15,11 @@ from twisted.internet.testing import StringTransport
 from twisted.logger import Logger, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
-from harbor.auth import Throttle, UsersFileChecker, setPassword
-from harbor.config import DomainConfig, Limits, Listener
+from harbor.auth import UsersFileChecker, setPassword
+from harbor.limits import Throttle
+from harbor.config import Listener
+from harbor.limits import Limits
+from harbor.routing import DomainConfig
 from harbor.smtp import HarborESMTP, HarborSMTPFactory, ServerSettings
 from harbor.test._support import HOSTNAME, DeferredThreads, SMTPDriver, makeDeliverer, runSynchronously
 
