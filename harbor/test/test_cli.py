@@ -22,6 +22,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 import harbor
 from harbor import cli
+from harbor.cli import commands, formatting
 from harbor.config import Config
 from harbor.tap import Options
 
@@ -336,7 +337,7 @@ class ListTests(_CommandTestCase):
 
     def test_longSubjectTruncated(self) -> None:
         """
-        Long subjects are cut to L{cli.SUBJECT_WIDTH} characters with an
+        Long subjects are cut to L{formatting.SUBJECT_WIDTH} characters with an
         ellipsis in the table, and given whole in JSON.
         """
         root = self.makeRoot("example.com")
@@ -348,7 +349,7 @@ class ListTests(_CommandTestCase):
         [entry] = self.listJSON("--maildir", root)
 
         shown = ("word " * 12).strip() + "\u2026"
-        self.assertEqual(len(shown), cli.SUBJECT_WIDTH)
+        self.assertEqual(len(shown), formatting.SUBJECT_WIDTH)
         self.assertIn(f"  {shown}  ", out.decode("utf-8"))
         self.assertEqual(entry["subject"], subject.strip())
 
@@ -1246,7 +1247,7 @@ class CheckConfigTests(_CommandTestCase):
             self.config, "--hostname", "other.example.com", "-d", "example.net"
         )
 
-        self.assertEqual(printed, cli.plainValue(options.config))
+        self.assertEqual(printed, formatting.plainValue(options.config))
         self.assertEqual(printed["hostname"], "other.example.com")
         self.assertEqual([d["name"] for d in printed["domains"]], ["example.net", "example.org"])
 
@@ -1513,7 +1514,7 @@ class PasswdTests(SynchronousTestCase):
     """
 
     def passwd(self, *argv: str, password: str = "s3cret\n") -> tuple[int, str, str]:
-        self.patch(cli.sys, "stdin", io.StringIO(password))
+        self.patch(commands.sys, "stdin", io.StringIO(password))
         out, err = io.StringIO(), io.StringIO()
         return cli.main(list(argv), out, err), out.getvalue(), err.getvalue()
 
@@ -1557,8 +1558,8 @@ class PasswdTests(SynchronousTestCase):
         def eof(prompt: str = "") -> str:
             raise EOFError()
 
-        self.patch(cli.getpass, "getpass", eof)
-        self.patch(cli.sys, "stdin", Terminal())
+        self.patch(commands.getpass, "getpass", eof)
+        self.patch(commands.sys, "stdin", Terminal())
         path = self.mktemp()
         err = io.StringIO()
         self.assertEqual(cli.main(["passwd", path, "alice"], io.StringIO(), err), 1)

@@ -30,7 +30,8 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from attrs import evolve
 
-from harbor.cli import buildParser, main
+from harbor.cli import main
+from harbor.cli.parser import buildParser
 from harbor._syntax import ConfigError
 from harbor.hooks import (
     defaultHookNames,
