@@ -40,7 +40,8 @@ import attrs
 from attrs import frozen
 
 from harbor._syntax import ConfigError, normaliseDomain
-from harbor.config import DEFAULT_MAILDIR, RESCAN_INTERVAL, loadFile
+from harbor.config import DEFAULT_MAILDIR, loadFile
+from harbor.hooks.config import RESCAN_INTERVAL
 from harbor.mailstore import (
     MailboxStats,
     MessageDetails,
@@ -853,7 +854,7 @@ def _hooksCommand(arguments: argparse.Namespace, out: IO[str], err: IO[str], now
     """
     C{mailharbor hooks list} and C{mailharbor hooks retry}.
     """
-    from harbor.hooks import HookSpool, spoolFor
+    from harbor.hooks.spool import HookSpool, spoolFor
 
     if arguments.spool is not None:
         directory = os.path.abspath(arguments.spool)

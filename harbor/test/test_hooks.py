@@ -32,27 +32,12 @@ from attrs import evolve
 
 from harbor.cli import buildParser, main
 from harbor._syntax import ConfigError
-from harbor.hooks import (
-    defaultHookNames,
-    CommandHook,
-    HookConfig,
-    HookFailed,
-    HookRunner,
-    HookSpool,
-    IHook,
-    Job,
-    MessageGone,
-    NewMessage,
-    PermanentHookFailure,
-    PythonHook,
-    RetryPolicy,
-    WebhookHook,
-    checkHooks,
-    jobID,
-    loadHooks,
-    parseHooks,
-    spoolFor,
-)
+from harbor.hooks.config import HookConfig, RetryPolicy, parseHooks
+from harbor.hooks.events import HookFailed, Job, MessageGone, NewMessage, PermanentHookFailure, jobID
+from harbor.hooks.kinds import CommandHook, IHook, PythonHook, WebhookHook, loadHooks
+from harbor.hooks.loading import checkHooks, defaultHookNames
+from harbor.hooks.runner import HookRunner
+from harbor.hooks.spool import HookSpool, spoolFor
 from harbor.maildir import StorageError
 from harbor.test._support import RecordingFileSystem, pollUntil, processGone
 
