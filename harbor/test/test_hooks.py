@@ -1464,3 +1464,65 @@ class CommandLineTests(SynchronousTestCase):
         )
         self.assertEqual(result.returncode, 0, result.stderr)
         self.assertIn(self.pendingJob.id.encode("ascii"), result.stdout)
+
+
+class PackageTests(SynchronousTestCase):
+    """
+    Tests for the L{harbor.hooks} package itself: its public names, and
+    what importing its light modules costs.
+    """
+
+    def test_publicNames(self) -> None:
+        """
+        Each name in C{harbor.hooks.__all__} can be imported from
+        C{harbor.hooks}, and is the object its own module defines.
+        """
+        import harbor.hooks
+
+        homes = {
+            "CommandHook": CommandHook,
+            "HookFailed": HookFailed,
+            "IHook": IHook,
+            "MessageGone": MessageGone,
+            "NewMessage": NewMessage,
+            "PermanentHookFailure": PermanentHookFailure,
+            "PythonHook": PythonHook,
+            "RetryPolicy": RetryPolicy,
+            "WebhookHook": WebhookHook,
+        }
+        self.assertEqual(sorted(harbor.hooks.__all__), sorted(homes))
+        for name, value in homes.items():
+            self.assertIs(getattr(harbor.hooks, name), value)
+
+    def test_unknownName(self) -> None:
+        """
+        A name C{harbor.hooks} does not offer raises L{AttributeError}, as
+        for any module.
+        """
+        import harbor.hooks
+
+        self.assertRaises(AttributeError, getattr, harbor.hooks, "HookSpool")
+
+    def test_lightModulesImportNoTwisted(self) -> None:
+        """
+        Importing C{harbor.hooks}, L{harbor.hooks.config} and
+        L{harbor.hooks.loading} imports no Twisted module, so that
+        L{harbor.config} and L{harbor.policyhook} can import them at
+        their top.
+        """
+        script = (
+            "import sys\n"
+            "import harbor.hooks, harbor.hooks.config, harbor.hooks.loading\n"
+            "found = sorted(m for m in sys.modules if m.split('.')[0] == 'twisted')\n"
+            "assert not found, found\n"
+        )
+        environment = dict(os.environ)
+        environment["PYTHONPATH"] = os.pathsep.join(sys.path)
+        result = subprocess.run(
+            [sys.executable, "-c", script],
+            capture_output=True,
+            env=environment,
+            timeout=60,
+            check=False,
+        )
+        self.assertEqual(result.returncode, 0, result.stderr)
