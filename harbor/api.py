@@ -25,7 +25,9 @@ from typing import Any
 
 from harbor._syntax import ConfigError
 from harbor.config import Config
-from harbor.hooks import IHook, NewMessage, PythonHook, defaultHookNames
+from harbor.hooks.events import NewMessage
+from harbor.hooks.kinds import IHook, PythonHook
+from harbor.hooks.loading import defaultHookNames
 from harbor.policyhook import PolicyRequest, Refuse
 from harbor.tap import HarborService, Options
 

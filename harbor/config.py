@@ -29,6 +29,7 @@ from harbor._syntax import (
     stringList,
 )
 from harbor.filters import Filter, parseFilters
+from harbor.hooks.config import HookConfig, parseHooks
 from harbor.limits import LIMIT_KEYS, Limits, parseLimits
 from harbor.routing import DomainConfig, parseDomainTable
 
@@ -38,11 +39,6 @@ DEFAULT_PORT = "tcp:25"
 
 # What a failing or slow policy hook means (policy_hook_default).
 POLICY_HOOK_DEFAULTS = ("accept", "tempfail")
-
-
-# Seconds between a running server's looks at its hook spool for jobs put
-# back by `mailharbor hooks retry` (the command and the server share it).
-RESCAN_INTERVAL = 30.0
 
 
 _TOP_LEVEL_KEYS = frozenset(
@@ -127,7 +123,7 @@ class Config:
     @ivar dnsbl: DNS blocklist zones the client's address is looked up in.
     @ivar dnsServers: DNS servers for those lookups, or none for the
         system's.
-    @ivar hooks: The new-message hooks (L{harbor.hooks.HookConfig}).
+    @ivar hooks: The new-message hooks (L{harbor.hooks.config.HookConfig}).
     @ivar policyHook: The policy hook, C{package.module:function}, if any.
     @ivar groupCommit: Whether messages that end at the same time are made
         durable together, sharing the waits for the disk (see
@@ -149,7 +145,7 @@ class Config:
     filters: tuple[Filter, ...] = ()
     dnsbl: tuple[str, ...] = ()
     dnsServers: tuple[tuple[str, int], ...] = ()
-    hooks: tuple[Any, ...] = ()
+    hooks: tuple[HookConfig, ...] = ()
     policyHook: str | None = None
     policyHookDefault: str = "accept"
     groupCommit: bool = True
@@ -286,11 +282,9 @@ def _filters(mapping: Mapping[str, Any]) -> tuple[Filter, ...]:
     return parseFilters(mapping["filter"])
 
 
-def _hooks(mapping: Mapping[str, Any]) -> tuple[Any, ...]:
+def _hooks(mapping: Mapping[str, Any]) -> tuple[HookConfig, ...]:
     if "hook" not in mapping:
         return ()
-    from harbor.hooks import parseHooks
-
     return tuple(parseHooks(mapping["hook"]))
 
 

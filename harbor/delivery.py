@@ -308,7 +308,7 @@ class Deliverer:
             relative to the root, with C{{user}} for the user name.
         @param filters: The envelope filters.
         @param blocklists: The DNS blocklists to check clients against.
-        @param hooks: The L{harbor.hooks.HookRunner} told of each stored
+        @param hooks: The L{harbor.hooks.runner.HookRunner} told of each stored
             copy, or L{None}.
         @param policyHook: The user's policy hook, asked at RCPT and before
             the 250, or L{None}.
@@ -555,7 +555,7 @@ class HarborDelivery:
         """
         What the hooks are told of each stored copy (in recipient order).
         """
-        from harbor.hooks import NewMessage
+        from harbor.hooks.events import NewMessage
 
         assert self.sender is not None
         return [
@@ -664,7 +664,7 @@ class HarborMessage:
             the folder of each copy.
         @param wantsHeaders: Whether to keep the header block as it streams
             by (at most 64 KiB of it), for folder rules on headers.
-        @param hooks: The L{harbor.hooks.HookRunner}, or L{None}.
+        @param hooks: The L{harbor.hooks.runner.HookRunner}, or L{None}.
         @param events: Describes the stored copies for the hooks.
         @param policy: Asks the policy hook about the whole message before
             it is made durable, or L{None}.

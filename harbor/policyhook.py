@@ -25,6 +25,7 @@ from twisted.python.failure import Failure
 from attrs import frozen
 
 from harbor.config import POLICY_HOOK_DEFAULTS
+from harbor.hooks.loading import importTarget
 
 DEFAULTS = POLICY_HOOK_DEFAULTS
 
@@ -146,8 +147,6 @@ def loadPolicyHook(target: str, setting: str) -> Callable[[PolicyRequest], Any]:
 
     @raise harbor._syntax.ConfigError: naming C{setting} if it cannot be.
     """
-    from harbor.hooks import importTarget
-
     return importTarget(target, setting)  # type: ignore[return-value]
 
 

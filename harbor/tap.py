@@ -177,7 +177,7 @@ class Options(usage.Options, strcred.AuthOptionMixin):
             raise usage.UsageError(
                 "--workers: new-message hooks run in one process only; use one worker with [[hook]]"
             )
-        from harbor.hooks import checkHooks
+        from harbor.hooks.loading import checkHooks
         from harbor.policyhook import loadPolicyHook
 
         try:
@@ -346,7 +346,9 @@ class HarborService(MultiService):
         The new-message hooks of the configuration and those given in code,
         as a child service, or L{None} if there are none.
         """
-        from harbor.hooks import HookRunner, loadHooks, spoolFor
+        from harbor.hooks.kinds import loadHooks
+        from harbor.hooks.runner import HookRunner
+        from harbor.hooks.spool import spoolFor
 
         reactor = self._reactor
         runInThread = self._runInThread

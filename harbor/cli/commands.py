@@ -43,7 +43,8 @@ from harbor.cli.formatting import (
     totalStats,
     writeText,
 )
-from harbor.config import DEFAULT_MAILDIR, RESCAN_INTERVAL, loadFile
+from harbor.config import DEFAULT_MAILDIR, loadFile
+from harbor.hooks.config import RESCAN_INTERVAL
 from harbor.mailstore import (
     MailboxStats,
     MessageFile,
@@ -361,7 +362,7 @@ def hooksCommand(arguments: argparse.Namespace, out: IO[str], err: IO[str], now:
     """
     C{mailharbor hooks list} and C{mailharbor hooks retry}.
     """
-    from harbor.hooks import HookSpool, spoolFor
+    from harbor.hooks.spool import HookSpool, spoolFor
 
     if arguments.spool is not None:
         directory = os.path.abspath(arguments.spool)

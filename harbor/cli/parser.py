@@ -28,7 +28,8 @@ from harbor.cli.commands import (
     showCommand,
     statsCommand,
 )
-from harbor.config import DEFAULT_MAILDIR, RESCAN_INTERVAL
+from harbor.config import DEFAULT_MAILDIR
+from harbor.hooks.config import RESCAN_INTERVAL
 
 __all__ = ["Moment", "buildParser", "parseMoment"]
 

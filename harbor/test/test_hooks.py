@@ -33,27 +33,12 @@ from attrs import evolve
 from harbor.cli import main
 from harbor.cli.parser import buildParser
 from harbor._syntax import ConfigError
-from harbor.hooks import (
-    defaultHookNames,
-    CommandHook,
-    HookConfig,
-    HookFailed,
-    HookRunner,
-    HookSpool,
-    IHook,
-    Job,
-    MessageGone,
-    NewMessage,
-    PermanentHookFailure,
-    PythonHook,
-    RetryPolicy,
-    WebhookHook,
-    checkHooks,
-    jobID,
-    loadHooks,
-    parseHooks,
-    spoolFor,
-)
+from harbor.hooks.config import HookConfig, RetryPolicy, parseHooks
+from harbor.hooks.events import HookFailed, Job, MessageGone, NewMessage, PermanentHookFailure, jobID
+from harbor.hooks.kinds import CommandHook, IHook, PythonHook, WebhookHook, loadHooks
+from harbor.hooks.loading import checkHooks, defaultHookNames
+from harbor.hooks.runner import HookRunner
+from harbor.hooks.spool import HookSpool, spoolFor
 from harbor.maildir import StorageError
 from harbor.test._support import RecordingFileSystem, pollUntil, processGone
 
@@ -1480,3 +1465,65 @@ class CommandLineTests(SynchronousTestCase):
         )
         self.assertEqual(result.returncode, 0, result.stderr)
         self.assertIn(self.pendingJob.id.encode("ascii"), result.stdout)
+
+
+class PackageTests(SynchronousTestCase):
+    """
+    Tests for the L{harbor.hooks} package itself: its public names, and
+    what importing its light modules costs.
+    """
+
+    def test_publicNames(self) -> None:
+        """
+        Each name in C{harbor.hooks.__all__} can be imported from
+        C{harbor.hooks}, and is the object its own module defines.
+        """
+        import harbor.hooks
+
+        homes = {
+            "CommandHook": CommandHook,
+            "HookFailed": HookFailed,
+            "IHook": IHook,
+            "MessageGone": MessageGone,
+            "NewMessage": NewMessage,
+            "PermanentHookFailure": PermanentHookFailure,
+            "PythonHook": PythonHook,
+            "RetryPolicy": RetryPolicy,
+            "WebhookHook": WebhookHook,
+        }
+        self.assertEqual(sorted(harbor.hooks.__all__), sorted(homes))
+        for name, value in homes.items():
+            self.assertIs(getattr(harbor.hooks, name), value)
+
+    def test_unknownName(self) -> None:
+        """
+        A name C{harbor.hooks} does not offer raises L{AttributeError}, as
+        for any module.
+        """
+        import harbor.hooks
+
+        self.assertRaises(AttributeError, getattr, harbor.hooks, "HookSpool")
+
+    def test_lightModulesImportNoTwisted(self) -> None:
+        """
+        Importing C{harbor.hooks}, L{harbor.hooks.config} and
+        L{harbor.hooks.loading} imports no Twisted module, so that
+        L{harbor.config} and L{harbor.policyhook} can import them at
+        their top.
+        """
+        script = (
+            "import sys\n"
+            "import harbor.hooks, harbor.hooks.config, harbor.hooks.loading\n"
+            "found = sorted(m for m in sys.modules if m.split('.')[0] == 'twisted')\n"
+            "assert not found, found\n"
+        )
+        environment = dict(os.environ)
+        environment["PYTHONPATH"] = os.pathsep.join(sys.path)
+        result = subprocess.run(
+            [sys.executable, "-c", script],
+            capture_output=True,
+            env=environment,
+            timeout=60,
+            check=False,
+        )
+        self.assertEqual(result.returncode, 0, result.stderr)

@@ -209,7 +209,7 @@ class BuildServiceTests(SynchronousTestCase):
         its own rather than a refusal.
         """
         from harbor.api import Config, buildService
-        from harbor.hooks import PythonHook
+        from harbor.hooks.kinds import PythonHook
 
         def stored(event: object) -> None:
             pass

@@ -1,0 +1,238 @@
+# -*- test-case-name: harbor.test.test_hooks -*-
+"""
+The hook spool: the durable job files, one per (stored copy, hook), that
+make hook calls at-least-once and survive restarts.
+
+The spool is Maildir-like: C{tmp/} (files being written), C{pending/} (jobs
+to run) and C{dead/} (jobs given up on); a job file is written in C{tmp/},
+fsynced and renamed into place, and the directory is fsynced.  It lives
+next to the Maildirs (L{spoolFor}).  The runner uses it from worker
+threads, and C{mailharbor hooks} directly, without any reactor.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from collections.abc import Sequence
+
+from twisted.logger import Logger
+
+from attrs import evolve
+
+from harbor.hooks.events import Job, isJobID
+from harbor.maildir import IFileSystem, RealFileSystem, StorageError, quietly
+
+#: The spool's directory name inside the Maildir root.  It cannot clash
+#: with a domain's Maildir, and having neither C{new/} nor C{cur/} it is
+#: never taken for one.
+SPOOL_NAME = ".hooks"
+
+_JOB_SUFFIX = ".json"
+
+
+def spoolFor(maildirRoot: str) -> str:
+    """
+    The hook spool of the Maildirs under C{maildirRoot}.
+    """
+    return os.path.join(maildirRoot, SPOOL_NAME)
+
+
+class HookSpool:
+    """
+    The job files: C{tmp/}, C{pending/} and C{dead/} under one directory.
+
+    Every method is blocking; the runner calls them in a worker thread and
+    C{mailharbor hooks} calls them directly.  Files are replaced, never
+    rewritten in place, so a reader sees either the old job or the new one.
+    """
+
+    _log = Logger()
+
+    def __init__(self, directory: str, fs: IFileSystem | None = None) -> None:
+        """
+        @param fs: The file-system calls that make files durable, for tests
+            to record or break.
+        """
+        self.directory = directory
+        self._fs: IFileSystem = RealFileSystem() if fs is None else fs
+        self._tmp = os.path.join(directory, "tmp")
+        self._pending = os.path.join(directory, "pending")
+        self._dead = os.path.join(directory, "dead")
+        self._prepared = False
+
+    def isPending(self, jobID: str) -> bool:
+        """
+        Whether C{jobID} names a job waiting to run.
+        """
+        return isJobID(jobID) and os.path.exists(self.pendingPath(jobID))
+
+    def pendingPath(self, jobID: str) -> str:
+        """
+        The file of a job waiting to run.
+        """
+        return os.path.join(self._pending, jobID + _JOB_SUFFIX)
+
+    def deadPath(self, jobID: str) -> str:
+        """
+        The file of a job given up on.
+        """
+        return os.path.join(self._dead, jobID + _JOB_SUFFIX)
+
+    def prepare(self) -> None:
+        """
+        Create the spool's directories if need be.
+
+        @raise StorageError: if they cannot be created.
+        """
+        try:
+            for directory in (self._tmp, self._pending, self._dead):
+                self._fs.makeDirectories(directory)
+        except OSError as e:
+            raise StorageError.fromOSError("creating the hook spool", e) from e
+        self._prepared = True
+
+    def add(self, jobs: Sequence[Job]) -> None:
+        """
+        Make new jobs durable in C{pending/}: all of them or, on failure,
+        none.
+
+        @raise StorageError: if they could not be written.
+        """
+        if not self._prepared:
+            self.prepare()
+        written: list[str] = []
+        try:
+            for job in jobs:
+                written.append(self._write(job, self.pendingPath(job.id)))
+            self._fs.syncDirectory(self._pending)
+        except OSError as e:
+            for path in written:
+                quietly(self._fs.unlink, path)
+            raise StorageError.fromOSError("recording the message for its hooks", e) from e
+
+    def update(self, job: Job) -> None:
+        """
+        Replace a pending job's file, after a failed attempt.
+        """
+        self._write(job, self.pendingPath(job.id))
+        self._fs.syncDirectory(self._pending)
+
+    def remove(self, job: Job) -> None:
+        """
+        Forget a job that succeeded.
+
+        The directory is not fsynced: after a crash the job would run once
+        more, which at-least-once delivery allows, and it saves a disk
+        flush per message.
+        """
+        try:
+            self._fs.unlink(self.pendingPath(job.id))
+        except FileNotFoundError:
+            pass
+
+    def bury(self, job: Job) -> None:
+        """
+        Move a job to the dead letters, with its last error.
+        """
+        self._write(job, self.deadPath(job.id))
+        self._fs.syncDirectory(self._dead)
+        self.remove(job)
+
+    def revive(self, jobID: str, now: float) -> Job:
+        """
+        Put a dead job back in C{pending/}, with its attempts reset, to run
+        at once.
+
+        The pending copy is made durable before the dead one is removed,
+        so a crash in between leaves the job in both lists rather than in
+        neither.
+
+        @raise KeyError: if there is no such dead job.
+        """
+        if not isJobID(jobID):
+            raise KeyError(jobID)
+        job = self._load(self.deadPath(jobID))
+        if job is None:
+            raise KeyError(jobID)
+        job = evolve(job, attempts=0, due=now, error=None)
+        self._write(job, self.pendingPath(jobID))
+        self._fs.syncDirectory(self._pending)
+        try:
+            self._fs.unlink(self.deadPath(jobID))
+        except FileNotFoundError:
+            pass
+        self._fs.syncDirectory(self._dead)
+        return job
+
+    def pendingJobs(self, unusable: list[tuple[str, str]] | None = None) -> list[Job]:
+        """
+        Every job waiting to run, oldest first.
+
+        @param unusable: If given, a job file that cannot be read as a job
+            is added to it, with why, and left where it is (for a command
+            that only looks); otherwise it is logged and set aside as
+            C{.bad}, as the server does.
+        """
+        return self._jobs(self._pending, unusable)
+
+    def deadJobs(self, unusable: list[tuple[str, str]] | None = None) -> list[Job]:
+        """
+        Every job given up on, oldest first.
+
+        @param unusable: As for L{pendingJobs}.
+        """
+        return self._jobs(self._dead, unusable)
+
+    def _jobs(self, directory: str, unusable: list[tuple[str, str]] | None = None) -> list[Job]:
+        try:
+            names = sorted(os.listdir(directory))
+        except FileNotFoundError:
+            return []
+        jobs = []
+        for name in names:
+            if name.endswith(_JOB_SUFFIX):
+                job = self._load(os.path.join(directory, name), unusable)
+                if job is not None:
+                    jobs.append(job)
+        jobs.sort(key=lambda job: (job.created, job.id))
+        return jobs
+
+    def _load(self, path: str, unusable: list[tuple[str, str]] | None = None) -> Job | None:
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+        except FileNotFoundError:
+            return None
+        try:
+            return Job.fromJSON(json.loads(data))
+        except ValueError as e:
+            if unusable is not None:
+                unusable.append((path, str(e)))
+                return None
+            # Set aside, so it is reported once and not on every look.
+            self._log.error(
+                "Hook job file {path} is unusable ({error}); renamed to {path}.bad",
+                path=path,
+                error=str(e),
+            )
+            quietly(os.rename, path, path + ".bad")
+            return None
+
+    def _write(self, job: Job, destination: str) -> str:
+        data = json.dumps(job.asJSON(), indent=1).encode("utf-8") + b"\n"
+        temporary = os.path.join(self._tmp, f"{job.id}.{uuid.uuid4().hex}")
+        f = self._fs.create(temporary)
+        try:
+            try:
+                f.write(data)
+                self._fs.fsync(f)
+            finally:
+                f.close()
+            self._fs.rename(temporary, destination)
+        except BaseException:
+            quietly(self._fs.unlink, temporary)
+            raise
+        return destination
+
