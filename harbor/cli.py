@@ -7,8 +7,8 @@ MailHarbor only receives; reading is left to any Maildir-capable mail
 reader.  This command answers the questions an operator has before one is
 set up, or while debugging delivery: what arrived, from whom, for whom, how
 much is stored, and what exactly a message holds.  Reading the store is
-L{harbor.mailstore}'s job; this module turns command lines into calls to it
-and its results into text or JSON.
+L{harbor.store.reader}'s and L{harbor.store.mime}'s job; this module turns
+command lines into calls to them and their results into text or JSON.
 
 Every failure ends the command with a one-line message on standard error
 and a non-zero status, never a traceback: 1 when the store or a message is
@@ -41,14 +41,14 @@ from attrs import frozen
 
 from harbor._syntax import ConfigError, normaliseDomain
 from harbor.config import DEFAULT_MAILDIR, RESCAN_INTERVAL, loadFile
-from harbor.mailstore import (
+from harbor.store.headers import cleanText
+from harbor.store.mime import MessageDetails, parseMessage, saveAttachments
+from harbor.store.reader import (
     MailboxStats,
-    MessageDetails,
     MessageFile,
     MessageSummary,
     Query,
     StoreError,
-    cleanText,
     deleteMessage,
     deliveredAt,
     findMessage,
@@ -58,9 +58,7 @@ from harbor.mailstore import (
     mailboxStats,
     markSeen,
     messageSize,
-    parseMessage,
     relocate,
-    saveAttachments,
     summarise,
 )
 

@@ -30,7 +30,8 @@ from twisted.mail.smtp import Address, IMessage, SMTPBadRcpt, SMTPBadSender, SMT
 
 from attrs import Factory, define, frozen
 
-from harbor.maildir import MaildirStore, PendingDelivery, StorageError, StoredMessage
+from harbor.store.fs import StorageError
+from harbor.store.writer import MaildirStore, PendingDelivery, StoredMessage
 from harbor.config import DEFAULT_SUBMISSION_MAILBOX
 from harbor.routing import FolderRule
 from harbor.dnsbl import Blocklists
@@ -186,7 +187,7 @@ class CommitQueue:
 
     While one group of messages is being committed in a thread, the
     messages that finish meanwhile wait, and go together in the next group
-    (L{harbor.maildir.commitMany}): under load many messages share each
+    (L{harbor.store.writer.GroupCommit}): under load many messages share each
     wait for the disk and each trip to the thread, and a lone message waits
     for nothing but its own commit.  A message too large to be kept in
     memory is committed on its own at once, so that its long fsync does not
@@ -505,7 +506,7 @@ class HarborDelivery:
         The transaction's one message, opened on first use (at DATA): every
         accepted recipient gets this same object.
 
-        @raise harbor.maildir.StorageError: if the files cannot be created.
+        @raise harbor.store.fs.StorageError: if the files cannot be created.
         """
         if self._message is None:
             assert self.sender is not None
@@ -701,7 +702,7 @@ class HarborMessage:
         meanwhile.
 
         @return: a L{Deferred} firing with the stored copies, or failing
-            with L{harbor.maildir.StorageError}.
+            with L{harbor.store.fs.StorageError}.
         """
         try:
             headers = None

@@ -71,7 +71,8 @@ from attrs import evolve, field, frozen
 
 from harbor._syntax import ConfigError, checkTarget
 from harbor.config import RESCAN_INTERVAL
-from harbor.maildir import IFileSystem, RealFileSystem, StorageError, quietly, parseName
+from harbor.store.fs import IFileSystem, RealFileSystem, StorageError, quietly
+from harbor.store.names import parseName
 
 T = TypeVar("T")
 RunInThread = Callable[[Callable[[], T]], "Deferred[T]"]

@@ -53,7 +53,7 @@ from harbor.hooks import (
     parseHooks,
     spoolFor,
 )
-from harbor.maildir import StorageError
+from harbor.store.fs import StorageError
 from harbor.test._support import RecordingFileSystem, pollUntil, processGone
 
 NOW = 1_700_000_000.0
