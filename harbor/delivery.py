@@ -31,6 +31,7 @@ from twisted.mail.smtp import Address, IMessage, SMTPBadRcpt, SMTPBadSender, SMT
 from attrs import Factory, define, frozen
 
 from harbor.store.fs import StorageError
+from harbor.store.headers import headerValues
 from harbor.store.writer import MaildirStore, PendingDelivery, StoredMessage
 from harbor.config import DEFAULT_SUBMISSION_MAILBOX
 from harbor.routing import FolderRule
@@ -150,24 +151,6 @@ class Recipient:
 
     path: Path
     accept: Accept
-
-
-def headerValues(headers: EmailMessage, name: str) -> list[str]:
-    """
-    The values of every header C{name}, decoded (RFC 2047 words and all)
-    where the parser can, and as received where it cannot: a malformed
-    C{From: <} must not make the message undeliverable (the parser raises
-    on some such values).
-    """
-    wanted = name.lower()
-    values = []
-    for key, raw in headers.raw_items():
-        if key.lower() == wanted:
-            try:
-                values.append(str(headers.policy.header_fetch_parse(key, raw)))
-            except Exception:
-                values.append(raw)
-    return values
 
 
 def headerSafe(text: str, limit: int = _MAX_HELO_IN_HEADER) -> str:

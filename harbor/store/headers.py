@@ -2,9 +2,11 @@
 """
 Header blocks and header values, read cheaply and decoded tolerantly.
 
-Whatever a sender put in a header is decoded here without ever raising,
-for the C{mailharbor} command, which shows headers on a terminal
-(L{cleanText} makes them safe for it).
+Whatever a sender put in a header is decoded here without ever raising:
+for the server, which reads a header to choose a folder and must not make
+a message undeliverable over a malformed one, and for the C{mailharbor}
+command, which shows headers on a terminal (L{cleanText} makes them safe
+for it).
 
 Pure: no I/O but reading a file it is given, and no Twisted.
 """
@@ -17,6 +19,7 @@ import unicodedata
 from collections.abc import Iterable
 from email import policy
 from email.header import decode_header
+from email.message import Message
 from typing import Any, BinaryIO
 
 # The most of a file read to find its header block; a file without a blank
@@ -114,6 +117,35 @@ def decodeHeader(name: str, value: str) -> str:
         # The email package has raised on malformed headers before; one bad
         # header must not hide the message.
         return value
+
+
+def headerValues(message: Message, name: str, allOrNone: bool = False) -> list[str]:
+    """
+    The values of every header C{name}, decoded (RFC 2047 words and all)
+    where the parser can, and as received where it cannot: a malformed
+    C{From: <} must not make the message undeliverable, nor hide it from
+    a reader (the parser raises on some such values).
+
+    @param message: The parsed message, or its header block.
+    @param name: The field's name, in any case.
+    @param allOrNone: Whether one value the parser cannot take leaves every
+        value of the field as received (what C{mailharbor show} has always
+        shown), rather than only that one (what folder rules have always
+        matched).
+    @return: The values, in order; raw values keep their bytes as
+        surrogate escapes, as L{cleanText} expects.
+    """
+    wanted = name.lower()
+    fields = [(key, raw) for key, raw in message.raw_items() if key.lower() == wanted]
+    values = []
+    for key, raw in fields:
+        try:
+            values.append(str(message.policy.header_fetch_parse(key, raw)))
+        except Exception:  # noqa: BLE001
+            if allOrNone:
+                return [str(raw) for _, raw in fields]
+            values.append(raw)
+    return values
 
 
 def cleanText(text: str) -> str:

@@ -27,7 +27,7 @@ from typing import Any, BinaryIO, cast
 
 from attrs import field, frozen
 
-from harbor.store.headers import BIDI_CONTROLS, cleanText
+from harbor.store.headers import BIDI_CONTROLS, cleanText, headerValues
 from harbor.store.reader import StoreError
 
 # How much of a message's MIME structure is looked at; see parseMessage.
@@ -134,8 +134,8 @@ def parseMessage(f: BinaryIO) -> MessageDetails:
 
     headers = []
     for name in SUMMARY_HEADERS:
-        for value in _headerValues(root, name):
-            headers.append((name, value))
+        for value in headerValues(root, name, allOrNone=True):
+            headers.append((name, cleanText(value)))
 
     plain: Message | None = None
     html: Message | None = None
@@ -373,15 +373,6 @@ class _TextExtractor(HTMLParser):
     def handle_data(self, data: str) -> None:
         if not self._hidden:
             self.pieces.append(data)
-
-
-def _headerValues(message: Message, name: str) -> list[str]:
-    try:
-        values = [str(value) for value in message.get_all(name, [])]
-    except Exception:  # noqa: BLE001
-        # Show a header the email package cannot parse undecoded.
-        values = [str(v) for k, v in message.raw_items() if k.lower() == name.lower()]
-    return [cleanText(value) for value in values]
 
 
 def _walk(root: Message) -> tuple[list[Message], bool]:

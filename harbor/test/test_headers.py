@@ -5,7 +5,10 @@ tolerantly.
 
 from __future__ import annotations
 
+import email.policy
 import io
+from email.message import EmailMessage
+from email.parser import BytesHeaderParser
 
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -13,6 +16,7 @@ from harbor.store.headers import (
     cleanText,
     decodeHeader,
     headerFields,
+    headerValues,
     readHeaderBlock,
 )
 from harbor.store.mime import cleanBody
@@ -157,3 +161,42 @@ class CleanTextTests(SynchronousTestCase):
         """
         self.assertEqual(cleanBody("a\r\nb\rc\n\td\x07\x1b\u202e\udcff"), "a\nb\nc\n\td\ufffd")
 
+
+class HeaderValuesTests(SynchronousTestCase):
+    """
+    Tests for L{headerValues}, which the server's folder rules and
+    C{mailharbor show} both read headers with.
+    """
+
+    def headers(self, block: bytes) -> EmailMessage:
+        """
+        Parse C{block} as the server parses a message's header block.
+        """
+        return BytesHeaderParser(policy=email.policy.default).parsebytes(block)
+
+    def test_decoded(self) -> None:
+        """
+        Every value of the field, in any case, is decoded in order.
+        """
+        headers = self.headers(b"To: =?utf-8?q?caf=C3=A9?= <a@b>\nSubject: x\nto: c@d\n\n")
+        self.assertEqual(headerValues(headers, "TO"), ["caf\u00e9 <a@b>", "c@d"])
+        self.assertEqual(headerValues(headers, "Cc"), [])
+
+    def test_unparseableKeptAsReceived(self) -> None:
+        """
+        A value the parser raises on (C{From: <}) is given as received.
+        """
+        headers = self.headers(b"From: <\n\n")
+        self.assertEqual(headerValues(headers, "From"), ["<"])
+        self.assertEqual(headerValues(headers, "From", allOrNone=True), ["<"])
+
+    def test_allOrNone(self) -> None:
+        """
+        By default only the value the parser raises on is left as received;
+        with C{allOrNone} every value of that field is.
+        """
+        headers = self.headers(b"From: <\nFrom: =?utf-8?q?caf=C3=A9?= <a@b>\n\n")
+        self.assertEqual(headerValues(headers, "From"), ["<", "caf\u00e9 <a@b>"])
+        self.assertEqual(
+            headerValues(headers, "From", allOrNone=True), ["<", "=?utf-8?q?caf=C3=A9?= <a@b>"]
+        )
