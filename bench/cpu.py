@@ -36,7 +36,7 @@ sys.path.insert(0, os.path.dirname(HERE))
 from twisted.internet.task import Clock  # noqa: E402
 from twisted.logger import globalLogBeginner, textFileLogObserver  # noqa: E402
 
-from harbor.maildir import RealFileSystem  # noqa: E402
+from harbor.store.fs import RealFileSystem  # noqa: E402
 from harbor.test._support import SMTPDriver, makeDeliverer  # noqa: E402
 
 LINE = b"abcdefghijklmnopqrstuvwxyz0123456789" * 2 + b"ABCD\r\n"

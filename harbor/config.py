@@ -127,7 +127,7 @@ class Config:
     @ivar policyHook: The policy hook, C{package.module:function}, if any.
     @ivar groupCommit: Whether messages that end at the same time are made
         durable together, sharing the waits for the disk (see
-        L{harbor.maildir.commitMany}); L{False} fsyncs every file on its
+        L{harbor.store.writer.GroupCommit}); L{False} fsyncs every file on its
         own, as Postfix does.
     @ivar policyHookDefault: What a failing or slow policy hook means:
         C{"accept"} or C{"tempfail"}.

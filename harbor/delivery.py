@@ -30,7 +30,9 @@ from twisted.mail.smtp import Address, IMessage, SMTPBadRcpt, SMTPBadSender, SMT
 
 from attrs import Factory, define, frozen
 
-from harbor.maildir import MaildirStore, PendingDelivery, StorageError, StoredMessage
+from harbor.store.fs import StorageError
+from harbor.store.headers import headerValues
+from harbor.store.writer import MaildirStore, PendingDelivery, StoredMessage
 from harbor.config import DEFAULT_SUBMISSION_MAILBOX
 from harbor.routing import FolderRule
 from harbor.dnsbl import Blocklists
@@ -151,24 +153,6 @@ class Recipient:
     accept: Accept
 
 
-def headerValues(headers: EmailMessage, name: str) -> list[str]:
-    """
-    The values of every header C{name}, decoded (RFC 2047 words and all)
-    where the parser can, and as received where it cannot: a malformed
-    C{From: <} must not make the message undeliverable (the parser raises
-    on some such values).
-    """
-    wanted = name.lower()
-    values = []
-    for key, raw in headers.raw_items():
-        if key.lower() == wanted:
-            try:
-                values.append(str(headers.policy.header_fetch_parse(key, raw)))
-            except Exception:
-                values.append(raw)
-    return values
-
-
 def headerSafe(text: str, limit: int = _MAX_HELO_IN_HEADER) -> str:
     """
     Make client-supplied text safe inside a header comment: no line
@@ -186,7 +170,7 @@ class CommitQueue:
 
     While one group of messages is being committed in a thread, the
     messages that finish meanwhile wait, and go together in the next group
-    (L{harbor.maildir.commitMany}): under load many messages share each
+    (L{harbor.store.writer.GroupCommit}): under load many messages share each
     wait for the disk and each trip to the thread, and a lone message waits
     for nothing but its own commit.  A message too large to be kept in
     memory is committed on its own at once, so that its long fsync does not
@@ -505,7 +489,7 @@ class HarborDelivery:
         The transaction's one message, opened on first use (at DATA): every
         accepted recipient gets this same object.
 
-        @raise harbor.maildir.StorageError: if the files cannot be created.
+        @raise harbor.store.fs.StorageError: if the files cannot be created.
         """
         if self._message is None:
             assert self.sender is not None
@@ -701,7 +685,7 @@ class HarborMessage:
         meanwhile.
 
         @return: a L{Deferred} firing with the stored copies, or failing
-            with L{harbor.maildir.StorageError}.
+            with L{harbor.store.fs.StorageError}.
         """
         try:
             headers = None

@@ -58,7 +58,8 @@ from harbor.delivery import Deliverer, IMessageStream, PathAddress, Session
 from harbor.dnsbl import SharedResult
 from harbor.filters import applyFirst
 from harbor.framing import ChunkDecoder, DataDecoder, InputBuffer, LineTooLong
-from harbor.maildir import StorageError, StoredMessage
+from harbor.store.fs import StorageError
+from harbor.store.writer import StoredMessage
 from harbor.address import AddressSyntaxError, NeedsSMTPUTF8, Path, parsePath
 from harbor.limits import ConnectionCounter
 from harbor.tls import describeConnection

@@ -382,9 +382,11 @@ class HarborService(MultiService):
         """
         from harbor.auth import TextOrBytes, UsersFileChecker
         from harbor.delivery import Deliverer
-        from harbor.maildir import MaildirNamer, MaildirStore, RealFileSystem
         from harbor.routing import RecipientPolicy
         from harbor.smtp import ServerSettings
+        from harbor.store.fs import RealFileSystem
+        from harbor.store.names import MaildirNamer
+        from harbor.store.writer import MaildirStore
 
         reactor = self._reactor
         runInThread = self._runInThread
@@ -504,7 +506,7 @@ class HarborService(MultiService):
             self._reactor.callFromThread(worker.signal, "HUP")
 
     def _createMaildirs(self) -> None:
-        from harbor.maildir import StorageError
+        from harbor.store.fs import StorageError
 
         for domain in self.config.domains:
             for mailbox in domain.mailboxPaths():

@@ -7,7 +7,7 @@ MailHarbor only receives; reading is left to any Maildir-capable mail
 reader.  This command answers the questions an operator has before one is
 set up, or while debugging delivery: what arrived, from whom, for whom, how
 much is stored, and what exactly a message holds.  Reading the store is
-L{harbor.mailstore}'s job; this package turns command lines into calls to
+L{harbor.store.reader}'s job; this package turns command lines into calls to
 it and its results into text or JSON:
 
   - L{harbor.cli.main}: runs the command, and turns failures into

@@ -5,7 +5,7 @@ What each C{mailharbor} sub-command does, one function each.
 Every command function takes the parsed arguments, the output and error
 streams and the current time, and returns the exit status; it raises
 L{CommandError} for a failure the user should read about.  Reading the
-store is L{harbor.mailstore}'s job, laying out its results is
+store is L{harbor.store.reader}'s job, laying out its results is
 L{harbor.cli.formatting}'s: these functions join the two.
 
 Twisted's service and endpoint modules (through L{harbor.tap}) and the
@@ -45,11 +45,12 @@ from harbor.cli.formatting import (
 )
 from harbor.config import DEFAULT_MAILDIR, loadFile
 from harbor.hooks.config import RESCAN_INTERVAL
-from harbor.mailstore import (
+from harbor.store.headers import cleanText
+from harbor.store.mime import parseMessage, saveAttachments
+from harbor.store.reader import (
     MailboxStats,
     MessageFile,
     Query,
-    cleanText,
     deleteMessage,
     deliveredAt,
     findMessage,
@@ -59,9 +60,7 @@ from harbor.mailstore import (
     mailboxStats,
     markSeen,
     messageSize,
-    parseMessage,
     relocate,
-    saveAttachments,
     summarise,
 )
 

@@ -18,7 +18,9 @@ from typing import IO, Any
 
 import attrs
 
-from harbor.mailstore import MailboxStats, MessageDetails, MessageSummary, cleanText
+from harbor.store.headers import cleanText
+from harbor.store.mime import MessageDetails
+from harbor.store.reader import MailboxStats, MessageSummary
 
 __all__ = [
     "SUBJECT_WIDTH",

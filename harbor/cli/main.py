@@ -22,7 +22,7 @@ from typing import IO
 from harbor.cli.commands import CommandError
 from harbor.cli.formatting import writeText
 from harbor.cli.parser import buildParser
-from harbor.mailstore import StoreError
+from harbor.store.reader import StoreError
 
 __all__ = ["main"]
 

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from attrs import frozen
 
-from harbor.maildir import parseName
+from harbor.store.names import parseName
 
 if TYPE_CHECKING:
     from twisted.python.failure import Failure

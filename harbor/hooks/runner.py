@@ -54,7 +54,7 @@ from harbor.hooks.events import (
 )
 from harbor.hooks.kinds import IHook, RunInThread
 from harbor.hooks.spool import HookSpool
-from harbor.maildir import IFileSystem, StorageError
+from harbor.store.fs import IFileSystem, StorageError
 
 #: Seconds L{HookRunner.stop} waits for running hooks before cancelling them.
 STOP_TIMEOUT = 10.0

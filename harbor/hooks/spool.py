@@ -22,7 +22,7 @@ from twisted.logger import Logger
 from attrs import evolve
 
 from harbor.hooks.events import Job, isJobID
-from harbor.maildir import IFileSystem, RealFileSystem, StorageError, quietly
+from harbor.store.fs import IFileSystem, RealFileSystem, StorageError, quietly
 
 #: The spool's directory name inside the Maildir root.  It cannot clash
 #: with a domain's Maildir, and having neither C{new/} nor C{cur/} it is

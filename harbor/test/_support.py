@@ -22,7 +22,9 @@ from twisted.python.failure import Failure
 from harbor.limits import Limits
 from harbor.routing import DomainConfig
 from harbor.delivery import Deliverer
-from harbor.maildir import IFileSystem, MaildirNamer, MaildirStore, RealFileSystem
+from harbor.store.fs import IFileSystem, RealFileSystem
+from harbor.store.names import MaildirNamer
+from harbor.store.writer import MaildirStore
 from harbor.routing import RecipientPolicy
 from harbor.smtp import HarborESMTP, HarborSMTPFactory, ServerSettings
 

@@ -57,7 +57,7 @@ def messageBytes(
 
 def messageID(seconds: int, count: int = 1) -> str:
     """
-    A Maildir id as L{harbor.maildir.MaildirNamer} makes them.
+    A Maildir id as L{harbor.store.names.MaildirNamer} makes them.
     """
     return f"{seconds}.M{123456 + count}P4242Q{count}.{HOST}"
 

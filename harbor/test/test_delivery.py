@@ -16,7 +16,9 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from harbor.routing import DomainConfig
 from harbor.delivery import CommitQueue, HarborMessage, IMessageStream, PathAddress, Session, headerSafe
-from harbor.maildir import MEMORY_THRESHOLD, MaildirNamer, MaildirStore, PendingDelivery, StorageError, StoredMessage
+from harbor.store.fs import StorageError
+from harbor.store.names import MaildirNamer
+from harbor.store.writer import MEMORY_THRESHOLD, MaildirStore, PendingDelivery, StoredMessage
 from harbor.address import parsePath
 from harbor.test._support import DeferredThreads, RecordingFileSystem, makeDeliverer
 

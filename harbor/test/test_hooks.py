@@ -39,7 +39,7 @@ from harbor.hooks.kinds import CommandHook, IHook, PythonHook, WebhookHook, load
 from harbor.hooks.loading import checkHooks, defaultHookNames
 from harbor.hooks.runner import HookRunner
 from harbor.hooks.spool import HookSpool, spoolFor
-from harbor.maildir import StorageError
+from harbor.store.fs import StorageError
 from harbor.test._support import RecordingFileSystem, pollUntil, processGone
 
 NOW = 1_700_000_000.0

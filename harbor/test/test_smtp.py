@@ -16,7 +16,8 @@ from twisted.mail.smtp import IMessage, SMTPBadRcpt
 from twisted.trial.unittest import SynchronousTestCase
 
 from harbor.routing import DomainConfig, FolderRule
-from harbor.maildir import MEMORY_THRESHOLD, StorageError
+from harbor.store.fs import StorageError
+from harbor.store.writer import MEMORY_THRESHOLD
 from harbor.smtp import HarborESMTP, _LineMessage
 from harbor.test._support import DeferredThreads, RecordingFileSystem, SMTPDriver, makeDeliverer
 

@@ -1,0 +1,20 @@
+# -*- test-case-name: harbor.test.test_names,harbor.test.test_fs,harbor.test.test_writer,harbor.test.test_headers,harbor.test.test_reader,harbor.test.test_mime -*-
+"""
+The Maildir store: the server's writer and the operator's reader.
+
+  - L{harbor.store.names}: the layout of a Maildir and its file names.
+  - L{harbor.store.fs}: the file-system calls a delivery makes
+    (L{harbor.store.fs.IFileSystem}), C{syncfs(2)} and making Maildirs.
+  - L{harbor.store.writer}: the streaming delivery, the group commit and
+    L{harbor.store.writer.MaildirStore}.
+  - L{harbor.store.headers}: header blocks and values, decoded tolerantly.
+  - L{harbor.store.reader}: finding, listing, marking seen and deleting
+    stored messages, for the C{mailharbor} command.
+  - L{harbor.store.mime}: a message taken apart into its text and
+    attachments.
+
+The writer imports no reactor; names, headers, reader and mime import no
+Twisted at all, so the C{mailharbor} command stays light.
+"""
+
+__all__ = ["fs", "headers", "mime", "names", "reader", "writer"]
