@@ -13,14 +13,13 @@ import ipaddress
 import re
 import unicodedata
 from collections.abc import Iterable
-from typing import Union
 
 from attrs import frozen
 
 from harbor._syntax import asciiDomain
 
 POSTMASTER = "postmaster"
-IPNetwork = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 # RFC 5321 section 4.1.2, extended by RFC 6531 section 3.3 with UTF-8
 # characters; which of those are acceptable is checked in _checkUnicode.

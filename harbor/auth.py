@@ -27,7 +27,6 @@ from twisted.cred.credentials import IUsernamePassword, UsernamePassword
 from twisted.cred.error import UnauthorizedLogin
 from twisted.internet.defer import Deferred, maybeDeferred
 
-
 from harbor.routing import USER_NAME
 
 _SCRYPT_N = 2**14
@@ -178,7 +177,10 @@ class UsersFileChecker:
             self._users = readUsers(self._path)
             self._stamp = stamp
 
-    def requestAvatarId(self, credentials: IUsernamePassword) -> Deferred[str]:
+    # The avatar ids are user names as text (the realm stores mail under
+    # them), which Twisted's annotation of the interface, bytes, does not
+    # foresee.
+    def requestAvatarId(self, credentials: IUsernamePassword) -> Deferred[str]:  # type: ignore[override]
         """
         Check a password, slowly and off the reactor thread.  An unknown
         user costs as much time as a wrong password, so user names cannot be
@@ -229,7 +231,9 @@ class TextOrBytes:
         def octets(value: bytes | str) -> bytes:
             return value.encode("utf-8") if isinstance(value, str) else value
 
-        asText = UsernamePassword(text(credentials.username), text(credentials.password))
+        # Text is what the memory: and unix checkers compare, whatever
+        # UsernamePassword's annotation says.
+        asText = UsernamePassword(text(credentials.username), text(credentials.password))  # type: ignore[arg-type]
         asBytes = UsernamePassword(octets(credentials.username), octets(credentials.password))
 
         def asOctets(failure: Any) -> Any:

@@ -86,9 +86,9 @@ class Blocklists:
                     name=name,
                     error=failure.getErrorMessage() if not failure.check(TimeoutError) else "timeout",
                 )
-            return None
 
-        return d.addCallbacks(answered, failed)
+        listed: Deferred[str | None] = d.addCallbacks(answered, failed)
+        return listed
 
 
 class SharedResult:

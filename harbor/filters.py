@@ -15,7 +15,7 @@ import fnmatch
 import ipaddress
 import re
 from collections.abc import Sequence
-from typing import Protocol, Union
+from typing import Protocol
 
 from twisted.logger import Logger
 
@@ -35,7 +35,11 @@ _ENHANCED = re.compile(r"^[45]\.\d{1,3}\.\d{1,3}$")
 
 
 # An address as one string, or the forms it is matched in, or nothing yet.
-Forms = Union[str, Sequence[str], None]
+Forms = str | Sequence[str] | None
+
+
+def _networks(networks: Sequence[str | IPNetwork]) -> tuple[IPNetwork, ...]:
+    return tuple(ipaddress.ip_network(n, strict=False) for n in networks)
 
 
 @frozen
@@ -55,9 +59,7 @@ class Filter:
     @ivar header: The header line added by tag.
     """
 
-    clients: tuple[IPNetwork, ...] = field(
-        converter=lambda networks: tuple(ipaddress.ip_network(n, strict=False) for n in networks)
-    )
+    clients: tuple[IPNetwork, ...] = field(converter=_networks)
     helo: str | None
     sender: str | None
     recipient: str | None

@@ -18,8 +18,20 @@ from collections.abc import Iterable, Mapping
 
 from attrs import frozen
 
-from harbor._syntax import ConfigError, asciiDomain, checkTable, normaliseDomain, stringList
-from harbor.address import POSTMASTER, Path, canonicalAddress, canonicalLocalPart, splitTag
+from harbor._syntax import (
+    ConfigError,
+    asciiDomain,
+    checkTable,
+    normaliseDomain,
+    stringList,
+)
+from harbor.address import (
+    POSTMASTER,
+    Path,
+    canonicalAddress,
+    canonicalLocalPart,
+    splitTag,
+)
 
 # RFC 5321 Dot-string: atoms of atext joined by single dots.
 _DOT_STRING = re.compile(r"^[A-Za-z0-9!#$&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$&'*+/=?^_`{|}~-]+)*$")
