@@ -3,17 +3,21 @@
 C{twistd mailharbor}: command-line options and the service they build.
 
 Options are checked completely in L{Options.postOptions}, before twistd
-daemonizes or binds anything, so a mistake is reported as a usage error that
-names the option.  L{makeService} only wires the pieces together; it takes
-the reactor as an argument so tests can pass a fake one.
+daemonizes or binds anything: parsed into a L{Config}, then checked against
+the world by L{harbor.preflight.checkConfig}, so a mistake is reported as a
+usage error that names the option (or the file and its setting).
+L{makeService} only hands the result to L{HarborService}; it takes the
+reactor as an argument so tests can pass a fake one.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import sys
+from collections.abc import Mapping
 from typing import Any
 
 from twisted.application.service import MultiService, Service
@@ -31,6 +35,7 @@ from twisted.python.failure import Failure
 
 from harbor._syntax import ConfigError
 from harbor.config import Config, DEFAULT_MAILDIR, loadFile, withBacklog
+from harbor.preflight import Conflict, checkConfig
 
 # Command-line options that override the configuration file key of the same
 # name (with - for _).
@@ -48,6 +53,9 @@ _CLI_KEYS = (
     "require_tls",
     "allow_plaintext_auth",
 )
+
+# The settings naming files that the start-up checks read.
+_FILE_KEYS = ("users_file", "tls_cert", "tls_key")
 
 
 def optionName(setting: str) -> str:
@@ -164,36 +172,36 @@ class Options(usage.Options, strcred.AuthOptionMixin):
                 mapping[key] = bool(value) if key in ("require_tls", "allow_plaintext_auth") else value
                 fromCommandLine.add(key)
         try:
-            self.config = Config.fromMapping(mapping)
+            config = Config.fromMapping(mapping)
+            checkConfig(config, credCheckers=self.get("credCheckers", ()))
+        except Conflict as e:
+            raise usage.UsageError(f"{optionName(e.setting)}: {e.problem}") from None
         except ConfigError as e:
+            problem = _asWritten(e.problem, mapping)
             if e.setting in fromCommandLine or path is None:
-                raise usage.UsageError(f"{optionName(e.setting)}: {e.problem}") from None
-            raise usage.UsageError(f"{path}: {e.setting}: {e.problem}") from None
-        if self.config.limits.workers > 1 and any(
-            port.startswith("systemd:") for port in self.config.ports
-        ):
-            raise usage.UsageError("--workers: systemd's sockets are adopted by one process only")
-        if self.config.limits.workers > 1 and self.config.hooks:
-            raise usage.UsageError(
-                "--workers: new-message hooks run in one process only; use one worker with [[hook]]"
-            )
-        from harbor.hooks import checkHooks
-        from harbor.policyhook import loadPolicyHook
+                raise usage.UsageError(f"{optionName(e.setting)}: {problem}") from None
+            raise usage.UsageError(f"{path}: {e.setting}: {problem}") from None
+        self.config = config
 
-        try:
-            checkHooks(self.config.hooks)
-            if self.config.policyHook is not None:
-                loadPolicyHook(self.config.policyHook, "policy_hook")
-        except ConfigError as e:
-            raise usage.UsageError(f"{path or 'configuration'}: {e.setting}: {e.problem}") from None
-        if (
-            any(listener.submission for listener in self.config.listeners)
-            and self.config.usersFile is None
-            and not self.get("credCheckers")
-        ):
-            raise usage.UsageError(
-                "--submission-port: needs users to authenticate (--users-file or --auth)"
-            )
+
+def _asWritten(problem: str, mapping: Mapping[str, Any]) -> str:
+    """
+    Name the files in a problem as the operator wrote them.
+
+    A L{Config} holds absolute paths, so the start-up checks name the users
+    file and the certificate that way; twistd says what the command line
+    or the file said.  One pass, longest path first, so that a path which
+    begins another is not replaced inside it.
+    """
+    written = {
+        os.path.abspath(value): value
+        for key in _FILE_KEYS
+        if isinstance(value := mapping.get(key), str) and value
+    }
+    if not written:
+        return problem
+    pattern = "|".join(re.escape(path) for path in sorted(written, key=len, reverse=True))
+    return re.sub(pattern, lambda match: written[match.group(0)], problem)
 
 
 class ListeningService(Service):
