@@ -43,14 +43,14 @@ async def main(reactor: Any, *argv: str) -> None:
     """
     Start MailHarbor with the hook and run until interrupted.
     """
-    from harbor.tap import HarborService, Options
+    from harbor.tap import Options, makeService
 
     options = Options()
     try:
         options.parseOptions(list(argv))
     except usage.UsageError as e:
         raise SystemExit(f"{sys.argv[0]}: {e}") from None
-    service = HarborService(options, reactor, extraHooks=[PythonHook(announce, "announce")])
+    service = makeService(options, reactor, extraHooks=[PythonHook(announce, "announce")])
     service.privilegedStartService()
     service.startService()
     stopped: Deferred[None] = Deferred()

@@ -29,15 +29,16 @@ from harbor.hooks.events import NewMessage
 from harbor.hooks.kinds import IHook, PythonHook
 from harbor.hooks.loading import defaultHookNames
 from harbor.policyhook import PolicyRequest, Refuse
-from harbor.tap import HarborService, Options
+from harbor.preflight import checkConfig
+from harbor.service import HarborService
 
 __all__ = [
     "Config",
     "ConfigError",
     "NewMessage",
     "PolicyRequest",
-    "Refuse",
     "PythonHook",
+    "Refuse",
     "buildService",
 ]
 
@@ -60,17 +61,21 @@ def buildService(
     @param policy: Called with a L{PolicyRequest} at RCPT and before the
         250; returns L{None} to take the mail or a L{Refuse}.
     @return: The service; start it, or give it a parent.
+    @raise ConfigError: if the configuration cannot be used, as twistd
+        would refuse it: a users file or certificate that cannot be read,
+        an endpoint that does not parse, a hook that cannot be imported,
+        worker processes with systemd's sockets or with hooks, a
+        submission port without users.
     """
+    checkConfig(config, codeHooks=hooks, policy=policy)
     if reactor is None:
         from twisted.internet import reactor as _reactor
 
         reactor = _reactor
-    options = Options()
-    options.config = config
     named = [hook.name for hook in hooks if IHook.providedBy(hook)] + [c.name for c in config.hooks]
     names = iter(defaultHookNames([hook for hook in hooks if not IHook.providedBy(hook)], named))
-    built = [
-        hook if IHook.providedBy(hook) else PythonHook(hook, next(names))  # type: ignore[arg-type]
+    built: list[IHook] = [
+        hook if IHook.providedBy(hook) else PythonHook(hook, next(names))
         for hook in hooks
     ]
-    return HarborService(options, reactor, built, policy)
+    return HarborService(config, reactor, extraHooks=built, policy=policy)

@@ -6,6 +6,10 @@ immutable L{Config}.
 The TOML file and the command line share one vocabulary (the file's keys are
 the long option names), so that every error can name the setting at fault and
 the command line can override the file key by key.
+
+Building a L{Config} looks at nothing outside the mapping it is given (but
+for the machine's name, when no C{hostname} is set); the checks that read
+files, parse endpoints or import code are L{harbor.preflight}'s.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import tomllib
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from attrs import frozen
+from attrs import field, frozen
 
 from harbor._syntax import (
     HOSTNAME,
@@ -137,7 +141,7 @@ class Config:
     domains: tuple[DomainConfig, ...]
     maildir: str
     hostname: str
-    limits: Limits = Limits()
+    limits: Limits = field(factory=Limits)
     tls: TLSFiles | None = None
     usersFile: str | None = None
     allowPlaintextAuth: bool = False
@@ -156,12 +160,17 @@ class Config:
         The endpoint descriptions of all listeners.
         """
         return tuple(listener.port for listener in self.listeners)
+
     @classmethod
     def fromMapping(
         cls, mapping: Mapping[str, Any], fqdn: Callable[[], str] = socket.getfqdn
     ) -> Config:
         """
         Validate a mapping shaped like the TOML file and build a L{Config}.
+
+        Nothing is read or imported: whether the users file and the
+        certificate can be read, the endpoints parsed and the hooks
+        imported is for L{harbor.preflight.checkConfig}, once, at start.
 
         @param mapping: Keys C{port}, C{domain}, C{maildir}, C{hostname} and
             C{domains} (a table of per-domain tables); all optional but
@@ -181,11 +190,11 @@ class Config:
                 for p in stringList(mapping.get("port", [DEFAULT_PORT]), "port", allowInt=True)
             ]
             + [
-                Listener(normalisePort(p, "tls_port"), implicitTLS=True)
+                Listener(normalisePort(p), implicitTLS=True)
                 for p in stringList(mapping.get("tls_port", []), "tls_port", allowInt=True)
             ]
             + [
-                Listener(normalisePort(p, "submission_port"), requireTLS=True, submission=True)
+                Listener(normalisePort(p), requireTLS=True, submission=True)
                 for p in stringList(mapping.get("submission_port", []), "submission_port", allowInt=True)
             ]
         )
@@ -200,14 +209,6 @@ class Config:
         if usersFile is not None:
             if not isinstance(usersFile, str) or not usersFile:
                 raise ConfigError("users_file", "must be a path")
-            from harbor.auth import readUsers
-
-            try:
-                readUsers(usersFile)
-            except OSError as e:
-                raise ConfigError("users_file", f"cannot read {usersFile}: {e.strerror}") from None
-            except ValueError as e:
-                raise ConfigError("users_file", str(e)) from None
             usersFile = os.path.abspath(usersFile)
         submissionMailbox = mapping.get("submission_mailbox", DEFAULT_SUBMISSION_MAILBOX)
         if (
@@ -306,12 +307,6 @@ def _tlsFiles(mapping: Mapping[str, Any]) -> TLSFiles | None:
         raise ConfigError("tls_cert", "must be the path of a PEM certificate (set with tls_key)")
     if not isinstance(key, str) or not key:
         raise ConfigError("tls_key", "must be the path of a PEM private key (set with tls_cert)")
-    from harbor.tls import TLSConfigurationError, loadCertificateOptions
-
-    try:
-        loadCertificateOptions(certificate, key)
-    except TLSConfigurationError as e:
-        raise ConfigError("tls_cert", str(e)) from None
     return TLSFiles(os.path.abspath(certificate), os.path.abspath(key))
 
 
@@ -331,31 +326,17 @@ def loadFile(path: str) -> dict[str, Any]:
         raise ConfigError("config", f"{path} is not valid TOML: {e}") from None
 
 
-def normalisePort(description: str, setting: str = "port") -> str:
+def normalisePort(description: str) -> str:
     """
     Turn a C{--port} value into a Twisted endpoint description.
 
     A bare number means C{tcp:N}, as users of other mail servers expect;
-    anything else must already be an endpoint string. The description is
-    parsed (without a reactor, so nothing listens) to reject mistakes now
-    rather than when the service starts.
-
-    @raise ConfigError: naming C{setting}.
+    anything else must already be an endpoint string, which
+    L{harbor.preflight.checkConfig} parses at start.
     """
-    from twisted.internet.endpoints import serverFromString
-
     description = description.strip()
     if description.isdigit():
         description = f"tcp:{description}"
-    try:
-        serverFromString(None, description)
-    except IndexError:
-        raise ConfigError(
-            setting,
-            f"{description!r}: systemd passed no socket to this process (LISTEN_FDS and LISTEN_PID)",
-        ) from None
-    except Exception as e:
-        raise ConfigError(setting, f"{description!r} is not a valid endpoint: {e}") from None
     return description
 
 

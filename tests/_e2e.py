@@ -30,7 +30,8 @@ from twisted.internet.threads import deferToThread
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 
-from harbor.tap import ListeningService, Options, makeService
+from harbor.service import ListeningService
+from harbor.tap import Options, makeService
 from harbor.test._support import pollUntil
 
 T = TypeVar("T")
@@ -82,7 +83,7 @@ class RunningServer:
 
     @ivar root: The Maildir root.
     @ivar port: The TCP port it listens on, on 127.0.0.1.
-    @ivar service: The L{harbor.tap.HarborService}.
+    @ivar service: The L{harbor.service.HarborService}.
     """
 
     def __init__(self, root: str, port: int, service: Any) -> None:

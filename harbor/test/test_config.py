@@ -7,7 +7,7 @@ import os
 from twisted.trial.unittest import SynchronousTestCase
 
 from harbor._syntax import ConfigError
-from harbor.config import Config, loadFile, normalisePort
+from harbor.config import Config, TLSFiles, loadFile, normalisePort
 from harbor.limits import Limits
 from harbor.routing import DomainConfig
 
@@ -71,21 +71,34 @@ class ConfigTests(SynchronousTestCase):
         config = Config.fromMapping({"domain": "example.com", "port": ports})
         self.assertEqual(config.ports, tuple(ports))
 
-    def test_badPort(self) -> None:
+    def test_readsNothing(self) -> None:
         """
-        An endpoint string Twisted cannot parse is refused, naming port.
+        Building a configuration reads no file and parses no endpoint: a
+        missing users file or certificate and an endpoint Twisted cannot
+        parse are for the start-up checks (L{harbor.preflight}).
         """
-        for port in ["nonsense:1", "tcp:abc", "tcp:25:bogus=1", "", []]:
-            self.assertConfigError({"domain": "example.com", "port": port}, "port")
+        missing = os.path.abspath(self.mktemp())
+        config = Config.fromMapping(
+            {
+                "domain": "example.com",
+                "port": ["nonsense:1"],
+                "submission_port": ["2587"],
+                "users_file": missing,
+                "tls_cert": missing,
+                "tls_key": missing,
+            }
+        )
+        self.assertEqual(config.ports, ("nonsense:1", "tcp:2587"))
+        self.assertEqual(config.usersFile, missing)
+        self.assertEqual(config.tls, TLSFiles(missing, missing))
 
-    def test_systemdWithoutSockets(self) -> None:
+    def test_portStripped(self) -> None:
         """
-        A systemd endpoint without sockets from systemd is refused with a
-        message that says so.
+        A port is stripped of surrounding blanks before a bare number is
+        made tcp:N.
         """
-        self.patch(os, "environ", {})
-        error = self.assertRaises(ConfigError, normalisePort, "systemd:domain=INET:index=0")
-        self.assertIn("LISTEN_FDS", error.problem)
+        self.assertEqual(normalisePort(" 2525 "), "tcp:2525")
+        self.assertEqual(normalisePort(" unix:/tmp/s"), "unix:/tmp/s")
 
     def test_domainRequired(self) -> None:
         """

@@ -9,7 +9,8 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 
-from harbor.tap import HarborService, ListeningService, Options, makeService
+from harbor.service import HarborService, ListeningService
+from harbor.tap import Options, makeService
 
 
 def parse(*argv: str) -> Options:
@@ -196,27 +197,6 @@ class AuthOptionsTests(SynchronousTestCase):
         factories = [s._factory for s in service if isinstance(s, ListeningService)]
         self.assertNotIsInstance(factories[0], TLSMemoryBIOFactory)
         self.assertIsInstance(factories[1], TLSMemoryBIOFactory)
-
-
-class BuildServiceTests(SynchronousTestCase):
-    """
-    Tests for L{harbor.api.buildService}.
-    """
-
-    def test_hookNamesDistinct(self) -> None:
-        """
-        A plain function whose name another hook already has gets a name of
-        its own rather than a refusal.
-        """
-        from harbor.api import Config, buildService
-        from harbor.hooks.kinds import PythonHook
-
-        def stored(event: object) -> None:
-            pass
-
-        config = Config.fromMapping({"domain": ["a.example"], "maildir": os.path.abspath(self.mktemp())})
-        service = buildService(config, MemoryReactorClock(), hooks=[PythonHook(stored, "stored"), stored])
-        self.assertEqual(sorted(hook.name for hook in service.hooks._hooks.values()), ["stored", "stored-0"])
 
 
 class ReloadTests(SynchronousTestCase):

@@ -1,0 +1,118 @@
+# -*- test-case-name: harbor.test.test_preflight -*-
+"""
+The start-up checks that look at the world: what a L{Config} names must
+exist and work before MailHarbor binds a port or daemonizes.
+
+L{harbor.config.Config.fromMapping} only parses, so that a configuration
+can be built and printed (C{mailharbor check-config} does both) by code
+that reads nothing.  Whoever starts a server runs L{checkConfig} once
+before building it: L{harbor.tap.Options} for C{twistd mailharbor} (and
+again for each SIGHUP reload), L{harbor.api.buildService} for a program
+that embeds MailHarbor.  A problem is a L{ConfigError} naming the setting
+at fault, which twistd turns into a usage error naming the file or the
+option.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from twisted.internet.endpoints import serverFromString
+
+from harbor._syntax import ConfigError
+from harbor.auth import readUsers
+from harbor.config import Config, Listener
+from harbor.hooks.loading import checkHooks
+from harbor.policyhook import loadPolicyHook
+from harbor.tls import TLSConfigurationError, loadCertificateOptions
+
+
+class Conflict(ConfigError):
+    """
+    Settings that are each valid but cannot be used together.
+
+    C{setting} names the one to change; twistd reports it by its option
+    (C{--workers: ...}) wherever it was set, since the fix may be in the
+    file or on the command line.
+    """
+
+
+def checkConfig(
+    config: Config,
+    credCheckers: Sequence[object] = (),
+    codeHooks: Sequence[object] = (),
+    policy: object = None,
+) -> None:
+    """
+    Check, once at start, what the configuration refers to: the
+    endpoints parse, the certificate and the users file can be read, the
+    hooks' code and programs are there, and the settings fit together.
+
+    @param credCheckers: Ways to authenticate other than the users file
+        (twistd's C{--auth}).
+    @param codeHooks: New-message hooks given in code; like the
+        configured ones, they run in one process only.
+    @param policy: A policy function given in code, which takes the place
+        of the configuration's C{policy_hook}; that one is then not
+        imported.
+    @raise Conflict: for settings that cannot be used together.
+    @raise ConfigError: naming the first other setting at fault.
+    """
+    for listener in config.listeners:
+        checkEndpoint(listener.port, _portSetting(listener))
+    if config.tls is not None:
+        try:
+            loadCertificateOptions(config.tls.certificate, config.tls.key)
+        except TLSConfigurationError as e:
+            raise ConfigError("tls_cert", str(e)) from None
+    if config.usersFile is not None:
+        try:
+            readUsers(config.usersFile)
+        except OSError as e:
+            raise ConfigError("users_file", f"cannot read {config.usersFile}: {e.strerror}") from None
+        except ValueError as e:
+            raise ConfigError("users_file", str(e)) from None
+    if config.limits.workers > 1 and any(port.startswith("systemd:") for port in config.ports):
+        raise Conflict("workers", "systemd's sockets are adopted by one process only")
+    if config.limits.workers > 1 and (config.hooks or codeHooks):
+        raise Conflict("workers", "new-message hooks run in one process only; use one worker with [[hook]]")
+    checkHooks(config.hooks)
+    if config.policyHook is not None and policy is None:
+        loadPolicyHook(config.policyHook, "policy_hook")
+    if (
+        any(listener.submission for listener in config.listeners)
+        and config.usersFile is None
+        and not credCheckers
+    ):
+        raise Conflict("submission_port", "needs users to authenticate (--users-file or --auth)")
+
+
+def checkEndpoint(description: str, setting: str) -> None:
+    """
+    Parse a server endpoint description, without a reactor, so nothing
+    listens: a mistake is reported now rather than when the service
+    starts.
+
+    @raise ConfigError: naming C{setting}.
+    """
+    try:
+        serverFromString(None, description)
+    except IndexError:
+        raise ConfigError(
+            setting,
+            f"{description!r}: systemd passed no socket to this process (LISTEN_FDS and LISTEN_PID)",
+        ) from None
+    # Each endpoint parser raises what it likes for a bad description.
+    except Exception as e:  # noqa: BLE001
+        raise ConfigError(setting, f"{description!r} is not a valid endpoint: {e}") from None
+
+
+def _portSetting(listener: Listener) -> str:
+    """
+    The setting a listener comes from.
+    """
+    if listener.implicitTLS:
+        return "tls_port"
+    if listener.submission:
+        return "submission_port"
+    return "port"

@@ -1,0 +1,432 @@
+# -*- test-case-name: harbor.test.test_service -*-
+"""
+The MailHarbor service: its listeners, its connections and its Maildirs,
+built from a L{Config}, reloaded on SIGHUP and stopped gracefully.
+
+It is what C{twistd mailharbor} runs (L{harbor.tap.makeService}) and what
+a program embedding MailHarbor gets (L{harbor.api.buildService}); both
+check the configuration first with L{harbor.preflight.checkConfig}.
+Nothing here reads options: what twistd's command line adds to the
+configuration (C{--auth} checkers, the log format, the sockets a worker
+inherits) comes as keyword arguments.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from twisted.application.service import MultiService, Service
+from twisted.cred.checkers import ICredentialsChecker
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
+from twisted.internet.protocol import Factory
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import ILogObserver, Logger, jsonFileLogObserver
+from twisted.python.failure import Failure
+
+from harbor._workers import Workers
+from harbor.auth import TextOrBytes, UsersFileChecker
+from harbor.config import Config, withBacklog
+from harbor.hooks.kinds import IHook, loadHooks
+from harbor.hooks.runner import HookRunner
+from harbor.hooks.spool import spoolFor
+from harbor.limits import ConnectionCounter, FailureTracker, Throttle
+from harbor.store.fs import RealFileSystem, StorageError
+from harbor.store.names import MaildirNamer
+from harbor.store.writer import MaildirStore
+from harbor.policyhook import PolicyHook, PolicyRequest, loadPolicyHook
+from harbor.routing import RecipientPolicy
+from harbor.tls import ReloadableTLS, TLSConfigurationError
+
+# Reads the configuration again for a reload: the new configuration and
+# the cred checkers besides its users file; raises ValueError (a
+# ConfigError is one) saying what is wrong, for the log.
+Reread = Callable[[], tuple[Config, Sequence[ICredentialsChecker]]]
+
+
+class ListeningService(Service):
+    """
+    Listens on one endpoint while running.
+
+    It binds in L{privilegedStartService}, which twistd calls before it
+    drops root privileges, and logs the address it actually bound (which
+    matters for C{tcp:0}).
+    """
+
+    _log = Logger()
+
+    def __init__(
+        self,
+        description: str,
+        endpoint: IStreamServerEndpoint,
+        factory: Factory,
+        adopt: tuple[Any, int, int] | None = None,
+    ) -> None:
+        """
+        @param adopt: For a worker: the reactor, file descriptor and address
+            family of a socket already listening, to use instead of binding.
+        """
+        self._description = description
+        self._endpoint = endpoint
+        self._factory = factory
+        self._adopt = adopt
+        self._port: IListeningPort | None = None
+
+    def privilegedStartService(self) -> None:
+        super().privilegedStartService()
+        if self._adopt is not None:
+            reactor, fd, family = self._adopt
+            self._listening(reactor.adoptStreamPort(fd, family, self._factory))
+            return
+        outcome: list[object] = []
+        self._endpoint.listen(self._factory).addBoth(outcome.append)
+        if outcome and isinstance(outcome[0], Failure):
+            # Fail the start-up, as twistd does for its own listeners.
+            outcome[0].raiseException()
+        if outcome:
+            self._listening(outcome[0])  # type: ignore[arg-type]
+
+    def _listening(self, port: IListeningPort) -> None:
+        self._port = port
+        address = port.getHost()
+        self._log.info(
+            "MailHarbor listening on {description} ({host} port {port})",
+            description=self._description,
+            host=getattr(address, "host", address),
+            port=getattr(address, "port", ""),
+        )
+
+    @property
+    def port(self) -> IListeningPort | None:
+        """
+        The port listened on, once listening.
+        """
+        return self._port
+
+    def stopService(self) -> Deferred[None] | None:
+        super().stopService()
+        port, self._port = self._port, None
+        if port is not None:
+            return port.stopListening()
+        return None
+
+
+class HarborService(MultiService):
+    """
+    MailHarbor as a whole: its listeners, its connections and its
+    Maildirs.
+
+    The Maildirs are created when it starts, after twistd has dropped
+    privileges, so they belong to the user mail is stored as.  SIGHUP
+    reloads the configuration; stopping lets messages being received
+    finish first.
+
+    @ivar config: The configuration in effect.
+    @ivar hooks: The new-message hooks' runner, a child service, or
+        L{None} if there are no hooks.
+    """
+
+    _log = Logger()
+
+    def __init__(
+        self,
+        config: Config,
+        reactor: Any,
+        *,
+        credCheckers: Sequence[ICredentialsChecker] = (),
+        extraHooks: Sequence[IHook] = (),
+        policy: Callable[[PolicyRequest], Any] | None = None,
+        logFormat: str = "text",
+        jsonLog: str = "-",
+        inheritedSockets: Sequence[tuple[int, int]] = (),
+        arguments: Sequence[str] = (),
+        reread: Reread | None = None,
+    ) -> None:
+        """
+        @param config: The configuration, already checked by
+            L{harbor.preflight.checkConfig}.
+        @param reactor: Listens, times, spawns workers and runs blocking
+            work in its thread pool.
+        @param credCheckers: Ways to authenticate besides the users file
+            (twistd's C{--auth}).
+        @param extraHooks: New-message hooks given in code, run after the
+            configuration's.
+        @param policy: A policy function given in code, used instead of
+            the configuration's C{policy_hook}.
+        @param logFormat: C{"json"} to make the application this service
+            joins log one JSON object per line, to C{jsonLog} (a path, or
+            C{-} for standard output); C{"text"} leaves its logging alone.
+        @param inheritedSockets: For a worker process: the file descriptor
+            and address family of each listener's socket, already
+            listening, in the order of the configuration's listeners.
+        @param arguments: The C{twistd mailharbor} arguments, for worker
+            processes to run the same.
+        @param reread: Reads the configuration again for L{reload}; without
+            it, a reload is refused with a warning.
+        """
+        # Imported here, not at the top: twisted.mail.smtp imports the global
+        # reactor, and twistd imports this module before it has started one.
+        from twisted.protocols.tls import TLSMemoryBIOFactory
+
+        from harbor.smtp import HarborSMTPFactory, SessionRegistry
+
+        super().__init__()
+        self.config = config
+        self._reactor = reactor
+        self._logFormat = logFormat
+        self._jsonLog = jsonLog
+        self._reread = reread
+        limits = config.limits
+        self._tls = ReloadableTLS(config.tls.certificate, config.tls.key) if config.tls else None
+        self._connections = ConnectionCounter(
+            limits.maxConnections, limits.maxConnectionsPerClient, limits.connectionLimitExceptions
+        )
+        self._throttle = Throttle()
+        self._failures = FailureTracker(self._throttle, reactor.seconds)
+        self._registry = SessionRegistry()
+        self._previousHandler: Any = None
+        self.hooks = self._hookRunner(config, extraHooks)
+        self._policy = policy
+        # The DNS blocklists and their resolver, kept across reloads that
+        # do not change them: a resolver reads resolv.conf on the reactor
+        # thread and then every minute, for as long as it lives.
+        self._blocklists: tuple[Any, Any] | None = None
+        deliverer, settings = self._build(config, credCheckers)
+        self._store = deliverer.store
+        self._worker = bool(inheritedSockets)
+        self._workers = Workers(reactor, arguments, self._log)
+        self._factories: list[HarborSMTPFactory] = []
+        for listener, listenerSettings in zip(config.listeners, settings):
+            factory = HarborSMTPFactory(
+                deliverer, listenerSettings, reactor, self._connections, self._failures, self._registry
+            )
+            self._factories.append(factory)
+            wrapped: Factory = factory
+            if listener.implicitTLS:
+                wrapped = TLSMemoryBIOFactory(self._tls, False, factory)  # type: ignore[arg-type, assignment]
+            endpoint = serverFromString(reactor, withBacklog(listener.port, limits.listenBacklog))
+            adopt = None
+            if inheritedSockets:
+                fd, family = inheritedSockets[len(self._factories) - 1]
+                adopt = (reactor, fd, family)
+            ListeningService(listener.port, endpoint, wrapped, adopt).setServiceParent(self)
+
+    def _runInThread(self, f: Any) -> Deferred[Any]:
+        """
+        Run blocking work (fsync, password hashes, hook spool) in the
+        reactor's thread pool.
+        """
+        return deferToThreadPool(self._reactor, self._reactor.getThreadPool(), f)
+
+    def _hookRunner(self, config: Config, extraHooks: Sequence[IHook]) -> HookRunner | None:
+        """
+        The new-message hooks of the configuration and those given in code,
+        as a child service, or L{None} if there are none.
+        """
+        reactor = self._reactor
+        runInThread = self._runInThread
+        hooks = loadHooks(config.hooks, reactor, runInThread) + list(extraHooks)
+        if not hooks:
+            return None
+        runner = HookRunner(spoolFor(config.maildir), hooks, reactor, runInThread)
+        runner.setServiceParent(self)
+        return runner
+
+    def _policyHook(self, config: Config) -> PolicyHook | None:
+        """
+        The policy hook given in code, or else the configuration's, with
+        its time limit and default.
+        """
+        function = self._policy
+        if function is None and config.policyHook is not None:
+            function = loadPolicyHook(config.policyHook, "policy_hook")
+        if function is None:
+            return None
+        return PolicyHook(
+            function, self._reactor, config.limits.policyHookTimeout, config.policyHookDefault
+        )
+
+    def _build(self, config: Config, credCheckers: Sequence[ICredentialsChecker]) -> tuple[Any, list[Any]]:
+        """
+        The parts that follow the configuration: the deliverer and each
+        listener's settings.
+        """
+        from harbor.delivery import Deliverer
+        from harbor.smtp import ServerSettings
+
+        reactor = self._reactor
+        runInThread = self._runInThread
+        blocklists = None
+        key = (config.dnsbl, config.dnsServers, config.limits.dnsblTimeout)
+        if config.dnsbl and self._blocklists is not None and self._blocklists[0] == key:
+            blocklists = self._blocklists[1]
+        elif config.dnsbl:
+            from twisted.names import client
+
+            from harbor.dnsbl import Blocklists
+
+            if config.dnsServers:
+                resolver = client.Resolver(servers=list(config.dnsServers), reactor=reactor)
+            else:
+                resolver = client.Resolver(resolv="/etc/resolv.conf", reactor=reactor)
+            blocklists = Blocklists(config.dnsbl, resolver, reactor, config.limits.dnsblTimeout)
+            self._blocklists = (key, blocklists)
+        deliverer = Deliverer(
+            RecipientPolicy(config.domains),
+            MaildirStore(
+                config.maildir,
+                MaildirNamer(config.hostname, reactor.seconds),
+                RealFileSystem() if config.groupCommit else RealFileSystem(syncfs=None),
+            ),
+            config.hostname,
+            runInThread,
+            reactor.seconds,
+            config.submissionMailbox,
+            config.filters,
+            blocklists,
+            self.hooks,
+            policyHook=self._policyHook(config),
+            groupCommit=config.groupCommit,
+        )
+        checkers: list[Any] = [TextOrBytes(c) for c in credCheckers]
+        if config.usersFile is not None:
+            checkers.append(UsersFileChecker(config.usersFile, runInThread))
+        settings = [
+            ServerSettings(
+                config.hostname,
+                config.limits,
+                listener,
+                self._tls if config.tls else None,
+                tuple(checkers),
+                config.allowPlaintextAuth,
+                self._throttle,
+            )
+            for listener in config.listeners
+        ]
+        return deliverer, settings
+
+    def setServiceParent(self, parent: Any) -> None:
+        """
+        Join the application; with C{logFormat="json"}, make twistd log
+        JSON lines (an application's log observer is what twistd uses).
+        """
+        if self._logFormat == "json" and hasattr(parent, "setComponent"):
+            parent.setComponent(ILogObserver, jsonLogObserver(self._jsonLog))
+        super().setServiceParent(parent)
+
+    def reload(self) -> None:
+        """
+        Read the configuration again and use it for new connections:
+        domains, recipients, limits, users and the TLS certificate.  Open
+        connections keep the configuration they started with.  A
+        configuration with an error is logged and not used; listener changes
+        need a restart.
+        """
+        if self._reread is None:
+            self._log.warn("No configuration file to reload: MailHarbor was built from a Config in code")
+            return
+        try:
+            config, credCheckers = self._reread()
+        except ValueError as e:
+            self._log.error("Configuration not reloaded, keeping the one in use: {error}", error=str(e))
+            return
+        if config.tls is not None and self._tls is not None:
+            try:
+                self._tls.reload(config.tls.certificate, config.tls.key)
+            except TLSConfigurationError as e:
+                self._log.error("Configuration not reloaded, keeping the one in use: {error}", error=str(e))
+                return
+        elif config.tls is not None:
+            self._tls = ReloadableTLS(config.tls.certificate, config.tls.key)
+        if config.listeners != self.config.listeners:
+            self._log.warn("Listener changes in the configuration take effect after a restart")
+        deliverer, settings = self._build(config, credCheckers)
+        self._store = deliverer.store
+        self.config = config
+        self._createMaildirs()
+        limits = config.limits
+        self._connections.setLimits(
+            limits.maxConnections, limits.maxConnectionsPerClient, limits.connectionLimitExceptions
+        )
+        for factory, listenerSettings in zip(self._factories, settings):
+            factory.deliverer = deliverer
+            factory.settings = listenerSettings
+        self._log.info(
+            "Reloaded the configuration: receiving mail for {domains}",
+            domains=", ".join(d.name for d in config.domains),
+        )
+        if self._tls is not None:
+            self._log.info("Reloaded the TLS certificate {path}", path=self._tls.certificatePath)
+
+    def _hangUp(self, signalNumber: int, frame: Any) -> None:
+        self._reactor.callFromThread(self.reload)
+        self._reactor.callFromThread(self._workers.signal, "HUP")
+
+    def _createMaildirs(self) -> None:
+        for domain in self.config.domains:
+            for mailbox in domain.mailboxPaths():
+                try:
+                    self._store.create(mailbox)
+                except StorageError as e:
+                    self._log.error(
+                        "Cannot create the Maildir {mailbox}: {error}; mail for it "
+                        "will be refused with a temporary error",
+                        mailbox=mailbox,
+                        error=str(e),
+                    )
+
+    def startService(self) -> None:
+        self._createMaildirs()
+        self._log.info(
+            "MailHarbor receiving mail for {domains} into {maildir}",
+            domains=", ".join(d.name for d in self.config.domains),
+            maildir=self.config.maildir,
+        )
+        self._previousHandler = signal.signal(signal.SIGHUP, self._hangUp)
+        super().startService()
+        if not self._worker:
+            # Every listener has its port: privilegedStartService has run.
+            ports = [s.port for s in self if isinstance(s, ListeningService) and s.port is not None]
+            self._workers.start(self.config.limits.workers, ports)
+
+    def stopService(self) -> Deferred[None]:
+        """
+        Stop listening at once, then let messages being received finish (for
+        up to C{shutdown_grace} seconds) while every other session is told
+        421 4.3.2 and closed.
+        """
+        if self._previousHandler is not None:
+            signal.signal(signal.SIGHUP, self._previousHandler)
+            self._previousHandler = None
+        grace = self.config.limits.shutdownGrace
+        self._workers.signal("TERM")
+        stopped: Deferred[Any] = super().stopService()
+
+        def closeSessions(ignored: object) -> Deferred[None]:
+            if len(self._registry):
+                self._log.info(
+                    "Stopping: closing {count} sessions, waiting up to {grace:g}s for messages "
+                    "being received",
+                    count=len(self._registry),
+                    grace=grace,
+                )
+            return self._registry.shutdown(grace, self._reactor)
+
+        def workersEnded(ignored: object) -> Deferred[Any]:
+            return self._workers.ended()
+
+        return stopped.addCallback(closeSessions).addCallback(workersEnded)
+
+
+def jsonLogObserver(path: str) -> ILogObserver:
+    """
+    A log observer writing one JSON object per line, for log shippers:
+    to standard output for C{-}, otherwise appending to C{path}.
+    """
+    # The file stays open for as long as the process logs.
+    out = sys.stdout if path == "-" else open(path, "a", encoding="utf-8")  # noqa: SIM115
+    return jsonFileLogObserver(out, recordSeparator="")

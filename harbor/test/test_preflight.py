@@ -1,0 +1,177 @@
+"""
+Tests for L{harbor.preflight}: the start-up checks that look at the world.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from harbor import preflight
+from harbor._syntax import ConfigError
+from harbor.auth import setPassword
+from harbor.config import Config
+from harbor.preflight import Conflict, checkConfig, checkEndpoint
+from harbor.test.certs import TestCA
+
+HOOK = {"name": "notify", "kind": "python", "target": "harbor.test.test_hooks:exampleHandler"}
+
+
+def check(mapping: dict[str, Any], **kwargs: Any) -> None:
+    """
+    Build a configuration from C{mapping} and run the start-up checks on
+    it, as twistd does.
+    """
+    checkConfig(Config.fromMapping({"hostname": "mx.example", **mapping}), **kwargs)
+
+
+class CheckConfigTests(SynchronousTestCase):
+    """
+    Tests for L{checkConfig}.
+    """
+
+    def assertRefused(self, mapping: dict[str, Any], setting: str, **kwargs: Any) -> ConfigError:
+        error: ConfigError = self.assertRaises(ConfigError, check, mapping, **kwargs)
+        self.assertEqual(error.setting, setting)
+        return error
+
+    def tlsFiles(self) -> dict[str, str]:
+        certificate, key = TestCA(self.mktemp()).issue()
+        return {"tls_cert": certificate, "tls_key": key}
+
+    def usersFile(self) -> str:
+        path = os.path.abspath(str(self.mktemp()))
+        setPassword(path, "alice", "secret")
+        return path
+
+    def test_usable(self) -> None:
+        """
+        A configuration whose files can be read, endpoints parsed and hooks
+        imported passes.
+        """
+        check(
+            {
+                "domain": "example.com",
+                "port": ["2525"],
+                "tls_port": ["2465"],
+                "submission_port": ["tcp:2587:interface=127.0.0.1"],
+                "users_file": self.usersFile(),
+                "hook": [HOOK],
+                "policy_hook": "harbor.test.test_hooks:exampleHandler",
+                **self.tlsFiles(),
+            }
+        )
+
+    def test_badPort(self) -> None:
+        """
+        An endpoint string Twisted cannot parse is refused, naming port.
+        """
+        for port in ["nonsense:1", "tcp:abc", "tcp:25:bogus=1", "", []]:
+            self.assertRefused({"domain": "example.com", "port": port}, "port")
+
+    def test_badPortNamesItsSetting(self) -> None:
+        """
+        A bad implicit TLS or submission endpoint names its own setting.
+        """
+        tls = self.tlsFiles()
+        self.assertRefused({"domain": "example.com", "tls_port": "nonsense:1", **tls}, "tls_port")
+        self.assertRefused({"domain": "example.com", "submission_port": "tcp:x", **tls}, "submission_port")
+
+    def test_systemdWithoutSockets(self) -> None:
+        """
+        A systemd endpoint without sockets from systemd is refused with a
+        message that says so.
+        """
+        self.patch(os, "environ", {})
+        error = self.assertRaises(ConfigError, checkEndpoint, "systemd:domain=INET:index=0", "port")
+        self.assertIn("LISTEN_FDS", error.problem)
+
+    def test_usersFileUnreadable(self) -> None:
+        """
+        A users file that cannot be read is refused, naming users_file and
+        the file.
+        """
+        missing = os.path.abspath(self.mktemp())
+        error = self.assertRefused({"domain": "example.com", "users_file": missing}, "users_file")
+        self.assertEqual(error.problem, f"cannot read {missing}: No such file or directory")
+
+    def test_usersFileMalformed(self) -> None:
+        """
+        A users file with a line that is not a user and a hash is refused,
+        naming the line.
+        """
+        path = os.path.abspath(self.mktemp())
+        with open(path, "w") as f:
+            f.write("alice\n")
+        error = self.assertRefused({"domain": "example.com", "users_file": path}, "users_file")
+        self.assertEqual(error.problem, f"{path}, line 1: not a user name and scrypt hash")
+
+    def test_certificateUnusable(self) -> None:
+        """
+        A certificate that cannot be loaded is refused, naming tls_cert.
+        """
+        tls = self.tlsFiles()
+        missing = os.path.abspath(self.mktemp())
+        error = self.assertRefused({"domain": "example.com", **tls, "tls_cert": missing}, "tls_cert")
+        self.assertEqual(error.problem, f"cannot read {missing}: No such file or directory")
+        error = self.assertRefused({"domain": "example.com", **tls, "tls_cert": tls["tls_key"]}, "tls_cert")
+        self.assertIn("no PEM certificate", error.problem)
+
+    def test_workersWithSystemd(self) -> None:
+        """
+        Worker processes cannot share systemd's sockets.
+        """
+        # As if systemd had passed a socket: Twisted's systemd endpoint
+        # parser reads the environment once, when it is first used.
+        self.patch(preflight, "checkEndpoint", lambda description, setting: None)
+        error = self.assertRefused(
+            {"domain": "example.com", "port": "systemd:domain=INET:index=0", "workers": 2}, "workers"
+        )
+        self.assertIsInstance(error, Conflict)
+        self.assertEqual(error.problem, "systemd's sockets are adopted by one process only")
+
+    def test_workersWithHooks(self) -> None:
+        """
+        Worker processes cannot have new-message hooks, configured or given
+        in code; one process can.
+        """
+        expected = "new-message hooks run in one process only; use one worker with [[hook]]"
+        error = self.assertRefused({"domain": "example.com", "workers": 2, "hook": [HOOK]}, "workers")
+        self.assertIsInstance(error, Conflict)
+        self.assertEqual(error.problem, expected)
+        error = self.assertRefused({"domain": "example.com", "workers": 2}, "workers", codeHooks=[object()])
+        self.assertEqual(error.problem, expected)
+        check({"domain": "example.com", "hook": [HOOK]}, codeHooks=[object()])
+        check({"domain": "example.com", "workers": 2})
+
+    def test_hookImport(self) -> None:
+        """
+        A python hook whose function cannot be imported is refused, naming
+        its target.
+        """
+        self.assertRefused(
+            {"domain": "example.com", "hook": [{**HOOK, "target": "harbor.no_such_module:f"}]},
+            "hook[0].target",
+        )
+
+    def test_policyHookImport(self) -> None:
+        """
+        A policy hook that cannot be imported is refused, naming
+        policy_hook, unless a policy given in code takes its place.
+        """
+        mapping = {"domain": "example.com", "policy_hook": "harbor.no_such_module:f"}
+        self.assertRefused(mapping, "policy_hook")
+        check(mapping, policy=lambda request: None)
+
+    def test_submissionNeedsUsers(self) -> None:
+        """
+        A submission listener needs a users file or other cred checkers.
+        """
+        mapping = {"domain": "example.com", "submission_port": "2587", **self.tlsFiles()}
+        error = self.assertRefused(mapping, "submission_port")
+        self.assertIsInstance(error, Conflict)
+        self.assertEqual(error.problem, "needs users to authenticate (--users-file or --auth)")
+        check(mapping, credCheckers=[object()])
+        check({**mapping, "users_file": self.usersFile()})

@@ -1,0 +1,133 @@
+"""
+Tests for L{harbor.service}: the service built from a L{Config} and
+keyword arguments, without twistd's options.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+from collections.abc import Sequence
+from typing import Any
+
+from twisted.application.service import Application
+from twisted.cred.checkers import (
+    ICredentialsChecker,
+    InMemoryUsernamePasswordDatabaseDontUse,
+)
+from twisted.internet.testing import MemoryReactorClock
+from twisted.logger import ILogObserver, Logger
+from twisted.trial.unittest import SynchronousTestCase
+
+from harbor.auth import TextOrBytes
+from harbor.config import Config
+from harbor.service import HarborService, ListeningService
+from harbor.smtp import HarborSMTPFactory
+
+
+class HarborServiceTests(SynchronousTestCase):
+    """
+    Tests for L{HarborService}.
+    """
+
+    def setUp(self) -> None:
+        self.root = os.path.abspath(str(self.mktemp()))
+        self.reactor = MemoryReactorClock()
+        self.events: list[dict[str, Any]] = []
+        self.patch(HarborService, "_log", Logger(observer=self.events.append))  # type: ignore[arg-type]
+
+    def config(self, *domains: str) -> Config:
+        return Config.fromMapping({"domain": list(domains), "hostname": "mx.example", "maildir": self.root})
+
+    def factories(self, service: HarborService) -> list[HarborSMTPFactory]:
+        factories = []
+        for listener in service:
+            if isinstance(listener, ListeningService):
+                assert isinstance(listener._factory, HarborSMTPFactory)
+                factories.append(listener._factory)
+        return factories
+
+    def test_credCheckers(self) -> None:
+        """
+        Cred checkers given besides the users file are offered by every
+        listener.
+        """
+        checker = InMemoryUsernamePasswordDatabaseDontUse(alice=b"pw")
+        service = HarborService(self.config("a.example"), self.reactor, credCheckers=[checker])
+        [factory] = self.factories(service)
+        [wrapped] = factory.settings.checkers
+        assert isinstance(wrapped, TextOrBytes)
+        self.assertIs(wrapped._checker, checker)
+
+    def test_reload(self) -> None:
+        """
+        A reload uses what C{reread} returns for new connections and makes
+        the new Maildirs; a C{ValueError} from it is logged and the
+        configuration in use kept.
+        """
+        answers: list[Any] = [(self.config("a.example", "b.example"), ()), ValueError("--domain: nope")]
+
+        def reread() -> tuple[Config, Sequence[ICredentialsChecker]]:
+            answer = answers.pop(0)
+            if isinstance(answer, Exception):
+                raise answer
+            return answer  # type: ignore[no-any-return]
+
+        service = HarborService(self.config("a.example"), self.reactor, reread=reread)
+        [factory] = self.factories(service)
+        before = factory.deliverer
+        service.reload()
+        self.assertIsNot(factory.deliverer, before)
+        self.assertEqual([d.name for d in service.config.domains], ["a.example", "b.example"])
+        self.assertTrue(os.path.isdir(os.path.join(self.root, "b.example", "new")))
+        current = factory.deliverer
+        service.reload()
+        self.assertIs(factory.deliverer, current)
+        self.assertEqual(self.events[-1]["error"], "--domain: nope")
+
+    def test_jsonLog(self) -> None:
+        """
+        With C{logFormat="json"}, the application the service joins logs
+        JSON lines to C{jsonLog}; by default its logging is left alone.
+        """
+        path = self.mktemp()
+        application = Application("mailharbor")
+        service = HarborService(self.config("a.example"), self.reactor, logFormat="json", jsonLog=path)
+        service.setServiceParent(application)
+        observer = application.getComponent(ILogObserver)
+        self.assertIsNotNone(observer)
+        observer({"log_format": "hello", "log_level": None, "log_namespace": "test", "log_time": 0.0})
+        with open(path) as f:
+            self.assertIn('"log_format": "hello"', f.read())
+        plain = Application("mailharbor")
+        HarborService(self.config("a.example"), self.reactor).setServiceParent(plain)
+        self.assertIsNone(plain.getComponent(ILogObserver))
+
+    def test_inheritedSockets(self) -> None:
+        """
+        A worker adopts the sockets it inherited instead of binding, and
+        starts no workers of its own.
+        """
+        config = Config.fromMapping(
+            {"domain": "a.example", "hostname": "mx.example", "maildir": self.root, "workers": 2}
+        )
+        service = HarborService(config, self.reactor, inheritedSockets=[(3, int(socket.AF_INET))])
+        service.privilegedStartService()
+        service.startService()
+        self.addCleanup(service.stopService)
+        [factory] = self.factories(service)
+        self.assertEqual(self.reactor.adoptedPorts, [(3, socket.AF_INET, factory)])
+        self.assertEqual(self.reactor.tcpServers, [])
+
+    def test_hangUpHandler(self) -> None:
+        """
+        A running service reloads on SIGHUP; stopping puts the handler it
+        replaced back.
+        """
+        previous = signal.getsignal(signal.SIGHUP)
+        service = HarborService(self.config("a.example"), self.reactor)
+        service.startService()
+        self.assertEqual(signal.getsignal(signal.SIGHUP), service._hangUp)
+        service.stopService()
+        self.assertEqual(signal.getsignal(signal.SIGHUP), previous)
