@@ -117,6 +117,14 @@ class BuildServiceTests(SynchronousTestCase):
         self.assertRefused(self.config(workers=2, hook=[HOOK]), "workers")
         self.assertRefused(self.config(workers=2), "workers", hooks=[stored])
 
+    def test_workersNeedTwistd(self) -> None:
+        """
+        Worker processes without hooks are refused too: they would be
+        started as C{twistd mailharbor} without a configuration, and die.
+        """
+        error = self.assertRefused(self.config(workers=2), "workers")
+        self.assertIn("twistd mailharbor only", error.problem)
+
     def test_workersWithSystemd(self) -> None:
         """
         Worker processes on systemd's sockets are refused.
