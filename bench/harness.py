@@ -116,7 +116,7 @@ class Bench:
         if "mailharbor" not in self.options.servers:
             return []
         out = subprocess.run(
-            [self.python, "-c", "import harbor.config as c; print(' '.join(getattr(c, '_LIMIT_KEYS', {})))"],
+            [self.python, "-c", "import harbor.limits as c; print(' '.join(getattr(c, 'LIMIT_KEYS', {})))"],
             capture_output=True, text=True, timeout=60, check=False,
         )
         return out.stdout.split()
