@@ -22,7 +22,9 @@ import signal
 import socket
 import time
 
-from aiosmtpd.smtp import SMTP, Envelope, Session
+# Installed in the benchmark's own venv (bench/run), which has its types;
+# elsewhere mypy may not find it.
+from aiosmtpd.smtp import SMTP, Envelope, Session  # type: ignore[import-not-found, unused-ignore]
 
 log = logging.getLogger("bench.aiosmtpd")
 

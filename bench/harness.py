@@ -41,18 +41,28 @@ import sys
 import tempfile
 import time
 import traceback
+from collections.abc import Callable
+from types import FrameType
+from typing import Any, NoReturn, Self
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import procstat  # noqa: E402
-from servers import SERVERS, Server, ServerError, find_postfix_tool, free_port  # noqa: E402
+import procstat
+from servers import (
+    SERVERS,
+    Server,
+    ServerError,
+    ServerOptions,
+    find_postfix_tool,
+    free_port,
+)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 WORKLOADS = ("W1", "W2", "W3", "W4", "W5")
 MiB = 1024 * 1024
 
 # (key, label, better, format); "better" is None for rows without a ratio.
-METRICS = [
+METRICS: list[tuple[str, str, str | None, str]] = [
     ("idle_rss_mib", "idle server RSS, MiB", "lower", "{:.1f}"),
     ("w1_rate", "W1 msgs/s (20 sessions x 10 msgs)", "higher", "{:.0f}"),
     ("w1_cpu_us", "W1 server CPU per msg, us", "lower", "{:.0f}"),
@@ -82,13 +92,13 @@ class Bench:
         self.venv = options.venv
         self.python = os.path.join(self.venv, "bin", "python")
         self.values: dict[str, dict[str, list[float]]] = {s: {} for s in options.servers}
-        self.raw: list[dict] = []
+        self.raw: list[dict[str, Any]] = []
         self.failures: list[str] = []
         self.notes: list[str] = []
         self.background: list[tuple[float, str]] = []
         self.live: list[Server] = []
         self.disk: tuple[float, float] | None = None
-        self.server_options = {
+        self.server_options: ServerOptions = {
             "postfix_main_extra": "\n".join(options.postfix_main),
             "mailharbor_endpoint_extra": options.mailharbor_endpoint,
             "mailharbor_workers": options.mailharbor_workers,
@@ -106,8 +116,8 @@ class Bench:
         if "mailharbor" not in self.options.servers:
             return []
         out = subprocess.run(
-            [self.python, "-c", "import harbor.config as c; print(' '.join(getattr(c, '_LIMIT_KEYS', {})))"],
-            capture_output=True, text=True, timeout=60,
+            [self.python, "-c", "import harbor.limits as c; print(' '.join(getattr(c, 'LIMIT_KEYS', {})))"],
+            capture_output=True, text=True, timeout=60, check=False,
         )
         return out.stdout.split()
 
@@ -118,12 +128,13 @@ class Bench:
         self.failures.append(what)
         self.log(f"FAILED: {what}")
 
-    def loadgen(self, args: list[str], timeout: float) -> dict:
+    def loadgen(self, args: list[str], timeout: float) -> dict[str, Any]:
         cmd = [self.python, os.path.join(HERE, "loadgen.py")] + args
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
         if out.returncode != 0:
             raise RuntimeError(f"loadgen {args[0]} exited {out.returncode}: {out.stderr[-2000:]}")
-        return json.loads(out.stdout.strip().splitlines()[-1])
+        result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+        return result
 
     def wait_stored(self, server: Server, expected: int, timeout: float) -> tuple[int, float]:
         """
@@ -139,10 +150,10 @@ class Bench:
             count = server.count()
         return count, time.monotonic()
 
-    def start(self, name: str, label: str, extra: dict | None = None) -> Server:
+    def start(self, name: str, label: str, extra: ServerOptions | None = None) -> Server:
         workdir = tempfile.mkdtemp(prefix=f"{name}-{label}-", dir=self.options.workdir)
         os.chmod(workdir, 0o755)
-        options = dict(self.server_options, **(extra or {}))
+        options: ServerOptions = {**self.server_options, **(extra or {})}
         server = SERVERS[name](workdir, free_port(), self.venv, options)
         self.live.append(server)
         server.start()
@@ -163,7 +174,7 @@ class Bench:
         for server in list(self.live):
             try:
                 self.finish(server)
-            except Exception:
+            except Exception:  # noqa: BLE001 -- one server that fails to stop leaves no other running
                 traceback.print_exc()
 
     # The workloads: each measures one server once.
@@ -208,7 +219,7 @@ class Bench:
                "-l", str(o.w2_payload), "-f", "sender@example.net", "-t", "rcpt@example.com",
                "-M", "loadgen.example.net", f"127.0.0.1:{server.port}"]
         start = time.monotonic()
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=o.timeout)
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=o.timeout, check=False)
         end = time.monotonic()
         if out.returncode != 0:
             self.fail(f"run {run + 1} W2 {server.name}: smtp-source exited {out.returncode}: {out.stderr.strip()[-300:]}")
@@ -279,7 +290,7 @@ class Bench:
                          "sampled_peak_rss_kib": sampler.peak_kib, "samples": sampler.samples})
         self.log(f"  W4 {server.name}: {seconds:.2f} s, RSS +{growth:.1f} MiB")
 
-    def w5(self, server: Server, run: int, n: int, label: str | None = None, timeout: float | None = None) -> dict:
+    def w5(self, server: Server, run: int, n: int, label: str | None = None, timeout: float | None = None) -> dict[str, Any]:
         o = self.options
         name = label or server.name
         # Postfix forks an smtpd per connection: ~50 a second here.
@@ -292,6 +303,7 @@ class Bench:
             ready = json.loads(_readline(proc, timeout + 30))
             time.sleep(0.5)
             held = procstat.memory(server.pids())
+            assert proc.stdin is not None
             proc.stdin.write("go\n")
             proc.stdin.flush()
             res = json.loads(_readline(proc, timeout + 60))
@@ -329,7 +341,7 @@ class Bench:
     def measure(self, workload: str, name: str, run: int) -> None:
         if workload == "W5":
             for n in self.options.w5:
-                extra = {}
+                extra: ServerOptions = {}
                 if name == "postfix":
                     if n > self.options.postfix_w5_full and run >= self.options.postfix_w5_runs:
                         # 10,000 smtpd processes take minutes to fork and
@@ -337,12 +349,12 @@ class Bench:
                         continue
                     # Default smtpd process limit is 100: raise it to serve n.
                     extra["postfix_smtpd_maxproc"] = n + 100
-                self._measure_one(f"W5-{n}", name, run, lambda s: self.w5(s, run, n), extra)
+                self._measure_one(f"W5-{n}", name, run, lambda s: self.w5(s, run, n), extra)  # noqa: B023 -- called at once
             return
         method = getattr(self, workload.lower())
         self._measure_one(workload, name, run, lambda s: method(s, run), {})
 
-    def _measure_one(self, label: str, name: str, run: int, body, extra: dict) -> None:
+    def _measure_one(self, label: str, name: str, run: int, body: Callable[[Server], object], extra: ServerOptions) -> None:
         server = None
         try:
             server = self.start(name, label, extra)
@@ -408,7 +420,7 @@ class Bench:
                 subprocess.run([find_postfix_tool("smtp-source"), "-s", str(o.w1_sessions), "-m", str(o.messages),
                                 "-l", str(o.w2_payload), "-f", "sender@example.net", "-t", "rcpt@example.com",
                                 "-M", "loadgen.example.net", f"127.0.0.1:{server.port}"],
-                               capture_output=True, timeout=o.timeout)
+                               capture_output=True, timeout=o.timeout, check=False)
                 rate = o.messages / (time.monotonic() - start)
             self.log(f"  profiled {workload}: {rate:.0f} msgs/s under py-spy")
         finally:
@@ -433,7 +445,8 @@ class Bench:
         began = time.monotonic()
         if {"W1", "W2", "W3"} & set(o.only):
             self.disk = probe_disk(o.workdir)
-            self.log("disk: one fsynced delivery %.2f ms, eight with one syncfs %.2f ms" % self.disk)
+            single, grouped = self.disk
+            self.log(f"disk: one fsynced delivery {single:.2f} ms, eight with one syncfs {grouped:.2f} ms")
         for run in range(o.runs):
             self.log(f"run {run + 1}/{o.runs}")
             for workload in o.only:
@@ -458,7 +471,7 @@ class Bench:
     # Reporting
 
     def metrics(self) -> list[tuple[str, str, str | None, str]]:
-        rows = []
+        rows: list[tuple[str, str, str | None, str]] = []
         for key, label, better, fmt in METRICS:
             workload = key.split("_")[0].upper()
             if workload in self.options.only or (key == "idle_rss_mib" and "W1" in self.options.only):
@@ -471,7 +484,7 @@ class Bench:
     def table(self) -> str:
         servers = self.options.servers
         peers = [s for s in servers if s != "mailharbor"] if "mailharbor" in servers else []
-        header = ["metric (median of %d runs)" % self.options.runs] + servers + [f"MH/{p}" for p in peers] + ["better"]
+        header = [f"metric (median of {self.options.runs:d} runs)"] + servers + [f"MH/{p}" for p in peers] + ["better"]
         rows = [header]
         for key, label, better, fmt in self.metrics():
             medians = {}
@@ -517,24 +530,33 @@ class Bench:
             f"storage: {'a fresh journaled ext4 (loop-mounted image) for this benchmark' if o.fs == 'loop' else 'the host file system under ' + os.path.dirname(o.workdir)}",
         ]
         if self.disk is not None:
+            single, grouped = self.disk
             out.append(
-                "disk (median of 50): a 1 KiB file written, fsynced, renamed into new/ and new/ fsynced: %.2f ms; "
-                "eight such files made durable by one syncfs(2): %.2f ms" % self.disk
+                f"disk (median of 50): a 1 KiB file written, fsynced, renamed into new/ and new/ fsynced: {single:.2f} ms; "
+                f"eight such files made durable by one syncfs(2): {grouped:.2f} ms"
             )
         out += [
             "",
             self.table(),
             "",
-            "MH/peer = MailHarbor's median / the peer's median (W1, W2: >1 means MailHarbor is faster; "
-            "other rows: <1 means MailHarbor is better).",
-            "W1/W2 time runs from the first connect to the last file in new/ (Postfix queues first and is polled); "
-            "W3 latency is from MAIL FROM to the file being in new/ (= the 250 reply for all but Postfix).",
-            "W1 steps (medians over all messages, as the client saw them): a session sends its next command only "
-            "after the last reply, so W1's rate is about sessions / (3 command answers + the end-of-data wait + a "
-            "tenth of connect, EHLO and QUIT); the end-of-data wait holds the store's fsyncs (Postfix: its queue "
-            "file's, before delivery; smtp-sink: none).",
-            "Memory: RSS summed over the server's processes (Postfix: master and all its children); "
-            "PSS growth splits shared pages among processes, so it is comparable for Postfix's many smtpd.",
+            (
+                "MH/peer = MailHarbor's median / the peer's median (W1, W2: >1 means MailHarbor is faster; "
+                "other rows: <1 means MailHarbor is better)."
+            ),
+            (
+                "W1/W2 time runs from the first connect to the last file in new/ (Postfix queues first and is polled); "
+                "W3 latency is from MAIL FROM to the file being in new/ (= the 250 reply for all but Postfix)."
+            ),
+            (
+                "W1 steps (medians over all messages, as the client saw them): a session sends its next command only "
+                "after the last reply, so W1's rate is about sessions / (3 command answers + the end-of-data wait + a "
+                "tenth of connect, EHLO and QUIT); the end-of-data wait holds the store's fsyncs (Postfix: its queue "
+                "file's, before delivery; smtp-sink: none)."
+            ),
+            (
+                "Memory: RSS summed over the server's processes (Postfix: master and all its children); "
+                "PSS growth splits shared pages among processes, so it is comparable for Postfix's many smtpd."
+            ),
         ]
         if o.verbose:
             out += ["", "per-run values:"]
@@ -563,12 +585,13 @@ class Bench:
     def versions(self) -> str:
         parts = []
         try:
-            v = subprocess.run(["postconf", "-d", "-h", "mail_version"], capture_output=True, text=True, timeout=10)
+            v = subprocess.run(["postconf", "-d", "-h", "mail_version"], capture_output=True, text=True, timeout=10,
+                               check=False)
             parts.append(f"Postfix {v.stdout.strip()}")
         except OSError:
             pass
         v = subprocess.run([self.python, "-c", "import twisted, aiosmtpd; print(twisted.__version__, aiosmtpd.__version__)"],
-                           capture_output=True, text=True, timeout=60)
+                           capture_output=True, text=True, timeout=60, check=False)
         if v.returncode == 0:
             tw, ai = v.stdout.split()
             parts += [f"Twisted {tw}", f"aiosmtpd {ai}"]
@@ -584,17 +607,19 @@ def _own_cpu() -> float:
     return me.ru_utime + me.ru_stime + children.ru_utime + children.ru_stime
 
 
-def _readline(proc: subprocess.Popen, timeout: float) -> str:
+def _readline(proc: subprocess.Popen[str], timeout: float) -> str:
     """
     A line from a child's stdout, within C{timeout} seconds.
     """
     import selectors
 
+    stdout = proc.stdout
+    assert stdout is not None
     with selectors.DefaultSelector() as sel:
-        sel.register(proc.stdout, selectors.EVENT_READ)
+        sel.register(stdout, selectors.EVENT_READ)
         if not sel.select(timeout):
             raise subprocess.TimeoutExpired(proc.args, timeout)
-    line = proc.stdout.readline()
+    line = stdout.readline()
     if not line:
         raise RuntimeError(f"load generator exited ({proc.poll()}) without a result")
     return line
@@ -677,7 +702,7 @@ def summarize_profile(path: str, workload: str = "W1", top: int = 25) -> str:
     they were busy, and the functions they were in (self and inclusive), as
     a share of that thread group's samples.
     """
-    groups: dict[str, dict] = {}
+    groups: dict[str, dict[str, Any]] = {}
     with open(path) as f:
         for line in f:
             stack, _, count = line.rstrip("\n").rpartition(" ")
@@ -693,8 +718,7 @@ def summarize_profile(path: str, workload: str = "W1", top: int = 25) -> str:
             g["total"] += n
             leaf = frames[-1] if frames else ""
             idle = (
-                leaf.startswith("Condition.wait (threading.py")
-                or leaf.startswith("EPollReactor.doPoll (twisted/internet/epollreactor.py")
+                leaf.startswith(("Condition.wait (threading.py", "EPollReactor.doPoll (twisted/internet/epollreactor.py"))
                 or (leaf.startswith("Condition.__enter__") and any(fr.startswith("Queue.get") for fr in frames))
             )
             if idle or not frames:
@@ -730,7 +754,7 @@ def summarize_profile(path: str, workload: str = "W1", top: int = 25) -> str:
 
 
 def raise_fd_limit(want: int) -> None:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     try:
         with open("/proc/sys/fs/nr_open") as f:
             ceiling = int(f.read())
@@ -827,7 +851,7 @@ class LoopFilesystem:
         self.size = size_gib
         self.mounted = False
 
-    def __enter__(self) -> "LoopFilesystem":
+    def __enter__(self) -> Self:
         with open(self.image, "wb") as f:
             f.truncate(self.size * 1024 * MiB)
         subprocess.run(["mkfs.ext4", "-q", "-F", "-L", "mhbench", "-E", "lazy_itable_init=0,lazy_journal_init=0",
@@ -840,11 +864,11 @@ class LoopFilesystem:
     def __exit__(self, *exc: object) -> None:
         if self.mounted:
             for attempt in range(10):
-                if subprocess.run(["umount", self.mountpoint], stderr=subprocess.DEVNULL, timeout=60).returncode == 0:
+                if subprocess.run(["umount", self.mountpoint], stderr=subprocess.DEVNULL, timeout=60, check=False).returncode == 0:
                     break
                 time.sleep(1)
             else:
-                subprocess.run(["umount", "-l", self.mountpoint], timeout=60)
+                subprocess.run(["umount", "-l", self.mountpoint], timeout=60, check=False)
             self.mounted = False
         if self.keep:
             print(f"kept the file system image {self.image} (mount -o loop to look inside)", file=sys.stderr)
@@ -862,7 +886,7 @@ def main(argv: list[str]) -> int:
         return 2
     raise_fd_limit(max(o.w5 or [0]) * 2 + 10000)
 
-    def terminate(signum, frame):
+    def terminate(signum: int, frame: FrameType | None) -> NoReturn:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, terminate)

@@ -10,9 +10,10 @@ utime+stime+cutime+cstime over the living tree never loses time.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 import threading
 import time
+from collections.abc import Callable
+from typing import Self
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -151,7 +152,7 @@ class RssSampler:
         self.samples = 0
         self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def __enter__(self) -> RssSampler:
+    def __enter__(self) -> Self:
         self._thread.start()
         return self
 
@@ -179,7 +180,7 @@ def machine_busy_seconds() -> float:
     """
     with open("/proc/stat") as f:
         fields = f.readline().split()
-    user, nice, system, idle, iowait, irq, softirq, steal = (int(x) for x in fields[1:9])
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(x) for x in fields[1:9])
     return (user + nice + system + irq + softirq + steal) / CLOCK_TICKS
 
 
@@ -195,7 +196,7 @@ class ForeignCpu:
     def __init__(self, ours: Callable[[], float]) -> None:
         self._ours = ours
 
-    def __enter__(self) -> ForeignCpu:
+    def __enter__(self) -> Self:
         self._start = time.monotonic()
         self._busy = machine_busy_seconds()
         self._mine = self._ours()

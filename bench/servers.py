@@ -22,6 +22,8 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Callable
+from typing import TypedDict
 
 import procstat
 
@@ -32,6 +34,20 @@ MAX_MESSAGE = 128 * 1024 * 1024  # every server is set to take W4's 100 MiB
 
 class ServerError(Exception):
     pass
+
+
+class ServerOptions(TypedDict, total=False):
+    """
+    What the harness tells the servers beyond their port and directory;
+    each server reads the keys it knows, with its own default.
+    """
+
+    postfix_main_extra: str
+    postfix_smtpd_maxproc: int
+    mailharbor_endpoint_extra: str
+    mailharbor_workers: int
+    mailharbor_limit_keys: list[str]
+    max_connections: int
 
 
 def _die_with_parent() -> None:
@@ -62,7 +78,7 @@ def free_port() -> int:
     raise ServerError("no free port")
 
 
-def wait_for_banner(port: int, timeout: float, alive=lambda: True) -> None:
+def wait_for_banner(port: int, timeout: float, alive: Callable[[], bool] = lambda: True) -> None:
     """
     Connect until the server sends a 220 banner, then QUIT.
     """
@@ -105,14 +121,13 @@ class Server:
     stores = True
     queues = False
 
-    def __init__(self, workdir: str, port: int, venv: str, options: dict) -> None:
+    def __init__(self, workdir: str, port: int, venv: str, options: ServerOptions) -> None:
         self.workdir = workdir
         self.port = port
         self.venv = venv
         self.options = options
         self.maildir = os.path.join(workdir, "Maildir")
-        self.process: subprocess.Popen | None = None
-        self._log = None
+        self.process: subprocess.Popen[bytes] | None = None
 
     @property
     def new_dir(self) -> str:
@@ -139,18 +154,20 @@ class Server:
 
     def start(self) -> None:
         self.prepare()
-        self._log = open(os.path.join(self.workdir, "server.log"), "ab")
-        self.process = subprocess.Popen(
-            self.command(),
-            cwd=self.workdir,
-            stdin=subprocess.DEVNULL,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            preexec_fn=_die_with_parent,
-        )
+        # The child writes to its own copy of the descriptor; ours is not
+        # needed once it runs.
+        with open(os.path.join(self.workdir, "server.log"), "ab") as log:
+            process = self.process = subprocess.Popen(
+                self.command(),
+                cwd=self.workdir,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=_die_with_parent,  # noqa: PLW1509 -- PR_SET_PDEATHSIG is set in the child; no thread runs then
+            )
         try:
-            wait_for_banner(self.port, 60, lambda: self.process.poll() is None)
+            wait_for_banner(self.port, 60, lambda: process.poll() is None)
         except ServerError as e:
             raise ServerError(f"{self.name}: {e}\n{self.log_tail()}") from None
 
@@ -177,9 +194,6 @@ class Server:
                 process.kill()
                 process.wait(timeout=10)
         _kill_leftovers(pids)
-        if self._log is not None:
-            self._log.close()
-            self._log = None
 
 
 def _identities(pids: list[int]) -> list[tuple[int, int]]:
@@ -351,7 +365,7 @@ class Postfix(Server):
     name = "postfix"
     queues = True
 
-    def __init__(self, workdir: str, port: int, venv: str, options: dict) -> None:
+    def __init__(self, workdir: str, port: int, venv: str, options: ServerOptions) -> None:
         super().__init__(workdir, port, venv, options)
         self.config = os.path.join(workdir, "etc")
         self.master_pid: int | None = None
@@ -400,6 +414,7 @@ class Postfix(Server):
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             timeout=60,
+            check=False,
         )
         pidfile = os.path.join(self.workdir, "queue", "pid", "master.pid")
         deadline = time.monotonic() + 20
@@ -438,6 +453,7 @@ class Postfix(Server):
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             timeout=60,
+            check=False,
         )
         deadline = time.monotonic() + 20
         while master is not None and _alive(master) and time.monotonic() < deadline:
