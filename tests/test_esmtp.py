@@ -9,7 +9,8 @@ import smtplib
 
 from twisted.trial.unittest import TestCase
 
-from tests._e2e import inThread, startServer, traceHeaders
+from harbor.test._support import traceHeaders
+from tests._e2e import inThread, startServer
 
 MESSAGE = b"Subject: test\r\n\r\nHello.\r\n"
 

@@ -14,7 +14,8 @@ import re
 
 from twisted.trial.unittest import TestCase
 
-from tests._e2e import DOMAIN, HOSTNAME, RunningServer, inThread, startServer, traceHeaders
+from harbor.test._support import traceHeaders
+from tests._e2e import DOMAIN, HOSTNAME, RunningServer, inThread, startServer
 
 SENDER = "sender@remote.example"
 MESSAGE = (

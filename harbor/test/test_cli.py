@@ -25,6 +25,7 @@ from harbor import cli
 from harbor.cli import commands, formatting
 from harbor.config import Config
 from harbor.tap import Options
+from harbor.test._support import files
 
 NOW = 1732314178
 HOST = "mx.example.com"
@@ -888,10 +889,9 @@ class ExportTests(_CommandTestCase):
         Every file below C{directory}, by path relative to it.
         """
         found = {}
-        for path, _, files in os.walk(directory):
-            for name in files:
-                with open(os.path.join(path, name), "rb") as f:
-                    found[os.path.relpath(os.path.join(path, name), directory)] = f.read()
+        for name in files(directory):
+            with open(os.path.join(directory, name), "rb") as f:
+                found[name] = f.read()
         return found
 
     def test_traversalNames(self) -> None:
@@ -1012,16 +1012,6 @@ class PurgeTests(_CommandTestCase):
                 f.write(b"partial")
         os.utime(self.busy, (self.now - 3600, self.now - 3600))
 
-    def files(self) -> list[str]:
-        """
-        Every file in the store, by path relative to the root.
-        """
-        return sorted(
-            os.path.relpath(os.path.join(path, name), self.root)
-            for path, _, names in os.walk(self.root)
-            for name in names
-        )
-
     def purge(self, *argv: str) -> tuple[int, bytes, str]:
         """
         Run C{mailharbor purge} on the store at C{self.now}.
@@ -1050,7 +1040,7 @@ class PurgeTests(_CommandTestCase):
 
         self.assertEqual((status, err), (0, ""))
         self.assertEqual(
-            self.files(),
+            files(self.root),
             [os.path.relpath(p, self.root) for p in (self.recent, self.busy)],
         )
         lines = out.decode("utf-8").splitlines()
@@ -1069,12 +1059,12 @@ class PurgeTests(_CommandTestCase):
         """
         C{--dry-run} lists what would be deleted and deletes nothing.
         """
-        before = self.files()
+        before = files(self.root)
 
         status, out, err = self.purge("--older-than", "30d", "--dry-run")
 
         self.assertEqual((status, err), (0, ""))
-        self.assertEqual(self.files(), before)
+        self.assertEqual(files(self.root), before)
         lines = out.decode("utf-8").splitlines()
         self.assertEqual(
             lines[:3],
@@ -1090,8 +1080,8 @@ class PurgeTests(_CommandTestCase):
         status, out, err = self.purge("--older-than", "30d", "--domain", "example.org")
 
         self.assertEqual((status, err), (0, ""))
-        self.assertNotIn(os.path.relpath(self.old["org"], self.root), self.files())
-        self.assertEqual(len(self.files()), 5)
+        self.assertNotIn(os.path.relpath(self.old["org"], self.root), files(self.root))
+        self.assertEqual(len(files(self.root)), 5)
         total = f"Deleted 1 message ({len(messageBytes())} B) and 0 stale files from tmp/.\n"
         self.assertTrue(out.decode("utf-8").endswith(total), out)
 
@@ -1130,12 +1120,12 @@ class PurgeTests(_CommandTestCase):
         C{purge} without C{--older-than}, or with a bad one, is a usage
         error, status 2, and deletes nothing.
         """
-        before = self.files()
+        before = files(self.root)
         for argv in [(), ("--older-than", "soon")]:
             status, out, err = self.purge(*argv)
             self.assertEqual((status, out), (2, b""))
             self.assertIn("usage: mailharbor purge", err)
-        self.assertEqual(self.files(), before)
+        self.assertEqual(files(self.root), before)
 
 
 class StatsTests(_CommandTestCase):
