@@ -6,17 +6,14 @@ through the protocol.
 import os
 from typing import Any
 
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
-from twisted.names import dns
-from twisted.names.error import DNSNameError
 from twisted.trial.unittest import SynchronousTestCase
 
 from harbor._syntax import ConfigError
 from harbor.config import Config
 from harbor.limits import Limits
 from harbor.routing import DomainConfig
-from harbor.dnsbl import Blocklists, SharedResult, queryName
 from harbor.filters import firstMatch, parseFilters
 from harbor.policyhook import PolicyHook, PolicyRequest
 from harbor.test._support import SMTPDriver, files, makeDeliverer
@@ -86,70 +83,6 @@ class FilterParsingTests(SynchronousTestCase):
         self.assertFalse(rule.matches("198.51.100.1", None, "a@spam.example", None))
         self.assertFalse(rule.matches("192.0.2.9", None, "a@ham.example", None))
         self.assertIsNone(firstMatch([rule], "rcpt", "192.0.2.9", None, "a@spam.example"))
-
-
-class DNSBLTests(SynchronousTestCase):
-    """
-    Tests for L{Blocklists}.
-    """
-
-    def test_queryNames(self) -> None:
-        """
-        Addresses are reversed into the zone; mapped IPv4 counts as IPv4.
-        """
-        self.assertEqual(queryName("192.0.2.1", "bl.example"), "1.2.0.192.bl.example")
-        self.assertEqual(queryName("::ffff:192.0.2.1", "bl.example"), "1.2.0.192.bl.example")
-        self.assertTrue(queryName("2001:db8::1", "bl.example").endswith(".8.b.d.0.1.0.0.2.bl.example"))  # type: ignore[union-attr]
-        self.assertIsNone(queryName("unknown", "bl.example"))
-
-    def resolver(self, answers: dict[str, Any]) -> Any:
-        class Resolver:
-            def lookupAddress(self, name: str, timeout: Any = None) -> Deferred[Any]:
-                answer = answers.get(name)
-                if isinstance(answer, Deferred):
-                    return answer
-                if answer is None:
-                    return fail(DNSNameError(name))
-                record = dns.RRHeader(name, dns.A, payload=dns.Record_A(answer))
-                return succeed(([record], [], []))
-
-        return Resolver()
-
-    def test_listedAndNot(self) -> None:
-        """
-        The first zone listing the client (with a 127/8 answer) is named;
-        NXDOMAIN everywhere is not listed.
-        """
-        clock = Clock()
-        lists = Blocklists(
-            ["one.example", "two.example"],
-            self.resolver({"1.2.0.192.two.example": "127.0.0.2", "1.2.0.192.one.example": "10.0.0.1"}),
-            clock,
-            5,
-        )
-        self.assertEqual(self.successResultOf(lists.lookup("192.0.2.1")), "two.example")
-        self.assertIsNone(self.successResultOf(lists.lookup("192.0.2.2")))
-
-    def test_timeoutIsNotListed(self) -> None:
-        """
-        A zone that does not answer in time counts as not listing.
-        """
-        clock = Clock()
-        lists = Blocklists(["slow.example"], self.resolver({"1.2.0.192.slow.example": Deferred()}), clock, 5)
-        result = lists.lookup("192.0.2.1")
-        self.assertNoResult(result)
-        clock.advance(5)
-        self.assertIsNone(self.successResultOf(result))
-
-    def test_sharedResult(self) -> None:
-        """
-        Several waiters each get the result, before and after it fires.
-        """
-        d: Deferred[Any] = Deferred()
-        shared = SharedResult(d)
-        early = shared.wait()
-        d.callback("zone")
-        self.assertEqual((self.successResultOf(early), self.successResultOf(shared.wait())), ("zone", "zone"))
 
 
 class ProtocolFilterTests(SynchronousTestCase):
