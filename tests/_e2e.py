@@ -114,7 +114,7 @@ class RunningServer:
         Every message stored for a domain, by Maildir key, as bytes.
         """
         md = self.maildir(domain)
-        return {key: md.get_bytes(key) for key in md.keys()}
+        return {key: md.get_bytes(key) for key in md.iterkeys()}
 
     def connect(self) -> smtplib.SMTP:
         """

@@ -103,7 +103,7 @@ class SignalTests(TestCase):
         self.assertEqual(len(files(root, "b.example", "new")), 1)
         self.assertEqual((await inThread(opened.command, b"NOOP"))[0], 250)
 
-        with open(config, "w") as f:
+        with open(config, "w") as f:  # noqa: ASYNC230
             f.write("domain = [\n")
         process.transport.signalProcess("HUP")
         await pollUntil(lambda: b"Configuration not reloaded" in process.output, "the refusal", 30)
@@ -199,7 +199,7 @@ class DaemonTests(TestCase):
         await pollUntil(lambda: launcher.exitCode is not None, "the launcher returns")
         self.assertEqual(launcher.exitCode, 0, launcher.output)
         await pollUntil(lambda: os.path.exists(pidfile), "the pidfile")
-        with open(pidfile) as f:
+        with open(pidfile) as f:  # noqa: ASYNC230
             pid = int(f.read())
 
         def stop() -> None:
@@ -264,8 +264,8 @@ class DaemonTests(TestCase):
         stat = os.stat(os.path.join(root, DOMAIN, "new", name))
         self.assertEqual((stat.st_uid, stat.st_gid), (nobody.pw_uid, nobody.pw_gid))
         self.assertEqual(os.stat(os.path.join(root, DOMAIN)).st_uid, nobody.pw_uid)
-        with open(f"/proc/{process.transport.pid}/status") as f:
-            uids = [line for line in f if line.startswith("Uid:")][0].split()[1:]
+        with open(f"/proc/{process.transport.pid}/status") as f:  # noqa: ASYNC230
+            uids = next(line for line in f if line.startswith("Uid:")).split()[1:]
         self.assertEqual(set(uids), {str(nobody.pw_uid)})
 
     async def test_systemdSocketActivation(self) -> None:
@@ -352,7 +352,7 @@ class LoggingTests(TestCase):
         A tcp6 listener on ::1 receives mail.
         """
         root = os.path.abspath(self.mktemp())
-        process, port = await startTwistd(
+        _, port = await startTwistd(
             self, ["--port", "tcp6:0:interface=\\:\\:1", "--domain", DOMAIN, "--maildir", root]
         )
 
@@ -362,7 +362,7 @@ class LoggingTests(TestCase):
 
         await inThread(sendV6)
         [name] = files(root, DOMAIN, "new")
-        with open(os.path.join(root, DOMAIN, "new", name), "rb") as f:
+        with open(os.path.join(root, DOMAIN, "new", name), "rb") as f:  # noqa: ASYNC230
             self.assertIn(b"([IPv6:::1])", f.read())
 
 

@@ -17,7 +17,7 @@ MESSAGE = b"Subject: test\r\n\r\nHello.\r\n"
 
 async def startLimited(testCase: TestCase, *settings: str):  # type: ignore[no-untyped-def]
     path = testCase.mktemp()
-    with open(path, "w") as f:
+    with open(path, "w") as f:  # noqa: ASYNC230
         f.write("\n".join(settings) + "\n")
     return await startServer(testCase, "--config", path)
 

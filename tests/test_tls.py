@@ -75,8 +75,8 @@ class TLSEndToEndTests(TestCase):
 
         submitted = os.path.join(server.root, ".submitted", "alice", "new")
         [name] = os.listdir(submitted)
-        with open(os.path.join(submitted, name), "rb") as f:
-            trace, body = traceHeaders(f.read())
+        with open(os.path.join(submitted, name), "rb") as f:  # noqa: ASYNC230
+            trace, _ = traceHeaders(f.read())
         self.assertIn(b"Delivered-To: bob@elsewhere.example\n", trace)
         self.assertRegex(trace, rb"\(using TLSv1\.[23] with cipher \S+\)")
         self.assertIn(b" with ESMTPSA id ", trace)
@@ -250,9 +250,11 @@ class ReloadTests(TestCase):
         context = ssl.create_default_context(cafile=ca.certificatePath)
 
         def seen() -> bytes:
-            with socket.create_connection(("127.0.0.1", tlsPort), timeout=10) as raw:
-                with context.wrap_socket(raw, server_hostname="localhost") as secure:
-                    der = secure.getpeercert(binary_form=True)
+            with (
+                socket.create_connection(("127.0.0.1", tlsPort), timeout=10) as raw,
+                context.wrap_socket(raw, server_hostname="localhost") as secure,
+            ):
+                der = secure.getpeercert(binary_form=True)
             from cryptography import x509
             from cryptography.hazmat.primitives import hashes
 

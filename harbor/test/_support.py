@@ -161,7 +161,8 @@ class DeferredThreads:
             f, d = self.pending.pop(0)
             try:
                 result = f()
-            except BaseException:
+            # As a thread pool hands every exception to its Deferred.
+            except BaseException:  # noqa: BLE001
                 d.errback(Failure())
             else:
                 d.callback(result)

@@ -190,7 +190,9 @@ class ListTests(_CommandTestCase):
                 *date.split(),
                 "bob@x.org",
                 "alice@example.com",
-                *"Café au lait".split(),
+                "Café",
+                "au",
+                "lait",
                 str(len(content)),
             ],
         )
@@ -205,7 +207,7 @@ class ListTests(_CommandTestCase):
         self.deliver(root, "example.com", messageID(NOW, 1), short)
         self.deliver(root, "example.com", messageID(NOW, 2), long)
 
-        status, out, err = self.runCommand("list", "--maildir", root)
+        _, out, _ = self.runCommand("list", "--maildir", root)
 
         lines = out.decode("utf-8").splitlines()
         self.assertEqual(len({line.index(" alice@example.com") for line in lines[1:]}), 1)
@@ -343,7 +345,7 @@ class ListTests(_CommandTestCase):
         content = messageBytes(subject=subject.encode("ascii"))
         self.deliver(root, "example.com", messageID(NOW), content)
 
-        status, out, err = self.runCommand("list", "--maildir", root)
+        _, out, _ = self.runCommand("list", "--maildir", root)
         [entry] = self.listJSON("--maildir", root)
 
         shown = ("word " * 12).strip() + "\u2026"
@@ -832,7 +834,7 @@ class ShowSummaryTests(_CommandTestCase):
         )
 
         for identifier in (messageID(NOW, 1), messageID(NOW, 2)):
-            status, out, err = self.runCommand(
+            status, _, err = self.runCommand(
                 "show", "--summary", "--mark-seen", "--maildir", root, identifier
             )
             self.assertEqual((status, err), (0, ""))
@@ -1423,7 +1425,7 @@ class PasswdTests(SynchronousTestCase):
 
         path = self.mktemp()
         self.assertEqual(self.passwd("passwd", path, "alice")[:2], (0, f"Added alice in {path}.\n"))
-        status, out, _ = self.passwd("passwd", path, "alice", password="other\n")
+        _, out, _ = self.passwd("passwd", path, "alice", password="other\n")
         self.assertEqual(out, f"Changed the password of alice in {path}.\n")
         encoded = readUsers(path)["alice"]
         self.assertTrue(verifyPassword(b"other", encoded))

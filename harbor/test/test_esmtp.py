@@ -5,7 +5,7 @@ one write.
 """
 
 import os
-from typing import Any
+from typing import Any, ClassVar
 
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
@@ -26,7 +26,7 @@ class ESMTPTestCase(SynchronousTestCase):
     A Maildir root and a way to connect clients with given limits.
     """
 
-    domains = [DomainConfig("example.com"), DomainConfig("xn--bcher-kva.example")]
+    domains: ClassVar[list[DomainConfig]] = [DomainConfig("example.com"), DomainConfig("xn--bcher-kva.example")]
     limits = Limits()
 
     def setUp(self) -> None:

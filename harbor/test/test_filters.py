@@ -4,7 +4,7 @@ through the protocol.
 """
 
 import os
-from typing import Any
+from typing import Any, ClassVar
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
@@ -90,7 +90,7 @@ class ProtocolFilterTests(SynchronousTestCase):
     Filters, blocklists and pregreet over the protocol.
     """
 
-    filters = [
+    filters: ClassVar[list[dict[str, Any]]] = [
         {"client": "203.0.113.0/24", "action": "reject", "text": "Your network is not welcome"},
         {"client": "198.51.100.7", "action": "tempfail"},
         {"client": "192.0.2.99", "action": "accept"},

@@ -5,7 +5,7 @@ Tests for L{harbor.smtp} over L{StringTransport}: exact replies, in order.
 import errno
 import mailbox
 import os
-from typing import Any
+from typing import Any, ClassVar
 
 from zope.interface import implementer
 
@@ -29,7 +29,7 @@ class SMTPTestCase(SynchronousTestCase):
     A Maildir root and a connected SMTP driver for each test.
     """
 
-    domains = [DomainConfig("example.com"), DomainConfig("example.org", frozenset({"alice"}))]
+    domains: ClassVar[list[DomainConfig]] = [DomainConfig("example.com"), DomainConfig("example.org", frozenset({"alice"}))]
 
     def setUp(self) -> None:
         self.root = self.mktemp()
