@@ -24,10 +24,10 @@ from twisted.trial.unittest import SkipTest, TestCase
 from harbor.test._support import files, processGone
 from tests._e2e import (
     DOMAIN,
-    TwistdOutput,
     HOSTNAME,
     LOOPBACK_PORT,
     RawClient,
+    TwistdOutput,
     inThread,
     pollUntil,
     runTwistd,

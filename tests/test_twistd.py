@@ -15,9 +15,9 @@ from twisted.trial.unittest import TestCase
 
 from harbor.test._support import files
 from tests._e2e import (
+    CLIENT_TIMEOUT,
     DOMAIN,
     LOOPBACK_PORT,
-    CLIENT_TIMEOUT,
     TwistdProcess,
     inThread,
     pollUntil,

@@ -28,14 +28,13 @@ from twisted.internet.task import Clock, deferLater
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 
-from harbor.limits import Limits
-from harbor.routing import DomainConfig
 from harbor.delivery import Deliverer
+from harbor.limits import Limits
+from harbor.routing import DomainConfig, RecipientPolicy
+from harbor.smtp import HarborESMTP, HarborSMTPFactory, ServerSettings
 from harbor.store.fs import IFileSystem, RealFileSystem
 from harbor.store.names import MaildirNamer
 from harbor.store.writer import MaildirStore
-from harbor.routing import RecipientPolicy
-from harbor.smtp import HarborESMTP, HarborSMTPFactory, ServerSettings
 
 HOSTNAME = "mx.example.com"
 PEER = "192.0.2.7"

@@ -14,9 +14,9 @@ import time
 from email.message import EmailMessage
 from typing import Any
 
-import attrs
-
 from twisted.trial.unittest import SynchronousTestCase
+
+import attrs
 
 from harbor import cli
 from harbor.cli import commands, formatting

@@ -11,11 +11,18 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
+from harbor.framing import InputBuffer
 from harbor.limits import Limits
 from harbor.routing import DomainConfig
-from harbor.framing import InputBuffer
 from harbor.smtp import HarborSMTPFactory, ServerSettings
-from harbor.test._support import HOSTNAME, DeferredThreads, SMTPDriver, files, makeDeliverer, traceHeaders
+from harbor.test._support import (
+    HOSTNAME,
+    DeferredThreads,
+    SMTPDriver,
+    files,
+    makeDeliverer,
+    traceHeaders,
+)
 
 MESSAGE = b"Subject: test\r\n\r\nHello.\r\n"
 ENVELOPE = b"MAIL FROM:<s@x.org>\r\nRCPT TO:<a@example.com>\r\n"

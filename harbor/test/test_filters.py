@@ -12,10 +12,10 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from harbor._syntax import ConfigError
 from harbor.config import Config
-from harbor.limits import Limits
-from harbor.routing import DomainConfig
 from harbor.filters import firstMatch, parseFilters
+from harbor.limits import Limits
 from harbor.policyhook import PolicyHook, PolicyRequest
+from harbor.routing import DomainConfig
 from harbor.test._support import SMTPDriver, files, makeDeliverer
 
 ENVELOPE = b"MAIL FROM:<s@x.org>\r\nRCPT TO:<a@example.com>\r\n"

@@ -7,10 +7,11 @@ exactly as it was sent.
 import os
 import re
 
-from hypothesis import HealthCheck, given, settings, strategies as st
-
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from harbor.limits import Limits
 from harbor.routing import DomainConfig

@@ -9,10 +9,9 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from harbor._syntax import ConfigError
-from harbor.config import Config
-from harbor.routing import FolderRule
 from harbor.address import parsePath
-from harbor.routing import Accept, RecipientPolicy, Reject, subaddressFolder
+from harbor.config import Config
+from harbor.routing import Accept, FolderRule, RecipientPolicy, Reject, subaddressFolder
 from harbor.test._support import DeferredThreads, SMTPDriver, files, makeDeliverer
 
 ROUTED = {

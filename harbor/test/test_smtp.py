@@ -16,10 +16,16 @@ from twisted.mail.smtp import IMessage, SMTPBadRcpt
 from twisted.trial.unittest import SynchronousTestCase
 
 from harbor.routing import DomainConfig, FolderRule
+from harbor.smtp import HarborESMTP, _LineMessage
 from harbor.store.fs import StorageError
 from harbor.store.writer import MEMORY_THRESHOLD
-from harbor.smtp import HarborESMTP, _LineMessage
-from harbor.test._support import DeferredThreads, RecordingFileSystem, SMTPDriver, files, makeDeliverer
+from harbor.test._support import (
+    DeferredThreads,
+    RecordingFileSystem,
+    SMTPDriver,
+    files,
+    makeDeliverer,
+)
 
 MESSAGE = b"Subject: test\r\n\r\nHello.\r\n"
 

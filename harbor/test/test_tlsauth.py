@@ -16,12 +16,18 @@ from twisted.logger import Logger, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
 from harbor.auth import UsersFileChecker, setPassword
-from harbor.limits import Throttle
 from harbor.config import Listener
-from harbor.limits import Limits
+from harbor.limits import Limits, Throttle
 from harbor.routing import DomainConfig
 from harbor.smtp import HarborESMTP, HarborSMTPFactory, ServerSettings
-from harbor.test._support import HOSTNAME, DeferredThreads, SMTPDriver, files, makeDeliverer, runSynchronously
+from harbor.test._support import (
+    HOSTNAME,
+    DeferredThreads,
+    SMTPDriver,
+    files,
+    makeDeliverer,
+    runSynchronously,
+)
 
 MESSAGE = b"Subject: test\r\n\r\nHello.\r\n"
 
