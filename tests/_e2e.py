@@ -32,7 +32,7 @@ from twisted.trial.unittest import TestCase
 
 from harbor.service import ListeningService
 from harbor.tap import Options, makeService
-from harbor.test._support import pollUntil
+from harbor.test._support import files, pollUntil
 
 T = TypeVar("T")
 
@@ -107,14 +107,14 @@ class RunningServer:
         """
         The file names in C{tmp}, C{new} or C{cur} of a domain's Maildir.
         """
-        return sorted(os.listdir(os.path.join(self.maildirPath(domain), sub)))
+        return files(self.maildirPath(domain), sub)
 
     def storedFiles(self, domain: str = DOMAIN) -> dict[str, bytes]:
         """
         Every message stored for a domain, by Maildir key, as bytes.
         """
         md = self.maildir(domain)
-        return {key: md.get_bytes(key) for key in md.keys()}
+        return {key: md.get_bytes(key) for key in md.iterkeys()}
 
     def connect(self) -> smtplib.SMTP:
         """
@@ -174,15 +174,6 @@ async def startServer(
     server = RunningServer(root, portNumber, service)
     server.ports = portNumbers
     return server
-
-
-def traceHeaders(stored: bytes) -> tuple[bytes, bytes]:
-    """
-    Split a stored copy into MailHarbor's trace block (its C{Return-Path:},
-    C{Delivered-To:} and three-line C{Received:}) and what the client sent.
-    """
-    lines = stored.split(b"\n", 5)
-    return b"\n".join(lines[:5]) + b"\n", lines[5]
 
 
 class RawClient:

@@ -21,13 +21,13 @@ from twisted.internet import reactor
 from twisted.internet.error import ProcessExitedAlready
 from twisted.trial.unittest import SkipTest, TestCase
 
-from harbor.test._support import processGone
+from harbor.test._support import files, processGone
 from tests._e2e import (
     DOMAIN,
-    TwistdOutput,
     HOSTNAME,
     LOOPBACK_PORT,
     RawClient,
+    TwistdOutput,
     inThread,
     pollUntil,
     runTwistd,
@@ -37,11 +37,6 @@ from tests._e2e import (
 
 _LISTENING = re.compile(rb"MailHarbor listening on \S+ \(\S+ port (\d+)\)")
 MESSAGE = b"Subject: hello\r\n\r\nHello.\r\n"
-
-
-def storedFiles(root: str, sub: str = "new", domain: str = DOMAIN) -> list[str]:
-    directory = os.path.join(root, domain, sub)
-    return sorted(os.listdir(directory)) if os.path.isdir(directory) else []
 
 
 def send(port: int, recipient: str = "a@example.com") -> None:
@@ -105,15 +100,15 @@ class SignalTests(TestCase):
         process.transport.signalProcess("HUP")
         await pollUntil(lambda: b"Reloaded the configuration" in process.output, "the reload", 30)
         await inThread(send, port, "x@b.example")
-        self.assertEqual(len(storedFiles(root, domain="b.example")), 1)
+        self.assertEqual(len(files(root, "b.example", "new")), 1)
         self.assertEqual((await inThread(opened.command, b"NOOP"))[0], 250)
 
-        with open(config, "w") as f:
+        with open(config, "w") as f:  # noqa: ASYNC230
             f.write("domain = [\n")
         process.transport.signalProcess("HUP")
         await pollUntil(lambda: b"Configuration not reloaded" in process.output, "the refusal", 30)
         await inThread(send, port, "y@b.example")
-        self.assertEqual(len(storedFiles(root, domain="b.example")), 2)
+        self.assertEqual(len(files(root, "b.example", "new")), 2)
 
     async def test_sigtermIsGraceful(self) -> None:
         """
@@ -145,7 +140,7 @@ class SignalTests(TestCase):
         idle = await inThread(RawClient, port)
         self.addCleanup(idle.close)
         await inThread(idle.command, b"EHLO c")
-        await pollUntil(lambda: len(storedFiles(root, "tmp")) == 1, "the message in flight is in tmp/")
+        await pollUntil(lambda: len(files(root, DOMAIN, "tmp")) == 1, "the message in flight is in tmp/")
 
         process.transport.signalProcess("TERM")
         idleReplies = await inThread(idle.repliesUntilClosed)
@@ -171,8 +166,8 @@ class SignalTests(TestCase):
         # twistd ends with the signal that stopped it, after a clean shutdown.
         self.assertIn(await process.wait(), (0, -signal.SIGTERM, 128 + signal.SIGTERM))
         self.assertIn(b"Server Shut Down.", process.output)
-        self.assertEqual(len(storedFiles(root)), 2)
-        self.assertEqual(storedFiles(root, "tmp"), [])
+        self.assertEqual(len(files(root, DOMAIN, "new")), 2)
+        self.assertEqual(files(root, DOMAIN, "tmp"), [])
 
 
 class DaemonTests(TestCase):
@@ -204,7 +199,7 @@ class DaemonTests(TestCase):
         await pollUntil(lambda: launcher.exitCode is not None, "the launcher returns")
         self.assertEqual(launcher.exitCode, 0, launcher.output)
         await pollUntil(lambda: os.path.exists(pidfile), "the pidfile")
-        with open(pidfile) as f:
+        with open(pidfile) as f:  # noqa: ASYNC230
             pid = int(f.read())
 
         def stop() -> None:
@@ -222,7 +217,7 @@ class DaemonTests(TestCase):
         await pollUntil(lambda: _LISTENING.search(logged()) is not None, "the daemon listens")
         port = int(_LISTENING.search(logged()).group(1))  # type: ignore[union-attr]
         await inThread(send, port)
-        self.assertEqual(len(storedFiles(root)), 1)
+        self.assertEqual(len(files(root, DOMAIN, "new")), 1)
         stop()
 
         await pollUntil(lambda: processGone(pid), "the daemon exits")
@@ -265,12 +260,12 @@ class DaemonTests(TestCase):
             await inThread(send, port)
         except smtplib.SMTPException as e:
             self.fail(f"{e!r}\n{process.output.decode(errors='replace')}")
-        [name] = storedFiles(root)
+        [name] = files(root, DOMAIN, "new")
         stat = os.stat(os.path.join(root, DOMAIN, "new", name))
         self.assertEqual((stat.st_uid, stat.st_gid), (nobody.pw_uid, nobody.pw_gid))
         self.assertEqual(os.stat(os.path.join(root, DOMAIN)).st_uid, nobody.pw_uid)
-        with open(f"/proc/{process.transport.pid}/status") as f:
-            uids = [line for line in f if line.startswith("Uid:")][0].split()[1:]
+        with open(f"/proc/{process.transport.pid}/status") as f:  # noqa: ASYNC230
+            uids = next(line for line in f if line.startswith("Uid:")).split()[1:]
         self.assertEqual(set(uids), {str(nobody.pw_uid)})
 
     async def test_systemdSocketActivation(self) -> None:
@@ -314,7 +309,7 @@ class DaemonTests(TestCase):
         )
         self.assertIsNone(collector.exitCode, collector.output)
         await inThread(send, port)
-        self.assertEqual(len(storedFiles(root)), 1)
+        self.assertEqual(len(files(root, DOMAIN, "new")), 1)
         stop()
         await pollUntil(lambda: collector.exitCode is not None, "twistd stops")
 
@@ -357,7 +352,7 @@ class LoggingTests(TestCase):
         A tcp6 listener on ::1 receives mail.
         """
         root = os.path.abspath(self.mktemp())
-        process, port = await startTwistd(
+        _, port = await startTwistd(
             self, ["--port", "tcp6:0:interface=\\:\\:1", "--domain", DOMAIN, "--maildir", root]
         )
 
@@ -366,8 +361,8 @@ class LoggingTests(TestCase):
                 client.sendmail("s@x.org", ["a@example.com"], MESSAGE)
 
         await inThread(sendV6)
-        [name] = storedFiles(root)
-        with open(os.path.join(root, DOMAIN, "new", name), "rb") as f:
+        [name] = files(root, DOMAIN, "new")
+        with open(os.path.join(root, DOMAIN, "new", name), "rb") as f:  # noqa: ASYNC230
             self.assertIn(b"([IPv6:::1])", f.read())
 
 
@@ -393,7 +388,7 @@ class WorkersTests(TestCase):
         def sendUntilWorkerServes() -> int:
             for attempt in range(300):
                 send(port)
-                if any(f"P{worker}Q" in name for name in storedFiles(root)):
+                if any(f"P{worker}Q" in name for name in files(root, DOMAIN, "new")):
                     return attempt + 1
             return 0
 

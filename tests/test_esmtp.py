@@ -9,14 +9,15 @@ import smtplib
 
 from twisted.trial.unittest import TestCase
 
-from tests._e2e import inThread, startServer, traceHeaders
+from harbor.test._support import traceHeaders
+from tests._e2e import inThread, startServer
 
 MESSAGE = b"Subject: test\r\n\r\nHello.\r\n"
 
 
 async def startLimited(testCase: TestCase, *settings: str):  # type: ignore[no-untyped-def]
     path = testCase.mktemp()
-    with open(path, "w") as f:
+    with open(path, "w") as f:  # noqa: ASYNC230
         f.write("\n".join(settings) + "\n")
     return await startServer(testCase, "--config", path)
 

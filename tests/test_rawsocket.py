@@ -11,7 +11,8 @@ import time
 
 from twisted.trial.unittest import TestCase
 
-from tests._e2e import inThread, pollUntil, startServer, traceHeaders
+from harbor.test._support import traceHeaders
+from tests._e2e import inThread, pollUntil, startServer
 
 SENDER = b"sender@remote.example"
 

@@ -14,7 +14,8 @@ import re
 
 from twisted.trial.unittest import TestCase
 
-from tests._e2e import DOMAIN, HOSTNAME, RunningServer, inThread, startServer, traceHeaders
+from harbor.test._support import traceHeaders
+from tests._e2e import DOMAIN, HOSTNAME, RunningServer, inThread, startServer
 
 SENDER = "sender@remote.example"
 MESSAGE = (
@@ -79,7 +80,7 @@ class SMTPLibTests(TestCase):
         """
         server = await startServer(self)
 
-        code, reply = await inThread(sendToAlice, server)
+        code, _ = await inThread(sendToAlice, server)
         self.assertEqual(code, 250)
         files = server.storedFiles()
         self.assertEqual(len(files), 1)
@@ -278,7 +279,7 @@ class SMTPLibTests(TestCase):
         path = os.path.join(server.maildirPath(), "new", name)
         fileSize = os.path.getsize(path)
         self.assertTrue(name.endswith(f",S={fileSize}"), name)
-        with open(path, "rb") as f:
+        with open(path, "rb") as f:  # noqa: ASYNC230
             data = f.read()
         trace, rest = traceHeaders(data)
         self.assertTrue(trace.startswith(b"Return-Path: <sender@remote.example>\n"))
@@ -313,7 +314,7 @@ class SMTPLibTests(TestCase):
         550 5.1.1, and accepts the listed ones and postmaster.
         """
         configPath = os.path.abspath(self.mktemp())
-        with open(configPath, "w") as f:
+        with open(configPath, "w") as f:  # noqa: ASYNC230
             f.write('[domains."example.com"]\naccept = ["alice"]\n')
         server = await startServer(self, "--config", configPath)
 

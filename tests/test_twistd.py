@@ -13,10 +13,11 @@ import smtplib
 from twisted.internet.defer import DeferredList
 from twisted.trial.unittest import TestCase
 
+from harbor.test._support import files
 from tests._e2e import (
+    CLIENT_TIMEOUT,
     DOMAIN,
     LOOPBACK_PORT,
-    CLIENT_TIMEOUT,
     TwistdProcess,
     inThread,
     pollUntil,
@@ -34,10 +35,6 @@ def sendOne(port: int) -> dict[str, tuple[int, bytes]]:
     """
     with smtplib.SMTP("127.0.0.1", port, local_hostname="client.example", timeout=CLIENT_TIMEOUT) as s:
         return s.sendmail("sender@remote.example", ["alice@example.com"], MESSAGE)
-
-
-def storedMessages(root: str) -> list[str]:
-    return sorted(os.listdir(os.path.join(root, DOMAIN, "new")))
 
 
 class TwistdTests(TestCase):
@@ -69,8 +66,8 @@ class TwistdTests(TestCase):
         root = os.path.abspath(self.mktemp())
         process, port = await startTwistdServer(self, root)
         self.assertEqual(await inThread(sendOne, port), {})
-        [name] = storedMessages(root)
-        with open(os.path.join(root, DOMAIN, "new", name), "rb") as f:
+        [name] = files(root, DOMAIN, "new")
+        with open(os.path.join(root, DOMAIN, "new", name), "rb") as f:  # noqa: ASYNC230
             data = f.read()
         self.assertTrue(data.startswith(b"Return-Path: <sender@remote.example>\n"), data[:200])
         self.assertTrue(data.endswith(MESSAGE.replace(b"\r\n", b"\n")), data)
@@ -117,7 +114,7 @@ class TwistdTests(TestCase):
         With group_commit = false every message is still stored whole.
         """
         config = os.path.abspath(self.mktemp())
-        with open(config, "w") as f:
+        with open(config, "w") as f:  # noqa: ASYNC230
             f.write("group_commit = false\n")
         await self.assertManyClientsStored(["--config", config])
 
@@ -185,6 +182,6 @@ class TwistdTests(TestCase):
         [line] = transactionLines()
         self.assertIn(b"from=<sender@remote.example>", line)
         self.assertIn(b"alice@example.com", line)
-        [name] = storedMessages(root)
+        [name] = files(root, DOMAIN, "new")
         self.assertIn(name.split(",")[0].encode(), line)
         await process.stop()

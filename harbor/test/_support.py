@@ -1,14 +1,23 @@
+# -*- test-case-name: harbor.test.test_support -*-
 """
-Test helpers: a recording file system for the Maildir writer and an SMTP
-driver over L{StringTransport}.
+Test helpers shared by the unit tests here and the end-to-end tests in the
+top-level C{tests/}: a recording file system for the Maildir writer, an
+SMTP driver over L{StringTransport}, the stored files of a Maildir and the
+trace block MailHarbor writes at the top of each copy.
+
+The end-to-end tests import this module too: it ships in the wheel with
+C{harbor.test}, imports nothing from C{tests/}, and what it imports (the
+SMTP server, hence L{twisted.mail.smtp} and the global reactor) those
+tests load anyway.
 """
 
 from __future__ import annotations
 
+import email.utils
 import errno
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from zope.interface import implementer
@@ -19,16 +28,16 @@ from twisted.internet.task import Clock, deferLater
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 
-from harbor.limits import Limits
-from harbor.routing import DomainConfig
 from harbor.delivery import Deliverer
+from harbor.limits import Limits
+from harbor.routing import DomainConfig, RecipientPolicy
+from harbor.smtp import HarborESMTP, HarborSMTPFactory, ServerSettings
 from harbor.store.fs import IFileSystem, RealFileSystem
 from harbor.store.names import MaildirNamer
 from harbor.store.writer import MaildirStore
-from harbor.routing import RecipientPolicy
-from harbor.smtp import HarborESMTP, HarborSMTPFactory, ServerSettings
 
 HOSTNAME = "mx.example.com"
+PEER = "192.0.2.7"
 
 
 async def pollUntil(condition: Callable[[], object], what: str, limit: float = 15.0) -> None:
@@ -59,6 +68,72 @@ def processGone(pid: int) -> bool:
     return False
 
 
+def files(root: str, *path: str) -> list[str]:
+    """
+    Every file below C{os.path.join(root, *path)} (a Maildir's C{new}, a
+    whole store), by path relative to it, sorted; none if it does not
+    exist, as before a Maildir is made on first delivery.
+    """
+    directory = os.path.join(root, *path)
+    return sorted(
+        os.path.relpath(os.path.join(parent, name), directory)
+        for parent, _, names in os.walk(directory)
+        for name in names
+    )
+
+
+def _endsWithDate(line: bytes) -> bool:
+    """
+    Whether C{line} ends as a C{Received:} field does (RFC 5321 section
+    4.4): a semicolon, then an RFC 5322 date-time.
+    """
+    _, semicolon, date = line.rpartition(b";")
+    if not semicolon:
+        return False
+    try:
+        email.utils.parsedate_to_datetime(date.decode("ascii").strip())
+    except (ValueError, TypeError, UnicodeDecodeError):
+        return False
+    return True
+
+
+def traceHeaders(stored: bytes, tags: Sequence[bytes] = ()) -> tuple[bytes, bytes]:
+    """
+    Split a stored copy into the trace block MailHarbor wrote at its top
+    and what the client sent.
+
+    The block is parsed, not cut at a line count: a C{Return-Path:} line, a
+    C{Delivered-To:} line, then the C{Received:} field with however many
+    continuation lines it has (TLS adds one), up to the line that ends it
+    with C{; date-time}, then the filter tag lines C{tags}, in order.  The
+    field's end is found by its date rather than by the next line not
+    starting with white space, so a message whose own first line does is
+    not taken into the block.
+
+    @param tags: The header lines the session's tag filters added.
+    @return: the block and the rest, both as stored.
+    @raise AssertionError: if the copy does not start with such a block.
+    """
+    lines = stored.split(b"\n")
+    if len(lines) < 4 or not (
+        lines[0].startswith(b"Return-Path: <")
+        and lines[1].startswith(b"Delivered-To: ")
+        and lines[2].startswith(b"Received: ")
+    ):
+        raise AssertionError(f"no trace block at the top of {stored[:300]!r}")
+    end = 2
+    while not _endsWithDate(lines[end]):
+        end += 1
+        if end == len(lines) - 1 or not lines[end].startswith(b"\t"):
+            raise AssertionError(f"the Received: field has no date-time in {stored[:300]!r}")
+    for tag in tags:
+        end += 1
+        if end == len(lines) - 1 or lines[end] != tag:
+            raise AssertionError(f"tag {tag!r} does not follow the Received: field in {stored[:300]!r}")
+    size = sum(len(line) + 1 for line in lines[: end + 1])
+    return stored[:size], stored[size:]
+
+
 def runSynchronously(f: Callable[[], Any]) -> Deferred[Any]:
     """
     A stand-in for a thread pool: run C{f} now.
@@ -85,7 +160,8 @@ class DeferredThreads:
             f, d = self.pending.pop(0)
             try:
                 result = f()
-            except BaseException:
+            # As a thread pool hands every exception to its Deferred.
+            except BaseException:  # noqa: BLE001
                 d.errback(Failure())
             else:
                 d.callback(result)
@@ -234,23 +310,38 @@ class SMTPDriver:
         self,
         deliverer: Deliverer,
         clock: Clock | None = None,
-        peer: str = "192.0.2.7",
+        peer: str = PEER,
         limits: Limits | None = None,
         factory: HarborSMTPFactory | None = None,
+        *,
+        transport: type[StringTransport] = StringTransport,
+        ehlo: bytes | None = None,
     ) -> None:
+        """
+        Connect a client from C{peer}.
+
+        @param factory: The server's factory; by default a new one for
+            C{deliverer} with C{limits}.
+        @param transport: The transport class (one that can start TLS,
+            say).
+        @param ehlo: A name to greet with at once, its reply dropped, for
+            tests about what follows the greeting.
+        """
         self.clock = clock or Clock()
         if factory is None:
             factory = HarborSMTPFactory(deliverer, ServerSettings(HOSTNAME, limits or Limits()), self.clock)
         self.protocol: HarborESMTP = factory.buildProtocol(IPv4Address("TCP", peer, 40000))
-        self.transport = StringTransport(peerAddress=IPv4Address("TCP", peer, 40000))
+        self.transport = transport(peerAddress=IPv4Address("TCP", peer, 40000))
         self.protocol.makeConnection(self.transport)
         self.banner = self.take()
+        if ehlo is not None:
+            self.send(b"EHLO " + ehlo + b"\r\n")
 
     def take(self) -> bytes:
         """
         Everything the server has written since last taken.
         """
-        value = self.transport.value()
+        value: bytes = self.transport.value()
         self.transport.clear()
         return value
 

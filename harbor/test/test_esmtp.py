@@ -5,17 +5,24 @@ one write.
 """
 
 import os
-from typing import Any
+from typing import Any, ClassVar
 
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
+from harbor.framing import InputBuffer
 from harbor.limits import Limits
 from harbor.routing import DomainConfig
-from harbor.framing import InputBuffer
 from harbor.smtp import HarborSMTPFactory, ServerSettings
-from harbor.test._support import HOSTNAME, DeferredThreads, SMTPDriver, makeDeliverer
+from harbor.test._support import (
+    HOSTNAME,
+    DeferredThreads,
+    SMTPDriver,
+    files,
+    makeDeliverer,
+    traceHeaders,
+)
 
 MESSAGE = b"Subject: test\r\n\r\nHello.\r\n"
 ENVELOPE = b"MAIL FROM:<s@x.org>\r\nRCPT TO:<a@example.com>\r\n"
@@ -26,7 +33,7 @@ class ESMTPTestCase(SynchronousTestCase):
     A Maildir root and a way to connect clients with given limits.
     """
 
-    domains = [DomainConfig("example.com"), DomainConfig("xn--bcher-kva.example")]
+    domains: ClassVar[list[DomainConfig]] = [DomainConfig("example.com"), DomainConfig("xn--bcher-kva.example")]
     limits = Limits()
 
     def setUp(self) -> None:
@@ -37,13 +44,7 @@ class ESMTPTestCase(SynchronousTestCase):
             self.root, self.domains, runInThread=self.threads, clock=self.clock
         )
         self.factory = HarborSMTPFactory(self.deliverer, ServerSettings(HOSTNAME, self.limits), self.clock)
-        self.smtp = self.connect()
-
-    def connect(self, peer: str = "192.0.2.7", ehlo: bool = True) -> SMTPDriver:
-        driver = SMTPDriver(self.deliverer, self.clock, peer=peer, factory=self.factory)
-        if ehlo:
-            driver.send(b"EHLO client.example\r\n")
-        return driver
+        self.smtp = SMTPDriver(self.deliverer, self.clock, factory=self.factory, ehlo=b"client.example")
 
     def stored(self, domain: str = "example.com") -> list[bytes]:
         """
@@ -51,14 +52,10 @@ class ESMTPTestCase(SynchronousTestCase):
         """
         new = os.path.join(self.root, domain, "new")
         result = []
-        for name in sorted(os.listdir(new)):
+        for name in files(new):
             with open(os.path.join(new, name), "rb") as f:
-                data = f.read()
-            result.append(data.split(b"\n", 5)[5])
+                result.append(traceHeaders(f.read())[1])
         return result
-
-    def files(self, sub: str, domain: str = "example.com") -> list[str]:
-        return os.listdir(os.path.join(self.root, domain, sub))
 
 
 class EnhancedStatusCodeTests(ESMTPTestCase):
@@ -70,7 +67,7 @@ class EnhancedStatusCodeTests(ESMTPTestCase):
         """
         A client that greeted with HELO (or not at all) gets plain codes.
         """
-        smtp = self.connect(ehlo=False)
+        smtp = SMTPDriver(self.deliverer, self.clock, factory=self.factory)
         self.assertEqual(smtp.send(b"NOOP\r\n"), b"250 Ok\r\n")
         self.assertEqual(
             smtp.replies(b"HELO c\r\nMAIL FROM:<s@x.org>\r\nRCPT TO:<x@other.org>\r\n"),
@@ -130,7 +127,7 @@ class SizeTests(ESMTPTestCase):
         """
         self.smtp.send(ENVELOPE + b"DATA\r\n")
         self.smtp.send(b"x" * 600 + b"\r\n" + b"y" * 600 + b"\r\n")
-        self.assertEqual(self.files("tmp"), [])
+        self.assertEqual(files(self.root, "example.com", "tmp"), [])
         self.assertEqual(
             self.smtp.send(b"z" * 5000 + b"\r\n.\r\n"),
             b"552 5.3.4 Error: message size exceeds fixed maximum message size\r\n",
@@ -153,9 +150,9 @@ class LargeSizeTests(ESMTPTestCase):
         moment it passes the limit, not at the dot.
         """
         self.smtp.send(ENVELOPE + b"DATA\r\n" + (b"a" * 998 + b"\r\n") * 80)
-        self.assertEqual(len(self.files("tmp")), 1)
+        self.assertEqual(len(files(self.root, "example.com", "tmp")), 1)
         self.smtp.send((b"b" * 998 + b"\r\n") * 30)
-        self.assertEqual(self.files("tmp"), [])
+        self.assertEqual(files(self.root, "example.com", "tmp"), [])
         self.assertEqual(
             self.smtp.send(b".\r\n"), b"552 5.3.4 Error: message size exceeds fixed maximum message size\r\n"
         )
@@ -227,7 +224,7 @@ class SMTPUTF8Tests(ESMTPTestCase):
             + b".\r\n"
         )
         self.threads.runAll()
-        [name] = self.files("new", "xn--bcher-kva.example")
+        [name] = files(self.root, "xn--bcher-kva.example", "new")
         with open(os.path.join(self.root, "xn--bcher-kva.example", "new", name), "rb") as f:
             data = f.read().decode("utf-8")
         self.assertIn("Return-Path: <j\u00f6rg@x.org>\n", data)
@@ -380,7 +377,7 @@ class ChunkingTests(ESMTPTestCase):
                 b"503 5.5.1 Error: need MAIL command",
             ],
         )
-        self.assertEqual((self.files("tmp"), self.files("new")), ([], []))
+        self.assertEqual((files(self.root, "example.com", "tmp"), files(self.root, "example.com", "new")), ([], []))
 
     def test_pipelinedChunksAfterARefusalDoNotHangUp(self) -> None:
         """
@@ -422,7 +419,7 @@ class ChunkingTests(ESMTPTestCase):
         RSET between chunks drops the message.
         """
         self.smtp.send(ENVELOPE + b"BDAT 3\r\nabcRSET\r\n")
-        self.assertEqual((self.files("tmp"), self.files("new")), ([], []))
+        self.assertEqual((files(self.root, "example.com", "tmp"), files(self.root, "example.com", "new")), ([], []))
 
     def test_disconnectMidChunk(self) -> None:
         """
@@ -430,7 +427,7 @@ class ChunkingTests(ESMTPTestCase):
         """
         self.smtp.send(ENVELOPE + b"BDAT 50\r\nabc")
         self.smtp.close()
-        self.assertEqual((self.files("tmp"), self.files("new")), ([], []))
+        self.assertEqual((files(self.root, "example.com", "tmp"), files(self.root, "example.com", "new")), ([], []))
 
 
 class LimitTests(ESMTPTestCase):
@@ -491,7 +488,7 @@ class LimitTests(ESMTPTestCase):
         not drop the connection or end the message: the commands in the
         body after a 20 KiB line stay content (no resynchronisation).
         """
-        smtp = self.connect()
+        smtp = SMTPDriver(self.deliverer, self.clock, factory=self.factory, ehlo=b"client.example")
         long = b"L" * 20000
         body = long + b"\r\nRSET\r\nMAIL FROM:<evil@x.org>\r\nRCPT TO:<b@example.com>\r\nDATA\r\nsmuggled\r\n"
         self.assertEqual(smtp.replies(ENVELOPE + b"DATA\r\n" + body + b".\r\n")[3:], [])
@@ -518,7 +515,7 @@ class LimitTests(ESMTPTestCase):
         self.clock.advance(20)
         self.assertEqual(self.smtp.take(), b"421 4.4.2 mx.example.com Error: timeout exceeded\r\n")
         self.smtp.close()
-        self.assertEqual(self.files("tmp"), [])
+        self.assertEqual(files(self.root, "example.com", "tmp"), [])
 
     def test_ownSlownessIsNotTheClients(self) -> None:
         """
@@ -588,20 +585,20 @@ class LimitTests(ESMTPTestCase):
         clients are exempt from it but not from the total; a closed
         connection frees its place.
         """
-        second = self.connect(ehlo=False)
-        third = self.connect(ehlo=False)
+        second = SMTPDriver(self.deliverer, self.clock, factory=self.factory)
+        third = SMTPDriver(self.deliverer, self.clock, factory=self.factory)
         self.assertEqual(
             third.banner, b"421 mx.example.com Error: too many connections from your address\r\n"
         )
         self.assertTrue(third.transport.disconnecting)
         third.close()
-        local = self.connect(peer="127.0.0.1", ehlo=False)
+        local = SMTPDriver(self.deliverer, self.clock, "127.0.0.1", factory=self.factory)
         self.assertTrue(local.banner.startswith(b"220 "))
-        full = self.connect(peer="127.0.0.1", ehlo=False)
+        full = SMTPDriver(self.deliverer, self.clock, "127.0.0.1", factory=self.factory)
         self.assertEqual(full.banner, b"421 mx.example.com Error: too many connections\r\n")
         full.close()
         second.close()
-        self.assertTrue(self.connect(ehlo=False).banner.startswith(b"220 "))
+        self.assertTrue(SMTPDriver(self.deliverer, self.clock, factory=self.factory).banner.startswith(b"220 "))
 
 
 class SmugglingTests(ESMTPTestCase):
@@ -620,7 +617,7 @@ class SmugglingTests(ESMTPTestCase):
             self.smtp.send(ENVELOPE + b"DATA\r\n" + body + b".\r\n")
             self.threads.runAll()
             self.assertTrue(self.smtp.take().startswith(b"250 2.0.0 Ok: stored as "), separator)
-        self.assertEqual(len(self.files("new")), 4)
+        self.assertEqual(len(files(self.root, "example.com", "new")), 4)
         for data in self.stored():
             self.assertIn(b"smuggled", data)
 
@@ -649,14 +646,14 @@ class BareNewlineRejectTests(ESMTPTestCase):
             self.smtp.send(ENVELOPE + b"DATA\r\na\nb\r\n.\r\n").split(b"\r\n")[-2],
             b"550 5.5.2 Error: bare <LF> received",
         )
-        self.assertEqual((self.files("tmp"), self.files("new")), ([], []))
+        self.assertEqual((files(self.root, "example.com", "tmp"), files(self.root, "example.com", "new")), ([], []))
         self.assertEqual(
             self.smtp.send(ENVELOPE + b"BDAT 4 LAST\r\na\nb\n").split(b"\r\n")[-2],
             b"550 5.5.2 Error: bare <LF> received",
         )
         self.smtp.send(ENVELOPE + b"DATA\r\n" + MESSAGE + b".\r\n")
         self.threads.runAll()
-        self.assertEqual(len(self.files("new")), 1)
+        self.assertEqual(len(files(self.root, "example.com", "new")), 1)
 
 
 class MinimumCommandsTests(ESMTPTestCase):
@@ -671,7 +668,7 @@ class MinimumCommandsTests(ESMTPTestCase):
         """
         self.smtp.send(b"MAIL FROM:<s@x.org>\r\nRCPT TO:<Postmaster>\r\nDATA\r\n" + MESSAGE + b".\r\n")
         self.threads.runAll()
-        [name] = self.files("new")
+        [name] = files(self.root, "example.com", "new")
         with open(os.path.join(self.root, "example.com", "new", name), "rb") as f:
             self.assertIn(b"\nDelivered-To: postmaster@example.com\n", f.read())
 
@@ -728,7 +725,7 @@ class ShutdownTests(ESMTPTestCase):
         An idle session, or one between MAIL and DATA, gets 421 4.3.2 at
         once and is closed; the shutdown completes when all are gone.
         """
-        other = self.connect()
+        other = SMTPDriver(self.deliverer, self.clock, factory=self.factory, ehlo=b"client.example")
         other.send(ENVELOPE)
         done = self.factory.registry.shutdown(30, self.clock)
         expected = b"421 4.3.2 mx.example.com Service shutting down, try again later\r\n"
@@ -756,7 +753,7 @@ class ShutdownTests(ESMTPTestCase):
         self.assertTrue(self.smtp.transport.disconnecting)
         self.smtp.close()
         self.successResultOf(done)
-        self.assertEqual(len(self.files("new")), 1)
+        self.assertEqual(len(files(self.root, "example.com", "new")), 1)
 
     def test_graceRunsOut(self) -> None:
         """
@@ -769,7 +766,7 @@ class ShutdownTests(ESMTPTestCase):
         self.assertTrue(self.smtp.transport.disconnecting or self.smtp.transport.disconnected)
         self.smtp.close()
         self.successResultOf(done)
-        self.assertEqual((self.files("tmp"), self.files("new")), ([], []))
+        self.assertEqual((files(self.root, "example.com", "tmp"), files(self.root, "example.com", "new")), ([], []))
 
     def test_connectionLogLine(self) -> None:
         """

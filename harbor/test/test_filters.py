@@ -4,23 +4,19 @@ through the protocol.
 """
 
 import os
-from typing import Any
+from typing import Any, ClassVar
 
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
-from twisted.names import dns
-from twisted.names.error import DNSNameError
 from twisted.trial.unittest import SynchronousTestCase
 
 from harbor._syntax import ConfigError
 from harbor.config import Config
-from harbor.limits import Limits
-from harbor.routing import DomainConfig
-from harbor.dnsbl import Blocklists, SharedResult, queryName
 from harbor.filters import firstMatch, parseFilters
+from harbor.limits import Limits
 from harbor.policyhook import PolicyHook, PolicyRequest
-from harbor.smtp import HarborSMTPFactory, ServerSettings
-from harbor.test._support import HOSTNAME, SMTPDriver, makeDeliverer
+from harbor.routing import DomainConfig
+from harbor.test._support import SMTPDriver, files, makeDeliverer
 
 ENVELOPE = b"MAIL FROM:<s@x.org>\r\nRCPT TO:<a@example.com>\r\n"
 
@@ -89,76 +85,12 @@ class FilterParsingTests(SynchronousTestCase):
         self.assertIsNone(firstMatch([rule], "rcpt", "192.0.2.9", None, "a@spam.example"))
 
 
-class DNSBLTests(SynchronousTestCase):
-    """
-    Tests for L{Blocklists}.
-    """
-
-    def test_queryNames(self) -> None:
-        """
-        Addresses are reversed into the zone; mapped IPv4 counts as IPv4.
-        """
-        self.assertEqual(queryName("192.0.2.1", "bl.example"), "1.2.0.192.bl.example")
-        self.assertEqual(queryName("::ffff:192.0.2.1", "bl.example"), "1.2.0.192.bl.example")
-        self.assertTrue(queryName("2001:db8::1", "bl.example").endswith(".8.b.d.0.1.0.0.2.bl.example"))  # type: ignore[union-attr]
-        self.assertIsNone(queryName("unknown", "bl.example"))
-
-    def resolver(self, answers: dict[str, Any]) -> Any:
-        class Resolver:
-            def lookupAddress(self, name: str, timeout: Any = None) -> Deferred[Any]:
-                answer = answers.get(name)
-                if isinstance(answer, Deferred):
-                    return answer
-                if answer is None:
-                    return fail(DNSNameError(name))
-                record = dns.RRHeader(name, dns.A, payload=dns.Record_A(answer))
-                return succeed(([record], [], []))
-
-        return Resolver()
-
-    def test_listedAndNot(self) -> None:
-        """
-        The first zone listing the client (with a 127/8 answer) is named;
-        NXDOMAIN everywhere is not listed.
-        """
-        clock = Clock()
-        lists = Blocklists(
-            ["one.example", "two.example"],
-            self.resolver({"1.2.0.192.two.example": "127.0.0.2", "1.2.0.192.one.example": "10.0.0.1"}),
-            clock,
-            5,
-        )
-        self.assertEqual(self.successResultOf(lists.lookup("192.0.2.1")), "two.example")
-        self.assertIsNone(self.successResultOf(lists.lookup("192.0.2.2")))
-
-    def test_timeoutIsNotListed(self) -> None:
-        """
-        A zone that does not answer in time counts as not listing.
-        """
-        clock = Clock()
-        lists = Blocklists(["slow.example"], self.resolver({"1.2.0.192.slow.example": Deferred()}), clock, 5)
-        result = lists.lookup("192.0.2.1")
-        self.assertNoResult(result)
-        clock.advance(5)
-        self.assertIsNone(self.successResultOf(result))
-
-    def test_sharedResult(self) -> None:
-        """
-        Several waiters each get the result, before and after it fires.
-        """
-        d: Deferred[Any] = Deferred()
-        shared = SharedResult(d)
-        early = shared.wait()
-        d.callback("zone")
-        self.assertEqual((self.successResultOf(early), self.successResultOf(shared.wait())), ("zone", "zone"))
-
-
 class ProtocolFilterTests(SynchronousTestCase):
     """
     Filters, blocklists and pregreet over the protocol.
     """
 
-    filters = [
+    filters: ClassVar[list[dict[str, Any]]] = [
         {"client": "203.0.113.0/24", "action": "reject", "text": "Your network is not welcome"},
         {"client": "198.51.100.7", "action": "tempfail"},
         {"client": "192.0.2.99", "action": "accept"},
@@ -186,20 +118,12 @@ class ProtocolFilterTests(SynchronousTestCase):
 
         self.deliverer.blocklists = FakeBlocklists()  # type: ignore[assignment]
 
-    def connect(self, peer: str = "192.0.2.7", limits: Limits = Limits()) -> SMTPDriver:
-        factory = HarborSMTPFactory(self.deliverer, ServerSettings(HOSTNAME, limits), self.clock)
-        smtp = SMTPDriver(self.deliverer, self.clock, peer=peer, factory=factory)
-        return smtp
-
-    def files(self) -> list[str]:
-        return os.listdir(os.path.join(self.root, "example.com", "new"))
-
     def test_connectReject(self) -> None:
         """
         A rejected network gets a 554 greeting (whatever the filter's code)
         and 503 to everything but QUIT (RFC 5321 section 3.1).
         """
-        smtp = self.connect("203.0.113.5")
+        smtp = SMTPDriver(self.deliverer, self.clock, "203.0.113.5")
         self.assertEqual(smtp.banner, b"554 mx.example.com Your network is not welcome\r\n")
         self.assertEqual(
             smtp.replies(b"EHLO c\r\nMAIL FROM:<s@x.org>\r\nQUIT\r\n"),
@@ -211,14 +135,14 @@ class ProtocolFilterTests(SynchronousTestCase):
         An IPv4 client reaching a dual-stack IPv6 listener, seen as
         C{::ffff:203.0.113.5}, is refused by an IPv4 network filter too.
         """
-        smtp = self.connect("::ffff:203.0.113.5")
+        smtp = SMTPDriver(self.deliverer, self.clock, "::ffff:203.0.113.5")
         self.assertEqual(smtp.banner, b"554 mx.example.com Your network is not welcome\r\n")
 
     def test_connectTempfail(self) -> None:
         """
         A tempfailed client gets 421 and is disconnected.
         """
-        smtp = self.connect("198.51.100.7")
+        smtp = SMTPDriver(self.deliverer, self.clock, "198.51.100.7")
         self.assertEqual(smtp.banner, b"421 mx.example.com Try again later\r\n")
         self.assertTrue(smtp.transport.disconnecting)
 
@@ -226,7 +150,7 @@ class ProtocolFilterTests(SynchronousTestCase):
         """
         A HELO filter refuses the greeting.
         """
-        smtp = self.connect()
+        smtp = SMTPDriver(self.deliverer, self.clock)
         self.assertEqual(smtp.send(b"EHLO mx.bad.example\r\n"), b"550 5.7.1 Bad HELO\r\n")
 
     def test_heloRejectNotIgnored(self) -> None:
@@ -235,7 +159,7 @@ class ProtocolFilterTests(SynchronousTestCase):
         refusal again at MAIL, and nothing is stored, until a greeting
         passes; the refused name is not in the stored message's trace.
         """
-        smtp = self.connect()
+        smtp = SMTPDriver(self.deliverer, self.clock)
         self.assertEqual(
             smtp.replies(
                 b"EHLO mx.bad.example\r\nMAIL FROM:<s@x.org>\r\nRCPT TO:<a@example.com>\r\nDATA\r\n"
@@ -243,13 +167,13 @@ class ProtocolFilterTests(SynchronousTestCase):
             [b"550 5.7.1 Bad HELO", b"550 Bad HELO", b"503 Error: need MAIL command",
              b"503 Error: need MAIL command"],
         )
-        self.assertEqual(self.files(), [])
+        self.assertEqual(files(self.root, "example.com", "new"), [])
         smtp.send(b"EHLO good.example\r\n")
         self.assertEqual(
             smtp.replies(b"MAIL FROM:<s@x.org>\r\nRCPT TO:<a@example.com>\r\nDATA\r\nHi\r\n.\r\n")[0],
             b"250 2.1.0 Ok",
         )
-        [stored] = self.files()
+        [stored] = files(self.root, "example.com", "new")
         with open(os.path.join(self.root, "example.com", "new", stored), "rb") as f:
             trace = f.read()
         self.assertIn(b"Received: from good.example", trace)
@@ -261,7 +185,7 @@ class ProtocolFilterTests(SynchronousTestCase):
         listed client refused.
         """
         self.deliverer.filters = parseFilters([{"recipient": "*@example.com", "action": "tag", "header": "X-Tag: yes"}])
-        smtp = self.connect("192.0.2.66")
+        smtp = SMTPDriver(self.deliverer, self.clock, "192.0.2.66")
         smtp.send(b"EHLO c\r\n")
         self.assertEqual(
             smtp.replies(b"MAIL FROM:<s@x.org>\r\nRCPT TO:<a@example.com>\r\n")[1],
@@ -277,7 +201,7 @@ class ProtocolFilterTests(SynchronousTestCase):
         self.deliverer.filters = parseFilters(
             self.filters + [{"sender": "bad@x.org", "action": "reject", "text": "Not you"}]
         )
-        smtp = self.connect()
+        smtp = SMTPDriver(self.deliverer, self.clock)
         smtp.send(b"EHLO c\r\nMAIL FROM:<s@x.org>\r\n")
         for recipient in [
             b"closed@example.com",
@@ -298,7 +222,7 @@ class ProtocolFilterTests(SynchronousTestCase):
         smtp.send(b"RSET\r\n")
         for sender in [b'"bad"@x.org', b"BAD@X.ORG", b"bad+list@x.org"]:
             self.assertEqual(smtp.replies(b"MAIL FROM:<" + sender + b">\r\n"), [b"550 5.7.1 Not you"], sender)
-        self.assertEqual(self.files(), [])
+        self.assertEqual(files(self.root, "example.com", "new"), [])
 
     def test_patternsReadLikeAddresses(self) -> None:
         """
@@ -311,7 +235,7 @@ class ProtocolFilterTests(SynchronousTestCase):
                 {"sender": "*@b\u00fccher.example", "action": "reject", "text": "No books"},
             ]
         )
-        smtp = self.connect()
+        smtp = SMTPDriver(self.deliverer, self.clock)
         smtp.send(b"EHLO c\r\n")
         self.assertEqual(
             smtp.replies(
@@ -333,7 +257,7 @@ class ProtocolFilterTests(SynchronousTestCase):
 
         self.deliverer.filters = ()
         self.deliverer.policyHook = PolicyHook(policy, self.clock)
-        smtp = self.connect("192.0.2.8")
+        smtp = SMTPDriver(self.deliverer, self.clock, "192.0.2.8")
         smtp.send(
             b'EHLO c\r\nMAIL FROM:<"Me"@X.Org>\r\nRCPT TO:<"NoReply"@Example.COM>\r\n'
             b"RCPT TO:<Tagged+News@example.com>\r\nRCPT TO:<postmaster>\r\n"
@@ -355,7 +279,7 @@ class ProtocolFilterTests(SynchronousTestCase):
         was (RFC 5321 section 4.1.4): the transaction, the first name and
         the enhanced status codes stay, and mail goes on.
         """
-        smtp = self.connect()
+        smtp = SMTPDriver(self.deliverer, self.clock)
         self.assertEqual(
             smtp.replies(b"EHLO good.example\r\nMAIL FROM:<s@x.org>\r\nEHLO mx.bad.example\r\n")[-2:],
             [b"250 2.1.0 Ok", b"550 5.7.1 Bad HELO"],
@@ -364,7 +288,7 @@ class ProtocolFilterTests(SynchronousTestCase):
             smtp.replies(b"RCPT TO:<a@example.com>\r\nDATA\r\nHi\r\n.\r\n")[:2],
             [b"250 2.1.5 Ok", b"354 End data with <CR><LF>.<CR><LF>"],
         )
-        [stored] = self.files()
+        [stored] = files(self.root, "example.com", "new")
         with open(os.path.join(self.root, "example.com", "new", stored), "rb") as f:
             self.assertIn(b"Received: from good.example", f.read())
 
@@ -374,7 +298,7 @@ class ProtocolFilterTests(SynchronousTestCase):
         again, never a permanent refusal that would bounce the mail.
         """
         self.deliverer.filters = parseFilters([{"helo": "*.slow.example", "action": "tempfail"}])
-        smtp = self.connect()
+        smtp = SMTPDriver(self.deliverer, self.clock)
         self.assertEqual(
             smtp.replies(b"EHLO mx.slow.example\r\nMAIL FROM:<s@x.org>\r\n"),
             [b"450 4.7.1 Try again later", b"450 Try again later"],
@@ -386,7 +310,7 @@ class ProtocolFilterTests(SynchronousTestCase):
         default, smtpd_helo_required = no): only a refused greeting holds
         MAIL back.
         """
-        smtp = self.connect()
+        smtp = SMTPDriver(self.deliverer, self.clock)
         self.assertEqual(smtp.replies(b"MAIL FROM:<s@x.org>\r\n"), [b"250 Ok"])
 
     def test_senderAndRecipientRejects(self) -> None:
@@ -394,7 +318,7 @@ class ProtocolFilterTests(SynchronousTestCase):
         Sender filters act at MAIL, recipient filters at RCPT, with their
         own codes.
         """
-        smtp = self.connect()
+        smtp = SMTPDriver(self.deliverer, self.clock)
         smtp.send(b"EHLO c\r\n")
         self.assertEqual(
             smtp.replies(
@@ -409,13 +333,13 @@ class ProtocolFilterTests(SynchronousTestCase):
         Discarded mail is accepted and not stored; tagged mail carries the
         filter's header.
         """
-        smtp = self.connect()
+        smtp = SMTPDriver(self.deliverer, self.clock)
         reply = smtp.send(b"EHLO c\r\nMAIL FROM:<a@quiet.example>\r\nRCPT TO:<a@example.com>\r\nDATA\r\nx\r\n.\r\n")
         self.assertTrue(reply.endswith(b"354 End data with <CR><LF>.<CR><LF>\r\n250 2.0.0 Ok: message accepted\r\n"))
         smtp.send(b"MAIL FROM:<s@x.org>\r\nRCPT TO:<trap@example.com>\r\nDATA\r\nx\r\n.\r\n")
-        self.assertEqual(self.files(), [])
+        self.assertEqual(files(self.root, "example.com", "new"), [])
         smtp.send(b"MAIL FROM:<a@lists.example>\r\nRCPT TO:<a@example.com>\r\nDATA\r\nx\r\n.\r\n")
-        [name] = self.files()
+        [name] = files(self.root, "example.com", "new")
         with open(os.path.join(self.root, "example.com", "new", name), "rb") as f:
             self.assertIn(b"\nX-Harbor-Tag: list\n", f.read())
 
@@ -424,15 +348,15 @@ class ProtocolFilterTests(SynchronousTestCase):
         A listed client is refused at RCPT with 554 5.7.1 naming the list; an
         accepted client is not looked up at all.
         """
-        smtp = self.connect("192.0.2.66")
+        smtp = SMTPDriver(self.deliverer, self.clock, "192.0.2.66")
         smtp.send(b"EHLO c\r\n")
         self.assertEqual(
             smtp.replies(ENVELOPE)[1],
             b"554 5.7.1 Service unavailable; client [192.0.2.66] blocked using bl.example",
         )
-        self.connect("192.0.2.99")
+        SMTPDriver(self.deliverer, self.clock, "192.0.2.99")
         self.assertEqual(self.lookups, ["192.0.2.66"])
-        clean = self.connect("192.0.2.8")
+        clean = SMTPDriver(self.deliverer, self.clock, "192.0.2.8")
         clean.send(b"EHLO c\r\n")
         self.assertEqual(clean.replies(ENVELOPE)[1], b"250 2.1.5 Ok")
 
@@ -442,12 +366,12 @@ class ProtocolFilterTests(SynchronousTestCase):
         a patient one gets the banner.
         """
         limits = Limits(pregreetWait=2)
-        early = self.connect(limits=limits)
+        early = SMTPDriver(self.deliverer, self.clock, limits=limits)
         self.assertEqual(early.banner, b"")
         self.assertEqual(early.send(b"EHLO spambot\r\n"), b"554 Error: talking before the greeting\r\n")
         self.assertTrue(early.transport.disconnecting)
-        patient = self.connect(limits=limits)
+        patient = SMTPDriver(self.deliverer, self.clock, limits=limits)
         self.clock.advance(2)
         self.assertEqual(patient.take(), b"220 mx.example.com ESMTP MailHarbor\r\n")
-        trusted = self.connect("192.0.2.99", limits=limits)
+        trusted = SMTPDriver(self.deliverer, self.clock, "192.0.2.99", limits)
         self.assertEqual(trusted.banner, b"220 mx.example.com ESMTP MailHarbor\r\n")

@@ -9,11 +9,10 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from harbor._syntax import ConfigError
-from harbor.config import Config
-from harbor.routing import FolderRule
 from harbor.address import parsePath
-from harbor.routing import Accept, RecipientPolicy, Reject, subaddressFolder
-from harbor.test._support import DeferredThreads, SMTPDriver, makeDeliverer
+from harbor.config import Config
+from harbor.routing import Accept, FolderRule, RecipientPolicy, Reject, subaddressFolder
+from harbor.test._support import DeferredThreads, SMTPDriver, files, makeDeliverer
 
 ROUTED = {
     "domain": ["example.com"],
@@ -157,16 +156,15 @@ class RoutedDeliveryTests(SynchronousTestCase):
         self.threads.runAll()
         return self.smtp.take()
 
-    def files(self, *path: str) -> list[str]:
-        directory = os.path.join(self.root, *path, "new")
-        return os.listdir(directory) if os.path.isdir(directory) else []
-
     def test_aliasFansOut(self) -> None:
         """
         Mail to an alias is stored in each of its mailboxes.
         """
         self.send(b"s@x.org", [b"info@example.org"], b"Subject: hi\r\n\r\nx\r\n")
-        self.assertEqual((len(self.files("example.org", "alice")), len(self.files("example.org", "bob"))), (1, 1))
+        self.assertEqual(
+            (len(files(self.root, "example.org", "alice", "new")), len(files(self.root, "example.org", "bob", "new"))),
+            (1, 1),
+        )
 
     def test_headerRuleWhileStreaming(self) -> None:
         """
@@ -177,9 +175,9 @@ class RoutedDeliveryTests(SynchronousTestCase):
         self.send(b"s@x.org", [b"alice@example.org"], b"List-Id: <python-dev.python.org>\r\nSubject: s\r\n\r\nbody\r\n")
         self.send(b"s@x.org", [b"alice@example.org"], b"Subject: plain\r\n\r\nbody\r\n")
         folder = os.path.join(self.root, "example.org", "alice", ".Lists.python")
-        self.assertEqual(len(self.files("example.org", "alice", ".Lists.python")), 1)
+        self.assertEqual(len(files(self.root, "example.org", "alice", ".Lists.python", "new")), 1)
         self.assertTrue(os.path.exists(os.path.join(folder, "maildirfolder")))
-        self.assertEqual(len(self.files("example.org", "alice")), 1)
+        self.assertEqual(len(files(self.root, "example.org", "alice", "new")), 1)
 
     def test_senderAndRecipientRules(self) -> None:
         """
@@ -187,12 +185,12 @@ class RoutedDeliveryTests(SynchronousTestCase):
         """
         self.send(b"alerts@bank.example", [b"alice@example.org"], b"Subject: s\r\n\r\nb\r\n")
         self.send(b"s@x.org", [b"bob@example.org"], b"Subject: s\r\n\r\nb\r\n")
-        self.assertEqual(len(self.files("example.org", "alice", ".Money")), 1)
-        self.assertEqual(len(self.files("example.org", "bob", ".Bob")), 1)
+        self.assertEqual(len(files(self.root, "example.org", "alice", ".Money", "new")), 1)
+        self.assertEqual(len(files(self.root, "example.org", "bob", ".Bob", "new")), 1)
 
     def test_tagFolder(self) -> None:
         """
         user+tag mail lands in the tag's folder.
         """
         self.send(b"s@x.org", [b"bob+news@example.org"], b"Subject: s\r\n\r\nb\r\n")
-        self.assertEqual(len(self.files("example.org", "bob", ".news")), 1)
+        self.assertEqual(len(files(self.root, "example.org", "bob", ".news", "new")), 1)

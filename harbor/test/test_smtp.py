@@ -5,7 +5,7 @@ Tests for L{harbor.smtp} over L{StringTransport}: exact replies, in order.
 import errno
 import mailbox
 import os
-from typing import Any
+from typing import Any, ClassVar
 
 from zope.interface import implementer
 
@@ -16,10 +16,16 @@ from twisted.mail.smtp import IMessage, SMTPBadRcpt
 from twisted.trial.unittest import SynchronousTestCase
 
 from harbor.routing import DomainConfig, FolderRule
+from harbor.smtp import HarborESMTP, _LineMessage
 from harbor.store.fs import StorageError
 from harbor.store.writer import MEMORY_THRESHOLD
-from harbor.smtp import HarborESMTP, _LineMessage
-from harbor.test._support import DeferredThreads, RecordingFileSystem, SMTPDriver, makeDeliverer
+from harbor.test._support import (
+    DeferredThreads,
+    RecordingFileSystem,
+    SMTPDriver,
+    files,
+    makeDeliverer,
+)
 
 MESSAGE = b"Subject: test\r\n\r\nHello.\r\n"
 
@@ -29,7 +35,7 @@ class SMTPTestCase(SynchronousTestCase):
     A Maildir root and a connected SMTP driver for each test.
     """
 
-    domains = [DomainConfig("example.com"), DomainConfig("example.org", frozenset({"alice"}))]
+    domains: ClassVar[list[DomainConfig]] = [DomainConfig("example.com"), DomainConfig("example.org", frozenset({"alice"}))]
 
     def setUp(self) -> None:
         self.root = self.mktemp()
@@ -46,9 +52,6 @@ class SMTPTestCase(SynchronousTestCase):
 
     def maildir(self, domain: str = "example.com") -> list[mailbox.MaildirMessage]:
         return list(mailbox.Maildir(os.path.join(self.root, domain), create=False))
-
-    def files(self, sub: str, domain: str = "example.com") -> list[str]:
-        return os.listdir(os.path.join(self.root, domain, sub))
 
     def transactionLogs(self) -> list[dict[str, Any]]:
         return [e for e in self.events if "result" in e]
@@ -170,9 +173,9 @@ class TransactionTests(SMTPTestCase):
         """
         self.smtp.send(b"EHLO c\r\nMAIL FROM:<s@x.org>\r\nRCPT TO:<a@example.com>\r\nDATA\r\n")
         self.assertEqual(self.smtp.send(MESSAGE + b".\r\n"), b"")
-        self.assertEqual(self.files("new"), [])
+        self.assertEqual(files(self.root, "example.com", "new"), [])
         self.threads.runAll()
-        [name] = self.files("new")
+        [name] = files(self.root, "example.com", "new")
         self.assertEqual(self.smtp.take(), f"250 2.0.0 Ok: stored as {name.split(',')[0]}\r\n".encode())
         [message] = self.maildir()
         self.assertEqual(message["Delivered-To"], "a@example.com")
@@ -355,7 +358,7 @@ class TransactionTests(SMTPTestCase):
             b"Subject: x\r\n\r\n\xc3\xa9t\xe9\r\n..hidden dot\r\n.\r\n"
         )
         self.threads.runAll()
-        [name] = self.files("new")
+        [name] = files(self.root, "example.com", "new")
         with open(os.path.join(self.root, "example.com", "new", name), "rb") as f:
             self.assertTrue(f.read().endswith(b"\n\n\xc3\xa9t\xe9\n.hidden dot\n"))
 
@@ -366,11 +369,11 @@ class TransactionTests(SMTPTestCase):
         transaction is logged as such.
         """
         self.smtp.send(b"MAIL FROM:<s@x.org>\r\nRCPT TO:<a@example.com>\r\nDATA\r\nSubject: x\r\n")
-        self.assertEqual(self.files("tmp"), [])
+        self.assertEqual(files(self.root, "example.com", "tmp"), [])
         self.smtp.send(b"x" * MEMORY_THRESHOLD + b"\r\n")
-        self.assertEqual(len(self.files("tmp")), 1)
+        self.assertEqual(len(files(self.root, "example.com", "tmp")), 1)
         self.smtp.close()
-        self.assertEqual((self.files("tmp"), self.files("new")), ([], []))
+        self.assertEqual((files(self.root, "example.com", "tmp"), files(self.root, "example.com", "new")), ([], []))
         self.assertEqual(self.transactionLogs()[0]["result"], "disconnected while receiving the message")
     def test_refusalsLogged(self) -> None:
         """
@@ -406,7 +409,7 @@ class TransactionTests(SMTPTestCase):
                 "result": "stored",
             },
         )
-        self.assertEqual(event["ids"], self.files("new")[0].split(",")[0])
+        self.assertEqual(event["ids"], files(self.root, "example.com", "new")[0].split(",")[0])
         self.assertEqual(
             formatEvent(event),
             f"client=192.0.2.7 helo=c.example tls=- user=- from=<s@x.org> to=a@example.com "
@@ -471,7 +474,7 @@ class LocalFailureTests(SMTPTestCase):
         return self.smtp.send(b"MAIL FROM:<s@x.org>\r\nRCPT TO:<a@example.com>\r\nDATA\r\n")
 
     def assertNothingStored(self) -> None:
-        self.assertEqual((self.files("tmp"), self.files("new")), ([], []))
+        self.assertEqual((files(self.root, "example.com", "tmp"), files(self.root, "example.com", "new")), ([], []))
 
     def test_cannotCreateFile(self) -> None:
         """

@@ -16,12 +16,18 @@ from twisted.logger import Logger, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
 from harbor.auth import UsersFileChecker, setPassword
-from harbor.limits import Throttle
 from harbor.config import Listener
-from harbor.limits import Limits
+from harbor.limits import Limits, Throttle
 from harbor.routing import DomainConfig
 from harbor.smtp import HarborESMTP, HarborSMTPFactory, ServerSettings
-from harbor.test._support import HOSTNAME, DeferredThreads, SMTPDriver, makeDeliverer, runSynchronously
+from harbor.test._support import (
+    HOSTNAME,
+    DeferredThreads,
+    SMTPDriver,
+    files,
+    makeDeliverer,
+    runSynchronously,
+)
 
 MESSAGE = b"Subject: test\r\n\r\nHello.\r\n"
 
@@ -84,18 +90,7 @@ class SecurityTestCase(SynchronousTestCase):
         self.factory = HarborSMTPFactory(self.deliverer, settings, self.clock)
         self.events: list[dict[str, Any]] = []
         self.patch(HarborESMTP, "_log", Logger(observer=self.events.append))
-        self.smtp = self.connect()
-
-    def connect(self) -> SMTPDriver:
-        smtp = SMTPDriver.__new__(SMTPDriver)
-        smtp.clock = self.clock
-        smtp.protocol = self.factory.buildProtocol(None)
-        from twisted.internet.address import IPv4Address
-
-        smtp.transport = TLSStringTransport(peerAddress=IPv4Address("TCP", "192.0.2.7", 4000))
-        smtp.protocol.makeConnection(smtp.transport)
-        smtp.banner = smtp.take()
-        return smtp
+        self.smtp = SMTPDriver(self.deliverer, self.clock, factory=self.factory, transport=TLSStringTransport)
 
     def startTLS(self) -> bytes:
         reply = self.smtp.send(b"STARTTLS\r\n")
@@ -105,7 +100,7 @@ class SecurityTestCase(SynchronousTestCase):
     def stored(self, mailbox: str) -> list[bytes]:
         new = os.path.join(self.root, mailbox, "new")
         result = []
-        for name in sorted(os.listdir(new)):
+        for name in files(new):
             with open(os.path.join(new, name), "rb") as f:
                 result.append(f.read())
         return result
@@ -136,7 +131,7 @@ class STARTTLSTests(SecurityTestCase):
         from harbor.filters import parseFilters
 
         self.deliverer.filters = parseFilters([{"helo": "*.bad.example", "action": "reject", "text": "Bad HELO"}])
-        self.smtp = self.connect()
+        self.smtp = SMTPDriver(self.deliverer, self.clock, factory=self.factory, transport=TLSStringTransport)
         self.assertEqual(self.smtp.send(b"EHLO mx.bad.example\r\n"), b"550 5.7.1 Bad HELO\r\n")
         self.startTLS()
         self.assertEqual(self.smtp.send(b"MAIL FROM:<s@x.org>\r\n"), b"550 Bad HELO\r\n")
@@ -161,7 +156,7 @@ class STARTTLSTests(SecurityTestCase):
         self.deliverer.filters = parseFilters(
             [{"client": "192.0.2.0/24", "action": "tag", "header": "X-Net: doc"}]
         )
-        self.smtp = self.connect()
+        self.smtp = SMTPDriver(self.deliverer, self.clock, factory=self.factory, transport=TLSStringTransport)
         self.smtp.send(b"EHLO before.example\r\n")
         self.startTLS()
         self.assertIsNone(self.smtp.protocol.session.helo)
