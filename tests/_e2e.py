@@ -1,7 +1,8 @@
 """
 Helpers for the end-to-end tests: the real MailHarbor service listening on
-loopback, blocking clients run in threads, and a real C{twistd mailharbor}
-subprocess.
+loopback, blocking clients run in threads, a real C{twistd mailharbor}
+subprocess, bounded polling for what other processes do, and a loopback
+HTTP server for the webhooks to call.
 
 The in-process server is built exactly as C{twistd mailharbor} builds it
 (L{harbor.tap.Options} then L{harbor.tap.makeService} with the global
@@ -18,21 +19,25 @@ import re
 import smtplib
 import socket
 import sys
+import time
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 from twisted.internet import reactor, task
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.error import ProcessDone, ProcessTerminated
 from twisted.internet.protocol import ProcessProtocol
 from twisted.internet.tcp import Server
 from twisted.internet.threads import deferToThread
+from twisted.protocols.policies import WrappingFactory
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET, Site
 
 from harbor.service import ListeningService
 from harbor.tap import Options, makeService
-from harbor.test._support import files, pollUntil
+from harbor.test._support import files
 
 T = TypeVar("T")
 
@@ -59,6 +64,39 @@ def inThread(f: Callable[..., T], *args: Any, **kwargs: Any) -> Deferred[T]:
     Run a blocking client off the reactor thread, so the server can answer.
     """
     return deferToThread(f, *args, **kwargs)
+
+
+def runInRealThread(f: Callable[[], Any]) -> Deferred[Any]:
+    """
+    The reactor's thread pool, as the server uses it.
+    """
+    return deferToThread(f)
+
+
+async def pollUntil(condition: Callable[[], object], what: str, limit: float = POLL_LIMIT) -> None:
+    """
+    Let the reactor run until C{condition()} is true; only for bounded
+    waits on other processes.
+
+    @raise AssertionError: naming C{what} if it is still false after
+        C{limit} seconds.
+    """
+    deadline = time.monotonic() + limit
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"gave up after {limit}s waiting until {what}")
+        await pause()
+
+
+def processGone(pid: int) -> bool:
+    """
+    Whether process C{pid} has exited (and been reaped).
+    """
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
 
 
 def _serverConnections(portNumber: int) -> list[Server]:
@@ -405,3 +443,61 @@ async def startTwistdServer(
 
     await pollUntil(listening, "twistd logs the port it listens on", POLL_LIMIT * 2)
     return process, found[0]
+
+
+class Receiver:
+    """
+    A loopback HTTP server that records POSTs and answers with scripted
+    status codes, optionally holding requests until released.
+    """
+
+    def __init__(self, testCase: TestCase) -> None:
+        receiver = self
+        self.requests: list[tuple[dict[bytes, bytes], bytes]] = []
+        self.codes: list[int] = []
+        self.hold = False
+        self.held: list[tuple[Any, int]] = []
+        self.open = 0
+        self.maxOpen = 0
+
+        class Endpoint(Resource):
+            isLeaf = True
+
+            def render_POST(self, request: Any) -> Any:
+                receiver.requests.append((dict(request.getAllHeaders()), request.content.read()))
+                code = receiver.codes.pop(0) if receiver.codes else 200
+                if not receiver.hold:
+                    request.setResponseCode(code)
+                    return b"ok" if code < 300 else b"server sad"
+                receiver.open += 1
+                receiver.maxOpen = max(receiver.maxOpen, receiver.open)
+                entry = (request, code)
+                receiver.held.append(entry)
+
+                def over(ignored: object) -> None:
+                    receiver.open -= 1
+                    if entry in receiver.held:
+                        receiver.held.remove(entry)
+
+                request.notifyFinish().addBoth(over)
+                return NOT_DONE_YET
+
+        self.factory = WrappingFactory(Site(Endpoint()))
+        self.port = reactor.listenTCP(0, self.factory, interface="127.0.0.1")
+        self.url = f"http://127.0.0.1:{self.port.getHost().port}/hook"
+        testCase.addCleanup(self.close)
+
+    def release(self) -> None:
+        """
+        Answer the oldest held request.
+        """
+        request, code = self.held.pop(0)
+        request.setResponseCode(code)
+        request.write(b"ok")
+        request.finish()
+
+    async def close(self) -> None:
+        while self.held:
+            self.release()
+        await maybeDeferred(self.port.stopListening)
+        await pollUntil(lambda: not self.factory.protocols, "the server's connections have closed")

@@ -21,7 +21,7 @@ from twisted.internet import reactor
 from twisted.internet.error import ProcessExitedAlready
 from twisted.trial.unittest import SkipTest, TestCase
 
-from harbor.test._support import files, processGone
+from harbor.test._support import files
 from tests._e2e import (
     DOMAIN,
     HOSTNAME,
@@ -30,6 +30,7 @@ from tests._e2e import (
     TwistdOutput,
     inThread,
     pollUntil,
+    processGone,
     runTwistd,
     subprocessEnvironment,
     twistdPath,

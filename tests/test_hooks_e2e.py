@@ -20,8 +20,7 @@ from twisted.trial.unittest import TestCase
 
 from harbor.config import Config
 from harbor.hooks.events import NewMessage
-from harbor.test.test_hooks import Receiver, pollUntil
-from tests._e2e import RunningServer, TwistdOutput, inThread, startServer
+from tests._e2e import Receiver, RunningServer, TwistdOutput, inThread, pollUntil, startServer
 
 SENDER = "sender@remote.example"
 MESSAGE = b"From: Sender <sender@remote.example>\r\nSubject: Hello hooks\r\n\r\nHi!\r\n"

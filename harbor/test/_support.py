@@ -16,7 +16,6 @@ from __future__ import annotations
 import email.utils
 import errno
 import os
-import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -24,7 +23,7 @@ from zope.interface import implementer
 
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, maybeDeferred
-from twisted.internet.task import Clock, deferLater
+from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 
@@ -38,34 +37,6 @@ from harbor.store.writer import MaildirStore
 
 HOSTNAME = "mx.example.com"
 PEER = "192.0.2.7"
-
-
-async def pollUntil(condition: Callable[[], object], what: str, limit: float = 15.0) -> None:
-    """
-    Let the reactor run until C{condition()} is true; only for bounded
-    waits on other processes.
-
-    @raise AssertionError: naming C{what} if it is still false after
-        C{limit} seconds.
-    """
-    from twisted.internet import reactor
-
-    deadline = time.monotonic() + limit
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"gave up after {limit}s waiting until {what}")
-        await deferLater(reactor, 0.02, lambda: None)
-
-
-def processGone(pid: int) -> bool:
-    """
-    Whether process C{pid} has exited (and been reaped).
-    """
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    return False
 
 
 def files(root: str, *path: str) -> list[str]:
