@@ -21,9 +21,10 @@ import socket
 import sys
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from twisted.internet import reactor, task
+from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.error import ProcessDone, ProcessTerminated
 from twisted.internet.protocol import ProcessProtocol
@@ -121,12 +122,14 @@ class RunningServer:
 
     @ivar root: The Maildir root.
     @ivar port: The TCP port it listens on, on 127.0.0.1.
+    @ivar ports: Every TCP port it listens on, C{port} first.
     @ivar service: The L{harbor.service.HarborService}.
     """
 
-    def __init__(self, root: str, port: int, service: Any) -> None:
+    def __init__(self, root: str, port: int, service: Any, ports: Sequence[int] = ()) -> None:
         self.root = root
         self.port = port
+        self.ports = list(ports) or [port]
         self.service = service
 
     def maildirPath(self, domain: str = DOMAIN) -> str:
@@ -191,7 +194,8 @@ async def startServer(
     portNumbers = []
     for listener in listeners:
         testCase.assertIsNotNone(listener.port)
-        portNumbers.append(listener.port.getHost().port)
+        assert listener.port is not None
+        portNumbers.append(cast(IPv4Address, listener.port.getHost()).port)
     portNumber = portNumbers[0]
 
     async def stop() -> None:
@@ -209,9 +213,7 @@ async def startServer(
             raise
 
     testCase.addCleanup(stop)
-    server = RunningServer(root, portNumber, service)
-    server.ports = portNumbers
-    return server
+    return RunningServer(root, portNumber, service, portNumbers)
 
 
 class RawClient:
@@ -245,7 +247,7 @@ class RawClient:
         @return: its code and its text, lines joined by LF.
         @raise EOFError: if the connection closes first.
         """
-        texts = []
+        texts: list[bytes] = []
         while True:
             line = self._line()
             if line is None:
@@ -313,7 +315,7 @@ class TwistdOutput(ProcessProtocol):
         if reason.check(ProcessDone):
             self.exitCode = 0
         elif reason.check(ProcessTerminated):
-            value = reason.value
+            value = cast(ProcessTerminated, reason.value)
             self.exitCode = value.exitCode if value.exitCode is not None else -(value.signal or 0)
         else:
             self.exitCode = -1
@@ -483,8 +485,9 @@ class Receiver:
                 return NOT_DONE_YET
 
         self.factory = WrappingFactory(Site(Endpoint()))
-        self.port = reactor.listenTCP(0, self.factory, interface="127.0.0.1")
-        self.url = f"http://127.0.0.1:{self.port.getHost().port}/hook"
+        # WrappingFactory is typed as a ClientFactory, but it wraps servers too.
+        self.port = reactor.listenTCP(0, self.factory, interface="127.0.0.1")  # type: ignore[arg-type]
+        self.url = f"http://127.0.0.1:{cast(IPv4Address, self.port.getHost()).port}/hook"
         testCase.addCleanup(self.close)
 
     def release(self) -> None:

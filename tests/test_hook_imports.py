@@ -38,7 +38,7 @@ class CommandLineTests(SpoolTestCase):
         environment = dict(os.environ)
         environment["PYTHONPATH"] = os.pathsep.join(sys.path)
         result = subprocess.run(
-            [sys.executable, "-c", script], capture_output=True, env=environment, timeout=60
+            [sys.executable, "-c", script], capture_output=True, env=environment, timeout=60, check=False
         )
         self.assertEqual(result.returncode, 0, result.stderr)
         self.assertIn(self.pendingJob.id.encode("ascii"), result.stdout)

@@ -212,8 +212,10 @@ class TextOrBytesTests(SynchronousTestCase):
         from harbor.auth import TextOrBytes
 
         for user, password in [("bob", "pw"), (b"bob", b"pw")]:
-            checker = TextOrBytes(InMemoryUsernamePasswordDatabaseDontUse(**{}))
-            checker._checker.addUser(user, password)  # type: ignore[attr-defined]
+            database = InMemoryUsernamePasswordDatabaseDontUse()
+            checker = TextOrBytes(database)
+            # Text names and passwords, as twistd's memory: checker holds them.
+            database.addUser(user, password)  # type: ignore[arg-type]
             self.assertEqual(
                 self.successResultOf(checker.requestAvatarId(UsernamePassword(b"bob", b"pw"))), user
             )

@@ -7,9 +7,11 @@ command in-process, capturing its output.
 
 from __future__ import annotations
 
+import getpass
 import io
 import json
 import os
+import sys
 import time
 from email.message import EmailMessage
 from typing import Any
@@ -19,7 +21,7 @@ from twisted.trial.unittest import SynchronousTestCase
 import attrs
 
 from harbor import cli
-from harbor.cli import commands, formatting
+from harbor.cli import formatting
 from harbor.config import Config
 from harbor.tap import Options
 from harbor.test._support import files
@@ -69,7 +71,7 @@ class _CommandTestCase(SynchronousTestCase):
         """
         Create a Maildir root with an empty Maildir for each mailbox.
         """
-        root = os.path.abspath(self.mktemp())
+        root: str = os.path.abspath(self.mktemp())
         os.makedirs(root)
         for mailbox in mailboxes:
             for sub in ("tmp", "new", "cur"):
@@ -115,7 +117,7 @@ class _CommandTestCase(SynchronousTestCase):
         """
         Write a configuration file and return its path.
         """
-        path = os.path.abspath(self.mktemp())
+        path: str = os.path.abspath(self.mktemp())
         with open(path, "w", encoding="utf-8") as f:
             f.write(text)
         return path
@@ -1412,7 +1414,7 @@ class PasswdTests(SynchronousTestCase):
     """
 
     def passwd(self, *argv: str, password: str = "s3cret\n") -> tuple[int, str, str]:
-        self.patch(commands.sys, "stdin", io.StringIO(password))
+        self.patch(sys, "stdin", io.StringIO(password))
         out, err = io.StringIO(), io.StringIO()
         return cli.main(list(argv), out, err), out.getvalue(), err.getvalue()
 
@@ -1456,8 +1458,8 @@ class PasswdTests(SynchronousTestCase):
         def eof(prompt: str = "") -> str:
             raise EOFError()
 
-        self.patch(commands.getpass, "getpass", eof)
-        self.patch(commands.sys, "stdin", Terminal())
+        self.patch(getpass, "getpass", eof)
+        self.patch(sys, "stdin", Terminal())
         path = self.mktemp()
         err = io.StringIO()
         self.assertEqual(cli.main(["passwd", path, "alice"], io.StringIO(), err), 1)

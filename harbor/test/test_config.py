@@ -3,6 +3,7 @@ Tests for L{harbor.config}.
 """
 
 import os
+from collections.abc import Mapping
 
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -17,8 +18,8 @@ class ConfigTests(SynchronousTestCase):
     Tests for L{Config.fromMapping}.
     """
 
-    def assertConfigError(self, mapping: dict, setting: str) -> ConfigError:  # type: ignore[type-arg]
-        error = self.assertRaises(ConfigError, Config.fromMapping, mapping)
+    def assertConfigError(self, mapping: Mapping[str, object], setting: str) -> ConfigError:
+        error: ConfigError = self.assertRaises(ConfigError, Config.fromMapping, mapping)
         self.assertEqual(error.setting, setting)
         return error
 

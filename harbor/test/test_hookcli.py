@@ -83,7 +83,7 @@ class CommandLineTests(SpoolTestCase):
         """
         C{hooks list --dead --json} gives the dead jobs as JSON.
         """
-        status, out, err = self.invoke("list", "--dead", "--json", "--spool", self.spool.directory)
+        status, out, _ = self.invoke("list", "--dead", "--json", "--spool", self.spool.directory)
         self.assertEqual(status, 0)
         self.assertEqual([Job.fromJSON(j) for j in json.loads(out)], [self.deadJob])
 
@@ -106,7 +106,7 @@ class CommandLineTests(SpoolTestCase):
         """
         An empty or missing spool is not an error.
         """
-        status, out, err = self.invoke("list", "--maildir", os.path.abspath(self.mktemp()))
+        status, out, _ = self.invoke("list", "--maildir", os.path.abspath(self.mktemp()))
         self.assertEqual(status, 0)
         self.assertIn("No pending hook jobs", out)
 
@@ -120,7 +120,7 @@ class CommandLineTests(SpoolTestCase):
         self.assertEqual((status, err), (0, ""))
         self.assertIn("Requeued 1 hook job", out)
         self.assertEqual(self.spool.deadJobs(), [])
-        revived = [job for job in self.spool.pendingJobs() if job.id == self.deadJob.id][0]
+        revived = next(job for job in self.spool.pendingJobs() if job.id == self.deadJob.id)
         self.assertEqual((revived.attempts, revived.error), (0, None))
         self.assertGreaterEqual(revived.due, before)
 
@@ -135,7 +135,7 @@ class CommandLineTests(SpoolTestCase):
         """
         Retrying a job that is not dead fails with status 1 and says why.
         """
-        status, out, err = self.invoke("retry", "nope", self.pendingJob.id, "--maildir", self.root)
+        status, _, err = self.invoke("retry", "nope", self.pendingJob.id, "--maildir", self.root)
         self.assertEqual(status, 1)
         self.assertIn("nope is not a dead hook job", err)
         self.assertIn(f"{self.pendingJob.id} is pending, not dead", err)

@@ -51,7 +51,7 @@ class ParseHooksTests(SynchronousTestCase):
         """
         Parsing C{tables} raises L{ConfigError} naming C{setting}.
         """
-        error = self.assertRaises(ConfigError, parseHooks, tables)
+        error: ConfigError = self.assertRaises(ConfigError, parseHooks, tables)
         self.assertEqual(error.setting, setting, str(error))
         return error
 

@@ -10,7 +10,13 @@ import os
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from harbor.hooks.events import Job, MessageGone, NewMessage, PermanentHookFailure, jobID
+from harbor.hooks.events import (
+    Job,
+    MessageGone,
+    NewMessage,
+    PermanentHookFailure,
+    jobID,
+)
 from harbor.test._hooksupport import MESSAGE, NOW, storeMessage
 
 

@@ -31,7 +31,7 @@ class PythonHookTests(SynchronousTestCase):
         """
         A function returning a plain value succeeds and is given the event.
         """
-        seen = []
+        seen: list[NewMessage] = []
         hook = PythonHook(seen.append, "p")
         self.successResultOf(hook.run(self.event))
         self.assertEqual(seen, [self.event])
@@ -78,7 +78,7 @@ class PythonHookTests(SynchronousTestCase):
         L{HookFailed}.
         """
         clock = Clock()
-        cancelled = []
+        cancelled: list[Deferred[object]] = []
         hook = PythonHook(
             lambda event: Deferred(cancelled.append), "p", timeout=5, reactor=clock
         )
@@ -100,6 +100,6 @@ class PythonHookTests(SynchronousTestCase):
             ran.append(f)
             return maybeDeferred(f)
 
-        seen = []
+        seen: list[NewMessage] = []
         self.successResultOf(PythonHook(seen.append, "p", runInThread=runInThread).run(self.event))
         self.assertEqual((len(ran), seen), (1, [self.event]))

@@ -32,6 +32,8 @@ from harbor.test._hooksupport import NOW, storeMessage
 from harbor.test._support import RecordingFileSystem, runSynchronously
 
 WAIT = object()
+# A FakeHook's retry policy unless a test gives one.
+FAKE_RETRY = RetryPolicy(attempts=3, backoff=10, maxBackoff=15)
 
 
 @implementer(IHook)
@@ -48,7 +50,7 @@ class FakeHook:
         self,
         name: str = "fake",
         outcomes: list[object] | None = None,
-        retry: RetryPolicy = RetryPolicy(attempts=3, backoff=10, maxBackoff=15),
+        retry: RetryPolicy = FAKE_RETRY,
         maxInFlight: int | None = None,
     ) -> None:
         self.name = name

@@ -21,7 +21,12 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from harbor._syntax import ConfigError
 from harbor.hooks.config import RetryPolicy, parseHooks
-from harbor.hooks.events import HookFailed, MessageGone, NewMessage, PermanentHookFailure
+from harbor.hooks.events import (
+    HookFailed,
+    MessageGone,
+    NewMessage,
+    PermanentHookFailure,
+)
 from harbor.hooks.kinds import CommandHook, IHook, PythonHook, WebhookHook, loadHooks
 from harbor.hooks.loading import checkHooks, defaultHookNames
 from harbor.test._support import runSynchronously

@@ -3,6 +3,7 @@ Tests for L{harbor.tap}: options and the service they build.
 """
 
 import os
+from typing import cast
 
 from twisted.application.service import IService
 from twisted.internet.testing import MemoryReactorClock
@@ -52,7 +53,7 @@ class OptionsTests(SynchronousTestCase):
         self.assertUsageError(["--domain", "a.example", "--hostname", "a b"], "--hostname")
 
     def writeConfig(self, text: str) -> str:
-        path = self.mktemp()
+        path: str = self.mktemp()
         with open(path, "w") as f:
             f.write(text)
         return path
@@ -129,10 +130,10 @@ class MakeServiceTests(SynchronousTestCase):
             pass
         service = makeService(parse("-d", "a.example", "-m", root), MemoryReactorClock())
         self.assertIsInstance(service, HarborService)
-        events: list[dict] = []  # type: ignore[type-arg]
-        from twisted.logger import Logger
+        from twisted.logger import ILogObserver, LogEvent, Logger
 
-        self.patch(HarborService, "_log", Logger(observer=events.append))
+        events: list[LogEvent] = []
+        self.patch(HarborService, "_log", Logger(observer=cast(ILogObserver, events.append)))
         service.startService()
         self.assertTrue(any("Cannot create" in e["log_format"] for e in events))
         self.assertTrue(service.running)
@@ -148,16 +149,17 @@ class AuthOptionsTests(SynchronousTestCase):
         twistd's --auth adds a cred checker that the listeners use, and a
         submission listener is then allowed.
         """
+        from harbor.auth import TextOrBytes
         from harbor.smtp import HarborSMTPFactory
 
         options = parse("-d", "a.example", "--auth", "memory:alice:pw", "--allow-plaintext-auth")
         self.assertEqual(len(options["credCheckers"]), 1)
         service = makeService(options, MemoryReactorClock())
         [listener] = [s for s in service if isinstance(s, ListeningService)]
-        factory = listener._factory
+        factory = cast(HarborSMTPFactory, listener._factory)
         self.assertIsInstance(factory, HarborSMTPFactory)
         [checker] = factory.settings.checkers
-        self.assertIs(checker._checker, options["credCheckers"][0])
+        self.assertIs(cast(TextOrBytes, checker)._checker, options["credCheckers"][0])
         self.assertTrue(factory.settings.allowPlaintextAuth)
 
     def test_submissionNeedsUsers(self) -> None:
@@ -212,6 +214,7 @@ class ReloadTests(SynchronousTestCase):
         """
         from harbor.address import parsePath
         from harbor.routing import Accept
+        from harbor.smtp import HarborSMTPFactory
 
         config = self.mktemp()
         root = self.mktemp()
@@ -221,13 +224,15 @@ class ReloadTests(SynchronousTestCase):
         service.startService()
         self.addCleanup(service.stopService)
         [listener] = [s for s in service if isinstance(s, ListeningService)]
-        factory = listener._factory
+        factory = cast(HarborSMTPFactory, listener._factory)
         before = factory.deliverer
         with open(config, "w") as f:
             f.write('domain = ["a.example", "b.example"]\nmax_recipients = 200\n')
         service.reload()
         self.assertIsNot(factory.deliverer, before)
-        self.assertIsInstance(factory.deliverer.policy.decide(parsePath(b"<x@b.example>"))[0], Accept)
+        decision = factory.deliverer.policy.decide(parsePath(b"<x@b.example>"))
+        assert isinstance(decision, tuple), decision
+        self.assertIsInstance(decision[0], Accept)
         self.assertEqual(factory.settings.limits.maxRecipients, 200)
         self.assertTrue(os.path.isdir(os.path.join(root, "b.example", "new")))
         current = factory.deliverer
@@ -244,6 +249,8 @@ class ReloadTests(SynchronousTestCase):
         and then every minute for ever); one that changes them gets a new
         one.
         """
+        from harbor.smtp import HarborSMTPFactory
+
         config = self.mktemp()
         reactor = MemoryReactorClock()
 
@@ -254,12 +261,13 @@ class ReloadTests(SynchronousTestCase):
         write(5)
         service = makeService(parse("--config", config, "-m", self.mktemp()), reactor)
         [listener] = [s for s in service if isinstance(s, ListeningService)]
-        first = listener._factory.deliverer.blocklists
+        factory = cast(HarborSMTPFactory, listener._factory)
+        first = factory.deliverer.blocklists
         pending = len(reactor.getDelayedCalls())
         for _ in range(3):
             service.reload()
-        self.assertIs(listener._factory.deliverer.blocklists, first)
+        self.assertIs(factory.deliverer.blocklists, first)
         self.assertEqual(len(reactor.getDelayedCalls()), pending)
         write(7)
         service.reload()
-        self.assertIsNot(listener._factory.deliverer.blocklists, first)
+        self.assertIsNot(factory.deliverer.blocklists, first)
