@@ -16,6 +16,8 @@ import signal
 import smtplib
 import socket
 import tempfile
+from collections.abc import Sequence
+from typing import Any
 
 from twisted.internet import reactor
 from twisted.internet.error import ProcessExitedAlready
@@ -28,6 +30,7 @@ from tests._e2e import (
     LOOPBACK_PORT,
     RawClient,
     TwistdOutput,
+    TwistdProcess,
     inThread,
     pollUntil,
     processGone,
@@ -45,7 +48,9 @@ def send(port: int, recipient: str = "a@example.com") -> None:
         client.sendmail("s@x.org", [recipient], MESSAGE)
 
 
-async def startTwistd(testCase: TestCase, arguments: list[str], twistdArguments: list[str] = ()):  # type: ignore[no-untyped-def,assignment]
+async def startTwistd(
+    testCase: TestCase, arguments: list[str], twistdArguments: Sequence[str] = ()
+) -> tuple[TwistdProcess, int]:
     process = await runTwistd(testCase, arguments, twistdArguments)
     found: list[int] = []
 
@@ -104,7 +109,7 @@ class SignalTests(TestCase):
         self.assertEqual(len(files(root, "b.example", "new")), 1)
         self.assertEqual((await inThread(opened.command, b"NOOP"))[0], 250)
 
-        with open(config, "w") as f:  # noqa: ASYNC230
+        with open(config, "w") as f:  # noqa: ASYNC230 (a small local file)
             f.write("domain = [\n")
         process.transport.signalProcess("HUP")
         await pollUntil(lambda: b"Configuration not reloaded" in process.output, "the refusal", 30)
@@ -200,7 +205,7 @@ class DaemonTests(TestCase):
         await pollUntil(lambda: launcher.exitCode is not None, "the launcher returns")
         self.assertEqual(launcher.exitCode, 0, launcher.output)
         await pollUntil(lambda: os.path.exists(pidfile), "the pidfile")
-        with open(pidfile) as f:  # noqa: ASYNC230
+        with open(pidfile) as f:  # noqa: ASYNC230 (a small local file)
             pid = int(f.read())
 
         def stop() -> None:
@@ -216,7 +221,9 @@ class DaemonTests(TestCase):
                 return f.read()
 
         await pollUntil(lambda: _LISTENING.search(logged()) is not None, "the daemon listens")
-        port = int(_LISTENING.search(logged()).group(1))  # type: ignore[union-attr]
+        match = _LISTENING.search(logged())
+        assert match is not None
+        port = int(match.group(1))
         await inThread(send, port)
         self.assertEqual(len(files(root, DOMAIN, "new")), 1)
         stop()
@@ -265,7 +272,7 @@ class DaemonTests(TestCase):
         stat = os.stat(os.path.join(root, DOMAIN, "new", name))
         self.assertEqual((stat.st_uid, stat.st_gid), (nobody.pw_uid, nobody.pw_gid))
         self.assertEqual(os.stat(os.path.join(root, DOMAIN)).st_uid, nobody.pw_uid)
-        with open(f"/proc/{process.transport.pid}/status") as f:  # noqa: ASYNC230
+        with open(f"/proc/{process.transport.pid}/status") as f:  # noqa: ASYNC230 (a small local file)
             uids = next(line for line in f if line.startswith("Uid:")).split()[1:]
         self.assertEqual(set(uids), {str(nobody.pw_uid)})
 
@@ -332,7 +339,7 @@ class LoggingTests(TestCase):
             self, ["--log-format", "json", "--port", LOOPBACK_PORT, "--domain", DOMAIN, "--maildir", root]
         )
 
-        def events() -> list[dict]:  # type: ignore[type-arg]
+        def events() -> list[dict[str, Any]]:
             return [json.loads(line) for line in process.output.splitlines() if line.startswith(b"{")]
 
         def bound() -> bool:
@@ -363,7 +370,7 @@ class LoggingTests(TestCase):
 
         await inThread(sendV6)
         [name] = files(root, DOMAIN, "new")
-        with open(os.path.join(root, DOMAIN, "new", name), "rb") as f:  # noqa: ASYNC230
+        with open(os.path.join(root, DOMAIN, "new", name), "rb") as f:  # noqa: ASYNC230 (a small local file)
             self.assertIn(b"([IPv6:::1])", f.read())
 
 
@@ -384,7 +391,9 @@ class WorkersTests(TestCase):
             self, ["--workers", "2", "--port", LOOPBACK_PORT, "--domain", DOMAIN, "--maildir", root]
         )
         await pollUntil(lambda: re.search(rb"Started worker 1 \(pid (\d+)\)", process.output), "the worker starts")
-        worker = int(re.search(rb"Started worker 1 \(pid (\d+)\)", process.output).group(1))  # type: ignore[union-attr]
+        started = re.search(rb"Started worker 1 \(pid (\d+)\)", process.output)
+        assert started is not None
+        worker = int(started.group(1))
 
         def sendUntilWorkerServes() -> int:
             for attempt in range(300):

@@ -11,6 +11,7 @@ import smtplib
 import sys
 
 from twisted.internet import reactor
+from twisted.internet.error import ProcessExitedAlready
 from twisted.trial.unittest import TestCase
 
 from harbor.api import Config, NewMessage, PolicyRequest, Refuse, buildService
@@ -51,9 +52,9 @@ class EmbeddingTests(TestCase):
         service.privilegedStartService()
         service.startService()
         self.addCleanup(service.stopService)
-        port = [s for s in service if hasattr(s, "port") and s.port is not None][0].port.getHost().port
+        port = next(s for s in service if hasattr(s, "port") and s.port is not None).port.getHost().port
 
-        def send() -> tuple[dict, int]:  # type: ignore[type-arg]
+        def send() -> tuple[dict[str, tuple[int, bytes]], int]:
             with smtplib.SMTP("127.0.0.1", port) as client:
                 refused = client.sendmail("s@x.org", ["a@example.com", "closed@example.com"], b"Subject: hi\r\n\r\nx\r\n")
                 try:
@@ -105,13 +106,13 @@ class EmbeddingTests(TestCase):
         async def stop() -> None:
             try:
                 process.signalProcess("TERM")
-            except Exception:
+            except ProcessExitedAlready:
                 pass
             await pollUntil(lambda: output.ended, "the example stops")
 
         self.addCleanup(stop)
 
-        def send() -> dict:  # type: ignore[type-arg]
+        def send() -> dict[str, tuple[int, bytes]]:
             for _ in range(100):
                 try:
                     client = smtplib.SMTP("127.0.0.1", port, timeout=10)

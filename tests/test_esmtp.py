@@ -10,14 +10,14 @@ import smtplib
 from twisted.trial.unittest import TestCase
 
 from harbor.test._support import traceHeaders
-from tests._e2e import inThread, startServer
+from tests._e2e import RunningServer, inThread, startServer
 
 MESSAGE = b"Subject: test\r\n\r\nHello.\r\n"
 
 
-async def startLimited(testCase: TestCase, *settings: str):  # type: ignore[no-untyped-def]
+async def startLimited(testCase: TestCase, *settings: str) -> RunningServer:
     path = testCase.mktemp()
-    with open(path, "w") as f:  # noqa: ASYNC230
+    with open(path, "w") as f:  # noqa: ASYNC230 (a small local file)
         f.write("\n".join(settings) + "\n")
     return await startServer(testCase, "--config", path)
 
@@ -36,7 +36,7 @@ class ESMTPEndToEndTests(TestCase):
         """
         server = await startLimited(self, "max_message_size = 2000")
 
-        def send() -> tuple[int, bytes]:
+        def send() -> tuple[str, tuple[int, bytes]]:
             with server.connect() as client:
                 client.ehlo()
                 limit = client.esmtp_features["size"]

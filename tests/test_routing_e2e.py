@@ -7,14 +7,18 @@ from __future__ import annotations
 
 import os
 import smtplib
+from collections.abc import Set as AbstractSet
+from typing import cast
 
 from twisted.internet import reactor
+from twisted.internet.address import IPv4Address
+from twisted.internet.interfaces import IReactorUDP
 from twisted.names import dns, server
 from twisted.internet.defer import fail, succeed
 from twisted.names.error import DomainError
 from twisted.trial.unittest import TestCase
 
-from tests._e2e import inThread, startServer
+from tests._e2e import RunningServer, inThread, startServer
 
 CONFIG = """
 domain = ["example.com"]
@@ -56,7 +60,7 @@ class _Blocklist:
     A resolver answering A queries for one listed address.
     """
 
-    def __init__(self, listed: set[str]) -> None:
+    def __init__(self, listed: AbstractSet[str]) -> None:
         self.listed = listed
 
     def query(self, query: dns.Query, timeout: object = None) -> object:
@@ -74,13 +78,16 @@ class RoutingEndToEndTests(TestCase):
 
     timeout = 120
 
-    async def start(self, listed: set[str] = set()):  # type: ignore[no-untyped-def]
+    async def start(self, listed: AbstractSet[str] = frozenset()) -> RunningServer:
         factory = server.DNSServerFactory(clients=[_Blocklist(listed)])
-        udp = reactor.listenUDP(0, dns.DNSDatagramProtocol(factory), interface="127.0.0.1")
+        # IReactorUDP declares no default packet size; 8192 is the reactor's.
+        udp = cast(IReactorUDP, reactor).listenUDP(
+            0, dns.DNSDatagramProtocol(factory), interface="127.0.0.1", maxPacketSize=8192
+        )
         self.addCleanup(udp.stopListening)
         path = self.mktemp()
-        with open(path, "w") as f:
-            f.write(CONFIG.format(dnsPort=udp.getHost().port))
+        with open(path, "w") as f:  # noqa: ASYNC230 (a small local file)
+            f.write(CONFIG.format(dnsPort=cast(IPv4Address, udp.getHost()).port))
         return await startServer(self, "--config", path)
 
     async def test_routing(self) -> None:

@@ -21,6 +21,7 @@ from tests._e2e import (
     DOMAIN,
     HOSTNAME,
     LOOPBACK_PORT,
+    RunningServer,
     inThread,
     pollUntil,
     runTwistd,
@@ -45,7 +46,7 @@ class TLSEndToEndTests(TestCase):
         setPassword(self.users, "alice", "correct horse")
         self.context = ssl.create_default_context(cafile=self.ca.certificatePath)
 
-    async def start(self, *extra: str):  # type: ignore[no-untyped-def]
+    async def start(self, *extra: str) -> RunningServer:
         return await startServer(
             self,
             "--tls-cert", self.certificate, "--tls-key", self.key, "--users-file", self.users,
@@ -75,7 +76,7 @@ class TLSEndToEndTests(TestCase):
 
         submitted = os.path.join(server.root, ".submitted", "alice", "new")
         [name] = os.listdir(submitted)
-        with open(os.path.join(submitted, name), "rb") as f:  # noqa: ASYNC230
+        with open(os.path.join(submitted, name), "rb") as f:  # noqa: ASYNC230 (a small local file)
             trace, _ = traceHeaders(f.read())
         self.assertIn(b"Delivered-To: bob@elsewhere.example\n", trace)
         self.assertRegex(trace, rb"\(using TLSv1\.[23] with cipher \S+\)")
@@ -255,6 +256,7 @@ class ReloadTests(TestCase):
                 context.wrap_socket(raw, server_hostname="localhost") as secure,
             ):
                 der = secure.getpeercert(binary_form=True)
+            assert der is not None
             from cryptography import x509
             from cryptography.hazmat.primitives import hashes
 

@@ -31,7 +31,7 @@ from harbor.delivery import Deliverer
 from harbor.limits import Limits
 from harbor.routing import DomainConfig, RecipientPolicy
 from harbor.smtp import HarborESMTP, HarborSMTPFactory, ServerSettings
-from harbor.store.fs import IFileSystem, RealFileSystem
+from harbor.store.fs import IFileSystem, MessageFile, RealFileSystem
 from harbor.store.names import MaildirNamer
 from harbor.store.writer import MaildirStore
 
@@ -231,18 +231,18 @@ class _WatchedFile:
     C{failOn} is C{"write"}.
     """
 
-    def __init__(self, real: Any, fs: RecordingFileSystem, path: str) -> None:
+    def __init__(self, real: MessageFile, fs: RecordingFileSystem, path: str) -> None:
         self._real = real
         self._fs = fs
         self.path = path
 
-    def write(self, data: Any) -> int:
+    def write(self, data: Any) -> object:
         if self._fs.failOn == "write":
             raise OSError(self._fs.failErrno, os.strerror(self._fs.failErrno))
-        return self._real.write(data)  # type: ignore[no-any-return]
+        return self._real.write(data)
 
     def fileno(self) -> int:
-        return self._real.fileno()  # type: ignore[no-any-return]
+        return self._real.fileno()
 
     def flush(self) -> None:
         self._real.flush()

@@ -5,10 +5,10 @@ Tests for L{harbor.api}: MailHarbor built from a L{Config} in code.
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, cast
 
 from twisted.internet.testing import MemoryReactorClock
-from twisted.logger import Logger
+from twisted.logger import ILogObserver, Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -195,7 +195,7 @@ class BuildServiceTests(SynchronousTestCase):
         SIGHUP leaves it as it is, with a warning.
         """
         events: list[dict[str, Any]] = []
-        self.patch(HarborService, "_log", Logger(observer=events.append))  # type: ignore[arg-type]
+        self.patch(HarborService, "_log", Logger(observer=cast(ILogObserver, events.append)))
         service = buildService(self.config(), MemoryReactorClock())
         before = service.config
         service.reload()

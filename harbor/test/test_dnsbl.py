@@ -74,7 +74,9 @@ class QueryNameTests(SynchronousTestCase):
         """
         self.assertEqual(queryName("192.0.2.1", "bl.example"), "1.2.0.192.bl.example")
         self.assertEqual(queryName("::ffff:192.0.2.1", "bl.example"), "1.2.0.192.bl.example")
-        self.assertTrue(queryName("2001:db8::1", "bl.example").endswith(".8.b.d.0.1.0.0.2.bl.example"))  # type: ignore[union-attr]
+        name = queryName("2001:db8::1", "bl.example")
+        assert name is not None
+        self.assertTrue(name.endswith(".8.b.d.0.1.0.0.2.bl.example"))
         self.assertIsNone(queryName("unknown", "bl.example"))
 
     def test_ipv4(self) -> None:

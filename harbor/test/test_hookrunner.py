@@ -332,7 +332,7 @@ class DispatchTests(RunnerTestCase):
         dispatch logs, rather than raises, what it cannot handle.
         """
         runner = self.runner(FakeHook())
-        runner.dispatch([object()])  # type: ignore[list-item]
+        runner.dispatch([object()])  # type: ignore[list-item]  # deliberately not a job
         self.assertEqual(len(self.flushLoggedErrors(AttributeError)), 1)
 
     def test_writesForAJobInOrder(self) -> None:

@@ -59,6 +59,7 @@ class DefaultHookNamesTests(SynchronousTestCase):
         names = defaultHookNames(functions)
         self.assertEqual(names, ["lambda-", "lambda--1", "private", "hook"])
         for function, name in zip(functions, names):
+            # object() stands for a nameless callable: only its name matters here.
             self.assertEqual(PythonHook(function, name).name, name)  # type: ignore[arg-type]
 
     def test_namesTakenElsewhere(self) -> None:

@@ -9,7 +9,7 @@ import os
 import signal
 import socket
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 from twisted.application.service import Application
 from twisted.cred.checkers import (
@@ -35,7 +35,7 @@ class HarborServiceTests(SynchronousTestCase):
         self.root = os.path.abspath(str(self.mktemp()))
         self.reactor = MemoryReactorClock()
         self.events: list[dict[str, Any]] = []
-        self.patch(HarborService, "_log", Logger(observer=self.events.append))  # type: ignore[arg-type]
+        self.patch(HarborService, "_log", Logger(observer=cast(ILogObserver, self.events.append)))
 
     def config(self, *domains: str) -> Config:
         return Config.fromMapping({"domain": list(domains), "hostname": "mx.example", "maildir": self.root})
@@ -66,13 +66,16 @@ class HarborServiceTests(SynchronousTestCase):
         the new Maildirs; a C{ValueError} from it is logged and the
         configuration in use kept.
         """
-        answers: list[Any] = [(self.config("a.example", "b.example"), ()), ValueError("--domain: nope")]
+        answers: list[tuple[Config, Sequence[ICredentialsChecker]] | Exception] = [
+            (self.config("a.example", "b.example"), ()),
+            ValueError("--domain: nope"),
+        ]
 
         def reread() -> tuple[Config, Sequence[ICredentialsChecker]]:
             answer = answers.pop(0)
             if isinstance(answer, Exception):
                 raise answer
-            return answer  # type: ignore[no-any-return]
+            return answer
 
         service = HarborService(self.config("a.example"), self.reactor, reread=reread)
         [factory] = self.factories(service)

@@ -35,7 +35,7 @@ class LoadTests(SynchronousTestCase):
         Missing files, non-PEM files and a key of another certificate are
         refused with a message naming the file.
         """
-        other, otherKey = self.ca.issue("other")
+        _, otherKey = self.ca.issue("other")
         for certificate, key, fragment in [
             (self.mktemp(), self.key, "cannot read"),
             (self.key, self.key, "no PEM certificate"),

@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import socket
 import sys
-from typing import Any
+from typing import Any, cast
 
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.error import ProcessDone, ProcessExitedAlready
-from twisted.logger import Logger
+from twisted.logger import ILogObserver, Logger
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -99,7 +99,7 @@ class WorkersTests(SynchronousTestCase):
         self.reactor = FakeProcessReactor()
         self.events: list[dict[str, Any]] = []
         self.workers = Workers(
-            self.reactor, ["--port", "2525", "-d", "a.example"], Logger(observer=self.events.append)  # type: ignore[arg-type]
+            self.reactor, ["--port", "2525", "-d", "a.example"], Logger(observer=cast(ILogObserver, self.events.append))
         )
         self.ports: list[Any] = [
             FakePort(7, IPv4Address("TCP", "127.0.0.1", 2525)),
