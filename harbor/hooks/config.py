@@ -1,4 +1,4 @@
-# -*- test-case-name: harbor.test.test_hooks -*-
+# -*- test-case-name: harbor.test.test_hookconfig -*-
 """
 The C{[[hook]]} tables of the configuration file, checked into
 L{HookConfig} values, and the defaults they fall back to.

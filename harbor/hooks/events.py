@@ -1,4 +1,4 @@
-# -*- test-case-name: harbor.test.test_hooks -*-
+# -*- test-case-name: harbor.test.test_hookevents -*-
 """
 What hooks are told and what they may raise: L{NewMessage}, one stored copy
 of a message; L{Job}, one hook to call for one copy, as its job file holds

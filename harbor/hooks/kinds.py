@@ -1,4 +1,4 @@
-# -*- test-case-name: harbor.test.test_hooks -*-
+# -*- test-case-name: harbor.test.test_hookkinds,harbor.test.test_hooks -*-
 """
 The kinds of hook: L{IHook}, what the runner calls, and its three
 providers, L{PythonHook} (a function), L{CommandHook} (a program, given the

@@ -1,4 +1,4 @@
-# -*- test-case-name: harbor.test.test_hooks -*-
+# -*- test-case-name: harbor.test.test_hookrunner -*-
 """
 The hook runner: calls every hook for every stored copy at least once,
 retrying failures and surviving restarts.

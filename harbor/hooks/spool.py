@@ -1,4 +1,4 @@
-# -*- test-case-name: harbor.test.test_hooks -*-
+# -*- test-case-name: harbor.test.test_hookrunner,harbor.test.test_hookcli -*-
 """
 The hook spool: the durable job files, one per (stored copy, hook), that
 make hook calls at-least-once and survive restarts.
