@@ -24,7 +24,7 @@ from harbor.routing import DomainConfig
 from harbor.delivery import Deliverer
 from harbor.maildir import IFileSystem, MaildirNamer, MaildirStore, RealFileSystem
 from harbor.routing import RecipientPolicy
-from harbor.smtp import HarborESMTP, HarborSMTPFactory, ServerSettings
+from harbor.smtp._protocol import HarborESMTP, HarborSMTPFactory, ServerSettings
 
 HOSTNAME = "mx.example.com"
 

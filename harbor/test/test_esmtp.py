@@ -13,8 +13,8 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from harbor.limits import Limits
 from harbor.routing import DomainConfig
-from harbor.framing import InputBuffer
-from harbor.smtp import HarborSMTPFactory, ServerSettings
+from harbor.smtp._framing import InputBuffer
+from harbor.smtp._protocol import HarborSMTPFactory, ServerSettings
 from harbor.test._support import HOSTNAME, DeferredThreads, SMTPDriver, makeDeliverer
 
 MESSAGE = b"Subject: test\r\n\r\nHello.\r\n"
@@ -778,7 +778,7 @@ class ShutdownTests(ESMTPTestCase):
         """
         from twisted.logger import Logger
 
-        from harbor.smtp import HarborESMTP
+        from harbor.smtp._protocol import HarborESMTP
 
         events: list[dict] = []  # type: ignore[type-arg]
         self.patch(HarborESMTP, "_log", Logger(observer=events.append))

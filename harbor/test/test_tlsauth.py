@@ -20,7 +20,7 @@ from harbor.limits import Throttle
 from harbor.config import Listener
 from harbor.limits import Limits
 from harbor.routing import DomainConfig
-from harbor.smtp import HarborESMTP, HarborSMTPFactory, ServerSettings
+from harbor.smtp._protocol import HarborESMTP, HarborSMTPFactory, ServerSettings
 from harbor.test._support import HOSTNAME, DeferredThreads, SMTPDriver, makeDeliverer, runSynchronously
 
 MESSAGE = b"Subject: test\r\n\r\nHello.\r\n"

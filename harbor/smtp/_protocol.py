@@ -6,7 +6,7 @@ It keeps Twisted's shape (an L{IMessageDeliveryFactory} gives one
 L{IMessageDelivery} per transaction, whose C{validateTo} returns the
 L{IMessage} factories) and replaces what a receiver cannot live with:
 
- - input is framed by L{harbor.framing}: bounded, and paused while a reply
+ - input is framed by L{harbor.smtp._framing}: bounded, and paused while a reply
    is pending, so pipelined commands are answered in order (RFC 2920);
  - DATA is decoded in large pieces, not line by line, and only
    C{<CRLF>.<CRLF>} ends it; BDAT chunks (RFC 3030) are read byte-exact;
@@ -57,7 +57,17 @@ from harbor.limits import Limits
 from harbor.delivery import Deliverer, IMessageStream, PathAddress, Session
 from harbor.dnsbl import SharedResult
 from harbor.filters import applyFirst
-from harbor.framing import ChunkDecoder, DataDecoder, InputBuffer, LineTooLong
+from harbor.smtp._framing import ChunkDecoder, DataDecoder, InputBuffer, LineTooLong
+from harbor.smtp._replies import (
+    AUTH_FAILED,
+    BARE_NEWLINE,
+    LOCAL_ERROR,
+    SIZE_EXCEEDED,
+    Reply,
+    errorReply,
+    render,
+    storageReply,
+)
 from harbor.maildir import StorageError, StoredMessage
 from harbor.address import AddressSyntaxError, NeedsSMTPUTF8, Path, parsePath
 from harbor.limits import ConnectionCounter
@@ -75,7 +85,6 @@ MAX_BUFFERED_INPUT = 256 * 1024
 _MAIL = re.compile(rb"^FROM:\s*(<[^>]*>|[^\s<>]+)(?:\s+(.*))?$", re.IGNORECASE | re.DOTALL)
 _RCPT = re.compile(rb"^TO:\s*(<[^>]*>|[^\s<>]+)(?:\s+(.*))?$", re.IGNORECASE | re.DOTALL)
 _BDAT = re.compile(rb"^(\d{1,15})(?:\s+(LAST))?\s*$", re.IGNORECASE)
-_ENHANCED = re.compile(r"^[245]\.\d{1,3}\.\d{1,3} ")
 _VERB = re.compile(rb"^[A-Za-z]{1,16}$")
 # Commands that move no mail, counted against the junk limit.
 _JUNK = frozenset({b"NOOP", b"RSET", b"VRFY", b"HELP"})
@@ -84,23 +93,6 @@ _HELO = re.compile(rb"^[\x21-\x7e\x80-\xff]{1,255}$")
 _BODY_TYPES = frozenset({b"7BIT", b"8BITMIME"})
 
 
-@frozen
-class Reply:
-    """
-    An SMTP reply.
-
-    @ivar enhanced: The RFC 3463 code, sent to EHLO clients only.
-    """
-
-    code: int
-    enhanced: str | None
-    text: str
-
-
-SIZE_EXCEEDED = Reply(552, "5.3.4", "Error: message size exceeds fixed maximum message size")
-BARE_NEWLINE = Reply(550, "5.5.2", "Error: bare <LF> received")
-LOCAL_ERROR = Reply(451, "4.3.0", "Error: local error in processing, try again later")
-AUTH_FAILED = Reply(535, "5.7.8", "Error: authentication failed")
 _MECHANISMS = (b"PLAIN", b"LOGIN")
 
 
@@ -145,24 +137,6 @@ class _SessionRealm:
         name = avatarId.decode("utf-8", "replace") if isinstance(avatarId, bytes) else str(avatarId)
         self._session.user = name
         return IMessageDeliveryFactory, self._deliverer.factoryFor(self._session), lambda: None
-NO_SPACE = Reply(452, "4.3.1", "Error: insufficient system storage")
-
-
-def _errorReply(error: SMTPServerError, default: str) -> Reply:
-    """
-    The reply for an exception's code and text, whichever type Twisted's
-    callers put in C{resp}.  Its enhanced code is the one the text starts
-    with, if that is of the reply's class (2, 4 or 5), or else C{default}
-    moved into that class: a 451 never carries a 5.x.x.
-    """
-    resp = error.resp
-    text = resp.decode("utf-8", "replace") if isinstance(resp, bytes) else str(resp)
-    text = text.replace("\r", " ").replace("\n", " ")
-    kind = str(error.code)[0]
-    enhanced = kind + default[1:]
-    if _ENHANCED.match(text) and text[0] == kind:
-        enhanced, text = text.split(" ", 1)
-    return Reply(error.code, enhanced, text)
 
 
 class _Transaction:
@@ -283,6 +257,18 @@ class SessionRegistry:
         return done.addCallback(cancelTimer)
 
 
+class _PublishedLogger(Logger):
+    """
+    A class's logger whose namespace is fixed rather than the defining
+    module's: the protocol's events keep the C{harbor.smtp.HarborESMTP}
+    namespace that operators' log filters know, wherever in the package the
+    class is defined.
+    """
+
+    def __get__(self, instance: object, owner: type | None = None) -> Logger:
+        return Logger(self.namespace, owner if instance is None else instance, observer=self.observer)
+
+
 @implementer(IHandshakeListener)
 class HarborESMTP(ESMTP):  # type: ignore[misc]
     """
@@ -291,7 +277,7 @@ class HarborESMTP(ESMTP):  # type: ignore[misc]
     @ivar session: What is known of the client, shared with deliveries.
     """
 
-    _log = Logger()
+    _log: Logger = _PublishedLogger("harbor.smtp.HarborESMTP")
 
     def __init__(
         self,
@@ -699,15 +685,7 @@ class HarborESMTP(ESMTP):  # type: ignore[misc]
         for EHLO clients (RFC 2034), the enhanced status code.
         """
         self._lastCode = reply.code
-        lines = reply.text.split("\n")
-        extra = f"{reply.enhanced} " if reply.enhanced and self.session.esmtp else ""
-        last = len(lines) - 1
-        self.transport.write(
-            "".join(
-                f"{reply.code}{'-' if i < last else ' '}{extra}{line}\r\n"
-                for i, line in enumerate(lines)
-            ).encode("utf-8", "replace")
-        )
+        self.transport.write(render(reply, self.session.esmtp))
 
     def _reply(self, reply: Reply, counted: bool = True) -> None:
         """
@@ -755,9 +733,9 @@ class HarborESMTP(ESMTP):  # type: ignore[misc]
 
     def _replyFromError(self, error: SMTPServerError, default: str) -> None:
         """
-        Reply with an exception's code and text (see L{_errorReply}).
+        Reply with an exception's code and text (see L{errorReply}).
         """
-        self._reply(_errorReply(error, default))
+        self._reply(errorReply(error.code, error.resp, default))
 
     def _failureReply(self, failure: Failure) -> Reply:
         """
@@ -768,9 +746,9 @@ class HarborESMTP(ESMTP):  # type: ignore[misc]
         """
         if failure.check(StorageError):
             self._log.error("Storage failure: {error}", error=failure.getErrorMessage())
-            return NO_SPACE if failure.value.noSpace else LOCAL_ERROR
+            return storageReply(failure.value.noSpace)
         if failure.check(SMTPServerError):
-            return _errorReply(failure.value, "5.3.0")
+            return errorReply(failure.value.code, failure.value.resp, "5.3.0")
         self._log.failure("Delivery failed", failure)
         return LOCAL_ERROR
 
