@@ -21,13 +21,11 @@ L{IMessage} factories) and replaces what a receiver cannot live with:
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 from zope.interface import implementer
 
-from OpenSSL import SSL
 from twisted.cred.checkers import ICredentialsChecker
 from twisted.cred.credentials import UsernamePassword
 from twisted.cred.error import UnauthorizedLogin
@@ -49,51 +47,59 @@ from twisted.mail.smtp import ESMTP, IMessage, SMTPServerError, User
 from twisted.python.failure import Failure
 
 from attrs import evolve, field, frozen
+from OpenSSL import SSL
 
-from harbor.auth import AuthenticationError, decodeBase64, decodePlain
-from harbor.limits import FailureTracker, Throttle
+from harbor.address import Path
 from harbor.config import Listener
-from harbor.limits import Limits
 from harbor.delivery import Deliverer, IMessageStream, PathAddress, Session
 from harbor.dnsbl import SharedResult
-from harbor.filters import applyFirst
-from harbor.smtp._framing import ChunkDecoder, DataDecoder, InputBuffer, LineTooLong
+from harbor.filters import Filter, applyFirst
+from harbor.limits import ConnectionCounter, FailureTracker, Limits, Throttle
+from harbor.maildir import StorageError, StoredMessage
+from harbor.smtp._events import (
+    Answer,
+    BodyReceived,
+    BodyRefused,
+    ChunkEnded,
+    ChunkStarted,
+    Greeted,
+    Login,
+    MailFrom,
+    MalformedLogin,
+    MessageEnded,
+    Quit,
+    RcptTo,
+    RecipientRefused,
+    Reset,
+    StartData,
+    StartTLSRequested,
+    TooManyErrors,
+    Verify,
+    Wait,
+)
 from harbor.smtp._replies import (
     AUTH_FAILED,
-    BARE_NEWLINE,
+    AUTH_OK,
+    AUTH_UNAVAILABLE,
+    BYE,
+    CANNOT_VERIFY,
     LOCAL_ERROR,
-    SIZE_EXCEEDED,
+    OK,
+    PROCESSING_ERROR,
+    RECIPIENT_OK,
+    SENDER_OK,
+    START_DATA,
+    TALKED_TOO_SOON,
+    TLS_READY,
     Reply,
     errorReply,
-    render,
     storageReply,
 )
-from harbor.maildir import StorageError, StoredMessage
-from harbor.address import AddressSyntaxError, NeedsSMTPUTF8, Path, parsePath
-from harbor.limits import ConnectionCounter
+from harbor.smtp._session import SMTPSession
 from harbor.tls import describeConnection
 
-# RFC 5321 section 4.5.3.1.4, raised for MAIL by the parameters we take:
-# SIZE (RFC 1870: 26), BODY=8BITMIME (14), SMTPUTF8 (RFC 6531: 10).
-MAX_COMMAND_LINE = 512
-# AUTH= (RFC 4954: 500) too; an AUTH command line may be 12288 octets.
-_LINE_LIMITS = {b"MAIL": MAX_COMMAND_LINE + 26 + 14 + 10 + 500, b"AUTH": 12288 + 2}
-# Nothing longer is ever buffered as one command line.
-_MAX_BUFFERED_LINE = 12288 + 2
+# Input a client may send ahead of our replies before we stop reading.
 MAX_BUFFERED_INPUT = 256 * 1024
-
-_MAIL = re.compile(rb"^FROM:\s*(<[^>]*>|[^\s<>]+)(?:\s+(.*))?$", re.IGNORECASE | re.DOTALL)
-_RCPT = re.compile(rb"^TO:\s*(<[^>]*>|[^\s<>]+)(?:\s+(.*))?$", re.IGNORECASE | re.DOTALL)
-_BDAT = re.compile(rb"^(\d{1,15})(?:\s+(LAST))?\s*$", re.IGNORECASE)
-_VERB = re.compile(rb"^[A-Za-z]{1,16}$")
-# Commands that move no mail, counted against the junk limit.
-_JUNK = frozenset({b"NOOP", b"RSET", b"VRFY", b"HELP"})
-# A host name or address literal: printable, no spaces or controls.
-_HELO = re.compile(rb"^[\x21-\x7e\x80-\xff]{1,255}$")
-_BODY_TYPES = frozenset({b"7BIT", b"8BITMIME"})
-
-
-_MECHANISMS = (b"PLAIN", b"LOGIN")
 
 
 @frozen
@@ -147,8 +153,6 @@ class _Transaction:
     @ivar started: When MAIL was accepted.
     @ivar messages: The message streams, once DATA or the first BDAT has
         opened them.
-    @ivar chunks: The BDAT decoder, if the transaction uses BDAT.
-    @ivar overshoot: RCPTs refused for going over the recipient limit.
     @ivar failure: Why the message being received will be refused, the
         L{Reply} it will get; the rest of it is read and discarded.
     """
@@ -159,11 +163,8 @@ class _Transaction:
         self.started = started
         self.recipients: list[tuple[User, Callable[[], IMessage]]] = []
         self.rejected: list[str] = []
-        self.size = 0
         self.messages: list[IMessageStream] = []
-        self.chunks: ChunkDecoder | None = None
         self.failure: Reply | None = None
-        self.overshoot = 0
 
     @property
     def sender(self) -> Path:
@@ -275,9 +276,35 @@ class HarborESMTP(ESMTP):  # type: ignore[misc]
     One SMTP connection.
 
     @ivar session: What is known of the client, shared with deliveries.
+    @ivar deliveryFactory: Gives the delivery of each transaction; replaced
+        by the user's once the client authenticates.
     """
 
     _log: Logger = _PublishedLogger("harbor.smtp.HarborESMTP")
+
+    # The method that handles each event, by name so that a test can
+    # replace one on an instance.  Commands the server acts on are
+    # smtp_VERB, as in Twisted's SMTP.
+    _handlers: ClassVar[dict[type, str]] = {
+        Answer: "_answerDecided",
+        TooManyErrors: "_tooManyErrors",
+        Greeted: "smtp_HELO",
+        MailFrom: "smtp_MAIL",
+        RcptTo: "smtp_RCPT",
+        RecipientRefused: "_recipientRefused",
+        StartData: "smtp_DATA",
+        ChunkStarted: "smtp_BDAT",
+        BodyReceived: "_bodyReceived",
+        BodyRefused: "_bodyRefused",
+        MessageEnded: "_messageEnded",
+        ChunkEnded: "_chunkEnded",
+        StartTLSRequested: "smtp_STARTTLS",
+        Login: "smtp_AUTH",
+        MalformedLogin: "_malformedLogin",
+        Verify: "smtp_VRFY",
+        Reset: "smtp_RSET",
+        Quit: "smtp_QUIT",
+    }
 
     def __init__(
         self,
@@ -294,7 +321,6 @@ class HarborESMTP(ESMTP):  # type: ignore[misc]
         self._storing = False
         self._transactions = 0
         self._started = clock.seconds()
-        self.host = settings.hostname
         self._hostname = settings.hostname
         self._settings = settings
         self._deliverer = deliverer
@@ -303,30 +329,17 @@ class HarborESMTP(ESMTP):  # type: ignore[misc]
         self._failures = failures
         self._clock = clock
         self.callLater = clock.callLater
-        self._auth: tuple[bytes, bytes | None] | None = None
+        self._smtp = SMTPSession(
+            settings.hostname,
+            settings.limits,
+            requireTLS=settings.listener.requireTLS,
+            submission=settings.listener.submission,
+            authentication=bool(settings.checkers),
+            plaintextAuthentication=settings.allowPlaintextAuth,
+        )
         self._authFailures = 0
-        self._input = InputBuffer(_MAX_BUFFERED_LINE)
-        self._decoder: DataDecoder | None = None
-        self._chunkRemaining: int | None = None
-        self._chunkLast = False
-        # Whether a BDAT transaction was refused before its LAST chunk, so
-        # the chunks the client had pipelined behind it are expected.
-        self._afterRefusedChunk = False
-        # Whether the current chunk's refusal counts as the client's error.
-        self._chunkCounted = True
         self._tx: _Transaction | None = None
-        self._errors = 0
-        self._errorsSinceDelivery = 0
-        self._junk = 0
-        self._lastCode = 0
-        self._verb = "-"
-        self._refused = False
-        # A HELO filter's refusal of the last greeting, repeated to MAIL
-        # until a greeting passes: the server's verdict, not something the
-        # client said, so STARTTLS keeps it.
-        self._greetingRefusal: Reply | None = None
         self._greeting: Any = None
-        self._paused = False
         self._processing = False
         self._inputBacklogged = False
         self._outputBlocked = False
@@ -344,6 +357,8 @@ class HarborESMTP(ESMTP):  # type: ignore[misc]
     def connectionMade(self) -> None:
         peer = self.transport.getPeer()
         self.session = Session(str(getattr(peer, "host", peer)))
+        self._smtp.tlsAvailable = self._settings.tls is not None and ITLSTransport.providedBy(self.transport)
+        self._smtp.tlsActive = self._tlsActive()
         refusal = self._connections.admit(self.session.clientAddress)
         if refusal is not None:
             self._log.info(
@@ -362,12 +377,12 @@ class HarborESMTP(ESMTP):  # type: ignore[misc]
         self.transport.registerProducer(self, True)
         self._producing = True
         self.setTimeout(self._limits.commandTimeout)
-        if self._applyFilter("connect"):
+        if self._connectFilter():
             return
         blocklists = self._deliverer.blocklists
         if blocklists is not None and not self.session.trusted:
             self.session.blocklist = SharedResult(blocklists.lookup(self.session.clientAddress))
-        if self._canStartTLS():
+        if self._smtp.canStartTLS:
             # What the server found out about the client's address (not
             # what the client said) outlives STARTTLS.
             self._connectionFacts = evolve(self.session, tags=list(self.session.tags))
@@ -381,34 +396,36 @@ class HarborESMTP(ESMTP):  # type: ignore[misc]
 
     def _greet(self) -> None:
         self._greeting = None
-        self._send(Reply(220, None, f"{self._hostname} ESMTP MailHarbor"))
+        self.transport.write(self._smtp.greet(Reply(220, None, f"{self._hostname} ESMTP MailHarbor")))
 
-    def _applyFilter(self, stage: str) -> Reply | None:
+    def _filter(self, stage: str) -> Filter | None:
         """
-        Apply the first matching connect or HELO filter.
-
-        @return: the refusal sent, if it refused the connection or the
-            greeting.
+        The first connect or HELO filter that refuses the client, if any.
         """
         matched = applyFirst(
             self._deliverer.filters, stage, self.session, self.session.clientAddress, self.session.helo
         )
         if matched is None or matched.action not in ("reject", "tempfail"):
             return None
-        if stage == "connect" and matched.action == "tempfail":
-            refusal = Reply(421, matched.enhanced, f"{self._hostname} {matched.text}")
-            self._send(refusal)
+        return matched
+
+    def _connectFilter(self) -> bool:
+        """
+        Apply the connect filters.
+
+        @return: whether one refused the connection.
+        """
+        matched = self._filter("connect")
+        if matched is None:
+            return False
+        if matched.action == "tempfail":
+            self._send(Reply(421, matched.enhanced, f"{self._hostname} {matched.text}"))
             self._close()
-        elif stage == "connect":
+        else:
             # RFC 5321 section 3.1: a 554 greeting (the one refusal code a
             # greeting may carry), then 503 to everything but QUIT.
-            self._refused = True
-            refusal = Reply(554, matched.enhanced, f"{self._hostname} {matched.text}")
-            self._send(refusal)
-        else:
-            refusal = Reply(matched.code, matched.enhanced, matched.text)
-            self._reply(refusal)
-        return refusal
+            self.transport.write(self._smtp.greet(Reply(554, matched.enhanced, f"{self._hostname} {matched.text}")))
+        return True
 
     def _startSession(self, session: Session) -> None:
         """
@@ -420,7 +437,6 @@ class HarborESMTP(ESMTP):  # type: ignore[misc]
         self.session = session
         self.deliveryFactory = self._deliverer.factoryFor(self.session)
         self._helo = (None, self.session.clientAddress.encode("ascii", "replace"))
-        self._auth = None
 
     def _tlsActive(self) -> bool:
         return self.session.tls is not None or ISSLTransport.providedBy(self.transport)
@@ -431,6 +447,7 @@ class HarborESMTP(ESMTP):  # type: ignore[misc]
         remember its protocol and cipher for the log and Received: header.
         """
         self.session.tls = describeConnection(self.transport.getHandle()) or "TLS"
+        self._smtp.tlsActive = True
         self._log.info(
             "client={client} tls={tls} TLS established",
             client=self.session.clientAddress,
@@ -439,6 +456,7 @@ class HarborESMTP(ESMTP):  # type: ignore[misc]
 
     def connectionLost(self, reason: Failure | None = None) -> None:
         self._closed = True
+        self._smtp.close()
         self.setTimeout(None)
         if reason is not None and reason.check(SSL.Error):
             self._log.info(
@@ -451,7 +469,7 @@ class HarborESMTP(ESMTP):  # type: ignore[misc]
         self._admitted = False
         self._connections.release(self.session.clientAddress)
         self._registry.remove(self)
-        if self._decoder is not None or self._chunkRemaining is not None:
+        if self._smtp.receivingBody:
             self._endTransaction("disconnected while receiving the message")
         else:
             self._endTransaction("disconnected")
@@ -463,7 +481,7 @@ class HarborESMTP(ESMTP):  # type: ignore[misc]
             tls=self.session.tls or "-",
             user=self.session.user or "-",
             count=self._transactions,
-            errors=self._errors,
+            errors=self._smtp.errors,
             duration=self._clock.seconds() - self._started,
         )
 
@@ -479,7 +497,7 @@ class HarborESMTP(ESMTP):  # type: ignore[misc]
     def _finishShutdown(self) -> None:
         if not self._shuttingDown or self._closed:
             return
-        if self._receivingBody() or self._storing:
+        if self._smtp.receivingBody or self._storing:
             return
         self._endTransaction("abandoned: server shutting down")
         self._send(Reply(421, "4.3.2", f"{self._hostname} Service shutting down, try again later"))
@@ -491,6 +509,7 @@ class HarborESMTP(ESMTP):  # type: ignore[misc]
 
     def _close(self) -> None:
         self._closed = True
+        self._smtp.close()
         # A transport with a producer registered would wait for it to be
         # unregistered before closing.
         if self._producing:
@@ -507,45 +526,33 @@ class HarborESMTP(ESMTP):  # type: ignore[misc]
             self._greeting.cancel()
             self._greeting = None
             self._log.info("client={client} talked before the greeting", client=self.session.clientAddress)
-            self._send(Reply(554, "5.5.1", "Error: talking before the greeting"))
+            self._send(TALKED_TOO_SOON)
             self._close()
             return
         self.resetTimeout()
-        if self._receivingBody() and not self._paused and not len(self._input):
-            data = self._bodyReceived(data)
-        self._input.feed(data)
+        self._smtp.receiveData(data)
         self._processInput()
-
-    def _receivingBody(self) -> bool:
-        return self._decoder is not None or self._chunkRemaining is not None
 
     def _processInput(self) -> None:
         """
-        Consume buffered input until it runs out or a reply is pending.
+        Act on the session's events until it needs more input or waits for
+        a reply, or the client stops reading replies.  Message data that
+        came with nothing buffered before it is taken all the same: it
+        only goes to storage.
         """
         if self._processing:
             return
         self._processing = True
         try:
-            while not (self._paused or self._outputBlocked or self._closed):
-                if self._receivingBody():
-                    if not len(self._input) and self._chunkRemaining != 0:
+            while not self._closed and (not self._outputBlocked or self._smtp.bodyInHand):
+                try:
+                    event = self._smtp.nextEvent()
+                    if isinstance(event, Wait):
                         break
-                    if self._chunkRemaining is not None:
-                        # Only this chunk: the pipelined commands and chunks
-                        # after it stay where they are, not copied out and
-                        # back for every chunk.
-                        self._bodyReceived(self._input.take(self._chunkRemaining))
-                    else:
-                        self._input.feed(self._bodyReceived(self._input.takeAll()))
-                    continue
-                line = self._input.nextLine()
-                if line is None:
-                    break
-                if isinstance(line, LineTooLong):
-                    self._reply(Reply(500, "5.5.2", "Error: line too long"))
-                    continue
-                self._commandReceived(line)
+                    getattr(self, self._handlers[type(event)])(event)
+                except Exception:  # noqa: BLE001 -- a bug must not leave the client without a reply
+                    self._log.failure("Error handling {verb} command", verb=self._smtp.verb)
+                    self._reply(PROCESSING_ERROR)
         finally:
             self._processing = False
         self._throttle()
@@ -555,7 +562,7 @@ class HarborESMTP(ESMTP):  # type: ignore[misc]
         Stop reading from a client that sends far ahead of our replies, so
         the buffer stays bounded; read again when it drains.
         """
-        buffered = len(self._input)
+        buffered = self._smtp.buffered
         if buffered > MAX_BUFFERED_INPUT:
             self._inputBacklogged = True
         elif buffered <= MAX_BUFFERED_INPUT // 2:
@@ -604,32 +611,30 @@ class HarborESMTP(ESMTP):  # type: ignore[misc]
         onFailure: Callable[[Failure], None],
     ) -> None:
         """
-        Hold further input, and the client's timeout, until C{result} fires
-        and its reply is sent.
+        Hold the client's timeout until C{result} fires and its reply is
+        sent; the session reads nothing more until then.
 
         A result that is already there (the usual MAIL and RCPT) is answered
-        at once, with no pause and no timeout to cancel and set again.
+        at once, with no timeout to cancel and set again.
         """
         outcomes: list[object] = []
         result.addBoth(outcomes.append)
         if outcomes:
-            self._answer(outcomes[0], onSuccess, onFailure)
+            self._settle(outcomes[0], onSuccess, onFailure)
             return
-        self._paused = True
         self.setTimeout(None)
 
         def resume(ignored: None) -> None:
-            self._paused = False
             if not self._closed:
                 self.setTimeout(self._limits.commandTimeout)
-            self._answer(outcomes[0], onSuccess, onFailure)
+            self._settle(outcomes[0], onSuccess, onFailure)
             self._processInput()
 
         result.addCallback(resume).addErrback(
             lambda f: self._log.failure("Unexpected error reading the next command", f)
         )
 
-    def _answer(
+    def _settle(
         self,
         outcome: object,
         onSuccess: Callable[[Any], None],
@@ -640,102 +645,40 @@ class HarborESMTP(ESMTP):  # type: ignore[misc]
                 onFailure(outcome)
             else:
                 onSuccess(outcome)
-        except Exception:
+        except Exception:  # noqa: BLE001 -- logged; the connection carries on
             self._log.failure("Unexpected error sending a reply")
         finally:
             self._finishShutdown()
-
-    def _commandReceived(self, line: bytes) -> None:
-        if self._auth is not None:
-            self._authResponse(line)
-            return
-        parts = line.strip().split(None, 1)
-        verb = parts[0].upper() if parts else b""
-        argument = parts[1] if len(parts) == 2 else b""
-        self._verb = verb[:16].decode("ascii", "replace") or "-"
-        if verb != b"BDAT":
-            self._afterRefusedChunk = False
-        if len(line) + 2 > _LINE_LIMITS.get(verb, MAX_COMMAND_LINE):
-            self._reply(Reply(500, "5.5.2", "Error: line too long"))
-            return
-        handler = None
-        if self._refused and verb != b"QUIT":
-            self._reply(Reply(503, "5.5.1", "Error: no SMTP service here"))
-            return
-        if verb in _JUNK:
-            self._countJunk()
-            if self._closed:
-                return
-        if _VERB.match(verb):
-            handler = getattr(self, "smtp_" + verb.decode("ascii"), None)
-        if handler is None:
-            self._reply(Reply(500, "5.5.2", "Error: command not recognized"))
-            return
-        try:
-            handler(argument)
-        except Exception:
-            self._log.failure("Error handling {verb} command", verb=verb.decode("ascii"))
-            self._reply(Reply(451, "4.3.0", "Error: local error in processing"))
 
     # Replies
 
     def _send(self, reply: Reply) -> None:
         """
-        Write a reply; each line of a multi-line one carries the code and,
-        for EHLO clients (RFC 2034), the enhanced status code.
+        Write a reply that is not one of the client's errors: a greeting,
+        a 421, a SASL challenge.
         """
-        self._lastCode = reply.code
-        self.transport.write(render(reply, self.session.esmtp))
+        self.transport.write(self._smtp.send(reply, counted=False))
 
     def _reply(self, reply: Reply, counted: bool = True) -> None:
         """
-        Send a reply to a command, and hang up on a client that has made
-        too many errors, as Postfix's hard error limit does.
+        Send a reply to a command, log it if a refusal, and hang up if the
+        session says the client has made too many errors.
 
         @param counted: Whether a 4xx or 5xx is one of the client's errors.
         """
-        self._send(reply)
+        self.transport.write(self._smtp.send(reply, counted))
         if reply.code >= 400:
             self._log.info(
                 "client={client} {verb} refused: {code} {enhanced} {reason}",
                 client=self.session.clientAddress,
-                verb=self._verb,
+                verb=self._smtp.verb,
                 code=reply.code,
                 enhanced=reply.enhanced or "",
                 reason=reply.text,
             )
-            if counted:
-                self._countError()
-
-    def _countError(self) -> None:
-        """
-        Count one error (a 4xx or 5xx reply, or junk past its limit), and
-        hang up once there are too many since the last message stored, as
-        Postfix's hard error limit does: a client gets no endless supply of
-        refusals, and no endless log lines.
-        """
-        self._errors += 1
-        self._errorsSinceDelivery += 1
-        if self._errorsSinceDelivery >= self._limits.maxErrors and not self._closed:
-            self._send(Reply(421, "4.7.0", f"{self._hostname} Error: too many errors"))
+        if self._smtp.errorLimitReached and not self._closed:
             self._endTransaction("too many errors")
             self._close()
-
-    def _countJunk(self) -> None:
-        """
-        Count a command that moves no mail; past the junk limit, each is
-        also an error (Postfix's C{smtpd_junk_command_limit}), so a client
-        cannot hold a connection with NOOPs forever.
-        """
-        self._junk += 1
-        if self._junk > self._limits.maxJunkCommands:
-            self._countError()
-
-    def _replyFromError(self, error: SMTPServerError, default: str) -> None:
-        """
-        Reply with an exception's code and text (see L{errorReply}).
-        """
-        self._reply(errorReply(error.code, error.resp, default))
 
     def _failureReply(self, failure: Failure) -> Reply:
         """
@@ -755,193 +698,74 @@ class HarborESMTP(ESMTP):  # type: ignore[misc]
     def _replyToFailure(self, failure: Failure) -> None:
         self._reply(self._failureReply(failure))
 
+    def _answerDecided(self, event: Answer) -> None:
+        self._reply(event.reply, event.counted)
+
+    def _tooManyErrors(self, event: TooManyErrors) -> None:
+        self._send(event.reply)
+        self._endTransaction("too many errors")
+        self._close()
+
     # Greeting and simple commands
 
-    def smtp_HELO(self, argument: bytes) -> None:
-        self._greeted(argument, esmtp=False)
-
-    def smtp_EHLO(self, argument: bytes) -> None:
-        self._greeted(argument, esmtp=True)
-
-    def _greeted(self, argument: bytes, esmtp: bool) -> None:
-        verb = "EHLO" if esmtp else "HELO"
-        name = argument.strip()
-        if not name or not _HELO.match(name):
-            self._reply(Reply(501, "5.5.4", f"Syntax: {verb} hostname"))
-            return
+    def smtp_HELO(self, event: Greeted) -> None:
+        """
+        HELO or EHLO: the HELO filters may refuse the name.
+        """
         previous = (self.session.helo, self.session.esmtp)
         # The filter looks at this name; its refusal answers this command.
-        self.session.helo = name.decode("utf-8", "replace")
-        self.session.esmtp = esmtp
-        refusal = self._applyFilter("helo")
-        if refusal is not None:
+        self.session.helo = event.name.decode("utf-8", "replace")
+        self.session.esmtp = event.esmtp
+        matched = self._filter("helo")
+        if matched is not None:
+            self._reply(Reply(matched.code, matched.enhanced, matched.text))
             # RFC 5321 section 4.1.4: a refused greeting leaves the session
-            # as it was.  A client not yet greeted is refused again at MAIL
-            # until a greeting passes, or ignoring the refusal would be
-            # enough to get past the filter.
+            # as it was.
             self.session.helo, self.session.esmtp = previous
-            if previous[0] is None:
-                self._greetingRefusal = refusal
             return
         self._endTransaction("abandoned: new greeting")
-        self._greetingRefusal = None
-        self._helo = (name, self.session.clientAddress.encode("ascii", "replace"))
-        lines = [self._hostname] + (self.esmtpExtensions() if esmtp else [])
-        self._reply(Reply(250, None, "\n".join(lines)))
+        self._helo = (event.name, self.session.clientAddress.encode("ascii", "replace"))
+        self._reply(self._smtp.helloReply(event.esmtp))
 
-    def esmtpExtensions(self) -> list[str]:
-        """
-        The service extensions advertised in the EHLO reply.
-        """
-        extensions = [
-            "PIPELINING",
-            f"SIZE {self._limits.maxMessageSize}",
-            "8BITMIME",
-            "SMTPUTF8",
-            "CHUNKING",
-            "ENHANCEDSTATUSCODES",
-        ]
-        if self._canStartTLS():
-            extensions.append("STARTTLS")
-        if self._authOffered():
-            extensions.append("AUTH " + " ".join(m.decode() for m in _MECHANISMS))
-        return extensions
-
-    def _canStartTLS(self) -> bool:
-        return (
-            self._settings.tls is not None
-            and not self._tlsActive()
-            and ITLSTransport.providedBy(self.transport)
-        )
-
-    def _authOffered(self) -> bool:
-        return bool(self._settings.checkers) and (
-            self._tlsActive() or self._settings.allowPlaintextAuth
-        )
-
-    def smtp_RSET(self, argument: bytes) -> None:
+    def smtp_RSET(self, event: Reset) -> None:
         self._endTransaction("abandoned: reset")
-        self._reply(Reply(250, "2.0.0", "Ok"))
+        self._reply(OK)
 
-    def smtp_NOOP(self, argument: bytes) -> None:
-        self._reply(Reply(250, "2.0.0", "Ok"))
+    def smtp_VRFY(self, event: Verify) -> None:
+        """
+        Whether a mailbox exists is not told (RFC 5321 section 3.5.3).
+        """
+        self._reply(CANNOT_VERIFY)
 
-    def smtp_VRFY(self, argument: bytes) -> None:
-        if not argument.strip():
-            self._reply(Reply(501, "5.5.4", "Syntax: VRFY address"))
-            return
-        self._reply(Reply(252, "2.0.0", "Send some mail, I will try my best"))
-
-    def smtp_EXPN(self, argument: bytes) -> None:
-        self._reply(Reply(502, "5.5.1", "Error: EXPN is not supported"))
-
-    def smtp_HELP(self, argument: bytes) -> None:
-        self._reply(
-            Reply(
-                214,
-                "2.0.0",
-                "Commands: HELO EHLO STARTTLS AUTH MAIL RCPT DATA BDAT RSET NOOP QUIT VRFY HELP",
-            )
-        )
-
-    def smtp_QUIT(self, argument: bytes) -> None:
+    def smtp_QUIT(self, event: Quit) -> None:
         self._endTransaction("abandoned: quit")
-        self._send(Reply(221, "2.0.0", "Bye"))
+        self._send(BYE)
         self._close()
 
     # TLS and authentication
 
-    def smtp_STARTTLS(self, argument: bytes) -> None:
-        if argument.strip():
-            self._reply(Reply(501, "5.5.4", "Syntax: STARTTLS"))
-            return
-        if self._tlsActive():
-            self._reply(Reply(503, "5.5.1", "Error: TLS already active"))
-            return
-        if not self._canStartTLS():
-            self._reply(Reply(454, "4.7.0", "Error: TLS not available"))
-            return
-        # CVE-2011-0411: whatever came with the command in plaintext must
-        # not be executed inside TLS.
-        discarded = self._input.discard()
-        if discarded:
+    def smtp_STARTTLS(self, event: StartTLSRequested) -> None:
+        if event.discarded:
             self._log.warn(
                 "client={client} sent {count} bytes after STARTTLS; discarded",
                 client=self.session.clientAddress,
-                count=discarded,
+                count=event.discarded,
             )
-        self._send(Reply(220, "2.0.0", "Ready to start TLS"))
+        self._send(TLS_READY)
         self._endTransaction("abandoned: STARTTLS")
         # Taken at connection, since STARTTLS could come; it comes once.
         assert self._connectionFacts is not None
         self._startSession(self._connectionFacts)
         self.transport.startTLS(self._settings.tls)
+        self._smtp.tlsActive = self._tlsActive()
 
-    def smtp_AUTH(self, argument: bytes) -> None:
-        if not self._settings.checkers:
-            self._reply(Reply(503, "5.5.1", "Error: authentication not enabled"))
-            return
-        if not self._authOffered():
-            self._reply(Reply(538, "5.7.11", "Error: authentication requires TLS (STARTTLS first)"))
-            return
-        if not self.session.esmtp:
-            self._reply(Reply(503, "5.5.1", "Error: send EHLO first"))
-            return
-        if self.session.user is not None:
-            self._reply(Reply(503, "5.5.1", "Error: already authenticated"))
-            return
-        if self._tx is not None:
-            self._reply(Reply(503, "5.5.1", "Error: MAIL transaction in progress"))
-            return
-        parts = argument.split()
-        if not parts or len(parts) > 2:
-            self._reply(Reply(501, "5.5.4", "Syntax: AUTH mechanism [initial-response]"))
-            return
-        mechanism = parts[0].upper()
-        if mechanism not in _MECHANISMS:
-            self._reply(Reply(504, "5.5.4", "Error: unsupported authentication mechanism"))
-            return
-        if len(parts) == 1:
-            self._auth = (mechanism, None)
-            self._send(Reply(334, None, "" if mechanism == b"PLAIN" else "VXNlcm5hbWU6"))
-            return
-        self._auth = (mechanism, None)
-        self._authResponse(parts[1])
-
-    def _authResponse(self, line: bytes) -> None:
+    def smtp_AUTH(self, event: Login) -> None:
         """
-        The client's answer to a SASL challenge (or its initial response).
+        The SASL exchange is complete: check the password.
         """
-        assert self._auth is not None
-        mechanism, username = self._auth
-        if line.strip() == b"*":
-            self._auth = None
-            self._reply(Reply(501, "5.0.0", "Error: authentication cancelled"))
-            return
-        try:
-            response = decodeBase64(line)
-            if mechanism == b"PLAIN":
-                self._auth = None
-                username, password = decodePlain(response)
-            elif username is None:
-                self._auth = (mechanism, response)
-                self._send(Reply(334, None, "UGFzc3dvcmQ6"))
-                return
-            else:
-                self._auth = None
-                password = response
-        except AuthenticationError as e:
-            self._auth = None
-            if e.code == 535:
-                self._loginFailed(mechanism, b"")
-            else:
-                self._reply(Reply(e.code, e.enhanced, e.text))
-            return
-        self._login(mechanism, username, password)
-
-    def _login(self, mechanism: bytes, username: bytes, password: bytes) -> None:
+        mechanism, username = event.mechanism, event.username
         portal = Portal(_SessionRealm(self._deliverer, self.session), self._settings.checkers)
-        result = portal.login(UsernamePassword(username, password), None, IMessageDeliveryFactory)
+        result = portal.login(UsernamePassword(username, event.password), None, IMessageDeliveryFactory)
 
         def succeeded(outcome: tuple[Any, Any, Any]) -> None:
             self.deliveryFactory = outcome[1]
@@ -952,14 +776,14 @@ class HarborESMTP(ESMTP):  # type: ignore[misc]
                 mechanism=mechanism.decode(),
                 user=self.session.user,
             )
-            self._reply(Reply(235, "2.7.0", "Authentication successful"))
+            self._reply(AUTH_OK)
 
         def failed(failure: Failure) -> None:
             if failure.check(UnauthorizedLogin):
                 self._loginFailed(mechanism, username, delayed=True)
             else:
                 self._log.failure("Authentication error", failure)
-                self._reply(Reply(454, "4.7.0", "Error: temporary authentication failure"))
+                self._reply(AUTH_UNAVAILABLE)
 
         def slowDown(failure: Failure) -> Deferred[Any]:
             if not failure.check(UnauthorizedLogin):
@@ -970,6 +794,9 @@ class HarborESMTP(ESMTP):  # type: ignore[misc]
             return deferLater(self._clock, delay, lambda: failure)
 
         self._waitFor(result.addErrback(slowDown), succeeded, failed)
+
+    def _malformedLogin(self, event: MalformedLogin) -> None:
+        self._loginFailed(event.mechanism, b"")
 
     def _loginFailed(self, mechanism: bytes, username: bytes, delayed: bool = False) -> None:
         """
@@ -992,199 +819,78 @@ class HarborESMTP(ESMTP):  # type: ignore[misc]
 
     # The envelope
 
-    def smtp_MAIL(self, argument: bytes) -> None:
-        if self._tx is not None:
-            self._reply(Reply(503, "5.5.1", "Error: nested MAIL command"))
-            return
-        if self._greetingRefusal is not None:
-            # As Postfix's delayed HELO restrictions: the greeting's own
-            # refusal, a 4xx (try again later) or a 5xx.
-            self._reply(self._greetingRefusal)
-            return
-        if self._settings.listener.requireTLS and not self._tlsActive():
-            self._reply(Reply(530, "5.7.0", "Must issue a STARTTLS command first"))
-            return
-        if self._settings.listener.submission and self.session.user is None:
-            self._reply(Reply(530, "5.7.0", "Error: authentication required"))
-            return
-        match = _MAIL.match(argument)
-        if match is None:
-            self._reply(Reply(501, "5.5.4", "Syntax: MAIL FROM:<address>"))
-            return
-        rawPath = match.group(1)
-        parameters = self._mailParameters(match.group(2) or b"")
-        if isinstance(parameters, Reply):
-            self._reply(parameters)
-            return
-        utf8 = b"SMTPUTF8" in parameters
-        try:
-            path = parsePath(rawPath, allowNull=True, utf8=utf8)
-        except NeedsSMTPUTF8:
-            self._reply(Reply(553, "5.6.7", "Error: non-ASCII address requires SMTPUTF8"))
-            return
-        except AddressSyntaxError as e:
-            self._reply(Reply(501, "5.1.7", f"Bad sender address syntax: {e}"))
-            return
-        self.session.utf8 = utf8
+    def smtp_MAIL(self, event: MailFrom) -> None:
+        self.session.utf8 = event.utf8
         delivery = self.deliveryFactory.getMessageDelivery()
-        origin = PathAddress(rawPath, path)
+        origin = PathAddress(event.address, event.path)
 
         def accepted(ignored: object) -> None:
             self._tx = _Transaction(delivery, origin, self._clock.seconds())
             self._transactions += 1
-            self._reply(Reply(250, "2.1.0", "Ok"))
+            self._reply(SENDER_OK)
 
         def refused(failure: Failure) -> None:
             if failure.check(SMTPServerError):
-                self._replyFromError(failure.value, "5.7.1")
+                self._reply(errorReply(failure.value.code, failure.value.resp, "5.7.1"))
             else:
                 self._log.failure("Sender validation failed", failure)
-                self._reply(Reply(451, "4.3.0", "Error: local error in processing"))
+                self._reply(PROCESSING_ERROR)
 
         self._waitFor(maybeDeferred(delivery.validateFrom, self._helo, origin), accepted, refused)
 
-    def _mailParameters(self, text: bytes) -> dict[bytes, bytes] | Reply:
-        """
-        Parse and check the ESMTP parameters of MAIL FROM.
-
-        @return: the parameters by upper-case keyword, or the reply that
-            refuses them.
-        """
-        parameters: dict[bytes, bytes] = {}
-        for parameter in text.split():
-            keyword, _, value = parameter.partition(b"=")
-            keyword = keyword.upper()
-            if keyword in parameters:
-                return Reply(501, "5.5.4", f"Error: duplicate {keyword.decode('ascii', 'replace')} parameter")
-            if keyword == b"BODY":
-                if value.upper() not in _BODY_TYPES:
-                    return Reply(501, "5.5.4", "Error: BODY must be 7BIT or 8BITMIME")
-            elif keyword == b"SIZE":
-                if not value.isdigit() or len(value) > 20:
-                    return Reply(501, "5.5.4", "Error: bad SIZE parameter")
-                limit = self._limits.maxMessageSize
-                if limit and int(value) > limit:
-                    return SIZE_EXCEEDED
-            elif keyword == b"AUTH":
-                # RFC 4954 section 5: accepted, and not trusted for anything.
-                pass
-            elif keyword == b"SMTPUTF8":
-                if value or b"=" in parameter:
-                    return Reply(501, "5.5.4", "Error: SMTPUTF8 takes no value")
-            else:
-                return Reply(555, "5.5.4", "Error: unsupported MAIL parameter")
-            parameters[keyword] = value
-        return parameters
-
-    def smtp_RCPT(self, argument: bytes) -> None:
+    def smtp_RCPT(self, event: RcptTo) -> None:
         tx = self._tx
-        if tx is None:
-            self._reply(Reply(503, "5.5.1", "Error: need MAIL command"))
-            return
-        if tx.chunks is not None:
-            # RFC 3030: every RCPT comes before the first BDAT; the message
-            # is already being stored for the recipients accepted so far.
-            self._reply(Reply(503, "5.5.1", "Error: RCPT not allowed after BDAT"))
-            return
-        match = _RCPT.match(argument)
-        if match is None:
-            self._reply(Reply(501, "5.5.4", "Syntax: RCPT TO:<address>"))
-            return
-        rawPath, parameters = match.group(1), match.group(2) or b""
-        if parameters.strip():
-            self._reply(Reply(555, "5.5.4", "Error: unsupported RCPT parameter"))
-            return
-        if len(tx.recipients) >= self._limits.maxRecipients:
-            # A pipelining client may send many more before it reads this:
-            # as many again are not its errors (Postfix's
-            # smtpd_recipient_overshoot_limit), or it would be hung up on
-            # with the recipients it already has.
-            tx.overshoot += 1
-            self._reply(Reply(452, "4.5.3", "Error: too many recipients"), tx.overshoot > self._limits.maxRecipients)
-            return
-        try:
-            path = parsePath(rawPath, utf8=self.session.utf8)
-        except NeedsSMTPUTF8:
-            tx.rejected.append(rawPath.decode("utf-8", "replace"))
-            self._reply(Reply(553, "5.6.7", "Error: non-ASCII address requires SMTPUTF8"))
-            return
-        except AddressSyntaxError as e:
-            tx.rejected.append(rawPath.decode("utf-8", "replace"))
-            self._reply(Reply(501, "5.1.3", f"Bad recipient address syntax: {e}"))
-            return
-        user = User(PathAddress(rawPath, path), self._helo, self, tx.origin)
+        assert tx is not None
+        user = User(PathAddress(event.address, event.path), self._helo, self, tx.origin)
 
         def accepted(messageFactory: Callable[[], IMessage]) -> None:
             tx.recipients.append((user, messageFactory))
-            self._reply(Reply(250, "2.1.5", "Ok"))
+            self._reply(RECIPIENT_OK)
 
         def refused(failure: Failure) -> None:
-            tx.rejected.append(path.mailbox)
+            tx.rejected.append(event.path.mailbox)
             if failure.check(SMTPServerError):
-                self._replyFromError(failure.value, "5.1.1")
+                self._reply(errorReply(failure.value.code, failure.value.resp, "5.1.1"))
             else:
                 self._log.failure("Recipient validation failed", failure)
-                self._reply(Reply(451, "4.3.0", "Error: local error in processing"))
+                self._reply(PROCESSING_ERROR)
 
         self._waitFor(maybeDeferred(tx.delivery.validateTo, user), accepted, refused)
 
+    def _recipientRefused(self, event: RecipientRefused) -> None:
+        assert self._tx is not None
+        self._tx.rejected.append(event.address.decode("utf-8", "replace"))
+        self._reply(event.reply)
+
     # The message
 
-    def _checkReadyForMessage(self, tx: _Transaction | None) -> Reply | None:
-        if tx is None:
-            return Reply(503, "5.5.1", "Error: need MAIL command")
-        if not tx.recipients:
-            return Reply(554, "5.5.1", "Error: no valid recipients")
-        return None
-
-    def smtp_DATA(self, argument: bytes) -> None:
+    def smtp_DATA(self, event: StartData) -> None:
         tx = self._tx
-        problem = self._checkReadyForMessage(tx)
-        if problem is not None:
-            self._reply(problem)
-            return
         assert tx is not None
-        if tx.chunks is not None:
-            self._reply(Reply(503, "5.5.1", "Error: DATA not allowed after BDAT"))
+        failure = self._openMessages(tx)
+        if failure is not None:
+            self._replyToFailure(failure)
+            self._endTransaction(f"refused: {failure.getErrorMessage()}")
             return
-        if argument.strip():
-            self._reply(Reply(501, "5.5.4", "Syntax: DATA"))
-            return
-        if not self._openMessages(tx):
-            return
-        self._decoder = DataDecoder(self._limits.bareNewline == "reject")
         self.setTimeout(self._limits.dataTimeout)
-        self._reply(Reply(354, None, "End data with <CR><LF>.<CR><LF>"))
+        self._reply(START_DATA)
 
-    def smtp_BDAT(self, argument: bytes) -> None:
-        match = _BDAT.match(argument)
-        if match is None:
-            self._reply(Reply(501, "5.5.4", "Syntax: BDAT count [LAST]"))
-            return
-        tx = self._tx
-        problem = self._checkReadyForMessage(tx)
-        # RFC 3030: chunks the client had already pipelined behind a refused
-        # one are read and thrown away.  They are answered as out of
-        # sequence, but are junk rather than the client's errors.
-        self._chunkCounted = not (tx is None and self._afterRefusedChunk)
-        if problem is None and tx is not None and tx.chunks is None:
-            tx.chunks = ChunkDecoder(self._limits.bareNewline == "reject")
-            if not self._openMessages(tx, answer=False):
-                problem = tx.failure
-        self._chunkRemaining = int(match.group(1))
-        self._chunkLast = match.group(2) is not None
-        self._chunkProblem = problem
+    def smtp_BDAT(self, event: ChunkStarted) -> None:
+        if event.first:
+            tx = self._tx
+            assert tx is not None
+            failure = self._openMessages(tx)
+            if failure is not None:
+                tx.failure = self._failureReply(failure)
+                self._smtp.refuseChunk(tx.failure)
         self.setTimeout(self._limits.dataTimeout)
 
-    def _openMessages(self, tx: _Transaction, answer: bool = True) -> bool:
+    def _openMessages(self, tx: _Transaction) -> Failure | None:
         """
         Call each recipient's message factory; recipients that share a
         message object (as all of MailHarbor's do) share its stream.
 
-        @param answer: Whether to reply now if that fails (DATA), rather
-            than after the chunk (BDAT), which leaves the failure in the
-            transaction.
-        @return: whether the messages are open.
+        @return: why that failed, if it did.
         """
         unique: dict[int, IMessageStream] = {}
         try:
@@ -1198,92 +904,56 @@ class HarborESMTP(ESMTP):  # type: ignore[misc]
                     )
                     if header:
                         stream.lineReceived(header)
-        except Exception:
+        except Exception:  # noqa: BLE001 -- whatever the delivery raises refuses the message
             failure = Failure()
             for stream in unique.values():
                 stream.connectionLost()
-            if answer:
-                self._replyToFailure(failure)
-                self._endTransaction(f"refused: {failure.getErrorMessage()}")
-            else:
-                tx.failure = self._failureReply(failure)
-            return False
+            return failure
         tx.messages = list(unique.values())
-        return True
+        return None
 
-    def _bodyReceived(self, data: bytes) -> bytes:
-        """
-        Take message data; return what follows it (the next commands).
-        """
+    def _bodyReceived(self, event: BodyReceived) -> None:
         tx = self._tx
-        if self._decoder is not None:
-            assert tx is not None
-            body, rest = self._decoder.feed(data)
-            # The size as sent, counting each line end as CRLF (RFC 1870).
-            tx.size += len(body) + body.count(b"\n")
-            self._store(tx, body, self._decoder.bareNewline)
-            if self._decoder.done:
-                self._decoder = None
-                self.setTimeout(self._limits.commandTimeout)
-                self._endOfMessage(tx)
-                self._finishShutdown()
-            return rest
-        assert self._chunkRemaining is not None
-        count = min(self._chunkRemaining, len(data))
-        chunk, rest = data[:count], data[count:]
-        self._chunkRemaining -= count
-        if tx is not None and self._chunkProblem is None and tx.chunks is not None:
-            tx.size += count
-            self._store(tx, tx.chunks.feed(chunk), tx.chunks.bareNewline)
-            if self._chunkRemaining == 0 and self._chunkLast:
-                self._store(tx, tx.chunks.finish(), tx.chunks.bareNewline)
-        if self._chunkRemaining == 0:
-            self._chunkRemaining = None
-            self.setTimeout(self._limits.commandTimeout)
-            self._endOfChunk(tx)
-            self._finishShutdown()
-        return rest
-
-    def _store(self, tx: _Transaction, body: bytes, bareNewline: bool) -> None:
-        """
-        Pass message data on, unless the message is already refused; refuse
-        it (and drop what was written) once it breaks a limit.
-        """
+        assert tx is not None
         if tx.failure is not None:
             return
-        limit = self._limits.maxMessageSize
-        if limit and tx.size > limit:
-            tx.failure = SIZE_EXCEEDED
-        elif bareNewline:
-            tx.failure = BARE_NEWLINE
-        elif body:
-            try:
-                for message in tx.messages:
-                    message.dataReceived(body)
-            except Exception:
-                tx.failure = self._failureReply(Failure())
-        if tx.failure is not None:
+        try:
+            for message in tx.messages:
+                message.dataReceived(event.data)
+        except Exception:  # noqa: BLE001 -- a storage failure refuses the message
+            tx.failure = self._failureReply(Failure())
             self._abortMessages(tx)
 
-    def _endOfChunk(self, tx: _Transaction | None) -> None:
-        problem, self._chunkProblem = self._chunkProblem, None
-        if problem is not None:
-            self._reply(problem, self._chunkCounted)
-            if not self._chunkCounted:
-                self._countJunk()
-                self._afterRefusedChunk = not self._chunkLast
-            elif tx is not None and tx.chunks is not None:
-                self._endTransaction(f"failed: {problem.code} {problem.text}")
-                self._afterRefusedChunk = not self._chunkLast
-        elif tx is None:
-            return
-        elif tx.failure is not None:
-            self._afterRefusedChunk = not self._chunkLast
+    def _bodyRefused(self, event: BodyRefused) -> None:
+        """
+        The message broke a limit: drop what was written of it now.
+        """
+        tx = self._tx
+        assert tx is not None
+        if tx.failure is None:
+            tx.failure = event.reply
+            self._abortMessages(tx)
+
+    def _messageEnded(self, event: MessageEnded) -> None:
+        tx = self._tx
+        assert tx is not None
+        self.setTimeout(self._limits.commandTimeout)
+        self._endOfMessage(tx)
+        self._finishShutdown()
+
+    def _chunkEnded(self, event: ChunkEnded) -> None:
+        self.setTimeout(self._limits.commandTimeout)
+        tx = self._tx
+        if event.refusal is not None:
+            self._reply(event.refusal, event.counted)
+            if event.counted and tx is not None and tx.failure is not None:
+                # The message could not be opened.
+                self._endTransaction(f"failed: {event.refusal.code} {event.refusal.text}")
+        elif tx is not None and (tx.failure is not None or event.last):
             self._endOfMessage(tx)
-        elif self._chunkLast:
-            self._endOfMessage(tx)
-        else:
-            self._reply(Reply(250, "2.0.0", f"Ok: {tx.size} octets received"))
+        elif tx is not None:
+            self._reply(Reply(250, "2.0.0", f"Ok: {self._smtp.messageSize} octets received"))
+        self._finishShutdown()
 
     def _endOfMessage(self, tx: _Transaction) -> None:
         """
@@ -1320,9 +990,6 @@ class HarborESMTP(ESMTP):  # type: ignore[misc]
                 text = f"Ok: stored as {ids[0]}"
             else:
                 text = f"Ok: stored as {ids[0]} (+{len(ids) - 1} more copies)"
-            # As Postfix: the error and junk limits count "without
-            # delivering mail".
-            self._errorsSinceDelivery = self._junk = 0
             self._reply(Reply(250, "2.0.0", text))
             self._logTransaction(tx, "stored" if ids else "accepted and discarded", ids)
 
@@ -1333,7 +1000,7 @@ class HarborESMTP(ESMTP):  # type: ignore[misc]
         for message in messages:
             try:
                 message.connectionLost()
-            except Exception:
+            except Exception:  # noqa: BLE001 -- logged; the others are still dropped
                 self._log.failure("Error discarding a message")
 
     # Transactions and their log line
@@ -1344,7 +1011,6 @@ class HarborESMTP(ESMTP):  # type: ignore[misc]
         was receiving.
         """
         tx, self._tx = self._tx, None
-        self._decoder = None
         if tx is not None:
             self._abortMessages(tx)
             self._logTransaction(tx, result)
@@ -1361,13 +1027,13 @@ class HarborESMTP(ESMTP):  # type: ignore[misc]
             helo=self.session.helo or "",
             tls=self.session.tls or "-",
             user=self.session.user or "-",
-            code=self._lastCode,
+            code=self._smtp.lastCode,
             duration=self._clock.seconds() - tx.started,
             sender=tx.sender.mailbox,
             recipients=",".join(bytes(user.dest).decode("utf-8", "replace") for user, _ in tx.recipients)
             or "-",
             rejected=",".join(tx.rejected) or "-",
-            size=tx.size,
+            size=self._smtp.messageSize,
             result=result,
             ids=",".join(ids) or "-",
         )
