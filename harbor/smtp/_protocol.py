@@ -1,22 +1,24 @@
 # -*- test-case-name: harbor.test.test_smtp -*-
 """
-The SMTP protocol: MailHarbor's subclass of Twisted's L{ESMTP}.
+The SMTP protocol: the Twisted side of an SMTP connection.
 
-It keeps Twisted's shape (an L{IMessageDeliveryFactory} gives one
-L{IMessageDelivery} per transaction, whose C{validateTo} returns the
-L{IMessage} factories) and replaces what a receiver cannot live with:
+L{harbor.smtp._session.SMTPSession} holds the conversation; this protocol
+feeds it the bytes the transport delivers, writes the replies, and answers
+its events with Twisted's mail interfaces: an L{IMessageDeliveryFactory}
+gives one L{IMessageDelivery} per transaction, whose C{validateFrom} and
+C{validateTo} decide the envelope and whose L{IMessage} factories take the
+message.  Around that it keeps what needs a reactor or a transport:
 
- - input is framed by L{harbor.smtp._framing}: bounded, and paused while a reply
-   is pending, so pipelined commands are answered in order (RFC 2920);
- - DATA is decoded in large pieces, not line by line, and only
-   C{<CRLF>.<CRLF>} ends it; BDAT chunks (RFC 3030) are read byte-exact;
- - every reply to an EHLO client carries an RFC 3463 enhanced status code;
- - SIZE, 8BITMIME and SMTPUTF8 parameters are honoured, others refused;
+ - admission (connection limits) and the connect and HELO filters;
+ - timeouts, and the client's clock stopped while MailHarbor works;
+ - flow control: replies are produced for the transport (L{IPushProducer})
+   and input stops being read when the client runs too far ahead;
+ - waiting for L{Deferred} outcomes, so replies stay in order;
+ - STARTTLS on the transport, and AUTH through L{twisted.cred};
  - a local failure (full disk, permissions) is a 4xx temporary failure,
-   never Twisted's C{550 Could not send e-mail}, and the 250 reply to the
-   message comes only once it is fsynced, naming the stored id;
- - limits on size, recipients, time, errors and connections;
- - one log line per transaction.
+   and the 250 reply to a message comes only once it is fsynced, naming the
+   stored id;
+ - one log line per transaction, and one per connection.
 """
 
 from __future__ import annotations
@@ -33,17 +35,20 @@ from twisted.cred.portal import IRealm, Portal
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred, succeed
 from twisted.internet.interfaces import (
     IAddress,
+    IDelayedCall,
     IHandshakeListener,
     IOpenSSLServerConnectionCreator,
+    IPushProducer,
     IReactorTime,
     ISSLTransport,
     ITLSTransport,
 )
-from twisted.internet.protocol import ServerFactory
+from twisted.internet.protocol import Protocol, ServerFactory
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.mail.interfaces import IMessageDeliveryFactory
-from twisted.mail.smtp import ESMTP, IMessage, SMTPServerError, User
+from twisted.mail.smtp import IMessage, SMTPServerError, User
+from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 
 from attrs import evolve, field, frozen
@@ -171,7 +176,7 @@ class _Transaction:
         """
         The sender's parsed path.
         """
-        return self.origin.path  # type: ignore[no-any-return]
+        return self.origin.path
 
 
 @implementer(IMessageStream)
@@ -270,17 +275,23 @@ class _PublishedLogger(Logger):
         return Logger(self.namespace, owner if instance is None else instance, observer=self.observer)
 
 
-@implementer(IHandshakeListener)
-class HarborESMTP(ESMTP):  # type: ignore[misc]
+@implementer(IHandshakeListener, IPushProducer)
+class HarborESMTP(TimeoutMixin, Protocol):
     """
     One SMTP connection.
 
     @ivar session: What is known of the client, shared with deliveries.
     @ivar deliveryFactory: Gives the delivery of each transaction; replaced
         by the user's once the client authenticates.
+    @cvar timeout: The command timeout of the default L{Limits}; each
+        listener's own limits set the one in effect.
     """
 
     _log: Logger = _PublishedLogger("harbor.smtp.HarborESMTP")
+    timeout = Limits().commandTimeout
+    # A TCP or TLS transport: ITCPTransport, ITLSTransport, IProducer and,
+    # once TLS is up, ISSLTransport.
+    transport: Any
 
     # The method that handles each event, by name so that a test can
     # replace one on an instance.  Commands the server acts on are
@@ -315,7 +326,6 @@ class HarborESMTP(ESMTP):  # type: ignore[misc]
         clock: IReactorTime,
         registry: SessionRegistry | None = None,
     ) -> None:
-        super().__init__()
         self._registry = SessionRegistry() if registry is None else registry
         self._shuttingDown = False
         self._storing = False
@@ -328,7 +338,6 @@ class HarborESMTP(ESMTP):  # type: ignore[misc]
         self._connections = connections
         self._failures = failures
         self._clock = clock
-        self.callLater = clock.callLater
         self._smtp = SMTPSession(
             settings.hostname,
             settings.limits,
@@ -348,9 +357,20 @@ class HarborESMTP(ESMTP):  # type: ignore[misc]
         self._producing = False
         self._admitted = False
         self.session = Session("unknown")
+        self.deliveryFactory: Any = None
+        # The HELO argument and the client's address, as
+        # IMessageDelivery.validateFrom and receivedHeader take them.
+        self._clientHelo: tuple[bytes | None, bytes] = (None, b"")
         # What the server found out about the client's address, for a
         # session restarted by STARTTLS; taken only where STARTTLS can come.
         self._connectionFacts: Session | None = None
+
+    def callLater(self, period: float, func: Callable[[], object]) -> IDelayedCall:
+        """
+        Timeouts run on the injected clock (L{TimeoutMixin} would use the
+        global reactor).
+        """
+        return self._clock.callLater(period, func)
 
     # Connection life cycle
 
@@ -436,7 +456,7 @@ class HarborESMTP(ESMTP):  # type: ignore[misc]
         """
         self.session = session
         self.deliveryFactory = self._deliverer.factoryFor(self.session)
-        self._helo = (None, self.session.clientAddress.encode("ascii", "replace"))
+        self._clientHelo = (None, self.session.clientAddress.encode("ascii", "replace"))
 
     def _tlsActive(self) -> bool:
         return self.session.tls is not None or ISSLTransport.providedBy(self.transport)
@@ -687,13 +707,26 @@ class HarborESMTP(ESMTP):  # type: ignore[misc]
         so the sender retries; an SMTP error keeps its own code; anything
         else is a bug, logged, and also answered 451 so no mail is lost.
         """
-        if failure.check(StorageError):
+        error = failure.value
+        if isinstance(error, StorageError):
             self._log.error("Storage failure: {error}", error=failure.getErrorMessage())
-            return storageReply(failure.value.noSpace)
-        if failure.check(SMTPServerError):
-            return errorReply(failure.value.code, failure.value.resp, "5.3.0")
+            return storageReply(error.noSpace)
+        if isinstance(error, SMTPServerError):
+            return errorReply(error.code, error.resp, "5.3.0")
         self._log.failure("Delivery failed", failure)
         return LOCAL_ERROR
+
+    def _refusalReply(self, failure: Failure, default: str, what: str) -> Reply:
+        """
+        The answer to a sender or recipient the delivery did not accept:
+        its SMTP error's own code and text, or, for anything else (a bug,
+        logged as C{what}), 451.
+        """
+        error = failure.value
+        if isinstance(error, SMTPServerError):
+            return errorReply(error.code, error.resp, default)
+        self._log.failure(what, failure)
+        return PROCESSING_ERROR
 
     def _replyToFailure(self, failure: Failure) -> None:
         self._reply(self._failureReply(failure))
@@ -724,7 +757,7 @@ class HarborESMTP(ESMTP):  # type: ignore[misc]
             self.session.helo, self.session.esmtp = previous
             return
         self._endTransaction("abandoned: new greeting")
-        self._helo = (event.name, self.session.clientAddress.encode("ascii", "replace"))
+        self._clientHelo = (event.name, self.session.clientAddress.encode("ascii", "replace"))
         self._reply(self._smtp.helloReply(event.esmtp))
 
     def smtp_RSET(self, event: Reset) -> None:
@@ -830,18 +863,14 @@ class HarborESMTP(ESMTP):  # type: ignore[misc]
             self._reply(SENDER_OK)
 
         def refused(failure: Failure) -> None:
-            if failure.check(SMTPServerError):
-                self._reply(errorReply(failure.value.code, failure.value.resp, "5.7.1"))
-            else:
-                self._log.failure("Sender validation failed", failure)
-                self._reply(PROCESSING_ERROR)
+            self._reply(self._refusalReply(failure, "5.7.1", "Sender validation failed"))
 
-        self._waitFor(maybeDeferred(delivery.validateFrom, self._helo, origin), accepted, refused)
+        self._waitFor(maybeDeferred(delivery.validateFrom, self._clientHelo, origin), accepted, refused)
 
     def smtp_RCPT(self, event: RcptTo) -> None:
         tx = self._tx
         assert tx is not None
-        user = User(PathAddress(event.address, event.path), self._helo, self, tx.origin)
+        user = User(PathAddress(event.address, event.path), self._clientHelo, self, tx.origin)
 
         def accepted(messageFactory: Callable[[], IMessage]) -> None:
             tx.recipients.append((user, messageFactory))
@@ -849,11 +878,7 @@ class HarborESMTP(ESMTP):  # type: ignore[misc]
 
         def refused(failure: Failure) -> None:
             tx.rejected.append(event.path.mailbox)
-            if failure.check(SMTPServerError):
-                self._reply(errorReply(failure.value.code, failure.value.resp, "5.1.1"))
-            else:
-                self._log.failure("Recipient validation failed", failure)
-                self._reply(PROCESSING_ERROR)
+            self._reply(self._refusalReply(failure, "5.1.1", "Recipient validation failed"))
 
         self._waitFor(maybeDeferred(tx.delivery.validateTo, user), accepted, refused)
 
@@ -900,7 +925,7 @@ class HarborESMTP(ESMTP):  # type: ignore[misc]
                     stream = message if IMessageStream.providedBy(message) else _LineMessage(message)
                     unique[id(message)] = stream
                     header = tx.delivery.receivedHeader(
-                        self._helo, tx.origin, [u for u, _ in tx.recipients]
+                        self._clientHelo, tx.origin, [u for u, _ in tx.recipients]
                     )
                     if header:
                         stream.lineReceived(header)
@@ -1082,7 +1107,7 @@ class HarborSMTPFactory(ServerFactory):
         registry: SessionRegistry | None = None,
     ) -> None:
         if clock is None:
-            from twisted.internet import reactor as clock  # type: ignore[assignment]
+            from twisted.internet import reactor as clock
         assert clock is not None
         limits = settings.limits
         self.deliverer = deliverer
@@ -1096,7 +1121,7 @@ class HarborSMTPFactory(ServerFactory):
         )
         self.failures = failures if failures is not None else FailureTracker(settings.throttle, clock.seconds)
 
-    def buildProtocol(self, addr: IAddress) -> HarborESMTP:
+    def buildProtocol(self, addr: IAddress | None) -> HarborESMTP:
         protocol = HarborESMTP(
             self.deliverer, self.settings, self.connections, self.failures, self._clock, self.registry
         )
