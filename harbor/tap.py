@@ -287,7 +287,7 @@ class HarborService(MultiService):
 
         from harbor.limits import FailureTracker, Throttle
         from harbor.limits import ConnectionCounter
-        from harbor.smtp._protocol import HarborSMTPFactory, SessionRegistry
+        from harbor.smtp._factory import HarborSMTPFactory, SessionRegistry
         from harbor.tls import ReloadableTLS
 
         super().__init__()
@@ -382,7 +382,7 @@ class HarborService(MultiService):
         from harbor.delivery import Deliverer
         from harbor.maildir import MaildirNamer, MaildirStore, RealFileSystem
         from harbor.routing import RecipientPolicy
-        from harbor.smtp._protocol import ServerSettings
+        from harbor.smtp._factory import ServerSettings
 
         reactor = self._reactor
         runInThread = self._runInThread

@@ -28,11 +28,9 @@ commands in order (RFC 2920).
 
 from __future__ import annotations
 
-import re
 from collections import deque
 from collections.abc import Callable
 
-from harbor.address import AddressSyntaxError, NeedsSMTPUTF8, parsePath
 from harbor.limits import Limits
 from harbor.smtp._events import (
     NEED_DATA,
@@ -49,7 +47,6 @@ from harbor.smtp._events import (
     MessageEnded,
     Quit,
     RcptTo,
-    RecipientRefused,
     Reset,
     StartData,
     StartTLSRequested,
@@ -58,6 +55,7 @@ from harbor.smtp._events import (
     Wait,
 )
 from harbor.smtp._framing import ChunkDecoder, DataDecoder, InputBuffer, LineTooLong
+from harbor.smtp._parse import chunkSize, heloName, mailFrom, rcptAddress, rcptTo
 from harbor.smtp._replies import (
     ALREADY_AUTHENTICATED,
     AUTH_IN_TRANSACTION,
@@ -65,8 +63,6 @@ from harbor.smtp._replies import (
     AUTH_NOT_ENABLED,
     AUTH_REQUIRED,
     AUTH_SYNTAX,
-    BAD_BODY,
-    BAD_SIZE,
     BARE_NEWLINE,
     BDAT_SYNTAX,
     DATA_AFTER_BDAT,
@@ -75,26 +71,20 @@ from harbor.smtp._replies import (
     EXPN_UNSUPPORTED,
     HELP,
     LINE_TOO_LONG,
-    MAIL_SYNTAX,
     NEED_MAIL,
-    NEEDS_SMTPUTF8,
     NESTED_MAIL,
     NO_SERVICE,
     NO_VALID_RECIPIENTS,
     OK,
     RCPT_AFTER_BDAT,
-    RCPT_SYNTAX,
     SIZE_EXCEEDED,
-    SMTPUTF8_VALUE,
     STARTTLS_SYNTAX,
     TLS_ACTIVE,
     TLS_REQUIRED,
     TLS_UNAVAILABLE,
     TOO_MANY_RECIPIENTS,
     UNRECOGNIZED,
-    UNSUPPORTED_MAIL_PARAMETER,
     UNSUPPORTED_MECHANISM,
-    UNSUPPORTED_RCPT_PARAMETER,
     VRFY_SYNTAX,
     Reply,
     render,
@@ -109,14 +99,8 @@ _LINE_LIMITS = {b"MAIL": MAX_COMMAND_LINE + 26 + 14 + 10 + 500, b"AUTH": 12288 +
 # Nothing longer is ever buffered as one command line.
 _MAX_BUFFERED_LINE = 12288 + 2
 
-_MAIL = re.compile(rb"^FROM:\s*(<[^>]*>|[^\s<>]+)(?:\s+(.*))?$", re.IGNORECASE | re.DOTALL)
-_RCPT = re.compile(rb"^TO:\s*(<[^>]*>|[^\s<>]+)(?:\s+(.*))?$", re.IGNORECASE | re.DOTALL)
-_BDAT = re.compile(rb"^(\d{1,15})(?:\s+(LAST))?\s*$", re.IGNORECASE)
 # Commands that move no mail, counted against the junk limit.
 _JUNK = frozenset({b"NOOP", b"RSET", b"VRFY", b"HELP"})
-# A host name or address literal: printable, no spaces or controls.
-_HELO = re.compile(rb"^[\x21-\x7e\x80-\xff]{1,255}$")
-_BODY_TYPES = frozenset({b"7BIT", b"8BITMIME"})
 # The events that need no reply: the session carries on reading after them.
 _UNANSWERED = frozenset({ChunkStarted, BodyReceived, BodyRefused})
 
@@ -128,8 +112,10 @@ class SMTPSession:
     The class is longer than the usual limit because it is one state
     machine: the checks of each command read the state the replies to the
     others left, and splitting them apart would spread one rule over
-    several classes.  The SASL exchange, the framing and the events are
-    their own modules.
+    several classes.  What needs none of that state is in its own module:
+    framing (L{harbor.smtp._framing}), argument parsing
+    (L{harbor.smtp._parse}), the SASL exchange (L{harbor.smtp._sasl}) and
+    the events (L{harbor.smtp._events}).
 
     @ivar verb: The verb of the last command line, for log lines (C{"-"}
         before any).
@@ -555,8 +541,8 @@ class SMTPSession:
         return command(self, argument)
 
     def _hello(self, argument: bytes, esmtp: bool) -> Event:
-        name = argument.strip()
-        if not name or not _HELO.match(name):
+        name = heloName(argument)
+        if name is None:
             return Answer(Reply(501, "5.5.4", f"Syntax: {'EHLO' if esmtp else 'HELO'} hostname"))
         return Greeted(name, esmtp)
 
@@ -632,53 +618,8 @@ class SMTPSession:
             return Answer(TLS_REQUIRED)
         if self._submission and not self._authenticated:
             return Answer(AUTH_REQUIRED)
-        match = _MAIL.match(argument)
-        if match is None:
-            return Answer(MAIL_SYNTAX)
-        address = match.group(1)
-        parameters = self._mailParameters(match.group(2) or b"")
-        if isinstance(parameters, Reply):
-            return Answer(parameters)
-        try:
-            path = parsePath(address, allowNull=True, utf8=b"SMTPUTF8" in parameters)
-        except NeedsSMTPUTF8:
-            return Answer(NEEDS_SMTPUTF8)
-        except AddressSyntaxError as e:
-            return Answer(Reply(501, "5.1.7", f"Bad sender address syntax: {e}"))
-        return MailFrom(address, path, tuple(parameters.items()))
-
-    def _mailParameters(self, text: bytes) -> dict[bytes, bytes] | Reply:
-        """
-        Parse and check the ESMTP parameters of MAIL FROM.
-
-        @return: the parameters by upper-case keyword, or the reply that
-            refuses them.
-        """
-        parameters: dict[bytes, bytes] = {}
-        for parameter in text.split():
-            keyword, _, value = parameter.partition(b"=")
-            keyword = keyword.upper()
-            if keyword in parameters:
-                return Reply(501, "5.5.4", f"Error: duplicate {keyword.decode('ascii', 'replace')} parameter")
-            if keyword == b"BODY":
-                if value.upper() not in _BODY_TYPES:
-                    return BAD_BODY
-            elif keyword == b"SIZE":
-                if not value.isdigit() or len(value) > 20:
-                    return BAD_SIZE
-                limit = self._limits.maxMessageSize
-                if limit and int(value) > limit:
-                    return SIZE_EXCEEDED
-            elif keyword == b"AUTH":
-                # RFC 4954 section 5: accepted, and not trusted for anything.
-                pass
-            elif keyword == b"SMTPUTF8":
-                if value or b"=" in parameter:
-                    return SMTPUTF8_VALUE
-            else:
-                return UNSUPPORTED_MAIL_PARAMETER
-            parameters[keyword] = value
-        return parameters
+        event = mailFrom(argument, self._limits.maxMessageSize)
+        return Answer(event) if isinstance(event, Reply) else event
 
     def _rcpt(self, argument: bytes) -> Event:
         if not self._inTransaction:
@@ -687,12 +628,9 @@ class SMTPSession:
             # RFC 3030: every RCPT comes before the first BDAT; the message
             # is already being stored for the recipients accepted so far.
             return Answer(RCPT_AFTER_BDAT)
-        match = _RCPT.match(argument)
-        if match is None:
-            return Answer(RCPT_SYNTAX)
-        address, parameters = match.group(1), match.group(2) or b""
-        if parameters.strip():
-            return Answer(UNSUPPORTED_RCPT_PARAMETER)
+        address = rcptAddress(argument)
+        if isinstance(address, Reply):
+            return Answer(address)
         if self._recipients >= self._limits.maxRecipients:
             # A pipelining client may send many more before it reads this:
             # as many again are not its errors (Postfix's
@@ -700,13 +638,7 @@ class SMTPSession:
             # with the recipients it already has.
             self._overshoot += 1
             return Answer(TOO_MANY_RECIPIENTS, self._overshoot > self._limits.maxRecipients)
-        try:
-            path = parsePath(address, utf8=self._utf8)
-        except NeedsSMTPUTF8:
-            return RecipientRefused(address, NEEDS_SMTPUTF8)
-        except AddressSyntaxError as e:
-            return RecipientRefused(address, Reply(501, "5.1.3", f"Bad recipient address syntax: {e}"))
-        return RcptTo(address, path)
+        return rcptTo(address, self._utf8)
 
     def _messageProblem(self) -> Reply | None:
         """
@@ -729,16 +661,15 @@ class SMTPSession:
         return StartData()
 
     def _bdat(self, argument: bytes) -> Event:
-        match = _BDAT.match(argument)
-        if match is None:
+        chunk = chunkSize(argument)
+        if chunk is None:
             return Answer(BDAT_SYNTAX)
         problem = self._messageProblem()
         self._chunkCounted = not (not self._inTransaction and self._afterRefusedChunk)
         first = problem is None and self._chunks is None
         if first:
             self._chunks = ChunkDecoder(self._detectBareNewline)
-        self._chunkRemaining = size = int(match.group(1))
-        self._chunkLast = last = match.group(2) is not None
+        self._chunkRemaining, self._chunkLast = size, last = chunk
         self._chunkRefusal = problem
         self._chunkStored = problem is None
         self._chunkEndsTransaction = False

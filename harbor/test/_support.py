@@ -24,7 +24,8 @@ from harbor.routing import DomainConfig
 from harbor.delivery import Deliverer
 from harbor.maildir import IFileSystem, MaildirNamer, MaildirStore, RealFileSystem
 from harbor.routing import RecipientPolicy
-from harbor.smtp._protocol import HarborESMTP, HarborSMTPFactory, ServerSettings
+from harbor.smtp._factory import HarborSMTPFactory, ServerSettings
+from harbor.smtp._protocol import HarborESMTP
 
 HOSTNAME = "mx.example.com"
 

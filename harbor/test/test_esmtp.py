@@ -14,7 +14,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from harbor.limits import Limits
 from harbor.routing import DomainConfig
 from harbor.smtp._framing import InputBuffer
-from harbor.smtp._protocol import HarborSMTPFactory, ServerSettings
+from harbor.smtp._factory import HarborSMTPFactory, ServerSettings
 from harbor.test._support import HOSTNAME, DeferredThreads, SMTPDriver, makeDeliverer
 
 MESSAGE = b"Subject: test\r\n\r\nHello.\r\n"

@@ -19,7 +19,7 @@ from harbor.routing import DomainConfig
 from harbor.dnsbl import Blocklists, SharedResult, queryName
 from harbor.filters import firstMatch, parseFilters
 from harbor.policyhook import PolicyHook, PolicyRequest
-from harbor.smtp._protocol import HarborSMTPFactory, ServerSettings
+from harbor.smtp._factory import HarborSMTPFactory, ServerSettings
 from harbor.test._support import HOSTNAME, SMTPDriver, makeDeliverer
 
 ENVELOPE = b"MAIL FROM:<s@x.org>\r\nRCPT TO:<a@example.com>\r\n"

@@ -17,7 +17,8 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from harbor.routing import DomainConfig, FolderRule
 from harbor.maildir import MEMORY_THRESHOLD, StorageError
-from harbor.smtp._protocol import HarborESMTP, _LineMessage
+from harbor.smtp._protocol import HarborESMTP
+from harbor.smtp._transaction import _LineMessage
 from harbor.test._support import DeferredThreads, RecordingFileSystem, SMTPDriver, makeDeliverer
 
 MESSAGE = b"Subject: test\r\n\r\nHello.\r\n"

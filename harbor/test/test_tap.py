@@ -147,7 +147,7 @@ class AuthOptionsTests(SynchronousTestCase):
         twistd's --auth adds a cred checker that the listeners use, and a
         submission listener is then allowed.
         """
-        from harbor.smtp._protocol import HarborSMTPFactory
+        from harbor.smtp._factory import HarborSMTPFactory
 
         options = parse("-d", "a.example", "--auth", "memory:alice:pw", "--allow-plaintext-auth")
         self.assertEqual(len(options["credCheckers"]), 1)

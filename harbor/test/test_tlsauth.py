@@ -20,7 +20,8 @@ from harbor.limits import Throttle
 from harbor.config import Listener
 from harbor.limits import Limits
 from harbor.routing import DomainConfig
-from harbor.smtp._protocol import HarborESMTP, HarborSMTPFactory, ServerSettings
+from harbor.smtp._factory import HarborSMTPFactory, ServerSettings
+from harbor.smtp._protocol import HarborESMTP
 from harbor.test._support import HOSTNAME, DeferredThreads, SMTPDriver, makeDeliverer, runSynchronously
 
 MESSAGE = b"Subject: test\r\n\r\nHello.\r\n"
