@@ -13,10 +13,10 @@ Without I/O, testable without a reactor (no Twisted imports):
 
 On Twisted:
 
- - L{harbor.smtp._driver}: an L{harbor.smtp._session.SMTPSession} on a transport: input, events
+ - L{harbor.smtp._driver}: the session on a transport: input, events
    answered in order, flow control, timeouts;
- - L{harbor.smtp._protocol}: L{harbor.smtp._protocol.HarborESMTP}, which answers the events from
-   L{harbor.delivery}, does STARTTLS, admission and filters;
+ - L{harbor.smtp._protocol}: C{HarborESMTP}, which answers the events
+   from L{harbor.delivery}, and does STARTTLS, admission and filters;
  - L{harbor.smtp._transaction}: a MAIL transaction's message streams,
    outcome and log line;
  - L{harbor.smtp._auth}: logins through L{twisted.cred};

@@ -92,18 +92,13 @@ class MailFrom:
     @ivar path: The parsed path (the null path has no mailbox).
     @ivar parameters: The ESMTP parameters, upper-case keyword and value,
         in the order given.
+    @ivar utf8: Whether the transaction uses SMTPUTF8 (RFC 6531).
     """
 
     address: bytes
     path: Path
     parameters: tuple[tuple[bytes, bytes], ...] = ()
-
-    @property
-    def utf8(self) -> bool:
-        """
-        Whether the transaction uses SMTPUTF8 (RFC 6531).
-        """
-        return any(keyword == b"SMTPUTF8" for keyword, _ in self.parameters)
+    utf8: bool = False
 
 
 @frozen

@@ -57,13 +57,14 @@ def mailFrom(argument: bytes, maxMessageSize: int) -> MailFrom | Reply:
     parameters = _mailParameters(match.group(2) or b"", maxMessageSize)
     if isinstance(parameters, Reply):
         return parameters
+    utf8 = b"SMTPUTF8" in parameters
     try:
-        path = parsePath(address, allowNull=True, utf8=b"SMTPUTF8" in parameters)
+        path = parsePath(address, allowNull=True, utf8=utf8)
     except NeedsSMTPUTF8:
         return NEEDS_SMTPUTF8
     except AddressSyntaxError as e:
         return Reply(501, "5.1.7", f"Bad sender address syntax: {e}")
-    return MailFrom(address, path, tuple(parameters.items()))
+    return MailFrom(address, path, tuple(parameters.items()), utf8)
 
 
 def _mailParameters(text: bytes, maxMessageSize: int) -> dict[bytes, bytes] | Reply:

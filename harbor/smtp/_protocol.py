@@ -1,23 +1,23 @@
 # -*- test-case-name: harbor.test.test_smtp -*-
 """
-The SMTP protocol: the Twisted side of an SMTP connection.
+The SMTP protocol: MailHarbor's answers to an SMTP session.
 
-L{harbor.smtp._session.SMTPSession} holds the conversation; this protocol
-feeds it the bytes the transport delivers, writes the replies, and answers
-its events with Twisted's mail interfaces: an L{IMessageDeliveryFactory}
-gives one L{IMessageDelivery} per transaction, whose C{validateFrom} and
-C{validateTo} decide the envelope and whose L{IMessage} factories take the
-message.  Around that it keeps what needs a reactor or a transport:
+L{harbor.smtp._session.SMTPSession} holds the conversation and
+L{harbor.smtp._driver.SessionDriver} runs it on the transport; this
+protocol answers its events with Twisted's mail interfaces: an
+L{IMessageDeliveryFactory} gives one L{IMessageDelivery} per transaction,
+whose C{validateFrom} and C{validateTo} decide the envelope and whose
+L{IMessage} factories take the message.  Around that it keeps what needs a
+reactor or a transport:
 
- - admission (connection limits) and the connect and HELO filters;
- - timeouts, and the client's clock stopped while MailHarbor works;
- - flow control: replies are produced for the transport (L{IPushProducer})
-   and input stops being read when the client runs too far ahead;
- - waiting for L{Deferred} outcomes, so replies stay in order;
+ - admission (connection limits), the connect and HELO filters, the DNS
+   blocklist lookup and the pregreet test;
  - STARTTLS on the transport, and AUTH through L{twisted.cred};
+ - the client's clock: stopped while MailHarbor works, longer in a message;
  - a local failure (full disk, permissions) is a 4xx temporary failure,
    and the 250 reply to a message comes only once it is fsynced, naming the
    stored id;
+ - a graceful shutdown;
  - one log line per transaction, and one per connection.
 """
 
@@ -271,7 +271,8 @@ class HarborESMTP(SessionDriver):
         else:
             # RFC 5321 section 3.1: a 554 greeting (the one refusal code a
             # greeting may carry), then 503 to everything but QUIT.
-            self.transport.write(self._smtp.greet(Reply(554, matched.enhanced, f"{self._hostname} {matched.text}")))
+            refusal = Reply(554, matched.enhanced, f"{self._hostname} {matched.text}")
+            self.transport.write(self._smtp.greet(refusal))
         return True
 
     def _startSession(self, session: Session) -> None:
@@ -369,7 +370,7 @@ class HarborESMTP(SessionDriver):
         Send a reply to a command, log it if a refusal, and hang up if the
         session says the client has made too many errors.
         """
-        super()._reply(reply, counted)
+        self.transport.write(self._smtp.send(reply, counted))
         if reply.code >= 400:
             self._log.info(
                 "client={client} {verb} refused: {code} {enhanced} {reason}",
@@ -634,6 +635,9 @@ class HarborESMTP(SessionDriver):
             self._logTransaction(tx, result)
 
     def _logTransaction(self, tx: Transaction, result: str, ids: Sequence[str] = ()) -> None:
-        tx.logLine(
-            self._log, self.session, self._smtp.lastCode, self._smtp.messageSize, self._clock.seconds(), result, ids
-        )
+        """
+        Log C{tx} with what the session knows: the code of the reply sent
+        last, and the message's size.
+        """
+        now = self._clock.seconds()
+        tx.logLine(self._log, self.session, self._smtp.lastCode, self._smtp.messageSize, now, result, ids)

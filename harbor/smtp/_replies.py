@@ -37,8 +37,11 @@ def render(reply: Reply, enhanced: bool) -> bytes:
     and, if C{enhanced} (the client greeted with EHLO, RFC 2034), the
     enhanced status code.
     """
-    lines = reply.text.split("\n")
     extra = f"{reply.enhanced} " if reply.enhanced and enhanced else ""
+    if "\n" not in reply.text:
+        # Nearly every reply: one line.
+        return f"{reply.code} {extra}{reply.text}\r\n".encode("utf-8", "replace")
+    lines = reply.text.split("\n")
     last = len(lines) - 1
     return "".join(
         f"{reply.code}{'-' if i < last else ' '}{extra}{line}\r\n" for i, line in enumerate(lines)

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
+from typing import Any
 
 from harbor.limits import Limits
 from harbor.smtp._events import (
@@ -304,7 +305,8 @@ class SMTPSession:
         if self._unread is not None:
             self._input.feed(self._unread)
             self._unread = None
-        if self.receivingBody and self._awaiting is None and not self._events and not len(self._input):
+        receivingBody = self._decoder is not None or self._chunkRemaining is not None
+        if receivingBody and self._awaiting is None and not self._events and not len(self._input):
             self._unread = data
         else:
             self._input.feed(data)
@@ -341,12 +343,13 @@ class SMTPSession:
         event, self._awaiting = self._awaiting, None
         # A greeting is answered as it asked: EHLO's refusal already carries
         # enhanced codes, whatever the client said before.
-        esmtp = event.esmtp if isinstance(event, Greeted) else self._esmtp
+        esmtp = event.esmtp if type(event) is Greeted else self._esmtp
         data = render(reply, esmtp)
         self.lastCode = reply.code
         hangUp = reply.code >= 400 and counted and self._countError()
-        if event is not None:
-            hangUp = self._answered(event, reply) or hangUp
+        answered = None if event is None else _ANSWERED.get(type(event))
+        if answered is not None:
+            hangUp = answered(self, event, reply) or hangUp
         if hangUp:
             farewell = Reply(421, "4.7.0", f"{self._hostname} Error: too many errors")
             data += render(farewell, esmtp)
@@ -361,10 +364,11 @@ class SMTPSession:
             consumed; or L{PAUSED} while an event waits for its reply, or
             once the session is closed.
         """
-        while not self._events:
+        events = self._events
+        while not events:
             if self._awaiting is not None or self._closed:
                 return PAUSED
-            if self.receivingBody:
+            if self._decoder is not None or self._chunkRemaining is not None:
                 if not self._readBody():
                     return NEED_DATA
                 continue
@@ -374,55 +378,67 @@ class SMTPSession:
             line = self._input.nextLine()
             if line is None:
                 return NEED_DATA
-            self._events.append(self._command(line))
-        event = self._events.popleft()
-        if not self._events:
-            self._inHand = False
+            # One line, one event: no need to queue it.
+            event = self._command(line)
+            break
+        else:
+            # Events are queued (by reading a body): the oldest first.
+            event = events.popleft()
+            if not events:
+                self._inHand = False
         if type(event) not in _UNANSWERED:
             self._awaiting = event
         return event
 
     # Replies
 
-    def _answered(self, event: Event, reply: Reply) -> bool:
-        """
-        Learn from the reply to C{event} what the application decided.
+    # What the application's replies say.  Each returns whether the reply
+    # used up the client's errors.
 
-        @return: whether that used up the client's errors.
-        """
-        accepted = reply.code < 400
-        if isinstance(event, Greeted):
-            if accepted:
-                self._greeted = True
-                self._esmtp = event.esmtp
-                self._greetingRefusal = None
-                self._endTransaction()
-            elif not self._greeted:
-                # RFC 5321 section 4.1.4: a refused greeting leaves the
-                # session as it was; a client not yet greeted is refused
-                # again at MAIL until a greeting passes, or ignoring the
-                # refusal would be enough to get past it.
-                self._greetingRefusal = reply
-        elif isinstance(event, MailFrom):
-            if accepted:
-                self._startTransaction(event.utf8)
-        elif isinstance(event, RcptTo):
-            if accepted:
-                self._recipients += 1
-        elif isinstance(event, StartData):
-            if reply.code == 354:
-                self._decoder = DataDecoder(self._detectBareNewline)
-            else:
-                self._endTransaction()
-        elif isinstance(event, MessageEnded):
-            if accepted:
-                self._delivered()
-        elif isinstance(event, ChunkEnded):
-            return self._chunkAnswered(event, reply)
-        elif isinstance(event, StartTLSRequested):
-            if reply.code == 220:
-                self._restart()
-        elif isinstance(event, Login) and reply.code == 235:
+    def _greetingAnswered(self, event: Greeted, reply: Reply) -> bool:
+        if reply.code < 400:
+            self._greeted = True
+            self._esmtp = event.esmtp
+            self._greetingRefusal = None
+            self._endTransaction()
+        elif not self._greeted:
+            # RFC 5321 section 4.1.4: a refused greeting leaves the session
+            # as it was; a client not yet greeted is refused again at MAIL
+            # until a greeting passes, or ignoring the refusal would be
+            # enough to get past it.
+            self._greetingRefusal = reply
+        return False
+
+    def _mailAnswered(self, event: MailFrom, reply: Reply) -> bool:
+        if reply.code < 400:
+            self._startTransaction(event.utf8)
+        return False
+
+    def _rcptAnswered(self, event: RcptTo, reply: Reply) -> bool:
+        if reply.code < 400:
+            self._recipients += 1
+        return False
+
+    def _dataAnswered(self, event: StartData, reply: Reply) -> bool:
+        if reply.code == 354:
+            self._decoder = DataDecoder(self._detectBareNewline)
+        else:
+            # The message could not be opened.
+            self._endTransaction()
+        return False
+
+    def _messageAnswered(self, event: MessageEnded, reply: Reply) -> bool:
+        if reply.code < 400:
+            self._delivered()
+        return False
+
+    def _startTLSAnswered(self, event: StartTLSRequested, reply: Reply) -> bool:
+        if reply.code == 220:
+            self._restart()
+        return False
+
+    def _loginAnswered(self, event: Login, reply: Reply) -> bool:
+        if reply.code == 235:
             self._authenticated = True
         return False
 
@@ -780,4 +796,16 @@ _COMMANDS: dict[bytes, Callable[[SMTPSession, bytes], Event]] = {
     b"RCPT": SMTPSession._rcpt,
     b"DATA": SMTPSession._data,
     b"BDAT": SMTPSession._bdat,
+}
+
+# What the reply to each kind of event tells the session.
+_ANSWERED: dict[type, Callable[[SMTPSession, Any, Reply], bool]] = {
+    Greeted: SMTPSession._greetingAnswered,
+    MailFrom: SMTPSession._mailAnswered,
+    RcptTo: SMTPSession._rcptAnswered,
+    StartData: SMTPSession._dataAnswered,
+    MessageEnded: SMTPSession._messageAnswered,
+    ChunkEnded: SMTPSession._chunkAnswered,
+    StartTLSRequested: SMTPSession._startTLSAnswered,
+    Login: SMTPSession._loginAnswered,
 }
