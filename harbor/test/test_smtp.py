@@ -8,8 +8,10 @@ import os
 from typing import Any
 
 from zope.interface import implementer
+from zope.interface.verify import verifyObject
 
 from twisted.internet.defer import fail, succeed
+from twisted.internet.interfaces import IHandshakeListener, IPushProducer
 from twisted.internet.task import Clock
 from twisted.logger import Logger, formatEvent
 from twisted.mail.smtp import IMessage, SMTPBadRcpt
@@ -52,6 +54,20 @@ class SMTPTestCase(SynchronousTestCase):
 
     def transactionLogs(self) -> list[dict[str, Any]]:
         return [e for e in self.events if "result" in e]
+
+
+class InterfaceTests(SMTPTestCase):
+    """
+    What the protocol says it provides.
+    """
+
+    def test_interfaces(self) -> None:
+        """
+        The protocol is the push producer of its replies and hears when a
+        TLS handshake completes.
+        """
+        self.assertTrue(verifyObject(IPushProducer, self.smtp.protocol))
+        self.assertTrue(verifyObject(IHandshakeListener, self.smtp.protocol))
 
 
 class GreetingTests(SMTPTestCase):
