@@ -10,6 +10,7 @@ from typing import Any
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
+from twisted.cred.portal import IRealm
 from twisted.internet.defer import fail, succeed
 from twisted.internet.interfaces import IHandshakeListener, IPushProducer
 from twisted.internet.task import Clock
@@ -19,6 +20,8 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from harbor.routing import DomainConfig, FolderRule
 from harbor.maildir import MEMORY_THRESHOLD, StorageError
+from harbor.delivery import IMessageStream
+from harbor.smtp._auth import _SessionRealm
 from harbor.smtp._protocol import HarborESMTP
 from harbor.smtp._transaction import _LineMessage
 from harbor.test._support import DeferredThreads, RecordingFileSystem, SMTPDriver, makeDeliverer
@@ -68,6 +71,14 @@ class InterfaceTests(SMTPTestCase):
         """
         self.assertTrue(verifyObject(IPushProducer, self.smtp.protocol))
         self.assertTrue(verifyObject(IHandshakeListener, self.smtp.protocol))
+
+    def test_helpers(self) -> None:
+        """
+        The AUTH realm is a realm, and the adapter of line-by-line messages
+        a message stream.
+        """
+        self.assertTrue(verifyObject(IRealm, _SessionRealm(self.deliverer, self.smtp.protocol.session)))
+        self.assertTrue(verifyObject(IMessageStream, _LineMessage(_FailingMessage())))
 
 
 class GreetingTests(SMTPTestCase):
