@@ -562,21 +562,6 @@ class SMTPSession:
             return Answer(Reply(501, "5.5.4", f"Syntax: {'EHLO' if esmtp else 'HELO'} hostname"))
         return Greeted(name, esmtp)
 
-    def _helo(self, argument: bytes) -> Event:
-        return self._hello(argument, esmtp=False)
-
-    def _ehlo(self, argument: bytes) -> Event:
-        return self._hello(argument, esmtp=True)
-
-    def _noop(self, argument: bytes) -> Event:
-        return Answer(OK)
-
-    def _help(self, argument: bytes) -> Event:
-        return Answer(HELP)
-
-    def _expn(self, argument: bytes) -> Event:
-        return Answer(EXPN_UNSUPPORTED)
-
     def _vrfy(self, argument: bytes) -> Event:
         if not argument.strip():
             return Answer(VRFY_SYNTAX)
@@ -585,9 +570,6 @@ class SMTPSession:
     def _rset(self, argument: bytes) -> Event:
         self._endTransaction()
         return Reset()
-
-    def _quit(self, argument: bytes) -> Event:
-        return Quit()
 
     def _starttls(self, argument: bytes) -> Event:
         if argument.strip():
@@ -781,15 +763,16 @@ class SMTPSession:
         self._events.append(BodyRefused(self._failure))
 
 
+# The event for each command, given the session and the argument.
 _COMMANDS: dict[bytes, Callable[[SMTPSession, bytes], Event]] = {
-    b"HELO": SMTPSession._helo,
-    b"EHLO": SMTPSession._ehlo,
-    b"NOOP": SMTPSession._noop,
-    b"HELP": SMTPSession._help,
-    b"EXPN": SMTPSession._expn,
+    b"HELO": lambda session, argument: session._hello(argument, esmtp=False),
+    b"EHLO": lambda session, argument: session._hello(argument, esmtp=True),
+    b"NOOP": lambda session, argument: Answer(OK),
+    b"HELP": lambda session, argument: Answer(HELP),
+    b"EXPN": lambda session, argument: Answer(EXPN_UNSUPPORTED),
     b"VRFY": SMTPSession._vrfy,
     b"RSET": SMTPSession._rset,
-    b"QUIT": SMTPSession._quit,
+    b"QUIT": lambda session, argument: Quit(),
     b"STARTTLS": SMTPSession._starttls,
     b"AUTH": SMTPSession._auth,
     b"MAIL": SMTPSession._mail,
