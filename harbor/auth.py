@@ -1,8 +1,8 @@
 # -*- test-case-name: harbor.test.test_auth -*-
 """
-Authentication: the users file, its password hashes, the L{twisted.cred}
-checker over it, the SASL PLAIN and LOGIN exchanges (RFC 4616, RFC 4954) and
-the throttling of clients that keep guessing.
+Authentication: the users file, its password hashes and the L{twisted.cred}
+checker over it.  The SASL PLAIN and LOGIN exchanges that carry the
+password (RFC 4616, RFC 4954) are in L{harbor.smtp._sasl}.
 
 Passwords are hashed with scrypt from the standard library, each with its
 own random salt, so a stolen users file is expensive to attack.  Checking a
@@ -33,22 +33,6 @@ _SCRYPT_N = 2**14
 _SCRYPT_R = 8
 _SCRYPT_P = 1
 _PREFIX = "$scrypt$"
-
-
-class AuthenticationError(Exception):
-    """
-    A client's SASL exchange is malformed.
-
-    @ivar code: The SMTP reply code.
-    @ivar enhanced: The enhanced status code.
-    @ivar text: The reply text.
-    """
-
-    def __init__(self, code: int, enhanced: str, text: str) -> None:
-        super().__init__(text)
-        self.code = code
-        self.enhanced = enhanced
-        self.text = text
 
 
 def hashPassword(password: str, salt: bytes | None = None) -> str:
@@ -242,31 +226,3 @@ class TextOrBytes:
 
         return maybeDeferred(self._checker.requestAvatarId, asText).addErrback(asOctets)
 
-
-def decodeBase64(data: bytes) -> bytes:
-    """
-    Decode a SASL response; C{=} is the empty response (RFC 4954).
-
-    @raise AuthenticationError: 501 5.5.2 if it is not base64.
-    """
-    data = data.strip()
-    if data == b"=":
-        return b""
-    try:
-        return base64.b64decode(data, validate=True)
-    except (binascii.Error, ValueError):
-        raise AuthenticationError(501, "5.5.2", "Error: invalid base64 data") from None
-
-
-def decodePlain(response: bytes) -> tuple[bytes, bytes]:
-    """
-    Split a decoded PLAIN response (RFC 4616) into user name and password.
-    Acting as another user (an authorisation identity other than the
-    authentication one) is not supported.
-
-    @raise AuthenticationError: 535 5.7.8 if it is malformed.
-    """
-    parts = response.split(b"\0")
-    if len(parts) != 3 or not parts[1] or parts[0] not in (b"", parts[1]):
-        raise AuthenticationError(535, "5.7.8", "Error: authentication failed")
-    return parts[1], parts[2]

@@ -172,7 +172,7 @@ class HarborService(MultiService):
         # reactor, and twistd imports this module before it has started one.
         from twisted.protocols.tls import TLSMemoryBIOFactory
 
-        from harbor.smtp import HarborSMTPFactory, SessionRegistry
+        from harbor.smtp._factory import HarborSMTPFactory, SessionRegistry
 
         super().__init__()
         self.config = config
@@ -256,7 +256,7 @@ class HarborService(MultiService):
         listener's settings.
         """
         from harbor.delivery import Deliverer
-        from harbor.smtp import ServerSettings
+        from harbor.smtp._factory import ServerSettings
 
         reactor = self._reactor
         runInThread = self._runInThread

@@ -30,7 +30,8 @@ from twisted.python.failure import Failure
 from harbor.delivery import Deliverer
 from harbor.limits import Limits
 from harbor.routing import DomainConfig, RecipientPolicy
-from harbor.smtp import HarborESMTP, HarborSMTPFactory, ServerSettings
+from harbor.smtp._factory import HarborSMTPFactory, ServerSettings
+from harbor.smtp._protocol import HarborESMTP
 from harbor.store.fs import IFileSystem, MessageFile, RealFileSystem
 from harbor.store.names import MaildirNamer
 from harbor.store.writer import MaildirStore

@@ -22,7 +22,7 @@ from harbor.api import (
     buildService,
 )
 from harbor.service import HarborService, ListeningService
-from harbor.smtp import HarborSMTPFactory
+from harbor.smtp._factory import HarborSMTPFactory
 from harbor.test.certs import TestCA
 
 HOOK = {"name": "stored", "kind": "python", "target": "harbor.test.test_hooks:exampleHandler"}

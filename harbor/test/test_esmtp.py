@@ -11,18 +11,11 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from harbor.framing import InputBuffer
+from harbor.smtp._framing import InputBuffer
 from harbor.limits import Limits
 from harbor.routing import DomainConfig
-from harbor.smtp import HarborSMTPFactory, ServerSettings
-from harbor.test._support import (
-    HOSTNAME,
-    DeferredThreads,
-    SMTPDriver,
-    files,
-    makeDeliverer,
-    traceHeaders,
-)
+from harbor.smtp._factory import HarborSMTPFactory, ServerSettings
+from harbor.test._support import DeferredThreads, HOSTNAME, SMTPDriver, files, makeDeliverer, traceHeaders
 
 MESSAGE = b"Subject: test\r\n\r\nHello.\r\n"
 ENVELOPE = b"MAIL FROM:<s@x.org>\r\nRCPT TO:<a@example.com>\r\n"
@@ -775,7 +768,7 @@ class ShutdownTests(ESMTPTestCase):
         """
         from twisted.logger import Logger
 
-        from harbor.smtp import HarborESMTP
+        from harbor.smtp._protocol import HarborESMTP
 
         events: list[dict] = []  # type: ignore[type-arg]
         self.patch(HarborESMTP, "_log", Logger(observer=events.append))

@@ -1,12 +1,12 @@
 """
-Tests for L{harbor.framing}.
+Tests for L{harbor.smtp._framing}.
 """
 
 from hypothesis import given, strategies as st
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from harbor.framing import ChunkDecoder, DataDecoder, InputBuffer, LineTooLong
+from harbor.smtp._framing import ChunkDecoder, DataDecoder, InputBuffer, LineTooLong
 
 
 def decodeAll(pieces: list[bytes]) -> tuple[bytes, bytes, bool]:

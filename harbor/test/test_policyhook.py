@@ -24,7 +24,7 @@ from harbor.policyhook import (
     loadPolicyHook,
     recipientsOf,
 )
-from harbor.smtp import HarborSMTPFactory
+from harbor.smtp._factory import HarborSMTPFactory
 from harbor.test._support import SMTPDriver, files, makeDeliverer
 
 REQUEST = PolicyRequest("rcpt", "192.0.2.7", "client.example", None, "s@x.org", ("a@example.com",))

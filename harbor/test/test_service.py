@@ -23,7 +23,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from harbor.auth import TextOrBytes
 from harbor.config import Config
 from harbor.service import HarborService, ListeningService
-from harbor.smtp import HarborSMTPFactory
+from harbor.smtp._factory import HarborSMTPFactory
 
 
 class HarborServiceTests(SynchronousTestCase):

@@ -9,6 +9,13 @@ from typing import Any, ClassVar
 
 from zope.interface import implementer
 
+from zope.interface.verify import verifyObject
+
+from twisted.cred.portal import IRealm
+from twisted.internet.interfaces import IHandshakeListener, IPushProducer
+from harbor.delivery import IMessageStream
+from harbor.smtp._auth import _SessionRealm
+from harbor.smtp._transaction import _LineMessage
 from twisted.internet.defer import fail, succeed
 from twisted.internet.task import Clock
 from twisted.logger import Logger, formatEvent
@@ -16,16 +23,11 @@ from twisted.mail.smtp import IMessage, SMTPBadRcpt
 from twisted.trial.unittest import SynchronousTestCase
 
 from harbor.routing import DomainConfig, FolderRule
-from harbor.smtp import HarborESMTP, _LineMessage
+from harbor.smtp._protocol import HarborESMTP
+from harbor.smtp._transaction import _LineMessage
 from harbor.store.fs import StorageError
 from harbor.store.writer import MEMORY_THRESHOLD
-from harbor.test._support import (
-    DeferredThreads,
-    RecordingFileSystem,
-    SMTPDriver,
-    files,
-    makeDeliverer,
-)
+from harbor.test._support import DeferredThreads, RecordingFileSystem, SMTPDriver, files, makeDeliverer
 
 MESSAGE = b"Subject: test\r\n\r\nHello.\r\n"
 
@@ -55,6 +57,28 @@ class SMTPTestCase(SynchronousTestCase):
 
     def transactionLogs(self) -> list[dict[str, Any]]:
         return [e for e in self.events if "result" in e]
+
+
+class InterfaceTests(SMTPTestCase):
+    """
+    What the protocol says it provides.
+    """
+
+    def test_interfaces(self) -> None:
+        """
+        The protocol is the push producer of its replies and hears when a
+        TLS handshake completes.
+        """
+        self.assertTrue(verifyObject(IPushProducer, self.smtp.protocol))
+        self.assertTrue(verifyObject(IHandshakeListener, self.smtp.protocol))
+
+    def test_helpers(self) -> None:
+        """
+        The AUTH realm is a realm, and the adapter of line-by-line messages
+        a message stream.
+        """
+        self.assertTrue(verifyObject(IRealm, _SessionRealm(self.deliverer, self.smtp.protocol.session)))
+        self.assertTrue(verifyObject(IMessageStream, _LineMessage(_FailingMessage())))
 
 
 class GreetingTests(SMTPTestCase):

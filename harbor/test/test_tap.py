@@ -150,7 +150,7 @@ class AuthOptionsTests(SynchronousTestCase):
         submission listener is then allowed.
         """
         from harbor.auth import TextOrBytes
-        from harbor.smtp import HarborSMTPFactory
+        from harbor.smtp._factory import HarborSMTPFactory
 
         options = parse("-d", "a.example", "--auth", "memory:alice:pw", "--allow-plaintext-auth")
         self.assertEqual(len(options["credCheckers"]), 1)
@@ -214,7 +214,7 @@ class ReloadTests(SynchronousTestCase):
         """
         from harbor.address import parsePath
         from harbor.routing import Accept
-        from harbor.smtp import HarborSMTPFactory
+        from harbor.smtp._factory import HarborSMTPFactory
 
         config = self.mktemp()
         root = self.mktemp()
@@ -249,7 +249,7 @@ class ReloadTests(SynchronousTestCase):
         and then every minute for ever); one that changes them gets a new
         one.
         """
-        from harbor.smtp import HarborSMTPFactory
+        from harbor.smtp._factory import HarborSMTPFactory
 
         config = self.mktemp()
         reactor = MemoryReactorClock()

@@ -19,15 +19,9 @@ from harbor.auth import UsersFileChecker, setPassword
 from harbor.config import Listener
 from harbor.limits import Limits, Throttle
 from harbor.routing import DomainConfig
-from harbor.smtp import HarborESMTP, HarborSMTPFactory, ServerSettings
-from harbor.test._support import (
-    HOSTNAME,
-    DeferredThreads,
-    SMTPDriver,
-    files,
-    makeDeliverer,
-    runSynchronously,
-)
+from harbor.smtp._factory import HarborSMTPFactory, ServerSettings
+from harbor.smtp._protocol import HarborESMTP
+from harbor.test._support import DeferredThreads, HOSTNAME, SMTPDriver, files, makeDeliverer, runSynchronously
 
 MESSAGE = b"Subject: test\r\n\r\nHello.\r\n"
 
