@@ -36,12 +36,16 @@ from harbor.store.writer import MaildirStore, PendingDelivery, StoredMessage
 from harbor.config import DEFAULT_SUBMISSION_MAILBOX
 from harbor.routing import FolderRule
 from harbor.dnsbl import Blocklists
-from harbor.filters import Filter, applyFirst
+from harbor.filters import Filter, FilterScope, Forms, applyFirst
 from harbor.policyhook import PolicyHook, PolicyRequest, Refuse, recipientsOf
 from harbor.address import AddressSyntaxError, Path, canonicalAddress, parsePath
 from harbor.routing import Accept, RecipientPolicy, Reject, submissionMailbox
 
 T = TypeVar("T")
+
+# Filter verdicts are logged under the filters' own namespace, as operators'
+# log filters know them; harbor.filters itself is pure and logs nothing.
+_filterLog = Logger(namespace="harbor.filters")
 RunInThread = Callable[[Callable[[], T]], "Deferred[T]"]
 
 _UNSAFE = re.compile(r"[^\x21-\x27\x2a-\x5b\x5d-\x7e]")
@@ -151,6 +155,32 @@ class Recipient:
 
     path: Path
     accept: Accept
+
+
+def applyFilters(
+    filters: Sequence[Filter],
+    stage: str,
+    scope: FilterScope,
+    client: str,
+    helo: str | None = None,
+    sender: Forms = None,
+    recipient: Forms = None,
+) -> Filter | None:
+    """
+    L{harbor.filters.applyFirst}, and a log line for the filter that
+    matched: the SMTP session (connect and HELO) and the transaction (MAIL
+    and RCPT) both decide through here.
+    """
+    matched = applyFirst(filters, stage, scope, client, helo, sender, recipient)
+    if matched is not None:
+        _filterLog.info(
+            "client={client} filter {action} at {stage}: {filter}",
+            client=client,
+            action=matched.action,
+            stage=stage,
+            filter=matched,
+        )
+    return matched
 
 
 def headerSafe(text: str, limit: int = _MAX_HELO_IN_HEADER) -> str:
@@ -388,7 +418,7 @@ class HarborDelivery:
         """
         if self._session.user is not None or self.trusted or not self._deliverer.filters:
             return None
-        return applyFirst(
+        return applyFilters(
             self._deliverer.filters,
             stage,
             self,

@@ -17,14 +17,12 @@ import re
 from collections.abc import Sequence
 from typing import Protocol
 
-from twisted.logger import Logger
 
 from attrs import field, frozen
 
 from harbor._syntax import ConfigError, asciiDomain, checkTable, networks
 from harbor.address import IPNetwork, canonicalLocalPart, inNetworks
 
-_log = Logger()
 
 ACTIONS = ("accept", "reject", "tempfail", "discard", "tag")
 STAGES = ("connect", "helo", "mail", "rcpt")
@@ -136,7 +134,7 @@ def applyFirst(
     recipient: Forms = None,
 ) -> Filter | None:
     """
-    Find the first filter of C{stage} that matches, log it, and record in
+    Find the first filter of C{stage} that matches, and record in
     C{scope} what it means for later stages: accept trusts (later filters
     and blocklists are skipped), discard drops the mail, tag adds a header.
     At RCPT, accept and discard concern only that recipient, which the
@@ -149,13 +147,6 @@ def applyFirst(
     matched = firstMatch(filters, stage, client, helo, sender, recipient)
     if matched is None:
         return None
-    _log.info(
-        "client={client} filter {action} at {stage}: {filter}",
-        client=client,
-        action=matched.action,
-        stage=stage,
-        filter=matched,
-    )
     if matched.action == "accept" and stage != "rcpt":
         scope.trusted = True
     elif matched.action == "discard" and stage != "rcpt":

@@ -42,9 +42,9 @@ from twisted.python.failure import Failure
 from attrs import evolve
 from OpenSSL import SSL
 
-from harbor.delivery import Deliverer, PathAddress, Session
+from harbor.delivery import Deliverer, PathAddress, Session, applyFilters
 from harbor.dnsbl import SharedResult
-from harbor.filters import Filter, applyFirst
+from harbor.filters import Filter
 from harbor.limits import ConnectionCounter, FailureTracker, Limits
 from harbor.smtp._auth import Authenticator
 from harbor.smtp._driver import SessionDriver
@@ -249,7 +249,7 @@ class HarborESMTP(SessionDriver):
         """
         The first connect or HELO filter that refuses the client, if any.
         """
-        matched = applyFirst(
+        matched = applyFilters(
             self._deliverer.filters, stage, self.session, self.session.clientAddress, self.session.helo
         )
         if matched is None or matched.action not in ("reject", "tempfail"):

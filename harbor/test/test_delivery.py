@@ -10,12 +10,22 @@ from zope.interface.verify import verifyObject
 
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.mail.interfaces import IMessageDelivery, IMessageDeliveryFactory
 from twisted.mail.smtp import IMessage, SMTPBadRcpt, User
 from twisted.trial.unittest import SynchronousTestCase
 
 from harbor.routing import DomainConfig
-from harbor.delivery import CommitQueue, HarborMessage, IMessageStream, PathAddress, Session, headerSafe
+from harbor.delivery import (
+    CommitQueue,
+    HarborMessage,
+    IMessageStream,
+    PathAddress,
+    Session,
+    applyFilters,
+    headerSafe,
+)
+from harbor.filters import parseFilters
 from harbor.store.fs import StorageError
 from harbor.store.names import MaildirNamer
 from harbor.store.writer import MEMORY_THRESHOLD, MaildirStore, PendingDelivery, StoredMessage
@@ -297,3 +307,30 @@ class CommitQueueTests(SynchronousTestCase):
         after = queue.commit(self.pending(), None, lambda stored: None)
         self.threads.runAll()
         self.results([after])
+
+
+class FilterLogTests(SynchronousTestCase):
+    """
+    Tests for L{applyFilters}, through which the session and the
+    transaction decide by filters.
+    """
+
+    def test_verdictLogged(self) -> None:
+        """
+        The filter that matched is logged once, under the filters'
+        namespace, with the client, action and stage; a client no filter
+        matches is not logged.
+        """
+        events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        filters = parseFilters([{"recipient": "closed@example.com", "action": "reject"}])
+        scope = Session("192.0.2.7")
+        self.assertIsNone(applyFilters(filters, "rcpt", scope, "192.0.2.7", recipient="open@example.com"))
+        matched = applyFilters(filters, "rcpt", scope, "192.0.2.7", recipient="closed@example.com")
+        self.assertIs(matched, filters[0])
+        logged = [e for e in events if e.get("log_namespace") == "harbor.filters"]
+        self.assertEqual(len(logged), 1)
+        self.assertEqual(
+            formatEvent(logged[0]), f"client=192.0.2.7 filter reject at rcpt: {filters[0]}"
+        )
