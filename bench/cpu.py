@@ -33,11 +33,11 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
-from twisted.internet.task import Clock  # noqa: E402
-from twisted.logger import globalLogBeginner, textFileLogObserver  # noqa: E402
+from twisted.internet.task import Clock
+from twisted.logger import globalLogBeginner, textFileLogObserver
 
-from harbor.store.fs import RealFileSystem  # noqa: E402
-from harbor.test._support import SMTPDriver, makeDeliverer  # noqa: E402
+from harbor.store.fs import RealFileSystem
+from harbor.test._support import SMTPDriver, makeDeliverer
 
 LINE = b"abcdefghijklmnopqrstuvwxyz0123456789" * 2 + b"ABCD\r\n"
 MESSAGE = (
@@ -64,7 +64,7 @@ def drive(deliverer: object, clock: Clock, messages: int, perSession: int) -> No
                 raise SystemExit(f"bench/cpu.py: the message was not stored: {reply!r}")
             sent += 1
         smtp.send(b"QUIT\r\n")
-        smtp.protocol.connectionLost(None)  # type: ignore[arg-type]
+        smtp.protocol.connectionLost(None)
 
 
 def main() -> int:

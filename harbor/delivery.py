@@ -13,33 +13,45 @@ from __future__ import annotations
 import email.policy
 import email.utils
 import re
-from email.message import EmailMessage
-from email.parser import BytesHeaderParser
 import time
 from collections.abc import Callable, Sequence
 from datetime import datetime
-from typing import Any, TypeVar
+from email.message import EmailMessage
+from email.parser import BytesHeaderParser
+from typing import Any, TypeVar, cast
 
 from zope.interface import implementer
 
 from twisted.internet.defer import Deferred
-from twisted.python.failure import Failure
-from twisted.mail.interfaces import IMessageDelivery, IMessageDeliveryFactory
 from twisted.logger import Logger
-from twisted.mail.smtp import Address, IMessage, SMTPBadRcpt, SMTPBadSender, SMTPServerError, User
+from twisted.mail.interfaces import IMessageDelivery, IMessageDeliveryFactory
+from twisted.mail.smtp import (
+    Address,
+    IMessage,
+    SMTPBadRcpt,
+    SMTPBadSender,
+    SMTPServerError,
+    User,
+)
+from twisted.python.failure import Failure
 
 from attrs import Factory, define, frozen
 
-from harbor.store.fs import StorageError
-from harbor.store.headers import headerValues
-from harbor.store.writer import MaildirStore, PendingDelivery, StoredMessage
+from harbor.address import AddressSyntaxError, Path, canonicalAddress, parsePath
 from harbor.config import DEFAULT_SUBMISSION_MAILBOX
-from harbor.routing import FolderRule
 from harbor.dnsbl import Blocklists
 from harbor.filters import Filter, FilterScope, Forms, applyFirst
 from harbor.policyhook import PolicyHook, PolicyRequest, Refuse, recipientsOf
-from harbor.address import AddressSyntaxError, Path, canonicalAddress, parsePath
-from harbor.routing import Accept, RecipientPolicy, Reject, submissionMailbox
+from harbor.routing import (
+    Accept,
+    FolderRule,
+    RecipientPolicy,
+    Reject,
+    submissionMailbox,
+)
+from harbor.store.fs import StorageError
+from harbor.store.headers import headerValues
+from harbor.store.writer import MaildirStore, PendingDelivery, StoredMessage
 
 T = TypeVar("T")
 
@@ -52,8 +64,12 @@ _UNSAFE = re.compile(r"[^\x21-\x27\x2a-\x5b\x5d-\x7e]")
 _MAX_HELO_IN_HEADER = 255
 _MAX_HEADER_BLOCK = 64 * 1024
 
+# What validateTo gives the protocol: the recipient's message factory, at
+# once or when the blocklist or policy hook has answered.
+MessageFactory = Callable[[], "HarborMessage"]
 
-class IMessageStream(IMessage):  # type: ignore[misc]
+
+class IMessageStream(IMessage):
     """
     An L{IMessage} that also takes the message in pieces rather than lines,
     so that a large body costs a few calls instead of one per line.
@@ -65,7 +81,7 @@ class IMessageStream(IMessage):  # type: ignore[misc]
         """
 
 
-class PathAddress(Address):  # type: ignore[misc]
+class PathAddress(Address):
     """
     The L{Address} that L{IMessageDelivery} expects, built from a path our
     own parser accepted, and carrying it, so the delivery does not parse
@@ -273,7 +289,9 @@ class CommitQueue:
                     continue
                 try:
                     outcomes.append((result, after(result)))
-                except Exception:
+                # A bug in one message's follow-up must not leave the other
+                # senders of the group unanswered: it becomes that message's 451.
+                except Exception:  # noqa: BLE001
                     outcomes.append(Failure())
             return outcomes
 
@@ -428,7 +446,7 @@ class HarborDelivery:
             None if recipient is None else self._deliverer.policy.lookupForms(recipient),
         )
 
-    def validateTo(self, user: User) -> Callable[[], HarborMessage]:
+    def validateTo(self, user: User) -> MessageFactory | Deferred[MessageFactory]:
         """
         Ask the policy about one recipient.
 
@@ -449,16 +467,20 @@ class HarborDelivery:
         # filter only adds its header.
         accepted = filtered is not None and filtered.action == "accept"
         if blocklist is not None and not self.trusted and not accepted:
-            return blocklist.wait().addCallback(self._blocklisted, user, path)
+            later: Deferred[MessageFactory | Deferred[MessageFactory]]
+            later = blocklist.wait().addCallback(self._blocklisted, user, path)
+            return cast("Deferred[MessageFactory]", later)
         return self._route(user, path)
 
-    def _blocklisted(self, listed: str | None, user: User, path: Path) -> Callable[[], HarborMessage]:
+    def _blocklisted(
+        self, listed: str | None, user: User, path: Path
+    ) -> MessageFactory | Deferred[MessageFactory]:
         if listed is not None:
             client = self._session.clientAddress
             raise SMTPBadRcpt(user, 554, f"5.7.1 Service unavailable; client [{client}] blocked using {listed}")
         return self._route(user, path)
 
-    def _route(self, user: User, path: Path) -> Callable[[], HarborMessage]:
+    def _route(self, user: User, path: Path) -> MessageFactory | Deferred[MessageFactory]:
         """
         Where an accepted recipient's mail goes.
         """
@@ -485,7 +507,10 @@ class HarborDelivery:
                 raise SMTPBadRcpt(user, refuse.code, f"{refuse.enhanced} {refuse.text}")
             return self._add(path, accepts)
 
-        return policy.check(self.request("rcpt", (canonicalAddress(path),))).addCallback(decided)
+        checked: Deferred[MessageFactory] = policy.check(self.request("rcpt", (canonicalAddress(path),))).addCallback(
+            decided
+        )
+        return checked
 
     def _add(self, path: Path, accepts: tuple[Accept, ...]) -> Callable[[], HarborMessage]:
         for accept in accepts:
@@ -532,10 +557,7 @@ class HarborDelivery:
                 )
                 self.recipients = []
             pending = self._deliverer.store.begin(
-                [
-                    (r.accept.mailbox, lambda id, r=r: self.traceHeaders(r, id, received))
-                    for r in self.recipients
-                ],
+                [(r.accept.mailbox, self._headersFor(r, received)) for r in self.recipients],
                 # A submission mailbox is made on its user's first message.
                 create=self._session.user is not None,
             )
@@ -621,6 +643,12 @@ class HarborDelivery:
             result.append(folder)
         return result
 
+    def _headersFor(self, recipient: Recipient, received: float) -> Callable[[str], bytes]:
+        """
+        The header block of C{recipient}'s copy, once the store has named it.
+        """
+        return lambda id: self.traceHeaders(recipient, id, received)
+
     def traceHeaders(self, recipient: Recipient, id: str, received: float) -> bytes:
         """
         The C{Return-Path:}, C{Delivered-To:} and C{Received:} lines that
@@ -654,7 +682,6 @@ class HarborDelivery:
         MailHarbor writes its own per copy in L{traceHeaders}, so there is
         nothing for the protocol to add.
         """
-        return None
 
 
 @implementer(IMessageStream)

@@ -17,12 +17,10 @@ import re
 from collections.abc import Sequence
 from typing import Protocol
 
-
 from attrs import field, frozen
 
 from harbor._syntax import ConfigError, asciiDomain, checkTable, networks
 from harbor.address import IPNetwork, canonicalLocalPart, inNetworks
-
 
 ACTIONS = ("accept", "reject", "tempfail", "discard", "tag")
 STAGES = ("connect", "helo", "mail", "rcpt")

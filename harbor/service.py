@@ -35,11 +35,11 @@ from harbor.hooks.kinds import IHook, loadHooks
 from harbor.hooks.runner import HookRunner
 from harbor.hooks.spool import spoolFor
 from harbor.limits import ConnectionCounter, FailureTracker, Throttle
+from harbor.policyhook import PolicyHook, PolicyRequest, loadPolicyHook
+from harbor.routing import RecipientPolicy
 from harbor.store.fs import RealFileSystem, StorageError
 from harbor.store.names import MaildirNamer
 from harbor.store.writer import MaildirStore
-from harbor.policyhook import PolicyHook, PolicyRequest, loadPolicyHook
-from harbor.routing import RecipientPolicy
 from harbor.tls import ReloadableTLS, TLSConfigurationError
 
 # Reads the configuration again for a reload: the new configuration and

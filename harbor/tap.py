@@ -25,7 +25,7 @@ from twisted.python import usage
 
 from harbor._syntax import ConfigError
 from harbor._workers import inheritedSockets
-from harbor.config import Config, DEFAULT_MAILDIR, loadFile
+from harbor.config import DEFAULT_MAILDIR, Config, loadFile
 from harbor.hooks.kinds import IHook
 from harbor.preflight import Conflict, checkConfig
 from harbor.service import HarborService

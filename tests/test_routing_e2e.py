@@ -12,9 +12,9 @@ from typing import cast
 
 from twisted.internet import reactor
 from twisted.internet.address import IPv4Address
+from twisted.internet.defer import fail, succeed
 from twisted.internet.interfaces import IReactorUDP
 from twisted.names import dns, server
-from twisted.internet.defer import fail, succeed
 from twisted.names.error import DomainError
 from twisted.trial.unittest import TestCase
 

@@ -19,9 +19,9 @@ from twisted.python.failure import Failure
 
 from harbor.address import Path
 from harbor.delivery import IMessageStream, PathAddress, Session
+from harbor.smtp._replies import LOCAL_ERROR, Reply, errorReply, storageReply
 from harbor.store.fs import StorageError
 from harbor.store.writer import StoredMessage
-from harbor.smtp._replies import LOCAL_ERROR, Reply, errorReply, storageReply
 
 TRANSACTION_LINE = (
     "client={client} helo={helo} tls={tls} user={user} from=<{sender}> to={recipients} "

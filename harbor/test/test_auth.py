@@ -15,7 +15,13 @@ from twisted.cred.error import UnauthorizedLogin
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from harbor.auth import UsersFileChecker, hashPassword, readUsers, setPassword, verifyPassword
+from harbor.auth import (
+    UsersFileChecker,
+    hashPassword,
+    readUsers,
+    setPassword,
+    verifyPassword,
+)
 from harbor.limits import FailureTracker, Throttle
 from harbor.smtp._sasl import AuthenticationError, decodeBase64, decodePlain
 from harbor.test._support import DeferredThreads, runSynchronously

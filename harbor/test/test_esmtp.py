@@ -5,17 +5,25 @@ one write.
 """
 
 import os
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
+from twisted.logger import ILogObserver
 from twisted.trial.unittest import SynchronousTestCase
 
-from harbor.smtp._framing import InputBuffer
 from harbor.limits import Limits
 from harbor.routing import DomainConfig
 from harbor.smtp._factory import HarborSMTPFactory, ServerSettings
-from harbor.test._support import DeferredThreads, HOSTNAME, SMTPDriver, files, makeDeliverer, traceHeaders
+from harbor.smtp._framing import InputBuffer
+from harbor.test._support import (
+    HOSTNAME,
+    DeferredThreads,
+    SMTPDriver,
+    files,
+    makeDeliverer,
+    traceHeaders,
+)
 
 MESSAGE = b"Subject: test\r\n\r\nHello.\r\n"
 ENVELOPE = b"MAIL FROM:<s@x.org>\r\nRCPT TO:<a@example.com>\r\n"
@@ -297,7 +305,7 @@ class ChunkingTests(ESMTPTestCase):
             real = getattr(InputBuffer, name)
 
             def counting(self: InputBuffer, *args: Any, real: Any = real) -> bytes:
-                data = real(self, *args)
+                data: bytes = real(self, *args)
                 copied.append(len(data))
                 return data
 
@@ -770,8 +778,8 @@ class ShutdownTests(ESMTPTestCase):
 
         from harbor.smtp._protocol import HarborESMTP
 
-        events: list[dict] = []  # type: ignore[type-arg]
-        self.patch(HarborESMTP, "_log", Logger(observer=events.append))
+        events: list[dict[str, Any]] = []
+        self.patch(HarborESMTP, "_log", Logger(observer=cast(ILogObserver, events.append)))
         self.smtp.send(ENVELOPE + b"RSET\r\nBOGUS\r\n")
         self.clock.advance(2)
         self.smtp.close()

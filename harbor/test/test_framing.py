@@ -2,9 +2,10 @@
 Tests for L{harbor.smtp._framing}.
 """
 
-from hypothesis import given, strategies as st
-
 from twisted.trial.unittest import SynchronousTestCase
+
+from hypothesis import given
+from hypothesis import strategies as st
 
 from harbor.smtp._framing import ChunkDecoder, DataDecoder, InputBuffer, LineTooLong
 
@@ -141,7 +142,7 @@ class DataDecoderTests(SynchronousTestCase):
         """
         LF.LF, LF.CRLF, CR.CRLF and CR.CR do not end the data.
         """
-        body, rest, done = decodeAll([b"a\n.\nb\n.\r\nc\r.\r\nd\r.\re\r\n.\r\n"])
+        body, _rest, done = decodeAll([b"a\n.\nb\n.\r\nc\r.\r\nd\r.\re\r\n.\r\n"])
         self.assertTrue(done)
         self.assertEqual(body, b"a\n.\nb\n.\nc\r.\nd\r.\re\n")
 

@@ -4,11 +4,17 @@ Tests for L{harbor.address} and L{harbor.routing}: address parsing and recipient
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from harbor.routing import DomainConfig
-from harbor.address import AddressSyntaxError, NeedsSMTPUTF8, Path, canonicalLocalPart, clientGroup, parsePath
-from harbor.limits import ConnectionCounter
 from harbor._syntax import asciiDomain
-from harbor.routing import Accept, RecipientPolicy, Reject
+from harbor.address import (
+    AddressSyntaxError,
+    NeedsSMTPUTF8,
+    Path,
+    canonicalLocalPart,
+    clientGroup,
+    parsePath,
+)
+from harbor.limits import ConnectionCounter
+from harbor.routing import Accept, DomainConfig, RecipientPolicy, Reject
 
 
 class ParsePathTests(SynchronousTestCase):

@@ -5,29 +5,33 @@ Tests for L{harbor.smtp} over L{StringTransport}: exact replies, in order.
 import errno
 import mailbox
 import os
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 from zope.interface import implementer
-
 from zope.interface.verify import verifyObject
 
 from twisted.cred.portal import IRealm
-from twisted.internet.interfaces import IHandshakeListener, IPushProducer
-from harbor.delivery import IMessageStream
-from harbor.smtp._auth import _SessionRealm
-from harbor.smtp._transaction import _LineMessage
 from twisted.internet.defer import fail, succeed
+from twisted.internet.interfaces import IHandshakeListener, IPushProducer
 from twisted.internet.task import Clock
-from twisted.logger import Logger, formatEvent
+from twisted.logger import ILogObserver, Logger, formatEvent
 from twisted.mail.smtp import IMessage, SMTPBadRcpt
 from twisted.trial.unittest import SynchronousTestCase
 
+from harbor.delivery import IMessageStream
 from harbor.routing import DomainConfig, FolderRule
+from harbor.smtp._auth import _SessionRealm
 from harbor.smtp._protocol import HarborESMTP
 from harbor.smtp._transaction import _LineMessage
 from harbor.store.fs import StorageError
 from harbor.store.writer import MEMORY_THRESHOLD
-from harbor.test._support import DeferredThreads, RecordingFileSystem, SMTPDriver, files, makeDeliverer
+from harbor.test._support import (
+    DeferredThreads,
+    RecordingFileSystem,
+    SMTPDriver,
+    files,
+    makeDeliverer,
+)
 
 MESSAGE = b"Subject: test\r\n\r\nHello.\r\n"
 
@@ -48,7 +52,7 @@ class SMTPTestCase(SynchronousTestCase):
             self.root, self.domains, fs=self.fs, runInThread=self.threads, clock=self.clock
         )
         self.events: list[dict[str, Any]] = []
-        self.patch(HarborESMTP, "_log", Logger(observer=self.events.append))
+        self.patch(HarborESMTP, "_log", Logger(observer=cast(ILogObserver, self.events.append)))
         self.smtp = SMTPDriver(self.deliverer, self.clock)
         self.ehloReply = self.smtp.send(b"EHLO client.example\r\n")
 
@@ -166,7 +170,7 @@ class GreetingTests(SMTPTestCase):
         def broken(argument: bytes) -> None:
             raise ZeroDivisionError()
 
-        self.smtp.protocol.smtp_VRFY = broken  # type: ignore[method-assign]
+        self.patch(self.smtp.protocol, "smtp_VRFY", broken)
         self.assertEqual(
             self.smtp.replies(b"VRFY x\r\nNOOP\r\n"),
             [b"451 4.3.0 Error: local error in processing", b"250 2.0.0 Ok"],

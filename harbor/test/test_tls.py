@@ -4,12 +4,18 @@ Tests for L{harbor.tls}.
 
 from zope.interface.verify import verifyObject
 
-from OpenSSL import SSL
 from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
 from twisted.trial.unittest import SynchronousTestCase
 
+from OpenSSL import SSL
+
 from harbor.test.certs import TestCA
-from harbor.tls import ReloadableTLS, TLSConfigurationError, describeConnection, loadCertificateOptions
+from harbor.tls import (
+    ReloadableTLS,
+    TLSConfigurationError,
+    describeConnection,
+    loadCertificateOptions,
+)
 
 
 class LoadTests(SynchronousTestCase):

@@ -5,14 +5,15 @@ that can pretend to start TLS.
 
 import base64
 import os
-from typing import Any
+from typing import Any, cast
 
 from zope.interface import implementer
 
+from twisted.cred.checkers import ICredentialsChecker
 from twisted.internet.interfaces import ITLSTransport
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
-from twisted.logger import Logger, formatEvent
+from twisted.logger import ILogObserver, Logger, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
 from harbor.auth import UsersFileChecker, setPassword
@@ -21,7 +22,14 @@ from harbor.limits import Limits, Throttle
 from harbor.routing import DomainConfig
 from harbor.smtp._factory import HarborSMTPFactory, ServerSettings
 from harbor.smtp._protocol import HarborESMTP
-from harbor.test._support import DeferredThreads, HOSTNAME, SMTPDriver, files, makeDeliverer, runSynchronously
+from harbor.test._support import (
+    HOSTNAME,
+    DeferredThreads,
+    SMTPDriver,
+    files,
+    makeDeliverer,
+    runSynchronously,
+)
 
 MESSAGE = b"Subject: test\r\n\r\nHello.\r\n"
 
@@ -34,8 +42,10 @@ class _FakeConnection:
         return "TLS_AES_256_GCM_SHA384"
 
 
+# A stand-in for the protocol's startTLS only; the TCP options a real
+# transport also has are never called here.
 @implementer(ITLSTransport)
-class TLSStringTransport(StringTransport):
+class TLSStringTransport(StringTransport):  # type: ignore[misc]
     """
     A StringTransport on which STARTTLS can be started, and completed by
     the test.
@@ -77,13 +87,15 @@ class SecurityTestCase(SynchronousTestCase):
             Limits(),
             self.listener,
             self.tlsMarker,  # type: ignore[arg-type]
-            (UsersFileChecker(users, runSynchronously),),
+            # mypy's attrs plugin reads the field's converter=tuple as
+            # taking an iterable of nothing in particular.
+            (cast(ICredentialsChecker, UsersFileChecker(users, runSynchronously)),),  # type: ignore[arg-type]
             self.allowPlaintextAuth,
             Throttle(delays=(0, 2, 5), perSession=3),
         )
         self.factory = HarborSMTPFactory(self.deliverer, settings, self.clock)
         self.events: list[dict[str, Any]] = []
-        self.patch(HarborESMTP, "_log", Logger(observer=self.events.append))
+        self.patch(HarborESMTP, "_log", Logger(observer=cast(ILogObserver, self.events.append)))
         self.smtp = SMTPDriver(self.deliverer, self.clock, factory=self.factory, transport=TLSStringTransport)
 
     def startTLS(self) -> bytes:
@@ -167,7 +179,7 @@ class STARTTLSTests(SecurityTestCase):
         """
         self.smtp.send(b"EHLO c\r\n")
         self.assertEqual(self.startTLS(), b"220 2.0.0 Ready to start TLS\r\n")
-        self.assertIs(self.smtp.transport.tls, self.tlsMarker)
+        self.assertIs(cast(TLSStringTransport, self.smtp.transport).tls, self.tlsMarker)
 
     def test_pipelinedCommandsDiscarded(self) -> None:
         """
