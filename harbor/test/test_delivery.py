@@ -17,7 +17,6 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from harbor.address import parsePath
 from harbor.delivery import (
-    CommitQueue,
     HarborMessage,
     IMessageStream,
     PathAddress,
@@ -27,6 +26,7 @@ from harbor.delivery import (
 )
 from harbor.filters import parseFilters
 from harbor.routing import DomainConfig
+from harbor.store.commits import CommitQueue
 from harbor.store.fs import StorageError
 from harbor.store.names import MaildirNamer
 from harbor.store.writer import (
@@ -196,7 +196,7 @@ class DeliveryTests(SynchronousTestCase):
 
 class CommitQueueTests(SynchronousTestCase):
     """
-    Tests for L{CommitQueue}: messages that end while a commit is in the
+    Tests for L{harbor.store.commits.CommitQueue}: messages that end while a commit is in the
     thread are committed together next.
     """
 
