@@ -190,6 +190,9 @@ class HarborService(MultiService):
         self._registry = SessionRegistry()
         self._previousHandler: Any = None
         self.hooks = self._hookRunner(config, extraHooks)
+        # The [[hook]] tables the running hooks were made from: a reload
+        # cannot swap a hook whose jobs are in flight, so it says so instead.
+        self._hookConfigs = config.hooks
         self._policy = policy
         # The DNS blocklists and their resolver, kept across reloads that
         # do not change them: a resolver reads resolv.conf on the reactor
@@ -344,6 +347,11 @@ class HarborService(MultiService):
             self._tls = ReloadableTLS(config.tls.certificate, config.tls.key)
         if config.listeners != self.config.listeners:
             self._log.warn("Listener changes in the configuration take effect after a restart")
+        if config.hooks != self._hookConfigs:
+            self._log.warn(
+                "[[hook]] changes in the configuration take effect after a restart; "
+                "the hooks in use are kept"
+            )
         deliverer, settings = self._build(config, credCheckers)
         self._store = deliverer.store
         self.config = config

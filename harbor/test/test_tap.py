@@ -242,6 +242,42 @@ class ReloadTests(SynchronousTestCase):
         self.assertIs(factory.deliverer, current)
         self.assertEqual([d.name for d in service.config.domains], ["a.example", "b.example"])
 
+    def test_reloadSaysHookChangesNeedRestart(self) -> None:
+        """
+        A reload that changes the [[hook]] tables keeps the hooks in use and
+        says plainly, at every reload until the restart, that the change
+        needs one; a reload that leaves them alone says nothing of hooks.
+        """
+        from twisted.logger import ILogObserver, LogEvent, Logger
+
+        config = self.mktemp()
+        hook = '[[hook]]\nname = "{name}"\nkind = "python"\ntarget = "harbor.test.test_hooks:exampleHandler"\n'
+
+        def write(*names: str) -> None:
+            with open(config, "w") as f:
+                f.write('domain = ["a.example"]\n' + "".join(hook.format(name=n) for n in names))
+
+        write("first")
+        service = makeService(parse("--config", config, "-m", self.mktemp()), MemoryReactorClock())
+        running = service.hooks
+        events: list[LogEvent] = []
+        self.patch(HarborService, "_log", Logger(observer=cast(ILogObserver, events.append)))
+
+        def hookWarnings() -> int:
+            return sum("[[hook]] changes" in e["log_format"] for e in events)
+
+        service.reload()
+        self.assertEqual(hookWarnings(), 0)
+        write("first", "second")
+        service.reload()
+        self.assertEqual(hookWarnings(), 1)
+        service.reload()
+        self.assertEqual(hookWarnings(), 2)
+        self.assertIs(service.hooks, running)
+        write("first")
+        service.reload()
+        self.assertEqual(hookWarnings(), 2)
+
     def test_reloadKeepsBlocklistResolver(self) -> None:
         """
         A reload that leaves the DNS blocklist settings alone keeps their
