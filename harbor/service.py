@@ -25,9 +25,10 @@ from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
 from twisted.internet.protocol import Factory
 from twisted.internet.threads import deferToThreadPool
-from twisted.logger import ILogObserver, Logger, jsonFileLogObserver
+from twisted.logger import ILogObserver, jsonFileLogObserver
 from twisted.python.failure import Failure
 
+from harbor._logging import PublishedLogger
 from harbor._workers import Workers
 from harbor.auth import TextOrBytes, UsersFileChecker
 from harbor.config import Config, withBacklog
@@ -57,7 +58,7 @@ class ListeningService(Service):
     matters for C{tcp:0}).
     """
 
-    _log = Logger()
+    _log = PublishedLogger("harbor.tap.ListeningService")
 
     def __init__(
         self,
@@ -130,7 +131,7 @@ class HarborService(MultiService):
         L{None} if there are no hooks.
     """
 
-    _log = Logger()
+    _log = PublishedLogger("harbor.tap.HarborService")
 
     def __init__(
         self,

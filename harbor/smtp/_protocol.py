@@ -42,6 +42,7 @@ from twisted.python.failure import Failure
 from attrs import evolve
 from OpenSSL import SSL
 
+from harbor._logging import PublishedLogger
 from harbor.delivery import Deliverer, PathAddress, Session, applyFilters
 from harbor.dnsbl import SharedResult
 from harbor.filters import Filter
@@ -98,18 +99,6 @@ if TYPE_CHECKING:
     from harbor.smtp._factory import ServerSettings, SessionRegistry
 
 
-class _PublishedLogger(Logger):
-    """
-    A class's logger whose namespace is fixed rather than the defining
-    module's: the protocol's events keep the C{harbor.smtp.HarborESMTP}
-    namespace that operators' log filters know, wherever in the package the
-    class is defined.
-    """
-
-    def __get__(self, instance: object, owner: type | None = None) -> Logger:
-        return Logger(self.namespace, owner if instance is None else instance, observer=self.observer)
-
-
 @implementer(IHandshakeListener)
 class HarborESMTP(SessionDriver):
     """
@@ -131,7 +120,7 @@ class HarborESMTP(SessionDriver):
         listener's own limits set the one in effect.
     """
 
-    _log: ClassVar[Logger] = _PublishedLogger("harbor.smtp.HarborESMTP")
+    _log: ClassVar[Logger] = PublishedLogger("harbor.smtp.HarborESMTP")
     timeout = Limits().commandTimeout
 
     # Commands the server acts on are smtp_VERB, as in Twisted's SMTP.

@@ -17,7 +17,7 @@ from twisted.cred.checkers import (
     InMemoryUsernamePasswordDatabaseDontUse,
 )
 from twisted.internet.testing import MemoryReactorClock
-from twisted.logger import ILogObserver, Logger
+from twisted.logger import ILogObserver, Logger, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
 from harbor.auth import TextOrBytes
@@ -134,3 +134,30 @@ class HarborServiceTests(SynchronousTestCase):
         self.assertEqual(signal.getsignal(signal.SIGHUP), service._hangUp)
         service.stopService()
         self.assertEqual(signal.getsignal(signal.SIGHUP), previous)
+
+
+class NamespaceTests(SynchronousTestCase):
+    """
+    The service's log lines keep the namespaces operators filter by.
+    """
+
+    def test_publishedNamespaces(self) -> None:
+        """
+        The service's and the listeners' events are named as they were
+        when both lived in L{harbor.tap}, although they are defined in
+        L{harbor.service}.
+        """
+        events: list[dict[str, Any]] = []
+        observer = cast(ILogObserver, events.append)
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
+        root = os.path.abspath(str(self.mktemp()))
+        config = Config.fromMapping({"domain": ["a.example"], "port": ["tcp:0"], "maildir": root})
+        service = HarborService(config, MemoryReactorClock())
+        service.privilegedStartService()
+        service.startService()
+        self.addCleanup(service.stopService)
+        namespaces = {e["log_namespace"] for e in events}
+        self.assertIn("harbor.tap.HarborService", namespaces)
+        self.assertIn("harbor.tap.ListeningService", namespaces)
+        self.assertFalse(any(n.startswith("harbor.service") for n in namespaces))
