@@ -20,4 +20,8 @@ class PublishedLogger(Logger):
     """
 
     def __get__(self, instance: object, owner: type | None = None) -> Logger:
-        return Logger(self.namespace, owner if instance is None else instance, observer=self.observer)
+        # Read from the class, it is itself: so that saving and restoring
+        # the attribute (as tests that patch it do) puts it back unchanged.
+        if instance is None:
+            return self
+        return Logger(self.namespace, instance, observer=self.observer)

@@ -161,3 +161,11 @@ class NamespaceTests(SynchronousTestCase):
         self.assertIn("harbor.tap.HarborService", namespaces)
         self.assertIn("harbor.tap.ListeningService", namespaces)
         self.assertFalse(any(n.startswith("harbor.service") for n in namespaces))
+
+    def test_patchingRestoresLogger(self) -> None:
+        """
+        The class's logger read from the class is the logger itself, so a
+        test that patches it and restores it leaves the namespace intact.
+        """
+        self.assertIs(HarborService._log, HarborService.__dict__["_log"])
+        self.assertEqual(HarborService._log.namespace, "harbor.tap.HarborService")
