@@ -30,7 +30,6 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("harbor._syntax", "harbor._logging"),
     ("harbor.address",),
     ("harbor.routing", "harbor.limits", "harbor.filters"),
-    ("harbor.interfaces",),
     ("harbor.store", "harbor.tls", "harbor.auth"),
     ("harbor.hooks.config",),
     ("harbor.config",),
