@@ -32,10 +32,10 @@ from harbor._syntax import (
     normaliseDomain,
     stringList,
 )
-from harbor.filters import Filter, parseFilters
-from harbor.hooks.config import HookConfig, parseHooks
-from harbor.limits import LIMIT_KEYS, Limits, parseLimits
-from harbor.routing import DomainConfig, parseDomainTable
+from harbor.filters import Filter, filterTable, parseFilters
+from harbor.hooks.config import HookConfig, hookTable, parseHooks
+from harbor.limits import LIMIT_KEYS, Limits, limitsMapping, parseLimits
+from harbor.routing import DomainConfig, domainTable, parseDomainTable
 
 DEFAULT_MAILDIR = "Maildir"
 DEFAULT_PORT = "tcp:25"
@@ -160,6 +160,44 @@ class Config:
         The endpoint descriptions of all listeners.
         """
         return tuple(listener.port for listener in self.listeners)
+
+    def asMapping(self) -> dict[str, Any]:
+        """
+        This configuration in the file's own vocabulary: the mapping, keyed
+        as the TOML file is, that L{fromMapping} reads as this same
+        configuration, every setting spelled out (defaults included), so
+        that an operator sees what to write to change it.
+        """
+        plain = [listener for listener in self.listeners if not (listener.implicitTLS or listener.submission)]
+        mapping: dict[str, Any] = {
+            "port": [listener.port for listener in plain],
+            "tls_port": [listener.port for listener in self.listeners if listener.implicitTLS],
+            "submission_port": [listener.port for listener in self.listeners if listener.submission],
+            "require_tls": any(listener.requireTLS for listener in plain),
+        }
+        if self.tls is not None:
+            mapping.update(tls_cert=self.tls.certificate, tls_key=self.tls.key)
+        if self.usersFile is not None:
+            mapping["users_file"] = self.usersFile
+        mapping.update(
+            allow_plaintext_auth=self.allowPlaintextAuth,
+            submission_mailbox=self.submissionMailbox,
+            domain=[domain.name for domain in self.domains],
+            domains={domain.name: domainTable(domain) for domain in self.domains},
+            maildir=self.maildir,
+            hostname=self.hostname,
+        )
+        mapping.update(limitsMapping(self.limits))
+        mapping.update(
+            filter=[filterTable(rule) for rule in self.filters],
+            dnsbl=list(self.dnsbl),
+            dns_servers=[host if ":" in host else f"{host}:{port}" for host, port in self.dnsServers],
+            hook=[hookTable(hook) for hook in self.hooks],
+        )
+        if self.policyHook is not None:
+            mapping["policy_hook"] = self.policyHook
+        mapping.update(policy_hook_default=self.policyHookDefault, group_commit=self.groupCommit)
+        return mapping
 
     @classmethod
     def fromMapping(

@@ -15,7 +15,7 @@ import fnmatch
 import ipaddress
 import re
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 from attrs import field, frozen
 
@@ -186,6 +186,26 @@ def _addressPattern(pattern: str, setting: str) -> str:
         except UnicodeError:
             raise ConfigError(setting, f"{domain!r} is not a valid domain name") from None
     return f"{canonicalLocalPart(local)}@{domain.lower()}"
+
+
+def filterTable(rule: Filter) -> dict[str, Any]:
+    """
+    The C{[[filter]]} table that L{parseFilters} reads as C{rule}, in the
+    keys an operator writes (patterns in the form they are matched in).
+    """
+    table: dict[str, Any] = {}
+    if rule.clients:
+        table["client"] = [str(network) for network in rule.clients]
+    for name in ("helo", "sender", "recipient"):
+        pattern = getattr(rule, name)
+        if pattern is not None:
+            table[name] = pattern
+    table["action"] = rule.action
+    if rule.action in ("reject", "tempfail"):
+        table.update(code=rule.code, enhanced=rule.enhanced, text=rule.text)
+    if rule.action == "tag":
+        table["header"] = rule.header
+    return table
 
 
 def _parse(value: object, setting: str) -> Filter:

@@ -105,6 +105,16 @@ LIMIT_KEYS: dict[str, tuple[str, float, type]] = {
 }
 
 
+def limitsMapping(limits: Limits) -> dict[str, Any]:
+    """
+    The top-level settings that L{parseLimits} reads as C{limits}.
+    """
+    mapping: dict[str, Any] = {key: getattr(limits, field) for key, (field, _, _) in LIMIT_KEYS.items()}
+    mapping["bare_newline"] = limits.bareNewline
+    mapping["connection_limit_exceptions"] = list(limits.connectionLimitExceptions)
+    return mapping
+
+
 def parseLimits(mapping: Mapping[str, Any]) -> Limits:
     values: dict[str, Any] = {}
     for key, (field, minimum, kind) in LIMIT_KEYS.items():

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
+from typing import Any
 
 from attrs import frozen
 
@@ -246,6 +247,31 @@ def submissionMailbox(template: str, user: str) -> str:
     """
     safe = user if USER_NAME.match(user) else "=" + user.encode("utf-8").hex()[:240]
     return template.format(user=safe)
+
+
+def domainTable(domain: DomainConfig) -> dict[str, Any]:
+    """
+    The C{[domains."name"]} table that L{parseDomainTable} reads as
+    C{domain}, every setting spelled out.
+    """
+    table: dict[str, Any] = {}
+    if domain.accept is not None:
+        table["accept"] = sorted(domain.accept)
+    table["mailboxes"] = sorted(domain.mailboxes)
+    table["aliases"] = {local: list(targets) for local, targets in domain.aliases}
+    if domain.catchAll is not None:
+        table["catch_all"] = domain.catchAll
+    table["subaddress_delimiter"] = domain.subaddressDelimiter
+    table["subaddress_folders"] = domain.subaddressFolders
+    table["rules"] = [_ruleTable(rule) for rule in domain.rules]
+    return table
+
+
+def _ruleTable(rule: FolderRule) -> dict[str, str]:
+    if rule.field == "header":
+        assert rule.header is not None
+        return {"header": rule.header, "contains": rule.contains, "folder": rule.folder}
+    return {rule.field: rule.contains, "folder": rule.folder}
 
 
 def parseDomainTable(name: str, value: object, setting: str) -> DomainConfig:

@@ -33,6 +33,14 @@ class ExampleConfigTests(SynchronousTestCase):
         self.assertEqual(len(net.rules), 2)
         self.assertEqual([f.action for f in config.filters], ["accept", "reject", "reject", "tag"])
 
+    def test_checkConfigRoundTrip(self) -> None:
+        """
+        What C{mailharbor check-config} prints for the example, in the
+        file's own keys, reads back as the same configuration.
+        """
+        config = Config.fromMapping(loadFile(os.path.join(ETC, "mailharbor.toml")))
+        self.assertEqual(Config.fromMapping(config.asMapping()), config)
+
     def test_everySettingDocumented(self) -> None:
         """
         Every top-level setting MailHarbor knows appears in the example, set

@@ -37,7 +37,6 @@ from harbor.cli.formatting import (
     formatTable,
     humanSize,
     localTime,
-    plainValue,
     plural,
     relativePath,
     totalStats,
@@ -311,10 +310,12 @@ def checkConfigCommand(
     except SystemExit as e:
         # --help or --version among the server options.
         return e.code if isinstance(e.code, int) else 0
+    # In the file's own keys, so that what is printed can be written back.
+    settings = options.config.asMapping()
     if asJSON:
-        writeText(out, json.dumps(plainValue(options.config), indent=2) + "\n")
+        writeText(out, json.dumps(settings, indent=2) + "\n")
     else:
-        writeText(out, formatConfig(options.config))
+        writeText(out, formatConfig(settings))
     return 0
 
 

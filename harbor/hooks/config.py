@@ -156,6 +156,28 @@ def parseHooks(tables: object) -> tuple[HookConfig, ...]:
     return tuple(configs)
 
 
+def hookTable(config: HookConfig) -> dict[str, Any]:
+    """
+    The C{[[hook]]} table that L{parseHooks} reads as C{config}: the keys
+    an operator writes, every setting spelled out.
+    """
+    table: dict[str, Any] = {"name": config.name, "kind": config.kind}
+    if config.kind == "python":
+        table.update(target=config.target, thread=config.thread)
+    elif config.kind == "command":
+        table.update(command=list(config.argv), environment=dict(config.environment))
+    else:
+        table.update(url=config.url, format=config.format, headers=dict(config.headers))
+    table.update(
+        attempts=config.attempts,
+        backoff=config.backoff,
+        max_backoff=config.maxBackoff,
+        timeout=config.timeout,
+        max_in_flight=config.maxInFlight,
+    )
+    return table
+
+
 def _parseHook(table: object, setting: str) -> HookConfig:
     if not isinstance(table, Mapping):
         raise ConfigError(setting, "must be a table")

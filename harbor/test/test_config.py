@@ -287,3 +287,103 @@ class LimitsTests(SynchronousTestCase):
         ]:
             error = self.assertRaises(ConfigError, Config.fromMapping, {"domain": "example.com", key: value})
             self.assertEqual(error.setting, key)
+
+
+# A configuration that sets every setting, most away from their defaults.
+EVERY_SETTING: dict[str, object] = {
+    "port": ["2525", "tcp6:2526:interface=\\:\\:1"],
+    "tls_port": [2465],
+    "submission_port": ["2587"],
+    "require_tls": True,
+    "tls_cert": "cert.pem",
+    "tls_key": "key.pem",
+    "users_file": "users",
+    "allow_plaintext_auth": True,
+    "submission_mailbox": "sent/{user}",
+    "domain": ["B\u00fccher.example", "example.com"],
+    "domains": {
+        "example.com": {
+            "accept": ["Bob", "alice@example.com"],
+            "mailboxes": ["carol"],
+            "aliases": {"sales": ["carol", "dave"]},
+            "catch_all": "carol",
+            "subaddress_delimiter": "-",
+            "subaddress_folders": True,
+            "rules": [
+                {"sender": "@lists.example", "folder": "Lists"},
+                {"header": "List-Id", "contains": "python", "folder": "Lists.python"},
+            ],
+        },
+        "example.org": {"catch_all": "reject"},
+    },
+    "maildir": "mail",
+    "hostname": "MX.example.com.",
+    "max_message_size": 1000,
+    "max_recipients": 200,
+    "command_timeout": 60,
+    "data_timeout": 90.5,
+    "max_errors": 5,
+    "max_junk_commands": 7,
+    "max_connections": 30,
+    "max_connections_per_client": 3,
+    "shutdown_grace": 2,
+    "dnsbl_timeout": 1.5,
+    "pregreet_wait": 1,
+    "listen_backlog": 64,
+    "policy_hook_timeout": 3,
+    "workers": 2,
+    "bare_newline": "reject",
+    "connection_limit_exceptions": ["10.0.0.1", "2001:db8::/32"],
+    "filter": [
+        {"client": "192.0.2.0/24", "action": "accept"},
+        {"sender": '"John Smith"@B\u00fccher.example', "action": "reject", "text": "No"},
+        {"helo": "*.slow.example", "action": "tempfail", "code": 421, "enhanced": "4.4.5"},
+        {"recipient": "*@example.com", "action": "tag", "header": "X-Tag: yes"},
+        {"recipient": "bulk@example.com", "action": "discard"},
+    ],
+    "dnsbl": ["zen.example"],
+    "dns_servers": ["192.0.2.53", "192.0.2.54:5353", "2001:db8::53"],
+    "hook": [
+        {"name": "py", "kind": "python", "target": "pkg.mod:func", "thread": True, "attempts": 2},
+        {"name": "cmd", "kind": "command", "command": ["/bin/true", "-x"], "environment": {"A": "1"}},
+        {"name": "web", "kind": "webhook", "url": "https://hooks.example/in", "format": "multipart",
+         "headers": {"Authorization": "Bearer x"}, "backoff": 5, "max_backoff": 50},
+    ],
+    "policy_hook": "pkg.mod:policy",
+    "policy_hook_default": "tempfail",
+    "group_commit": False,
+}
+
+
+class AsMappingTests(SynchronousTestCase):
+    """
+    Tests for L{Config.asMapping}, the configuration in the file's keys.
+    """
+
+    def test_roundTrip(self) -> None:
+        """
+        What asMapping gives is read back as the same configuration, for a
+        configuration that sets every setting and for the defaults.
+        """
+        for mapping in (EVERY_SETTING, {"domain": "example.com"}):
+            config = Config.fromMapping(mapping, fqdn=lambda: "mx.example.net")
+            self.assertEqual(Config.fromMapping(config.asMapping()), config)
+
+    def test_fileKeys(self) -> None:
+        """
+        Every key is one the file knows, and with every setting set, every
+        key the file knows is there.
+        """
+        from harbor.config import _TOP_LEVEL_KEYS
+
+        full = Config.fromMapping(EVERY_SETTING).asMapping()
+        self.assertEqual(set(full), set(_TOP_LEVEL_KEYS))
+        self.assertEqual(full["max_message_size"], 1000)
+        self.assertEqual(full["domain"], ["xn--bcher-kva.example", "example.com", "example.org"])
+        self.assertEqual(full["domains"]["example.com"]["accept"], ["alice", "bob"])
+        self.assertEqual(full["hook"][1]["command"], ["/bin/true", "-x"])
+        self.assertEqual(full["dns_servers"], ["192.0.2.53:53", "192.0.2.54:5353", "2001:db8::53"])
+        plain = Config.fromMapping({"domain": "example.com"}, fqdn=lambda: "mx.example.net").asMapping()
+        self.assertLessEqual(set(plain), set(_TOP_LEVEL_KEYS))
+        self.assertNotIn("tls_cert", plain)
+        self.assertEqual(plain["port"], ["tcp:25"])
