@@ -64,14 +64,14 @@ def buildService(
     @raise ConfigError: if the configuration cannot be used, as twistd
         would refuse it: a users file or certificate that cannot be read,
         an endpoint that does not parse, a hook that cannot be imported,
-        worker processes with systemd's sockets or with hooks, a
-        submission port without users; worker processes at all, which
-        only C{twistd mailharbor} can start (they run it again with the
-        same command line, which an embedding program does not have).
+        a submission port without users; or worker processes, which only
+        C{twistd mailharbor} can start (they run it again with the same
+        command line, which an embedding program does not have).
     """
-    checkConfig(config, codeHooks=hooks, policy=policy)
+    # One rule for worker processes here, before the checks twistd shares.
     if config.limits.workers > 1:
         raise ConfigError("workers", "worker processes are started by twistd mailharbor only; embedded, use 1")
+    checkConfig(config, codeHooks=hooks, policy=policy)
     if reactor is None:
         from twisted.internet import reactor as _reactor
 

@@ -196,8 +196,6 @@ class HarborESMTP(SessionDriver):
     def connectionMade(self) -> None:
         peer = self.transport.getPeer()
         self.session = Session(str(getattr(peer, "host", peer)))
-        self._smtp.tlsAvailable = self._settings.tls is not None and ITLSTransport.providedBy(self.transport)
-        self._smtp.tlsActive = self._tlsActive()
         refusal = self._connections.admit(self.session.clientAddress)
         if refusal is not None:
             self._log.info(
@@ -209,6 +207,8 @@ class HarborESMTP(SessionDriver):
             self._close()
             return
         self._admitted = True
+        self._smtp.tlsAvailable = self._settings.tls is not None and ITLSTransport.providedBy(self.transport)
+        self._smtp.tlsActive = self._tlsActive()
         self._startSession(self.session)
         self._registry.add(self)
         self._startProducing()
@@ -552,6 +552,7 @@ class HarborESMTP(SessionDriver):
             tx.write(event.data)
         except Exception:  # noqa: BLE001 -- a storage failure refuses the message
             tx.failure = failureReply(Failure(), self._log)
+            self._smtp.refuseMessage(tx.failure)
             tx.abort(self._log)
 
     def _bodyRefused(self, event: BodyRefused) -> None:

@@ -225,14 +225,6 @@ class SMTPSession:
     # What the application asks
 
     @property
-    def esmtp(self) -> bool:
-        """
-        Whether the client greeted with EHLO, so replies carry enhanced
-        status codes (RFC 2034).
-        """
-        return self._esmtp
-
-    @property
     def receivingBody(self) -> bool:
         """
         Whether a DATA body or a BDAT chunk is being read.
@@ -310,6 +302,15 @@ class SMTPSession:
             self._unread = data
         else:
             self._input.feed(data)
+
+    def refuseMessage(self, reply: Reply) -> None:
+        """
+        The application could not store the message being received (its
+        storage failed): the rest of its data is read and not passed on,
+        rather than decoded into events the application would drop.
+        """
+        if self._failure is None:
+            self._failure = reply
 
     def refuseChunk(self, reply: Reply) -> None:
         """
@@ -701,7 +702,8 @@ class SMTPSession:
             rest = self._chunkReceived(data)
         else:
             rest = self._dataReceived(data)
-        self._input.feed(rest)
+        if rest:
+            self._input.feed(rest)
         self._inHand = inHand and bool(self._events)
         return True
 

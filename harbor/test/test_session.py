@@ -597,6 +597,18 @@ class BodyTests(unittest.TestCase):
         conversation.receive(ENVELOPE + b"DATA\r\n" + b"x" * 20 + b"\r\n.\r\n")
         self.assertEqual(conversation.events[-2:], [BodyRefused(SIZE_EXCEEDED), MessageEnded()])
 
+    def test_refusedMessageReadToItsEnd(self) -> None:
+        """
+        Once the application says it cannot store the message, the rest of
+        its data is read without events, and its end still comes.
+        """
+        conversation = _afterEnvelope()
+        conversation.receive(b"DATA\r\nfirst\r\n")
+        self.assertEqual(conversation.events[-1], BodyReceived(b"first\n"))
+        conversation.session.refuseMessage(SIZE_EXCEEDED)
+        conversation.receive(b"second\r\n.\r\n")
+        self.assertEqual(conversation.events[-2:], [BodyReceived(b"first\n"), MessageEnded()])
+
     def test_bareNewlineRefused(self) -> None:
         """
         With bare LFs refused, one in DATA or BDAT refuses the message.
