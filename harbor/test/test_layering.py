@@ -35,7 +35,14 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("harbor.config",),
     ("harbor.hooks", "harbor.dnsbl", "harbor.policyhook"),
     ("harbor.delivery",),
-    ("harbor.smtp._framing", "harbor.smtp._replies", "harbor.smtp._events", "harbor.smtp._parse", "harbor.smtp._sasl"),
+    (
+        "harbor.smtp._framing",
+        "harbor.smtp._replies",
+        "harbor.smtp._events",
+        "harbor.smtp._parse",
+        "harbor.smtp._sasl",
+        "harbor.smtp._deadline",
+    ),
     ("harbor.smtp._session",),
     ("harbor.smtp",),
     ("harbor.preflight", "harbor._workers", "harbor.service"),
@@ -61,6 +68,7 @@ PURE = (
     "harbor.smtp._events",
     "harbor.smtp._parse",
     "harbor.smtp._sasl",
+    "harbor.smtp._deadline",
     "harbor.smtp._session",
 )
 
