@@ -34,9 +34,27 @@ class Limits:
         (RFC 1870); 0 means no limit.
     @ivar maxRecipients: Recipients accepted per message; RFC 5321 section
         4.5.3.1.8 requires at least 100.
-    @ivar commandTimeout: Seconds a client may be silent between commands.
-    @ivar dataTimeout: Seconds a client may be silent while sending a
-        message body.
+    @ivar commandTimeout: Seconds a client has to send each command line
+        (a SASL response too), counted from the line's first byte to its
+        CRLF, however steadily the bytes come (Postfix's
+        C{smtpd_per_request_deadline}); and seconds it may be silent before
+        starting the line, counted from the reply to the one before.
+    @ivar dataTimeout: Seconds a client may be silent while sending message
+        data (a DATA body, from the 354 reply, or one BDAT chunk, from its
+        command), and the most time the data rate can earn it.
+    @ivar minDataRate: Bytes per second a client must keep up in message
+        data, as Postfix's C{smtpd_min_data_rate}: the data starts with
+        C{dataTimeout} seconds in hand; time passing uses them up, each
+        byte received adds C{1 / minDataRate} seconds, and what is in hand
+        never exceeds C{dataTimeout}.  When none is left, the client gets
+        421 4.4.2.  So a client at the rate or faster never runs out,
+        whatever the message's size (25 MiB at 1 KB/s is fine), a fast start
+        buys no later trickle, and a client slower than the rate is cut off
+        once the shortfall reaches C{dataTimeout} (a byte every 20 s: after
+        about C{dataTimeout}).  0 leaves only the silence bound.  For
+        both timeouts and the rate, only the client's time counts: while
+        MailHarbor is busy with its request (a policy hook, a password
+        check, storing a message), its clock is stopped.
     @ivar maxErrors: Error replies (4xx and 5xx) without a message stored
         after which the client is disconnected (Postfix's
         C{smtpd_hard_error_limit}).
@@ -84,6 +102,7 @@ class Limits:
     policyHookTimeout: float = 10
     workers: int = 1
     maxJunkCommands: int = 100
+    minDataRate: int = 500
 
 
 # TOML key -> (Limits field, smallest allowed value, kind)
@@ -92,6 +111,7 @@ LIMIT_KEYS: dict[str, tuple[str, float, type]] = {
     "max_recipients": ("maxRecipients", 100, int),
     "command_timeout": ("commandTimeout", 1, float),
     "data_timeout": ("dataTimeout", 1, float),
+    "min_data_rate": ("minDataRate", 0, int),
     "max_errors": ("maxErrors", 1, int),
     "max_junk_commands": ("maxJunkCommands", 0, int),
     "max_connections": ("maxConnections", 1, int),

@@ -236,13 +236,15 @@ class LimitsTests(SynchronousTestCase):
     def test_defaults(self) -> None:
         """
         Without limit settings, the documented defaults apply: 25 MiB, 1000
-        recipients, 300 s and 180 s timeouts, 10 errors, loopback exempt.
+        recipients, 300 s and 180 s timeouts, 500 bytes/s in message data,
+        10 errors, loopback exempt.
         """
         limits = Config.fromMapping({"domain": "example.com"}).limits
         self.assertEqual(
             (limits.maxMessageSize, limits.maxRecipients, limits.commandTimeout, limits.dataTimeout),
             (26214400, 1000, 300, 180),
         )
+        self.assertEqual(limits.minDataRate, 500)
         self.assertEqual(limits.maxErrors, 10)
         self.assertEqual(limits.connectionLimitExceptions, ("127.0.0.0/8", "::1/128"))
         self.assertEqual(limits.bareNewline, "normalize")
@@ -263,11 +265,12 @@ class LimitsTests(SynchronousTestCase):
                 "max_connections_per_client": 2,
                 "connection_limit_exceptions": ["10.1.2.3/8"],
                 "bare_newline": "reject",
+                "min_data_rate": 0,
             }
         ).limits
         self.assertEqual(
             limits,
-            Limits(1000, 100, 30.0, 2.5, 3, 7, 2, ("10.0.0.0/8",), "reject"),
+            Limits(1000, 100, 30.0, 2.5, 3, 7, 2, ("10.0.0.0/8",), "reject", minDataRate=0),
         )
 
     def test_badLimits(self) -> None:
@@ -280,6 +283,9 @@ class LimitsTests(SynchronousTestCase):
             ("max_message_size", "10M"),
             ("max_recipients", 99),
             ("command_timeout", 0),
+            ("min_data_rate", -1),
+            ("min_data_rate", 1.5),
+            ("min_data_rate", "500"),
             ("max_errors", True),
             ("max_errors", 2.5),
             ("bare_newline", "ignore"),
@@ -322,6 +328,7 @@ EVERY_SETTING: dict[str, object] = {
     "max_recipients": 200,
     "command_timeout": 60,
     "data_timeout": 90.5,
+    "min_data_rate": 250,
     "max_errors": 5,
     "max_junk_commands": 7,
     "max_connections": 30,
@@ -379,6 +386,7 @@ class AsMappingTests(SynchronousTestCase):
         full = Config.fromMapping(EVERY_SETTING).asMapping()
         self.assertEqual(set(full), set(_TOP_LEVEL_KEYS))
         self.assertEqual(full["max_message_size"], 1000)
+        self.assertEqual(full["min_data_rate"], 250)
         self.assertEqual(full["domain"], ["xn--bcher-kva.example", "example.com", "example.org"])
         self.assertEqual(full["domains"]["example.com"]["accept"], ["alice", "bob"])
         self.assertEqual(full["hook"][1]["command"], ["/bin/true", "-x"])
