@@ -6,10 +6,14 @@ the session needs, whatever it answers.
 The session decides nothing about time or sockets.  L{SessionDriver} feeds
 it the bytes the transport delivers and hands each event to a method of the
 subclass, in order.  An answer that takes a L{Deferred} holds the session
-(and the client's timeout) until it is sent, so pipelined commands are
+(and stops the client's clock) until it is sent, so pipelined commands are
 answered in order (RFC 2920).  Replies are produced for the transport
 (L{IPushProducer}): while the client does not read them, no more are
 made, and once it has sent far ahead, it is no longer read from.
+
+The client's deadlines are L{ClientDeadline}'s (one per command line, a
+minimum rate in message data); the driver tells it what happened, when, on
+the injected clock, and keeps one timer at the deadline it gives.
 """
 
 from __future__ import annotations
@@ -23,9 +27,9 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
-from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 
+from harbor.smtp._deadline import ClientDeadline, Missed
 from harbor.smtp._events import Wait
 from harbor.smtp._replies import PROCESSING_ERROR, Reply
 from harbor.smtp._session import SMTPSession
@@ -35,7 +39,7 @@ MAX_BUFFERED_INPUT = 256 * 1024
 
 
 @implementer(IPushProducer)
-class SessionDriver(TimeoutMixin, Protocol):
+class SessionDriver(Protocol):
     """
     An L{SMTPSession} on a transport.
 
@@ -51,13 +55,33 @@ class SessionDriver(TimeoutMixin, Protocol):
     # once TLS is up, ISSLTransport.
     transport: Any
 
-    def __init__(self, session: SMTPSession, clock: IReactorTime, commandTimeout: float) -> None:
+    def __init__(
+        self,
+        session: SMTPSession,
+        clock: IReactorTime,
+        commandTimeout: float,
+        dataTimeout: float | None = None,
+        minDataRate: float = 0,
+    ) -> None:
         """
-        @param commandTimeout: The client's timeout once a wait is over.
+        @param commandTimeout: The client's seconds for each command line,
+            and to start it once the reply before it is sent.
+        @param dataTimeout: The longest silence in message data, and the
+            most time the data rate can earn; by default C{commandTimeout}.
+        @param minDataRate: Bytes per second a client must keep up in
+            message data; 0 for no such rule.
         """
         self._smtp = session
         self._clock = clock
-        self._commandTimeout = commandTimeout
+        self._deadline = ClientDeadline(
+            commandTimeout, commandTimeout if dataTimeout is None else dataTimeout, minDataRate, clock.seconds()
+        )
+        self._timer: IDelayedCall | None = None
+        self._timing = False
+        self._waiting = False
+        # The request the deadline is for: whether message data, and the
+        # session's count of lines read.
+        self._request = (False, 0)
         self._processing = False
         self._inputBacklogged = False
         self._outputBlocked = False
@@ -67,10 +91,74 @@ class SessionDriver(TimeoutMixin, Protocol):
 
     def callLater(self, period: float, func: Callable[[], object]) -> IDelayedCall:
         """
-        Timeouts run on the injected clock (L{TimeoutMixin} would use the
-        global reactor).
+        Run C{func} later on the injected clock.
         """
         return self._clock.callLater(period, func)
+
+    # The client's clock
+
+    def _startClock(self) -> None:
+        """
+        The connection is up: the client's first command is due now.
+        """
+        self._deadline.startCommand(self._clock.seconds(), 0)
+        self._request = (False, self._smtp.linesRead)
+        self._timing = True
+        self._schedule()
+
+    def _track(self) -> None:
+        """
+        Start the deadline of the next request once the session is ready
+        for it: a command line once the last one is answered, message data
+        once the 354 reply is sent or a BDAT command read.  Nothing starts
+        while a reply waits on our side.
+        """
+        if self._closed or self._waiting or not self._timing:
+            return
+        request = (self._smtp.receivingBody, self._smtp.linesRead)
+        if request != self._request:
+            self._request = request
+            now = self._clock.seconds()
+            if request[0]:
+                self._deadline.startData(now, self._smtp.buffered)
+            else:
+                self._deadline.startCommand(now, self._smtp.buffered)
+        self._schedule()
+
+    def _schedule(self) -> None:
+        """
+        Keep the one timer at the client's deadline (moved, not replaced,
+        as the deadline moves), or none while we are busy.
+        """
+        expiry = None if self._closed or not self._timing else self._deadline.expiry()
+        timer = self._timer
+        if expiry is None:
+            if timer is not None and timer.active():
+                timer.cancel()
+            self._timer = None
+            return
+        delay = max(0.0, expiry - self._clock.seconds())
+        if timer is not None and timer.active():
+            timer.reset(delay)
+        else:
+            self._timer = self._clock.callLater(delay, self._deadlineReached)
+
+    def _deadlineReached(self) -> None:
+        self._timer = None
+        if self._closed:
+            return
+        missed = self._deadline.missed(self._clock.seconds())
+        if missed is None:
+            self._schedule()
+            return
+        self.timedOut(missed)
+
+    def timedOut(self, missed: Missed) -> None:
+        """
+        The client has missed its deadline: close the connection.
+        Subclasses say goodbye and log why first.
+        """
+        self._close()
 
     def _startProducing(self) -> None:
         """
@@ -82,6 +170,7 @@ class SessionDriver(TimeoutMixin, Protocol):
 
     def _close(self) -> None:
         self._closed = True
+        self._schedule()
         self._smtp.close()
         # A transport with a producer registered would wait for it to be
         # unregistered before closing.
@@ -93,14 +182,14 @@ class SessionDriver(TimeoutMixin, Protocol):
     def connectionLost(self, reason: Failure | None = None) -> None:
         self._closed = True
         self._smtp.close()
-        self.setTimeout(None)
+        self._schedule()
 
     # Input
 
     def dataReceived(self, data: bytes) -> None:
         if self._closed:
             return
-        self.resetTimeout()
+        self._deadline.received(self._clock.seconds(), len(data))
         self._smtp.receiveData(data)
         self._processInput()
 
@@ -109,7 +198,9 @@ class SessionDriver(TimeoutMixin, Protocol):
         Act on the session's events until it needs more input or waits for
         a reply, or the client stops reading replies.  Message data that
         came with nothing buffered before it is taken all the same: it
-        only goes to storage.
+        only goes to storage.  Then start the client's clock for what it
+        is to send next: no time passes while the events are acted on, so
+        only where the session stands at the end matters.
         """
         if self._processing:
             return
@@ -126,6 +217,7 @@ class SessionDriver(TimeoutMixin, Protocol):
                     self._reply(PROCESSING_ERROR)
         finally:
             self._processing = False
+        self._track()
         self._throttle()
 
     def _throttle(self) -> None:
@@ -199,22 +291,25 @@ class SessionDriver(TimeoutMixin, Protocol):
         onFailure: Callable[[Failure], None],
     ) -> None:
         """
-        Hold the client's timeout until C{result} fires and its reply is
-        sent; the session reads nothing more until then.
+        Stop the client's clock until C{result} fires and its reply is
+        sent: our slowness is not the client's.  The session reads nothing
+        more until then.
 
         A result that is already there (the usual MAIL and RCPT) is answered
-        at once, with no timeout to cancel and set again.
+        at once, with no timer to cancel and set again.
         """
         outcomes: list[object] = []
         result.addBoth(outcomes.append)
         if outcomes:
             self._settle(outcomes[0], onSuccess, onFailure)
             return
-        self.setTimeout(None)
+        self._waiting = True
+        self._deadline.pause(self._clock.seconds())
+        self._schedule()
 
         def resume(ignored: None) -> None:
-            if not self._closed:
-                self.setTimeout(self._commandTimeout)
+            self._waiting = False
+            self._deadline.resume(self._clock.seconds())
             self._settle(outcomes[0], onSuccess, onFailure)
             self._processInput()
 

@@ -13,7 +13,9 @@ reactor or a transport:
  - admission (connection limits), the connect and HELO filters, the DNS
    blocklist lookup and the pregreet test;
  - STARTTLS on the transport, and AUTH through L{twisted.cred};
- - the client's clock: stopped while MailHarbor works, longer in a message;
+ - the client's deadlines (L{harbor.smtp._deadline}): one per command
+   line, a minimum rate in a message, the clock stopped while MailHarbor
+   works; a client that misses one gets 421 4.4.2;
  - a local failure (full disk, permissions) is a 4xx temporary failure,
    and the 250 reply to a message comes only once it is fsynced, naming the
    stored id;
@@ -48,6 +50,7 @@ from harbor.dnsbl import SharedResult
 from harbor.filters import Filter
 from harbor.limits import ConnectionCounter, FailureTracker, Limits
 from harbor.smtp._auth import Authenticator
+from harbor.smtp._deadline import Missed
 from harbor.smtp._driver import SessionDriver
 from harbor.smtp._events import (
     Answer,
@@ -165,6 +168,8 @@ class HarborESMTP(SessionDriver):
             ),
             clock,
             settings.limits.commandTimeout,
+            settings.limits.dataTimeout,
+            settings.limits.minDataRate,
         )
         self._registry = registry
         self._shuttingDown = False
@@ -212,7 +217,7 @@ class HarborESMTP(SessionDriver):
         self._startSession(self.session)
         self._registry.add(self)
         self._startProducing()
-        self.setTimeout(self._limits.commandTimeout)
+        self._startClock()
         if self._connectFilter():
             return
         blocklists = self._deliverer.blocklists
@@ -338,8 +343,21 @@ class HarborESMTP(SessionDriver):
         self._send(Reply(421, "4.3.2", f"{self._hostname} Service shutting down, try again later"))
         self._close()
 
-    def timeoutConnection(self) -> None:
-        self._send(Reply(421, "4.4.2", f"{self._hostname} Error: timeout exceeded"))
+    def timedOut(self, missed: Missed) -> None:
+        """
+        The client missed its deadline: say so (421 4.4.2, as Postfix), log
+        which rule, drop the message being received, and hang up.
+        """
+        self._log.info(
+            "client={client} timed out: {rule} after {elapsed:.1f}s with {received} bytes (last command {verb})",
+            client=self.session.clientAddress,
+            rule=missed.rule,
+            elapsed=missed.elapsed,
+            received=missed.received,
+            verb=self._smtp.verb,
+        )
+        self._send(Reply(421, "4.4.2", f"{self._hostname} {missed.text}"))
+        self._endTransaction(f"timed out: {missed.rule}")
         self._close()
 
     # Input and output
@@ -530,7 +548,6 @@ class HarborESMTP(SessionDriver):
             self._replyToFailure(failure)
             self._endTransaction(f"refused: {failure.getErrorMessage()}")
             return
-        self.setTimeout(self._limits.dataTimeout)
         self._reply(START_DATA)
 
     def smtp_BDAT(self, event: ChunkStarted) -> None:
@@ -541,7 +558,6 @@ class HarborESMTP(SessionDriver):
             if failure is not None:
                 tx.failure = failureReply(failure, self._log)
                 self._smtp.refuseChunk(tx.failure)
-        self.setTimeout(self._limits.dataTimeout)
 
     def _bodyReceived(self, event: BodyReceived) -> None:
         tx = self._tx
@@ -568,12 +584,10 @@ class HarborESMTP(SessionDriver):
     def _messageEnded(self, event: MessageEnded) -> None:
         tx = self._tx
         assert tx is not None
-        self.setTimeout(self._limits.commandTimeout)
         self._endOfMessage(tx)
         self._finishShutdown()
 
     def _chunkEnded(self, event: ChunkEnded) -> None:
-        self.setTimeout(self._limits.commandTimeout)
         tx = self._tx
         if event.refusal is not None:
             self._reply(event.refusal, event.counted)

@@ -120,6 +120,9 @@ class SMTPSession:
 
     @ivar verb: The verb of the last command line, for log lines (C{"-"}
         before any).
+    @ivar linesRead: How many command lines (SASL responses and lines too
+        long among them) have been read, so the application can tell when
+        the next one is due.
     @ivar lastCode: The code of the last reply sent.
     @ivar errors: How many errors the client has made in all.
     @ivar messageSize: The size of the current transaction's message so far
@@ -177,6 +180,7 @@ class SMTPSession:
         self._refused = False
 
         self.verb = "-"
+        self.linesRead = 0
         self.lastCode = 0
         self.errors = 0
         self._errorsSinceDelivery = 0
@@ -379,6 +383,7 @@ class SMTPSession:
             line = self._input.nextLine()
             if line is None:
                 return NEED_DATA
+            self.linesRead += 1
             # One line, one event: no need to queue it.
             event = self._command(line)
             break

@@ -9,13 +9,14 @@ from typing import Any, ClassVar, cast
 
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
-from twisted.logger import ILogObserver
+from twisted.logger import ILogObserver, Logger
 from twisted.trial.unittest import SynchronousTestCase
 
 from harbor.limits import Limits
 from harbor.routing import DomainConfig
 from harbor.smtp._factory import HarborSMTPFactory, ServerSettings
 from harbor.smtp._framing import InputBuffer
+from harbor.smtp._protocol import HarborESMTP
 from harbor.test._support import (
     HOSTNAME,
     DeferredThreads,
@@ -600,6 +601,257 @@ class LimitTests(ESMTPTestCase):
         full.close()
         second.close()
         self.assertTrue(SMTPDriver(self.deliverer, self.clock, factory=self.factory).banner.startswith(b"220 "))
+
+
+class SlowClientTests(ESMTPTestCase):
+    """
+    Clients that send slowly (RFC 5321 section 4.5.3.2; Postfix's
+    C{smtpd_per_request_deadline} and C{smtpd_min_data_rate}): a deadline
+    per command line, a minimum rate in message data, and only the client's
+    own time counted.
+    """
+
+    limits = Limits(commandTimeout=30, dataTimeout=20, minDataRate=500)
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.events: list[dict[str, Any]] = []
+        self.patch(HarborESMTP, "_log", Logger(observer=cast(ILogObserver, self.events.append)))
+
+    def trickle(self, data: bytes, every: float) -> bytes:
+        """
+        Send C{data} a byte at a time, one every C{every} seconds, until it
+        is all sent or the connection is closing.
+
+        @return: what the server wrote meanwhile.
+        """
+        written = b""
+        for i in range(len(data)):
+            self.clock.advance(every)
+            written += self.smtp.take()
+            if self.smtp.transport.disconnecting:
+                break
+            written += self.smtp.send(data[i : i + 1])
+        return written
+
+    def timedOut(self) -> dict[str, Any]:
+        """
+        The one log line of the timeout.
+        """
+        [event] = [e for e in self.events if "rule" in e]
+        return event
+
+    def test_tricklingCommandCutOff(self) -> None:
+        """
+        A command sent a byte every 10 s, each well within the timeout, is
+        cut off 30 s after its first byte with 421 4.4.2, and the log says
+        which rule and how far the client got.
+        """
+        written = self.trickle(b"MAIL FROM:<s@x.org>\r\n", 10)
+        self.assertEqual(written, b"421 4.4.2 mx.example.com Error: command deadline exceeded\r\n")
+        self.assertTrue(self.smtp.transport.disconnecting)
+        event = self.timedOut()
+        self.assertEqual(
+            (event["client"], event["rule"], event["received"], event["elapsed"], event["verb"]),
+            ("192.0.2.7", "command deadline", 3, 30, "EHLO"),
+        )
+
+    def test_slowLineWithinTheDeadline(self) -> None:
+        """
+        A line whose bytes come slowly but end within 30 s of its first is
+        answered, and the next line has its own 30 s.
+        """
+        self.assertEqual(self.trickle(b"NOOP\r\n", 5), b"250 2.0.0 Ok\r\n")
+        self.assertEqual(self.trickle(b"NOOP\r\n", 5), b"250 2.0.0 Ok\r\n")
+        self.assertFalse(self.smtp.transport.disconnecting)
+
+    def test_idleThenSlowLine(self) -> None:
+        """
+        The client may be silent for up to 30 s after a reply and then take
+        up to 30 s over the line: the two bounds are separate.
+        """
+        self.clock.advance(29)
+        self.assertEqual(self.smtp.send(b"NO"), b"")
+        self.clock.advance(29)
+        self.assertEqual(self.smtp.send(b"OP\r\n"), b"250 2.0.0 Ok\r\n")
+
+    def test_idleTimeout(self) -> None:
+        """
+        A client silent for 30 s after a reply still gets the plain timeout
+        reply, logged as the idle rule.
+        """
+        self.smtp.send(b"NOOP\r\n")
+        self.clock.advance(29.9)
+        self.assertEqual(self.smtp.take(), b"")
+        self.clock.advance(0.1)
+        self.assertEqual(self.smtp.take(), b"421 4.4.2 mx.example.com Error: timeout exceeded\r\n")
+        self.assertEqual(self.timedOut()["rule"], "idle")
+
+    def test_pipelinedPartialLine(self) -> None:
+        """
+        A partial line sent behind a complete one has 30 s from the reply
+        to the complete one.
+        """
+        self.assertEqual(self.smtp.send(b"NOOP\r\nNO"), b"250 2.0.0 Ok\r\n")
+        self.clock.advance(25)
+        self.smtp.send(b"O")
+        self.clock.advance(5)
+        self.assertEqual(self.smtp.take(), b"421 4.4.2 mx.example.com Error: command deadline exceeded\r\n")
+
+    def test_dataTrickleCutOff(self) -> None:
+        """
+        Message data sent a byte every 5 s, never silent for the 20 s data
+        timeout but far below 500 bytes/s, is cut off with 421 4.4.2 once
+        its 20 s in hand are used up; the message is dropped.
+        """
+        self.assertEqual(self.smtp.replies(ENVELOPE + b"DATA\r\n")[-1], b"354 End data with <CR><LF>.<CR><LF>")
+        written = self.trickle(b"Subject: slow\r\n\r\n" * 10, 5)
+        self.assertEqual(written, b"421 4.4.2 mx.example.com Error: data rate too low\r\n")
+        event = self.timedOut()
+        self.assertEqual((event["rule"], event["received"], event["verb"]), ("data rate", 4, "DATA"))
+        self.assertTrue(20 < event["elapsed"] <= 25, event)
+        [line] = [e for e in self.events if "result" in e]
+        self.assertEqual(line["result"], "timed out: data rate")
+        self.smtp.close()
+        self.assertEqual((files(self.root, "example.com", "tmp"), files(self.root, "example.com", "new")), ([], []))
+
+    def test_chunkTrickleCutOff(self) -> None:
+        """
+        A BDAT chunk sent below the rate is cut off as DATA is.
+        """
+        self.smtp.replies(ENVELOPE + b"BDAT 1000 LAST\r\n")
+        written = self.trickle(b"x" * 1000, 5)
+        self.assertEqual(written, b"421 4.4.2 mx.example.com Error: data rate too low\r\n")
+
+    def test_slowButAboveTheRate(self) -> None:
+        """
+        A 400 KB message at 1 KB/s takes 400 s, twenty times the data
+        timeout, and is stored.
+        """
+        self.smtp.replies(ENVELOPE + b"DATA\r\n")
+        line = b"x" * 998 + b"\r\n"
+        for _ in range(400):
+            self.clock.advance(1)
+            self.assertEqual(self.smtp.send(line), b"")
+        self.smtp.send(b".\r\n")
+        self.threads.runAll()
+        self.assertTrue(self.smtp.take().startswith(b"250 2.0.0 Ok: stored as "))
+        self.assertEqual(self.stored(), [line.replace(b"\r\n", b"\n") * 400])
+
+    def test_silenceAfterFastData(self) -> None:
+        """
+        Bytes earn no more than the data timeout: after a fast burst, 20 s
+        of silence still ends the message, as the idle rule of data.
+        """
+        self.smtp.replies(ENVELOPE + b"DATA\r\n")
+        self.smtp.send(b"x" * 1000000)
+        self.clock.advance(20)
+        self.assertEqual(self.smtp.take(), b"421 4.4.2 mx.example.com Error: timeout exceeded\r\n")
+        self.assertEqual(self.timedOut()["rule"], "data idle")
+
+    def test_ownStorageNotCounted(self) -> None:
+        """
+        Time spent storing the message is not the client's: a partial line
+        pipelined behind the message has 30 s from the reply, however long
+        the storage took.
+        """
+        self.smtp.send(ENVELOPE + b"DATA\r\n")
+        self.smtp.send(MESSAGE + b".\r\nNO")
+        self.clock.advance(1000)
+        self.threads.runAll()
+        self.assertTrue(self.smtp.take().startswith(b"250 2.0.0 Ok: stored"))
+        self.clock.advance(29)
+        self.assertEqual(self.smtp.send(b"OP\r\n"), b"250 2.0.0 Ok\r\n")
+        self.clock.advance(29.9)
+        self.assertEqual(self.smtp.take(), b"")
+        self.clock.advance(0.1)
+        self.assertEqual(self.smtp.take(), b"421 4.4.2 mx.example.com Error: timeout exceeded\r\n")
+
+    def test_ownValidationNotCounted(self) -> None:
+        """
+        Time waiting for a slow validator (a policy hook, say) is not the
+        client's: the line it had started before the wait keeps the time it
+        had left, no more and no less.
+        """
+        pending: list[Deferred[Any]] = []
+
+        class SlowDelivery:
+            def validateFrom(self, helo: Any, origin: Any) -> Deferred[Any]:
+                d: Deferred[Any] = Deferred()
+                pending.append(d)
+                return d.addCallback(lambda _: origin)
+
+        delivery = SlowDelivery()
+        self.smtp.protocol.deliveryFactory = type("F", (), {"getMessageDelivery": lambda s: delivery})()
+        self.assertEqual(self.smtp.send(b"MAIL FROM:<s@x.org>\r\nNO"), b"")
+        self.clock.advance(500)
+        self.assertEqual(self.smtp.take(), b"")
+        pending.pop().callback(None)
+        self.assertEqual(self.smtp.take(), b"250 2.1.0 Ok\r\n")
+        self.clock.advance(29.9)
+        self.assertEqual(self.smtp.take(), b"")
+        self.clock.advance(0.1)
+        self.assertEqual(self.smtp.take(), b"421 4.4.2 mx.example.com Error: command deadline exceeded\r\n")
+
+    def test_notReadingWhileStoringNotCounted(self) -> None:
+        """
+        While the client is not read from because it sent far ahead of a
+        message being stored, its clock is stopped too.
+        """
+        self.smtp.send(ENVELOPE + b"DATA\r\n" + MESSAGE + b".\r\n")
+        self.smtp.send(b"NOOP\r\n" * 50 + b"x" * 300000)
+        self.assertEqual(self.smtp.transport.producerState, "paused")
+        self.clock.advance(1000)
+        self.threads.runAll()
+        self.assertEqual(self.smtp.transport.producerState, "producing")
+        self.assertFalse(self.smtp.transport.disconnecting)
+        self.assertEqual(self.smtp.take().count(b"250 2.0.0 Ok\r\n"), 50)
+
+    def test_notReadingRepliesCounted(self) -> None:
+        """
+        A client that does not read our replies has its clock running: it
+        cannot hold the connection by never reading.
+        """
+        self.smtp.protocol.pauseProducing()
+        self.smtp.send(b"NOOP\r\n" * 100000)
+        self.assertEqual(self.smtp.transport.producerState, "paused")
+        self.clock.advance(30)
+        self.assertTrue(self.smtp.transport.disconnecting)
+
+    def test_timerMovedNotReplaced(self) -> None:
+        """
+        Bytes and replies move the one timer; they do not pile up calls.
+        """
+        self.smtp.send(ENVELOPE + b"DATA\r\n")
+        for _ in range(10):
+            self.smtp.send(b"x\r\n")
+            self.assertEqual(len(self.clock.getDelayedCalls()), 1)
+
+
+class DataRateDisabledTests(ESMTPTestCase):
+    """
+    C{min_data_rate = 0}.
+    """
+
+    limits = Limits(commandTimeout=30, dataTimeout=20, minDataRate=0)
+
+    def test_trickleAllowed(self) -> None:
+        """
+        Without a minimum rate, data sent a byte every 15 s is taken for as
+        long as it lasts, and stored; silence for the data timeout still
+        ends it.
+        """
+        self.smtp.replies(ENVELOPE + b"DATA\r\n")
+        for byte in MESSAGE:
+            self.clock.advance(15)
+            self.assertEqual(self.smtp.send(bytes([byte])), b"")
+        self.assertFalse(self.smtp.transport.disconnecting)
+        self.smtp.send(b".\r\n")
+        self.threads.runAll()
+        self.assertTrue(self.smtp.take().startswith(b"250 2.0.0 Ok: stored as "))
+        self.smtp.replies(ENVELOPE + b"DATA\r\n")
+        self.clock.advance(20)
+        self.assertEqual(self.smtp.take(), b"421 4.4.2 mx.example.com Error: timeout exceeded\r\n")
 
 
 class SmugglingTests(ESMTPTestCase):

@@ -293,6 +293,24 @@ class AuthTests(SecurityTestCase):
             self.smtp.send(base64.b64encode(b"right") + b"\r\n"), b"235 2.7.0 Authentication successful\r\n"
         )
 
+    def test_slowResponseCutOff(self) -> None:
+        """
+        A SASL response is a command line with its own deadline: sent a
+        byte every 100 s, it is cut off 300 s (the command timeout) after
+        its first byte with 421 4.4.2.
+        """
+        self.assertEqual(self.smtp.send(b"AUTH LOGIN\r\n"), b"334 VXNlcm5hbWU6\r\n")
+        written = b""
+        for byte in base64.b64encode(b"alice") + b"\r\n":
+            self.clock.advance(100)
+            written += self.smtp.take()
+            if self.smtp.transport.disconnecting:
+                break
+            written += self.smtp.send(bytes([byte]))
+        self.assertEqual(written, b"421 4.4.2 mx.example.com Error: command deadline exceeded\r\n")
+        [event] = [e for e in self.events if "rule" in e]
+        self.assertEqual((event["rule"], event["received"], event["verb"]), ("command deadline", 3, "AUTH"))
+
     def test_loginInitialResponse(self) -> None:
         """
         AUTH LOGIN may carry the user name.
