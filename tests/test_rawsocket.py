@@ -7,6 +7,7 @@ addresses, overlong lines) sent to the real MailHarbor service on loopback.
 from __future__ import annotations
 
 import os
+import select
 import time
 
 from twisted.trial.unittest import TestCase
@@ -231,3 +232,37 @@ class RawSocketTests(TestCase):
         replies = await inThread(session)
         self.assertEqual(codes(replies), [500, 250, 221], replies)
         self.assertTrue(replies[0][1].startswith(b"5.5.2 "), replies[0])
+
+    async def test_tricklingClientCutOff(self) -> None:
+        """
+        A client that trickles a command line a byte every 0.3 s, each well
+        within the 1 s command timeout, gets 421 4.4.2 about a second after
+        its first byte, and the connection is closed: the timeout is a
+        deadline for the line, not restarted by each byte.
+        """
+        path = os.path.abspath(self.mktemp())
+        with open(path, "w") as f:  # noqa: ASYNC230 (a small local file)
+            f.write("command_timeout = 1\ndata_timeout = 1\n")
+        server = await startServer(self, "--config", path)
+        line = b"MAIL FROM:<" + SENDER + b">\r\n"
+
+        def session() -> tuple[int, float, list[tuple[int, bytes]]]:
+            client = server.rawSocket()
+            try:
+                self.assertEqual(client.command(b"EHLO client.example")[0], 250)
+                started = time.monotonic()
+                sent = 0
+                for byte in line:
+                    client.send(bytes([byte]))
+                    sent += 1
+                    if select.select([client.sock], [], [], 0.3)[0]:
+                        break
+                replies = client.repliesUntilClosed()
+                return sent, time.monotonic() - started, replies
+            finally:
+                client.close()
+
+        sent, elapsed, replies = await inThread(session)
+        self.assertEqual(replies, [(421, b"4.4.2 mx.example.com Error: command deadline exceeded")])
+        self.assertLess(sent, len(line))
+        self.assertTrue(0.9 < elapsed < 5, elapsed)
