@@ -60,22 +60,20 @@ class SessionDriver(Protocol):
         session: SMTPSession,
         clock: IReactorTime,
         commandTimeout: float,
-        dataTimeout: float | None = None,
-        minDataRate: float = 0,
+        dataTimeout: float,
+        minDataRate: float,
     ) -> None:
         """
         @param commandTimeout: The client's seconds for each command line,
             and to start it once the reply before it is sent.
         @param dataTimeout: The longest silence in message data, and the
-            most time the data rate can earn; by default C{commandTimeout}.
+            most time the data rate can earn.
         @param minDataRate: Bytes per second a client must keep up in
             message data; 0 for no such rule.
         """
         self._smtp = session
         self._clock = clock
-        self._deadline = ClientDeadline(
-            commandTimeout, commandTimeout if dataTimeout is None else dataTimeout, minDataRate, clock.seconds()
-        )
+        self._deadline = ClientDeadline(commandTimeout, dataTimeout, minDataRate, clock.seconds())
         self._timer: IDelayedCall | None = None
         self._timing = False
         self._waiting = False

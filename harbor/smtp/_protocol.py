@@ -230,13 +230,18 @@ class HarborESMTP(SessionDriver):
         wait = self._limits.pregreetWait
         if wait > 0 and not self.session.trusted:
             # Postfix postscreen's pregreet test: a real MTA waits for the
-            # banner, many spam bots do not.
+            # banner, many spam bots do not.  The wait is ours: the client's
+            # time starts with the banner.
+            self._deadline.pause(self._clock.seconds())
+            self._schedule()
             self._greeting = self.callLater(wait, self._greet)
         else:
             self._greet()
 
     def _greet(self) -> None:
         self._greeting = None
+        self._deadline.resume(self._clock.seconds())
+        self._schedule()
         self.transport.write(self._smtp.greet(Reply(220, None, f"{self._hostname} ESMTP MailHarbor")))
 
     def _filter(self, stage: str) -> Filter | None:

@@ -687,6 +687,21 @@ class SlowClientTests(ESMTPTestCase):
         self.assertEqual(self.smtp.take(), b"421 4.4.2 mx.example.com Error: timeout exceeded\r\n")
         self.assertEqual(self.timedOut()["rule"], "idle")
 
+    def test_pregreetWaitNotCounted(self) -> None:
+        """
+        The pregreet wait is ours: the client's 30 s start with the banner.
+        """
+        factory = HarborSMTPFactory(
+            self.deliverer, ServerSettings(HOSTNAME, Limits(commandTimeout=30, pregreetWait=6)), self.clock
+        )
+        smtp = SMTPDriver(self.deliverer, self.clock, factory=factory)
+        self.clock.advance(6)
+        self.assertEqual(smtp.take(), b"220 mx.example.com ESMTP MailHarbor\r\n")
+        self.clock.advance(29.9)
+        self.assertEqual(smtp.take(), b"")
+        self.clock.advance(0.1)
+        self.assertEqual(smtp.take(), b"421 mx.example.com Error: timeout exceeded\r\n")
+
     def test_pipelinedPartialLine(self) -> None:
         """
         A partial line sent behind a complete one has 30 s from the reply

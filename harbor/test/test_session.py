@@ -247,6 +247,16 @@ class FramingTests(unittest.TestCase):
         self.assertEqual(session.send(OK), b"250 Ok\r\n")
         self.assertIs(session.nextEvent(), NEED_DATA)
 
+    def test_linesRead(self) -> None:
+        """
+        The session counts the command lines it has read, so the driver
+        knows when the next is due: message data and a partial line are
+        not counted.
+        """
+        conversation = Conversation()
+        conversation.receive(ENVELOPE + b"DATA\r\nab\r\ncd\r\n.\r\nNOOP\r\nNO")
+        self.assertEqual(conversation.session.linesRead, 5)
+
     def test_messageSize(self) -> None:
         """
         The size counts the message as sent: each line end two octets
