@@ -37,6 +37,10 @@ from harbor.smtp._session import SMTPSession
 # Input a client may send ahead of our replies before we stop reading.
 MAX_BUFFERED_INPUT = 256 * 1024
 
+# Seconds a closing connection may take to hand over its last reply before
+# it is aborted: a client that does not read would otherwise hold it open.
+CLOSE_GRACE = 10.0
+
 
 @implementer(IPushProducer)
 class SessionDriver(Protocol):
@@ -86,6 +90,7 @@ class SessionDriver(Protocol):
         self._reading = True
         self._closed = False
         self._producing = False
+        self._abort: IDelayedCall | None = None
 
     def callLater(self, period: float, func: Callable[[], object]) -> IDelayedCall:
         """
@@ -176,11 +181,17 @@ class SessionDriver(Protocol):
             self._producing = False
             self.transport.unregisterProducer()
         self.transport.loseConnection()
+        # loseConnection waits for the client to read what is still to be
+        # written; one that never reads must not keep its slot.
+        if self._abort is None:
+            self._abort = self._clock.callLater(CLOSE_GRACE, self.transport.abortConnection)
 
     def connectionLost(self, reason: Failure | None = None) -> None:
         self._closed = True
         self._smtp.close()
         self._schedule()
+        if self._abort is not None and self._abort.active():
+            self._abort.cancel()
 
     # Input
 

@@ -14,6 +14,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from harbor.limits import Limits
 from harbor.routing import DomainConfig
+from harbor.smtp._driver import CLOSE_GRACE
 from harbor.smtp._factory import HarborSMTPFactory, ServerSettings
 from harbor.smtp._framing import InputBuffer
 from harbor.smtp._protocol import HarborESMTP
@@ -832,6 +833,30 @@ class SlowClientTests(ESMTPTestCase):
         self.assertEqual(self.smtp.transport.producerState, "paused")
         self.clock.advance(30)
         self.assertTrue(self.smtp.transport.disconnecting)
+
+    def test_unreadGoodbyeAborted(self) -> None:
+        """
+        A client that does not read the 421 cannot keep its connection:
+        it is aborted C{CLOSE_GRACE} seconds after the close began, and
+        not before.
+        """
+        self.smtp.protocol.pauseProducing()
+        self.smtp.send(b"NOOP\r\n" * 100000)
+        self.clock.advance(30)
+        self.assertTrue(self.smtp.transport.disconnecting)
+        self.clock.advance(CLOSE_GRACE - 0.5)
+        self.assertFalse(self.smtp.transport.disconnected)
+        self.clock.advance(0.5)
+        self.assertTrue(self.smtp.transport.disconnected)
+
+    def test_closedInTimeNotAborted(self) -> None:
+        """
+        A connection that closes within the grace leaves no abort behind.
+        """
+        self.smtp.send(b"QUIT\r\n")
+        self.assertTrue(self.smtp.transport.disconnecting)
+        self.smtp.close()
+        self.assertEqual(self.clock.getDelayedCalls(), [])
 
     def test_timerMovedNotReplaced(self) -> None:
         """
