@@ -251,7 +251,11 @@ class HarborService(MultiService):
         if function is None:
             return None
         return PolicyHook(
-            function, self._reactor, config.limits.policyHookTimeout, config.policyHookDefault
+            function,
+            self._reactor,
+            config.limits.policyHookTimeout,
+            config.policyHookDefault,
+            config.limits.policyHookTransactionTimeout,
         )
 
     def _build(self, config: Config, credCheckers: Sequence[ICredentialsChecker]) -> tuple[Any, list[Any]]:
