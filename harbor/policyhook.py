@@ -4,8 +4,9 @@ Policy hooks: the user's code deciding, before the reply, whether a
 recipient (at RCPT) or a message (after its data, before the 250) is taken.
 
 A policy hook is a callable given a L{PolicyRequest}; it returns L{None}
-(take it) or a L{Refuse}, directly, as a L{Deferred} or from a coroutine.  It
-has a time limit: past it, or if the hook fails, the configured default
+(take it) or a L{Refuse}, directly, as a L{Deferred} or from a coroutine
+(run as L{harbor._awaitable} says: an asyncio task under the asyncio
+reactor).  It has a time limit: past it, or if the hook fails, the configured default
 applies (take the mail, or answer 451 so the sender retries), so a slow or
 broken hook can neither hang a session nor lose mail.  Each mail
 transaction also has a budget for the time it spends waiting on the hook
@@ -16,18 +17,18 @@ costs a transaction to a thousand recipients seconds, not hours.
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable, Sequence
 from email.message import EmailMessage
 from typing import Any
 
-from twisted.internet.defer import Deferred, TimeoutError, maybeDeferred, succeed
+from twisted.internet.defer import Deferred, TimeoutError, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from attrs import frozen
 
+from harbor._awaitable import callUserCode
 from harbor.config import POLICY_HOOK_DEFAULTS
 from harbor.hooks.loading import importTarget
 
@@ -157,14 +158,8 @@ class PolicyHook:
                 return succeed(self._default)
             timeout = min(timeout, budget.remaining)
 
-        def call() -> Any:
-            result = self._function(request)
-            if inspect.iscoroutine(result):
-                return Deferred.fromCoroutine(result)
-            return result
-
         started = self._clock.seconds()
-        d = maybeDeferred(call)
+        d = callUserCode(self._function, request)
         d.addTimeout(timeout, self._clock)
 
         def decided(result: object) -> Refuse | None:

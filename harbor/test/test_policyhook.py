@@ -128,6 +128,37 @@ class TimeoutTests(PolicyHookTestCase):
         self.clock.advance(2)
         self.assertEqual(self.successResultOf(result), TEMPFAIL)
 
+    def test_silentAsyncioCoroutine(self) -> None:
+        """
+        Under an asyncio loop (Twisted's asyncio reactor), a coroutine that
+        awaits asyncio things and never finishes is timed out too, logged
+        as a timeout, and its task cancelled.
+        """
+        import asyncio
+
+        from harbor.test.test_awaitable import insideAsyncio, settle
+
+        cancelled: list[bool] = []
+
+        async def waitForever(request: PolicyRequest) -> Refuse | None:
+            try:
+                await asyncio.Event().wait()
+            except asyncio.CancelledError:
+                cancelled.append(True)
+                raise
+            return REFUSE
+
+        async def body() -> list[Any]:
+            result = self.check(waitForever, timeout=2, default="tempfail")
+            await asyncio.sleep(0)
+            self.clock.advance(2)
+            return await settle(result)
+
+        self.assertEqual(insideAsyncio(body), [TEMPFAIL])
+        self.assertEqual(cancelled, [True])
+        [event] = self.events
+        self.assertEqual(formatEvent(event), "Policy hook timed out at rcpt; applying the default")
+
     def test_tempfailOverTheWire(self) -> None:
         """
         Through the protocol, a silent hook with the C{tempfail} default
