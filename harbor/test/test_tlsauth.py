@@ -556,3 +556,32 @@ class CallbackAuthTests(SecurityTestCase):
         self.assertEqual(self.login(), b"")
         pending.callback(True)
         self.assertEqual(self.smtp.take(), b"235 2.7.0 Authentication successful\r\n")
+
+
+class CombinedCheckersTests(SecurityTestCase):
+    """
+    A twistd C{--auth} checker beside the users file.
+    """
+
+    def checkers(self, users: str) -> tuple[ICredentialsChecker, ...]:
+        from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
+
+        from harbor.auth import TextOrBytes
+
+        other = InMemoryUsernamePasswordDatabaseDontUse(bob=b"other")
+        return (cast(ICredentialsChecker, TextOrBytes(other)), *super().checkers(users))
+
+    def test_eitherLogsIn(self) -> None:
+        """
+        A user of either the C{--auth} checker or the users file logs in
+        (a portal alone would ask only one of them).
+        """
+        for user, password in ((b"bob", b"other"), (b"alice", b"right")):
+            self.smtp = SMTPDriver(self.deliverer, self.clock, factory=self.factory, transport=TLSStringTransport)
+            self.startTLS()
+            self.smtp.send(b"EHLO c\r\n")
+            self.assertEqual(
+                self.smtp.send(b"AUTH PLAIN " + plain(user, password) + b"\r\n"),
+                b"235 2.7.0 Authentication successful\r\n",
+                user,
+            )
