@@ -1,8 +1,9 @@
 # -*- test-case-name: harbor.test.test_api -*-
 """
 MailHarbor as a library: build the whole server from a L{Config} inside
-another Twisted program, with new-message hooks and a policy hook given as
-plain functions.
+another Twisted program (or an asyncio one, on Twisted's asyncio reactor),
+with new-message hooks, a policy hook and the AUTH decision given as plain
+functions or coroutines.
 
     from harbor.api import Config, NewMessage, buildService
 
@@ -24,6 +25,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from harbor._syntax import ConfigError
+from harbor.auth import Authenticate
 from harbor.config import Config
 from harbor.hooks.events import NewMessage
 from harbor.hooks.kinds import IHook, PythonHook
@@ -48,6 +50,7 @@ def buildService(
     reactor: Any = None,
     hooks: Sequence[IHook | Callable[[NewMessage], object]] = (),
     policy: Callable[[PolicyRequest], Any] | None = None,
+    authenticate: Authenticate | None = None,
 ) -> HarborService:
     """
     Build MailHarbor's service from a configuration made in code.
@@ -60,6 +63,19 @@ def buildService(
         to them is at least once and survives restarts.
     @param policy: Called with a L{PolicyRequest} at RCPT and before the
         250; returns L{None} to take the mail or a L{Refuse}.
+    @param authenticate: Decides AUTH logins: called as C{authenticate(user,
+        password, client)}, the user name and password as the client gave
+        them (text), C{client} its IP address (text, as in
+        L{PolicyRequest.client}); returns C{True} or C{False}, directly, as
+        a L{Deferred} or from a coroutine.  It is asked after the users
+        file, if any, and the first to accept wins.  Its logins follow the
+        users file's rules: offered only under TLS unless
+        C{allow_plaintext_auth}, wrong passwords (C{False}) answered 535
+        5.7.8 ever more slowly and a session disconnected after three;
+        anything but C{True} or C{False}, an exception or a failure is
+        logged (with the user name, never the password) and answered 454
+        4.7.0, never logged in.  A login it accepts stores its mail as the
+        user's submissions, as for the users file.
     @return: The service; start it, or give it a parent.
     @raise ConfigError: if the configuration cannot be used, as twistd
         would refuse it: a users file or certificate that cannot be read,
@@ -71,7 +87,7 @@ def buildService(
     # One rule for worker processes here, before the checks twistd shares.
     if config.limits.workers > 1:
         raise ConfigError("workers", "worker processes are started by twistd mailharbor only; embedded, use 1")
-    checkConfig(config, codeHooks=hooks, policy=policy)
+    checkConfig(config, credCheckers=() if authenticate is None else (authenticate,), codeHooks=hooks, policy=policy)
     if reactor is None:
         from twisted.internet import reactor as _reactor
 
@@ -82,4 +98,4 @@ def buildService(
         hook if IHook.providedBy(hook) else PythonHook(hook, next(names))
         for hook in hooks
     ]
-    return HarborService(config, reactor, extraHooks=built, policy=policy)
+    return HarborService(config, reactor, extraHooks=built, policy=policy, authenticate=authenticate)

@@ -1,8 +1,11 @@
 # -*- test-case-name: harbor.test.test_auth -*-
 """
 Authentication: the users file, its password hashes and the L{twisted.cred}
-checker over it.  The SASL PLAIN and LOGIN exchanges that carry the
-password (RFC 4616, RFC 4954) are in L{harbor.smtp._sasl}.
+checker over it; the checker over an embedding program's C{authenticate}
+callback (L{CallbackChecker}), which needs the client's address and so gets
+L{ClientCredentials}; and L{FirstOf}, which asks several checkers in turn.
+The SASL PLAIN and LOGIN exchanges that carry the password (RFC 4616,
+RFC 4954) are in L{harbor.smtp._sasl}.
 
 Passwords are hashed with scrypt from the standard library, each with its
 own random salt, so a stolen users file is expensive to attack.  Checking a
@@ -17,17 +20,23 @@ import hashlib
 import hmac
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from zope.interface import implementer
+from zope.interface import Attribute, implementer
 
 from twisted.cred.checkers import ICredentialsChecker
 from twisted.cred.credentials import IUsernamePassword, UsernamePassword
 from twisted.cred.error import UnauthorizedLogin
-from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.defer import Deferred, fail, maybeDeferred
 
+from harbor._awaitable import callUserCode
 from harbor.routing import USER_NAME
+
+# An embedding program's decision on a login: called with the user name,
+# the password and the client's IP address, all text; answers True or
+# False, directly, as a Deferred or from a coroutine.
+Authenticate = Callable[[str, str, str], bool | Deferred[bool] | Awaitable[bool]]
 
 _SCRYPT_N = 2**14
 _SCRYPT_R = 8
@@ -226,3 +235,100 @@ class TextOrBytes:
 
         return maybeDeferred(self._checker.requestAvatarId, asText).addErrback(asOctets)
 
+
+
+class IClientCredentials(IUsernamePassword):
+    """
+    A user name and password, with the address of the client that gave
+    them (which L{twisted.cred}'s C{requestAvatarId} is not otherwise told).
+    """
+
+    client = Attribute("The client's IP address, as text (C{192.0.2.7}, C{2001:db8::7}).")
+
+
+@implementer(IClientCredentials)
+class ClientCredentials(UsernamePassword):
+    """
+    What AUTH gives the checkers: a user name and password from the SASL
+    exchange, and the client's address.
+    """
+
+    def __init__(self, username: bytes, password: bytes, client: str) -> None:
+        super().__init__(username, password)
+        self.client = client
+
+
+@implementer(ICredentialsChecker)
+class CallbackChecker:
+    """
+    Checks logins with an embedding program's C{authenticate} function
+    (L{harbor.api.buildService}).
+
+    Only C{True} logs in and only C{False} is a wrong password; anything
+    else, an exception or a failed L{Deferred} or coroutine is an error
+    (the client gets 454 4.7.0 and may try again later), so a broken
+    callback never lets anyone in.  A user name or password that is not
+    UTF-8 is refused without asking it.
+    """
+
+    credentialInterfaces = (IClientCredentials,)
+
+    def __init__(self, authenticate: Authenticate) -> None:
+        self._authenticate = authenticate
+
+    def requestAvatarId(self, credentials: IClientCredentials) -> Deferred[str]:  # type: ignore[override]
+        try:
+            user = _text(credentials.username)
+            password = _text(credentials.password)
+        except UnicodeDecodeError:
+            return fail(UnauthorizedLogin())
+
+        def decided(answer: object) -> str:
+            if answer is True:
+                return user
+            if answer is False:
+                raise UnauthorizedLogin()
+            raise TypeError(f"authenticate returned {answer!r}, not True or False")
+
+        d: Deferred[str] = callUserCode(self._authenticate, user, password, credentials.client)
+        return d.addCallback(decided)
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode("utf-8") if isinstance(value, bytes) else value
+
+
+@implementer(ICredentialsChecker)
+class FirstOf:
+    """
+    Asks checkers in turn, as L{twisted.cred.portal.Portal} does not (it
+    keeps one checker per credentials interface): the first that accepts
+    the login wins, a wrong password (L{UnauthorizedLogin}) passes it to the
+    next, and any other error ends the login with that error, so a broken
+    checker fails closed.  Each checker is asked only about credentials of
+    an interface it declares.
+    """
+
+    credentialInterfaces = (IUsernamePassword,)
+
+    def __init__(self, checkers: Sequence[ICredentialsChecker]) -> None:
+        self._checkers = tuple(checkers)
+
+    def requestAvatarId(self, credentials: IUsernamePassword) -> Deferred[Any]:
+        candidates = [
+            checker
+            for checker in self._checkers
+            if any(interface.providedBy(credentials) for interface in checker.credentialInterfaces)
+        ]
+
+        def ask(index: int) -> Deferred[Any]:
+            if index == len(candidates):
+                return fail(UnauthorizedLogin())
+
+            def wrong(failure: Any) -> Deferred[Any]:
+                failure.trap(UnauthorizedLogin)
+                return ask(index + 1)
+
+            return maybeDeferred(candidates[index].requestAvatarId, credentials).addErrback(wrong)
+
+        return ask(0)

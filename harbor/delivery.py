@@ -40,7 +40,13 @@ from harbor.address import AddressSyntaxError, Path, canonicalAddress, parsePath
 from harbor.config import DEFAULT_SUBMISSION_MAILBOX
 from harbor.dnsbl import Blocklists
 from harbor.filters import Filter, FilterScope, Forms, applyFirst
-from harbor.policyhook import PolicyHook, PolicyRequest, Refuse, recipientsOf
+from harbor.policyhook import (
+    PolicyHook,
+    PolicyRequest,
+    Refuse,
+    TransactionBudget,
+    recipientsOf,
+)
 from harbor.routing import (
     Accept,
     FolderRule,
@@ -311,6 +317,8 @@ class HarborDelivery:
         self.trusted = session.trusted
         self.discard = session.discard
         self.tags = list(session.tags)
+        # The time this transaction may still wait on the policy hook.
+        self._policyBudget: TransactionBudget | None = None
 
     def validateFrom(self, helo: tuple[bytes | None, bytes], origin: Address) -> Address:
         """
@@ -404,10 +412,18 @@ class HarborDelivery:
                 raise SMTPBadRcpt(user, refuse.code, f"{refuse.enhanced} {refuse.text}")
             return self._add(path, accepts)
 
-        checked: Deferred[MessageFactory] = policy.check(self.request("rcpt", (canonicalAddress(path),))).addCallback(
-            decided
-        )
+        request = self.request("rcpt", (canonicalAddress(path),))
+        checked: Deferred[MessageFactory] = policy.check(request, self.policyBudget(policy)).addCallback(decided)
         return checked
+
+    def policyBudget(self, policy: PolicyHook) -> TransactionBudget:
+        """
+        The time this transaction may still spend waiting on C{policy}, at
+        RCPT and after the data together.
+        """
+        if self._policyBudget is None:
+            self._policyBudget = policy.transaction()
+        return self._policyBudget
 
     def _add(self, path: Path, accepts: tuple[Accept, ...]) -> Callable[[], HarborMessage]:
         for accept in accepts:
@@ -467,8 +483,10 @@ class HarborDelivery:
                     [canonicalAddress(r.path) if r.path.domain else r.accept.address for r in self.recipients]
                 )
 
+                budget = self.policyBudget(policy)
+
                 def askPolicy(headers: EmailMessage | None, size: int) -> Deferred[Refuse | None]:
-                    return policy.check(self.request("data", recipients, headers, size))
+                    return policy.check(self.request("data", recipients, headers, size), budget)
 
                 check = askPolicy
 

@@ -82,6 +82,11 @@ class Limits:
         when many clients arrive at once.
     @ivar policyHookTimeout: Seconds a policy hook may take before its
         default applies.
+    @ivar policyHookTransactionTimeout: Seconds one mail transaction (MAIL
+        to the end of its data, or to RSET) may spend waiting for the policy
+        hook in all; once they are used up, its remaining questions get the
+        default at once, so a silent hook cannot hold a connection for
+        C{policyHookTimeout} per recipient.
     @ivar workers: Processes sharing the listening sockets (the first one
         binds them and starts the others).
     """
@@ -103,6 +108,7 @@ class Limits:
     workers: int = 1
     maxJunkCommands: int = 100
     minDataRate: int = 500
+    policyHookTransactionTimeout: float = 30
 
 
 # TOML key -> (Limits field, smallest allowed value, kind)
@@ -121,6 +127,7 @@ LIMIT_KEYS: dict[str, tuple[str, float, type]] = {
     "pregreet_wait": ("pregreetWait", 0, float),
     "listen_backlog": ("listenBacklog", 1, int),
     "policy_hook_timeout": ("policyHookTimeout", 0.1, float),
+    "policy_hook_transaction_timeout": ("policyHookTransactionTimeout", 0.1, float),
     "workers": ("workers", 1, int),
 }
 

@@ -30,7 +30,7 @@ from twisted.python.failure import Failure
 
 from harbor._logging import PublishedLogger
 from harbor._workers import Workers
-from harbor.auth import TextOrBytes, UsersFileChecker
+from harbor.auth import Authenticate, CallbackChecker, TextOrBytes, UsersFileChecker
 from harbor.config import Config, withBacklog
 from harbor.hooks.kinds import IHook, loadHooks
 from harbor.hooks.runner import HookRunner
@@ -141,6 +141,7 @@ class HarborService(MultiService):
         credCheckers: Sequence[ICredentialsChecker] = (),
         extraHooks: Sequence[IHook] = (),
         policy: Callable[[PolicyRequest], Any] | None = None,
+        authenticate: Authenticate | None = None,
         logFormat: str = "text",
         jsonLog: str = "-",
         inheritedSockets: Sequence[tuple[int, int]] = (),
@@ -158,6 +159,9 @@ class HarborService(MultiService):
             configuration's.
         @param policy: A policy function given in code, used instead of
             the configuration's C{policy_hook}.
+        @param authenticate: A function given in code that decides logins
+            (see L{harbor.api.buildService}), asked after the users file
+            and C{credCheckers}.
         @param logFormat: C{"json"} to make the application this service
             joins log one JSON object per line, to C{jsonLog} (a path, or
             C{-} for standard output); C{"text"} leaves its logging alone.
@@ -195,6 +199,7 @@ class HarborService(MultiService):
         # cannot swap a hook whose jobs are in flight, so it says so instead.
         self._hookConfigs = config.hooks
         self._policy = policy
+        self._authenticate = None if authenticate is None else CallbackChecker(authenticate)
         # The DNS blocklists and their resolver, kept across reloads that
         # do not change them: a resolver reads resolv.conf on the reactor
         # thread and then every minute, for as long as it lives.
@@ -251,7 +256,11 @@ class HarborService(MultiService):
         if function is None:
             return None
         return PolicyHook(
-            function, self._reactor, config.limits.policyHookTimeout, config.policyHookDefault
+            function,
+            self._reactor,
+            config.limits.policyHookTimeout,
+            config.policyHookDefault,
+            config.limits.policyHookTransactionTimeout,
         )
 
     def _build(self, config: Config, credCheckers: Sequence[ICredentialsChecker]) -> tuple[Any, list[Any]]:
@@ -299,6 +308,8 @@ class HarborService(MultiService):
         checkers: list[Any] = [TextOrBytes(c) for c in credCheckers]
         if config.usersFile is not None:
             checkers.append(UsersFileChecker(config.usersFile, runInThread))
+        if self._authenticate is not None:
+            checkers.append(self._authenticate)
         settings = [
             ServerSettings(
                 config.hostname,

@@ -25,6 +25,7 @@ from twisted.python import usage
 
 from harbor._syntax import ConfigError
 from harbor._workers import inheritedSockets
+from harbor.auth import Authenticate
 from harbor.config import DEFAULT_MAILDIR, Config, loadFile
 from harbor.hooks.kinds import IHook
 from harbor.preflight import Conflict, checkConfig
@@ -199,7 +200,10 @@ def _asWritten(problem: str, mapping: Mapping[str, Any]) -> str:
 
 
 def makeService(
-    options: Options, reactor: Any = None, extraHooks: Sequence[IHook] = ()
+    options: Options,
+    reactor: Any = None,
+    extraHooks: Sequence[IHook] = (),
+    authenticate: Authenticate | None = None,
 ) -> HarborService:
     """
     Build the MailHarbor service from parsed options.
@@ -208,6 +212,9 @@ def makeService(
         disk work in the thread pool of; the global one if L{None}.
     @param extraHooks: New-message hooks given in code, for a program that
         takes C{twistd mailharbor}'s options (C{examples/embedded.py}).
+    @param authenticate: A function given in code that decides logins, as
+        for L{harbor.api.buildService}.  The options were checked without
+        it, so a submission port still needs a users file or C{--auth}.
     """
     if reactor is None:
         from twisted.internet import reactor as _reactor
@@ -232,6 +239,7 @@ def makeService(
         reactor,
         credCheckers=options.get("credCheckers", []),
         extraHooks=extraHooks,
+        authenticate=authenticate,
         logFormat=options["log-format"],
         jsonLog=options.get("json-log", "-"),
         inheritedSockets=inheritedSockets(options.get("inherit-fds")),

@@ -9,6 +9,7 @@ import os
 import re
 import smtplib
 import sys
+from typing import Any
 
 from twisted.internet import reactor
 from twisted.internet.error import ProcessExitedAlready
@@ -17,7 +18,9 @@ from twisted.trial.unittest import TestCase
 from harbor.api import Config, NewMessage, PolicyRequest, Refuse, buildService
 from tests._e2e import inThread, pollUntil, subprocessEnvironment
 
-EXAMPLE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples", "embed.py")
+EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples")
+EXAMPLE = os.path.join(EXAMPLES, "embed.py")
+ASYNCIO_EXAMPLE = os.path.join(EXAMPLES, "asyncio_app.py")
 
 
 class EmbeddingTests(TestCase):
@@ -126,3 +129,96 @@ class EmbeddingTests(TestCase):
         self.assertEqual(refused["noreply@example.com"][0], 550)
         await pollUntil(lambda: b"new mail for a@example.com" in output.data, "the example's hook prints")
         self.assertRegex(output.data, re.compile(rb"new mail for a@example.com from <s@x.org>: hello"))
+
+    async def test_asyncioExample(self) -> None:
+        """
+        examples/asyncio_app.py runs MailHarbor on Twisted's asyncio
+        reactor beside its own asyncio tasks: AUTH, only after STARTTLS, is
+        decided by its coroutine (535 for a wrong password, 235 for the
+        right one); a message is stored and its coroutine hook awaits the
+        application's queue consumer, which prints it; its heartbeat task
+        runs; SIGTERM stops it cleanly.
+        """
+        import base64
+        import ssl
+
+        from twisted.internet.protocol import ProcessProtocol
+
+        from harbor.test.certs import TestCA
+
+        class Output(ProcessProtocol):
+            data = b""
+            exitCode: int | None = None
+            ended = False
+
+            def outReceived(self, data: bytes) -> None:
+                self.data += data
+
+            errReceived = outReceived
+
+            def processEnded(self, reason: Any) -> None:
+                self.exitCode = reason.value.exitCode
+                self.ended = True
+
+        ca = TestCA(self.mktemp())
+        certificate, key = ca.issue()
+        probe = __import__("socket").socket()
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+        probe.close()
+        root = os.path.abspath(self.mktemp())
+        output = Output()
+        arguments = [
+            sys.executable, ASYNCIO_EXAMPLE, "--port", str(port), "--maildir", root, "--domain", "example.com",
+            "--user", "demo", "--password", "s3cret", "--tls-cert", certificate, "--tls-key", key,
+            "--heartbeat", "0.2",
+        ]
+        process = reactor.spawnProcess(output, sys.executable, arguments, env=subprocessEnvironment())
+
+        async def stop() -> None:
+            try:
+                process.signalProcess("KILL")
+            except ProcessExitedAlready:
+                pass
+            await pollUntil(lambda: output.ended, "the example stops")
+
+        self.addCleanup(stop)
+
+        def plain(password: bytes) -> str:
+            return "PLAIN " + base64.b64encode(b"\0demo\0" + password).decode()
+
+        def session() -> dict[str, Any]:
+            for _ in range(150):
+                try:
+                    client = smtplib.SMTP("127.0.0.1", port, timeout=10)
+                    break
+                except OSError:
+                    __import__("time").sleep(0.1)
+            seen: dict[str, Any] = {}
+            with client:
+                client.ehlo()
+                seen["authBeforeTLS"] = client.has_extn("auth")
+                client.starttls(context=ssl.create_default_context(cafile=ca.certificatePath))
+                client.ehlo()
+                seen["wrong"] = client.docmd("AUTH", plain(b"guess"))[0]
+                seen["right"] = client.docmd("AUTH", plain(b"s3cret"))[0]
+                seen["refused"] = client.sendmail(
+                    "s@x.org", ["a@example.com", "noreply@example.com"], b"Subject: hello\r\n\r\nx\r\n"
+                )
+            return seen
+
+        seen = await inThread(session)
+        self.assertEqual((seen["authBeforeTLS"], seen["wrong"], seen["right"]), (False, 535, 235))
+        self.assertEqual(seen["refused"]["noreply@example.com"][0], 550)
+        handled = b"asyncio app: message for a@example.com from <s@x.org> (user demo): hello"
+        await pollUntil(lambda: handled in output.data, "the hook hands the message to the application")
+        # The hook awaited an asyncio future that the consumer resolved.
+        await pollUntil(lambda: b"asyncio app: hook finished for " in output.data, "the hook finishes")
+        self.assertIn(b"asyncio app: login refused for demo from 127.0.0.1", output.data)
+        self.assertIn(b"asyncio app: login accepted for demo from 127.0.0.1", output.data)
+        self.assertEqual(len(os.listdir(os.path.join(root, ".submitted", "demo", "new"))), 1)
+        await pollUntil(lambda: b"1 messages handled so far" in output.data, "the heartbeat task runs")
+        process.signalProcess("TERM")
+        await pollUntil(lambda: output.ended, "the example stops on SIGTERM")
+        self.assertIn(b"asyncio app: stopped", output.data)
+        self.assertEqual(output.exitCode, 0, output.data.decode(errors="replace"))

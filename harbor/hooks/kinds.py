@@ -24,11 +24,12 @@ from typing import Any, TypeVar, cast
 from zope.interface import Attribute, Interface, implementer
 
 from twisted.internet import defer
-from twisted.internet.defer import CancelledError, Deferred, maybeDeferred
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.error import ProcessDone, ProcessExitedAlready, ProcessTerminated
 from twisted.internet.protocol import ProcessProtocol, Protocol
 from twisted.python.failure import Failure
 
+from harbor._awaitable import callUserCode
 from harbor.hooks.config import (
     DEFAULT_MAX_IN_FLIGHT,
     DEFAULT_RETRY,
@@ -86,8 +87,9 @@ class PythonHook:
     A hook that calls a Python callable with the L{NewMessage}.
 
     The callable may return a plain value, a L{Deferred} or a coroutine
-    (an C{async def} function that awaits L{Deferred}s); it succeeds unless
-    it raises or its result fails.  This is also how a program that embeds
+    (an C{async def} function that awaits L{Deferred}s, or asyncio things
+    under Twisted's asyncio reactor: see L{harbor._awaitable}); it succeeds
+    unless it raises or its result fails.  This is also how a program that embeds
     MailHarbor registers a handler in code::
 
         runner = HookRunner(spool, [PythonHook(onMessage, "notify")], reactor, runInThread)
@@ -131,7 +133,7 @@ class PythonHook:
         if self._runInThread is not None:
             d = self._runInThread(lambda: self._function(event))
         else:
-            d = maybeDeferred(self._function, event)
+            d = callUserCode(self._function, event)
         if self._timeout is not None:
             d.addTimeout(self._timeout, self._reactor)
             d.addErrback(self._timedOut)

@@ -13,7 +13,6 @@ from typing import Any
 from zope.interface import implementer
 
 from twisted.cred.checkers import ICredentialsChecker
-from twisted.cred.credentials import UsernamePassword
 from twisted.cred.error import UnauthorizedLogin
 from twisted.cred.portal import IRealm, Portal
 from twisted.internet.defer import Deferred
@@ -23,6 +22,7 @@ from twisted.logger import Logger
 from twisted.mail.interfaces import IMessageDeliveryFactory
 from twisted.python.failure import Failure
 
+from harbor.auth import ClientCredentials, FirstOf
 from harbor.delivery import Deliverer, Session
 from harbor.limits import FailureTracker
 from harbor.smtp._events import Login
@@ -57,7 +57,8 @@ def login(
     password: bytes,
 ) -> Deferred[Any]:
     """
-    Check a user name and password.
+    Check a user name and password, from the session's client, with each
+    checker in turn (see L{FirstOf}).
 
     @return: a L{Deferred} that fires with the user's
         L{IMessageDeliveryFactory}, C{session.user} then being set; or that
@@ -65,8 +66,9 @@ def login(
         only after the delay L{FailureTracker} gives it; or with whatever
         else went wrong.
     """
-    portal = Portal(_SessionRealm(deliverer, session), checkers)
-    result = portal.login(UsernamePassword(username, password), None, IMessageDeliveryFactory)
+    portal = Portal(_SessionRealm(deliverer, session), [FirstOf(checkers)])
+    credentials = ClientCredentials(username, password, session.clientAddress)
+    result = portal.login(credentials, None, IMessageDeliveryFactory)
 
     def slowDown(failure: Failure) -> Deferred[Any]:
         if not failure.check(UnauthorizedLogin):

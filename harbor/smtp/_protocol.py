@@ -488,7 +488,15 @@ class HarborESMTP(SessionDriver):
                 self._reply(AUTH_OK)
 
         def failed(failure: Failure) -> None:
-            self._log.failure("Authentication error", failure)
+            # Fail closed: no login, and 454 so the client may try later.
+            # The password stays out of the log.
+            self._log.failure(
+                "client={client} auth={mechanism} user={user} authentication error",
+                failure,
+                client=self.session.clientAddress,
+                mechanism=event.mechanism.decode(),
+                user=event.username.decode("utf-8", "replace"),
+            )
             self._reply(AUTH_UNAVAILABLE)
 
         self._waitFor(self._logins.check(self.session, event, self._log), checked, failed)

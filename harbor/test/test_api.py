@@ -158,6 +158,32 @@ class BuildServiceTests(SynchronousTestCase):
         error = self.assertRefused(self.config(submission_port=["2587"], **self.tlsFiles()), "submission_port")
         self.assertEqual(error.problem, "needs users to authenticate (--users-file or --auth)")
 
+    def test_authenticate(self) -> None:
+        """
+        An C{authenticate} callback is what AUTH asks, after the users
+        file, on every listener; it counts as users for a submission port.
+        """
+        from harbor.auth import CallbackChecker, UsersFileChecker, setPassword
+
+        def authenticate(user: str, password: str, client: str) -> bool:
+            return False
+
+        users = self.mktemp()
+        setPassword(users, "alice", "pw")
+        config = self.config(submission_port=["2587"], users_file=users, **self.tlsFiles())
+        service = buildService(config, MemoryReactorClock(), authenticate=authenticate)
+        listeners = [s for s in service if isinstance(s, ListeningService)]
+        self.assertEqual(len(listeners), 2)
+        for listener in listeners:
+            factory = listener._factory
+            assert isinstance(factory, HarborSMTPFactory)
+            first, second = factory.settings.checkers
+            self.assertIsInstance(first, UsersFileChecker)
+            assert isinstance(second, CallbackChecker)
+            self.assertIs(second._authenticate, authenticate)
+        alone = self.config(submission_port=["2587"], **self.tlsFiles())
+        buildService(alone, MemoryReactorClock(), authenticate=authenticate)
+
     def test_hookNamesDistinct(self) -> None:
         """
         A plain function whose name another hook already has gets a name of

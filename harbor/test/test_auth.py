@@ -218,3 +218,195 @@ class TextOrBytesTests(SynchronousTestCase):
                 self.successResultOf(checker.requestAvatarId(UsernamePassword(b"bob", b"pw"))), user
             )
             self.failureResultOf(checker.requestAvatarId(UsernamePassword(b"bob", b"no")), UnauthorizedLogin)
+
+
+class ClientCredentialsTests(SynchronousTestCase):
+    """
+    Tests for L{ClientCredentials}.
+    """
+
+    def test_interface(self) -> None:
+        """
+        The credentials are a user name and password, with the client's
+        address, so the users file's checker takes them as before.
+        """
+        from twisted.cred.credentials import IUsernamePassword
+
+        from harbor.auth import ClientCredentials, IClientCredentials
+
+        credentials = ClientCredentials(b"alice", b"pw", "192.0.2.7")
+        self.assertTrue(verifyObject(IClientCredentials, credentials))
+        self.assertTrue(IUsernamePassword.providedBy(credentials))
+        self.assertEqual(credentials.client, "192.0.2.7")
+        self.assertTrue(credentials.checkPassword(b"pw"))
+
+
+class CallbackCheckerTests(SynchronousTestCase):
+    """
+    Tests for L{CallbackChecker}: an embedding program's C{authenticate}.
+    """
+
+    def credentials(self, user: bytes = b"alice", password: bytes = b"pw") -> Any:
+        from harbor.auth import ClientCredentials
+
+        return ClientCredentials(user, password, "192.0.2.7")
+
+    def test_interface(self) -> None:
+        """
+        The checker provides L{ICredentialsChecker} and takes only
+        credentials that carry the client's address.
+        """
+        from harbor.auth import CallbackChecker, IClientCredentials
+
+        checker = CallbackChecker(lambda user, password, client: True)
+        self.assertTrue(verifyObject(ICredentialsChecker, checker))
+        self.assertEqual(checker.credentialInterfaces, (IClientCredentials,))
+
+    def test_arguments(self) -> None:
+        """
+        The callback gets the user name and password as text and the
+        client's IP address; C{True} logs the user in under that name.
+        """
+        from harbor.auth import CallbackChecker
+
+        calls: list[tuple[str, str, str]] = []
+
+        def authenticate(user: str, password: str, client: str) -> bool:
+            calls.append((user, password, client))
+            return True
+
+        checker = CallbackChecker(authenticate)
+        self.assertEqual(self.successResultOf(checker.requestAvatarId(self.credentials(b"\xc3\xa9l", b"p\xc3\xa9"))), "él")
+        self.assertEqual(calls, [("él", "pé", "192.0.2.7")])
+
+    def test_answers(self) -> None:
+        """
+        C{True} and C{False} are taken directly, from a L{Deferred} or from
+        a coroutine; C{False} is a wrong password.
+        """
+        from twisted.internet.defer import succeed
+
+        from harbor.auth import CallbackChecker
+
+        async def coroutine(answer: bool) -> bool:
+            return answer
+
+        for answer in (True, False):
+            for function in (
+                lambda user, password, client, answer=answer: answer,
+                lambda user, password, client, answer=answer: succeed(answer),
+                lambda user, password, client, answer=answer: coroutine(answer),
+            ):
+                result = CallbackChecker(function).requestAvatarId(self.credentials())
+                if answer:
+                    self.assertEqual(self.successResultOf(result), "alice")
+                else:
+                    self.failureResultOf(result, UnauthorizedLogin)
+
+    def test_errorsAreNotLogins(self) -> None:
+        """
+        An exception, a failed L{Deferred} or coroutine, or an answer that
+        is not C{True} or C{False} is an error, never a login, and not a
+        wrong password either.
+        """
+        from twisted.internet.defer import fail
+
+        from harbor.auth import CallbackChecker
+
+        async def broken(user: str, password: str, client: str) -> bool:
+            raise ConnectionError("directory down")
+
+        cases: list[tuple[Any, type[BaseException]]] = [
+            (lambda user, password, client: 1 / 0, ZeroDivisionError),
+            (lambda user, password, client: fail(KeyError(user)), KeyError),
+            (broken, ConnectionError),
+            (lambda user, password, client: "yes", TypeError),
+            (lambda user, password, client: None, TypeError),
+            (lambda user, password, client: 1, TypeError),
+        ]
+        for function, error in cases:
+            self.failureResultOf(CallbackChecker(function).requestAvatarId(self.credentials()), error)
+
+    def test_notUTF8(self) -> None:
+        """
+        A user name or password that is not UTF-8 is a wrong login, and the
+        callback is not asked.
+        """
+        from harbor.auth import CallbackChecker
+
+        calls: list[object] = []
+
+        def authenticate(*arguments: str) -> bool:
+            calls.append(arguments)
+            return True
+
+        checker = CallbackChecker(authenticate)
+        for user, password in ((b"\xff", b"pw"), (b"alice", b"\xff")):
+            self.failureResultOf(checker.requestAvatarId(self.credentials(user, password)), UnauthorizedLogin)
+        self.assertEqual(calls, [])
+
+
+class FirstOfTests(SynchronousTestCase):
+    """
+    Tests for L{FirstOf}: several checkers asked in turn.
+    """
+
+    def setUp(self) -> None:
+        from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
+
+        from harbor.auth import CallbackChecker, ClientCredentials
+
+        self.file = InMemoryUsernamePasswordDatabaseDontUse(alice=b"a", broken=b"a")
+        self.asked: list[str] = []
+
+        def authenticate(user: str, password: str, client: str) -> bool:
+            self.asked.append(user)
+            if user == "broken":
+                raise RuntimeError("down")
+            return (user, password) == ("bob", "b")
+
+        self.callback = CallbackChecker(authenticate)
+        self.credentials = ClientCredentials
+
+    def check(self, *checkers: Any, user: bytes, password: bytes) -> Any:
+        from harbor.auth import FirstOf
+
+        return FirstOf(checkers).requestAvatarId(self.credentials(user, password, "192.0.2.7"))
+
+    def test_interface(self) -> None:
+        """
+        L{FirstOf} provides L{ICredentialsChecker}.
+        """
+        from harbor.auth import FirstOf
+
+        self.assertTrue(verifyObject(ICredentialsChecker, FirstOf([])))
+
+    def test_eachChecker(self) -> None:
+        """
+        A user known to either checker logs in; the second is asked only
+        when the first does not know the login.
+        """
+        self.assertEqual(self.successResultOf(self.check(self.file, self.callback, user=b"alice", password=b"a")), b"alice")
+        self.assertEqual(self.asked, [])
+        self.assertEqual(self.successResultOf(self.check(self.file, self.callback, user=b"bob", password=b"b")), "bob")
+        self.failureResultOf(self.check(self.file, self.callback, user=b"bob", password=b"x"), UnauthorizedLogin)
+        self.failureResultOf(self.check(user=b"bob", password=b"b"), UnauthorizedLogin)
+
+    def test_errorFailsClosed(self) -> None:
+        """
+        A checker's error ends the login with that error: the checkers
+        after it, one of which knows the login, are not asked.
+        """
+        self.failureResultOf(self.check(self.callback, self.file, user=b"broken", password=b"a"), RuntimeError)
+
+    def test_onlyTheirCredentials(self) -> None:
+        """
+        A checker is not asked about credentials of an interface it does
+        not declare: plain user names and passwords, without the client's
+        address, never reach the callback.
+        """
+        from harbor.auth import FirstOf
+
+        result = FirstOf([self.callback]).requestAvatarId(UsernamePassword(b"bob", b"b"))
+        self.failureResultOf(result, UnauthorizedLogin)
+        self.assertEqual(self.asked, [])

@@ -27,7 +27,7 @@ PACKAGE = Path(harbor.__file__).parent
 # which rest on the shared vocabulary of _syntax.  A module's layer is that
 # of the longest prefix listed for it.
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("harbor._syntax", "harbor._logging"),
+    ("harbor._syntax", "harbor._logging", "harbor._awaitable"),
     ("harbor.address",),
     ("harbor.routing", "harbor.limits", "harbor.filters"),
     ("harbor.store", "harbor.tls", "harbor.auth"),

@@ -128,6 +128,37 @@ class TimeoutTests(PolicyHookTestCase):
         self.clock.advance(2)
         self.assertEqual(self.successResultOf(result), TEMPFAIL)
 
+    def test_silentAsyncioCoroutine(self) -> None:
+        """
+        Under an asyncio loop (Twisted's asyncio reactor), a coroutine that
+        awaits asyncio things and never finishes is timed out too, logged
+        as a timeout, and its task cancelled.
+        """
+        import asyncio
+
+        from harbor.test.test_awaitable import insideAsyncio, settle
+
+        cancelled: list[bool] = []
+
+        async def waitForever(request: PolicyRequest) -> Refuse | None:
+            try:
+                await asyncio.Event().wait()
+            except asyncio.CancelledError:
+                cancelled.append(True)
+                raise
+            return REFUSE
+
+        async def body() -> list[Any]:
+            result = self.check(waitForever, timeout=2, default="tempfail")
+            await asyncio.sleep(0)
+            self.clock.advance(2)
+            return await settle(result)
+
+        self.assertEqual(insideAsyncio(body), [TEMPFAIL])
+        self.assertEqual(cancelled, [True])
+        [event] = self.events
+        self.assertEqual(formatEvent(event), "Policy hook timed out at rcpt; applying the default")
+
     def test_tempfailOverTheWire(self) -> None:
         """
         Through the protocol, a silent hook with the C{tempfail} default
@@ -189,6 +220,203 @@ class TimeoutTests(PolicyHookTestCase):
         self.assertEqual(smtp.take(), b"")
         reactor.advance(0.1)
         self.assertEqual(smtp.replies(b""), [TEMPFAIL_REPLY])
+
+
+class TransactionBudgetTests(PolicyHookTestCase):
+    """
+    One transaction's calls share a time limit: once it is used up, the
+    default answers at once, without the hook being asked.
+    """
+
+    def silent(self) -> tuple[list[PolicyRequest], Any]:
+        """
+        A hook that never answers, and the requests it was asked.
+        """
+        asked: list[PolicyRequest] = []
+
+        def hook(request: PolicyRequest) -> Deferred[Refuse | None]:
+            asked.append(request)
+            return Deferred()
+
+        return asked, hook
+
+    def usedUp(self) -> list[dict[str, Any]]:
+        """
+        The log events saying a transaction's budget is used up.
+        """
+        return [e for e in self.events if "used up" in formatEvent(e)]
+
+    def test_lastCallGetsWhatIsLeft(self) -> None:
+        """
+        Calls get their own time limit while the budget lasts, the last one
+        only what is left of it; after that the default answers at once and
+        the hook is not called.
+        """
+        asked, hook = self.silent()
+        policy = PolicyHook(hook, self.clock, 10, "tempfail", transactionTimeout=25)
+        budget = policy.transaction()
+        for _ in range(2):
+            result = policy.check(REQUEST, budget)
+            self.clock.advance(9.9)
+            self.assertNoResult(result)
+            self.clock.advance(0.1)
+            self.assertEqual(self.successResultOf(result), TEMPFAIL)
+        third = policy.check(REQUEST, budget)
+        self.clock.advance(5)
+        self.assertEqual(self.successResultOf(third), TEMPFAIL)
+        self.assertEqual(budget.remaining, 0)
+        fourth = policy.check(REQUEST, budget)
+        self.assertEqual(self.successResultOf(fourth), TEMPFAIL)
+        self.assertEqual(len(asked), 3)
+
+    def test_acceptDefault(self) -> None:
+        """
+        With the C{accept} default, a used-up budget takes the mail at once.
+        """
+        asked, hook = self.silent()
+        policy = PolicyHook(hook, self.clock, 2, transactionTimeout=2)
+        budget = policy.transaction()
+        first = policy.check(REQUEST, budget)
+        self.clock.advance(2)
+        self.assertIsNone(self.successResultOf(first))
+        self.assertIsNone(self.successResultOf(policy.check(REQUEST, budget)))
+        self.assertEqual(len(asked), 1)
+
+    def test_loggedOncePerTransaction(self) -> None:
+        """
+        A used-up budget is logged once, as a warning naming the client,
+        the budget, the stage and the default, however many calls follow;
+        the next transaction's is logged again.
+        """
+        asked, hook = self.silent()
+        policy = PolicyHook(hook, self.clock, 3, "tempfail", transactionTimeout=3)
+        for _ in range(2):
+            budget = policy.transaction()
+            policy.check(REQUEST, budget)
+            self.clock.advance(3)
+            for _ in range(5):
+                self.successResultOf(policy.check(REQUEST, budget))
+        first, second = self.usedUp()
+        self.assertEqual(first["log_level"], LogLevel.warn)
+        self.assertEqual(
+            formatEvent(first),
+            "client=192.0.2.7 policy hook used up the 3s of this transaction at rcpt; "
+            "its remaining questions get the default (tempfail) without asking it",
+        )
+        self.assertEqual(formatEvent(second), formatEvent(first))
+        self.assertEqual(len(asked), 2)
+
+    def test_quickAnswersCountToo(self) -> None:
+        """
+        The time of answered calls counts as well: thirty one-second
+        answers use up thirty seconds, and the thirty-first question is not
+        asked.
+        """
+        asked: list[PolicyRequest] = []
+
+        def slowly(request: PolicyRequest) -> Deferred[Refuse | None]:
+            asked.append(request)
+            d: Deferred[Refuse | None] = Deferred()
+            self.clock.callLater(1, d.callback, REFUSE)
+            return d
+
+        policy = PolicyHook(slowly, self.clock, 10, "tempfail", transactionTimeout=30)
+        budget = policy.transaction()
+        for _ in range(30):
+            result = policy.check(REQUEST, budget)
+            self.clock.advance(1)
+            self.assertIs(self.successResultOf(result), REFUSE)
+        self.assertEqual(self.successResultOf(policy.check(REQUEST, budget)), TEMPFAIL)
+        self.assertEqual(len(asked), 30)
+
+    def test_eachTransactionItsOwn(self) -> None:
+        """
+        A new transaction's budget is whole, whatever the last one spent;
+        calls without a budget have only their own time limit.
+        """
+        asked, hook = self.silent()
+        policy = PolicyHook(hook, self.clock, 4, "tempfail", transactionTimeout=4)
+        used = policy.transaction()
+        policy.check(REQUEST, used)
+        self.clock.advance(4)
+        self.assertEqual(policy.transaction().remaining, 4)
+        unbounded = policy.check(REQUEST)
+        self.clock.advance(3.9)
+        self.assertNoResult(unbounded)
+        self.assertEqual(len(asked), 2)
+
+    def recipients(self, count: int) -> bytes:
+        return b"".join(b"RCPT TO:<r%d@example.com>\r\n" % i for i in range(count))
+
+    def test_recipientsOverTheWire(self) -> None:
+        """
+        Through the protocol, a silent hook with the C{tempfail} default
+        holds RCPTs only until the transaction's budget is used up; the
+        rest get the documented 451 at once, without the hook being asked;
+        RSET starts a new budget.
+        """
+        asked, hook = self.silent()
+        deliverer, _ = makeDeliverer(self.mktemp(), clock=self.clock)
+        deliverer.policyHook = PolicyHook(hook, self.clock, 3, "tempfail", transactionTimeout=5)
+        smtp = SMTPDriver(deliverer, self.clock)
+        smtp.send(b"EHLO c\r\nMAIL FROM:<s@x.org>\r\n" + self.recipients(5))
+        self.clock.advance(3)
+        self.clock.advance(2)
+        self.assertEqual(smtp.replies(b"")[-5:], [TEMPFAIL_REPLY] * 5)
+        self.assertEqual(len(asked), 2)
+        self.assertEqual(len(self.usedUp()), 1)
+        replies = smtp.replies(b"RSET\r\nMAIL FROM:<s@x.org>\r\n" + self.recipients(1))
+        self.assertEqual(replies, [b"250 2.0.0 Ok", b"250 2.1.0 Ok"])
+        self.clock.advance(2.9)
+        self.assertEqual(smtp.take(), b"")
+        self.assertEqual(len(asked), 3)
+
+    def test_dataAfterRecipients(self) -> None:
+        """
+        The question after the data shares the budget of the RCPTs: with
+        the C{accept} default, once the RCPTs used it up, the message is
+        stored without the hook being asked about it.
+        """
+        asked, hook = self.silent()
+        root = self.mktemp()
+        deliverer, _ = makeDeliverer(root, clock=self.clock)
+        deliverer.policyHook = PolicyHook(hook, self.clock, 3, "accept", transactionTimeout=3)
+        smtp = SMTPDriver(deliverer, self.clock)
+        smtp.send(ENVELOPE)
+        self.clock.advance(3)
+        replies = smtp.replies(b"DATA\r\nSubject: x\r\n\r\nhi\r\n.\r\n")
+        self.assertEqual(replies[-1][:3], b"250", replies)
+        self.assertEqual([r.stage for r in asked], ["rcpt"])
+        self.assertEqual(len(files(root, "example.com", "new")), 1)
+
+    def test_setting(self) -> None:
+        """
+        C{policy_hook_transaction_timeout} makes the server's budget: with
+        one per-call limit of 7 s and a budget of 10 s, the second RCPT is
+        answered after 3 s and the third at once.
+        """
+        reactor = MemoryReactorClock()
+        config = Config.fromMapping(
+            {
+                "domain": ["example.com"],
+                "maildir": os.path.abspath(self.mktemp()),
+                "policy_hook": f"{__name__}:neverAnswers",
+                "policy_hook_timeout": 7,
+                "policy_hook_transaction_timeout": 10,
+                "policy_hook_default": "tempfail",
+            }
+        )
+        buildService(config, reactor).privilegedStartService()
+        [(_, factory, _, _)] = reactor.tcpServers
+        assert isinstance(factory, HarborSMTPFactory)
+        smtp = SMTPDriver(factory.deliverer, reactor, factory=factory)
+        smtp.send(b"EHLO c\r\nMAIL FROM:<s@x.org>\r\n" + self.recipients(3))
+        reactor.advance(7)
+        self.assertEqual(smtp.replies(b"")[-1], TEMPFAIL_REPLY)
+        reactor.advance(2.9)
+        self.assertEqual(smtp.take(), b"")
+        reactor.advance(0.1)
+        self.assertEqual(smtp.replies(b""), [TEMPFAIL_REPLY, TEMPFAIL_REPLY])
 
 
 class FailureTests(PolicyHookTestCase):

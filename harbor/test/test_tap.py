@@ -162,6 +162,24 @@ class AuthOptionsTests(SynchronousTestCase):
         self.assertIs(cast(TextOrBytes, checker)._checker, options["credCheckers"][0])
         self.assertTrue(factory.settings.allowPlaintextAuth)
 
+    def test_authenticateInCode(self) -> None:
+        """
+        makeService takes an C{authenticate} callback, asked after the
+        --auth checkers.
+        """
+        from harbor.auth import CallbackChecker
+        from harbor.smtp._factory import HarborSMTPFactory
+
+        def authenticate(user: str, password: str, client: str) -> bool:
+            return True
+
+        options = parse("-d", "a.example", "--auth", "memory:alice:pw")
+        service = makeService(options, MemoryReactorClock(), authenticate=authenticate)
+        [listener] = [s for s in service if isinstance(s, ListeningService)]
+        factory = cast(HarborSMTPFactory, listener._factory)
+        _, callback = factory.settings.checkers
+        self.assertIs(cast(CallbackChecker, callback)._authenticate, authenticate)
+
     def test_submissionNeedsUsers(self) -> None:
         """
         A submission listener without any way to authenticate is refused.

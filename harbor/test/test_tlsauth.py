@@ -89,7 +89,7 @@ class SecurityTestCase(SynchronousTestCase):
             self.tlsMarker,  # type: ignore[arg-type]
             # mypy's attrs plugin reads the field's converter=tuple as
             # taking an iterable of nothing in particular.
-            (cast(ICredentialsChecker, UsersFileChecker(users, runSynchronously)),),  # type: ignore[arg-type]
+            self.checkers(users),  # type: ignore[arg-type]
             self.allowPlaintextAuth,
             Throttle(delays=(0, 2, 5), perSession=3),
         )
@@ -97,6 +97,13 @@ class SecurityTestCase(SynchronousTestCase):
         self.events: list[dict[str, Any]] = []
         self.patch(HarborESMTP, "_log", Logger(observer=cast(ILogObserver, self.events.append)))
         self.smtp = SMTPDriver(self.deliverer, self.clock, factory=self.factory, transport=TLSStringTransport)
+
+    def checkers(self, users: str) -> tuple[ICredentialsChecker, ...]:
+        """
+        The checkers AUTH uses: the users file at C{users} (alice, password
+        right).
+        """
+        return (cast(ICredentialsChecker, UsersFileChecker(users, runSynchronously)),)
 
     def startTLS(self) -> bytes:
         reply = self.smtp.send(b"STARTTLS\r\n")
@@ -444,3 +451,155 @@ class SubmissionTests(SecurityTestCase):
             self.smtp.replies(b"AUTH PLAIN " + plain(b"alice", b"right") + b"\r\nMAIL FROM:<s@x.org>\r\n"),
             [b"235 2.7.0 Authentication successful", b"250 2.1.0 Ok"],
         )
+
+
+class CallbackAuthTests(SecurityTestCase):
+    """
+    AUTH decided by an embedding program's C{authenticate} callback
+    (L{harbor.auth.CallbackChecker}), beside the users file.
+    """
+
+    def checkers(self, users: str) -> tuple[ICredentialsChecker, ...]:
+        from harbor.auth import CallbackChecker
+
+        self.calls: list[tuple[str, str, str]] = []
+        self.answer: Any = True
+        return (*super().checkers(users), CallbackChecker(self.authenticate))
+
+    def authenticate(self, user: str, password: str, client: str) -> Any:
+        self.calls.append((user, password, client))
+        if callable(self.answer):
+            return self.answer()
+        return self.answer if password == "secret" else False
+
+    def login(self, user: bytes = b"bob", password: bytes = b"secret") -> bytes:
+        return self.smtp.send(b"AUTH PLAIN " + plain(user, password) + b"\r\n")
+
+    def test_tlsOnly(self) -> None:
+        """
+        As with the users file, AUTH is offered only under TLS, and the
+        callback is not asked before.
+        """
+        self.assertNotIn(b"AUTH", self.smtp.send(b"EHLO c\r\n"))
+        self.assertEqual(self.login(), b"538 5.7.11 Error: authentication requires TLS (STARTTLS first)\r\n")
+        self.assertEqual(self.calls, [])
+        self.startTLS()
+        self.assertIn(b"250 AUTH PLAIN LOGIN\r\n", self.smtp.send(b"EHLO c\r\n"))
+
+    def test_loggedIn(self) -> None:
+        """
+        C{True} logs in with 235: the callback got the user name, the
+        password and the client's IP address, and the session's mail is
+        the user's.
+        """
+        self.startTLS()
+        self.smtp.send(b"EHLO c\r\n")
+        self.assertEqual(self.login(), b"235 2.7.0 Authentication successful\r\n")
+        self.assertEqual(self.calls, [("bob", "secret", "192.0.2.7")])
+        self.assertEqual(self.smtp.protocol.session.user, "bob")
+
+    def test_usersFileFirst(self) -> None:
+        """
+        A user of the users file logs in without the callback being asked.
+        """
+        self.startTLS()
+        self.smtp.send(b"EHLO c\r\n")
+        self.assertEqual(self.login(b"alice", b"right"), b"235 2.7.0 Authentication successful\r\n")
+        self.assertEqual(self.calls, [])
+
+    def test_wrongPasswordThrottled(self) -> None:
+        """
+        C{False} is a wrong password: 535 5.7.8, slowed down as the users
+        file's are, and the third in a session disconnects.
+        """
+        self.startTLS()
+        self.smtp.send(b"EHLO c\r\n")
+        self.assertEqual(self.login(b"bob", b"guess"), b"535 5.7.8 Error: authentication failed\r\n")
+        self.assertEqual(self.login(b"bob", b"guess"), b"")
+        self.clock.advance(2)
+        self.assertEqual(self.smtp.take(), b"535 5.7.8 Error: authentication failed\r\n")
+        self.login(b"bob", b"guess")
+        self.clock.advance(5)
+        self.assertEqual(
+            self.smtp.take(),
+            b"535 5.7.8 Error: authentication failed\r\n421 4.7.0 mx.example.com Error: too many failed logins\r\n",
+        )
+        self.assertTrue(self.smtp.transport.disconnecting)
+
+    def test_raisingFailsClosed(self) -> None:
+        """
+        A callback that raises logs no one in: 454 4.7.0, a logged failure
+        naming the user and not the password, and the session goes on.
+        """
+
+        def broken() -> bool:
+            raise ConnectionError("directory down")
+
+        self.answer = broken
+        self.startTLS()
+        self.smtp.send(b"EHLO c\r\n")
+        self.assertEqual(self.login(), b"454 4.7.0 Error: temporary authentication failure\r\n")
+        self.assertIsNone(self.smtp.protocol.session.user)
+        [failure] = [e for e in self.events if "log_failure" in e]
+        self.assertTrue(failure["log_failure"].check(ConnectionError))
+        self.assertEqual(formatEvent(failure), "client=192.0.2.7 auth=PLAIN user=bob authentication error")
+        self.assertNotIn("secret", " ".join(formatEvent(e) for e in self.events))
+        self.assertEqual(self.smtp.send(b"NOOP\r\n"), b"250 2.0.0 Ok\r\n")
+
+    def test_failedCoroutineFailsClosed(self) -> None:
+        """
+        A coroutine that fails, or an answer that is not a bool, is 454
+        4.7.0 too.
+        """
+
+        async def broken() -> bool:
+            raise LookupError("no such table")
+
+        self.startTLS()
+        self.smtp.send(b"EHLO c\r\n")
+        for answer in (broken, lambda: "yes"):
+            self.answer = answer
+            self.assertEqual(self.login(), b"454 4.7.0 Error: temporary authentication failure\r\n")
+
+    def test_pending(self) -> None:
+        """
+        The reply waits for a L{Deferred} answer.
+        """
+        from twisted.internet.defer import Deferred
+
+        pending: Deferred[bool] = Deferred()
+        self.answer = lambda: pending
+        self.startTLS()
+        self.smtp.send(b"EHLO c\r\n")
+        self.assertEqual(self.login(), b"")
+        pending.callback(True)
+        self.assertEqual(self.smtp.take(), b"235 2.7.0 Authentication successful\r\n")
+
+
+class CombinedCheckersTests(SecurityTestCase):
+    """
+    A twistd C{--auth} checker beside the users file.
+    """
+
+    def checkers(self, users: str) -> tuple[ICredentialsChecker, ...]:
+        from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
+
+        from harbor.auth import TextOrBytes
+
+        other = InMemoryUsernamePasswordDatabaseDontUse(bob=b"other")
+        return (cast(ICredentialsChecker, TextOrBytes(other)), *super().checkers(users))
+
+    def test_eitherLogsIn(self) -> None:
+        """
+        A user of either the C{--auth} checker or the users file logs in
+        (a portal alone would ask only one of them).
+        """
+        for user, password in ((b"bob", b"other"), (b"alice", b"right")):
+            self.smtp = SMTPDriver(self.deliverer, self.clock, factory=self.factory, transport=TLSStringTransport)
+            self.startTLS()
+            self.smtp.send(b"EHLO c\r\n")
+            self.assertEqual(
+                self.smtp.send(b"AUTH PLAIN " + plain(user, password) + b"\r\n"),
+                b"235 2.7.0 Authentication successful\r\n",
+                user,
+            )
