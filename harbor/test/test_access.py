@@ -8,10 +8,10 @@ from __future__ import annotations
 import os
 import stat
 
+from twisted.trial.unittest import SynchronousTestCase
+
 from hypothesis import given
 from hypothesis import strategies as st
-
-from twisted.trial.unittest import SynchronousTestCase
 
 from harbor.access import (
     READ,
