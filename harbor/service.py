@@ -351,10 +351,10 @@ class HarborService(MultiService):
                 raise
             if made:
                 self._log.info(
-                    "Created {count} directories in {maildir} for {user}, who MailHarbor runs as",
-                    count=len(made),
+                    "Prepared {maildir} for {user}, who MailHarbor runs as: created {created}",
                     maildir=self.config.maildir,
                     user=self._runAs.name,
+                    created=", ".join(made),
                     paths=made,
                 )
         super().privilegedStartService()

@@ -170,7 +170,7 @@ class RunAsTests(SynchronousTestCase):
             result = os.stat(os.path.join(root, path))
             self.assertEqual((result.st_uid, result.st_gid), (ME.uid, ME.gid), path)
         self.assertEqual(len(self.reactor.tcpServers), 1)
-        [created] = [e for e in self.events if e["log_format"].startswith("Created")]
+        [created] = [e for e in self.events if e["log_format"].startswith("Prepared")]
         self.assertEqual((created["maildir"], created["user"]), (root, "me"))
         self.assertIn(os.path.join(root, "a.example", "new"), created["paths"])
 
