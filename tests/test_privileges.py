@@ -22,7 +22,14 @@ from twisted.trial.unittest import SkipTest, TestCase
 from harbor.auth import setPassword
 from harbor.test._support import files
 from harbor.test.certs import TestCA
-from tests._e2e import CLIENT_TIMEOUT, DOMAIN, LOOPBACK_PORT, inThread, runTwistd, startTwistdServer
+from tests._e2e import (
+    CLIENT_TIMEOUT,
+    DOMAIN,
+    LOOPBACK_PORT,
+    inThread,
+    runTwistd,
+    startTwistdServer,
+)
 
 MESSAGE = b"Subject: first\r\n\r\nThe first message on a fresh machine.\r\n"
 

@@ -26,6 +26,7 @@ from harbor.config import Config
 from harbor.ownership import AccessProblem
 from harbor.service import HarborService, ListeningService
 from harbor.smtp._factory import HarborSMTPFactory
+from harbor.test._support import stranger
 
 
 class HarborServiceTests(SynchronousTestCase):
@@ -139,7 +140,6 @@ class HarborServiceTests(SynchronousTestCase):
 
 
 ME = Identity("me", os.getuid(), os.getgid(), frozenset(os.getgroups()))
-NOBODY = Identity("nobody", 65534, 65534, frozenset({65534}))
 HOOK = {"name": "notify", "kind": "python", "target": "harbor.test.test_hooks:exampleHandler"}
 
 
@@ -182,11 +182,12 @@ class RunAsTests(SynchronousTestCase):
         private = os.path.abspath(self.mktemp())
         os.mkdir(private, 0o700)
         root = os.path.join(private, "mail")
-        service = HarborService(self.config(root), self.reactor, runAs=NOBODY)
+        other = stranger()
+        service = HarborService(self.config(root), self.reactor, runAs=other)
         problem = self.assertRaises(AccessProblem, service.privilegedStartService)
         # The private directory, or one above it that is private too.
         self.assertTrue((private + "/").startswith(problem.path + "/"), problem.path)
-        self.assertIn(f"nobody (uid 65534, gid 65534) could not reach {root}", str(problem))
+        self.assertIn(f"{other} could not reach {root}", str(problem))
         self.assertEqual(self.reactor.tcpServers, [])
         self.assertFalse(os.path.exists(root))
         self.assertEqual([e["log_level"].name for e in self.events if "Cannot start" in e["log_format"]], ["critical"])
@@ -200,11 +201,12 @@ class RunAsTests(SynchronousTestCase):
         self.patch(os, "geteuid", lambda: 0)
         private = os.path.abspath(self.mktemp())
         os.mkdir(private, 0o700)
-        application = Application("mailharbor", uid=65534, gid=65534)
+        other = stranger()
+        application = Application("mailharbor", uid=other.uid, gid=other.gid)
         service = HarborService(self.config(os.path.join(private, "mail")), self.reactor)
         service.setServiceParent(application)
         problem = self.assertRaises(AccessProblem, service.privilegedStartService)
-        self.assertIn("uid 65534", str(problem))
+        self.assertIn(f"{other.name} (uid {other.uid}, gid {other.gid})", str(problem))
 
     def test_nothingMadeWithoutUser(self) -> None:
         """

@@ -15,6 +15,7 @@ from harbor import tap
 from harbor.access import Identity
 from harbor.service import HarborService, ListeningService
 from harbor.tap import Options, makeService
+from harbor.test._support import stranger
 
 
 def parse(*argv: str) -> Options:
@@ -189,16 +190,16 @@ class RunAsTests(SynchronousTestCase):
         A Maildir root the user could not reach is a usage error naming
         --maildir, the directory, the user and the permission.
         """
-        nobody = Identity("nobody", 65534, 65534)
-        self.patch(tap, "identityAfterDrop", lambda uid, gid: nobody)
+        other = stranger()
+        self.patch(tap, "identityAfterDrop", lambda uid, gid: other)
         private = os.path.abspath(self.mktemp())
         os.mkdir(private, 0o700)
         error = self.assertRaises(
             usage.UsageError,
             self.twistd,
-            "--uid", "65534", "mailharbor", "-d", "a.example", "-m", os.path.join(private, "mail"),
+            "--uid", str(other.uid), "mailharbor", "-d", "a.example", "-m", os.path.join(private, "mail"),
         )
-        self.assertTrue(str(error).startswith("--maildir: nobody (uid 65534, gid 65534) could not reach"), error)
+        self.assertTrue(str(error).startswith(f"--maildir: {other} could not reach"), error)
         # The private directory, or one above it that is private too.
         [refused] = re.findall(r"no search \(x\) permission on (\S+) \(owner", str(error))
         self.assertTrue((private + "/").startswith(refused + "/"), refused)
