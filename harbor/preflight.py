@@ -15,15 +15,26 @@ option.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 
 from twisted.internet.endpoints import serverFromString
 
 from harbor._syntax import ConfigError
+from harbor.access import Identity
 from harbor.auth import readUsers
 from harbor.config import Config, Listener
 from harbor.hooks.loading import checkHooks
+from harbor.hooks.spool import SPOOL_DIRECTORIES, spoolFor
+from harbor.ownership import (
+    AccessProblem,
+    IDirectories,
+    checkReadable,
+    planDirectories,
+    prepareDirectories,
+)
 from harbor.policyhook import loadPolicyHook
+from harbor.store.names import SUBDIRECTORIES
 from harbor.tls import TLSConfigurationError, loadCertificateOptions
 
 
@@ -42,11 +53,16 @@ def checkConfig(
     credCheckers: Sequence[object] = (),
     codeHooks: Sequence[object] = (),
     policy: object = None,
+    runAs: Identity | None = None,
+    fs: IDirectories | None = None,
 ) -> None:
     """
     Check, once at start, what the configuration refers to: the
     endpoints parse, the certificate and the users file can be read, the
     hooks' code and programs are there, and the settings fit together.
+    Started as root to run as another user (C{twistd --uid}), also that
+    this user will be able to use the Maildirs and read the files
+    (L{checkForUser}).
 
     @param credCheckers: Ways to authenticate other than the users file
         (twistd's C{--auth}).
@@ -55,6 +71,9 @@ def checkConfig(
     @param policy: A policy function given in code, which takes the place
         of the configuration's C{policy_hook}; that one is then not
         imported.
+    @param runAs: The user twistd will switch to after binding the ports,
+        if it will (L{harbor.ownership.identityAfterDrop}).
+    @param fs: The file-system calls L{checkForUser} makes, for tests.
     @raise Conflict: for settings that cannot be used together.
     @raise ConfigError: naming the first other setting at fault.
     """
@@ -85,6 +104,63 @@ def checkConfig(
         and not credCheckers
     ):
         raise Conflict("submission_port", "needs users to authenticate (--users-file or --auth)")
+    if runAs is not None:
+        checkForUser(config, runAs, bool(config.hooks or codeHooks), fs)
+
+
+def workingDirectories(config: Config, withSpool: bool) -> list[str]:
+    """
+    The directories MailHarbor writes in from the start, parents first:
+    every domain's Maildirs (C{tmp}, C{new}, C{cur}) and, with hooks,
+    the hook spool.
+    """
+    directories = []
+    for domain in config.domains:
+        for mailbox in domain.mailboxPaths():
+            maildir = os.path.join(config.maildir, mailbox)
+            directories += [maildir, *(os.path.join(maildir, sub) for sub in SUBDIRECTORIES)]
+    if withSpool:
+        spool = spoolFor(config.maildir)
+        directories += [spool, *(os.path.join(spool, sub) for sub in SPOOL_DIRECTORIES)]
+    return directories
+
+
+def checkForUser(config: Config, identity: Identity, withSpool: bool, fs: IDirectories | None = None) -> None:
+    """
+    Check that C{identity}, the user twistd switches to once the ports
+    are bound, will be able to use the Maildir root and what is in it
+    (made for it by L{prepareForUser} if missing) and to read the users
+    file and the TLS certificate and key, which are read again on SIGHUP.
+
+    @raise ConfigError: naming the setting, the path, the user and the
+        missing permission.
+    """
+    after = f"; MailHarbor runs as {identity.name} after twistd drops privileges"
+    try:
+        planDirectories(config.maildir, workingDirectories(config, withSpool), identity, fs)
+    except AccessProblem as e:
+        raise ConfigError("maildir", f"{e}{after}") from None
+    files = [("users_file", config.usersFile)]
+    if config.tls is not None:
+        files += [("tls_cert", config.tls.certificate), ("tls_key", config.tls.key)]
+    for setting, path in files:
+        if path is not None:
+            try:
+                checkReadable(path, identity, fs)
+            except AccessProblem as e:
+                raise ConfigError(setting, f"{e}{after}") from None
+
+
+def prepareForUser(config: Config, identity: Identity, withSpool: bool, fs: IDirectories | None = None) -> list[str]:
+    """
+    Make, as root, the directories of L{workingDirectories} that are
+    missing, giving the Maildir root and what is in it to C{identity}.
+
+    @return: The directories made.
+    @raise AccessProblem: if C{identity} could not use them after all.
+    """
+    return prepareDirectories(config.maildir, workingDirectories(config, withSpool), identity, fs)
+
 
 
 def checkEndpoint(description: str, setting: str) -> None:

@@ -18,7 +18,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from twisted.application.service import MultiService, Service
+from twisted.application.service import IProcess, MultiService, Service
 from twisted.cred.checkers import ICredentialsChecker
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import serverFromString
@@ -30,13 +30,16 @@ from twisted.python.failure import Failure
 
 from harbor._logging import PublishedLogger
 from harbor._workers import Workers
+from harbor.access import Identity
 from harbor.auth import Authenticate, CallbackChecker, TextOrBytes, UsersFileChecker
 from harbor.config import Config, withBacklog
 from harbor.hooks.kinds import IHook, loadHooks
 from harbor.hooks.runner import HookRunner
 from harbor.hooks.spool import spoolFor
 from harbor.limits import ConnectionCounter, FailureTracker, Throttle
+from harbor.ownership import AccessProblem, identityAfterDrop
 from harbor.policyhook import PolicyHook, PolicyRequest, loadPolicyHook
+from harbor.preflight import prepareForUser
 from harbor.routing import RecipientPolicy
 from harbor.store.fs import RealFileSystem, StorageError
 from harbor.store.names import MaildirNamer
@@ -121,10 +124,11 @@ class HarborService(MultiService):
     MailHarbor as a whole: its listeners, its connections and its
     Maildirs.
 
-    The Maildirs are created when it starts, after twistd has dropped
-    privileges, so they belong to the user mail is stored as.  SIGHUP
-    reloads the configuration; stopping lets messages being received
-    finish first.
+    Started as root to run as another user (C{twistd --uid}), it makes
+    the Maildirs and the hook spool before twistd drops privileges, and
+    gives them to that user; otherwise it makes them when it starts.
+    SIGHUP reloads the configuration; stopping lets messages being
+    received finish first.
 
     @ivar config: The configuration in effect.
     @ivar hooks: The new-message hooks' runner, a child service, or
@@ -147,6 +151,7 @@ class HarborService(MultiService):
         inheritedSockets: Sequence[tuple[int, int]] = (),
         arguments: Sequence[str] = (),
         reread: Reread | None = None,
+        runAs: Identity | None = None,
     ) -> None:
         """
         @param config: The configuration, already checked by
@@ -172,6 +177,11 @@ class HarborService(MultiService):
             processes to run the same.
         @param reread: Reads the configuration again for L{reload}; without
             it, a reload is refused with a warning.
+        @param runAs: The user twistd will switch to after
+            L{privilegedStartService} (L{harbor.ownership.identityAfterDrop}
+            of its C{--uid} and C{--gid}); without it, the user the
+            application it joins names, if any (C{Application(name, uid,
+            gid)}).
         """
         # Imported here, not at the top: twisted.mail.smtp imports the global
         # reactor, and twistd imports this module before it has started one.
@@ -185,6 +195,7 @@ class HarborService(MultiService):
         self._logFormat = logFormat
         self._jsonLog = jsonLog
         self._reread = reread
+        self._runAs = runAs
         limits = config.limits
         self._tls = ReloadableTLS(config.tls.certificate, config.tls.key) if config.tls else None
         self._connections = ConnectionCounter(
@@ -331,7 +342,33 @@ class HarborService(MultiService):
         """
         if self._logFormat == "json" and hasattr(parent, "setComponent"):
             parent.setComponent(ILogObserver, jsonLogObserver(self._jsonLog))
+        process = IProcess(parent, None)
+        if self._runAs is None and process is not None:
+            self._runAs = identityAfterDrop(process.uid, process.gid)
         super().setServiceParent(parent)
+
+    def privilegedStartService(self) -> None:
+        """
+        Before twistd drops privileges: make the Maildirs and the hook
+        spool for the user it switches to, then bind the ports.
+
+        @raise AccessProblem: if that user could not use them.
+        """
+        if self._runAs is not None:
+            try:
+                made = prepareForUser(self.config, self._runAs, self.hooks is not None)
+            except AccessProblem as e:
+                self._log.critical("Cannot start: {error}", error=str(e))
+                raise
+            if made:
+                self._log.info(
+                    "Prepared {maildir} for {user}, who MailHarbor runs as: created {created}",
+                    maildir=self.config.maildir,
+                    user=self._runAs.name,
+                    created=", ".join(made),
+                    paths=made,
+                )
+        super().privilegedStartService()
 
     def reload(self) -> None:
         """

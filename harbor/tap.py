@@ -25,9 +25,11 @@ from twisted.python import usage
 
 from harbor._syntax import ConfigError
 from harbor._workers import inheritedSockets
+from harbor.access import Identity
 from harbor.auth import Authenticate
 from harbor.config import DEFAULT_MAILDIR, Config, loadFile
 from harbor.hooks.kinds import IHook
+from harbor.ownership import identityAfterDrop
 from harbor.preflight import Conflict, checkConfig
 from harbor.service import HarborService
 
@@ -65,7 +67,11 @@ class Options(usage.Options, strcred.AuthOptionMixin):
 
     @ivar config: The validated and checked L{Config}, once L{postOptions}
         has run.
+    @ivar runAs: The user twistd will switch to once the ports are bound
+        (its C{--uid} and C{--gid}, when started as root), or L{None}.
     """
+
+    runAs: Identity | None = None
 
     synopsis = "[--port PORT]... --domain DOMAIN... [options]"
     longdesc = (
@@ -166,9 +172,10 @@ class Options(usage.Options, strcred.AuthOptionMixin):
             if value is not None and value != [] and value != 0:
                 mapping[key] = bool(value) if key in ("require_tls", "allow_plaintext_auth") else value
                 fromCommandLine.add(key)
+        runAs = self._runAs()
         try:
             config = Config.fromMapping(mapping)
-            checkConfig(config, credCheckers=self.get("credCheckers", ()))
+            checkConfig(config, credCheckers=self.get("credCheckers", ()), runAs=runAs)
         except Conflict as e:
             raise usage.UsageError(f"{optionName(e.setting)}: {e.problem}") from None
         except ConfigError as e:
@@ -177,6 +184,21 @@ class Options(usage.Options, strcred.AuthOptionMixin):
                 raise usage.UsageError(f"{optionName(e.setting)}: {problem}") from None
             raise usage.UsageError(f"{path}: {e.setting}: {problem}") from None
         self.config = config
+        self.runAs = runAs
+
+    def _runAs(self) -> Identity | None:
+        """
+        The user twistd will switch to: its C{--uid} and C{--gid} are
+        twistd's own options, which are parsed before the command's, so
+        they are on the parent options when these are checked.
+        """
+        parent = self.parent
+        if parent is None:
+            return None
+        try:
+            return identityAfterDrop(parent.get("uid"), parent.get("gid"))
+        except ValueError as e:
+            raise usage.UsageError(f"--uid: {e}") from None
 
 
 def _asWritten(problem: str, mapping: Mapping[str, Any]) -> str:
@@ -243,6 +265,7 @@ def makeService(
         logFormat=options["log-format"],
         jsonLog=options.get("json-log", "-"),
         inheritedSockets=inheritedSockets(options.get("inherit-fds")),
+        runAs=options.runAs,
         arguments=arguments or (),
         reread=None if arguments is None else reread,
     )

@@ -29,6 +29,10 @@ from harbor.store.fs import IFileSystem, RealFileSystem, StorageError, quietly
 #: never taken for one.
 SPOOL_NAME = ".hooks"
 
+#: The spool's directories: files being written, jobs to run, jobs given
+#: up on.
+SPOOL_DIRECTORIES = ("tmp", "pending", "dead")
+
 _JOB_SUFFIX = ".json"
 
 
@@ -57,9 +61,7 @@ class HookSpool:
         """
         self.directory = directory
         self._fs: IFileSystem = RealFileSystem() if fs is None else fs
-        self._tmp = os.path.join(directory, "tmp")
-        self._pending = os.path.join(directory, "pending")
-        self._dead = os.path.join(directory, "dead")
+        self._tmp, self._pending, self._dead = (os.path.join(directory, name) for name in SPOOL_DIRECTORIES)
         self._prepared = False
 
     def isPending(self, jobID: str) -> bool:

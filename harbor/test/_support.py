@@ -27,6 +27,7 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 
+from harbor.access import Identity
 from harbor.delivery import Deliverer
 from harbor.limits import Limits
 from harbor.routing import DomainConfig, RecipientPolicy
@@ -52,6 +53,21 @@ def files(root: str, *path: str) -> list[str]:
         for parent, _, names in os.walk(directory)
         for name in names
     )
+
+
+def stranger() -> Identity:
+    """
+    A user in the password database that is neither root nor this
+    process's user, with its own group: one for whom this test's private
+    directories are the others', whoever runs the tests (nobody included).
+    """
+    import pwd
+
+    mine = {os.getuid(), os.getgid(), *os.getgroups()}
+    for entry in sorted(pwd.getpwall(), key=lambda entry: -entry.pw_uid):
+        if entry.pw_uid not in (0, os.getuid()) and entry.pw_gid not in mine:
+            return Identity(entry.pw_name, entry.pw_uid, entry.pw_gid, frozenset({entry.pw_gid}))
+    raise AssertionError("no user but root and this one in the password database")
 
 
 def _endsWithDate(line: bytes) -> bool:

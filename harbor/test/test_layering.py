@@ -29,8 +29,8 @@ PACKAGE = Path(harbor.__file__).parent
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("harbor._syntax", "harbor._logging", "harbor._awaitable"),
     ("harbor.address",),
-    ("harbor.routing", "harbor.limits", "harbor.filters"),
-    ("harbor.store", "harbor.tls", "harbor.auth"),
+    ("harbor.routing", "harbor.limits", "harbor.filters", "harbor.access"),
+    ("harbor.store", "harbor.tls", "harbor.auth", "harbor.ownership"),
     ("harbor.hooks.config",),
     ("harbor.config",),
     ("harbor.hooks", "harbor.dnsbl", "harbor.policyhook"),
@@ -53,6 +53,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
 # tested, without a reactor (h11's discipline).
 PURE = (
     "harbor._syntax",
+    "harbor.access",
     "harbor.address",
     "harbor.routing",
     "harbor.limits",

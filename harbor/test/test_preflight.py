@@ -11,10 +11,19 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from harbor import preflight
 from harbor._syntax import ConfigError
+from harbor.access import Identity
 from harbor.auth import setPassword
 from harbor.config import Config
-from harbor.preflight import Conflict, checkConfig, checkEndpoint
+from harbor.ownership import Status
+from harbor.preflight import (
+    Conflict,
+    checkConfig,
+    checkEndpoint,
+    prepareForUser,
+    workingDirectories,
+)
 from harbor.test.certs import TestCA
+from harbor.test.test_ownership import FILE, FakeDirectories, directory
 
 HOOK = {"name": "notify", "kind": "python", "target": "harbor.test.test_hooks:exampleHandler"}
 
@@ -175,3 +184,156 @@ class CheckConfigTests(SynchronousTestCase):
         self.assertEqual(error.problem, "needs users to authenticate (--users-file or --auth)")
         check(mapping, credCheckers=[object()])
         check({**mapping, "users_file": self.usersFile()})
+
+
+NOBODY = Identity("nobody", 65534, 65534, frozenset({65534}))
+
+
+class CheckForUserTests(SynchronousTestCase):
+    """
+    Tests for the checks made, as root, for the user twistd switches to
+    (L{checkConfig}'s C{runAs}), on a fake file system for the Maildirs
+    and real files to read.
+    """
+
+    def setUp(self) -> None:
+        self.fs = FakeDirectories({"/srv": directory(0o755)})
+
+    def addFile(self, path: str, mode: int) -> str:
+        """
+        Put the real file C{path} in the fake file system, with C{mode}, in
+        directories anyone may search.
+        """
+        parent = os.path.dirname(path)
+        while parent != "/":
+            self.fs.paths.setdefault(parent, directory(0o755))
+            parent = os.path.dirname(parent)
+        self.fs.paths[path] = Status(FILE | mode, 0, 0)
+        return path
+
+    def mapping(self, **extra: Any) -> dict[str, Any]:
+        return {"hostname": "mx.example", "domain": "example.com", "maildir": "/srv/mail", **extra}
+
+    def assertRefused(self, mapping: dict[str, Any], setting: str, *fragments: str) -> None:
+        config = Config.fromMapping(mapping)
+        error = self.assertRaises(ConfigError, checkConfig, config, runAs=NOBODY, fs=self.fs)
+        self.assertEqual(error.setting, setting)
+        for fragment in (*fragments, "nobody (uid 65534, gid 65534)", "after twistd drops privileges"):
+            self.assertIn(fragment, error.problem)
+
+    def test_usable(self) -> None:
+        """
+        A Maildir root nobody can be given and files nobody can read pass,
+        and nothing is changed by the check.
+        """
+        certificate, key = TestCA(self.mktemp()).issue()
+        users = os.path.abspath(self.mktemp())
+        setPassword(users, "alice", "secret")
+        mapping = self.mapping(
+            users_file=self.addFile(users, 0o644),
+            tls_cert=self.addFile(os.path.abspath(certificate), 0o644),
+            tls_key=self.addFile(os.path.abspath(key), 0o644),
+        )
+        checkConfig(Config.fromMapping(mapping), runAs=NOBODY, fs=self.fs)
+        self.assertEqual(self.fs.calls, [])
+
+    def test_maildirParentNotSearchable(self) -> None:
+        """
+        A Maildir root under a directory nobody cannot search is refused,
+        naming maildir, the directory, the user and search permission.
+        """
+        self.fs.paths["/srv"] = directory(0o700)
+        self.assertRefused(self.mapping(), "maildir", "/srv (owner root:root, mode 0700)", "search (x)")
+
+    def test_maildirInsideRootNotUsable(self) -> None:
+        """
+        Each domain's Maildir (and its tmp, new, cur) is checked, not only
+        the root.
+        """
+        self.fs.paths["/srv/mail"] = directory(0o700, 65534, 65534)
+        self.fs.paths["/srv/mail/example.com"] = directory(0o755)
+        self.assertRefused(self.mapping(), "maildir", "/srv/mail/example.com", "write (w)")
+
+    def test_usersFileUnreadable(self) -> None:
+        """
+        A users file root can read but nobody cannot is refused, naming
+        users_file, the file and read permission.
+        """
+        users = os.path.abspath(self.mktemp())
+        setPassword(users, "alice", "secret")
+        self.addFile(users, 0o600)
+        self.assertRefused(self.mapping(users_file=users), "users_file", users, "no read (r) permission")
+
+    def test_tlsKeyUnreadable(self) -> None:
+        """
+        A TLS key nobody cannot read is refused, naming tls_key; a
+        certificate, tls_cert.
+        """
+        certificate, key = TestCA(self.mktemp()).issue()
+        certificate, key = os.path.abspath(certificate), os.path.abspath(key)
+        self.addFile(certificate, 0o644)
+        self.addFile(key, 0o600)
+        self.assertRefused(self.mapping(tls_cert=certificate, tls_key=key), "tls_key", key, "read (r)")
+        self.addFile(key, 0o644)
+        self.addFile(certificate, 0o600)
+        self.assertRefused(self.mapping(tls_cert=certificate, tls_key=key), "tls_cert", certificate)
+
+    def test_hookSpoolOnlyWithHooks(self) -> None:
+        """
+        The hook spool is checked when there are hooks, configured or given
+        in code, and not otherwise.
+        """
+        self.fs.paths["/srv/mail"] = directory(0o700, 65534, 65534)
+        self.fs.paths["/srv/mail/.hooks"] = directory(0o700)
+        checkConfig(Config.fromMapping(self.mapping()), runAs=NOBODY, fs=self.fs)
+        self.assertRefused(self.mapping(hook=[HOOK]), "maildir", "/srv/mail/.hooks")
+        error = self.assertRaises(
+            ConfigError, checkConfig, Config.fromMapping(self.mapping()), codeHooks=[object()], runAs=NOBODY, fs=self.fs
+        )
+        self.assertIn("/srv/mail/.hooks", error.problem)
+
+    def test_notCheckedWithoutUser(self) -> None:
+        """
+        Without a user to switch to, the Maildirs are not looked at here.
+        """
+        self.fs.paths["/srv"] = directory(0o700)
+        checkConfig(Config.fromMapping(self.mapping()), fs=self.fs)
+
+
+class WorkingDirectoriesTests(SynchronousTestCase):
+    """
+    Tests for L{workingDirectories} and L{prepareForUser}.
+    """
+
+    def test_everyMaildirAndTheSpool(self) -> None:
+        """
+        Every domain's Maildir and its mailboxes' have tmp, new and cur; the
+        spool its tmp, pending and dead, with hooks only.
+        """
+        config = Config.fromMapping(
+            {
+                "hostname": "mx.example",
+                "maildir": "/m",
+                "domains": {"a.example": {"mailboxes": ["bob"]}, "b.example": {}},
+            }
+        )
+        maildirs = [
+            path
+            for maildir in ("/m/a.example", "/m/a.example/bob", "/m/b.example")
+            for path in (maildir, f"{maildir}/tmp", f"{maildir}/new", f"{maildir}/cur")
+        ]
+        self.assertEqual(workingDirectories(config, False), maildirs)
+        self.assertEqual(
+            workingDirectories(config, True),
+            [*maildirs, "/m/.hooks", "/m/.hooks/tmp", "/m/.hooks/pending", "/m/.hooks/dead"],
+        )
+
+    def test_prepareForUser(self) -> None:
+        """
+        Preparing makes the working directories for the user.
+        """
+        fs = FakeDirectories({"/srv": directory(0o755)})
+        config = Config.fromMapping({"hostname": "mx.example", "domain": "example.com", "maildir": "/srv/mail"})
+        made = prepareForUser(config, NOBODY, True, fs)
+        self.assertEqual(made, ["/srv/mail", *workingDirectories(config, True)])
+        self.assertEqual(fs.paths["/srv/mail/.hooks/pending"], directory(0o700, 65534, 65534))

@@ -20,10 +20,13 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import ILogObserver, Logger, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
+from harbor.access import Identity
 from harbor.auth import TextOrBytes
 from harbor.config import Config
+from harbor.ownership import AccessProblem
 from harbor.service import HarborService, ListeningService
 from harbor.smtp._factory import HarborSMTPFactory
+from harbor.test._support import stranger
 
 
 class HarborServiceTests(SynchronousTestCase):
@@ -134,6 +137,90 @@ class HarborServiceTests(SynchronousTestCase):
         self.assertEqual(signal.getsignal(signal.SIGHUP), service._hangUp)
         service.stopService()
         self.assertEqual(signal.getsignal(signal.SIGHUP), previous)
+
+
+ME = Identity("me", os.getuid(), os.getgid(), frozenset(os.getgroups()))
+HOOK = {"name": "notify", "kind": "python", "target": "harbor.test.test_hooks:exampleHandler"}
+
+
+class RunAsTests(SynchronousTestCase):
+    """
+    Tests for L{HarborService} started as root to run as another user: the
+    Maildirs are made before the privileged start binds the ports.
+    """
+
+    def setUp(self) -> None:
+        self.reactor = MemoryReactorClock()
+        self.events: list[dict[str, Any]] = []
+        self.patch(HarborService, "_log", Logger(observer=cast(ILogObserver, self.events.append)))
+
+    def config(self, root: str, **extra: Any) -> Config:
+        return Config.fromMapping({"domain": "a.example", "hostname": "mx.example", "maildir": root, **extra})
+
+    def test_preparedBeforeListening(self) -> None:
+        """
+        With a user to run as, the privileged start makes the Maildir root,
+        the domain's Maildir and (with hooks) the hook spool, owned by that
+        user, logs it, and binds the ports.
+        """
+        root = os.path.join(os.path.abspath(self.mktemp()), "mail")
+        service = HarborService(self.config(root, hook=[HOOK]), self.reactor, runAs=ME)
+        service.privilegedStartService()
+        for path in ("a.example/new", "a.example/cur", "a.example/tmp", ".hooks/pending"):
+            result = os.stat(os.path.join(root, path))
+            self.assertEqual((result.st_uid, result.st_gid), (ME.uid, ME.gid), path)
+        self.assertEqual(len(self.reactor.tcpServers), 1)
+        [created] = [e for e in self.events if e["log_format"].startswith("Prepared")]
+        self.assertEqual((created["maildir"], created["user"]), (root, "me"))
+        self.assertIn(os.path.join(root, "a.example", "new"), created["paths"])
+
+    def test_refusedBeforeListening(self) -> None:
+        """
+        A Maildir root the user could not use fails the privileged start,
+        logged critically, before any port is bound and with nothing made.
+        """
+        private = os.path.abspath(self.mktemp())
+        os.mkdir(private, 0o700)
+        root = os.path.join(private, "mail")
+        other = stranger()
+        service = HarborService(self.config(root), self.reactor, runAs=other)
+        problem = self.assertRaises(AccessProblem, service.privilegedStartService)
+        # The private directory, or one above it that is private too.
+        self.assertTrue((private + "/").startswith(problem.path + "/"), problem.path)
+        self.assertIn(f"{other} could not reach {root}", str(problem))
+        self.assertEqual(self.reactor.tcpServers, [])
+        self.assertFalse(os.path.exists(root))
+        self.assertEqual([e["log_level"].name for e in self.events if "Cannot start" in e["log_format"]], ["critical"])
+
+    def test_userFromApplication(self) -> None:
+        """
+        Without C{runAs}, the user of the application the service joins
+        (C{Application(name, uid, gid)}) is the one prepared for, when
+        running as root.
+        """
+        self.patch(os, "geteuid", lambda: 0)
+        private = os.path.abspath(self.mktemp())
+        os.mkdir(private, 0o700)
+        other = stranger()
+        application = Application("mailharbor", uid=other.uid, gid=other.gid)
+        service = HarborService(self.config(os.path.join(private, "mail")), self.reactor)
+        service.setServiceParent(application)
+        problem = self.assertRaises(AccessProblem, service.privilegedStartService)
+        self.assertIn(f"{other.name} (uid {other.uid}, gid {other.gid})", str(problem))
+
+    def test_nothingMadeWithoutUser(self) -> None:
+        """
+        Without a user to run as, the privileged start makes nothing: the
+        Maildirs are made by startService, as the user the process is.
+        """
+        root = os.path.abspath(self.mktemp())
+        service = HarborService(self.config(root), self.reactor)
+        service.setServiceParent(Application("mailharbor"))
+        service.privilegedStartService()
+        self.assertFalse(os.path.exists(root))
+        service.startService()
+        self.addCleanup(service.stopService)
+        self.assertTrue(os.path.isdir(os.path.join(root, "a.example", "new")))
 
 
 class NamespaceTests(SynchronousTestCase):

@@ -3,6 +3,7 @@ Tests for L{harbor.tap}: options and the service they build.
 """
 
 import os
+import re
 from typing import cast
 
 from twisted.application.service import IService
@@ -10,8 +11,11 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 
+from harbor import tap
+from harbor.access import Identity
 from harbor.service import HarborService, ListeningService
 from harbor.tap import Options, makeService
+from harbor.test._support import stranger
 
 
 def parse(*argv: str) -> Options:
@@ -137,6 +141,93 @@ class MakeServiceTests(SynchronousTestCase):
         service.startService()
         self.assertTrue(any("Cannot create" in e["log_format"] for e in events))
         self.assertTrue(service.running)
+
+
+class RunAsTests(SynchronousTestCase):
+    """
+    Tests for the user twistd's C{--uid} and C{--gid} switch to, read from
+    twistd's own options, the parent of these.
+    """
+
+    def twistd(self, *argv: str) -> Options:
+        """
+        Parse a twistd command line, as twistd does, and return the
+        mailharbor command's options.
+        """
+        # What twistd.ServerOptions is on POSIX, where --uid exists.
+        from twisted.scripts._twistd_unix import ServerOptions
+
+        config = ServerOptions()
+        config.parseOptions(list(argv))
+        options = config.subOptions
+        assert isinstance(options, Options)
+        return options
+
+    def test_userFromTwistdOptions(self) -> None:
+        """
+        twistd's C{--uid} and C{--gid} reach the checks and the service as
+        the user to run as.
+        """
+        me = Identity("me", os.getuid(), os.getgid())
+        seen = []
+
+        def identityAfterDrop(uid: int | None, gid: int | None) -> Identity:
+            seen.append((uid, gid))
+            return me
+
+        self.patch(tap, "identityAfterDrop", identityAfterDrop)
+        root = os.path.abspath(self.mktemp())
+        options = self.twistd("--uid", "65534", "--gid", "65533", "mailharbor", "-d", "a.example", "-m", root)
+        self.assertEqual(seen, [(65534, 65533)])
+        self.assertEqual(options.runAs, me)
+        service = makeService(options, MemoryReactorClock())
+        self.assertEqual(service._runAs, me)
+        service.privilegedStartService()
+        self.assertTrue(os.path.isdir(os.path.join(root, "a.example", "new")))
+
+    def test_refusalNamesMaildir(self) -> None:
+        """
+        A Maildir root the user could not reach is a usage error naming
+        --maildir, the directory, the user and the permission.
+        """
+        other = stranger()
+        self.patch(tap, "identityAfterDrop", lambda uid, gid: other)
+        private = os.path.abspath(self.mktemp())
+        os.mkdir(private, 0o700)
+        error = self.assertRaises(
+            usage.UsageError,
+            self.twistd,
+            "--uid", str(other.uid), "mailharbor", "-d", "a.example", "-m", os.path.join(private, "mail"),
+        )
+        self.assertTrue(str(error).startswith(f"--maildir: {other} could not reach"), error)
+        # The private directory, or one above it that is private too.
+        [refused] = re.findall(r"no search \(x\) permission on (\S+) \(owner", str(error))
+        self.assertTrue((private + "/").startswith(refused + "/"), refused)
+
+    def test_unknownUser(self) -> None:
+        """
+        As root, a --uid with no password entry is a usage error naming
+        --uid.
+        """
+        self.patch(os, "geteuid", lambda: 0)
+        import pwd
+
+        unknown = 54321
+        while True:
+            try:
+                pwd.getpwuid(unknown)
+            except KeyError:
+                break
+            unknown += 1
+        error = self.assertRaises(usage.UsageError, self.twistd, "--uid", str(unknown), "mailharbor", "-d", "a.example")
+        self.assertEqual(str(error), f"--uid: no user with uid {unknown} in the password database")
+
+    def test_noUserWithoutTwistd(self) -> None:
+        """
+        Options parsed on their own (a reload, a test) have no user to run
+        as.
+        """
+        self.assertIsNone(parse("-d", "a.example").runAs)
 
 
 class AuthOptionsTests(SynchronousTestCase):
