@@ -19,6 +19,7 @@ import binascii
 import hashlib
 import hmac
 import os
+import stat
 import tempfile
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
@@ -113,7 +114,11 @@ def readUsers(path: str) -> dict[str, str]:
 def setPassword(path: str, user: str, password: str) -> bool:
     """
     Add C{user} to the users file, or change its password, replacing the
-    file atomically and keeping it private (mode 0600).
+    file atomically.  A new file is private (mode 0600); a file that is
+    replaced keeps its mode and, when root replaces it, its owner and
+    group: C{mailharbor passwd} run as root must not leave a file that
+    the server, running as another user after twistd's C{--uid}, can no
+    longer read.
 
     @return: whether the user was new.
     @raise ValueError: if the user name is not acceptable.
@@ -123,7 +128,11 @@ def setPassword(path: str, user: str, password: str) -> bool:
             f"{user!r} is not a valid user name (letters, digits and . _ @ + -, "
             "not starting with a punctuation mark)"
         )
-    users = readUsers(path) if os.path.exists(path) else {}
+    try:
+        previous: os.stat_result | None = os.stat(path)
+    except FileNotFoundError:
+        previous = None
+    users = {} if previous is None else readUsers(path)
     new = user not in users
     users[user] = hashPassword(password)
     directory = os.path.dirname(os.path.abspath(path))
@@ -135,7 +144,12 @@ def setPassword(path: str, user: str, password: str) -> bool:
                 f.write(f"{name}:{encoded}\n")
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(temporary, 0o600)
+        if previous is None:
+            os.chmod(temporary, 0o600)
+        else:
+            os.chmod(temporary, stat.S_IMODE(previous.st_mode))
+            if os.geteuid() == 0:
+                os.chown(temporary, previous.st_uid, previous.st_gid)
         os.replace(temporary, path)
     except BaseException:
         os.unlink(temporary)

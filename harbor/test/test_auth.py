@@ -13,7 +13,7 @@ from twisted.cred.checkers import ICredentialsChecker
 from twisted.cred.credentials import UsernamePassword
 from twisted.cred.error import UnauthorizedLogin
 from twisted.internet.task import Clock
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from harbor.auth import (
     UsersFileChecker,
@@ -56,6 +56,30 @@ class PasswordTests(SynchronousTestCase):
         self.assertEqual(sorted(users), ["alice", "bob"])
         self.assertTrue(verifyPassword(b"two", users["alice"]))
         self.assertEqual(os.stat(path).st_mode & 0o777, 0o600)
+
+    def test_replacedFileKeepsItsMode(self) -> None:
+        """
+        Changing a password keeps the mode the operator gave the file.
+        """
+        path = self.mktemp()
+        setPassword(path, "alice", "one")
+        os.chmod(path, 0o640)
+        setPassword(path, "alice", "two")
+        self.assertEqual(os.stat(path).st_mode & 0o777, 0o640)
+
+    def test_replacedFileKeepsItsOwner(self) -> None:
+        """
+        Root changing a password leaves the file owned as it was, so a
+        server running as another user still reads it.
+        """
+        if os.geteuid() != 0:
+            raise SkipTest("only root can give a file to another user")
+        path = self.mktemp()
+        setPassword(path, "alice", "one")
+        os.chown(path, 65534, 65534)
+        setPassword(path, "alice", "two")
+        info = os.stat(path)
+        self.assertEqual((info.st_uid, info.st_gid, info.st_mode & 0o777), (65534, 65534, 0o600))
 
     def test_badNames(self) -> None:
         """
