@@ -18,7 +18,11 @@ C{smtpd_per_request_deadline} and C{smtpd_min_data_rate} (RFC 5321 section
    adds C{1 / min_data_rate} seconds back, but never more than
    C{data_timeout} in all.  Silence for C{data_timeout} ends it, and so does
    a lasting rate below C{min_data_rate}; a client at or above the rate
-   never runs out, however long the message.
+   never runs out, however long the message;
+ - a message sent in BDAT chunks has such a budget of its own too, from
+   its first chunk to its last, the commands between the chunks included:
+   otherwise tiny chunks (C{BDAT 1}, each command just inside
+   C{command_timeout}) would trickle a message for ever.
 
 Only the client's time counts: while MailHarbor is busy with the request
 (a reply that waits for a policy hook, a password check or storage), the
@@ -103,6 +107,10 @@ class ClientDeadline:
         # In message data: the seconds left as of client time _budgetAt.
         self._budget = 0.0
         self._budgetAt = 0.0
+        # A chunked message's own budget: (seconds left, as of client
+        # time, message size then), and when its first chunk came.
+        self._message: tuple[float, float, int] | None = None
+        self._messageStarted = 0.0
         self.startCommand(now, 0)
 
     def _clientTime(self, now: float) -> float:
@@ -171,6 +179,30 @@ class ClientDeadline:
             self._budget = left
         self._budgetAt = client
 
+    def chunkedMessage(self, now: float, size: int | None) -> None:
+        """
+        Between commands: the size so far of the message being sent in
+        BDAT chunks, or L{None} when there is none (its last chunk came,
+        or it was reset).  The message's budget is spent by the client's
+        time since its first chunk and earned by its bytes, as in message
+        data.
+        """
+        if size is None:
+            self._message = None
+            return
+        client = self._clientTime(now)
+        if self._message is None:
+            self._message = (self._dataTimeout, client, size)
+            self._messageStarted = client
+            return
+        budget, at, before = self._message
+        left = budget - (client - at)
+        if self._secondsPerByte is not None and left > 0:
+            left = min(self._dataTimeout, left + (size - before) * self._secondsPerByte)
+        elif self._secondsPerByte is None and size > before:
+            left = self._dataTimeout
+        self._message = (left, client, size)
+
     def pause(self, now: float) -> None:
         """
         MailHarbor is busy with the client's request: its clock stops.
@@ -190,7 +222,11 @@ class ClientDeadline:
         if self._data:
             return self._budgetAt + self._budget
         start = self._started if self._firstByte is None else self._firstByte
-        return start + self._commandTimeout
+        deadline = start + self._commandTimeout
+        if self._message is not None:
+            budget, at, _ = self._message
+            deadline = min(deadline, at + budget)
+        return deadline
 
     def expiry(self) -> float | None:
         """
@@ -213,6 +249,8 @@ class ClientDeadline:
         if self._data:
             silent = client - self._lastByte + _TOLERANCE >= self._dataTimeout
             return Missed(DATA_IDLE if silent else DATA_RATE, self._received, client - self._started)
+        if self._message is not None and client + _TOLERANCE >= self._message[0] + self._message[1]:
+            return Missed(DATA_RATE, self._message[2], client - self._messageStarted)
         if self._firstByte is None:
             return Missed(IDLE, self._received, client - self._started)
         return Missed(COMMAND_DEADLINE, self._received, client - self._firstByte)

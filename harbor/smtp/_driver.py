@@ -126,6 +126,8 @@ class SessionDriver(Protocol):
                 self._deadline.startData(now, self._smtp.buffered)
             else:
                 self._deadline.startCommand(now, self._smtp.buffered)
+        if not request[0]:
+            self._deadline.chunkedMessage(self._clock.seconds(), self._smtp.chunkedSize)
         self._schedule()
 
     def _schedule(self) -> None:

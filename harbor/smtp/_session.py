@@ -229,6 +229,15 @@ class SMTPSession:
     # What the application asks
 
     @property
+    def chunkedSize(self) -> int | None:
+        """
+        The size so far of a message being sent in BDAT chunks, from its
+        first chunk until its last; L{None} outside such a message.  The
+        client's data rate is the message's, across its chunks.
+        """
+        return None if self._chunks is None else self.messageSize
+
+    @property
     def receivingBody(self) -> bool:
         """
         Whether a DATA body or a BDAT chunk is being read.

@@ -246,6 +246,41 @@ class DataRateTests(SynchronousTestCase):
         self.assertFalse(deadline.inData)
         self.assertEqual(deadline.expiry(), 315)
 
+    def test_chunkedMessageRunsOut(self) -> None:
+        """
+        A message sent in tiny BDAT chunks spends one budget across them,
+        the commands between included: once it is spent, the next command
+        is due at once and missing it is the data rate rule.
+        """
+        deadline = ClientDeadline(300, 20, 500, now=0)
+        deadline.chunkedMessage(0, 1)
+        deadline.startCommand(15, 0)
+        deadline.chunkedMessage(15, 2)
+        self.assertAlmostEqual(deadline.expiry() or 0, 20.002)
+        self.assertIsNone(deadline.missed(20))
+        self.assertEqual(deadline.missed(20.01), Missed(DATA_RATE, 2, 20.01))
+
+    def test_chunkedMessageAtTheRate(self) -> None:
+        """
+        Chunks that keep the message above the rate leave the command
+        deadline alone, however many.
+        """
+        deadline = ClientDeadline(300, 20, 500, now=0)
+        for second in range(1000):
+            deadline.startCommand(second, 0)
+            deadline.chunkedMessage(second, second * 1000)
+        self.assertEqual(deadline.expiry(), 999 + 20)
+        self.assertIsNone(deadline.missed(1000))
+
+    def test_chunkedMessageOver(self) -> None:
+        """
+        Once the chunked message is over, only the command deadline is left.
+        """
+        deadline = ClientDeadline(300, 20, 500, now=0)
+        deadline.chunkedMessage(0, 1)
+        deadline.chunkedMessage(5, None)
+        self.assertEqual(deadline.expiry(), 300)
+
     def test_texts(self) -> None:
         """
         Each rule has the text of its 421 reply; the idle ones keep the

@@ -739,6 +739,42 @@ class SlowClientTests(ESMTPTestCase):
         written = self.trickle(b"x" * 1000, 5)
         self.assertEqual(written, b"421 4.4.2 mx.example.com Error: data rate too low\r\n")
 
+    def test_tinyChunksCutOff(self) -> None:
+        """
+        One-byte BDAT chunks, each command well inside its deadline, share
+        the message's data rate: the client is cut off once the chunks have
+        fallen the data timeout behind it, not let trickle for ever.
+        """
+        self.smtp.replies(ENVELOPE)
+        written = b""
+        for _ in range(5):
+            self.clock.advance(15)
+            written += self.smtp.take() + self.smtp.send(b"BDAT 1\r\nx")
+            if self.smtp.transport.disconnecting:
+                break
+        self.assertEqual(
+            written,
+            b"250 2.0.0 Ok: 1 octets received\r\n"
+            b"250 2.0.0 Ok: 2 octets received\r\n"
+            b"421 4.4.2 mx.example.com Error: data rate too low\r\n",
+        )
+
+    def test_chunksAboveTheRate(self) -> None:
+        """
+        A message sent in 100 chunks of 10 KB, one a second, is stored:
+        the chunks together keep above the rate.
+        """
+        self.smtp.replies(ENVELOPE)
+        chunk = b"x" * 9998 + b"\r\n"
+        for sent in range(10000, 1000001, 10000):
+            self.clock.advance(1)
+            reply = self.smtp.send(b"BDAT 10000\r\n" + chunk)
+            self.assertEqual(reply, b"250 2.0.0 Ok: %d octets received\r\n" % sent)
+        self.clock.advance(1)
+        self.smtp.send(b"BDAT 0 LAST\r\n")
+        self.threads.runAll()
+        self.assertTrue(self.smtp.take().startswith(b"250 2.0.0 Ok: stored as "))
+
     def test_slowButAboveTheRate(self) -> None:
         """
         A 400 KB message at 1 KB/s takes 400 s, twenty times the data
