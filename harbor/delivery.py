@@ -64,6 +64,9 @@ _UNSAFE = re.compile(r"[^\x21-\x27\x2a-\x5b\x5d-\x7e]")
 _MAX_HELO_IN_HEADER = 255
 _MAX_HEADER_BLOCK = 64 * 1024
 
+# The reply, after 451, while a hook's backlog is full (max_pending).
+BACKLOG_FULL = "4.3.0 Too many messages waiting to be processed; try again later"
+
 # What validateTo gives the protocol: the recipient's message factory, at
 # once or when the blocklist or policy hook has answered.
 MessageFactory = Callable[[], "HarborMessage"]
@@ -395,6 +398,7 @@ class HarborDelivery:
         if isinstance(decision, Reject):
             raise SMTPBadRcpt(user, decision.code, f"{decision.enhanced} {decision.text}")
         accepts = decision
+        self._checkBacklog(user)
         policy = self._deliverer.policyHook
         if policy is None:
             return self._add(path, accepts)
@@ -408,6 +412,24 @@ class HarborDelivery:
             decided
         )
         return checked
+
+    def _checkBacklog(self, user: User) -> None:
+        """
+        Refuse a recipient, for now, while a hook has too many pending
+        jobs (its C{max_pending}): the sender retries later, and does not
+        send a body only to be refused at its end.
+
+        @raise SMTPBadRcpt: C{451 4.3.0}.
+        """
+        hooks = self._deliverer.hooks
+        if hooks is None:
+            return
+        from harbor.hooks.events import BacklogFull
+
+        try:
+            hooks.checkBacklog()
+        except BacklogFull:
+            raise SMTPBadRcpt(user, 451, BACKLOG_FULL) from None
 
     def _add(self, path: Path, accepts: tuple[Accept, ...]) -> Callable[[], HarborMessage]:
         for accept in accepts:
@@ -675,9 +697,7 @@ class HarborMessage:
                 # Logged with the hook's name by the runner.  Nothing is
                 # stored: the sender tries again later.
                 self._pending.abort()
-                return fail(
-                    SMTPServerError(451, "4.3.0 Too many messages waiting to be processed; try again later")
-                )
+                return fail(SMTPServerError(451, BACKLOG_FULL))
             except Exception:  # noqa: BLE001 -- becomes this message's 451, not a traceback
                 self._pending.abort()
                 return fail()

@@ -210,6 +210,26 @@ class HookRunner(Service):
         """
         return dict(self._counts)
 
+    def checkBacklog(self) -> None:
+        """
+        Refuse new mail while a hook has C{max_pending} pending jobs: at
+        RCPT, so the client need not send the body, and again by
+        L{prepare} at the end of the data.  Call it in the reactor thread.
+
+        @raise BacklogFull: naming the first such hook (logged, with its
+            name).
+        """
+        for name, limit in self._maxPending.items():
+            if limit is not None and self._counts[name] >= limit:
+                self._log.warn(
+                    "Hook {hook} has {pending} pending jobs (max_pending {limit}): "
+                    "new mail is refused with 451 until they drain",
+                    hook=name,
+                    pending=self._counts[name],
+                    limit=limit,
+                )
+                raise BacklogFull(name, self._counts[name], limit)
+
     def prepare(self, events: Sequence[NewMessage]) -> list[Job]:
         """
         Make one job per (event, hook), and count them as pending, for a
@@ -227,16 +247,7 @@ class HookRunner(Service):
         """
         if not self._hooks or not events:
             return []
-        for name, limit in self._maxPending.items():
-            if limit is not None and self._counts[name] >= limit:
-                self._log.warn(
-                    "Hook {hook} has {pending} pending jobs (max_pending {limit}): "
-                    "new mail is refused with 451 until they drain",
-                    hook=name,
-                    pending=self._counts[name],
-                    limit=limit,
-                )
-                raise BacklogFull(name, self._counts[name], limit)
+        self.checkBacklog()
         now = self._reactor.seconds()
         jobs = []
         for event in events:

@@ -682,28 +682,48 @@ class HookJobTests(SMTPTestCase):
         self.threads.runAll()
         self.assertEqual(self.hook.calls, [])
 
-    def test_backlogFullRefused(self) -> None:
+    def test_backlogFullRefusedAtRcpt(self) -> None:
         """
-        Past the hook's C{max_pending}, the message gets 451 4.3.0 at the
-        end of the data, is not stored, and the refusal is logged with the
-        hook's name; once the backlog has drained, mail is taken again.
+        Once the hook has C{max_pending} pending jobs, a recipient gets 451
+        4.3.0 (so no body is sent for nothing), logged with the hook's
+        name; once the backlog has drained, mail is taken again.
         """
         self.assertTrue(self.send().startswith(b"250 "))
         self.clock.advance(0)
         self.threads.runAll()
         self.assertEqual(len(self.hook.waiting), 1)
-        self.assertEqual(
-            self.send(), b"451 4.3.0 Too many messages waiting to be processed; try again later\r\n"
-        )
-        self.assertEqual(len(files(self.root, "example.com", "new")), 1)
-        self.assertEqual(files(self.root, "example.com", "tmp"), [])
-        self.assertEqual(len(self.pendingJobs()), 1)
+        replies = self.smtp.replies(b"RSET\r\nMAIL FROM:<s@x.org>\r\nRCPT TO:<a@example.com>\r\n")
+        self.assertEqual(replies[-1], b"451 4.3.0 Too many messages waiting to be processed; try again later")
         self.assertEqual([e["hook"] for e in self.runnerEvents if "max_pending" in e["log_format"]], ["notify"])
+        self.smtp.send(b"RSET\r\n")
         self.hook.waiting[0].callback(None)
         self.threads.runAll()
         self.assertEqual(self.runner.pendingCounts, {"notify": 0})
         self.assertTrue(self.send().startswith(b"250 "))
         self.assertEqual(len(files(self.root, "example.com", "new")), 2)
+
+    def test_backlogFullRefusedAtEndOfData(self) -> None:
+        """
+        A message whose recipients were taken while the backlog had room,
+        but that ends once it is full, gets 451 4.3.0 at the end of the
+        data and is not stored; nothing is left in tmp/ or the spool.
+        """
+        other = SMTPDriver(self.deliverer, self.clock)
+        other.send(b"EHLO client.example\r\n")
+        for driver in (self.smtp, other):
+            driver.send(b"MAIL FROM:<s@x.org>\r\nRCPT TO:<a@example.com>\r\nDATA\r\n")
+        self.smtp.send(MESSAGE + b".\r\n")
+        self.threads.runAll()
+        self.assertTrue(self.smtp.take().startswith(b"250 "))
+        self.assertEqual(
+            other.send(MESSAGE + b".\r\n"),
+            b"451 4.3.0 Too many messages waiting to be processed; try again later\r\n",
+        )
+        self.threads.runAll()
+        self.assertEqual(len(files(self.root, "example.com", "new")), 1)
+        self.assertEqual(files(self.root, "example.com", "tmp"), [])
+        self.assertEqual((len(self.pendingJobs()), self.runner.pendingCounts), (1, {"notify": 1}))
+        self.assertEqual([e["hook"] for e in self.runnerEvents if "max_pending" in e["log_format"]], ["notify"])
 
 
 @implementer(IMessage)
