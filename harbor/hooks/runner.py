@@ -159,9 +159,8 @@ class HookRunner(Service):
         self._entries: dict[str, _Entry] = {}
         # Each hook's pending jobs: on disk in pending/, or prepared for a
         # delivery still being committed.  Kept up to date as jobs come
-        # and go, and set from a scan of the spool when nothing moved
-        # while it was listed (which also counts jobs put back by
-        # mailharbor hooks retry).
+        # and go, and set again by each scan of the spool (which also
+        # counts jobs put back by mailharbor hooks retry).
         self._counts = dict.fromkeys(self._hooks, 0)
         self._maxPending: dict[str, int | None] = {
             hook.name: getattr(hook, "maxPending", DEFAULT_MAX_PENDING) for hook in hooks
@@ -174,9 +173,6 @@ class HookRunner(Service):
         # the commit has succeeded.
         self._committing: dict[str, str] = {}
         self._reserved = dict.fromkeys(self._hooks, 0)
-        # Bumped by every change to the jobs in flight, so that a scan can
-        # tell whether its counts are still true when it ends.
-        self._changes = 0
         self._scanAgain = False
         # When each job id last finished (its file gone), so that a scan
         # that listed the file before it went does not run the job again.
@@ -259,7 +255,6 @@ class HookRunner(Service):
             self._committing[job.id] = job.hook
             self._reserved[job.hook] += 1
             self._counts[job.hook] += 1
-        self._changes += 1
         return jobs
 
     def persist(self, jobs: Sequence[Job]) -> None:
@@ -296,7 +291,6 @@ class HookRunner(Service):
             if self._settle(job):
                 self._counts[job.hook] -= 1
             self._finished[job.id] = now
-        self._changes += 1
 
     def record(self, events: Sequence[NewMessage]) -> list[Job]:
         """
@@ -334,7 +328,6 @@ class HookRunner(Service):
                 self._admit(job)
             except Exception:  # noqa: BLE001 -- logged: dispatch never raises
                 self._log.failure("Cannot start hook job {job}", job=getattr(job, "id", job))
-        self._changes += 1
 
     def _settle(self, job: Job) -> bool:
         """
@@ -444,24 +437,30 @@ class HookRunner(Service):
         # job that finishes while the scan runs may be listed and must not
         # run again.  A job put back since it finished is read again.
         self._finished = {k: t for k, t in self._finished.items() if t >= started}
-        changes = self._changes
         room = {name: self._window[name] - self._held[name] for name in self._hooks}
+        committing = frozenset(self._committing)
         # The jobs held, just finished or being committed are not read
         # again: so the memory a scan takes is bounded by the room.
-        skip = frozenset(self._entries).union(self._finished, self._committing)
+        skip = frozenset(self._entries).union(self._finished, committing)
+        countsBefore = dict(self._counts)
+        reservedBefore = dict(self._reserved)
 
         def read() -> PendingScan:
             # Nothing is created here: the spool appears with the first
             # job, so a server without hooks leaves no trace on disk.
-            return self.spool.scan(room, skip)
+            return self.spool.scan(room, skip, uncounted=committing)
 
         def found(scan: PendingScan) -> None:
-            if changes == self._changes and not self._committing and not self._writes:
-                # Nothing moved while the directory was listed: its counts
-                # are the truth, jobs put back from the dead letters and
-                # files removed by hand included.
-                for name in self._hooks:
-                    self._counts[name] = scan.counts.get(name, 0)
+            # The count is what the directory holds (jobs put back from
+            # the dead letters and files removed by hand included), the
+            # jobs being committed when the scan began (counted by their
+            # reservation, whether or not their files were listed yet),
+            # and what came and went while it was listed.  It is exact
+            # when nothing moved meanwhile, and out by no more than what
+            # did otherwise: so it never drifts further scan after scan.
+            for name in self._hooks:
+                moved = self._counts[name] - countsBefore[name]
+                self._counts[name] = max(0, scan.counts.get(name, 0) + reservedBefore[name] + moved)
             for name in scan.counts:
                 if name not in self._hooks and name not in self._unknownHooks:
                     self._unknownHooks.add(name)
@@ -681,7 +680,6 @@ class HookRunner(Service):
         previous = entry.writing
         entry.writing = done
         self._writes.add(done)
-        self._changes += 1
 
         def begin(ignored: object = None) -> None:
             d = maybeDeferred(self._runInThread, operation)
@@ -696,7 +694,6 @@ class HookRunner(Service):
 
         def written(changed: bool) -> bool:
             self._writes.discard(done)
-            self._changes += 1
             return changed
 
         done.addCallback(written)

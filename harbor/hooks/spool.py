@@ -39,7 +39,8 @@ class PendingScan:
 
     @ivar jobs: The jobs read, oldest first: no more per hook than asked.
     @ivar counts: How many jobs each hook has in C{pending/}, by hook name,
-        read and unread alike (unusable files left out).
+        read and unread alike (unusable files, and those the caller said
+        not to count, left out).
     """
 
     jobs: tuple[Job, ...]
@@ -210,7 +211,9 @@ class HookSpool:
         """
         return self._jobs(self._pending, unusable)
 
-    def scan(self, room: Mapping[str, int], skip: Container[str] = ()) -> PendingScan:
+    def scan(
+        self, room: Mapping[str, int], skip: Container[str] = (), uncounted: Container[str] = ()
+    ) -> PendingScan:
         """
         Count each hook's pending jobs, and read the oldest few of them.
 
@@ -223,6 +226,8 @@ class HookSpool:
         @param room: How many jobs to read for each hook; hooks not named
             get none read (they are only counted).
         @param skip: Ids of jobs not to read (those the caller holds).
+        @param uncounted: Ids of jobs not to count either (those the
+            caller counts otherwise).
         """
         counts: dict[str, int] = {}
         chosen: dict[str, list[str]] = {}
@@ -233,6 +238,8 @@ class HookSpool:
                     if not name.endswith(_JOB_SUFFIX):
                         continue
                     jobID = name[: -len(_JOB_SUFFIX)]
+                    if jobID in uncounted:
+                        continue
                     hook = hookOf(jobID)
                     counts[hook] = counts.get(hook, 0) + 1
                     limit = room.get(hook, 0)

@@ -564,8 +564,8 @@ class BacklogTests(RunnerTestCase):
         hook.run = run  # type: ignore[method-assign]
         scan = runner.spool.scan
 
-        def counted(room: Any, skip: Any = ()) -> Any:
-            found = scan(room, skip)
+        def counted(room: Any, skip: Any = (), **kwargs: Any) -> Any:
+            found = scan(room, skip, **kwargs)
             reads.append(len(found.jobs))
             return found
 
@@ -639,6 +639,41 @@ class BacklogTests(RunnerTestCase):
         self.assertEqual(runner.pendingCounts, {"a": 2, "b": 2})
         self.clock.advance(30)
         self.assertEqual(runner.pendingCounts, {"a": 2, "b": 3})
+
+    def test_countsJobsBeingCommittedOnce(self) -> None:
+        """
+        Jobs of deliveries being committed when a scan begins (mail taken
+        while the spool is read at start, say) are counted once, whether
+        or not the listing saw their files, also if one delivery is stored
+        before the scan ends; the count then falls to nothing, never
+        below, as the jobs finish.
+        """
+        self.runner(FakeHook()).record(self.manyEvents(3))
+        threads = DeferredThreads()
+        hook = FakeHook()
+        runner = HookRunner(self.spoolDirectory, [hook], self.clock, threads)
+        self.addCleanup(runner.stop)
+        first = runner.prepare([storeMessage(self, count=7)])
+        runner.persist(first)
+        second = runner.prepare([storeMessage(self, count=8)])
+        runner.start()
+        (scan, scanned) = threads.pending.pop(0)
+        runner.persist(second)
+        result = scan()
+        # Counted from the listing: the three old jobs.  The two new
+        # ones are counted by their reservations, not again from their
+        # files (the first's written before the scan began, the second's
+        # while it ran).
+        self.assertEqual(result.counts, {"fake": 3})
+        runner.dispatch(second)
+        scanned.callback(result)
+        self.assertEqual(runner.pendingCounts, {"fake": 5})
+        runner.dispatch(first)
+        self.clock.advance(0)
+        threads.runAll()
+        self.clock.advance(0)
+        threads.runAll()
+        self.assertEqual((len(hook.calls), self.pending(), runner.pendingCounts), (5, [], {"fake": 0}))
 
     def test_maxPendingRefuses(self) -> None:
         """
@@ -745,7 +780,7 @@ class BacklogTests(RunnerTestCase):
         runner.release(jobs)
         # A scan that listed the job before it went, then the job itself
         # were it admitted.
-        self.patch(runner.spool, "scan", lambda room, skip=(): result)
+        self.patch(runner.spool, "scan", lambda room, skip=(), uncounted=(): result)
         scanned.callback(result)
         self.clock.advance(0)
         threads.runAll()
