@@ -560,11 +560,6 @@ class HookRunner(Service):
         limit = self._limits.get(hook.name)
         event = entry.job.event
 
-        def run(path: str) -> Deferred[object]:
-            if limit is None:
-                return maybeDeferred(hook.run, event)
-            return limit.run(hook.run, event)
-
         def missing(failure: Failure) -> Failure:
             # The message was not found before the hook was called: it
             # never appeared (its delivery failed after the job was
@@ -573,10 +568,16 @@ class HookRunner(Service):
                 return Failure(_NeverStored(str(failure.value)))
             return failure
 
-        # Blocking: locating the message may list its Maildir.
-        d: Deferred[Any] = self._runInThread(event.locate)
-        d.addErrback(missing)
-        d.addCallback(run)
+        def attempt() -> Deferred[object]:
+            # Blocking: locating the message may list its Maildir.  Done
+            # within the hook's limit, so that no more of these wait for
+            # a thread than the hook has calls running.
+            d: Deferred[Any] = self._runInThread(event.locate)
+            d.addErrback(missing)
+            d.addCallback(lambda path: hook.run(event))
+            return d
+
+        d = maybeDeferred(attempt) if limit is None else limit.run(attempt)
         entry.running = d
         d.addCallbacks(
             self._succeeded, self._failed, callbackArgs=(entry,), errbackArgs=(entry, hook)
