@@ -173,6 +173,12 @@ class HookRunner(Service):
         # the commit has succeeded.
         self._committing: dict[str, str] = {}
         self._reserved = dict.fromkeys(self._hooks, 0)
+        # How many times jobs were prepared, and finished, so that a scan
+        # can tell whether its listing could have missed or double-counted
+        # a job; and whether a scan has yet counted the spool exactly.
+        self._arrivals = 0
+        self._departures = 0
+        self._countsKnown = False
         self._scanAgain = False
         # When each job id last finished (its file gone), so that a scan
         # that listed the file before it went does not run the job again.
@@ -255,6 +261,7 @@ class HookRunner(Service):
             self._committing[job.id] = job.hook
             self._reserved[job.hook] += 1
             self._counts[job.hook] += 1
+        self._arrivals += 1
         return jobs
 
     def persist(self, jobs: Sequence[Job]) -> None:
@@ -444,6 +451,7 @@ class HookRunner(Service):
         skip = frozenset(self._entries).union(self._finished, committing)
         countsBefore = dict(self._counts)
         reservedBefore = dict(self._reserved)
+        arrivals, departures = self._arrivals, self._departures
 
         def read() -> PendingScan:
             # Nothing is created here: the spool appears with the first
@@ -452,15 +460,25 @@ class HookRunner(Service):
 
         def found(scan: PendingScan) -> None:
             # The count is what the directory holds (jobs put back from
-            # the dead letters and files removed by hand included), the
-            # jobs being committed when the scan began (counted by their
-            # reservation, whether or not their files were listed yet),
-            # and what came and went while it was listed.  It is exact
-            # when nothing moved meanwhile, and out by no more than what
-            # did otherwise: so it never drifts further scan after scan.
-            for name in self._hooks:
-                moved = self._counts[name] - countsBefore[name]
-                self._counts[name] = max(0, scan.counts.get(name, 0) + reservedBefore[name] + moved)
+            # the dead letters and files removed by hand included), plus
+            # the jobs being committed when the scan began (counted by
+            # their reservations, whether or not their files were listed),
+            # plus what changed since (those settled).  That is exact
+            # unless jobs were prepared or finished while the directory
+            # was listed: the listing may or may not have seen their
+            # files.  Then the count kept as jobs came and went stays,
+            # unless there is none yet (mail arrived during the first
+            # scan): then this estimate, off by no more than those jobs,
+            # serves until a later scan (drain-driven or periodic) counts
+            # exactly.
+            exact = (
+                arrivals == self._arrivals and departures == self._departures and not self._writes
+            )
+            if exact or not self._countsKnown:
+                for name in self._hooks:
+                    moved = self._counts[name] - countsBefore[name]
+                    self._counts[name] = max(0, scan.counts.get(name, 0) + reservedBefore[name] + moved)
+            self._countsKnown = self._countsKnown or exact
             for name in scan.counts:
                 if name not in self._hooks and name not in self._unknownHooks:
                     self._unknownHooks.add(name)
@@ -662,7 +680,9 @@ class HookRunner(Service):
             if changed:
                 # Its file has left pending/.  One that could not be
                 # changed stays there, counted, for a later scan.
-                self._counts[entry.job.hook] -= 1
+                hook = entry.job.hook
+                self._counts[hook] = max(0, self._counts[hook] - 1)
+                self._departures += 1
             self._forget(entry)
             self._finished[entry.job.id] = self._reactor.seconds()
             self._refill()

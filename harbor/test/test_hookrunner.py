@@ -543,14 +543,14 @@ class BacklogTests(RunnerTestCase):
 
     def test_windowBoundsMemoryWhileBacklogDrains(self) -> None:
         """
-        With 2,000 jobs in the spool and a window of 50, the runner never
+        With 2,013 jobs in the spool and a window of 50, the runner never
         holds more than 50 jobs, never reads more than the window's room at
         once, reads each job file once, and runs every job exactly once,
         refilling its window as it drains rather than on the rescan timer.
         """
-        events = self.manyEvents(2000)
+        events = self.manyEvents(2013)
         self.runner(FakeHook()).record(events)
-        self.assertEqual(len(self.pending()), 2000)
+        self.assertEqual(len(self.pending()), 2013)
         hook = FakeHook()
         runner = self.runner(hook, window=50, rescanInterval=1e9)
         held: list[int] = []
@@ -571,13 +571,13 @@ class BacklogTests(RunnerTestCase):
 
         self.patch(runner.spool, "scan", counted)
         self.successResultOf(runner.start())
-        self.assertEqual(runner.pendingCounts, {"fake": 2000})
+        self.assertEqual(runner.pendingCounts, {"fake": 2013})
         self.clock.advance(0)
         self.assertEqual(sorted(e.id for e in hook.calls), sorted(e.id for e in events))
         self.assertEqual(len(hook.calls), len({e.id for e in hook.calls}))
         self.assertLessEqual(max(held), 50)
         self.assertLessEqual(max(reads), 50)
-        self.assertEqual(sum(reads), 2000)
+        self.assertEqual(sum(reads), 2013)
         self.assertEqual((self.pending(), runner.pendingCounts, runner.active), ([], {"fake": 0}, {}))
 
     def test_windowFromMaxInFlight(self) -> None:
@@ -626,6 +626,14 @@ class BacklogTests(RunnerTestCase):
         self.assertEqual(runner.pendingCounts, {"a": 0, "b": 0})
         self.successResultOf(runner.start())
         self.assertEqual(runner.pendingCounts, {"a": 3, "b": 3})
+        scans: list[object] = []
+        scan = runner.spool.scan
+
+        def counted(*args: Any, **kwargs: Any) -> Any:
+            scans.append(args)
+            return scan(*args, **kwargs)
+
+        self.patch(runner.spool, "scan", counted)
         jobs = runner.prepare([storeMessage(self, count=9)])
         self.assertEqual(runner.pendingCounts, {"a": 4, "b": 4})
         runner.release(jobs)
@@ -634,6 +642,7 @@ class BacklogTests(RunnerTestCase):
         a.waiting[0].callback(None)
         b.waiting[0].errback(HookFailed("x"))
         self.assertEqual(runner.pendingCounts, {"a": 2, "b": 2})
+        self.assertEqual(scans, [], "counted as they went, without reading the spool")
         (dead,) = runner.spool.deadJobs()
         runner.spool.revive(dead.id, self.clock.seconds())
         self.assertEqual(runner.pendingCounts, {"a": 2, "b": 2})
@@ -674,6 +683,31 @@ class BacklogTests(RunnerTestCase):
         self.clock.advance(0)
         threads.runAll()
         self.assertEqual((len(hook.calls), self.pending(), runner.pendingCounts), (5, [], {"fake": 0}))
+
+    def test_firstCountEstimatedThenExact(self) -> None:
+        """
+        If mail arrives while the spool is first counted, the count is
+        off by no more than that mail's jobs, and the next scan during
+        which nothing arrives or finishes makes it exact.
+        """
+        self.runner(FakeHook()).record(self.manyEvents(3))
+        threads = DeferredThreads()
+        hook = FakeHook(outcomes=[WAIT] * 4)
+        runner = HookRunner(self.spoolDirectory, [hook], self.clock, threads, rescanInterval=30)
+        self.addCleanup(runner.stop)
+        runner.start()
+        (scan, scanned) = threads.pending.pop(0)
+        jobs = runner.prepare([storeMessage(self, count=7)])
+        runner.persist(jobs)
+        scanned.callback(scan())
+        self.assertIn(runner.pendingCounts["fake"], (4, 5))
+        runner.dispatch(jobs)
+        self.clock.advance(0)
+        threads.runAll()
+        self.assertEqual(len(hook.calls), 4)
+        self.clock.advance(30)
+        threads.runAll()
+        self.assertEqual(runner.pendingCounts, {"fake": 4})
 
     def test_maxPendingRefuses(self) -> None:
         """
@@ -744,20 +778,40 @@ class BacklogTests(RunnerTestCase):
 
     def test_jobsBeingCommittedNotRunByScan(self) -> None:
         """
-        Jobs written for a delivery still being committed are not run by a
-        scan of the spool: only their dispatch, after the commit, runs them.
+        Jobs written for a delivery still being committed are neither read
+        nor run by a scan of the spool, nor by one that began before they
+        were prepared and read them: only their dispatch, after the
+        commit, runs them.
         """
+        threads = DeferredThreads()
         hook = FakeHook()
-        runner = self.runner(hook, rescanInterval=30)
-        self.successResultOf(runner.start())
+        runner = HookRunner(self.spoolDirectory, [hook], self.clock, threads, rescanInterval=30)
+        self.addCleanup(runner.stop)
+        runner.start()
+        threads.runAll()
         jobs = runner.prepare([self.event])
         runner.persist(jobs)
         self.clock.advance(30)
-        self.clock.advance(0)
+        (scan, scanned) = threads.pending.pop(0)
+        result = scan()
+        self.assertEqual(result.jobs, (), "not even read")
+        scanned.callback(result)
+        threads.runAll()
         self.assertEqual(hook.calls, [])
-        runner.dispatch(jobs)
+        self.clock.advance(30)
+        (scan, scanned) = threads.pending.pop(0)
+        later = runner.prepare([storeMessage(self, count=2)])
+        runner.persist(later)
+        result = scan()
+        self.assertEqual([job.id for job in result.jobs], [later[0].id])
+        scanned.callback(result)
         self.clock.advance(0)
-        self.assertEqual(hook.calls, [self.event])
+        threads.runAll()
+        self.assertEqual(hook.calls, [])
+        runner.dispatch(jobs + later)
+        self.clock.advance(0)
+        threads.runAll()
+        self.assertEqual(hook.calls, [self.event, later[0].event])
 
     def test_releasedJobsNeverRun(self) -> None:
         """
@@ -770,12 +824,14 @@ class BacklogTests(RunnerTestCase):
         self.addCleanup(runner.stop)
         runner.start()
         threads.runAll()
+        self.clock.advance(30)
+        # A scan begins; then a delivery's jobs are written, and the scan's
+        # listing reads them, but is not heard of yet.
+        (scan, scanned) = threads.pending.pop(0)
         jobs = runner.prepare([self.event])
         runner.persist(jobs)
-        self.clock.advance(30)
-        # The scan's listing is taken (it reads the job) but not yet heard.
-        (scan, scanned) = threads.pending.pop(0)
         result = scan()
+        self.assertEqual([job.id for job in result.jobs], [jobs[0].id])
         runner.withdraw(jobs)
         runner.release(jobs)
         # A scan that listed the job before it went, then the job itself
