@@ -296,7 +296,7 @@ class HookRunner(Service):
         now = self._reactor.seconds()
         for job in jobs:
             if self._settle(job):
-                self._counts[job.hook] -= 1
+                self._counts[job.hook] = max(0, self._counts[job.hook] - 1)
             self._finished[job.id] = now
 
     def record(self, events: Sequence[NewMessage]) -> list[Job]:
