@@ -22,7 +22,7 @@ from typing import Any, TypeVar, cast
 
 from zope.interface import implementer
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, fail
 from twisted.logger import Logger
 from twisted.mail.interfaces import IMessageDelivery, IMessageDeliveryFactory
 from twisted.mail.smtp import (
@@ -33,6 +33,7 @@ from twisted.mail.smtp import (
     SMTPServerError,
     User,
 )
+from twisted.python.failure import Failure
 
 from attrs import Factory, define, frozen
 
@@ -55,9 +56,8 @@ from harbor.routing import (
     submissionMailbox,
 )
 from harbor.store.commits import CommitQueue
-from harbor.store.fs import StorageError
 from harbor.store.headers import headerValues
-from harbor.store.writer import MaildirStore, PendingDelivery, StoredMessage
+from harbor.store.writer import Companion, MaildirStore, PendingDelivery, StoredMessage
 
 T = TypeVar("T")
 
@@ -69,6 +69,9 @@ RunInThread = Callable[[Callable[[], T]], "Deferred[T]"]
 _UNSAFE = re.compile(r"[^\x21-\x27\x2a-\x5b\x5d-\x7e]")
 _MAX_HELO_IN_HEADER = 255
 _MAX_HEADER_BLOCK = 64 * 1024
+
+# The reply, after 451, while a hook's backlog is full (max_pending).
+BACKLOG_FULL = "4.3.0 Too many messages waiting to be processed; try again later"
 
 # What validateTo gives the protocol: the recipient's message factory, at
 # once or when the blocklist or policy hook has answered.
@@ -403,6 +406,7 @@ class HarborDelivery:
         if isinstance(decision, Reject):
             raise SMTPBadRcpt(user, decision.code, f"{decision.enhanced} {decision.text}")
         accepts = decision
+        self._checkBacklog(user)
         policy = self._deliverer.policyHook
         if policy is None:
             return self._add(path, accepts)
@@ -424,6 +428,24 @@ class HarborDelivery:
         if self._policyBudget is None:
             self._policyBudget = policy.transaction()
         return self._policyBudget
+
+    def _checkBacklog(self, user: User) -> None:
+        """
+        Refuse a recipient, for now, while a hook has too many pending
+        jobs (its C{max_pending}): the sender retries later, and does not
+        send a body only to be refused at its end.
+
+        @raise SMTPBadRcpt: C{451 4.3.0}.
+        """
+        hooks = self._deliverer.hooks
+        if hooks is None:
+            return
+        from harbor.hooks.events import BacklogFull
+
+        try:
+            hooks.checkBacklog()
+        except BacklogFull:
+            raise SMTPBadRcpt(user, 451, BACKLOG_FULL) from None
 
     def _add(self, path: Path, accepts: tuple[Accept, ...]) -> Callable[[], HarborMessage]:
         for accept in accepts:
@@ -681,32 +703,47 @@ class HarborMessage:
 
     def _store(self, folders: list[str | None] | None) -> Deferred[list[StoredMessage]]:
         hooks = self._hooks
+        jobs: list[Any] = []
+        if hooks is not None:
+            from harbor.hooks.events import BacklogFull
 
-        def record(stored: list[StoredMessage]) -> list[Any]:
-            if hooks is None:
-                return []
             try:
-                # The hooks' jobs are on disk before the 250, so none is
-                # lost if the server dies right after it.
-                return hooks.record(self._events(stored))  # type: ignore[no-any-return]
-            except Exception as e:
-                action = "recording the message for its hooks"
-                if isinstance(e, StorageError):
-                    failure = e
-                elif isinstance(e, OSError):
-                    failure = StorageError.fromOSError(action, e)
-                else:
-                    failure = StorageError(f"{action}: {e}")
-                raise self._pending.retract(stored, failure) from e
+                # Counted as pending from now on, so that concurrent
+                # messages see one another against max_pending.
+                jobs = hooks.prepare(self._events(self._pending.planned(folders)))
+            except BacklogFull:
+                # Logged with the hook's name by the runner.  Nothing is
+                # stored: the sender tries again later.
+                self._pending.abort()
+                return fail(SMTPServerError(451, BACKLOG_FULL))
+            except Exception:  # noqa: BLE001 -- becomes this message's 451, not a traceback
+                self._pending.abort()
+                return fail()
+        if jobs:
+            # The jobs are on disk before the copies are in new/, so a 250
+            # means both are; if the delivery fails after they were
+            # written, they are removed with it.
+            self._pending.accompany(
+                Companion(
+                    lambda: hooks.persist(jobs),
+                    lambda: hooks.withdraw(jobs),
+                    "recording the message for its hooks",
+                )
+            )
 
-        def stored(result: tuple[list[StoredMessage], list[Any]]) -> list[StoredMessage]:
-            copies, jobs = result
+        def stored(copies: list[StoredMessage]) -> list[StoredMessage]:
             if jobs:
-                # They start on the reactor's next turn, after the reply.
+                # Only now that the copies are stored; they start on the
+                # reactor's next turn, after the reply.
                 hooks.dispatch(jobs)
             return copies
 
-        return self._commits.commit(self._pending, folders, record).addCallback(stored)
+        def failed(failure: Failure) -> Failure:
+            if jobs:
+                hooks.release(jobs)
+            return failure
+
+        return self._commits.commit(self._pending, folders).addCallbacks(stored, failed)
 
     def connectionLost(self) -> None:
         """

@@ -172,6 +172,46 @@ class HookEndToEndTests(TestCase):
         open(gate, "w").close()  # noqa: ASYNC230 (a small local file)
         await pollUntil(lambda: self.outputs(outputs), "the hook finished")
 
+    async def test_backlogCapRefusesWith451(self) -> None:
+        """
+        With a blocked hook and C{max_pending = 2}, two messages are taken
+        and the third is refused with 451 4.3.0 (and not stored); once the
+        hook is unblocked and its backlog drains, mail is taken again.
+        """
+        outputs = os.path.abspath(self.mktemp())
+        os.makedirs(outputs)
+        gate = os.path.join(outputs, "gate")
+        server = await self.serve(
+            "[[hook]]\n"
+            'name = "slow"\n'
+            'kind = "command"\n'
+            f"command = {toml([sys.executable, '-c', HOOK_SCRIPT, outputs, gate])}\n"
+            "max_pending = 2\n"
+        )
+        self.assertEqual(await self.send(server, "alice@example.com"), 250)
+        self.assertEqual(await self.send(server, "bob@example.com"), 250)
+
+        def refused() -> tuple[int, bytes, tuple[int, bytes]]:
+            with server.connect() as s:
+                s.ehlo()
+                s.mail(SENDER)
+                code, text = s.rcpt("carol@example.com")
+                # Refused at RCPT: no recipient, so no message either.
+                return code, text, s.docmd("DATA")
+
+        code, text, data = await inThread(refused)
+        self.assertEqual((code, text), (451, b"4.3.0 Too many messages waiting to be processed; try again later"))
+        self.assertEqual(data[0] // 100, 5)
+        self.assertEqual(len(server.storedFiles()), 2)
+        open(gate, "w").close()  # noqa: ASYNC230 (a small local file)
+        await pollUntil(
+            lambda: len(self.outputs(outputs)) == 2
+            and not os.listdir(os.path.join(server.root, ".hooks", "pending")),
+            "the backlog has drained",
+        )
+        self.assertEqual(await self.send(server, "carol@example.com"), 250)
+        self.assertEqual(len(server.storedFiles()), 3)
+
     async def test_pythonHookAndWebhook(self) -> None:
         """
         A python hook gets the event with the parsed message, and a webhook

@@ -29,6 +29,8 @@ DEFAULT_BACKOFF = 30.0
 DEFAULT_MAX_BACKOFF = 3600.0
 DEFAULT_TIMEOUT = 60.0
 DEFAULT_MAX_IN_FLIGHT = 4
+#: Pending jobs a hook may have before new mail is refused with 451 4.3.0.
+DEFAULT_MAX_PENDING = 10_000
 
 #: Seconds between a running server's looks at its hook spool for jobs put
 #: back by C{mailharbor hooks retry} (the command and the server share it).
@@ -40,7 +42,9 @@ HOOK_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 _HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 _ENVIRONMENT_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _ENVIRONMENT_PREFIX = "MAILHARBOR_"
-_COMMON_KEYS = frozenset({"name", "kind", "attempts", "backoff", "max_backoff", "timeout", "max_in_flight"})
+_COMMON_KEYS = frozenset(
+    {"name", "kind", "attempts", "backoff", "max_backoff", "timeout", "max_in_flight", "max_pending"}
+)
 _KIND_KEYS = {
     "python": frozenset({"target", "thread"}),
     "command": frozenset({"command", "environment"}),
@@ -102,6 +106,8 @@ class HookConfig:
     @ivar headers: For C{webhook}: more request headers.
     @ivar timeout: Seconds an attempt may take.
     @ivar maxInFlight: Calls of this hook that may run at once.
+    @ivar maxPending: Pending jobs this hook may have; once it has that
+        many, new mail is refused with C{451 4.3.0} until they drain.
     @ivar attempts: Attempts before the job is parked as a dead letter.
     @ivar backoff: Seconds before the first retry; doubled each time.
     @ivar maxBackoff: The longest wait between attempts.
@@ -118,6 +124,7 @@ class HookConfig:
     headers: tuple[tuple[str, str], ...] = ()
     timeout: float = DEFAULT_TIMEOUT
     maxInFlight: int = DEFAULT_MAX_IN_FLIGHT
+    maxPending: int = DEFAULT_MAX_PENDING
     attempts: int = DEFAULT_ATTEMPTS
     backoff: float = DEFAULT_BACKOFF
     maxBackoff: float = DEFAULT_MAX_BACKOFF
@@ -174,6 +181,7 @@ def hookTable(config: HookConfig) -> dict[str, Any]:
         max_backoff=config.maxBackoff,
         timeout=config.timeout,
         max_in_flight=config.maxInFlight,
+        max_pending=config.maxPending,
     )
     return table
 
@@ -203,6 +211,7 @@ def _parseHook(table: object, setting: str) -> HookConfig:
     values["maxInFlight"] = _number(
         table, "max_in_flight", setting, DEFAULT_MAX_IN_FLIGHT, 1, whole=True
     )
+    values["maxPending"] = _number(table, "max_pending", setting, DEFAULT_MAX_PENDING, 1, whole=True)
     if kind == "python":
         values["target"] = checkTarget(table.get("target"), f"{setting}.target")
         thread = table.get("thread", False)

@@ -57,6 +57,24 @@ class MessageGone(PermanentHookFailure):
     """
 
 
+class BacklogFull(Exception):
+    """
+    A hook has as many pending jobs as its C{max_pending} allows: new mail,
+    which would add more, is refused with a temporary failure until they
+    drain.
+
+    @ivar hook: The hook's name.
+    @ivar pending: Its pending jobs.
+    @ivar limit: Its C{max_pending}.
+    """
+
+    def __init__(self, hook: str, pending: int, limit: int) -> None:
+        super().__init__(f"hook {hook} has {pending} pending jobs (max_pending {limit})")
+        self.hook = hook
+        self.pending = pending
+        self.limit = limit
+
+
 def describe(failure: Failure) -> str:
     """
     Why an attempt failed, in one line for the log and the job file: a

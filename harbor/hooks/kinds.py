@@ -32,6 +32,7 @@ from twisted.python.failure import Failure
 from harbor._awaitable import callUserCode
 from harbor.hooks.config import (
     DEFAULT_MAX_IN_FLIGHT,
+    DEFAULT_MAX_PENDING,
     DEFAULT_RETRY,
     DEFAULT_TIMEOUT,
     WEBHOOK_FORMATS,
@@ -54,6 +55,12 @@ OUTPUT_LIMIT = 2000
 class IHook(Interface):
     """
     Something to tell about each new message.
+
+    A provider may also have C{maxPending}: how many of its jobs may be
+    pending before new mail is refused with C{451 4.3.0}, or L{None} for
+    no limit.  It is optional, so hooks written before it still provide
+    this interface; the runner takes
+    L{harbor.hooks.config.DEFAULT_MAX_PENDING} for a hook without it.
     """
 
     name = Attribute(
@@ -102,6 +109,7 @@ class PythonHook:
         *,
         retry: RetryPolicy = DEFAULT_RETRY,
         maxInFlight: int | None = DEFAULT_MAX_IN_FLIGHT,
+        maxPending: int | None = DEFAULT_MAX_PENDING,
         timeout: float | None = None,
         reactor: Any = None,
         runInThread: RunInThread[Any] | None = None,
@@ -121,6 +129,7 @@ class PythonHook:
         self.name = checkName(name)
         self.retry = retry
         self.maxInFlight = maxInFlight
+        self.maxPending = maxPending
         self._function = function
         self._timeout = timeout
         self._reactor = reactor
@@ -193,6 +202,7 @@ class CommandHook:
         baseEnvironment: Mapping[str, str] | None = None,
         retry: RetryPolicy = DEFAULT_RETRY,
         maxInFlight: int | None = DEFAULT_MAX_IN_FLIGHT,
+        maxPending: int | None = DEFAULT_MAX_PENDING,
     ) -> None:
         """
         @param argv: The program (a path, or a name to find on C{PATH})
@@ -206,6 +216,7 @@ class CommandHook:
         self.name = checkName(name)
         self.retry = retry
         self.maxInFlight = maxInFlight
+        self.maxPending = maxPending
         self._argv = list(argv)
         self._reactor = reactor
         self._runInThread = runInThread
@@ -378,6 +389,7 @@ class WebhookHook:
         headers: Mapping[str, str] | None = None,
         retry: RetryPolicy = DEFAULT_RETRY,
         maxInFlight: int | None = DEFAULT_MAX_IN_FLIGHT,
+        maxPending: int | None = DEFAULT_MAX_PENDING,
         agent: Any = None,
     ) -> None:
         """
@@ -391,6 +403,7 @@ class WebhookHook:
         self.name = checkName(name)
         self.retry = retry
         self.maxInFlight = maxInFlight
+        self.maxPending = maxPending
         self._url = url.encode("ascii")
         self._format = format
         self._timeout = timeout
@@ -524,7 +537,11 @@ def loadHooks(
     """
     hooks: list[IHook] = []
     for config in configs:
-        common: dict[str, Any] = {"retry": config.retry, "maxInFlight": config.maxInFlight}
+        common: dict[str, Any] = {
+            "retry": config.retry,
+            "maxInFlight": config.maxInFlight,
+            "maxPending": config.maxPending,
+        }
         if config.kind == "python":
             function = importTarget(config.target or "", f"{config.setting}.target")
             hooks.append(

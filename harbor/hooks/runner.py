@@ -3,20 +3,31 @@
 The hook runner: calls every hook for every stored copy at least once,
 retrying failures and surviving restarts.
 
-  1. In the delivery's worker thread, right after the Maildir commit and
-     before the 250 reply, L{HookRunner.record} writes one job file per
-     (copy, hook) into the spool (L{harbor.hooks.spool}) and fsyncs it.  A
-     crash after the 250 therefore loses no hook call.
-  2. In the reactor thread, after the reply, L{HookRunner.dispatch} starts
-     the jobs.  Each job runs on its own: a slow or failing hook delays
-     neither the SMTP replies nor any other hook.  A job that succeeds is
-     removed; one that fails is retried with exponential backoff, its
-     attempt count kept in its file; one that keeps failing is parked in
-     the dead letters, which C{mailharbor hooks list --dead} shows and
-     C{mailharbor hooks retry} puts back.
-  3. At start, L{HookRunner.start} resumes every job left in the spool,
-     and the spool is looked at again every few seconds for jobs put back
-     by C{mailharbor hooks retry}.
+  1. At the end of the data, in the reactor thread, L{HookRunner.prepare}
+     makes one job per (copy, hook), counting it as pending at once; a
+     hook that already has C{max_pending} pending jobs refuses the message
+     instead (L{BacklogFull}, a C{451 4.3.0} for the sender to retry).
+  2. In the delivery's worker thread, once the copies are durable in
+     C{tmp/} and before they are renamed into C{new/},
+     L{HookRunner.persist} writes the job files into the spool
+     (L{harbor.hooks.spool}) and fsyncs them.  A 250 reply therefore means
+     both the message and its jobs are durable.  If the delivery fails
+     after that, L{HookRunner.withdraw} removes them again; if the server
+     dies in between, the next one finds the jobs of a message that never
+     appeared, and drops each when it comes to run it.
+  3. In the reactor thread, once the commit has succeeded (never before),
+     L{HookRunner.dispatch} starts the jobs, or L{HookRunner.release}
+     forgets them if it failed.  Each job runs on its own: a slow or
+     failing hook delays neither the SMTP replies nor any other hook.  A
+     job that succeeds is removed; one that fails is retried with
+     exponential backoff, its attempt count kept in its file; one that
+     keeps failing is parked in the dead letters, which C{mailharbor hooks
+     list --dead} shows and C{mailharbor hooks retry} puts back.
+  4. Only a window of each hook's jobs (L{WINDOW}) is held in memory; the
+     rest wait in the spool, and are read from it, a window's worth at a
+     time, as the window drains.  At start, L{HookRunner.start} counts the
+     pending jobs and resumes the oldest, and the spool is looked at again
+     every few seconds for jobs put back by C{mailharbor hooks retry}.
 
 Nothing here imports the global reactor: the reactor and a way to run
 blocking work in a thread are passed in.
@@ -42,10 +53,12 @@ from twisted.python.failure import Failure
 
 from attrs import evolve
 
-from harbor.hooks.config import RESCAN_INTERVAL
+from harbor.hooks.config import DEFAULT_MAX_PENDING, RESCAN_INTERVAL
 from harbor.hooks.events import (
+    BacklogFull,
     HookFailed,
     Job,
+    MessageGone,
     NewMessage,
     PermanentHookFailure,
     describe,
@@ -53,11 +66,24 @@ from harbor.hooks.events import (
     jobID,
 )
 from harbor.hooks.kinds import IHook, RunInThread
-from harbor.hooks.spool import HookSpool
+from harbor.hooks.spool import HookSpool, PendingScan
 from harbor.store.fs import IFileSystem, StorageError
 
 #: Seconds L{HookRunner.stop} waits for running hooks before cancelling them.
 STOP_TIMEOUT = 10.0
+
+#: Jobs of one hook held in memory at most (scheduled, waiting for a
+#: retry, or running), or twice the hook's C{max_in_flight} if that is
+#: more; the rest of its backlog waits on disk.  Each costs a few KiB.
+WINDOW = 256
+
+
+class _NeverStored(Exception):
+    """
+    A job's message is in neither C{new/} nor C{cur/} of its Maildir when
+    the job comes to run: its delivery failed after the job was written
+    (or a mail reader deleted it since).
+    """
 
 
 class _Entry:
@@ -74,7 +100,7 @@ class _Entry:
         self.job = job
         self.call: Any = None
         self.running: Deferred[object] | None = None
-        self.writing: Deferred[None] | None = None
+        self.writing: Deferred[bool] | None = None
 
 
 class HookRunner(Service):
@@ -99,6 +125,7 @@ class HookRunner(Service):
         fs: IFileSystem | None = None,
         rescanInterval: float = RESCAN_INTERVAL,
         stopTimeout: float = STOP_TIMEOUT,
+        window: int = WINDOW,
     ) -> None:
         """
         @param spoolDirectory: Where job files are kept, usually
@@ -111,6 +138,8 @@ class HookRunner(Service):
             put back with C{mailharbor hooks retry}.
         @param stopTimeout: Seconds L{stop} waits for running hooks before
             cancelling them.
+        @param window: Jobs of one hook held in memory at most (see
+            L{WINDOW}).
         """
         names = [hook.name for hook in hooks]
         duplicates = sorted({name for name in names if names.count(name) > 1})
@@ -128,10 +157,33 @@ class HookRunner(Service):
         self._rescanInterval = rescanInterval
         self._stopTimeout = stopTimeout
         self._entries: dict[str, _Entry] = {}
+        # Each hook's pending jobs: on disk in pending/, or prepared for a
+        # delivery still being committed.  Kept up to date as jobs come
+        # and go, and set again by each scan of the spool (which also
+        # counts jobs put back by mailharbor hooks retry).
+        self._counts = dict.fromkeys(self._hooks, 0)
+        self._maxPending: dict[str, int | None] = {
+            hook.name: getattr(hook, "maxPending", DEFAULT_MAX_PENDING) for hook in hooks
+        }
+        self._window = {hook.name: max(window, 2 * (hook.maxInFlight or 0)) for hook in hooks}
+        # Each hook's jobs in _entries.
+        self._held = dict.fromkeys(self._hooks, 0)
+        # Jobs prepared for deliveries not yet committed, by id, with each
+        # hook's count: neither dispatched nor read from the spool until
+        # the commit has succeeded.
+        self._committing: dict[str, str] = {}
+        self._reserved = dict.fromkeys(self._hooks, 0)
+        # How many times jobs were prepared, and finished, so that a scan
+        # can tell whether its listing could have missed or double-counted
+        # a job; and whether a scan has yet counted the spool exactly.
+        self._arrivals = 0
+        self._departures = 0
+        self._countsKnown = False
+        self._scanAgain = False
         # When each job id last finished (its file gone), so that a scan
         # that listed the file before it went does not run the job again.
         self._finished: dict[str, float] = {}
-        self._writes: set[Deferred[None]] = set()
+        self._writes: set[Deferred[bool]] = set()
         self._unknownHooks: set[str] = set()
         self._stopping = False
         self._scanning = False
@@ -151,21 +203,53 @@ class HookRunner(Service):
         """
         return {key: entry.job for key, entry in self._entries.items()}
 
-    def record(self, events: Sequence[NewMessage]) -> list[Job]:
+    @property
+    def pendingCounts(self) -> dict[str, int]:
         """
-        Make one job per (event, hook) durable.
+        Each hook's pending jobs, by name: those in the spool's C{pending/}
+        and those prepared for deliveries being committed.  Known without
+        reading the spool.
+        """
+        return dict(self._counts)
 
-        Blocking: call it in the delivery's worker thread, after the Maildir
-        commit and before the 250 reply, so that no hook call is lost if
-        the server dies after replying.  It touches no state the reactor
-        thread uses, and with no hooks it does nothing at all.
+    def checkBacklog(self) -> None:
+        """
+        Refuse new mail while a hook has C{max_pending} pending jobs: at
+        RCPT, so the client need not send the body, and again by
+        L{prepare} at the end of the data.  Call it in the reactor thread.
 
-        @return: The jobs, to pass to L{dispatch} once the reply is sent.
-        @raise StorageError: if the jobs could not be written; none are
-            left behind.
+        @raise BacklogFull: naming the first such hook (logged, with its
+            name).
+        """
+        for name, limit in self._maxPending.items():
+            if limit is not None and self._counts[name] >= limit:
+                self._log.warn(
+                    "Hook {hook} has {pending} pending jobs (max_pending {limit}): "
+                    "new mail is refused with 451 until they drain",
+                    hook=name,
+                    pending=self._counts[name],
+                    limit=limit,
+                )
+                raise BacklogFull(name, self._counts[name], limit)
+
+    def prepare(self, events: Sequence[NewMessage]) -> list[Job]:
+        """
+        Make one job per (event, hook), and count them as pending, for a
+        delivery about to be committed; nothing is written yet (see
+        L{persist}).
+
+        Call it in the reactor thread, once the message has ended.  With
+        no hooks it does nothing at all.
+
+        @return: The jobs, to pass to L{persist}, then to L{dispatch} if
+            the delivery is stored or to L{release} if it is not.
+        @raise BacklogFull: if a hook already has C{max_pending} pending
+            jobs (logged, with the hook's name); nothing is counted.
+        @raise StorageError: if an event's id cannot name a job file.
         """
         if not self._hooks or not events:
             return []
+        self.checkBacklog()
         now = self._reactor.seconds()
         jobs = []
         for event in events:
@@ -173,22 +257,97 @@ class HookRunner(Service):
                 raise StorageError(f"{event.id!r} cannot name a hook job")
             for name in self._hooks:
                 jobs.append(Job(jobID(event, name), name, event, created=now, due=now))
-        self.spool.add(jobs)
+        for job in jobs:
+            self._committing[job.id] = job.hook
+            self._reserved[job.hook] += 1
+            self._counts[job.hook] += 1
+        self._arrivals += 1
+        return jobs
+
+    def persist(self, jobs: Sequence[Job]) -> None:
+        """
+        Make jobs that L{prepare} made durable in the spool.
+
+        Blocking: call it in the delivery's worker thread, once the
+        message's files are durable and before they are renamed into
+        C{new/}, so that no hook call is lost if the server dies after the
+        250 reply.  It touches no state the reactor thread uses.
+
+        @raise StorageError: if the jobs could not be written; none are
+            left behind.
+        """
+        if jobs:
+            self.spool.add(jobs)
+
+    def withdraw(self, jobs: Sequence[Job]) -> None:
+        """
+        Remove the files of jobs that L{persist} wrote for a delivery that
+        then failed.  Blocking, like L{persist}; it never raises.
+        """
+        self.spool.discard(jobs)
+
+    def release(self, jobs: Sequence[Job]) -> None:
+        """
+        Forget jobs that L{prepare} made for a delivery that was not stored:
+        they are no longer pending, and are never run, even if a scan of
+        the spool read one before L{withdraw} removed it.  Call it in the
+        reactor thread.
+        """
+        now = self._reactor.seconds()
+        for job in jobs:
+            if self._settle(job):
+                self._counts[job.hook] = max(0, self._counts[job.hook] - 1)
+            self._finished[job.id] = now
+
+    def record(self, events: Sequence[NewMessage]) -> list[Job]:
+        """
+        L{prepare} and L{persist} at once, in the calling (reactor)
+        thread, for messages already stored: for tools and tests that
+        record jobs without a delivery.  The jobs may be run from then on.
+
+        @return: The jobs, to pass to L{dispatch}.
+        @raise StorageError: if the jobs could not be written; none are
+            left behind, and none is counted.
+        """
+        jobs = self.prepare(events)
+        try:
+            self.persist(jobs)
+        except BaseException:
+            self.release(jobs)
+            raise
+        for job in jobs:
+            self._settle(job)
         return jobs
 
     def dispatch(self, jobs: Sequence[Job]) -> None:
         """
-        Start jobs that L{record} wrote.  Call it in the reactor thread; it
-        returns at once and never raises.
+        Start jobs that L{persist} wrote, once their delivery is stored and
+        answered.  Call it in the reactor thread; it returns at once and
+        never raises.
 
-        Each job runs on the next turn of the reactor, on its own.  After
+        Each job runs on the next turn of the reactor, on its own; those
+        beyond the hook's window wait in the spool for their turn.  After
         L{stop}, jobs stay in the spool for the next start.
         """
         for job in jobs:
             try:
+                self._settle(job)
                 self._admit(job)
             except Exception:  # noqa: BLE001 -- logged: dispatch never raises
                 self._log.failure("Cannot start hook job {job}", job=getattr(job, "id", job))
+
+    def _settle(self, job: Job) -> bool:
+        """
+        The delivery a job was prepared for is over: it may be read from
+        the spool again.
+
+        @return: Whether it was being committed.
+        """
+        hook = self._committing.pop(job.id, None)
+        if hook is None:
+            return False
+        self._reserved[hook] -= 1
+        return True
 
     def startService(self) -> None:
         super().startService()
@@ -234,12 +393,12 @@ class HookRunner(Service):
         if self._loop is not None and self._loop.running:
             self._loop.stop()
         self._loop = None
-        for key, entry in list(self._entries.items()):
+        for entry in list(self._entries.values()):
             if entry.call is not None:
                 entry.call.cancel()
                 entry.call = None
             if entry.running is None:
-                del self._entries[key]
+                self._forget(entry)
         running = [entry.running for entry in self._entries.values() if entry.running is not None]
         if running:
             self._log.info("Waiting for {count} running hook jobs", count=len(running))
@@ -258,7 +417,8 @@ class HookRunner(Service):
                 timer.cancel()
         while self._writes:
             await DeferredList(list(self._writes), consumeErrors=True)
-        self._entries.clear()
+        for entry in list(self._entries.values()):
+            self._forget(entry)
         closing = []
         for hook in self._hooks.values():
             closing.append(maybeDeferred(hook.stop))
@@ -267,24 +427,68 @@ class HookRunner(Service):
                 self._log.failure("Error stopping a hook", cast(Failure, outcome[1]))
 
     def _rescan(self, resuming: bool) -> Deferred[None]:
+        """
+        Count the spool's pending jobs, and read and schedule as many of
+        the oldest as each hook's window has room for.
+        """
         if self._scanning:
+            # Looked at again once this scan is over: what it reads was
+            # chosen before the window had room for more.
+            self._scanAgain = True
             return succeed(None)
         self._scanning = True
+        self._scanAgain = False
         started = self._reactor.seconds()
+        # A job whose file went before this scan started cannot be in its
+        # listing, so only later ones need remembering (and skipping): a
+        # job that finishes while the scan runs may be listed and must not
+        # run again.  A job put back since it finished is read again.
+        self._finished = {k: t for k, t in self._finished.items() if t >= started}
+        room = {name: self._window[name] - self._held[name] for name in self._hooks}
+        committing = frozenset(self._committing)
+        # The jobs held, just finished or being committed are not read
+        # again: so the memory a scan takes is bounded by the room.
+        skip = frozenset(self._entries).union(self._finished, committing)
+        countsBefore = dict(self._counts)
+        reservedBefore = dict(self._reserved)
+        arrivals, departures = self._arrivals, self._departures
 
-        def read() -> list[Job]:
+        def read() -> PendingScan:
             # Nothing is created here: the spool appears with the first
             # job, so a server without hooks leaves no trace on disk.
-            return self.spool.pendingJobs()
+            return self.spool.scan(room, skip, uncounted=committing)
 
-        def found(jobs: list[Job]) -> None:
-            # A job whose file went before this scan started cannot be in
-            # its listing, so only later ones need remembering: a job that
-            # finished after the scan started may be listed and must not
-            # run again.
-            self._finished = {k: t for k, t in self._finished.items() if t >= started}
+        def found(scan: PendingScan) -> None:
+            # The count is what the directory holds (jobs put back from
+            # the dead letters and files removed by hand included), plus
+            # the jobs being committed when the scan began (counted by
+            # their reservations, whether or not their files were listed),
+            # plus what changed since (those settled).  That is exact
+            # unless jobs were prepared or finished while the directory
+            # was listed: the listing may or may not have seen their
+            # files.  Then the count kept as jobs came and went stays,
+            # unless there is none yet (mail arrived during the first
+            # scan): then this estimate, off by no more than those jobs,
+            # serves until a later scan (drain-driven or periodic) counts
+            # exactly.
+            exact = (
+                arrivals == self._arrivals and departures == self._departures and not self._writes
+            )
+            if exact or not self._countsKnown:
+                for name in self._hooks:
+                    moved = self._counts[name] - countsBefore[name]
+                    self._counts[name] = max(0, scan.counts.get(name, 0) + reservedBefore[name] + moved)
+            self._countsKnown = self._countsKnown or exact
+            for name in scan.counts:
+                if name not in self._hooks and name not in self._unknownHooks:
+                    self._unknownHooks.add(name)
+                    self._log.warn(
+                        "Hook jobs for {hook}, which is not configured, are kept in "
+                        "the spool until it is again",
+                        hook=name,
+                    )
             admitted = 0
-            for job in jobs:
+            for job in scan.jobs:
                 try:
                     admitted += self._admit(job)
                 except Exception:  # noqa: BLE001 -- logged: one bad job stops no others
@@ -303,20 +507,43 @@ class HookRunner(Service):
 
         def done(ignored: object) -> None:
             self._scanning = False
+            if self._scanAgain:
+                self._scanAgain = False
+                self._refill()
 
         d = self._runInThread(read)
         d.addCallbacks(found, failed)
         d.addBoth(done)
         return d
 
+    def _refill(self) -> None:
+        """
+        Read more jobs from the spool if a hook's window has drained to
+        half while more of its jobs wait there: so the backlog drains as
+        fast as the hook works, not one window per rescan interval.
+        """
+        if self._stopping:
+            return
+        for name in self._hooks:
+            waiting = self._counts[name] - self._held[name] - self._reserved[name]
+            if waiting > 0 and self._held[name] <= self._window[name] // 2:
+                self._rescan(resuming=False)
+                return
+
     def _admit(self, job: Job) -> bool:
         """
-        Schedule a job unless it is already scheduled, running or just
-        finished.
+        Schedule a job unless it is already scheduled, running, just
+        finished or being committed, or its hook's window is full (it then
+        waits in the spool).
 
         @return: whether it was scheduled.
         """
-        if self._stopping or job.id in self._entries or job.id in self._finished:
+        if (
+            self._stopping
+            or job.id in self._entries
+            or job.id in self._finished
+            or job.id in self._committing
+        ):
             return False
         if job.hook not in self._hooks:
             if job.hook not in self._unknownHooks:
@@ -327,9 +554,20 @@ class HookRunner(Service):
                     hook=job.hook,
                 )
             return False
+        if self._held[job.hook] >= self._window[job.hook]:
+            return False
         entry = self._entries[job.id] = _Entry(job)
+        self._held[job.hook] += 1
         self._schedule(entry, job.due - self._reactor.seconds())
         return True
+
+    def _forget(self, entry: _Entry) -> None:
+        """
+        Let go of a job held in memory (it is over, or left in the spool).
+        """
+        if self._entries.get(entry.job.id) is entry:
+            del self._entries[entry.job.id]
+            self._held[entry.job.hook] -= 1
 
     def _schedule(self, entry: _Entry, delay: float) -> None:
         entry.call = self._reactor.callLater(max(0.0, delay), self._attempt, entry)
@@ -338,10 +576,26 @@ class HookRunner(Service):
         entry.call = None
         hook = self._hooks[entry.job.hook]
         limit = self._limits.get(hook.name)
-        if limit is None:
-            d = maybeDeferred(hook.run, entry.job.event)
-        else:
-            d = limit.run(hook.run, entry.job.event)
+        event = entry.job.event
+
+        def missing(failure: Failure) -> Failure:
+            # The message was not found before the hook was called: it
+            # never appeared (its delivery failed after the job was
+            # written), so there is nobody to tell.
+            if failure.check(MessageGone):
+                return Failure(_NeverStored(str(failure.value)))
+            return failure
+
+        def attempt() -> Deferred[object]:
+            # Blocking: locating the message may list its Maildir.  Done
+            # within the hook's limit, so that no more of these wait for
+            # a thread than the hook has calls running.
+            d: Deferred[Any] = self._runInThread(event.locate)
+            d.addErrback(missing)
+            d.addCallback(lambda path: hook.run(event))
+            return d
+
+        d = maybeDeferred(attempt) if limit is None else limit.run(attempt)
         entry.running = d
         d.addCallbacks(
             self._succeeded, self._failed, callbackArgs=(entry,), errbackArgs=(entry, hook)
@@ -363,7 +617,17 @@ class HookRunner(Service):
         job = entry.job
         if self._stopping and failure.check(CancelledError):
             # Interrupted by shutdown, not failed: left as it is on disk.
-            self._entries.pop(job.id, None)
+            self._forget(entry)
+            return
+        if failure.check(_NeverStored):
+            self._log.info(
+                "Hook job {job} dropped: message {id} is not in its Maildir "
+                "(its delivery failed, or it was deleted)",
+                job=job.id,
+                id=job.event.id,
+                hook=job.hook,
+            )
+            self._finish(entry, lambda: self.spool.remove(job), "remove")
             return
         attempts = job.attempts + 1
         error = describe(failure)
@@ -403,48 +667,59 @@ class HookRunner(Service):
         updated = entry.job
         self._write(entry, lambda: self.spool.update(updated), "update")
         if self._stopping:
-            self._entries.pop(job.id, None)
+            self._forget(entry)
         else:
             self._schedule(entry, delay)
 
     def _finish(self, entry: _Entry, operation: Callable[[], None], what: str) -> None:
         """
-        The job is over: change its file, and forget it once that is done.
+        The job is over: change its file, and forget it once that is done,
+        making room in its hook's window for a job waiting in the spool.
         """
-        def forget(ignored: object) -> None:
-            if self._entries.get(entry.job.id) is entry:
-                del self._entries[entry.job.id]
+        def forget(changed: bool) -> None:
+            if changed:
+                # Its file has left pending/.  One that could not be
+                # changed stays there, counted, for a later scan.
+                hook = entry.job.hook
+                self._counts[hook] = max(0, self._counts[hook] - 1)
+                self._departures += 1
+            self._forget(entry)
             self._finished[entry.job.id] = self._reactor.seconds()
+            self._refill()
 
         self._write(entry, operation, what).addCallback(forget)
 
-    def _write(self, entry: _Entry, operation: Callable[[], None], what: str) -> Deferred[None]:
+    def _write(self, entry: _Entry, operation: Callable[[], None], what: str) -> Deferred[bool]:
         """
         Change a job's file in a worker thread, after any earlier change
         to it.  A failure is logged: the job then stays as it was on disk.
+
+        @return: A L{Deferred} that fires with whether the change was made;
+            it never fails.
         """
-        done: Deferred[None] = Deferred()
+        done: Deferred[bool] = Deferred()
         previous = entry.writing
         entry.writing = done
         self._writes.add(done)
 
         def begin(ignored: object = None) -> None:
             d = maybeDeferred(self._runInThread, operation)
-            d.addErrback(
-                lambda f: self._log.failure(
-                    "Cannot {what} hook job {job} in the spool", f, what=what, job=entry.job.id
-                )
+            d.addCallbacks(lambda ignored: True, failed)
+            d.addCallback(done.callback)
+
+        def failed(failure: Failure) -> bool:
+            self._log.failure(
+                "Cannot {what} hook job {job} in the spool", failure, what=what, job=entry.job.id
             )
-            d.addBoth(lambda ignored: done.callback(None))
+            return False
 
-        def written(result: None) -> None:
+        def written(changed: bool) -> bool:
             self._writes.discard(done)
-            return result
+            return changed
 
-        done.addBoth(written)
+        done.addCallback(written)
         if previous is None:
             begin()
         else:
             previous.addBoth(begin)
         return done
-

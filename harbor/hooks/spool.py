@@ -15,11 +15,11 @@ from __future__ import annotations
 import json
 import os
 import uuid
-from collections.abc import Sequence
+from collections.abc import Container, Mapping, Sequence
 
 from twisted.logger import Logger
 
-from attrs import evolve
+from attrs import evolve, frozen
 
 from harbor.hooks.events import Job, isJobID
 from harbor.store.fs import IFileSystem, RealFileSystem, StorageError, quietly
@@ -34,6 +34,29 @@ SPOOL_NAME = ".hooks"
 SPOOL_DIRECTORIES = ("tmp", "pending", "dead")
 
 _JOB_SUFFIX = ".json"
+
+
+@frozen
+class PendingScan:
+    """
+    What one look at C{pending/} found (L{HookSpool.scan}).
+
+    @ivar jobs: The jobs read, oldest first: no more per hook than asked.
+    @ivar counts: How many jobs each hook has in C{pending/}, by hook name,
+        read and unread alike (unusable files, and those the caller said
+        not to count, left out).
+    """
+
+    jobs: tuple[Job, ...]
+    counts: Mapping[str, int]
+
+
+def hookOf(jobID: str) -> str:
+    """
+    The name of the hook a job is for, from its id (see
+    L{harbor.hooks.events.jobID}), without reading its file.
+    """
+    return jobID.rpartition(",")[2]
 
 
 def spoolFor(maildirRoot: str) -> str:
@@ -134,6 +157,17 @@ class HookSpool:
         except FileNotFoundError:
             pass
 
+    def discard(self, jobs: Sequence[Job]) -> None:
+        """
+        Remove jobs whose message was not stored after all (its delivery
+        failed once they were written), so that none of them runs.
+
+        A file that cannot be removed stays: the runner drops the job when
+        it finds its message missing.
+        """
+        for job in jobs:
+            quietly(self.remove, job)
+
     def bury(self, job: Job) -> None:
         """
         Move a job to the dead letters, with its last error.
@@ -178,6 +212,62 @@ class HookSpool:
             C{.bad}, as the server does.
         """
         return self._jobs(self._pending, unusable)
+
+    def scan(
+        self, room: Mapping[str, int], skip: Container[str] = (), uncounted: Container[str] = ()
+    ) -> PendingScan:
+        """
+        Count each hook's pending jobs, and read the oldest few of them.
+
+        The directory is listed name by name and only the chosen files are
+        read, so that a backlog of any size costs the memory of the jobs
+        asked for, plus a few names.  Job ids start with their message's
+        Maildir id, which starts with its time, so the order of names is
+        the order of arrival, near enough.
+
+        @param room: How many jobs to read for each hook; hooks not named
+            get none read (they are only counted).
+        @param skip: Ids of jobs not to read (those the caller holds).
+        @param uncounted: Ids of jobs not to count either (those the
+            caller counts otherwise).
+        """
+        counts: dict[str, int] = {}
+        chosen: dict[str, list[str]] = {}
+        try:
+            with os.scandir(self._pending) as entries:
+                for entry in entries:
+                    name = entry.name
+                    if not name.endswith(_JOB_SUFFIX):
+                        continue
+                    jobID = name[: -len(_JOB_SUFFIX)]
+                    if jobID in uncounted:
+                        continue
+                    hook = hookOf(jobID)
+                    counts[hook] = counts.get(hook, 0) + 1
+                    limit = room.get(hook, 0)
+                    if limit <= 0 or jobID in skip:
+                        continue
+                    names = chosen.setdefault(hook, [])
+                    names.append(name)
+                    # Keep the oldest, trimming now and then: at most
+                    # twice the room is ever held.
+                    if len(names) >= 2 * limit:
+                        names.sort()
+                        del names[limit:]
+        except FileNotFoundError:
+            return PendingScan((), {})
+        jobs = []
+        for hook, names in chosen.items():
+            names.sort()
+            for name in names[: room[hook]]:
+                job = self._load(os.path.join(self._pending, name))
+                if job is None:
+                    # Gone since it was listed, or unusable and set aside.
+                    counts[hook] -= 1
+                else:
+                    jobs.append(job)
+        jobs.sort(key=lambda job: (job.created, job.id))
+        return PendingScan(tuple(jobs), counts)
 
     def deadJobs(self, unusable: list[tuple[str, str]] | None = None) -> list[Job]:
         """

@@ -35,8 +35,9 @@ class CommitQueue:
     memory is committed on its own at once, so that its long fsync does not
     hold up the small ones.
 
-    Each message's own step after its commit (recording its hook jobs)
-    runs in the same thread, before any reply is sent.
+    What must be durable with a message besides its copies (its hooks'
+    jobs) is attached to it (L{PendingDelivery.accompany}) and written in
+    the same thread, before the copies are renamed into C{new/}.
     """
 
     def __init__(
@@ -54,25 +55,18 @@ class CommitQueue:
         self._runInThread = runInThread
         self._commitMany = commitMany
         self._grouped = grouped
-        self._waiting: list[tuple[PendingDelivery, Folders, Callable[[list[StoredMessage]], Any], Deferred[Any]]] = []
+        self._waiting: list[tuple[PendingDelivery, Folders, Deferred[list[StoredMessage]]]] = []
         self._busy = False
 
-    def commit(
-        self,
-        pending: PendingDelivery,
-        folders: Folders,
-        after: Callable[[list[StoredMessage]], T],
-    ) -> Deferred[tuple[list[StoredMessage], T]]:
+    def commit(self, pending: PendingDelivery, folders: Folders) -> Deferred[list[StoredMessage]]:
         """
-        Make C{pending} durable, then run C{after} on its stored copies, in
-        the commit's thread.
+        Make C{pending} durable, with its companion if it has one.
 
-        @return: a L{Deferred} firing with the stored copies and what
-            C{after} returned, or failing with L{StorageError} (or what
-            C{after} raised).
+        @return: a L{Deferred} firing with the stored copies, or failing
+            with L{StorageError}.
         """
-        d: Deferred[tuple[list[StoredMessage], T]] = Deferred()
-        entry = (pending, folders, after, d)
+        d: Deferred[list[StoredMessage]] = Deferred()
+        entry = (pending, folders, d)
         if not self._grouped or not pending.inMemory:
             self._run([entry], grouped=False)
             return d
@@ -88,32 +82,22 @@ class CommitQueue:
 
     def _run(
         self,
-        group: list[tuple[PendingDelivery, Folders, Callable[[list[StoredMessage]], Any], Deferred[Any]]],
+        group: list[tuple[PendingDelivery, Folders, Deferred[list[StoredMessage]]]],
         grouped: bool,
     ) -> None:
         commitMany = self._commitMany
 
         def work() -> list[Any]:
-            outcomes: list[Any] = []
-            results = commitMany([(pending, folders) for pending, folders, _, _ in group])
-            for (_, _, after, _), result in zip(group, results, strict=True):
-                if isinstance(result, StorageError):
-                    outcomes.append(Failure(result))
-                    continue
-                try:
-                    outcomes.append((result, after(result)))
-                # A bug in one message's follow-up must not leave the other
-                # senders of the group unanswered: it becomes that message's 451.
-                except Exception:  # noqa: BLE001
-                    outcomes.append(Failure())
-            return outcomes
+            return commitMany([(pending, folders) for pending, folders, _ in group])
 
         def done(outcomes: list[Any] | Failure) -> None:
             if grouped:
                 self._busy = False
-            for index, (_, _, _, d) in enumerate(group):
+            for index, (_, _, d) in enumerate(group):
                 outcome = outcomes if isinstance(outcomes, Failure) else outcomes[index]
-                if isinstance(outcome, Failure):
+                if isinstance(outcome, StorageError):
+                    d.errback(Failure(outcome))
+                elif isinstance(outcome, Failure):
                     d.errback(outcome)
                 else:
                     d.callback(outcome)

@@ -48,6 +48,27 @@ MEMORY_THRESHOLD = 64 * 1024
 
 
 @frozen
+class Companion:
+    """
+    Files that must be durable with a message, and gone if it is not
+    stored: its hooks' jobs.  L{GroupCommit} writes them once the message's
+    files are durable and before they are renamed into C{new/}, so that a
+    250 reply means both are on disk, and removes them if the delivery
+    fails after that.
+
+    @ivar write: Writes them durably (blocking); raises if it cannot,
+        leaving none behind.
+    @ivar remove: Removes them again (blocking); never raises.
+    @ivar what: What writing them is, for the error: C{"recording the
+        message for its hooks"}.
+    """
+
+    write: Callable[[], None]
+    remove: Callable[[], None]
+    what: str
+
+
+@frozen
 class StoredMessage:
     """
     A message copy that is safely in a Maildir's C{new/}.
@@ -103,8 +124,8 @@ class PendingDelivery:
 
     The steps of a commit are public for L{GroupCommit}, which runs them
     for many deliveries at once, sharing the waits between them:
-    L{writeOut}, then L{publish}, then L{finish}; L{spoil} or L{retract}
-    when a shared wait fails.
+    L{writeOut}, then L{writeCompanion}, then L{publish}, then L{finish};
+    L{spoil} or L{retract} when a shared wait fails.
     """
 
     def __init__(
@@ -130,6 +151,8 @@ class PendingDelivery:
         self._bodySize = 0
         self._failure: StorageError | None = None
         self._finished = False
+        self._companion: Companion | None = None
+        self._companionWritten = False
 
     @property
     def failure(self) -> StorageError | None:
@@ -223,6 +246,29 @@ class PendingDelivery:
             raise result
         return result
 
+    def accompany(self, companion: Companion) -> None:
+        """
+        Have the commit make C{companion} durable with the message, before
+        its copies are renamed into C{new/} (see L{Companion}).
+        """
+        self._companion = companion
+
+    def planned(self, folders: Sequence[str | None] | None = None) -> list[StoredMessage]:
+        """
+        The copies as they will be once stored in C{folders} (see
+        L{commit}): their ids, their paths in C{new/} and their sizes.
+        Call it once the message has ended, to describe the copies before
+        they exist (for the jobs of their hooks).
+        """
+        if folders is None:
+            folders = [None] * len(self._copies)
+        planned = []
+        for copy, folder in zip(self._copies, folders):
+            destination = copy.directory if folder is None else os.path.join(copy.directory, "." + folder)
+            size = len(copy.header) + self._bodySize
+            planned.append(StoredMessage(copy.name, os.path.join(destination, "new", f"{copy.name},S={size}"), size))
+        return planned
+
     def temporaryDirectories(self) -> list[str]:
         """
         The C{tmp/} directories this delivery's copies are written in, so
@@ -274,6 +320,31 @@ class PendingDelivery:
         except OSError as e:
             raise self.spoil(StorageError.fromOSError("syncing the message to disk", e)) from e
 
+    def writeCompanion(self) -> None:
+        """
+        The step between L{writeOut} and L{publish}: make the companion
+        (L{accompany}) durable, if there is one, while the copies are still
+        only in C{tmp/}.
+
+        @raise StorageError: if that fails; the delivery is then spoiled.
+        """
+        companion = self._companion
+        if companion is None:
+            return
+        if self._failure is not None:
+            raise self._failure
+        try:
+            companion.write()
+        except StorageError as e:
+            raise self.spoil(e) from e
+        except OSError as e:
+            raise self.spoil(StorageError.fromOSError(companion.what, e)) from e
+        except Exception as e:
+            # A bug in the companion's writer must still mean a 451, not a
+            # stored message without its jobs.
+            raise self.spoil(StorageError(f"{companion.what}: {e}")) from e
+        self._companionWritten = True
+
     def publish(self, folders: Sequence[str | None] | None) -> tuple[list[StoredMessage], list[str]]:
         """
         The step after the files are durable: rename each into C{new/} (of
@@ -292,16 +363,13 @@ class PendingDelivery:
         stored: list[StoredMessage] = []
         directories: list[str] = []
         try:
-            for copy, folder in zip(self._copies, folders):
-                destination = copy.directory
+            for copy, folder, final in zip(self._copies, folders, self.planned(folders)):
+                new = os.path.dirname(final.path)
                 if folder is not None:
-                    destination = os.path.join(copy.directory, "." + folder)
-                    makeMaildir(self._fs, destination, folder=True)
-                size = len(copy.header) + self._bodySize
-                final = os.path.join(destination, "new", f"{copy.name},S={size}")
-                self._fs.rename(copy.temporaryPath, final)
-                stored.append(StoredMessage(copy.name, final, size))
-                directories.append(os.path.join(destination, "new"))
+                    makeMaildir(self._fs, os.path.dirname(new), folder=True)
+                self._fs.rename(copy.temporaryPath, final.path)
+                stored.append(final)
+                directories.append(new)
         except OSError as e:
             raise self.retract(stored, StorageError.fromOSError("moving the message into new/", e)) from e
         return stored, list(dict.fromkeys(directories))
@@ -317,10 +385,10 @@ class PendingDelivery:
     def retract(self, stored: Sequence[StoredMessage], failure: StorageError) -> StorageError:
         """
         Remove copies already renamed into C{new/}, make the removal
-        durable, and spoil the delivery, so the sender's retry does not
-        make duplicates: when a C{new/} directory cannot be made durable,
-        or when a step after the commit that the 250 depends on has failed
-        (recording its hook jobs).
+        durable, and spoil the delivery (which removes its companion, the
+        hooks' jobs, too), so the sender's retry does not make duplicates:
+        when a rename fails half-way, or a C{new/} directory cannot be
+        made durable.
 
         @return: C{failure}, to raise.
         """
@@ -332,8 +400,9 @@ class PendingDelivery:
 
     def spoil(self, failure: StorageError) -> StorageError:
         """
-        Fail the delivery: remember C{failure} and remove every copy from
-        C{tmp/}.  A L{GroupCommit} does it when the sync it shares fails.
+        Fail the delivery: remember C{failure}, remove every copy from
+        C{tmp/}, and its companion if it was written.  A L{GroupCommit}
+        does it when the sync it shares fails.
 
         @return: C{failure}, to raise.
         """
@@ -370,6 +439,11 @@ class PendingDelivery:
             return
         self._finished = True
         self._buffer = None
+        if self._companionWritten:
+            self._companionWritten = False
+            assert self._companion is not None
+            with contextlib.suppress(Exception):
+                self._companion.remove()
         for copy in self._copies:
             if copy.file is not None:
                 quietly(copy.file.close)
@@ -389,14 +463,16 @@ class GroupCommit:
     Blocking.  In order: get a L{GroupSync} for the messages still in
     memory (if they have two files or more); write out every file, closing
     each at once (those the group covers) or after its own fsync (the
-    rest, and spilled messages); sync the group; rename every copy into
-    C{new/}; fsync each C{new/} directory once, however many copies it
-    received.  A delivery is stored only when all of those steps succeeded
+    rest, and spilled messages); sync the group; write each delivery's
+    L{Companion} (its hooks' jobs); rename every copy into C{new/}; fsync
+    each C{new/} directory once, however many copies it received.  A
+    delivery that fails after its companion was written has it removed.  A delivery is stored only when all of those steps succeeded
     for every one of its copies; one delivery's failure does not fail the
     others, except where they shared the failing sync or directory.
 
     Each step is one of L{PendingDelivery}'s (L{PendingDelivery.writeOut},
-    L{PendingDelivery.publish}, L{PendingDelivery.finish}); what is shared
+    L{PendingDelivery.writeCompanion}, L{PendingDelivery.publish},
+    L{PendingDelivery.finish}); what is shared
     between deliveries (the group sync, the directory fsyncs) happens here,
     between them.  One commit per instance: make it, call L{commit} once.
     """
@@ -422,6 +498,7 @@ class GroupCommit:
         """
         try:
             self._writeOut()
+            self._writeCompanions()
             self._publish()
             self._syncDirectories()
         except BaseException:
@@ -455,6 +532,19 @@ class GroupCommit:
                 self._results[index] = pending.spoil(
                     StorageError.fromOSError("syncing the message to disk", failure)
                 )
+
+    def _writeCompanions(self) -> None:
+        """
+        Make durable what must be with each delivery still standing (its
+        hooks' jobs), before any of its copies is in C{new/}.
+        """
+        for index, (pending, _) in enumerate(self._deliveries):
+            if self._results[index] is not None:
+                continue
+            try:
+                pending.writeCompanion()
+            except StorageError as e:
+                self._results[index] = e
 
     def _publish(self) -> None:
         """

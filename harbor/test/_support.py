@@ -163,18 +163,24 @@ class RecordingFileSystem:
 
     @ivar calls: C{(name, path)} in call order.
     @ivar failOn: Call name to fail, with L{failErrno}, or L{None}.
+    @ivar failUnder: If set, only calls on paths under this directory
+        fail: a rename into a Maildir's C{new/}, say, and not the hook
+        spool's.
     """
 
     def __init__(self) -> None:
         self._real = RealFileSystem()
         self.calls: list[tuple[str, str]] = []
         self.failOn: str | None = None
+        self.failUnder: str | None = None
         self.failErrno = errno.ENOSPC
         self.grouped = True
 
     def _record(self, name: str, path: str) -> None:
         self.calls.append((name, path))
-        if self.failOn == name:
+        if self.failOn == name and (
+            self.failUnder is None or path == self.failUnder or path.startswith(self.failUnder + os.sep)
+        ):
             raise OSError(self.failErrno, os.strerror(self.failErrno), path)
 
     def create(self, path: str) -> Any:

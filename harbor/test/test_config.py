@@ -356,7 +356,8 @@ EVERY_SETTING: dict[str, object] = {
     "dns_servers": ["192.0.2.53", "192.0.2.54:5353", "2001:db8::53"],
     "hook": [
         {"name": "py", "kind": "python", "target": "pkg.mod:func", "thread": True, "attempts": 2},
-        {"name": "cmd", "kind": "command", "command": ["/bin/true", "-x"], "environment": {"A": "1"}},
+        {"name": "cmd", "kind": "command", "command": ["/bin/true", "-x"], "environment": {"A": "1"},
+         "max_pending": 50},
         {"name": "web", "kind": "webhook", "url": "https://hooks.example/in", "format": "multipart",
          "headers": {"Authorization": "Bearer x"}, "backoff": 5, "max_backoff": 50},
     ],
@@ -395,6 +396,7 @@ class AsMappingTests(SynchronousTestCase):
         self.assertEqual(full["domain"], ["xn--bcher-kva.example", "example.com", "example.org"])
         self.assertEqual(full["domains"]["example.com"]["accept"], ["alice", "bob"])
         self.assertEqual(full["hook"][1]["command"], ["/bin/true", "-x"])
+        self.assertEqual((full["hook"][0]["max_pending"], full["hook"][1]["max_pending"]), (10_000, 50))
         self.assertEqual(full["dns_servers"], ["192.0.2.53:53", "192.0.2.54:5353", "2001:db8::53"])
         plain = Config.fromMapping({"domain": "example.com"}, fqdn=lambda: "mx.example.net").asMapping()
         self.assertLessEqual(set(plain), set(_TOP_LEVEL_KEYS))

@@ -31,6 +31,7 @@ from harbor.store.fs import StorageError
 from harbor.store.names import MaildirNamer
 from harbor.store.writer import (
     MEMORY_THRESHOLD,
+    Companion,
     MaildirStore,
     PendingDelivery,
     StoredMessage,
@@ -224,22 +225,25 @@ class CommitQueueTests(SynchronousTestCase):
     def test_loneMessageAtOnce(self) -> None:
         """
         A message that ends while nothing is being committed goes to the
-        thread at once, alone, and runs its after-step there.
+        thread at once, alone, and writes its companion there.
         """
-        d = self.queue.commit(self.pending(), None, lambda stored: len(stored))
-        self.assertEqual(len(self.threads.pending), 1)
+        pending = self.pending()
+        written: list[str] = []
+        pending.accompany(Companion(lambda: written.append("jobs"), lambda: None, "recording"))
+        d = self.queue.commit(pending, None)
+        self.assertEqual((len(self.threads.pending), written), (1, []))
         self.assertNoResult(d)
         self.threads.runAll()
-        stored, after = self.successResultOf(d)
-        self.assertEqual((len(stored), after, self.groups), (1, 1, [1]))
+        stored = self.successResultOf(d)
+        self.assertEqual((len(stored), written, self.groups), (1, ["jobs"], [1]))
 
     def test_waitersGoTogether(self) -> None:
         """
         Messages that end while a commit is in the thread wait for it, then
         go to the thread together, as one group.
         """
-        first = self.queue.commit(self.pending(), None, lambda stored: None)
-        later = [self.queue.commit(self.pending(), None, lambda stored: None) for _ in range(3)]
+        first = self.queue.commit(self.pending(), None)
+        later = [self.queue.commit(self.pending(), None) for _ in range(3)]
         self.assertEqual(len(self.threads.pending), 1)
         for d in later:
             self.assertNoResult(d)
@@ -253,8 +257,8 @@ class CommitQueueTests(SynchronousTestCase):
         A spilled message is committed at once, on its own, even while a
         group is in the thread.
         """
-        small = self.queue.commit(self.pending(), None, lambda stored: None)
-        large = self.queue.commit(self.pending(MEMORY_THRESHOLD + 1), None, lambda stored: None)
+        small = self.queue.commit(self.pending(), None)
+        large = self.queue.commit(self.pending(MEMORY_THRESHOLD + 1), None)
         self.assertEqual(len(self.threads.pending), 2)
         self.threads.runAll()
         self.assertEqual(self.groups, [1, 1])
@@ -265,30 +269,40 @@ class CommitQueueTests(SynchronousTestCase):
         With grouping off, every message goes to the thread at once.
         """
         queue = CommitQueue(self.threads, self.store.commitMany, grouped=False)
-        deferreds = [queue.commit(self.pending(), None, lambda stored: None) for _ in range(3)]
+        deferreds = [queue.commit(self.pending(), None) for _ in range(3)]
         self.assertEqual(len(self.threads.pending), 3)
         self.threads.runAll()
         self.results(deferreds)
 
     def test_failuresStayTheirOwn(self) -> None:
         """
-        In a group, a message that cannot be stored and one whose after-step
-        raises fail alone; the others are stored.
+        In a group, a message that cannot be stored and one whose companion
+        cannot be written (or raises) fail alone, with L{StorageError}; the
+        others are stored.
         """
-        busy = self.queue.commit(self.pending(), None, lambda stored: None)
+        busy = self.queue.commit(self.pending(), None)
         gone = self.store.begin([("gone.example", lambda id: b"")])
         gone.write(b"x")
 
-        def explode(stored: Any) -> None:
+        def explode() -> None:
             raise RuntimeError("hook spool full")
 
-        failing = self.queue.commit(gone, None, lambda stored: None)
-        raising = self.queue.commit(self.pending(), None, explode)
-        fine = self.queue.commit(self.pending(), None, lambda stored: "ok")
+        def full() -> None:
+            raise StorageError("recording: no space", noSpace=True)
+
+        raising, spoolFull = self.pending(), self.pending()
+        raising.accompany(Companion(explode, lambda: None, "recording"))
+        spoolFull.accompany(Companion(full, lambda: None, "recording"))
+        failing = self.queue.commit(gone, None)
+        raised = self.queue.commit(raising, None)
+        noSpace = self.queue.commit(spoolFull, None)
+        fine = self.queue.commit(self.pending(), None)
         self.threads.runAll()
         self.failureResultOf(failing, StorageError)
-        self.failureResultOf(raising, RuntimeError)
-        self.assertEqual(self.successResultOf(fine)[1], "ok")
+        self.assertIn("hook spool full", self.failureResultOf(raised, StorageError).getErrorMessage())
+        self.assertTrue(self.failureResultOf(noSpace, StorageError).value.noSpace)
+        self.assertEqual(len(self.successResultOf(fine)), 1)
+        self.assertEqual(len(os.listdir(os.path.join(self.root, "example.com", "new"))), 2)
         self.results([busy])
 
     def test_unexpectedErrorFailsGroupAndGoesOn(self) -> None:
@@ -305,13 +319,13 @@ class CommitQueueTests(SynchronousTestCase):
             return self.store.commitMany(deliveries)
 
         queue = CommitQueue(self.threads, brokenOnce)
-        first = queue.commit(self.pending(), None, lambda stored: None)
-        broken = [queue.commit(self.pending(), None, lambda stored: None) for _ in range(2)]
+        first = queue.commit(self.pending(), None)
+        broken = [queue.commit(self.pending(), None) for _ in range(2)]
         self.threads.runAll()
         self.results([first])
         for d in broken:
             self.failureResultOf(d, ValueError)
-        after = queue.commit(self.pending(), None, lambda stored: None)
+        after = queue.commit(self.pending(), None)
         self.threads.runAll()
         self.results([after])
 

@@ -36,6 +36,7 @@ format = "json"
 headers = { Authorization = "Bearer change-me" }
 timeout = 60
 max_in_flight = 4
+max_pending = 10000
 attempts = 8
 backoff = 30
 max_backoff = 3600
@@ -70,6 +71,7 @@ class ParseHooksTests(SynchronousTestCase):
         self.assertEqual(webhook.headers, (("Authorization", "Bearer change-me"),))
         self.assertEqual(webhook.retry, RetryPolicy(8, 30.0, 3600.0))
         self.assertEqual(webhook.setting, "hook[2]")
+        self.assertEqual(webhook.maxPending, 10_000)
 
     def test_defaults(self) -> None:
         """
@@ -77,8 +79,16 @@ class ParseHooksTests(SynchronousTestCase):
         """
         (config,) = parseHooks([{"name": "w", "kind": "webhook", "url": "http://127.0.0.1/x"}])
         self.assertEqual(
-            (config.format, config.timeout, config.maxInFlight, config.attempts, config.backoff, config.maxBackoff),
-            ("json", 60.0, 4, 8, 30.0, 3600.0),
+            (
+                config.format,
+                config.timeout,
+                config.maxInFlight,
+                config.maxPending,
+                config.attempts,
+                config.backoff,
+                config.maxBackoff,
+            ),
+            ("json", 60.0, 4, 10_000, 8, 30.0, 3600.0),
         )
         self.assertEqual(parseHooks(None), ())
 
@@ -101,6 +111,8 @@ class ParseHooksTests(SynchronousTestCase):
         self.assertConfigError([{**ok, "attempts": 0}], "hook[0].attempts")
         self.assertConfigError([{**ok, "attempts": 2.5}], "hook[0].attempts")
         self.assertConfigError([{**ok, "timeout": "60"}], "hook[0].timeout")
+        self.assertConfigError([{**ok, "max_pending": 0}], "hook[0].max_pending")
+        self.assertConfigError([{**ok, "max_pending": 1.5}], "hook[0].max_pending")
         self.assertConfigError([{**ok, "backoff": 60, "max_backoff": 10}], "hook[0].max_backoff")
         self.assertConfigError([{"name": "p", "kind": "python", "target": "no colon"}], "hook[0].target")
         self.assertConfigError(

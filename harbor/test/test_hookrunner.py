@@ -12,69 +12,33 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from twisted.application.service import IService
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
+from twisted.logger import ILogObserver, Logger, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
-from harbor.hooks.config import RetryPolicy
-from harbor.hooks.events import HookFailed, Job, NewMessage, PermanentHookFailure
+from attrs import evolve
+
+from harbor.hooks.config import DEFAULT_MAX_PENDING, RetryPolicy
+from harbor.hooks.events import (
+    BacklogFull,
+    HookFailed,
+    Job,
+    NewMessage,
+    PermanentHookFailure,
+)
 from harbor.hooks.kinds import IHook
 from harbor.hooks.runner import HookRunner
 from harbor.hooks.spool import spoolFor
 from harbor.store.fs import StorageError
-from harbor.test._hooksupport import NOW, storeMessage
-from harbor.test._support import RecordingFileSystem, runSynchronously
-
-WAIT = object()
-# A FakeHook's retry policy unless a test gives one.
-FAKE_RETRY = RetryPolicy(attempts=3, backoff=10, maxBackoff=15)
-
-
-@implementer(IHook)
-class FakeHook:
-    """
-    A hook whose calls are recorded and whose outcomes are scripted.
-
-    @ivar outcomes: One per call, in order: L{None} for success, an
-        exception to fail with, or L{WAIT} for a L{Deferred} the test
-        fires (kept in C{waiting}).  Calls beyond the script succeed.
-    """
-
-    def __init__(
-        self,
-        name: str = "fake",
-        outcomes: list[object] | None = None,
-        retry: RetryPolicy = FAKE_RETRY,
-        maxInFlight: int | None = None,
-    ) -> None:
-        self.name = name
-        self.retry = retry
-        self.maxInFlight = maxInFlight
-        self.outcomes = list(outcomes or [])
-        self.calls: list[NewMessage] = []
-        self.waiting: list[Deferred[object]] = []
-        self.cancelled: list[NewMessage] = []
-        self.stopped = False
-
-    def run(self, event: NewMessage) -> Deferred[object]:
-        self.calls.append(event)
-        outcome = self.outcomes.pop(0) if self.outcomes else None
-        if outcome is WAIT:
-            d: Deferred[object] = Deferred(lambda d: self.cancelled.append(event))
-            self.waiting.append(d)
-            return d
-        if isinstance(outcome, BaseException):
-            return fail(outcome)
-        return succeed(None)
-
-    def stop(self) -> None:
-        self.stopped = True
+from harbor.test._hooksupport import NOW, WAIT, FakeHook, storeMessage
+from harbor.test._support import DeferredThreads, RecordingFileSystem, runSynchronously
 
 
 class RunnerTestCase(SynchronousTestCase):
@@ -347,12 +311,20 @@ class DispatchTests(RunnerTestCase):
             threads.append((f, d))
             return d
 
+        def findMessages() -> None:
+            # Let each attempt's look for its message through.
+            for item in [t for t in threads if getattr(t[0], "__name__", "") == "locate"]:
+                threads.remove(item)
+                item[1].callback(item[0]())
+
         hook = FakeHook(outcomes=[HookFailed("x")])
         runner = HookRunner(self.spoolDirectory, [hook], self.clock, later)
         (job,) = runner.record([self.event])
         runner.dispatch([job])
         self.clock.advance(0)
+        findMessages()
         self.clock.advance(10)
+        findMessages()
         self.assertEqual(len(hook.calls), 2)
         self.assertEqual(len(threads), 1, "the removal waits for the update")
         while threads:
@@ -546,3 +518,326 @@ class RestartTests(RunnerTestCase):
         The spool lives in C{.hooks} under the Maildir root.
         """
         self.assertEqual(spoolFor("/var/mail"), "/var/mail/.hooks")
+
+
+class BacklogTests(RunnerTestCase):
+    """
+    Tests for a hook's backlog: the window of jobs held in memory, the
+    count of pending jobs, C{max_pending}, and jobs whose delivery did not
+    complete.
+    """
+
+    def manyEvents(self, count: int) -> list[NewMessage]:
+        """
+        C{count} events for the test's stored message, with ids in order.
+        """
+        return [evolve(self.event, id=f"{int(NOW)}.M{n:06d}P4242Q1.mx.example.com") for n in range(count)]
+
+    def logged(self) -> list[dict[str, Any]]:
+        """
+        The runner's log events from now on.
+        """
+        events: list[dict[str, Any]] = []
+        self.patch(HookRunner, "_log", Logger(observer=cast(ILogObserver, events.append)))
+        return events
+
+    def test_windowBoundsMemoryWhileBacklogDrains(self) -> None:
+        """
+        With 2,013 jobs in the spool and a window of 50, the runner never
+        holds more than 50 jobs, never reads more than the window's room at
+        once, reads each job file once, and runs every job exactly once,
+        refilling its window as it drains rather than on the rescan timer.
+        """
+        events = self.manyEvents(2013)
+        self.runner(FakeHook()).record(events)
+        self.assertEqual(len(self.pending()), 2013)
+        hook = FakeHook()
+        runner = self.runner(hook, window=50, rescanInterval=1e9)
+        held: list[int] = []
+        reads: list[int] = []
+        original = hook.run
+
+        def run(event: NewMessage) -> Deferred[object]:
+            held.append(len(runner.active))
+            return original(event)
+
+        hook.run = run  # type: ignore[method-assign]
+        scan = runner.spool.scan
+
+        def counted(room: Any, skip: Any = (), **kwargs: Any) -> Any:
+            found = scan(room, skip, **kwargs)
+            reads.append(len(found.jobs))
+            return found
+
+        self.patch(runner.spool, "scan", counted)
+        self.successResultOf(runner.start())
+        self.assertEqual(runner.pendingCounts, {"fake": 2013})
+        self.clock.advance(0)
+        self.assertEqual(sorted(e.id for e in hook.calls), sorted(e.id for e in events))
+        self.assertEqual(len(hook.calls), len({e.id for e in hook.calls}))
+        self.assertLessEqual(max(held), 50)
+        self.assertLessEqual(max(reads), 50)
+        self.assertEqual(sum(reads), 2013)
+        self.assertEqual((self.pending(), runner.pendingCounts, runner.active), ([], {"fake": 0}, {}))
+
+    def test_windowFromMaxInFlight(self) -> None:
+        """
+        A hook allowed more calls at once than the window holds gets a
+        window of twice its C{max_in_flight}, so the window never caps its
+        concurrency.
+        """
+        hook = FakeHook(outcomes=[WAIT] * 30, maxInFlight=15)
+        runner = self.runner(hook, window=4)
+        runner.dispatch(runner.record(self.manyEvents(40)))
+        self.clock.advance(0)
+        self.assertEqual((len(runner.active), len(hook.calls)), (30, 15))
+
+    def test_dispatchBeyondWindowWaitsOnDisk(self) -> None:
+        """
+        Jobs dispatched while the window is full stay in the spool, and
+        are read from it once the window has drained.
+        """
+        hook = FakeHook(outcomes=[WAIT] * 10)
+        runner = self.runner(hook, window=4, rescanInterval=1e9)
+        runner.dispatch(runner.record(self.manyEvents(10)))
+        self.clock.advance(0)
+        self.assertEqual((len(runner.active), len(hook.calls), len(self.pending())), (4, 4, 10))
+        for d in list(hook.waiting):
+            d.callback(None)
+        self.clock.advance(0)
+        self.assertEqual(len(hook.calls), 8)
+        for d in hook.waiting[4:]:
+            d.callback(None)
+        self.clock.advance(0)
+        for d in hook.waiting[8:]:
+            d.callback(None)
+        self.assertEqual((len(hook.calls), self.pending(), runner.active), (10, [], {}))
+
+    def test_pendingCounts(self) -> None:
+        """
+        The pending jobs of each hook are counted from the spool at start,
+        and kept up to date as jobs are prepared, released, run, buried
+        and put back from the dead letters.
+        """
+        self.runner(FakeHook("a"), FakeHook("b")).record(self.manyEvents(3))
+        a = FakeHook("a", outcomes=[WAIT] * 3)
+        b = FakeHook("b", outcomes=[WAIT] * 4, retry=RetryPolicy(attempts=1))
+        runner = self.runner(a, b, rescanInterval=30)
+        self.assertEqual(runner.pendingCounts, {"a": 0, "b": 0})
+        self.successResultOf(runner.start())
+        self.assertEqual(runner.pendingCounts, {"a": 3, "b": 3})
+        scans: list[object] = []
+        scan = runner.spool.scan
+
+        def counted(*args: Any, **kwargs: Any) -> Any:
+            scans.append(args)
+            return scan(*args, **kwargs)
+
+        self.patch(runner.spool, "scan", counted)
+        jobs = runner.prepare([storeMessage(self, count=9)])
+        self.assertEqual(runner.pendingCounts, {"a": 4, "b": 4})
+        runner.release(jobs)
+        self.assertEqual(runner.pendingCounts, {"a": 3, "b": 3})
+        self.clock.advance(0)
+        a.waiting[0].callback(None)
+        b.waiting[0].errback(HookFailed("x"))
+        self.assertEqual(runner.pendingCounts, {"a": 2, "b": 2})
+        self.assertEqual(scans, [], "counted as they went, without reading the spool")
+        (dead,) = runner.spool.deadJobs()
+        runner.spool.revive(dead.id, self.clock.seconds())
+        self.assertEqual(runner.pendingCounts, {"a": 2, "b": 2})
+        self.clock.advance(30)
+        self.assertEqual(runner.pendingCounts, {"a": 2, "b": 3})
+
+    def test_countsJobsBeingCommittedOnce(self) -> None:
+        """
+        Jobs of deliveries being committed when a scan begins (mail taken
+        while the spool is read at start, say) are counted once, whether
+        or not the listing saw their files, also if one delivery is stored
+        before the scan ends; the count then falls to nothing, never
+        below, as the jobs finish.
+        """
+        self.runner(FakeHook()).record(self.manyEvents(3))
+        threads = DeferredThreads()
+        hook = FakeHook()
+        runner = HookRunner(self.spoolDirectory, [hook], self.clock, threads)
+        self.addCleanup(runner.stop)
+        first = runner.prepare([storeMessage(self, count=7)])
+        runner.persist(first)
+        second = runner.prepare([storeMessage(self, count=8)])
+        runner.start()
+        (scan, scanned) = threads.pending.pop(0)
+        runner.persist(second)
+        result = scan()
+        # Counted from the listing: the three old jobs.  The two new
+        # ones are counted by their reservations, not again from their
+        # files (the first's written before the scan began, the second's
+        # while it ran).
+        self.assertEqual(result.counts, {"fake": 3})
+        runner.dispatch(second)
+        scanned.callback(result)
+        self.assertEqual(runner.pendingCounts, {"fake": 5})
+        runner.dispatch(first)
+        self.clock.advance(0)
+        threads.runAll()
+        self.clock.advance(0)
+        threads.runAll()
+        self.assertEqual((len(hook.calls), self.pending(), runner.pendingCounts), (5, [], {"fake": 0}))
+
+    def test_firstCountEstimatedThenExact(self) -> None:
+        """
+        If mail arrives while the spool is first counted, the count is
+        off by no more than that mail's jobs, and the next scan during
+        which nothing arrives or finishes makes it exact.
+        """
+        self.runner(FakeHook()).record(self.manyEvents(3))
+        threads = DeferredThreads()
+        hook = FakeHook(outcomes=[WAIT] * 4)
+        runner = HookRunner(self.spoolDirectory, [hook], self.clock, threads, rescanInterval=30)
+        self.addCleanup(runner.stop)
+        runner.start()
+        (scan, scanned) = threads.pending.pop(0)
+        jobs = runner.prepare([storeMessage(self, count=7)])
+        runner.persist(jobs)
+        scanned.callback(scan())
+        self.assertIn(runner.pendingCounts["fake"], (4, 5))
+        runner.dispatch(jobs)
+        self.clock.advance(0)
+        threads.runAll()
+        self.assertEqual(len(hook.calls), 4)
+        self.clock.advance(30)
+        threads.runAll()
+        self.assertEqual(runner.pendingCounts, {"fake": 4})
+
+    def test_maxPendingRefuses(self) -> None:
+        """
+        Once a hook has C{max_pending} pending jobs, L{HookRunner.prepare}
+        raises L{BacklogFull} naming it, logged with its name, and counts
+        nothing; once one of its jobs is done, mail is taken again.
+        """
+        events = self.logged()
+        hook = FakeHook("slow", outcomes=[WAIT, WAIT], maxPending=2)
+        runner = self.runner(hook, FakeHook("quick"))
+        runner.dispatch(runner.record(self.manyEvents(2)))
+        self.clock.advance(0)
+        error = self.assertRaises(BacklogFull, runner.prepare, [storeMessage(self, count=3)])
+        self.assertEqual((error.hook, error.pending, error.limit), ("slow", 2, 2))
+        self.assertEqual(runner.pendingCounts, {"slow": 2, "quick": 0})
+        (warning,) = [e for e in events if e.get("hook") == "slow" and "max_pending" in e["log_format"]]
+        self.assertEqual(
+            formatEvent(warning),
+            "Hook slow has 2 pending jobs (max_pending 2): new mail is refused with 451 until they drain",
+        )
+        hook.waiting[0].callback(None)
+        self.assertEqual(len(runner.prepare([storeMessage(self, count=3)])), 2)
+
+    def test_maxPendingDefault(self) -> None:
+        """
+        A hook without C{maxPending} gets the default cap.
+        """
+        runner = self.runner(FakeHook())
+        self.patch(runner, "_counts", {"fake": DEFAULT_MAX_PENDING - 1})
+        runner.prepare([self.event])
+        self.assertRaises(BacklogFull, runner.prepare, [storeMessage(self, count=2)])
+
+    def test_jobOfMessageNeverStoredDropped(self) -> None:
+        """
+        A job whose message is in neither C{new/} nor C{cur/} (its delivery
+        failed after the job was written, and the server died before
+        removing it) is dropped, with one log line, without calling the
+        hook or parking it as a dead letter.
+        """
+        events = self.logged()
+        os.unlink(self.event.path)
+        self.runner(FakeHook()).record([self.event])
+        hook = FakeHook()
+        runner = self.runner(hook)
+        self.successResultOf(runner.start())
+        self.clock.advance(0)
+        self.assertEqual((hook.calls, self.pending(), self.dead()), ([], [], []))
+        self.assertEqual(runner.pendingCounts, {"fake": 0})
+        (dropped,) = [e for e in events if "dropped" in e["log_format"]]
+        self.assertEqual(
+            formatEvent(dropped),
+            f"Hook job {self.event.id},fake dropped: message {self.event.id} is not in its Maildir "
+            "(its delivery failed, or it was deleted)",
+        )
+
+    def test_messageMovedToCurStillRun(self) -> None:
+        """
+        A message a mail reader has moved to C{cur/}, with flags, is found:
+        its hook is called.
+        """
+        maildir = os.path.dirname(os.path.dirname(self.event.path))
+        os.rename(self.event.path, os.path.join(maildir, "cur", os.path.basename(self.event.path) + ":2,S"))
+        hook = FakeHook()
+        runner = self.runner(hook)
+        runner.dispatch(runner.record([self.event]))
+        self.clock.advance(0)
+        self.assertEqual((hook.calls, self.pending()), ([self.event], []))
+
+    def test_jobsBeingCommittedNotRunByScan(self) -> None:
+        """
+        Jobs written for a delivery still being committed are neither read
+        nor run by a scan of the spool, nor by one that began before they
+        were prepared and read them: only their dispatch, after the
+        commit, runs them.
+        """
+        threads = DeferredThreads()
+        hook = FakeHook()
+        runner = HookRunner(self.spoolDirectory, [hook], self.clock, threads, rescanInterval=30)
+        self.addCleanup(runner.stop)
+        runner.start()
+        threads.runAll()
+        jobs = runner.prepare([self.event])
+        runner.persist(jobs)
+        self.clock.advance(30)
+        (scan, scanned) = threads.pending.pop(0)
+        result = scan()
+        self.assertEqual(result.jobs, (), "not even read")
+        scanned.callback(result)
+        threads.runAll()
+        self.assertEqual(hook.calls, [])
+        self.clock.advance(30)
+        (scan, scanned) = threads.pending.pop(0)
+        later = runner.prepare([storeMessage(self, count=2)])
+        runner.persist(later)
+        result = scan()
+        self.assertEqual([job.id for job in result.jobs], [later[0].id])
+        scanned.callback(result)
+        self.clock.advance(0)
+        threads.runAll()
+        self.assertEqual(hook.calls, [])
+        runner.dispatch(jobs + later)
+        self.clock.advance(0)
+        threads.runAll()
+        self.assertEqual(hook.calls, [self.event, later[0].event])
+
+    def test_releasedJobsNeverRun(self) -> None:
+        """
+        Jobs of a delivery that failed are not run, even by a scan that
+        read their files before they were removed.
+        """
+        threads = DeferredThreads()
+        hook = FakeHook()
+        runner = HookRunner(self.spoolDirectory, [hook], self.clock, threads, rescanInterval=30)
+        self.addCleanup(runner.stop)
+        runner.start()
+        threads.runAll()
+        self.clock.advance(30)
+        # A scan begins; then a delivery's jobs are written, and the scan's
+        # listing reads them, but is not heard of yet.
+        (scan, scanned) = threads.pending.pop(0)
+        jobs = runner.prepare([self.event])
+        runner.persist(jobs)
+        result = scan()
+        self.assertEqual([job.id for job in result.jobs], [jobs[0].id])
+        runner.withdraw(jobs)
+        runner.release(jobs)
+        # A scan that listed the job before it went, then the job itself
+        # were it admitted.
+        self.patch(runner.spool, "scan", lambda room, skip=(), uncounted=(): result)
+        scanned.callback(result)
+        self.clock.advance(0)
+        threads.runAll()
+        self.assertEqual((hook.calls, self.pending(), runner.pendingCounts), ([], [], {"fake": 0}))

@@ -19,12 +19,14 @@ from twisted.mail.smtp import IMessage, SMTPBadRcpt
 from twisted.trial.unittest import SynchronousTestCase
 
 from harbor.delivery import IMessageStream
+from harbor.hooks.runner import HookRunner
+from harbor.hooks.spool import spoolFor
 from harbor.routing import DomainConfig, FolderRule
 from harbor.smtp._auth import _SessionRealm
 from harbor.smtp._protocol import HarborESMTP
 from harbor.smtp._transaction import _LineMessage
-from harbor.store.fs import StorageError
 from harbor.store.writer import MEMORY_THRESHOLD
+from harbor.test._hooksupport import WAIT, FakeHook
 from harbor.test._support import (
     DeferredThreads,
     RecordingFileSystem,
@@ -61,6 +63,12 @@ class SMTPTestCase(SynchronousTestCase):
 
     def transactionLogs(self) -> list[dict[str, Any]]:
         return [e for e in self.events if "result" in e]
+
+    def startData(self) -> bytes:
+        return self.smtp.send(b"MAIL FROM:<s@x.org>\r\nRCPT TO:<a@example.com>\r\nDATA\r\n")
+
+    def assertNothingStored(self) -> None:
+        self.assertEqual((files(self.root, "example.com", "tmp"), files(self.root, "example.com", "new")), ([], []))
 
 
 class InterfaceTests(SMTPTestCase):
@@ -498,12 +506,6 @@ class LocalFailureTests(SMTPTestCase):
     Local trouble is a temporary failure (4xx) and leaves nothing behind.
     """
 
-    def startData(self) -> bytes:
-        return self.smtp.send(b"MAIL FROM:<s@x.org>\r\nRCPT TO:<a@example.com>\r\nDATA\r\n")
-
-    def assertNothingStored(self) -> None:
-        self.assertEqual((files(self.root, "example.com", "tmp"), files(self.root, "example.com", "new")), ([], []))
-
     def test_cannotCreateFile(self) -> None:
         """
         A Maildir we may not write into gets 451 4.3.0 after the dot (a
@@ -555,35 +557,6 @@ class LocalFailureTests(SMTPTestCase):
         self.threads.runAll()
         self.assertEqual(self.smtp.take(), b"451 4.3.0 Error: local error in processing, try again later\r\n")
 
-
-    def test_hookRecordingFailsAfterCommit(self) -> None:
-        """
-        When the hook jobs cannot be recorded after the copies reached
-        new/, the copies are removed through the file system and new/ is
-        fsynced again before the 4xx (452 for a full disk), so neither a
-        crash nor the sender's retry leaves a duplicate.
-        """
-
-        for error in [
-            OSError(errno.ENOSPC, "No space left on device"),
-            StorageError("recording the message for its hooks: No space left on device", noSpace=True),
-        ]:
-
-            class FullSpool:
-                def record(self, events: Any, error: Exception = error) -> list[Any]:
-                    raise error
-
-            self.deliverer.hooks = FullSpool()
-            self.fs.calls.clear()
-            self.startData()
-            self.smtp.send(MESSAGE + b".\r\n")
-            self.threads.runAll()
-            self.assertEqual(self.smtp.take(), b"452 4.3.1 Error: insufficient system storage\r\n", error)
-            self.assertNothingStored()
-            calls = [name for name, _ in self.fs.calls]
-            after = calls[calls.index("rename") :]
-            self.assertEqual(after, ["rename", "syncDirectory", "unlink", "syncDirectory"])
-
     def test_malformedHeaderWithFolderRules(self) -> None:
         """
         A header the parser chokes on (C{From: <}) does not make a message
@@ -622,6 +595,135 @@ class LocalFailureTests(SMTPTestCase):
         self.assertEqual(reply, b"451 4.3.0 Error: local error in processing, try again later\r\n")
         self.assertNothingStored()
         self.flushLoggedErrors(IndexError)
+
+
+class HookJobTests(SMTPTestCase):
+    """
+    The hooks' jobs of a message: durable before its copies are renamed
+    into C{new/}, removed again if the delivery fails after that, never
+    run before the 250, and refused with 451 once a hook's backlog is full.
+    """
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.hook = FakeHook("notify", outcomes=[WAIT] * 5, maxPending=1)
+        self.spool = spoolFor(self.root)
+        self.runner = HookRunner(self.spool, [self.hook], self.clock, self.threads, fs=self.fs)
+        self.addCleanup(self.runner.stop)
+        self.deliverer.hooks = self.runner
+        self.runnerEvents: list[dict[str, Any]] = []
+        self.patch(HookRunner, "_log", Logger(observer=cast(ILogObserver, self.runnerEvents.append)))
+
+    def pendingJobs(self) -> list[str]:
+        return files(self.spool, "pending")
+
+    def send(self) -> bytes:
+        """
+        Send one message, let the commit's thread run, and return the reply.
+        """
+        self.startData()
+        reply = self.smtp.send(MESSAGE + b".\r\n")
+        self.threads.runAll()
+        return reply + self.smtp.take()
+
+    def test_jobsDurableBeforeRename(self) -> None:
+        """
+        The job file is written, fsynced, renamed into the spool's
+        C{pending/} and that directory fsynced, all before the copy is
+        renamed into C{new/}; the hook is called only after the 250.
+        """
+        self.fs.calls.clear()
+        self.assertTrue(self.send().startswith(b"250 2.0.0 Ok: stored as "))
+        pending = os.path.join(self.spool, "pending")
+        new = os.path.join(self.root, "example.com", "new")
+        calls = [(name, path) for name, path in self.fs.calls if name != "makeDirectories"]
+        job = next(i for i, (name, path) in enumerate(calls) if path.startswith(os.path.join(self.spool, "tmp")))
+        spoolSynced = calls.index(("syncDirectory", pending))
+        renamed = next(i for i, (name, path) in enumerate(calls) if name == "rename" and path.startswith(new))
+        self.assertEqual(
+            [name for name, _ in calls[job : spoolSynced + 1]], ["create", "fsync", "rename", "syncDirectory"]
+        )
+        self.assertLess(spoolSynced, renamed)
+        self.assertEqual(calls[renamed + 1], ("syncDirectory", new))
+        self.assertEqual(self.hook.calls, [], "not before the reply is sent")
+        self.clock.advance(0)
+        self.threads.runAll()
+        self.assertEqual([event.path for event in self.hook.calls], [os.path.join(new, files(self.root, "example.com", "new")[0])])
+
+    def test_recordingFailsNothingRenamed(self) -> None:
+        """
+        A full spool is 452 4.3.1 before any copy reaches C{new/}: nothing
+        is renamed, nothing stored, no job left or counted.
+        """
+        self.fs.failOn = "syncDirectory"
+        self.fs.failUnder = os.path.join(self.spool, "pending")
+        self.fs.calls.clear()
+        self.assertEqual(self.send(), b"452 4.3.1 Error: insufficient system storage\r\n")
+        self.assertNothingStored()
+        new = os.path.join(self.root, "example.com", "new")
+        self.assertEqual([p for name, p in self.fs.calls if name == "rename" and p.startswith(new)], [])
+        self.assertEqual((self.pendingJobs(), self.runner.pendingCounts), ([], {"notify": 0}))
+
+    def test_failedRenameRemovesJobs(self) -> None:
+        """
+        If the copy cannot be renamed into C{new/}, or C{new/} cannot be
+        fsynced, the delivery is a 4xx and its job files are removed: the
+        hook is never called, and the job is no longer counted.
+        """
+        new = os.path.join(self.root, "example.com", "new")
+        for failing in ("rename", "syncDirectory"):
+            self.fs.failOn = failing
+            self.fs.failUnder = new
+            self.fs.failErrno = errno.EIO
+            self.assertEqual(self.send(), b"451 4.3.0 Error: local error in processing, try again later\r\n")
+            self.assertNothingStored()
+            self.assertEqual((self.pendingJobs(), self.runner.pendingCounts), ([], {"notify": 0}))
+        self.clock.advance(100)
+        self.threads.runAll()
+        self.assertEqual(self.hook.calls, [])
+
+    def test_backlogFullRefusedAtRcpt(self) -> None:
+        """
+        Once the hook has C{max_pending} pending jobs, a recipient gets 451
+        4.3.0 (so no body is sent for nothing), logged with the hook's
+        name; once the backlog has drained, mail is taken again.
+        """
+        self.assertTrue(self.send().startswith(b"250 "))
+        self.clock.advance(0)
+        self.threads.runAll()
+        self.assertEqual(len(self.hook.waiting), 1)
+        replies = self.smtp.replies(b"RSET\r\nMAIL FROM:<s@x.org>\r\nRCPT TO:<a@example.com>\r\n")
+        self.assertEqual(replies[-1], b"451 4.3.0 Too many messages waiting to be processed; try again later")
+        self.assertEqual([e["hook"] for e in self.runnerEvents if "max_pending" in e["log_format"]], ["notify"])
+        self.smtp.send(b"RSET\r\n")
+        self.hook.waiting[0].callback(None)
+        self.threads.runAll()
+        self.assertEqual(self.runner.pendingCounts, {"notify": 0})
+        self.assertTrue(self.send().startswith(b"250 "))
+        self.assertEqual(len(files(self.root, "example.com", "new")), 2)
+
+    def test_backlogFullRefusedAtEndOfData(self) -> None:
+        """
+        A message whose recipients were taken while the backlog had room,
+        but that ends once it is full, gets 451 4.3.0 at the end of the
+        data and is not stored; nothing is left in tmp/ or the spool.
+        """
+        other = SMTPDriver(self.deliverer, self.clock)
+        other.send(b"EHLO client.example\r\n")
+        for driver in (self.smtp, other):
+            driver.send(b"MAIL FROM:<s@x.org>\r\nRCPT TO:<a@example.com>\r\nDATA\r\n")
+        self.smtp.send(MESSAGE + b".\r\n")
+        self.threads.runAll()
+        self.assertTrue(self.smtp.take().startswith(b"250 "))
+        self.assertEqual(
+            other.send(MESSAGE + b".\r\n"),
+            b"451 4.3.0 Too many messages waiting to be processed; try again later\r\n",
+        )
+        self.threads.runAll()
+        self.assertEqual(len(files(self.root, "example.com", "new")), 1)
+        self.assertEqual(files(self.root, "example.com", "tmp"), [])
+        self.assertEqual((len(self.pendingJobs()), self.runner.pendingCounts), (1, {"notify": 1}))
+        self.assertEqual([e["hook"] for e in self.runnerEvents if "max_pending" in e["log_format"]], ["notify"])
 
 
 @implementer(IMessage)

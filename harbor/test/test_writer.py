@@ -17,6 +17,7 @@ from harbor.store.names import MaildirNamer
 from harbor.store.writer import (
     MEMORY_THRESHOLD,
     CommitResult,
+    Companion,
     MaildirStore,
     PendingDelivery,
 )
@@ -557,6 +558,100 @@ class StoreTests(StoreFixture, SynchronousTestCase):
             self.assertEqual(self.listing("tmp", folder), [])
         self.assertEqual(len(self.listing("new", folder)), 2)
         self.assertEqual(len(self.listing("new")), 2)
+
+
+class CompanionTests(StoreFixture, SynchronousTestCase):
+    """
+    Tests for a delivery's L{Companion} (its hooks' jobs): written after
+    the copies are durable and before any is renamed into C{new/}, and
+    removed if the delivery fails after that.
+    """
+
+    def companion(self, fail: Exception | None = None) -> Companion:
+        """
+        A companion whose writing and removal are recorded among the file
+        system's calls, as C{companion} and C{uncompanion}.
+        """
+
+        def write() -> None:
+            self.fs.calls.append(("companion", ""))
+            if fail is not None:
+                raise fail
+
+        return Companion(write, lambda: self.fs.calls.append(("uncompanion", "")), "recording the jobs")
+
+    def test_writtenAfterSyncBeforeRename(self) -> None:
+        """
+        The companion is written once the copies are durable in tmp/ and
+        before the first rename into new/, for a message in memory and a
+        spilled one; it is not removed when the delivery succeeds.
+        """
+        for size, before in ((10, ["groupSync", "create", "create", "syncfs", "closeGroup"]),
+                             (MEMORY_THRESHOLD + 1, ["fsync", "create", "copyInto", "fsync"])):
+            pending = self.store.begin([("example.com", lambda id: b""), ("example.com", lambda id: b"")])
+            pending.write(b"x" * size)
+            pending.accompany(self.companion())
+            self.fs.calls.clear()
+            pending.commit()
+            self.assertEqual(self.callNames(), before + ["companion", "rename", "rename", "syncDirectory"])
+
+    def test_failureStopsTheRename(self) -> None:
+        """
+        A companion that cannot be written fails the delivery with a
+        L{StorageError} (a full disk kept as such, a bug named) before any
+        copy is renamed: nothing is stored.
+        """
+        for error, check in (
+            (OSError(errno.ENOSPC, "No space left on device"), lambda e: e.noSpace),
+            (StorageError("recording: full", noSpace=True), lambda e: e.noSpace),
+            (RuntimeError("bug"), lambda e: "recording the jobs: bug" in str(e)),
+        ):
+            pending = self.store.begin([("example.com", lambda id: b"")])
+            pending.write(b"x")
+            pending.accompany(self.companion(error))
+            self.fs.calls.clear()
+            raised = self.assertRaises(StorageError, pending.commit)
+            self.assertTrue(check(raised), raised)
+            self.assertNotIn("rename", self.callNames())
+            self.assertNotIn("uncompanion", self.callNames())
+            self.assertNothingLeft()
+
+    def test_removedWhenRenameFails(self) -> None:
+        """
+        If a rename into new/ fails, or new/ cannot be fsynced, the copies
+        are taken out of new/ and then the companion is removed.
+        """
+        for failing in ("rename", "syncDirectory"):
+            pending = self.store.begin([("example.com", lambda id: b""), ("example.com", lambda id: b"")])
+            pending.write(b"x")
+            pending.accompany(self.companion())
+            self.fs.calls.clear()
+            if failing == "rename":
+                self.failNth("rename", 2)
+            else:
+                self.fs.failOn = "syncDirectory"
+            self.assertRaises(StorageError, pending.commit)
+            names = self.callNames()
+            lastDirectorySync = max(i for i, name in enumerate(names) if name == "syncDirectory")
+            # After the copies are out of new/ and that is durable.
+            self.assertEqual(names.count("uncompanion"), 1)
+            self.assertLess(lastDirectorySync, names.index("uncompanion"), names)
+            self.assertLess(names.index("companion"), names.index("rename"))
+            self.assertNothingLeft()
+            self.fs.failOn = None
+            if "rename" in self.fs.__dict__:
+                del self.fs.rename
+
+    def test_plannedIsPublished(self) -> None:
+        """
+        The copies as planned before the commit, in the inbox and in a
+        folder, are the copies it stores: same ids, paths and sizes.
+        """
+        pending = self.store.begin([("example.com", lambda id: b"a"), ("example.com", lambda id: b"bb")])
+        pending.write(b"body\n")
+        folders = [None, "Lists.python"]
+        planned = pending.planned(folders)
+        self.assertEqual(pending.commit(folders), planned)
 
 
 class CreateOnFirstUseTests(StoreFixture, SynchronousTestCase):
