@@ -22,7 +22,8 @@ import json
 import os
 import shutil
 import sys
-from contextlib import redirect_stdout
+from collections.abc import Iterator
+from contextlib import contextmanager, redirect_stdout
 from typing import IO, Any, BinaryIO
 
 import attrs
@@ -396,7 +397,36 @@ def hooksCommand(arguments: argparse.Namespace, out: IO[str], err: IO[str], now:
     return _retryJobs(spool, arguments, now, out, err)
 
 
+@contextmanager
+def _asOwnerOf(directory: str) -> Iterator[None]:
+    """
+    Run as the owner of C{directory} while root: the job files root writes
+    into a spool that belongs to the server's user (twistd's C{--uid})
+    must be that user's too, or the server could not read them.
+    """
+    try:
+        info = os.stat(directory)
+    except OSError:
+        info = None
+    if os.geteuid() != 0 or info is None or info.st_uid == 0:
+        yield
+        return
+    gid = os.getegid()
+    os.setegid(info.st_gid)
+    os.seteuid(info.st_uid)
+    try:
+        yield
+    finally:
+        os.seteuid(0)
+        os.setegid(gid)
+
+
 def _retryJobs(spool: Any, arguments: argparse.Namespace, now: float, out: IO[str], err: IO[str]) -> int:
+    with _asOwnerOf(spool.directory):
+        return _retry(spool, arguments, now, out, err)
+
+
+def _retry(spool: Any, arguments: argparse.Namespace, now: float, out: IO[str], err: IO[str]) -> int:
     jobIDs = [job.id for job in spool.deadJobs()] if arguments.all else arguments.jobs
     revived = []
     status = 0

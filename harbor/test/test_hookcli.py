@@ -11,9 +11,11 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
+import tempfile
 import time
 
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from attrs import evolve
 
@@ -123,6 +125,30 @@ class CommandLineTests(SpoolTestCase):
         revived = next(job for job in self.spool.pendingJobs() if job.id == self.deadJob.id)
         self.assertEqual((revived.attempts, revived.error), (0, None))
         self.assertGreaterEqual(revived.due, before)
+
+    def test_retryAsRootKeepsTheSpoolsOwner(self) -> None:
+        """
+        Root retrying a job in a spool that belongs to the server's user
+        (twistd's C{--uid}) leaves a job file that user owns, and is root
+        again afterwards.
+        """
+        if os.geteuid() != 0:
+            raise SkipTest("only root can give the spool to another user")
+        # Somewhere the server's user can reach, as it must its spool.
+        parent = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, parent)
+        os.chmod(parent, 0o755)
+        root = os.path.join(parent, "Maildir")
+        shutil.copytree(self.root, root)
+        for directory, _, names in os.walk(root):
+            os.chown(directory, 65534, 65534)
+            for name in names:
+                os.chown(os.path.join(directory, name), 65534, 65534)
+        status, _out, err = self.invoke("retry", self.deadJob.id, "--maildir", root)
+        self.assertEqual((status, err), (0, ""))
+        info = os.stat(HookSpool(spoolFor(root)).pendingPath(self.deadJob.id))
+        self.assertEqual((info.st_uid, info.st_gid), (65534, 65534))
+        self.assertEqual((os.geteuid(), os.getegid()), (0, 0))
 
     def test_retryAll(self) -> None:
         """
