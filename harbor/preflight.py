@@ -103,7 +103,7 @@ def checkConfig(
         and config.usersFile is None
         and not credCheckers
     ):
-        raise Conflict("submission_port", "needs users to authenticate (--users-file or --auth)")
+        raise Conflict("submission_port", "needs users to authenticate (--users-file, --auth, or authenticate= in code)")
     if runAs is not None:
         checkForUser(config, runAs, bool(config.hooks or codeHooks), fs)
 

@@ -156,7 +156,7 @@ class BuildServiceTests(SynchronousTestCase):
         A submission listener without a users file is refused.
         """
         error = self.assertRefused(self.config(submission_port=["2587"], **self.tlsFiles()), "submission_port")
-        self.assertEqual(error.problem, "needs users to authenticate (--users-file or --auth)")
+        self.assertEqual(error.problem, "needs users to authenticate (--users-file, --auth, or authenticate= in code)")
 
     def test_authenticate(self) -> None:
         """

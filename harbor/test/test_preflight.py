@@ -181,7 +181,7 @@ class CheckConfigTests(SynchronousTestCase):
         mapping = {"domain": "example.com", "submission_port": "2587", **self.tlsFiles()}
         error = self.assertRefused(mapping, "submission_port")
         self.assertIsInstance(error, Conflict)
-        self.assertEqual(error.problem, "needs users to authenticate (--users-file or --auth)")
+        self.assertEqual(error.problem, "needs users to authenticate (--users-file, --auth, or authenticate= in code)")
         check(mapping, credCheckers=[object()])
         check({**mapping, "users_file": self.usersFile()})
 
