@@ -67,6 +67,16 @@ def inThread(f: Callable[..., T], *args: Any, **kwargs: Any) -> Deferred[T]:
     return deferToThread(f, *args, **kwargs)
 
 
+def sendOne(port: int, recipient: str, message: bytes) -> dict[str, tuple[int, bytes]]:
+    """
+    Send one message to C{recipient} on the server at C{port} with smtplib
+    (blocking: call it in a thread); the refused recipients, as smtplib
+    gives them.
+    """
+    with smtplib.SMTP("127.0.0.1", port, local_hostname="client.example", timeout=CLIENT_TIMEOUT) as s:
+        return s.sendmail("sender@remote.example", [recipient], message)
+
+
 def runInRealThread(f: Callable[[], Any]) -> Deferred[Any]:
     """
     The reactor's thread pool, as the server uses it.

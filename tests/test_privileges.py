@@ -13,7 +13,6 @@ import grp
 import os
 import pwd
 import shutil
-import smtplib
 import stat
 import tempfile
 
@@ -23,23 +22,16 @@ from harbor.auth import setPassword
 from harbor.test._support import files
 from harbor.test.certs import TestCA
 from tests._e2e import (
-    CLIENT_TIMEOUT,
     DOMAIN,
     LOOPBACK_PORT,
     inThread,
     runTwistd,
+    sendOne,
     startTwistdServer,
 )
 
 MESSAGE = b"Subject: first\r\n\r\nThe first message on a fresh machine.\r\n"
 
-
-def sendOne(port: int) -> dict[str, tuple[int, bytes]]:
-    """
-    Send one message with smtplib (blocking: call it in a thread).
-    """
-    with smtplib.SMTP("127.0.0.1", port, local_hostname="client.example", timeout=CLIENT_TIMEOUT) as s:
-        return s.sendmail("sender@remote.example", [f"alice@{DOMAIN}"], MESSAGE)
 
 
 class RunAsNobodyTests(TestCase):
@@ -91,7 +83,7 @@ class RunAsNobodyTests(TestCase):
         """
         root = os.path.join(self.top, "srv", "mail")
         process, port = await startTwistdServer(self, root, self.asNobody())
-        self.assertEqual(await inThread(sendOne, port), {}, process.output)
+        self.assertEqual(await inThread(sendOne, port, f"alice@{DOMAIN}", MESSAGE), {}, process.output)
         [name] = files(root, DOMAIN, "new")
         for path in (root, os.path.join(root, DOMAIN), os.path.join(root, DOMAIN, "new", name)):
             result = os.stat(path)

@@ -22,19 +22,13 @@ from tests._e2e import (
     inThread,
     pollUntil,
     runTwistd,
+    sendOne,
     startTwistdServer,
     twistdPath,
 )
 
 MESSAGE = b"Subject: from twistd\r\n\r\nHello over a real twistd.\r\n"
 
-
-def sendOne(port: int) -> dict[str, tuple[int, bytes]]:
-    """
-    Send one message with smtplib (blocking: call it in a thread).
-    """
-    with smtplib.SMTP("127.0.0.1", port, local_hostname="client.example", timeout=CLIENT_TIMEOUT) as s:
-        return s.sendmail("sender@remote.example", ["alice@example.com"], MESSAGE)
 
 
 class TwistdTests(TestCase):
@@ -65,7 +59,7 @@ class TwistdTests(TestCase):
         """
         root = os.path.abspath(self.mktemp())
         process, port = await startTwistdServer(self, root)
-        self.assertEqual(await inThread(sendOne, port), {})
+        self.assertEqual(await inThread(sendOne, port, "alice@example.com", MESSAGE), {})
         [name] = files(root, DOMAIN, "new")
         with open(os.path.join(root, DOMAIN, "new", name), "rb") as f:  # noqa: ASYNC230 (a small local file)
             data = f.read()
@@ -168,7 +162,7 @@ class TwistdTests(TestCase):
         os.makedirs(logDirectory)
         logfile = os.path.join(logDirectory, "smtp.log")
         process, port = await startTwistdServer(self, root, logfile=logfile)
-        self.assertEqual(await inThread(sendOne, port), {})
+        self.assertEqual(await inThread(sendOne, port, "alice@example.com", MESSAGE), {})
 
         def transactionLines() -> list[bytes]:
             with open(logfile, "rb") as f:
