@@ -16,6 +16,8 @@ at-least-once and survives restarts.  One module per job:
   - L{harbor.hooks.kinds}: L{IHook} and the python, command and webhook
     hooks;
   - L{harbor.hooks.spool}: the durable job files;
+  - L{harbor.hooks.backlog}: counting each hook's pending jobs and
+    bounding those held in memory (no Twisted);
   - L{harbor.hooks.runner}: the service that runs, retries and resumes
     the jobs.
 

@@ -29,6 +29,11 @@ retrying failures and surviving restarts.
      pending jobs and resumes the oldest, and the spool is looked at again
      every few seconds for jobs put back by C{mailharbor hooks retry}.
 
+The counting (pending jobs, the window, jobs being committed, what a scan
+may read) is L{harbor.hooks.backlog.Backlog}'s; this module does what
+takes the reactor or the disk: scheduling, attempts, retries, spool writes
+and the service's start and stop.
+
 Nothing here imports the global reactor: the reactor and a way to run
 blocking work in a thread are passed in.
 """
@@ -53,6 +58,7 @@ from twisted.python.failure import Failure
 
 from attrs import evolve
 
+from harbor.hooks.backlog import WINDOW, Backlog, HookLimits
 from harbor.hooks.config import DEFAULT_MAX_PENDING, RESCAN_INTERVAL
 from harbor.hooks.events import (
     BacklogFull,
@@ -71,11 +77,6 @@ from harbor.store.fs import IFileSystem, StorageError
 
 #: Seconds L{HookRunner.stop} waits for running hooks before cancelling them.
 STOP_TIMEOUT = 10.0
-
-#: Jobs of one hook held in memory at most (scheduled, waiting for a
-#: retry, or running), or twice the hook's C{max_in_flight} if that is
-#: more; the rest of its backlog waits on disk.  Each costs a few KiB.
-WINDOW = 256
 
 
 class _NeverStored(Exception):
@@ -156,33 +157,18 @@ class HookRunner(Service):
         self._runInThread = runInThread
         self._rescanInterval = rescanInterval
         self._stopTimeout = stopTimeout
+        # The jobs held in memory, by id: the same jobs as the backlog
+        # holds, with what scheduling them takes.
         self._entries: dict[str, _Entry] = {}
-        # Each hook's pending jobs: on disk in pending/, or prepared for a
-        # delivery still being committed.  Kept up to date as jobs come
-        # and go, and set again by each scan of the spool (which also
-        # counts jobs put back by mailharbor hooks retry).
-        self._counts = dict.fromkeys(self._hooks, 0)
-        self._maxPending: dict[str, int | None] = {
-            hook.name: getattr(hook, "maxPending", DEFAULT_MAX_PENDING) for hook in hooks
-        }
-        self._window = {hook.name: max(window, 2 * (hook.maxInFlight or 0)) for hook in hooks}
-        # Each hook's jobs in _entries.
-        self._held = dict.fromkeys(self._hooks, 0)
-        # Jobs prepared for deliveries not yet committed, by id, with each
-        # hook's count: neither dispatched nor read from the spool until
-        # the commit has succeeded.
-        self._committing: dict[str, str] = {}
-        self._reserved = dict.fromkeys(self._hooks, 0)
-        # How many times jobs were prepared, and finished, so that a scan
-        # can tell whether its listing could have missed or double-counted
-        # a job; and whether a scan has yet counted the spool exactly.
-        self._arrivals = 0
-        self._departures = 0
-        self._countsKnown = False
+        self._backlog = Backlog(
+            {
+                # Hooks written before max_pending have no maxPending.
+                hook.name: HookLimits(hook.maxInFlight, getattr(hook, "maxPending", DEFAULT_MAX_PENDING))
+                for hook in hooks
+            },
+            window,
+        )
         self._scanAgain = False
-        # When each job id last finished (its file gone), so that a scan
-        # that listed the file before it went does not run the job again.
-        self._finished: dict[str, float] = {}
         self._writes: set[Deferred[bool]] = set()
         self._unknownHooks: set[str] = set()
         self._stopping = False
@@ -210,7 +196,7 @@ class HookRunner(Service):
         and those prepared for deliveries being committed.  Known without
         reading the spool.
         """
-        return dict(self._counts)
+        return self._backlog.counts
 
     def checkBacklog(self) -> None:
         """
@@ -221,16 +207,17 @@ class HookRunner(Service):
         @raise BacklogFull: naming the first such hook (logged, with its
             name).
         """
-        for name, limit in self._maxPending.items():
-            if limit is not None and self._counts[name] >= limit:
-                self._log.warn(
-                    "Hook {hook} has {pending} pending jobs (max_pending {limit}): "
-                    "new mail is refused with 451 until they drain",
-                    hook=name,
-                    pending=self._counts[name],
-                    limit=limit,
-                )
-                raise BacklogFull(name, self._counts[name], limit)
+        try:
+            self._backlog.check()
+        except BacklogFull as full:
+            self._log.warn(
+                "Hook {hook} has {pending} pending jobs (max_pending {limit}): "
+                "new mail is refused with 451 until they drain",
+                hook=full.hook,
+                pending=full.pending,
+                limit=full.limit,
+            )
+            raise
 
     def prepare(self, events: Sequence[NewMessage]) -> list[Job]:
         """
@@ -257,11 +244,7 @@ class HookRunner(Service):
                 raise StorageError(f"{event.id!r} cannot name a hook job")
             for name in self._hooks:
                 jobs.append(Job(jobID(event, name), name, event, created=now, due=now))
-        for job in jobs:
-            self._committing[job.id] = job.hook
-            self._reserved[job.hook] += 1
-            self._counts[job.hook] += 1
-        self._arrivals += 1
+        self._backlog.reserve(jobs)
         return jobs
 
     def persist(self, jobs: Sequence[Job]) -> None:
@@ -293,11 +276,7 @@ class HookRunner(Service):
         the spool read one before L{withdraw} removed it.  Call it in the
         reactor thread.
         """
-        now = self._reactor.seconds()
-        for job in jobs:
-            if self._settle(job):
-                self._counts[job.hook] = max(0, self._counts[job.hook] - 1)
-            self._finished[job.id] = now
+        self._backlog.release(jobs, self._reactor.seconds())
 
     def record(self, events: Sequence[NewMessage]) -> list[Job]:
         """
@@ -316,7 +295,7 @@ class HookRunner(Service):
             self.release(jobs)
             raise
         for job in jobs:
-            self._settle(job)
+            self._backlog.settle(job)
         return jobs
 
     def dispatch(self, jobs: Sequence[Job]) -> None:
@@ -331,23 +310,10 @@ class HookRunner(Service):
         """
         for job in jobs:
             try:
-                self._settle(job)
+                self._backlog.settle(job)
                 self._admit(job)
             except Exception:  # noqa: BLE001 -- logged: dispatch never raises
                 self._log.failure("Cannot start hook job {job}", job=getattr(job, "id", job))
-
-    def _settle(self, job: Job) -> bool:
-        """
-        The delivery a job was prepared for is over: it may be read from
-        the spool again.
-
-        @return: Whether it was being committed.
-        """
-        hook = self._committing.pop(job.id, None)
-        if hook is None:
-            return False
-        self._reserved[hook] -= 1
-        return True
 
     def startService(self) -> None:
         super().startService()
@@ -438,55 +404,20 @@ class HookRunner(Service):
             return succeed(None)
         self._scanning = True
         self._scanAgain = False
-        started = self._reactor.seconds()
-        # A job whose file went before this scan started cannot be in its
-        # listing, so only later ones need remembering (and skipping): a
-        # job that finishes while the scan runs may be listed and must not
-        # run again.  A job put back since it finished is read again.
-        self._finished = {k: t for k, t in self._finished.items() if t >= started}
-        room = {name: self._window[name] - self._held[name] for name in self._hooks}
-        committing = frozenset(self._committing)
-        # The jobs held, just finished or being committed are not read
-        # again: so the memory a scan takes is bounded by the room.
-        skip = frozenset(self._entries).union(self._finished, committing)
-        countsBefore = dict(self._counts)
-        reservedBefore = dict(self._reserved)
-        arrivals, departures = self._arrivals, self._departures
+        plan = self._backlog.beginScan(self._reactor.seconds())
 
         def read() -> PendingScan:
             # Nothing is created here: the spool appears with the first
             # job, so a server without hooks leaves no trace on disk.
-            return self.spool.scan(room, skip, uncounted=committing)
+            return self.spool.scan(plan.room, plan.skip, uncounted=plan.uncounted)
 
         def found(scan: PendingScan) -> None:
-            # The count is what the directory holds (jobs put back from
-            # the dead letters and files removed by hand included), plus
-            # the jobs being committed when the scan began (counted by
-            # their reservations, whether or not their files were listed),
-            # plus what changed since (those settled).  That is exact
-            # unless jobs were prepared or finished while the directory
-            # was listed: the listing may or may not have seen their
-            # files.  Then the count kept as jobs came and went stays,
-            # unless there is none yet (mail arrived during the first
-            # scan): then this estimate, off by no more than those jobs,
-            # serves until a later scan (drain-driven or periodic) counts
-            # exactly.
-            exact = (
-                arrivals == self._arrivals and departures == self._departures and not self._writes
-            )
-            if exact or not self._countsKnown:
-                for name in self._hooks:
-                    moved = self._counts[name] - countsBefore[name]
-                    self._counts[name] = max(0, scan.counts.get(name, 0) + reservedBefore[name] + moved)
-            self._countsKnown = self._countsKnown or exact
+            # A spool write under way may have changed a file the listing
+            # saw, or not: then the counts are not set from it.
+            self._backlog.scanned(plan, scan.counts, writing=bool(self._writes))
             for name in scan.counts:
-                if name not in self._hooks and name not in self._unknownHooks:
-                    self._unknownHooks.add(name)
-                    self._log.warn(
-                        "Hook jobs for {hook}, which is not configured, are kept in "
-                        "the spool until it is again",
-                        hook=name,
-                    )
+                if name not in self._hooks:
+                    self._unknownHook(name)
             admitted = 0
             for job in scan.jobs:
                 try:
@@ -522,13 +453,8 @@ class HookRunner(Service):
         half while more of its jobs wait there: so the backlog drains as
         fast as the hook works, not one window per rescan interval.
         """
-        if self._stopping:
-            return
-        for name in self._hooks:
-            waiting = self._counts[name] - self._held[name] - self._reserved[name]
-            if waiting > 0 and self._held[name] <= self._window[name] // 2:
-                self._rescan(resuming=False)
-                return
+        if not self._stopping and self._backlog.wantsRefill():
+            self._rescan(resuming=False)
 
     def _admit(self, job: Job) -> bool:
         """
@@ -538,28 +464,29 @@ class HookRunner(Service):
 
         @return: whether it was scheduled.
         """
-        if (
-            self._stopping
-            or job.id in self._entries
-            or job.id in self._finished
-            or job.id in self._committing
-        ):
+        if self._stopping:
             return False
         if job.hook not in self._hooks:
-            if job.hook not in self._unknownHooks:
-                self._unknownHooks.add(job.hook)
-                self._log.warn(
-                    "Hook jobs for {hook}, which is not configured, are kept in "
-                    "the spool until it is again",
-                    hook=job.hook,
-                )
+            self._unknownHook(job.hook)
             return False
-        if self._held[job.hook] >= self._window[job.hook]:
+        if not self._backlog.admit(job):
             return False
         entry = self._entries[job.id] = _Entry(job)
-        self._held[job.hook] += 1
         self._schedule(entry, job.due - self._reactor.seconds())
         return True
+
+    def _unknownHook(self, name: str) -> None:
+        """
+        Warn, once per hook, of jobs in the spool for a hook that is not
+        configured.
+        """
+        if name not in self._unknownHooks:
+            self._unknownHooks.add(name)
+            self._log.warn(
+                "Hook jobs for {hook}, which is not configured, are kept in "
+                "the spool until it is again",
+                hook=name,
+            )
 
     def _forget(self, entry: _Entry) -> None:
         """
@@ -567,7 +494,7 @@ class HookRunner(Service):
         """
         if self._entries.get(entry.job.id) is entry:
             del self._entries[entry.job.id]
-            self._held[entry.job.hook] -= 1
+            self._backlog.forget(entry.job)
 
     def _schedule(self, entry: _Entry, delay: float) -> None:
         entry.call = self._reactor.callLater(max(0.0, delay), self._attempt, entry)
@@ -677,14 +604,8 @@ class HookRunner(Service):
         making room in its hook's window for a job waiting in the spool.
         """
         def forget(changed: bool) -> None:
-            if changed:
-                # Its file has left pending/.  One that could not be
-                # changed stays there, counted, for a later scan.
-                hook = entry.job.hook
-                self._counts[hook] = max(0, self._counts[hook] - 1)
-                self._departures += 1
             self._forget(entry)
-            self._finished[entry.job.id] = self._reactor.seconds()
+            self._backlog.finished(entry.job, changed, self._reactor.seconds())
             self._refill()
 
         self._write(entry, operation, what).addCallback(forget)

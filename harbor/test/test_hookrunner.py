@@ -736,7 +736,7 @@ class BacklogTests(RunnerTestCase):
         A hook without C{maxPending} gets the default cap.
         """
         runner = self.runner(FakeHook())
-        self.patch(runner, "_counts", {"fake": DEFAULT_MAX_PENDING - 1})
+        self.patch(runner._backlog, "_counts", {"fake": DEFAULT_MAX_PENDING - 1})
         runner.prepare([self.event])
         self.assertRaises(BacklogFull, runner.prepare, [storeMessage(self, count=2)])
 

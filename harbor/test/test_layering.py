@@ -33,7 +33,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("harbor.store", "harbor.tls", "harbor.auth", "harbor.ownership"),
     ("harbor.hooks.config",),
     ("harbor.config",),
-    ("harbor.hooks", "harbor.dnsbl", "harbor.policyhook"),
+    ("harbor.hooks", "harbor.hooks.backlog", "harbor.dnsbl", "harbor.policyhook"),
     ("harbor.delivery",),
     (
         "harbor.smtp._framing",
@@ -60,6 +60,7 @@ PURE = (
     "harbor.filters",
     "harbor.config",
     "harbor.hooks.config",
+    "harbor.hooks.backlog",
     "harbor.store.names",
     "harbor.store.headers",
     "harbor.store.reader",
