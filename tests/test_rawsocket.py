@@ -266,3 +266,37 @@ class RawSocketTests(TestCase):
         self.assertEqual(replies, [(421, b"4.4.2 mx.example.com Error: command deadline exceeded")])
         self.assertLess(sent, len(line))
         self.assertTrue(0.9 < elapsed < 5, elapsed)
+
+    async def test_tricklingDataCutOff(self) -> None:
+        """
+        A client that trickles its message a byte every 0.2 s, far below
+        min_data_rate, gets 421 4.4.2 "data rate too low" about
+        data_timeout after the 354, the connection is closed, and nothing
+        is stored.
+        """
+        path = os.path.abspath(self.mktemp())
+        with open(path, "w") as f:  # noqa: ASYNC230 (a small local file)
+            f.write("command_timeout = 5\ndata_timeout = 1\nmin_data_rate = 500\n")
+        server = await startServer(self, "--config", path)
+        body = b"Subject: slow\r\n\r\n" + b"x" * 100 + b"\r\n.\r\n"
+
+        def session() -> tuple[float, list[tuple[int, bytes]]]:
+            client = server.rawSocket()
+            try:
+                self.assertEqual(client.command(b"EHLO client.example")[0], 250)
+                self.assertEqual(client.command(b"MAIL FROM:<" + SENDER + b">")[0], 250)
+                self.assertEqual(client.command(b"RCPT TO:<alice@example.com>")[0], 250)
+                self.assertEqual(client.command(b"DATA")[0], 354)
+                started = time.monotonic()
+                for byte in body:
+                    client.send(bytes([byte]))
+                    if select.select([client.sock], [], [], 0.2)[0]:
+                        break
+                return time.monotonic() - started, client.repliesUntilClosed()
+            finally:
+                client.close()
+
+        elapsed, replies = await inThread(session)
+        self.assertEqual(replies, [(421, b"4.4.2 mx.example.com Error: data rate too low")])
+        self.assertTrue(0.9 < elapsed < 5, elapsed)
+        self.assertEqual(len(server.maildir()), 0)

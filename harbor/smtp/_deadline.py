@@ -108,7 +108,7 @@ class ClientDeadline:
         self._budget = 0.0
         self._budgetAt = 0.0
         # A chunked message's own budget: (seconds left, as of client
-        # time, message size then), and when its first chunk came.
+        # time, bytes of it credited so far), and when its first chunk came.
         self._message: tuple[float, float, int] | None = None
         self._messageStarted = 0.0
         self.startCommand(now, 0)
@@ -168,24 +168,34 @@ class ClientDeadline:
             if self._firstByte is None:
                 self._firstByte = client
             return
-        left = self._budget - (client - self._budgetAt)
-        if self._secondsPerByte is None:
-            self._budget = self._dataTimeout
-        elif left > 0:
-            # Postfix's smtpd_min_data_rate: the bytes earn time, up to the
-            # silence bound (a fast start buys no later trickle).
-            self._budget = min(self._dataTimeout, left + count * self._secondsPerByte)
-        else:
-            self._budget = left
+        self._budget = self._earn(self._budget, self._budgetAt, client, count)
         self._budgetAt = client
+        if self._message is not None:
+            budget, at, credited = self._message
+            self._message = (self._earn(budget, at, client, count), client, credited + count)
+
+    def _earn(self, budget: float, at: float, client: float, count: int) -> float:
+        """
+        A data budget of C{budget} seconds as of client time C{at}, spent
+        until C{client} and earned back by C{count} bytes then: Postfix's
+        smtpd_min_data_rate.  The bytes earn time only while some is left,
+        and never more than the silence bound (a fast start buys no later
+        trickle).
+        """
+        left = budget - (client - at)
+        if self._secondsPerByte is None:
+            return self._dataTimeout if count else left
+        if left > 0:
+            return min(self._dataTimeout, left + count * self._secondsPerByte)
+        return left
 
     def chunkedMessage(self, now: float, size: int | None) -> None:
         """
         Between commands: the size so far of the message being sent in
         BDAT chunks, or L{None} when there is none (its last chunk came,
         or it was reset).  The message's budget is spent by the client's
-        time since its first chunk and earned by its bytes, as in message
-        data.
+        time since its first chunk and earned by its bytes as they come
+        (L{received}), as in message data.
         """
         if size is None:
             self._message = None
@@ -195,13 +205,8 @@ class ClientDeadline:
             self._message = (self._dataTimeout, client, size)
             self._messageStarted = client
             return
-        budget, at, before = self._message
-        left = budget - (client - at)
-        if self._secondsPerByte is not None and left > 0:
-            left = min(self._dataTimeout, left + (size - before) * self._secondsPerByte)
-        elif self._secondsPerByte is None and size > before:
-            left = self._dataTimeout
-        self._message = (left, client, size)
+        budget, at, credited = self._message
+        self._message = (self._earn(budget, at, client, max(0, size - credited)), client, max(credited, size))
 
     def pause(self, now: float) -> None:
         """
@@ -220,9 +225,10 @@ class ClientDeadline:
 
     def _clientDeadline(self) -> float:
         if self._data:
-            return self._budgetAt + self._budget
-        start = self._started if self._firstByte is None else self._firstByte
-        deadline = start + self._commandTimeout
+            deadline = self._budgetAt + self._budget
+        else:
+            start = self._started if self._firstByte is None else self._firstByte
+            deadline = start + self._commandTimeout
         if self._message is not None:
             budget, at, _ = self._message
             deadline = min(deadline, at + budget)
@@ -246,11 +252,13 @@ class ClientDeadline:
         if expiry is None or now + _TOLERANCE < expiry:
             return None
         client = self._clientTime(now)
-        if self._data:
+        if self._data and client + _TOLERANCE >= self._budgetAt + self._budget:
             silent = client - self._lastByte + _TOLERANCE >= self._dataTimeout
             return Missed(DATA_IDLE if silent else DATA_RATE, self._received, client - self._started)
         if self._message is not None and client + _TOLERANCE >= self._message[0] + self._message[1]:
             return Missed(DATA_RATE, self._message[2], client - self._messageStarted)
+        if self._data:
+            return Missed(DATA_RATE, self._received, client - self._started)
         if self._firstByte is None:
             return Missed(IDLE, self._received, client - self._started)
         return Missed(COMMAND_DEADLINE, self._received, client - self._firstByte)

@@ -272,6 +272,24 @@ class DataRateTests(SynchronousTestCase):
         self.assertEqual(deadline.expiry(), 999 + 20)
         self.assertIsNone(deadline.missed(1000))
 
+    def test_longChunksAboveTheRate(self) -> None:
+        """
+        A chunked message whose chunks each take ten times the data
+        timeout, at 600 bytes/s against a minimum of 500, never runs out:
+        its bytes earn the message's time as they come.
+        """
+        deadline = ClientDeadline(300, 20, 500, now=0)
+        now = 0.0
+        for chunk in range(5):
+            deadline.startData(now, 0)
+            for _ in range(200):
+                now += 1
+                self.assertIsNone(deadline.missed(now))
+                deadline.received(now, 600)
+            deadline.startCommand(now, 0)
+            deadline.chunkedMessage(now, (chunk + 1) * 120000)
+            self.assertIsNone(deadline.missed(now + 1))
+
     def test_chunkedMessageOver(self) -> None:
         """
         Once the chunked message is over, only the command deadline is left.

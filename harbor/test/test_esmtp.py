@@ -775,6 +775,24 @@ class SlowClientTests(ESMTPTestCase):
         self.threads.runAll()
         self.assertTrue(self.smtp.take().startswith(b"250 2.0.0 Ok: stored as "))
 
+    def test_slowChunksAboveTheRate(self) -> None:
+        """
+        Chunks that each take longer than the data timeout, their bytes
+        coming above the rate, are stored: the message's budget earns as
+        the bytes come, not only once a chunk is over.
+        """
+        self.smtp.replies(ENVELOPE)
+        line = b"x" * 998 + b"\r\n"
+        for sent in range(30000, 90001, 30000):
+            self.assertEqual(self.smtp.send(b"BDAT 30000\r\n"), b"")
+            for _ in range(30):
+                self.clock.advance(1)
+                written = self.smtp.send(line)
+            self.assertEqual(written, b"250 2.0.0 Ok: %d octets received\r\n" % sent)
+        self.smtp.send(b"BDAT 0 LAST\r\n")
+        self.threads.runAll()
+        self.assertTrue(self.smtp.take().startswith(b"250 2.0.0 Ok: stored as "))
+
     def test_slowButAboveTheRate(self) -> None:
         """
         A 400 KB message at 1 KB/s takes 400 s, twenty times the data
