@@ -87,6 +87,10 @@ class Limits:
         hook in all; once they are used up, its remaining questions get the
         default at once, so a silent hook cannot hold a connection for
         C{policyHookTimeout} per recipient.
+    @ivar authTimeout: Seconds a login may take to be decided (the users
+        file, a C{twisted.cred} checker, an C{authenticate} function); a
+        login not decided by then is C{454 4.7.0}, so a checker that never
+        answers cannot hold connections.
     @ivar workers: Processes sharing the listening sockets (the first one
         binds them and starts the others).
     """
@@ -109,6 +113,7 @@ class Limits:
     maxJunkCommands: int = 100
     minDataRate: int = 500
     policyHookTransactionTimeout: float = 30
+    authTimeout: float = 30
 
 
 # TOML key -> (Limits field, smallest allowed value, kind)
@@ -128,6 +133,7 @@ LIMIT_KEYS: dict[str, tuple[str, float, type]] = {
     "listen_backlog": ("listenBacklog", 1, int),
     "policy_hook_timeout": ("policyHookTimeout", 0.1, float),
     "policy_hook_transaction_timeout": ("policyHookTransactionTimeout", 0.1, float),
+    "auth_timeout": ("authTimeout", 0.1, float),
     "workers": ("workers", 1, int),
 }
 

@@ -47,6 +47,12 @@ class _SessionRealm:
         return IMessageDeliveryFactory, self._deliverer.factoryFor(self._session), lambda: None
 
 
+class AuthTimeout(Exception):
+    """
+    No checker decided a login in time: it fails closed, as any error does.
+    """
+
+
 def login(
     deliverer: Deliverer,
     session: Session,
@@ -55,6 +61,7 @@ def login(
     clock: IReactorTime,
     username: bytes,
     password: bytes,
+    timeout: float,
 ) -> Deferred[Any]:
     """
     Check a user name and password, from the session's client, with each
@@ -64,11 +71,18 @@ def login(
         L{IMessageDeliveryFactory}, C{session.user} then being set; or that
         fails with L{UnauthorizedLogin}, counted against the client and
         only after the delay L{FailureTracker} gives it; or with whatever
-        else went wrong.
+        else went wrong: L{AuthTimeout} when no checker has decided
+        within C{timeout} seconds (the throttling delay after a wrong
+        password is not counted).
     """
     portal = Portal(_SessionRealm(deliverer, session), [FirstOf(checkers)])
     credentials = ClientCredentials(username, password, session.clientAddress)
     result = portal.login(credentials, None, IMessageDeliveryFactory)
+
+    def tooLong(outcome: Any, timeout: float) -> Any:
+        raise AuthTimeout(f"no decision on the login within {timeout:g} seconds")
+
+    result.addTimeout(timeout, clock, onTimeoutCancel=tooLong)
 
     def slowDown(failure: Failure) -> Deferred[Any]:
         if not failure.check(UnauthorizedLogin):
@@ -94,11 +108,14 @@ class Authenticator:
         failures: FailureTracker,
         clock: IReactorTime,
         perSession: int,
+        timeout: float,
     ) -> None:
         """
         @param failures: The failed logins of all connections, by client.
         @param perSession: How many failed logins end a connection.
+        @param timeout: Seconds a login may take to be decided.
         """
+        self._timeout = timeout
         self._deliverer = deliverer
         self._checkers = checkers
         self._failures = failures
@@ -129,6 +146,7 @@ class Authenticator:
             self._clock,
             attempt.username,
             attempt.password,
+            self._timeout,
         )
 
         def succeeded(deliveryFactory: Any) -> Any:

@@ -49,7 +49,7 @@ from harbor.delivery import Deliverer, PathAddress, Session, applyFilters
 from harbor.dnsbl import SharedResult
 from harbor.filters import Filter
 from harbor.limits import ConnectionCounter, FailureTracker, Limits
-from harbor.smtp._auth import Authenticator
+from harbor.smtp._auth import Authenticator, AuthTimeout
 from harbor.smtp._deadline import Missed
 from harbor.smtp._driver import SessionDriver
 from harbor.smtp._events import (
@@ -182,7 +182,12 @@ class HarborESMTP(SessionDriver):
         self._limits = settings.limits
         self._connections = connections
         self._logins = Authenticator(
-            deliverer, settings.checkers, failures, clock, settings.throttle.perSession
+            deliverer,
+            settings.checkers,
+            failures,
+            clock,
+            settings.throttle.perSession,
+            settings.limits.authTimeout,
         )
         self._tx: Transaction | None = None
         self._greeting: Any = None
@@ -490,6 +495,16 @@ class HarborESMTP(SessionDriver):
         def failed(failure: Failure) -> None:
             # Fail closed: no login, and 454 so the client may try later.
             # The password stays out of the log.
+            if failure.check(AuthTimeout):
+                self._log.warn(
+                    "client={client} auth={mechanism} user={user} authentication error: {why}",
+                    client=self.session.clientAddress,
+                    mechanism=event.mechanism.decode(),
+                    user=event.username.decode("utf-8", "replace"),
+                    why=failure.getErrorMessage(),
+                )
+                self._reply(AUTH_UNAVAILABLE)
+                return
             self._log.failure(
                 "client={client} auth={mechanism} user={user} authentication error",
                 failure,

@@ -249,6 +249,7 @@ class LimitsTests(SynchronousTestCase):
         self.assertEqual(limits.connectionLimitExceptions, ("127.0.0.0/8", "::1/128"))
         self.assertEqual(limits.bareNewline, "normalize")
         self.assertEqual((limits.policyHookTimeout, limits.policyHookTransactionTimeout), (10, 30))
+        self.assertEqual(limits.authTimeout, 30)
 
     def test_settings(self) -> None:
         """
@@ -289,6 +290,7 @@ class LimitsTests(SynchronousTestCase):
             ("min_data_rate", "500"),
             ("policy_hook_transaction_timeout", 0),
             ("policy_hook_transaction_timeout", "30s"),
+            ("auth_timeout", 0),
             ("max_errors", True),
             ("max_errors", 2.5),
             ("bare_newline", "ignore"),
@@ -342,6 +344,7 @@ EVERY_SETTING: dict[str, object] = {
     "listen_backlog": 64,
     "policy_hook_timeout": 3,
     "policy_hook_transaction_timeout": 12,
+    "auth_timeout": 4,
     "workers": 2,
     "bare_newline": "reject",
     "connection_limit_exceptions": ["10.0.0.1", "2001:db8::/32"],
@@ -393,6 +396,7 @@ class AsMappingTests(SynchronousTestCase):
         self.assertEqual(full["max_message_size"], 1000)
         self.assertEqual(full["min_data_rate"], 250)
         self.assertEqual(full["policy_hook_transaction_timeout"], 12)
+        self.assertEqual(full["auth_timeout"], 4)
         self.assertEqual(full["domain"], ["xn--bcher-kva.example", "example.com", "example.org"])
         self.assertEqual(full["domains"]["example.com"]["accept"], ["alice", "bob"])
         self.assertEqual(full["hook"][1]["command"], ["/bin/true", "-x"])

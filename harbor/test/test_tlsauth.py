@@ -576,6 +576,29 @@ class CallbackAuthTests(SecurityTestCase):
         self.assertEqual(self.smtp.take(), b"235 2.7.0 Authentication successful\r\n")
 
 
+    def test_undecidedLoginTimesOut(self) -> None:
+        """
+        A login nobody decides within C{auth_timeout} (30 s) fails closed
+        with 454 4.7.0, logged as such, and the pending answer is
+        cancelled; not a moment before.
+        """
+        from twisted.internet.defer import CancelledError, Deferred
+
+        pending: Deferred[bool] = Deferred()
+        cancelled: list[object] = []
+        pending.addErrback(lambda f: cancelled.append(f.check(CancelledError)))
+        self.answer = lambda: pending
+        self.startTLS()
+        self.smtp.send(b"EHLO c\r\n")
+        self.assertEqual(self.login(), b"")
+        self.clock.advance(29.9)
+        self.assertEqual(self.smtp.take(), b"")
+        self.clock.advance(0.1)
+        self.assertEqual(self.smtp.take(), b"454 4.7.0 Error: temporary authentication failure\r\n")
+        self.assertEqual(cancelled, [CancelledError])
+        [event] = [e for e in self.events if "why" in e]
+        self.assertEqual((event["user"], event["why"]), ("bob", "no decision on the login within 30 seconds"))
+
 class CombinedCheckersTests(SecurityTestCase):
     """
     A twistd C{--auth} checker beside the users file.
