@@ -142,11 +142,25 @@ class RealDirectories:
         return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
 
     def makeDirectory(self, path: str, mode: int) -> None:
+        """
+        Make C{path} with exactly C{mode}, whatever the umask.  The mode is
+        set through a descriptor opened without following links: root
+        works here inside directories the user may write, and a directory
+        swapped for a link meanwhile must not have root chmod its target.
+        """
         os.mkdir(path, mode)
-        os.chmod(path, mode)
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            os.fchmod(fd, mode)
+        finally:
+            os.close(fd)
 
     def changeOwner(self, path: str, uid: int, gid: int) -> None:
-        os.chown(path, uid, gid)
+        """
+        Give C{path} to C{uid} and C{gid}, not following a link there (see
+        L{makeDirectory}).
+        """
+        os.chown(path, uid, gid, follow_symlinks=False)
 
     def syncDirectory(self, path: str) -> None:
         fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)

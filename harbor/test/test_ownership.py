@@ -17,7 +17,7 @@ import tempfile
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from harbor.access import Identity
 from harbor.ownership import (
@@ -360,6 +360,23 @@ class RealDirectoriesTests(SynchronousTestCase):
         self.assertEqual(fs.status(path), Status(result.st_mode, result.st_uid, result.st_gid))
         self.assertIsNone(fs.status(os.path.join(path, "missing", "deeper")))
         self.assertFalse(fs.readOnly(path))
+
+    def test_ownerChangeFollowsNoLink(self) -> None:
+        """
+        A link where a directory was made is not followed: what it points
+        to keeps its owner.
+        """
+        if os.geteuid() != 0:
+            raise SkipTest("only root can give a file to another user")
+        base = os.path.abspath(self.mktemp())
+        os.mkdir(base)
+        target = os.path.join(base, "precious")
+        with open(target, "w"):
+            pass
+        link = os.path.join(base, "link")
+        os.symlink(target, link)
+        RealDirectories().changeOwner(link, 65534, 65534)
+        self.assertEqual((os.stat(target).st_uid, os.lstat(link).st_uid), (0, 65534))
 
     def test_modeExactWhateverUmask(self) -> None:
         """
