@@ -61,6 +61,7 @@ PURE = (
     "harbor.config",
     "harbor.hooks.config",
     "harbor.store.names",
+    "harbor.store.lanes",
     "harbor.store.headers",
     "harbor.store.reader",
     "harbor.store.mime",
