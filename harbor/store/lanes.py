@@ -24,7 +24,7 @@ the reactor thread.
 
 from __future__ import annotations
 
-from collections import Counter, deque
+from collections import deque
 from collections.abc import Hashable, Iterable
 from typing import Generic, TypeVar
 
@@ -75,7 +75,7 @@ class LaneScheduler(Generic[E]):
         self._waiting: dict[Key, deque[E]] = {}
         # Lanes in flight, in all and holding each file system.
         self._busy = 0
-        self._held: Counter[FileSystem] = Counter()
+        self._held: dict[FileSystem, int] = {}
         # The file systems messages have been seen on.
         self._seen: set[FileSystem] = set()
 
@@ -130,8 +130,9 @@ class LaneScheduler(Generic[E]):
         if self._busy >= self._lanes:
             return None
         cap = self.cap
+        held = self._held
         for key, queue in self._waiting.items():
-            if all(self._held[fs] < cap for fs in key):
+            if all(held.get(fs, 0) < cap for fs in key):
                 break
         else:
             return None
@@ -142,7 +143,8 @@ class LaneScheduler(Generic[E]):
         if queue:
             self._waiting[key] = queue
         self._busy += 1
-        self._held.update(key)
+        for fs in key:
+            held[fs] = held.get(fs, 0) + 1
         return key, batch
 
     def release(self, key: Key) -> None:
@@ -150,7 +152,10 @@ class LaneScheduler(Generic[E]):
         The lane that took C{key}'s batch is done.
         """
         self._busy -= 1
-        self._held.subtract(key)
+        held = self._held
         for fs in key:
-            if self._held[fs] <= 0:
-                del self._held[fs]
+            count = held[fs] - 1
+            if count:
+                held[fs] = count
+            else:
+                del held[fs]
