@@ -36,6 +36,14 @@ from harbor.filters import Filter, filterTable, parseFilters
 from harbor.hooks.config import HookConfig, hookTable, parseHooks
 from harbor.limits import LIMIT_KEYS, Limits, limitsMapping, parseLimits
 from harbor.routing import DomainConfig, domainTable, parseDomainTable
+from harbor.store.lanes import (
+    COMMIT_MODES,
+    DEFAULT_COMMIT_BATCH,
+    DEFAULT_COMMIT_LANES,
+    DEFAULT_COMMIT_MODE,
+    MAX_COMMIT_BATCH,
+    MAX_COMMIT_LANES,
+)
 
 DEFAULT_MAILDIR = "Maildir"
 DEFAULT_PORT = "tcp:25"
@@ -69,6 +77,8 @@ _TOP_LEVEL_KEYS = frozenset(
         "policy_hook",
         "policy_hook_default",
         "group_commit",
+        "commit_lanes",
+        "commit_batch",
     }
     | set(LIMIT_KEYS)
 )
@@ -129,10 +139,13 @@ class Config:
         system's.
     @ivar hooks: The new-message hooks (L{harbor.hooks.config.HookConfig}).
     @ivar policyHook: The policy hook, C{package.module:function}, if any.
-    @ivar groupCommit: Whether messages that end at the same time are made
-        durable together, sharing the waits for the disk (see
-        L{harbor.store.writer.GroupCommit}); L{False} fsyncs every file on its
-        own, as Postfix does.
+    @ivar groupCommit: How finished messages are made durable (see
+        L{harbor.store.lanes}): C{"fsync"} in batches, each file fsynced
+        on its own; C{"syncfs"} in batches made durable by one
+        C{syncfs(2)} per file system, for a Maildir on a file system of
+        its own; C{"off"} every message on its own, as it ends.
+    @ivar commitLanes: How many threads commit small messages at once.
+    @ivar commitBatch: The most messages one of them commits at a time.
     @ivar policyHookDefault: What a failing or slow policy hook means:
         C{"accept"} or C{"tempfail"}.
     """
@@ -152,7 +165,9 @@ class Config:
     hooks: tuple[HookConfig, ...] = ()
     policyHook: str | None = None
     policyHookDefault: str = "accept"
-    groupCommit: bool = True
+    groupCommit: str = DEFAULT_COMMIT_MODE
+    commitLanes: int = DEFAULT_COMMIT_LANES
+    commitBatch: int = DEFAULT_COMMIT_BATCH
 
     @property
     def ports(self) -> tuple[str, ...]:
@@ -196,7 +211,12 @@ class Config:
         )
         if self.policyHook is not None:
             mapping["policy_hook"] = self.policyHook
-        mapping.update(policy_hook_default=self.policyHookDefault, group_commit=self.groupCommit)
+        mapping.update(
+            policy_hook_default=self.policyHookDefault,
+            group_commit=self.groupCommit,
+            commit_lanes=self.commitLanes,
+            commit_batch=self.commitBatch,
+        )
         return mapping
 
     @classmethod
@@ -304,8 +324,36 @@ class Config:
             hooks=_hooks(mapping),
             policyHook=_policyHook(mapping),
             policyHookDefault=choice(mapping, "policy_hook_default", POLICY_HOOK_DEFAULTS),
-            groupCommit=boolean(mapping, "group_commit", True),
+            groupCommit=_groupCommit(mapping),
+            commitLanes=_count(mapping, "commit_lanes", DEFAULT_COMMIT_LANES, MAX_COMMIT_LANES),
+            commitBatch=_count(mapping, "commit_batch", DEFAULT_COMMIT_BATCH, MAX_COMMIT_BATCH),
         )
+
+
+def _groupCommit(mapping: Mapping[str, Any]) -> str:
+    """
+    The C{group_commit} setting: one of L{COMMIT_MODES}, or a boolean as
+    it was before there were modes (C{true} is C{"fsync"}, C{false} is
+    C{"off"}), so that existing files keep working.
+    """
+    value = mapping.get("group_commit", DEFAULT_COMMIT_MODE)
+    if value is True:
+        return "fsync"
+    if value is False:
+        return "off"
+    if not isinstance(value, str) or value not in COMMIT_MODES:
+        raise ConfigError("group_commit", f"must be one of {', '.join(COMMIT_MODES)}")
+    return value
+
+
+def _count(mapping: Mapping[str, Any], key: str, default: int, maximum: int) -> int:
+    """
+    The value of C{key}, a whole number from 1 to C{maximum}.
+    """
+    value = mapping.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= maximum:
+        raise ConfigError(key, f"must be a whole number from 1 to {maximum}")
+    return value
 
 
 def _policyHook(mapping: Mapping[str, Any]) -> str | None:

@@ -234,14 +234,16 @@ class Deliverer:
         blocklists: Blocklists | None = None,
         hooks: Any = None,
         policyHook: PolicyHook | None = None,
-        groupCommit: bool = True,
+        commits: CommitQueue | None = None,
     ) -> None:
         """
         @param runInThread: Runs a blocking function off the reactor thread
             and returns a L{Deferred} of its result (C{deferToThreadPool}
             in production, a synchronous stand-in in tests).
-        @param groupCommit: Whether messages that end together are made
-            durable together (see L{harbor.store.commits.CommitQueue}).
+        @param commits: Makes finished messages durable, in the commit
+            lanes (L{harbor.store.commits.CommitQueue}); the service shares
+            one across reloads.  By default, one with the default lanes
+            and batch size on C{runInThread}.
         @param submissionMailbox: Where authenticated users' mail goes,
             relative to the root, with C{{user}} for the user name.
         @param filters: The envelope filters.
@@ -260,7 +262,7 @@ class Deliverer:
         self.blocklists = blocklists
         self.hooks = hooks
         self.policyHook = policyHook
-        self.commits = CommitQueue(runInThread, store.commitMany, groupCommit)
+        self.commits = CommitQueue(runInThread, store.commitMany) if commits is None else commits
         self._date: tuple[int, str] = (-1, "")
 
     def dateHeader(self, when: float) -> str:

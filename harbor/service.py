@@ -27,6 +27,7 @@ from twisted.internet.protocol import Factory
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import ILogObserver, jsonFileLogObserver
 from twisted.python.failure import Failure
+from twisted.python.threadpool import ThreadPool
 
 from harbor._logging import PublishedLogger
 from harbor._workers import Workers
@@ -41,15 +42,43 @@ from harbor.ownership import AccessProblem, identityAfterDrop
 from harbor.policyhook import PolicyHook, PolicyRequest, loadPolicyHook
 from harbor.preflight import prepareForUser
 from harbor.routing import RecipientPolicy
+from harbor.store.commits import CommitQueue, RunInThread
 from harbor.store.fs import RealFileSystem, StorageError
 from harbor.store.names import MaildirNamer
-from harbor.store.writer import MaildirStore
+from harbor.store.writer import GroupCommit, MaildirStore
 from harbor.tls import ReloadableTLS, TLSConfigurationError
 
 # Reads the configuration again for a reload: the new configuration and
 # the cred checkers besides its users file; raises ValueError (a
 # ConfigError is one) saying what is wrong, for the log.
 Reread = Callable[[], tuple[Config, Sequence[ICredentialsChecker]]]
+
+
+def commitPath(config: Config, runInThread: RunInThread[Any]) -> tuple[RealFileSystem, CommitQueue]:
+    """
+    The file system the Maildirs are written through and the commit lanes,
+    as C{group_commit}, C{commit_lanes} and C{commit_batch} say.
+
+    Only C{"syncfs"} lets a batch be made durable by syncing whole file
+    systems; C{"fsync"} and C{"off"} fsync each file, C{"off"} one message
+    per commit.
+
+    @param runInThread: Runs one batch in a commit thread (the service's
+        own pool, of L{CommitQueue.threadsNeeded} threads).
+    """
+    mode = config.groupCommit
+    fs = RealFileSystem() if mode == "syncfs" else RealFileSystem(syncfs=None)
+
+    def commitMany(deliveries: Any) -> list[Any]:
+        return GroupCommit(fs, deliveries).commit()
+
+    queue = CommitQueue(
+        runInThread,
+        commitMany,
+        lanes=config.commitLanes,
+        batch=1 if mode == "off" else config.commitBatch,
+    )
+    return fs, queue
 
 
 class ListeningService(Service):
@@ -152,6 +181,7 @@ class HarborService(MultiService):
         arguments: Sequence[str] = (),
         reread: Reread | None = None,
         runAs: Identity | None = None,
+        commitThreads: ThreadPool | None = None,
     ) -> None:
         """
         @param config: The configuration, already checked by
@@ -182,6 +212,10 @@ class HarborService(MultiService):
             of its C{--uid} and C{--gid}); without it, the user the
             application it joins names, if any (C{Application(name, uid,
             gid)}).
+        @param commitThreads: The threads that make messages durable, the
+            commit lanes' own (not the reactor's, which hooks and password
+            checks share); started and stopped with the service.  By
+            default a pool of as many threads as the lanes need.
         """
         # Imported here, not at the top: twisted.mail.smtp imports the global
         # reactor, and twistd imports this module before it has started one.
@@ -215,6 +249,13 @@ class HarborService(MultiService):
         # do not change them: a resolver reads resolv.conf on the reactor
         # thread and then every minute, for as long as it lives.
         self._blocklists: tuple[Any, Any] | None = None
+        # The commit lanes and their threads live as long as the service:
+        # sessions opened before a reload still commit through them.
+        self._fs, self.commits = commitPath(config, self._commitInThread)
+        self._commitSettings = (config.groupCommit, config.commitLanes, config.commitBatch)
+        self._commitThreads = commitThreads or ThreadPool(
+            minthreads=0, maxthreads=self.commits.threadsNeeded, name="mailharbor-commit"
+        )
         deliverer, settings = self._build(config, credCheckers)
         self._store = deliverer.store
         self._worker = bool(inheritedSockets)
@@ -241,6 +282,13 @@ class HarborService(MultiService):
         reactor's thread pool.
         """
         return deferToThreadPool(self._reactor, self._reactor.getThreadPool(), f)
+
+    def _commitInThread(self, f: Any) -> Deferred[Any]:
+        """
+        Run one batch of commits in a commit thread; its result comes back
+        to the reactor thread in one hand-over.
+        """
+        return deferToThreadPool(self._reactor, self._commitThreads, f)
 
     def _hookRunner(self, config: Config, extraHooks: Sequence[IHook]) -> HookRunner | None:
         """
@@ -304,7 +352,7 @@ class HarborService(MultiService):
             MaildirStore(
                 config.maildir,
                 MaildirNamer(config.hostname, reactor.seconds),
-                RealFileSystem() if config.groupCommit else RealFileSystem(syncfs=None),
+                self._fs,
             ),
             config.hostname,
             runInThread,
@@ -314,7 +362,7 @@ class HarborService(MultiService):
             blocklists,
             self.hooks,
             policyHook=self._policyHook(config),
-            groupCommit=config.groupCommit,
+            commits=self.commits,
         )
         checkers: list[Any] = [TextOrBytes(c) for c in credCheckers]
         if config.usersFile is not None:
@@ -396,6 +444,11 @@ class HarborService(MultiService):
             self._tls = ReloadableTLS(config.tls.certificate, config.tls.key)
         if config.listeners != self.config.listeners:
             self._log.warn("Listener changes in the configuration take effect after a restart")
+        if (config.groupCommit, config.commitLanes, config.commitBatch) != self._commitSettings:
+            self._log.warn(
+                "group_commit, commit_lanes and commit_batch changes in the configuration "
+                "take effect after a restart"
+            )
         if config.hooks != self._hookConfigs:
             self._log.warn(
                 "[[hook]] changes in the configuration take effect after a restart; "
@@ -437,6 +490,11 @@ class HarborService(MultiService):
                     )
 
     def startService(self) -> None:
+        threads = self._commitThreads
+        if not threads.started:
+            threads.start()
+            # Should the reactor stop without stopping the service first.
+            self._reactor.addSystemEventTrigger("during", "shutdown", self._stopCommitThreads)
         self._createMaildirs()
         self._log.info(
             "MailHarbor receiving mail for {domains} into {maildir}",
@@ -476,7 +534,19 @@ class HarborService(MultiService):
         def workersEnded(ignored: object) -> Deferred[Any]:
             return self._workers.ended()
 
-        return stopped.addCallback(closeSessions).addCallback(workersEnded)
+        def commitsDone(ignored: object) -> Deferred[None]:
+            # Every message whose sender waits for its reply is committed
+            # before the threads go.
+            return self.commits.whenIdle().addCallback(lambda _: self._stopCommitThreads())
+
+        return stopped.addCallback(closeSessions).addCallback(workersEnded).addCallback(commitsDone)
+
+    def _stopCommitThreads(self) -> None:
+        """
+        Stop the commit threads, if they run; they are idle by now.
+        """
+        if self._commitThreads.started:
+            self._commitThreads.stop()
 
 
 def jsonLogObserver(path: str) -> ILogObserver:

@@ -98,14 +98,17 @@ class TwistdTests(TestCase):
 
     async def test_manyClientsAtOnce(self) -> None:
         """
-        Messages ending together are committed together (group commit, the
-        default) and every one is stored whole.
+        Messages ending together are committed in parallel lanes, in
+        batches (the default, each file fsynced), and every one is stored
+        whole.
         """
         await self.assertManyClientsStored([])
 
     async def test_manyClientsWithoutGroupCommit(self) -> None:
         """
-        With group_commit = false every message is still stored whole.
+        With group_commit = false, the boolean of old configuration files
+        (now "off": each message committed on its own), every message is
+        still stored whole.
         """
         config = os.path.abspath(self.mktemp())
         with open(config, "w") as f:  # noqa: ASYNC230 (a small local file)

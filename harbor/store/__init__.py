@@ -5,6 +5,9 @@ The Maildir store: the server's writer and the operator's reader.
   - L{harbor.store.names}: the layout of a Maildir and its file names.
   - L{harbor.store.fs}: the file-system calls a delivery makes
     (L{harbor.store.fs.IFileSystem}), C{syncfs(2)} and making Maildirs.
+  - L{harbor.store.lanes}: which finished messages go to which commit
+    thread (pure), and the defaults of the commit settings.
+  - L{harbor.store.commits}: the commit queue, its lanes run in threads.
   - L{harbor.store.writer}: the streaming delivery, the group commit and
     L{harbor.store.writer.MaildirStore}.
   - L{harbor.store.headers}: header blocks and values, decoded tolerantly.
@@ -13,8 +16,8 @@ The Maildir store: the server's writer and the operator's reader.
   - L{harbor.store.mime}: a message taken apart into its text and
     attachments.
 
-The writer imports no reactor; names, headers, reader and mime import no
+The writer imports no reactor; names, lanes, headers, reader and mime import no
 Twisted at all, so the C{mailharbor} command stays light.
 """
 
-__all__ = ["fs", "headers", "mime", "names", "reader", "writer"]
+__all__ = ["commits", "fs", "headers", "lanes", "mime", "names", "reader", "writer"]

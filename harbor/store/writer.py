@@ -10,13 +10,14 @@ storage, renames each into C{new/} and fsyncs the C{new/} directories.  Only
 after that may the SMTP server answer 250: a crash at any earlier point
 leaves at most a file in C{tmp/}, which no mail reader looks at.
 
-Deliveries that end at about the same time can be committed together
-(L{GroupCommit}): their files are written, then made durable in one wait
-(one C{syncfs(2)} per file system where the kernel and the file system
-make it as good as an fsync of each file, instead of one C{fsync(2)} and
-one journal commit per file), renamed, and
-each C{new/} directory is fsynced once for all of them.  The promise is the
-same for each message; the disk's work is shared.
+Deliveries that end at about the same time can be committed together, in
+one of the commit lanes (L{GroupCommit}, driven by
+L{harbor.store.commits.CommitQueue}): their files are written and each
+fsynced (or, with C{group_commit = "syncfs"} on a file system of its own,
+made durable in one wait, one C{syncfs(2)} per file system where the kernel
+and the file system make it as good as an fsync of each file), renamed,
+and each C{new/} directory is fsynced once for all of them.  The promise is
+the same for each message; the disk's work is shared.
 
 This module does no networking and imports no reactor; the blocking
 L{GroupCommit.commit} and L{PendingDelivery.commit} are meant to run in a

@@ -35,13 +35,34 @@ class ConfigTests(SynchronousTestCase):
 
     def test_groupCommit(self) -> None:
         """
-        Group commit is on unless group_commit = false; anything but a
-        boolean is an error naming the setting.
+        group_commit is "fsync" unless set to "syncfs" or "off"; the old
+        booleans still work (true is "fsync", false is "off"); anything
+        else is an error naming the setting.
         """
         base = {"domain": "example.com", "hostname": "mx.example.com"}
-        self.assertTrue(Config.fromMapping(base).groupCommit)
-        self.assertFalse(Config.fromMapping({**base, "group_commit": False}).groupCommit)
-        self.assertConfigError({**base, "group_commit": "no"}, "group_commit")
+        self.assertEqual(Config.fromMapping(base).groupCommit, "fsync")
+        for value, mode in (("fsync", "fsync"), ("syncfs", "syncfs"), ("off", "off"), (True, "fsync"), (False, "off")):
+            self.assertEqual(Config.fromMapping({**base, "group_commit": value}).groupCommit, mode)
+        for bad in ("no", "true", "SYNCFS", 1, None, ["fsync"]):
+            error = self.assertConfigError({**base, "group_commit": bad}, "group_commit")
+            self.assertIn("fsync, syncfs, off", str(error))
+
+    def test_commitLanes(self) -> None:
+        """
+        commit_lanes and commit_batch default to 4 and 32 and take a whole
+        number from 1 up to a bound; anything else is an error naming the
+        setting.
+        """
+        base = {"domain": "example.com", "hostname": "mx.example.com"}
+        config = Config.fromMapping(base)
+        self.assertEqual((config.commitLanes, config.commitBatch), (4, 32))
+        config = Config.fromMapping({**base, "commit_lanes": 1, "commit_batch": 1})
+        self.assertEqual((config.commitLanes, config.commitBatch), (1, 1))
+        config = Config.fromMapping({**base, "commit_lanes": 64, "commit_batch": 1024})
+        self.assertEqual((config.commitLanes, config.commitBatch), (64, 1024))
+        for key, bad in (("commit_lanes", 0), ("commit_lanes", 65), ("commit_lanes", 2.0), ("commit_lanes", True),
+                         ("commit_batch", 0), ("commit_batch", 1025), ("commit_batch", "8")):
+            self.assertConfigError({**base, key: bad}, key)
 
     def test_hostnameDefaultsToFQDN(self) -> None:
         """
@@ -366,7 +387,9 @@ EVERY_SETTING: dict[str, object] = {
     ],
     "policy_hook": "pkg.mod:policy",
     "policy_hook_default": "tempfail",
-    "group_commit": False,
+    "group_commit": "syncfs",
+    "commit_lanes": 3,
+    "commit_batch": 8,
 }
 
 
@@ -402,6 +425,7 @@ class AsMappingTests(SynchronousTestCase):
         self.assertEqual(full["hook"][1]["command"], ["/bin/true", "-x"])
         self.assertEqual((full["hook"][0]["max_pending"], full["hook"][1]["max_pending"]), (10_000, 50))
         self.assertEqual(full["dns_servers"], ["192.0.2.53:53", "192.0.2.54:5353", "2001:db8::53"])
+        self.assertEqual((full["group_commit"], full["commit_lanes"], full["commit_batch"]), ("syncfs", 3, 8))
         plain = Config.fromMapping({"domain": "example.com"}, fqdn=lambda: "mx.example.net").asMapping()
         self.assertLessEqual(set(plain), set(_TOP_LEVEL_KEYS))
         self.assertNotIn("tls_cert", plain)

@@ -197,8 +197,8 @@ class DeliveryTests(SynchronousTestCase):
 
 class CommitQueueTests(SynchronousTestCase):
     """
-    Tests for L{harbor.store.commits.CommitQueue}: messages that end while a commit is in the
-    thread are committed together next.
+    Tests for L{harbor.store.commits.CommitQueue} with one lane: messages that end while a
+    commit is in the thread are committed together next.
     """
 
     def setUp(self) -> None:
@@ -212,7 +212,7 @@ class CommitQueueTests(SynchronousTestCase):
             self.groups.append(len(deliveries))
             return self.store.commitMany(deliveries)
 
-        self.queue = CommitQueue(self.threads, commitMany)
+        self.queue = CommitQueue(self.threads, commitMany, lanes=1)
 
     def pending(self, size: int = 10) -> PendingDelivery:
         pending = self.store.begin([("example.com", lambda id: b"H\n")])
@@ -266,12 +266,21 @@ class CommitQueueTests(SynchronousTestCase):
 
     def test_ungrouped(self) -> None:
         """
-        With grouping off, every message goes to the thread at once.
+        With batches of one (C{group_commit = "off"}), every message goes to
+        a thread on its own, as many at once as there are lanes, the others
+        one by one as lanes come free.
         """
-        queue = CommitQueue(self.threads, self.store.commitMany, grouped=False)
-        deferreds = [queue.commit(self.pending(), None) for _ in range(3)]
-        self.assertEqual(len(self.threads.pending), 3)
+        sizes: list[int] = []
+
+        def commitMany(deliveries: Any) -> list[Any]:
+            sizes.append(len(deliveries))
+            return self.store.commitMany(deliveries)
+
+        queue = CommitQueue(self.threads, commitMany, lanes=2, batch=1)
+        deferreds = [queue.commit(self.pending(), None) for _ in range(5)]
+        self.assertEqual(len(self.threads.pending), 2)
         self.threads.runAll()
+        self.assertEqual(sizes, [1] * 5)
         self.results(deferreds)
 
     def test_failuresStayTheirOwn(self) -> None:
@@ -318,7 +327,7 @@ class CommitQueueTests(SynchronousTestCase):
                 raise ValueError("bug")
             return self.store.commitMany(deliveries)
 
-        queue = CommitQueue(self.threads, brokenOnce)
+        queue = CommitQueue(self.threads, brokenOnce, lanes=1)
         first = queue.commit(self.pending(), None)
         broken = [queue.commit(self.pending(), None) for _ in range(2)]
         self.threads.runAll()

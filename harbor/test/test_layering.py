@@ -62,6 +62,7 @@ PURE = (
     "harbor.hooks.config",
     "harbor.hooks.backlog",
     "harbor.store.names",
+    "harbor.store.lanes",
     "harbor.store.headers",
     "harbor.store.reader",
     "harbor.store.mime",

@@ -8,14 +8,17 @@ from __future__ import annotations
 import os
 import signal
 import socket
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, cast
+from unittest import SkipTest
 
 from twisted.application.service import Application
 from twisted.cred.checkers import (
     ICredentialsChecker,
     InMemoryUsernamePasswordDatabaseDontUse,
 )
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import ILogObserver, Logger, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
@@ -24,9 +27,13 @@ from harbor.access import Identity
 from harbor.auth import TextOrBytes
 from harbor.config import Config
 from harbor.ownership import AccessProblem
-from harbor.service import HarborService, ListeningService
+from harbor.service import HarborService, ListeningService, commitPath
 from harbor.smtp._factory import HarborSMTPFactory
-from harbor.test._support import stranger
+from harbor.store.fs import isTrustedFileSystem, loadSyncfs
+from harbor.store.lanes import LARGE_COMMIT_LANES
+from harbor.store.names import MaildirNamer
+from harbor.store.writer import MaildirStore
+from harbor.test._support import DeferredThreads, runSynchronously, stranger
 
 
 class HarborServiceTests(SynchronousTestCase):
@@ -256,3 +263,159 @@ class NamespaceTests(SynchronousTestCase):
         """
         self.assertIs(HarborService._log, HarborService.__dict__["_log"])
         self.assertEqual(HarborService._log.namespace, "harbor.tap.HarborService")
+
+
+class _Threads:
+    """
+    A stand-in for the commit thread pool: it records the work it is
+    given, which the test then runs, on its own thread.
+    """
+
+    def __init__(self) -> None:
+        self.started = False
+        self.stops = 0
+        self.work: list[tuple[Callable[..., None], Callable[[], Any]]] = []
+
+    def start(self) -> None:
+        self.started = True
+
+    def stop(self) -> None:
+        self.started = False
+        self.stops += 1
+
+    def callInThreadWithCallback(self, onResult: Callable[..., None], f: Callable[[], Any]) -> None:
+        self.work.append((onResult, f))
+
+    def runAll(self) -> None:
+        while self.work:
+            onResult, f = self.work.pop(0)
+            onResult(True, f())
+
+
+class _Reactor(MemoryReactorClock):
+    """
+    A memory reactor whose hand-over from a thread runs at once.
+    """
+
+    def callFromThread(self, f: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+        f(*args, **kwargs)
+
+
+class CommitPathTests(SynchronousTestCase):
+    """
+    Tests for how the service makes messages durable: L{commitPath} from
+    the configuration, and the commit threads of its own.
+    """
+
+    def config(self, **extra: Any) -> Config:
+        self.root = os.path.abspath(str(self.mktemp()))
+        return Config.fromMapping({"domain": "a.example", "hostname": "mx.example", "maildir": self.root, **extra})
+
+    def test_syncfsOnlyWhenAskedFor(self) -> None:
+        """
+        Only C{group_commit = "syncfs"} makes a batch durable by syncing the
+        file system; C{"fsync"}, the default, and C{"off"} fsync each file.
+        """
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        for extra in ({}, {"group_commit": "fsync"}, {"group_commit": "off"}):
+            fs, _ = commitPath(self.config(**extra), runSynchronously)
+            self.assertIsNone(fs.groupSync([directory, directory]))
+        fs, _ = commitPath(self.config(group_commit="syncfs"), runSynchronously)
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            trusted = isTrustedFileSystem(fd)
+        finally:
+            os.close(fd)
+        if loadSyncfs() is None or not trusted:
+            raise SkipTest("no trustworthy syncfs for this directory here")
+        group = fs.groupSync([directory, directory])
+        self.assertIsNotNone(group)
+        assert group is not None
+        self.assertTrue(group.covers(directory))
+        group.close()
+
+    def test_offCommitsOneAtATime(self) -> None:
+        """
+        With C{group_commit = "off"} every message is a commit of its own;
+        with C{"fsync"} those that wait share a batch.
+        """
+        threads = DeferredThreads()
+        calls = [0]
+
+        def counting(f: Callable[[], Any]) -> Deferred[Any]:
+            calls[0] += 1
+            return threads(f)
+
+        for mode, expected in (("off", 3), ("fsync", 2)):
+            calls[0] = 0
+            fs, commits = commitPath(self.config(commit_lanes=1, group_commit=mode), counting)
+            store = MaildirStore(self.root, MaildirNamer("h", Clock().seconds, pid=1), fs)
+            store.create("a.example")
+            deferreds = []
+            for _ in range(3):
+                pending = store.begin([("a.example", lambda id: b"H\n")])
+                pending.write(b"x")
+                deferreds.append(commits.commit(pending, None))
+            threads.runAll()
+            for d in deferreds:
+                self.assertEqual(len(self.successResultOf(d)), 1)
+            self.assertEqual(calls[0], expected, mode)
+
+    def test_threadsForTheLanes(self) -> None:
+        """
+        The lanes need as many threads as C{commit_lanes}, and the large
+        messages' lanes besides.
+        """
+        _, commits = commitPath(self.config(commit_lanes=6), runSynchronously)
+        self.assertEqual(commits.threadsNeeded, 6 + LARGE_COMMIT_LANES)
+
+    def test_commitsInTheServicesOwnThreads(self) -> None:
+        """
+        The service commits in its own thread pool, not the reactor's; it
+        starts the pool when it starts, and when it stops, stops the pool
+        only once the commit in progress is done and its sender answered.
+        """
+        threads = _Threads()
+        reactor = _Reactor()
+        service = HarborService(self.config(), reactor, commitThreads=cast(Any, threads))
+        service.startService()
+        self.assertTrue(threads.started)
+        pending = service._store.begin([("a.example", lambda id: b"H\n")])
+        pending.write(b"x")
+        committed = service.commits.commit(pending, None)
+        self.assertEqual(len(threads.work), 1)
+        stopped = service.stopService()
+        self.assertNoResult(stopped)
+        self.assertEqual(threads.stops, 0)
+        threads.runAll()
+        self.assertEqual(len(self.successResultOf(committed)), 1)
+        self.successResultOf(stopped)
+        self.assertEqual(threads.stops, 1)
+
+    def test_defaultPoolSizedToTheLanes(self) -> None:
+        """
+        By default the service makes a pool of as many threads as its lanes
+        need, and stops it with the service.
+        """
+        service = HarborService(self.config(commit_lanes=3), MemoryReactorClock())
+        self.assertEqual(service._commitThreads.max, 3 + LARGE_COMMIT_LANES)
+        service.startService()
+        self.assertTrue(service._commitThreads.started)
+        self.successResultOf(service.stopService())
+        self.assertFalse(service._commitThreads.started)
+
+    def test_reloadKeepsTheLanes(self) -> None:
+        """
+        A reload keeps the commit lanes (sessions opened before it still
+        commit through them) and warns that their settings need a restart.
+        """
+        events: list[dict[str, Any]] = []
+        self.patch(HarborService, "_log", Logger(observer=cast(ILogObserver, events.append)))
+        config = self.config()
+        changed = Config.fromMapping({**config.asMapping(), "commit_lanes": 2})
+        service = HarborService(config, MemoryReactorClock(), reread=lambda: (changed, []))
+        commits = service.commits
+        service.reload()
+        self.assertIs(service.commits, commits)
+        self.assertTrue(any("commit_lanes" in e.get("log_format", "") for e in events))
