@@ -18,8 +18,10 @@ at-least-once and survives restarts.  One module per job:
   - L{harbor.hooks.spool}: the durable job files;
   - L{harbor.hooks.backlog}: counting each hook's pending jobs and
     bounding those held in memory (no Twisted);
-  - L{harbor.hooks.runner}: the service that runs, retries and resumes
-    the jobs.
+  - L{harbor.hooks.attempts}: running each job held in memory, retrying
+    it, and recording its outcome in the spool;
+  - L{harbor.hooks.runner}: the service that feeds them the jobs, reads
+    the spool to resume them, and starts and stops.
 
 C{harbor.hooks} itself is a public import path: the functions users write
 as python hooks, and programs that embed MailHarbor (as

@@ -30,9 +30,11 @@ retrying failures and surviving restarts.
      every few seconds for jobs put back by C{mailharbor hooks retry}.
 
 The counting (pending jobs, the window, jobs being committed, what a scan
-may read) is L{harbor.hooks.backlog.Backlog}'s; this module does what
-takes the reactor or the disk: scheduling, attempts, retries, spool writes
-and the service's start and stop.
+may read) is L{harbor.hooks.backlog.Backlog}'s; running each job held in
+memory (its attempts, retries and the changes to its file) is
+L{harbor.hooks.attempts.JobAttempts}'s; this module wires them to the
+delivery, reads the spool to fill the window, and starts and stops the
+service.
 
 Nothing here imports the global reactor: the reactor and a way to run
 blocking work in a thread are passed in.
@@ -40,68 +42,25 @@ blocking work in a thread are passed in.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any, cast
 
 from twisted.application.service import Service
-from twisted.internet.defer import (
-    CancelledError,
-    Deferred,
-    DeferredList,
-    DeferredSemaphore,
-    maybeDeferred,
-    succeed,
-)
+from twisted.internet.defer import Deferred, DeferredList, maybeDeferred, succeed
 from twisted.internet.task import LoopingCall
-from twisted.logger import Logger, LogLevel
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from attrs import evolve
-
+from harbor.hooks.attempts import JobAttempts
 from harbor.hooks.backlog import WINDOW, Backlog, HookLimits
 from harbor.hooks.config import DEFAULT_MAX_PENDING, RESCAN_INTERVAL
-from harbor.hooks.events import (
-    BacklogFull,
-    HookFailed,
-    Job,
-    MessageGone,
-    NewMessage,
-    PermanentHookFailure,
-    describe,
-    isJobID,
-    jobID,
-)
+from harbor.hooks.events import BacklogFull, Job, NewMessage, isJobID, jobID
 from harbor.hooks.kinds import IHook, RunInThread
 from harbor.hooks.spool import HookSpool, PendingScan
 from harbor.store.fs import IFileSystem, StorageError
 
 #: Seconds L{HookRunner.stop} waits for running hooks before cancelling them.
 STOP_TIMEOUT = 10.0
-
-
-class _NeverStored(Exception):
-    """
-    A job's message is in neither C{new/} nor C{cur/} of its Maildir when
-    the job comes to run: its delivery failed after the job was written
-    (or a mail reader deleted it since).
-    """
-
-
-class _Entry:
-    """
-    What the runner knows of one job while it is scheduled or running.
-
-    @ivar call: The delayed call of its next attempt, while one is waiting.
-    @ivar running: The attempt in progress, if one is.
-    @ivar writing: The last spool write for it; writes for one job happen
-        in order, so an old update can never undo a later removal.
-    """
-
-    def __init__(self, job: Job) -> None:
-        self.job = job
-        self.call: Any = None
-        self.running: Deferred[object] | None = None
-        self.writing: Deferred[bool] | None = None
 
 
 class HookRunner(Service):
@@ -148,18 +107,10 @@ class HookRunner(Service):
             raise ValueError(f"two hooks are named {duplicates[0]!r}")
         self.spool = HookSpool(spoolDirectory, fs)
         self._hooks = {hook.name: hook for hook in hooks}
-        self._limits = {
-            hook.name: DeferredSemaphore(hook.maxInFlight)
-            for hook in hooks
-            if hook.maxInFlight is not None
-        }
         self._reactor = reactor
         self._runInThread = runInThread
         self._rescanInterval = rescanInterval
         self._stopTimeout = stopTimeout
-        # The jobs held in memory, by id: the same jobs as the backlog
-        # holds, with what scheduling them takes.
-        self._entries: dict[str, _Entry] = {}
         self._backlog = Backlog(
             {
                 # Hooks written before max_pending have no maxPending.
@@ -168,10 +119,20 @@ class HookRunner(Service):
             },
             window,
         )
+        # The jobs held in memory, the same jobs as the backlog holds, are
+        # run there.  Their log lines are the runner's: its logger is read
+        # from it at each use (tests replace it on the class).
+        self._attempts = JobAttempts(
+            self._hooks,
+            self.spool,
+            reactor,
+            runInThread,
+            lambda: self._log,
+            forgotten=self._backlog.forget,
+            finished=self._jobFinished,
+        )
         self._scanAgain = False
-        self._writes: set[Deferred[bool]] = set()
         self._unknownHooks: set[str] = set()
-        self._stopping = False
         self._scanning = False
         self._loop: LoopingCall | None = None
 
@@ -187,7 +148,7 @@ class HookRunner(Service):
         """
         The jobs this runner has scheduled or is running, by id.
         """
-        return {key: entry.job for key, entry in self._entries.items()}
+        return self._attempts.active
 
     @property
     def pendingCounts(self) -> dict[str, int]:
@@ -332,7 +293,7 @@ class HookRunner(Service):
         @return: A L{Deferred} that fires once the spool has been read; it
             never fails (problems are logged).
         """
-        self._stopping = False
+        self._attempts.start()
         if self._loop is not None and self._loop.running:
             self._loop.stop()
         if not self._hooks:
@@ -355,36 +316,13 @@ class HookRunner(Service):
         return Deferred.fromCoroutine(self._stop())
 
     async def _stop(self) -> None:
-        self._stopping = True
+        # No job is admitted from here on: the attempts' stop says so
+        # before it first waits.
+        stopped = self._attempts.stop(self._stopTimeout)
         if self._loop is not None and self._loop.running:
             self._loop.stop()
         self._loop = None
-        for entry in list(self._entries.values()):
-            if entry.call is not None:
-                entry.call.cancel()
-                entry.call = None
-            if entry.running is None:
-                self._forget(entry)
-        running = [entry.running for entry in self._entries.values() if entry.running is not None]
-        if running:
-            self._log.info("Waiting for {count} running hook jobs", count=len(running))
-
-            def cancel() -> None:
-                self._log.warn(
-                    "Hook jobs still running after {seconds}s; cancelling them",
-                    seconds=self._stopTimeout,
-                )
-                for d in running:
-                    d.cancel()
-
-            timer = self._reactor.callLater(self._stopTimeout, cancel)
-            await DeferredList(running, consumeErrors=True)
-            if timer.active():
-                timer.cancel()
-        while self._writes:
-            await DeferredList(list(self._writes), consumeErrors=True)
-        for entry in list(self._entries.values()):
-            self._forget(entry)
+        await stopped
         closing = []
         for hook in self._hooks.values():
             closing.append(maybeDeferred(hook.stop))
@@ -414,7 +352,7 @@ class HookRunner(Service):
         def found(scan: PendingScan) -> None:
             # A spool write under way may have changed a file the listing
             # saw, or not: then the counts are not set from it.
-            self._backlog.scanned(plan, scan.counts, writing=bool(self._writes))
+            self._backlog.scanned(plan, scan.counts, writing=self._attempts.writing)
             for name in scan.counts:
                 if name not in self._hooks:
                     self._unknownHook(name)
@@ -453,7 +391,7 @@ class HookRunner(Service):
         half while more of its jobs wait there: so the backlog drains as
         fast as the hook works, not one window per rescan interval.
         """
-        if not self._stopping and self._backlog.wantsRefill():
+        if not self._attempts.stopping and self._backlog.wantsRefill():
             self._rescan(resuming=False)
 
     def _admit(self, job: Job) -> bool:
@@ -464,15 +402,14 @@ class HookRunner(Service):
 
         @return: whether it was scheduled.
         """
-        if self._stopping:
+        if self._attempts.stopping:
             return False
         if job.hook not in self._hooks:
             self._unknownHook(job.hook)
             return False
         if not self._backlog.admit(job):
             return False
-        entry = self._entries[job.id] = _Entry(job)
-        self._schedule(entry, job.due - self._reactor.seconds())
+        self._attempts.schedule(job)
         return True
 
     def _unknownHook(self, name: str) -> None:
@@ -488,159 +425,11 @@ class HookRunner(Service):
                 hook=name,
             )
 
-    def _forget(self, entry: _Entry) -> None:
+    def _jobFinished(self, job: Job, changed: bool) -> None:
         """
-        Let go of a job held in memory (it is over, or left in the spool).
+        A job is over and forgotten: uncount it if its file left
+        C{pending/}, and make room in its hook's window for a job waiting
+        in the spool.
         """
-        if self._entries.get(entry.job.id) is entry:
-            del self._entries[entry.job.id]
-            self._backlog.forget(entry.job)
-
-    def _schedule(self, entry: _Entry, delay: float) -> None:
-        entry.call = self._reactor.callLater(max(0.0, delay), self._attempt, entry)
-
-    def _attempt(self, entry: _Entry) -> None:
-        entry.call = None
-        hook = self._hooks[entry.job.hook]
-        limit = self._limits.get(hook.name)
-        event = entry.job.event
-
-        def missing(failure: Failure) -> Failure:
-            # The message was not found before the hook was called: it
-            # never appeared (its delivery failed after the job was
-            # written), so there is nobody to tell.
-            if failure.check(MessageGone):
-                return Failure(_NeverStored(str(failure.value)))
-            return failure
-
-        def attempt() -> Deferred[object]:
-            # Blocking: locating the message may list its Maildir.  Done
-            # within the hook's limit, so that no more of these wait for
-            # a thread than the hook has calls running.
-            d: Deferred[Any] = self._runInThread(event.locate)
-            d.addErrback(missing)
-            d.addCallback(lambda path: hook.run(event))
-            return d
-
-        d = maybeDeferred(attempt) if limit is None else limit.run(attempt)
-        entry.running = d
-        d.addCallbacks(
-            self._succeeded, self._failed, callbackArgs=(entry,), errbackArgs=(entry, hook)
-        )
-        d.addErrback(
-            lambda f: self._log.failure(
-                "Error handling the outcome of hook job {job}", f, job=entry.job.id
-            )
-        )
-
-    def _succeeded(self, result: object, entry: _Entry) -> None:
-        entry.running = None
-        self._log.debug("Hook {hook} done for {id}", hook=entry.job.hook, id=entry.job.event.id)
-        job = entry.job
-        self._finish(entry, lambda: self.spool.remove(job), "remove")
-
-    def _failed(self, failure: Failure, entry: _Entry, hook: IHook) -> None:
-        entry.running = None
-        job = entry.job
-        if self._stopping and failure.check(CancelledError):
-            # Interrupted by shutdown, not failed: left as it is on disk.
-            self._forget(entry)
-            return
-        if failure.check(_NeverStored):
-            self._log.info(
-                "Hook job {job} dropped: message {id} is not in its Maildir "
-                "(its delivery failed, or it was deleted)",
-                job=job.id,
-                id=job.event.id,
-                hook=job.hook,
-            )
-            self._finish(entry, lambda: self.spool.remove(job), "remove")
-            return
-        attempts = job.attempts + 1
-        error = describe(failure)
-        fields = {
-            "hook": job.hook,
-            "id": job.event.id,
-            "recipient": job.event.recipient,
-            "attempt": attempts,
-            "attempts": hook.retry.attempts,
-            "error": error,
-        }
-        if not failure.check(HookFailed):
-            self._log.failure(
-                "Hook {hook} raised for {id} to {recipient} (attempt {attempt} of {attempts})",
-                failure,
-                LogLevel.warn,
-                **fields,
-            )
-        if attempts >= hook.retry.attempts or failure.check(PermanentHookFailure):
-            self._log.error(
-                "Hook {hook} gave up on {id} to {recipient} after {attempt} attempts: {error}; "
-                "parked as dead letter {job} (mailharbor hooks retry {job})",
-                job=job.id,
-                **fields,
-            )
-            dead = evolve(job, attempts=attempts, due=self._reactor.seconds(), error=error)
-            self._finish(entry, lambda: self.spool.bury(dead), "bury")
-            return
-        delay = hook.retry.delayAfter(attempts)
-        entry.job = evolve(job, attempts=attempts, due=self._reactor.seconds() + delay, error=error)
-        self._log.warn(
-            "Hook {hook} failed for {id} to {recipient} (attempt {attempt} of {attempts}): "
-            "{error}; trying again in {delay:g}s",
-            delay=delay,
-            **fields,
-        )
-        updated = entry.job
-        self._write(entry, lambda: self.spool.update(updated), "update")
-        if self._stopping:
-            self._forget(entry)
-        else:
-            self._schedule(entry, delay)
-
-    def _finish(self, entry: _Entry, operation: Callable[[], None], what: str) -> None:
-        """
-        The job is over: change its file, and forget it once that is done,
-        making room in its hook's window for a job waiting in the spool.
-        """
-        def forget(changed: bool) -> None:
-            self._forget(entry)
-            self._backlog.finished(entry.job, changed, self._reactor.seconds())
-            self._refill()
-
-        self._write(entry, operation, what).addCallback(forget)
-
-    def _write(self, entry: _Entry, operation: Callable[[], None], what: str) -> Deferred[bool]:
-        """
-        Change a job's file in a worker thread, after any earlier change
-        to it.  A failure is logged: the job then stays as it was on disk.
-
-        @return: A L{Deferred} that fires with whether the change was made;
-            it never fails.
-        """
-        done: Deferred[bool] = Deferred()
-        previous = entry.writing
-        entry.writing = done
-        self._writes.add(done)
-
-        def begin(ignored: object = None) -> None:
-            d = maybeDeferred(self._runInThread, operation)
-            d.addCallbacks(lambda ignored: True, failed)
-            d.addCallback(done.callback)
-
-        def failed(failure: Failure) -> bool:
-            self._log.failure(
-                "Cannot {what} hook job {job} in the spool", failure, what=what, job=entry.job.id
-            )
-            return False
-
-        def written(changed: bool) -> bool:
-            self._writes.discard(done)
-            return changed
-
-        done.addCallback(written)
-        if previous is None:
-            begin()
-        else:
-            previous.addBoth(begin)
-        return done
+        self._backlog.finished(job, changed, self._reactor.seconds())
+        self._refill()

@@ -20,7 +20,7 @@ from zope.interface.verify import verifyObject
 from twisted.application.service import IService
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
-from twisted.logger import ILogObserver, Logger, formatEvent
+from twisted.logger import ILogObserver, Logger, formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
 from attrs import evolve
@@ -246,6 +246,45 @@ class DispatchTests(RunnerTestCase):
         self.clock.advance(0)
         self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
         self.assertEqual(self.onDisk(job).error, "ZeroDivisionError: oops")
+
+    def test_attemptsLogAsTheRunner(self) -> None:
+        """
+        The lines about running jobs (a retry, a stop waiting for a running
+        hook and cancelling it) are the runner's: named
+        C{harbor.hooks.runner.HookRunner}, as operators filter them, with
+        the runner as their source.
+        """
+        events: list[dict[str, Any]] = []
+        observer = cast(ILogObserver, events.append)
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
+        hook = FakeHook(outcomes=[HookFailed("x"), WAIT], retry=RetryPolicy(attempts=5, backoff=10, maxBackoff=15))
+        runner = self.runner(hook, stopTimeout=10)
+        runner.dispatch(runner.record([self.event]))
+        self.clock.advance(0)
+        self.clock.advance(15)
+        stopped = runner.stop()
+        self.clock.advance(10)
+        self.successResultOf(stopped)
+        lines = [e for e in events if "hook job" in e["log_format"].lower() or "trying again" in e["log_format"]]
+        self.assertEqual(
+            [(e["log_namespace"], e["log_source"]) for e in lines],
+            [("harbor.hooks.runner.HookRunner", runner)] * 3,
+        )
+
+    def test_attemptsLogThroughTheRunnersLogger(self) -> None:
+        """
+        A logger put on the runner's class after the runner was made gets
+        the lines about its jobs too: they are read from the runner at
+        each use.
+        """
+        hook = FakeHook(outcomes=[HookFailed("x")])
+        runner = self.runner(hook)
+        events: list[dict[str, Any]] = []
+        self.patch(HookRunner, "_log", Logger(observer=cast(ILogObserver, events.append)))
+        runner.dispatch(runner.record([self.event]))
+        self.clock.advance(0)
+        self.assertEqual(len([e for e in events if "trying again" in e["log_format"]]), 1)
 
     def test_slowHookDoesNotBlockOthers(self) -> None:
         """

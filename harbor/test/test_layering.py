@@ -33,7 +33,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("harbor.store", "harbor.tls", "harbor.auth", "harbor.ownership"),
     ("harbor.hooks.config",),
     ("harbor.config",),
-    ("harbor.hooks", "harbor.hooks.backlog", "harbor.dnsbl", "harbor.policyhook"),
+    ("harbor.hooks", "harbor.hooks.backlog", "harbor.hooks.attempts", "harbor.dnsbl", "harbor.policyhook"),
     ("harbor.delivery",),
     (
         "harbor.smtp._framing",
