@@ -6,10 +6,14 @@ below); times are time.monotonic(), which is the same clock in every process
 on Linux, so the harness can compare them with its own.  Commands are sent
 in lock step (no pipelining), as smtp-source does.
 
-  burst    W1/W2: --sessions lanes in parallel, each opening sessions of
-           --per-session messages until --total messages were sent; also
+  burst    W1, W6, W7: --sessions lanes in parallel, each opening sessions
+           of --per-session messages until --total messages were sent; also
            reports the median time a command (MAIL, RCPT, DATA) took to be
-           answered, and the median wait from the end of data to its 250.
+           answered, and the p50 and p99 wait from the end of data (the
+           final CRLF.CRLF written) to its 250.  With --big-size, one more
+           session (W7) sends messages of that size to --big-recipient, one
+           after another, for as long as the small sessions run, and
+           reports them apart.
   latency  W3: one connection, one message at a time; per-message latency
            until the 250 reply, and, with --count-dir, until the file is in
            that directory (for a server that queues before storing).
@@ -37,6 +41,7 @@ from typing import TypedDict
 SENDER = b"sender@example.net"
 RECIPIENT = b"rcpt@example.com"
 HELO = b"loadgen.example.net"
+MiB = 1024 * 1024
 
 
 class SMTPError(Exception):
@@ -149,38 +154,50 @@ class Client(asyncio.Protocol):
         await self.expect(220, "banner")
         await self.command(b"EHLO " + HELO + b"\r\n", 250)
 
-    async def send(self, message: bytes, steps: list[float] | None = None) -> bytes:
+    async def send(self, message: bytes, steps: list[float] | None = None, recipient: bytes = RECIPIENT) -> bytes:
         """
         One transaction; C{message} is already dot-stuffed with CRLF line
         ends and ends with CRLF.  With C{steps}, appends how long MAIL,
-        RCPT and DATA took to be answered, then the end of data.
+        RCPT and DATA took to be answered, then the wait from the end of
+        data (the message and its final ".\\r\\n" handed to the socket)
+        to the 250.
         """
         now = time.monotonic
         t0 = now()
         await self.command(b"MAIL FROM:<" + SENDER + b">\r\n", 250)
         t1 = now()
-        await self.command(b"RCPT TO:<" + RECIPIENT + b">\r\n", 250)
+        await self.command(b"RCPT TO:<" + recipient + b">\r\n", 250)
         t2 = now()
         await self.command(b"DATA\r\n", 354)
         t3 = now()
         assert self.transport is not None
         self.transport.write(message)
         self.transport.write(b".\r\n")
+        await self.drain()
+        t4 = now()
         reply = await self.expect(250, "end of data")
         if steps is not None:
-            steps += (t1 - t0, t2 - t1, t3 - t2, now() - t3)
+            steps += (t1 - t0, t2 - t1, t3 - t2, now() - t4)
         return reply
 
-    async def send_big(self, chunks: Iterable[bytes | memoryview]) -> bytes:
+    async def send_big(self, chunks: Iterable[bytes | memoryview], recipient: bytes = RECIPIENT) -> tuple[bytes, float]:
+        """
+        One transaction of a message given in chunks, each written once the
+        last has drained; returns the 250 reply and the wait from the end
+        of data to it.
+        """
         await self.command(b"MAIL FROM:<" + SENDER + b">\r\n", 250)
-        await self.command(b"RCPT TO:<" + RECIPIENT + b">\r\n", 250)
+        await self.command(b"RCPT TO:<" + recipient + b">\r\n", 250)
         await self.command(b"DATA\r\n", 354)
         assert self.transport is not None
         for chunk in chunks:
             self.transport.write(chunk)
             await self.drain()
         self.transport.write(b".\r\n")
-        return await self.expect(250, "end of data")
+        await self.drain()
+        t = time.monotonic()
+        reply = await self.expect(250, "end of data")
+        return reply, time.monotonic() - t
 
     async def quit(self) -> None:
         assert self.transport is not None
@@ -223,6 +240,20 @@ def count_files(directory: str) -> int:
         return 0
 
 
+def percentile(sorted_values: list[float], p: float) -> float | None:
+    """
+    Nearest-rank percentile of already sorted values (as the harness's).
+    """
+    if not sorted_values:
+        return None
+    rank = max(1, -(-len(sorted_values) * p // 100))
+    return sorted_values[int(rank) - 1]
+
+
+def _ms(value: float | None) -> float | None:
+    return None if value is None else value * 1000
+
+
 async def burst(options: argparse.Namespace) -> dict[str, object]:
     total = options.total
     per = options.per_session
@@ -256,27 +287,75 @@ async def burst(options: argparse.Namespace) -> dict[str, object]:
                 if len(state["errors"]) < 10:
                     state["errors"].append(f"session {index}: {type(e).__name__}: {e}")
 
+    # W7's one slow mailbox: a session of its own that sends big messages,
+    # one after another, until the small sessions are done.
+    small_done = asyncio.Event()
+    big_waits: list[float] = []
+    big_errors: list[str] = []
+
+    async def big_lane() -> None:
+        message = make_message(options.big_size, 10**8)
+        view = memoryview(message)
+        chunks = [view[i : i + MiB] for i in range(0, len(message), MiB)]
+        recipient = options.big_recipient.encode("ascii")
+        client = await connect(options.host, options.port)
+        try:
+            await client.greet()
+            while not small_done.is_set():
+                _, wait = await client.send_big(chunks, recipient)
+                big_waits.append(wait)
+            await client.quit()
+        except (TimeoutError, OSError, SMTPError) as e:
+            big_errors.append(f"big session: {type(e).__name__}: {e}")
+        finally:
+            if client.transport is not None:
+                client.transport.close()
+
+    big_task = asyncio.create_task(big_lane()) if options.big_size else None
+    if big_task is not None:
+        # The big session's first message is under way before the small
+        # sessions start, so every small message meets it.
+        await asyncio.sleep(0.05)
     start = time.monotonic()
     lanes = [asyncio.create_task(lane()) for _ in range(options.sessions)]
     _done, pending = await asyncio.wait(lanes, timeout=options.timeout)
     for task in pending:
         task.cancel()
     end = time.monotonic()
+    small_done.set()
     if pending:
         state["errors"].append(f"timed out after {options.timeout}s")
         state["error_count"] += 1
+    if big_task is not None:
+        # Its message in flight is finished (so what was acknowledged is
+        # whole), within a bound.
+        _done, still = await asyncio.wait([big_task], timeout=max(60.0, options.timeout - (end - start)))
+        if still:
+            big_task.cancel()
+            big_errors.append("big session: its last message took too long; cancelled")
     commands = sorted(steps[i] for i in range(len(steps)) if i % 4 != 3)
     ends = sorted(steps[3::4])
-    return {
+    bigs = sorted(big_waits)
+    result: dict[str, object] = {
         "start": start,
         "end": end,
         "sent": state["ok"],
-        "command_ms": commands[len(commands) // 2] * 1000 if commands else None,
-        "end_of_data_ms": ends[len(ends) // 2] * 1000 if ends else None,
+        "command_ms": _ms(percentile(commands, 50)),
+        "end_of_data_ms": _ms(percentile(ends, 50)),
+        "end_of_data_p99_ms": _ms(percentile(ends, 99)),
+        "end_of_data_max_ms": _ms(ends[-1] if ends else None),
         "sessions": sessions,
-        "error_count": state["error_count"],
-        "errors": state["errors"],
+        "error_count": state["error_count"] + len(big_errors),
+        "errors": state["errors"] + big_errors,
     }
+    if big_task is not None:
+        result |= {
+            "big_sent": len(big_waits),
+            "big_bytes": options.big_size * len(big_waits),
+            "big_end_of_data_ms": _ms(percentile(bigs, 50)),
+            "big_end_of_data_max_ms": _ms(bigs[-1] if bigs else None),
+        }
+    return result
 
 
 async def latency(options: argparse.Namespace) -> dict[str, object]:
@@ -452,6 +531,9 @@ def main() -> None:
     parser.add_argument("--total", type=int, default=5000, help="messages in all (burst, latency)")
     parser.add_argument("--size", type=int, default=1024, help="message size in bytes")
     parser.add_argument("--count-dir", help="latency: wait until each message is a file here")
+    parser.add_argument("--big-size", type=int, default=0,
+                        help="burst: one more session sends messages of this size meanwhile (W7)")
+    parser.add_argument("--big-recipient", default="slow@slow.example.com", help="burst: the big session's RCPT TO")
     parser.add_argument("--connections", type=int, default=1000, help="idle connections")
     parser.add_argument("--in-flight", type=int, default=100, help="idle: connections being opened at once")
     parser.add_argument("--timeout", type=float, default=120, help="bound on every wait, seconds")
