@@ -15,7 +15,7 @@ in an order rotated from run to run, so drift and noise hit all alike.
   W4  one 100 MiB message: seconds until stored; server memory growth
   W5  1,000 then 10,000 idle connections after EHLO: all served (banner,
       EHLO reply and a final NOOP answered); server memory while held
-  W6  busy disk: W1 (2,000 messages) while a background writer streams big
+  W6  busy disk: W1 while a background writer streams big
       files, without fsync, onto the same file system (1.5 GiB a pass,
       1 MiB writes, over and over; capped at a quarter of the free space,
       removed when the workload ends): messages/s and W6/W1 per server
@@ -315,7 +315,7 @@ class Bench:
         with BackgroundWriter(o.workdir, o.w6_mib * MiB, o.w6_rate * MiB) as writer:
             time.sleep(o.w6_warmup)  # the writer's dirty pages are going to the disk when the load starts
             written0, cpu0, disk0, t0 = writer.written, writer.cpu, device_written(device), time.monotonic()
-            res = self.burst(server, run, "W6", o.w6_messages)
+            res = self.burst(server, run, "W6", o.w6_messages or o.messages)
             seconds = time.monotonic() - t0
             written, writer_cpu = writer.written - written0, writer.cpu - cpu0
             disk = device_written(device) - disk0 if device else None
@@ -345,9 +345,26 @@ class Bench:
         """
         o = self.options
         size = o.w7_mib * MiB
-        res = self.burst(server, run, "W7", o.w7_messages or o.messages,
-                         ["--big-size", str(size), "--big-recipient", f"slow@{SLOW_DOMAIN}"])
-        big = res.get("big_sent", 0)
+        cmd = [self.python, os.path.join(HERE, "loadgen.py"), "bigloop", "--port", str(server.port),
+               "--size", str(size), "--recipient", f"slow@{SLOW_DOMAIN}", "--timeout", str(o.timeout)]
+        slow = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        try:
+            if not json.loads(_readline(slow, 60)).get("ready"):
+                raise RuntimeError(f"W7's big session could not start: {slow.communicate(timeout=30)[0][-500:]}")
+            time.sleep(0.1)  # its first message is under way before the small sessions start
+            res = self.burst(server, run, "W7", o.w7_messages or o.messages)
+            assert slow.stdin is not None
+            slow.stdin.write("stop\n")
+            slow.stdin.flush()
+            bigres: dict[str, Any] = json.loads(_readline(slow, o.timeout))
+            slow.wait(timeout=30)
+        finally:
+            if slow.poll() is None:
+                slow.kill()
+                slow.wait()
+        if bigres["error_count"]:
+            self.fail(f"run {run + 1} W7 {server.name}: big session: {bigres['errors'][:3]}")
+        big = bigres["sent"]
         if server.stores:
             stored, _ = self.wait_stored(server, big, o.timeout, SLOW_DOMAIN)
             if stored != big:
@@ -359,16 +376,15 @@ class Bench:
         if big == 0:
             self.fail(f"run {run + 1} W7 {server.name}: no big message was acknowledged while the small ones ran")
         self.record(server.name, "w7_big_sent", big)
-        self.record(server.name, "w7_big_mib_s", res.get("big_bytes", 0) / MiB / res["seconds"])
+        self.record(server.name, "w7_big_mib_s", bigres["bytes"] / MiB / (bigres["end"] - bigres["start"]))
         self.raw.append({"run": run, "workload": "W7", "server": server.name, "rate": res["rate"],
                          "server_cpu_s": res["server_cpu_s"], "seconds": res["seconds"], "sent": res["sent"],
                          "eod_p50_ms": res["end_of_data_ms"], "eod_p99_ms": res["end_of_data_p99_ms"],
                          "eod_max_ms": res["end_of_data_max_ms"], "big_sent": big,
-                         "big_eod_p50_ms": res.get("big_end_of_data_ms"),
-                         "big_eod_max_ms": res.get("big_end_of_data_max_ms")})
+                         "big_eod_p50_ms": bigres["end_of_data_ms"], "big_eod_max_ms": bigres["end_of_data_max_ms"]})
         self.log(f"  W7 {server.name}: {res['rate']:.0f} small msgs/s, end of data to 250 p50 "
                  f"{_fmt(res['end_of_data_ms'])} p99 {_fmt(res['end_of_data_p99_ms'])} ms; "
-                 f"{big} x {o.w7_mib} MiB stored meanwhile (their wait p50 {_fmt(res.get('big_end_of_data_ms'))} ms)")
+                 f"{big} x {o.w7_mib} MiB stored meanwhile (their wait p50 {_fmt(bigres['end_of_data_ms'])} ms)")
 
     def w2(self, server: Server, run: int) -> None:
         o = self.options
@@ -725,7 +741,7 @@ class Bench:
         ]
         if "W6" in o.only:
             out.append(
-                f"W6: W1's load ({o.w6_messages} messages) while a writer in the harness streams a "
+                f"W6: W1's load ({o.w6_messages or o.messages} messages) while a writer in the harness streams a "
                 f"{o.w6_mib} MiB file (at most a quarter of the free space) in 1 MiB writes, without fsync, "
                 f"onto the same file system, over and over"
                 + (f" at {o.w6_rate} MiB/s" if o.w6_rate else " as fast as the kernel takes it")
@@ -735,7 +751,7 @@ class Bench:
             )
         if "W7" in o.only:
             out.append(
-                f"W7: W1's load plus one more session sending {o.w7_mib} MiB messages, one after another, to a "
+                f"W7: W1's load plus one more session (a process of its own) sending {o.w7_mib} MiB messages, one after another, to a "
                 f"mailbox of its own (slow@{SLOW_DOMAIN}) until the small sessions are done; the end-of-data wait "
                 "(final CRLF.CRLF written to the 250) is over the small messages only; W7/W1 compares it with "
                 "the same server's W1 in the same run."
@@ -1119,14 +1135,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--w4-mib", type=int, default=100)
     p.add_argument("--w5", default="1000,10000", help="W5 connection counts (default 1000,10000)")
     p.add_argument("--w5-in-flight", type=int, default=100, help="W5 connections being opened at once")
-    p.add_argument("--w6-messages", type=int, default=2000, help="W6 messages (default 2000)")
+    p.add_argument("--w6-messages", type=int, default=0, help="W6 messages (default: --messages)")
     p.add_argument("--w6-mib", type=int, default=1536,
                    help="W6: the background writer's file, MiB, rewritten every pass (default 1536; "
                         "capped at a quarter of the free space)")
     p.add_argument("--w6-rate", type=float, default=0,
                    help="W6: the writer's MiB/s (default 0: as fast as the kernel takes it)")
-    p.add_argument("--w6-warmup", type=float, default=2,
-                   help="W6: seconds the writer runs before the load starts (default 2)")
+    p.add_argument("--w6-warmup", type=float, default=5,
+                   help="W6: seconds the writer runs before the load starts (default 5)")
     p.add_argument("--w7-mib", type=int, default=20, help="W7: the slow session's message size, MiB (default 20)")
     p.add_argument("--w7-messages", type=int, default=0, help="W7 small messages (default: --messages)")
     p.add_argument("--no-postfix-defaults-probe", dest="postfix_defaults_probe", action="store_false",

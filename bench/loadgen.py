@@ -10,10 +10,10 @@ in lock step (no pipelining), as smtp-source does.
            of --per-session messages until --total messages were sent; also
            reports the median time a command (MAIL, RCPT, DATA) took to be
            answered, and the p50 and p99 wait from the end of data (the
-           final CRLF.CRLF written) to its 250.  With --big-size, one more
-           session (W7) sends messages of that size to --big-recipient, one
-           after another, for as long as the small sessions run, and
-           reports them apart.
+           final CRLF.CRLF written) to its 250.
+  bigloop  W7's slow mailbox: one session sending messages of --size bytes
+           to --recipient, one after another, from {"ready": ...} until a
+           line on stdin; then prints the result.
   latency  W3: one connection, one message at a time; per-message latency
            until the 250 reply, and, with --count-dir, until the file is in
            that directory (for a server that queues before storing).
@@ -287,56 +287,18 @@ async def burst(options: argparse.Namespace) -> dict[str, object]:
                 if len(state["errors"]) < 10:
                     state["errors"].append(f"session {index}: {type(e).__name__}: {e}")
 
-    # W7's one slow mailbox: a session of its own that sends big messages,
-    # one after another, until the small sessions are done.
-    small_done = asyncio.Event()
-    big_waits: list[float] = []
-    big_errors: list[str] = []
-
-    async def big_lane() -> None:
-        message = make_message(options.big_size, 10**8)
-        view = memoryview(message)
-        chunks = [view[i : i + MiB] for i in range(0, len(message), MiB)]
-        recipient = options.big_recipient.encode("ascii")
-        client = await connect(options.host, options.port)
-        try:
-            await client.greet()
-            while not small_done.is_set():
-                _, wait = await client.send_big(chunks, recipient)
-                big_waits.append(wait)
-            await client.quit()
-        except (TimeoutError, OSError, SMTPError) as e:
-            big_errors.append(f"big session: {type(e).__name__}: {e}")
-        finally:
-            if client.transport is not None:
-                client.transport.close()
-
-    big_task = asyncio.create_task(big_lane()) if options.big_size else None
-    if big_task is not None:
-        # The big session's first message is under way before the small
-        # sessions start, so every small message meets it.
-        await asyncio.sleep(0.05)
     start = time.monotonic()
     lanes = [asyncio.create_task(lane()) for _ in range(options.sessions)]
     _done, pending = await asyncio.wait(lanes, timeout=options.timeout)
     for task in pending:
         task.cancel()
     end = time.monotonic()
-    small_done.set()
     if pending:
         state["errors"].append(f"timed out after {options.timeout}s")
         state["error_count"] += 1
-    if big_task is not None:
-        # Its message in flight is finished (so what was acknowledged is
-        # whole), within a bound.
-        _done, still = await asyncio.wait([big_task], timeout=max(60.0, options.timeout - (end - start)))
-        if still:
-            big_task.cancel()
-            big_errors.append("big session: its last message took too long; cancelled")
     commands = sorted(steps[i] for i in range(len(steps)) if i % 4 != 3)
     ends = sorted(steps[3::4])
-    bigs = sorted(big_waits)
-    result: dict[str, object] = {
+    return {
         "start": start,
         "end": end,
         "sent": state["ok"],
@@ -345,17 +307,59 @@ async def burst(options: argparse.Namespace) -> dict[str, object]:
         "end_of_data_p99_ms": _ms(percentile(ends, 99)),
         "end_of_data_max_ms": _ms(ends[-1] if ends else None),
         "sessions": sessions,
-        "error_count": state["error_count"] + len(big_errors),
-        "errors": state["errors"] + big_errors,
+        "error_count": state["error_count"],
+        "errors": state["errors"],
     }
-    if big_task is not None:
-        result |= {
-            "big_sent": len(big_waits),
-            "big_bytes": options.big_size * len(big_waits),
-            "big_end_of_data_ms": _ms(percentile(bigs, 50)),
-            "big_end_of_data_max_ms": _ms(bigs[-1] if bigs else None),
-        }
-    return result
+
+
+async def bigloop(options: argparse.Namespace) -> dict[str, object]:
+    """
+    W7's slow mailbox: one session sending messages of --size bytes to
+    --recipient, one after another, from the moment it prints
+    {"ready": ...} until a line (or end of file) on stdin; the message in
+    flight then is finished, so what was acknowledged is whole.  A process
+    of its own, so its copying does not delay the small sessions' client.
+    """
+    message = make_message(options.size, 10**8)
+    view = memoryview(message)
+    chunks = [view[i : i + MiB] for i in range(0, len(message), MiB)]
+    recipient = options.recipient.encode("ascii")
+    loop = asyncio.get_running_loop()
+    waits: list[float] = []
+    errors: list[str] = []
+    stop = loop.run_in_executor(None, sys.stdin.readline)
+    start = time.monotonic()
+    ready = False
+    try:
+        client = await asyncio.wait_for(connect(options.host, options.port), options.timeout)
+        try:
+            await asyncio.wait_for(client.greet(), options.timeout)
+            print(json.dumps({"ready": True}), flush=True)
+            ready = True
+            while not stop.done():
+                _, wait = await asyncio.wait_for(client.send_big(chunks, recipient), options.timeout)
+                waits.append(wait)
+            await client.quit()
+        finally:
+            if client.transport is not None:
+                client.transport.close()
+    except (TimeoutError, OSError, SMTPError) as e:
+        errors.append(f"{type(e).__name__}: {e}")
+        if not ready:
+            print(json.dumps({"ready": False}), flush=True)
+    end = time.monotonic()
+    await stop  # the harness's line (or end of file) comes before the result
+    waits.sort()
+    return {
+        "start": start,
+        "end": end,
+        "sent": len(waits),
+        "bytes": len(message) * len(waits),
+        "end_of_data_ms": _ms(percentile(waits, 50)),
+        "end_of_data_max_ms": _ms(waits[-1] if waits else None),
+        "error_count": len(errors),
+        "errors": errors,
+    }
 
 
 async def latency(options: argparse.Namespace) -> dict[str, object]:
@@ -523,7 +527,7 @@ async def idle(options: argparse.Namespace) -> dict[str, object]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("mode", choices=["burst", "latency", "big", "idle"])
+    parser.add_argument("mode", choices=["burst", "latency", "big", "idle", "bigloop"])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--sessions", type=int, default=20, help="parallel sessions (burst)")
@@ -531,9 +535,7 @@ def main() -> None:
     parser.add_argument("--total", type=int, default=5000, help="messages in all (burst, latency)")
     parser.add_argument("--size", type=int, default=1024, help="message size in bytes")
     parser.add_argument("--count-dir", help="latency: wait until each message is a file here")
-    parser.add_argument("--big-size", type=int, default=0,
-                        help="burst: one more session sends messages of this size meanwhile (W7)")
-    parser.add_argument("--big-recipient", default="slow@slow.example.com", help="burst: the big session's RCPT TO")
+    parser.add_argument("--recipient", default="slow@slow.example.com", help="bigloop: RCPT TO")
     parser.add_argument("--connections", type=int, default=1000, help="idle connections")
     parser.add_argument("--in-flight", type=int, default=100, help="idle: connections being opened at once")
     parser.add_argument("--timeout", type=float, default=120, help="bound on every wait, seconds")
@@ -542,7 +544,7 @@ def main() -> None:
     if soft < hard:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     cpu0 = time.process_time()
-    mode = {"burst": burst, "latency": latency, "big": big, "idle": idle}[options.mode]
+    mode = {"burst": burst, "latency": latency, "big": big, "idle": idle, "bigloop": bigloop}[options.mode]
     result = asyncio.run(mode(options))
     result["client_cpu"] = time.process_time() - cpu0
     print(json.dumps(result), flush=True)
