@@ -251,12 +251,12 @@ class Bench:
 
     # The workloads: each measures one server once.
 
-    def burst(self, server: Server, run: int, workload: str, total: int,
-              extra: list[str] | None = None) -> dict[str, Any]:
+    def burst(self, server: Server, run: int, workload: str, total: int, seconds: float = 0) -> dict[str, Any]:
         """
         W1's load (--w1-sessions sessions of --w1-per-session 1 KiB
-        messages, C{total} in all) against C{server}; records
-        wN_rate, wN_cpu_us, wN_command_ms, wN_eod_ms and wN_eod_p99_ms.
+        messages, C{total} in all, or as many sessions as start within
+        C{seconds}) against C{server}; records wN_rate, wN_cpu_us,
+        wN_command_ms, wN_eod_ms and wN_eod_p99_ms.
 
         @return: the load generator's result, with the server's CPU seconds
             and the seconds from first connect to last file stored.
@@ -268,10 +268,15 @@ class Bench:
         res = self.loadgen(
             ["burst", "--port", str(server.port), "--sessions", str(o.w1_sessions),
              "--per-session", str(o.w1_per_session), "--total", str(total),
-             "--size", "1024", "--timeout", str(o.timeout)] + (extra or []),
+             "--size", "1024", "--timeout", str(o.timeout), "--seconds", str(seconds)],
             o.timeout + 90,
         )
         end = res["end"]
+        if res.get("cut_short"):
+            # Bounded by time: every session begun ran to its end.
+            total = min(total, res["sessions"] * o.w1_per_session)
+            self.notes.append(f"run {run + 1} {workload} {server.name}: stopped opening sessions after "
+                              f"{seconds:g} s, {total} messages")
         if server.stores:
             stored, end = self.wait_stored(server, res["sent"], o.timeout)
             self.check_count(server, workload, run, res["sent"], stored, total)
@@ -315,7 +320,7 @@ class Bench:
         with BackgroundWriter(o.workdir, o.w6_mib * MiB, o.w6_rate * MiB) as writer:
             time.sleep(o.w6_warmup)  # the writer's dirty pages are going to the disk when the load starts
             written0, cpu0, disk0, t0 = writer.written, writer.cpu, device_written(device), time.monotonic()
-            res = self.burst(server, run, "W6", o.w6_messages or o.messages)
+            res = self.burst(server, run, "W6", o.w6_messages or o.messages, o.w6_seconds)
             seconds = time.monotonic() - t0
             written, writer_cpu = writer.written - written0, writer.cpu - cpu0
             disk = device_written(device) - disk0 if device else None
@@ -352,7 +357,7 @@ class Bench:
             if not json.loads(_readline(slow, 60)).get("ready"):
                 raise RuntimeError(f"W7's big session could not start: {slow.communicate(timeout=30)[0][-500:]}")
             time.sleep(0.1)  # its first message is under way before the small sessions start
-            res = self.burst(server, run, "W7", o.w7_messages or o.messages)
+            res = self.burst(server, run, "W7", o.w7_messages or o.messages, o.w7_seconds)
             assert slow.stdin is not None
             slow.stdin.write("stop\n")
             slow.stdin.flush()
@@ -1136,6 +1141,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--w5", default="1000,10000", help="W5 connection counts (default 1000,10000)")
     p.add_argument("--w5-in-flight", type=int, default=100, help="W5 connections being opened at once")
     p.add_argument("--w6-messages", type=int, default=0, help="W6 messages (default: --messages)")
+    p.add_argument("--w6-seconds", type=float, default=60,
+                   help="W6: no new session after this many seconds, so a server slowed to a crawl ends in time "
+                        "(default 60; 0: none)")
     p.add_argument("--w6-mib", type=int, default=1536,
                    help="W6: the background writer's file, MiB, rewritten every pass (default 1536; "
                         "capped at a quarter of the free space)")
@@ -1145,6 +1153,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    help="W6: seconds the writer runs before the load starts (default 5)")
     p.add_argument("--w7-mib", type=int, default=20, help="W7: the slow session's message size, MiB (default 20)")
     p.add_argument("--w7-messages", type=int, default=0, help="W7 small messages (default: --messages)")
+    p.add_argument("--w7-seconds", type=float, default=60, help="W7: as --w6-seconds (default 60)")
     p.add_argument("--no-postfix-defaults-probe", dest="postfix_defaults_probe", action="store_false",
                    help="skip the once-per-benchmark W5 check of Postfix's default process limits")
     p.add_argument("--probe-timeout", type=float, default=15)

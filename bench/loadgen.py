@@ -10,7 +10,8 @@ in lock step (no pipelining), as smtp-source does.
            of --per-session messages until --total messages were sent; also
            reports the median time a command (MAIL, RCPT, DATA) took to be
            answered, and the p50 and p99 wait from the end of data (the
-           final CRLF.CRLF written) to its 250.
+           final CRLF.CRLF written) to its 250.  With --seconds, no session
+           is opened after that many seconds (the result says cut_short).
   bigloop  W7's slow mailbox: one session sending messages of --size bytes
            to --recipient, one after another, from {"ready": ...} until a
            line on stdin; then prints the result.
@@ -277,7 +278,7 @@ async def burst(options: argparse.Namespace) -> dict[str, object]:
                 client.transport.close()
 
     async def lane() -> None:
-        while state["next"] < sessions:
+        while state["next"] < sessions and not (options.seconds and time.monotonic() - start > options.seconds):
             index = state["next"]
             state["next"] += 1
             try:
@@ -293,6 +294,7 @@ async def burst(options: argparse.Namespace) -> dict[str, object]:
     for task in pending:
         task.cancel()
     end = time.monotonic()
+    cut = state["next"] < sessions and not pending
     if pending:
         state["errors"].append(f"timed out after {options.timeout}s")
         state["error_count"] += 1
@@ -306,7 +308,8 @@ async def burst(options: argparse.Namespace) -> dict[str, object]:
         "end_of_data_ms": _ms(percentile(ends, 50)),
         "end_of_data_p99_ms": _ms(percentile(ends, 99)),
         "end_of_data_max_ms": _ms(ends[-1] if ends else None),
-        "sessions": sessions,
+        "sessions": state["next"],
+        "cut_short": cut,
         "error_count": state["error_count"],
         "errors": state["errors"],
     }
@@ -534,6 +537,8 @@ def main() -> None:
     parser.add_argument("--per-session", type=int, default=10, help="messages per session (burst)")
     parser.add_argument("--total", type=int, default=5000, help="messages in all (burst, latency)")
     parser.add_argument("--size", type=int, default=1024, help="message size in bytes")
+    parser.add_argument("--seconds", type=float, default=0,
+                        help="burst: open no new session after this many seconds (0: until --total are sent)")
     parser.add_argument("--count-dir", help="latency: wait until each message is a file here")
     parser.add_argument("--recipient", default="slow@slow.example.com", help="bigloop: RCPT TO")
     parser.add_argument("--connections", type=int, default=1000, help="idle connections")
