@@ -15,13 +15,24 @@ in an order rotated from run to run, so drift and noise hit all alike.
   W4  one 100 MiB message: seconds until stored; server memory growth
   W5  1,000 then 10,000 idle connections after EHLO: all served (banner,
       EHLO reply and a final NOOP answered); server memory while held
+  W6  busy disk: W1 while a background writer streams big
+      files, without fsync, onto the same file system (1.5 GiB a pass,
+      1 MiB writes, over and over; capped at a quarter of the free space,
+      removed when the workload ends): messages/s and W6/W1 per server
+  W7  one slow mailbox: W1 plus one more session that sends 20 MiB messages
+      to a mailbox of its own for as long as the small sessions run: the
+      small messages' wait from the end of data to the 250, p50 and p99,
+      against their W1 values in the same run
 
+W6 and W7 are read against W1, which is measured too when they are chosen.
 A message lost (a stored count other than the messages acknowledged) or a
 connection not served fails the run (exit status 1).
 
-Storage is, by default, a fresh journaled ext4 loop-mounted from a sparse
-image for the benchmark's duration (--fs loop; see LoopFilesystem for why),
-or the host's file system (--fs host).  The CPU that other processes use
+Storage is, by default, the host's file system, where users keep their
+Maildirs: the servers' directories (Maildirs, Postfix's queue) are made
+under --workdir (default /var/tmp) and checked to be on it (--fs host).
+--fs loop puts them on a fresh journaled ext4 loop-mounted from a sparse
+image instead (see LoopFilesystem).  The CPU that other processes use
 meanwhile is recorded, since a shared machine's noise shows there.
 """
 
@@ -39,6 +50,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import traceback
 from collections.abc import Callable
@@ -50,6 +62,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import procstat
 from servers import (
     SERVERS,
+    SLOW_DOMAIN,
     Server,
     ServerError,
     ServerOptions,
@@ -58,7 +71,7 @@ from servers import (
 )
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-WORKLOADS = ("W1", "W2", "W3", "W4", "W5")
+WORKLOADS = ("W1", "W2", "W3", "W4", "W5", "W6", "W7")
 MiB = 1024 * 1024
 
 # (key, label, better, format); "better" is None for rows without a ratio.
@@ -67,12 +80,39 @@ METRICS: list[tuple[str, str, str | None, str]] = [
     ("w1_rate", "W1 msgs/s (20 sessions x 10 msgs)", "higher", "{:.0f}"),
     ("w1_cpu_us", "W1 server CPU per msg, us", "lower", "{:.0f}"),
     ("w1_command_ms", "W1 MAIL/RCPT/DATA answered in, ms", "lower", "{:.2f}"),
-    ("w1_eod_ms", "W1 end of data to 250, ms", "lower", "{:.2f}"),
+    ("w1_eod_ms", "W1 end of data to 250, p50, ms", "lower", "{:.2f}"),
+    ("w1_eod_p99_ms", "W1 end of data to 250, p99, ms", "lower", "{:.2f}"),
     ("w2_rate", "W2 msgs/s (1 msg/connection, smtp-source)", "higher", "{:.0f}"),
     ("w3_p50_ms", "W3 latency p50, ms", "lower", "{:.2f}"),
     ("w3_p99_ms", "W3 latency p99, ms", "lower", "{:.2f}"),
     ("w4_seconds", "W4 100 MiB message, s", "lower", "{:.2f}"),
     ("w4_mem_mib", "W4 peak RSS - idle RSS, MiB", "lower", "{:.1f}"),
+]
+
+
+# After W5's rows; labels are formatted with the options.
+LATE_METRICS: list[tuple[str, str, str | None, str]] = [
+    ("w6_rate", "W6 msgs/s (W1 + big files streamed meanwhile)", "higher", "{:.0f}"),
+    ("w6_vs_w1", "W6/W1 msgs/s, same run", "higher", "{:.2f}"),
+    ("w6_eod_ms", "W6 end of data to 250, p50, ms", "lower", "{:.2f}"),
+    ("w6_eod_p99_ms", "W6 end of data to 250, p99, ms", "lower", "{:.2f}"),
+    ("w6_writer_mib_s", "W6 background writer wrote, MiB/s", None, "{:.0f}"),
+    ("w6_writer_cpus", "W6 background writer's CPUs", None, "{:.2f}"),
+    ("w6_disk_mib_s", "W6 the device wrote, MiB/s", None, "{:.0f}"),
+    ("w7_rate", "W7 small msgs/s (W1 + one {w7_mib} MiB sender)", "higher", "{:.0f}"),
+    ("w7_eod_ms", "W7 small: end of data to 250, p50, ms", "lower", "{:.2f}"),
+    ("w7_eod_p99_ms", "W7 small: end of data to 250, p99, ms", "lower", "{:.2f}"),
+    ("w7_p50_vs_w1", "W7/W1 small p50 end-of-data wait", "lower", "{:.2f}"),
+    ("w7_p99_vs_w1", "W7/W1 small p99 end-of-data wait", "lower", "{:.2f}"),
+    ("w7_big_sent", "W7 {w7_mib} MiB messages acknowledged", None, "{:.0f}"),
+    ("w7_big_mib_s", "W7 big session's MiB/s", "higher", "{:.0f}"),
+]
+
+# Per run and server, key = numerator / denominator (both from that run).
+DERIVED = [
+    ("w6_vs_w1", "w6_rate", "w1_rate"),
+    ("w7_p50_vs_w1", "w7_eod_ms", "w1_eod_ms"),
+    ("w7_p99_vs_w1", "w7_eod_p99_ms", "w1_eod_p99_ms"),
 ]
 
 
@@ -92,12 +132,16 @@ class Bench:
         self.venv = options.venv
         self.python = os.path.join(self.venv, "bin", "python")
         self.values: dict[str, dict[str, list[float]]] = {s: {} for s in options.servers}
+        # The same values by run, for ratios taken within a run.
+        self.by_run: dict[tuple[str, str, int], float] = {}
+        self.current_run = 0
         self.raw: list[dict[str, Any]] = []
         self.failures: list[str] = []
         self.notes: list[str] = []
         self.background: list[tuple[float, str]] = []
         self.live: list[Server] = []
         self.disk: tuple[float, float] | None = None
+        self.fs = ""
         self.server_options: ServerOptions = {
             "postfix_main_extra": "\n".join(options.postfix_main),
             "mailharbor_endpoint_extra": options.mailharbor_endpoint,
@@ -123,6 +167,20 @@ class Bench:
 
     def record(self, server: str, key: str, value: float) -> None:
         self.values[server].setdefault(key, []).append(value)
+        self.by_run[(server, key, self.current_run)] = value
+
+    def derive(self) -> None:
+        """
+        The ratios of one workload to another (W6/W1, W7/W1), each taken
+        within a run, so the drift between runs of a noisy machine cancels.
+        """
+        for run in range(self.options.runs):
+            for server in self.options.servers:
+                for key, numerator, denominator in DERIVED:
+                    a = self.by_run.get((server, numerator, run))
+                    b = self.by_run.get((server, denominator, run))
+                    if a is not None and b:
+                        self.values[server].setdefault(key, []).append(a / b)
 
     def fail(self, what: str) -> None:
         self.failures.append(what)
@@ -136,19 +194,22 @@ class Bench:
         result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
         return result
 
-    def wait_stored(self, server: Server, expected: int, timeout: float) -> tuple[int, float]:
+    def wait_stored(self, server: Server, expected: int, timeout: float, domain: str | None = None) -> tuple[int, float]:
         """
         Wait until C{expected} files are in new/ (at once for a server that
         stores before replying; a queueing one is polled).
 
         @return: the count and the monotonic time it was reached.
         """
+        def count() -> int:
+            return server.count() if domain is None else server.count(domain)
+
         deadline = time.monotonic() + timeout
-        count = server.count()
-        while count < expected and server.queues and time.monotonic() < deadline:
+        n = count()
+        while n < expected and server.queues and time.monotonic() < deadline:
             time.sleep(0.005)
-            count = server.count()
-        return count, time.monotonic()
+            n = count()
+        return n, time.monotonic()
 
     def start(self, name: str, label: str, extra: ServerOptions | None = None) -> Server:
         workdir = tempfile.mkdtemp(prefix=f"{name}-{label}-", dir=self.options.workdir)
@@ -157,6 +218,7 @@ class Bench:
         server = SERVERS[name](workdir, free_port(), self.venv, options)
         self.live.append(server)
         server.start()
+        self.check_storage(server)
         time.sleep(self.options.settle)
         return server
 
@@ -170,6 +232,16 @@ class Bench:
                 shutil.rmtree(server.workdir, ignore_errors=True)
             os.sync()
 
+    def check_storage(self, server: Server) -> None:
+        """
+        Every directory the server keeps mail in is on the file system
+        under test (--fs), where W6's writer writes too.
+        """
+        want = os.stat(self.options.workdir).st_dev
+        for directory in server.storage_dirs():
+            if os.stat(directory).st_dev != want:
+                raise ServerError(f"{server.name}: {directory} is not on the file system of {self.options.workdir}")
+
     def stop_all(self) -> None:
         for server in list(self.live):
             try:
@@ -179,37 +251,145 @@ class Bench:
 
     # The workloads: each measures one server once.
 
-    def w1(self, server: Server, run: int) -> None:
+    def burst(self, server: Server, run: int, workload: str, total: int, seconds: float = 0) -> dict[str, Any]:
+        """
+        W1's load (--w1-sessions sessions of --w1-per-session 1 KiB
+        messages, C{total} in all, or as many sessions as start within
+        C{seconds}) against C{server}; records wN_rate, wN_cpu_us,
+        wN_command_ms, wN_eod_ms and wN_eod_p99_ms.
+
+        @return: the load generator's result, with the server's CPU seconds
+            and the seconds from first connect to last file stored.
+        """
         o = self.options
+        key = workload.lower()
         root = server.root_pid()
-        idle = procstat.memory(server.pids())
-        self.record(server.name, "idle_rss_mib", idle["rss_kib"] / 1024)
         cpu0 = procstat.tree_cpu(root)
         res = self.loadgen(
             ["burst", "--port", str(server.port), "--sessions", str(o.w1_sessions),
-             "--per-session", str(o.w1_per_session), "--total", str(o.messages),
-             "--size", "1024", "--timeout", str(o.timeout)],
-            o.timeout + 30,
+             "--per-session", str(o.w1_per_session), "--total", str(total),
+             "--size", "1024", "--timeout", str(o.timeout), "--seconds", str(seconds)],
+            o.timeout + 90,
         )
         end = res["end"]
+        if res.get("cut_short"):
+            # Bounded by time: every session begun ran to its end.
+            total = min(total, res["sessions"] * o.w1_per_session)
+            self.notes.append(f"run {run + 1} {workload} {server.name}: stopped opening sessions after "
+                              f"{seconds:g} s, {total} messages")
         if server.stores:
             stored, end = self.wait_stored(server, res["sent"], o.timeout)
-            self.check_count(server, "W1", run, res["sent"], stored, o.messages)
-        elif res["sent"] != o.messages:
-            self.fail(f"run {run + 1} W1 {server.name}: {res['sent']}/{o.messages} acknowledged")
+            self.check_count(server, workload, run, res["sent"], stored, total)
+        elif res["sent"] != total:
+            self.fail(f"run {run + 1} {workload} {server.name}: {res['sent']}/{total} acknowledged")
         cpu = procstat.tree_cpu(root) - cpu0
         if res["error_count"]:
-            self.fail(f"run {run + 1} W1 {server.name}: client errors {res['errors'][:3]}")
-        rate = res["sent"] / (end - res["start"])
-        self.record(server.name, "w1_rate", rate)
-        self.record(server.name, "w1_cpu_us", cpu / max(res["sent"], 1) * 1e6)
-        for key, step in (("w1_command_ms", "command_ms"), ("w1_eod_ms", "end_of_data_ms")):
+            self.fail(f"run {run + 1} {workload} {server.name}: client errors {res['errors'][:3]}")
+        res["server_cpu_s"] = cpu
+        res["seconds"] = end - res["start"]
+        rate = res["sent"] / res["seconds"]
+        res["rate"] = rate
+        self.record(server.name, f"{key}_rate", rate)
+        self.record(server.name, f"{key}_cpu_us", cpu / max(res["sent"], 1) * 1e6)
+        for name, step in (("command_ms", "command_ms"), ("eod_ms", "end_of_data_ms"),
+                           ("eod_p99_ms", "end_of_data_p99_ms")):
             if res.get(step) is not None:
-                self.record(server.name, key, res[step])
-        self.raw.append({"run": run, "workload": "W1", "server": server.name, "rate": rate,
-                         "server_cpu_s": cpu, "client_cpu_s": res["client_cpu"],
-                         "seconds": end - res["start"], "sent": res["sent"], "idle": idle})
-        self.log(f"  W1 {server.name}: {rate:.0f} msgs/s, server CPU {cpu:.2f}s, client CPU {res['client_cpu']:.2f}s")
+                self.record(server.name, f"{key}_{name}", res[step])
+        return res
+
+    def w1(self, server: Server, run: int) -> None:
+        idle = procstat.memory(server.pids())
+        self.record(server.name, "idle_rss_mib", idle["rss_kib"] / 1024)
+        res = self.burst(server, run, "W1", self.options.messages)
+        self.raw.append({"run": run, "workload": "W1", "server": server.name, "rate": res["rate"],
+                         "server_cpu_s": res["server_cpu_s"], "client_cpu_s": res["client_cpu"],
+                         "seconds": res["seconds"], "sent": res["sent"], "idle": idle,
+                         "eod_p50_ms": res["end_of_data_ms"], "eod_p99_ms": res["end_of_data_p99_ms"]})
+        self.log(f"  W1 {server.name}: {res['rate']:.0f} msgs/s, server CPU {res['server_cpu_s']:.2f}s, "
+                 f"client CPU {res['client_cpu']:.2f}s, end of data to 250 p50 {_fmt(res['end_of_data_ms'])} "
+                 f"p99 {_fmt(res['end_of_data_p99_ms'])} ms")
+
+    def w6(self, server: Server, run: int) -> None:
+        """
+        W1 on a busy disk: a writer streams big files onto the same file
+        system meanwhile, without fsync, as a neighbour (logs, a backup, a
+        database load) would.
+        """
+        o = self.options
+        device = block_device(o.workdir)
+        with BackgroundWriter(o.workdir, o.w6_mib * MiB, o.w6_rate * MiB) as writer:
+            time.sleep(o.w6_warmup)  # the writer's dirty pages are going to the disk when the load starts
+            written0, cpu0, disk0, t0 = writer.written, writer.cpu, device_written(device), time.monotonic()
+            res = self.burst(server, run, "W6", o.w6_messages or o.messages, o.w6_seconds)
+            seconds = time.monotonic() - t0
+            written, writer_cpu = writer.written - written0, writer.cpu - cpu0
+            disk = device_written(device) - disk0 if device else None
+        if writer.error:
+            self.fail(f"run {run + 1} W6 {server.name}: background writer: {writer.error}")
+        self.record(server.name, "w6_writer_mib_s", written / MiB / seconds)
+        self.record(server.name, "w6_writer_cpus", writer_cpu / seconds)
+        if disk is not None:
+            self.record(server.name, "w6_disk_mib_s", disk / MiB / seconds)
+        self.raw.append({"run": run, "workload": "W6", "server": server.name, "rate": res["rate"],
+                         "server_cpu_s": res["server_cpu_s"], "client_cpu_s": res["client_cpu"],
+                         "seconds": res["seconds"], "sent": res["sent"],
+                         "eod_p50_ms": res["end_of_data_ms"], "eod_p99_ms": res["end_of_data_p99_ms"],
+                         "writer_pass_bytes": writer.size, "writer_passes": writer.passes,
+                         "writer_bytes": written, "writer_cpu_s": writer_cpu, "device": device, "device_bytes": disk})
+        self.log(f"  W6 {server.name}: {res['rate']:.0f} msgs/s, server CPU {res['server_cpu_s']:.2f}s, "
+                 f"end of data to 250 p50 {_fmt(res['end_of_data_ms'])} p99 {_fmt(res['end_of_data_p99_ms'])} ms; "
+                 f"writer {written / MiB / seconds:.0f} MiB/s in {writer.size / MiB:.0f} MiB passes, "
+                 f"{writer_cpu / seconds:.2f} CPUs"
+                 + (f", {device} wrote {disk / MiB / seconds:.0f} MiB/s" if disk is not None else ""))
+
+    def w7(self, server: Server, run: int) -> None:
+        """
+        W1 beside one slow mailbox: one more session sends big messages to
+        a domain of its own all along; the small messages' end-of-data wait
+        shows whether a big commit holds up theirs.
+        """
+        o = self.options
+        size = o.w7_mib * MiB
+        cmd = [self.python, os.path.join(HERE, "loadgen.py"), "bigloop", "--port", str(server.port),
+               "--size", str(size), "--recipient", f"slow@{SLOW_DOMAIN}", "--timeout", str(o.timeout)]
+        slow = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        try:
+            if not json.loads(_readline(slow, 60)).get("ready"):
+                raise RuntimeError(f"W7's big session could not start: {slow.communicate(timeout=30)[0][-500:]}")
+            time.sleep(0.1)  # its first message is under way before the small sessions start
+            res = self.burst(server, run, "W7", o.w7_messages or o.messages, o.w7_seconds)
+            assert slow.stdin is not None
+            slow.stdin.write("stop\n")
+            slow.stdin.flush()
+            bigres: dict[str, Any] = json.loads(_readline(slow, o.timeout))
+            slow.wait(timeout=30)
+        finally:
+            if slow.poll() is None:
+                slow.kill()
+                slow.wait()
+        if bigres["error_count"]:
+            self.fail(f"run {run + 1} W7 {server.name}: big session: {bigres['errors'][:3]}")
+        big = bigres["sent"]
+        if server.stores:
+            stored, _ = self.wait_stored(server, big, o.timeout, SLOW_DOMAIN)
+            if stored != big:
+                self.fail(f"run {run + 1} W7 {server.name}: {big} big messages acknowledged but {stored} stored")
+            short = [e.name for e in os.scandir(server.new_dir_of(SLOW_DOMAIN))
+                     if not e.name.startswith(".") and e.stat().st_size < size * 0.95]
+            if short:
+                self.fail(f"run {run + 1} W7 {server.name}: partial big messages in new/: {short[:3]}")
+        if big == 0:
+            self.fail(f"run {run + 1} W7 {server.name}: no big message was acknowledged while the small ones ran")
+        self.record(server.name, "w7_big_sent", big)
+        self.record(server.name, "w7_big_mib_s", bigres["bytes"] / MiB / (bigres["end"] - bigres["start"]))
+        self.raw.append({"run": run, "workload": "W7", "server": server.name, "rate": res["rate"],
+                         "server_cpu_s": res["server_cpu_s"], "seconds": res["seconds"], "sent": res["sent"],
+                         "eod_p50_ms": res["end_of_data_ms"], "eod_p99_ms": res["end_of_data_p99_ms"],
+                         "eod_max_ms": res["end_of_data_max_ms"], "big_sent": big,
+                         "big_eod_p50_ms": bigres["end_of_data_ms"], "big_eod_max_ms": bigres["end_of_data_max_ms"]})
+        self.log(f"  W7 {server.name}: {res['rate']:.0f} small msgs/s, end of data to 250 p50 "
+                 f"{_fmt(res['end_of_data_ms'])} p99 {_fmt(res['end_of_data_p99_ms'])} ms; "
+                 f"{big} x {o.w7_mib} MiB stored meanwhile (their wait p50 {_fmt(bigres['end_of_data_ms'])} ms)")
 
     def w2(self, server: Server, run: int) -> None:
         o = self.options
@@ -448,6 +628,7 @@ class Bench:
             single, grouped = self.disk
             self.log(f"disk: one fsynced delivery {single:.2f} ms, eight with one syncfs {grouped:.2f} ms")
         for run in range(o.runs):
+            self.current_run = run
             self.log(f"run {run + 1}/{o.runs}")
             for workload in o.only:
                 shift = run % len(o.servers)
@@ -466,6 +647,7 @@ class Bench:
         if o.profile:
             for workload in ("W1", "W2"):
                 self.profile(workload)
+        self.derive()
         self.elapsed = time.monotonic() - began
 
     # Reporting
@@ -479,6 +661,9 @@ class Bench:
         if "W5" in self.options.only:
             for n in self.options.w5:
                 rows += w5_metrics(n)
+        for key, label, better, fmt in LATE_METRICS:
+            if key.split("_")[0].upper() in self.options.only:
+                rows.append((key, label.format_map(vars(self.options)), better, fmt))
         return rows
 
     def table(self) -> str:
@@ -527,7 +712,8 @@ class Bench:
             "",
             f"MailHarbor benchmark: {o.runs} run(s), servers interleaved, fresh server and empty Maildir per measurement",
             f"machine: {os.cpu_count()} CPUs, {platform.platform()}, Python {platform.python_version()}, {self.versions()}",
-            f"storage: {'a fresh journaled ext4 (loop-mounted image) for this benchmark' if o.fs == 'loop' else 'the host file system under ' + os.path.dirname(o.workdir)}",
+            f"storage: {'a fresh journaled ext4 (loop-mounted image) for this benchmark' if o.fs == 'loop' else 'the host file system under ' + os.path.dirname(o.workdir)}"
+            + f" ({self.fs})",
         ]
         if self.disk is not None:
             single, grouped = self.disk
@@ -558,6 +744,23 @@ class Bench:
                 "PSS growth splits shared pages among processes, so it is comparable for Postfix's many smtpd."
             ),
         ]
+        if "W6" in o.only:
+            out.append(
+                f"W6: W1's load ({o.w6_messages or o.messages} messages) while a writer in the harness streams a "
+                f"{o.w6_mib} MiB file (at most a quarter of the free space) in 1 MiB writes, without fsync, "
+                f"onto the same file system, over and over"
+                + (f" at {o.w6_rate} MiB/s" if o.w6_rate else " as fast as the kernel takes it")
+                + f", from {o.w6_warmup:g} s before the load to its end, then removes it; "
+                "W6/W1 is each run's W6 rate over the same server's W1 rate in that run "
+                "(MH/peer on that row > 1: MailHarbor loses less to the busy disk than the peer)."
+            )
+        if "W7" in o.only:
+            out.append(
+                f"W7: W1's load plus one more session (a process of its own) sending {o.w7_mib} MiB messages, one after another, to a "
+                f"mailbox of its own (slow@{SLOW_DOMAIN}) until the small sessions are done; the end-of-data wait "
+                "(final CRLF.CRLF written to the 250) is over the small messages only; W7/W1 compares it with "
+                "the same server's W1 in the same run."
+            )
         if o.verbose:
             out += ["", "per-run values:"]
             for key, label, _, fmt in self.metrics():
@@ -685,6 +888,161 @@ def probe_disk(parent: str, samples: int = 50) -> tuple[float, float]:
         shutil.rmtree(root, ignore_errors=True)
 
 
+class BackgroundWriter:
+    """
+    W6's busy neighbour: a thread that writes one file of C{size} bytes
+    under C{parent} in 1 MiB writes, never fsyncing, then truncates it and
+    writes it again, until stopped; the kernel's writeback makes the disk
+    busy, as a log, a backup or a database load beside the Maildir would.
+
+    Bounded: a pass is at most a quarter of the file system's free space
+    (checked before every pass with the old pass truncated away, and
+    smaller if the space shrinks), only one file exists at a time, and
+    leaving the context (also on an exception or Ctrl-C) stops the thread
+    and removes the file.  The thread is a daemon, so it dies with the
+    harness whatever happens.
+
+    @ivar written: Bytes written so far.
+    @ivar cpu: CPU seconds the writing thread has used so far.
+    @ivar passes: Passes completed.
+    @ivar error: The OSError that stopped the writer early, if one did.
+    """
+
+    share = 0.25
+    chunk = MiB
+
+    def __init__(self, parent: str, size: int, rate: float = 0) -> None:
+        self.parent = parent
+        self.wanted = size
+        self.rate = rate
+        self.size = self._cap()
+        self.written = 0
+        self.cpu = 0.0
+        self.passes = 0
+        self.error: str | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="w6-writer", daemon=True)
+        self.directory: str | None = None
+        self.path: str | None = None
+
+    def _cap(self) -> int:
+        st = os.statvfs(self.parent)
+        free = st.f_bavail * st.f_frsize
+        return min(self.wanted, int(free * self.share)) // self.chunk * self.chunk
+
+    def __enter__(self) -> Self:
+        if self.size < self.chunk:
+            raise OSError(f"no room for W6's background writer under {self.parent}")
+        self.directory = tempfile.mkdtemp(prefix="w6-writer-", dir=self.parent)
+        self.path = os.path.join(self.directory, "big")
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=60)
+        if self.directory is not None:
+            shutil.rmtree(self.directory, ignore_errors=True)
+
+    def _run(self) -> None:
+        assert self.path is not None
+        data = b"\xa5" * self.chunk
+        began = time.monotonic()
+        try:
+            while not self._stop.is_set():
+                fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+                try:
+                    self.size = size = self._cap()
+                    if size < self.chunk:
+                        self._stop.wait(0.5)
+                        continue
+                    done = 0
+                    while done < size and not self._stop.is_set():
+                        n = os.write(fd, data)
+                        done += n
+                        self.written += n
+                        self.cpu = time.thread_time()
+                        if self.rate:
+                            ahead = self.written / self.rate - (time.monotonic() - began)
+                            if ahead > 0:
+                                self._stop.wait(ahead)
+                finally:
+                    os.close(fd)
+                self.passes += done >= size
+        except OSError as e:
+            self.error = f"{type(e).__name__}: {e}"
+
+
+def block_device(path: str) -> str | None:
+    """
+    The block device (name in /proc/diskstats) holding C{path}'s file
+    system, if it has one.
+    """
+    dev = os.stat(path).st_dev
+    try:
+        with open(f"/sys/dev/block/{os.major(dev)}:{os.minor(dev)}/uevent") as f:
+            for line in f:
+                if line.startswith("DEVNAME="):
+                    return line.strip().split("=", 1)[1]
+    except OSError:
+        pass
+    return None
+
+
+def device_written(device: str | None) -> int:
+    """
+    Bytes the block device has written since boot (0 if unknown).
+    """
+    if device is None:
+        return 0
+    with open("/proc/diskstats") as f:
+        for line in f:
+            fields = line.split()
+            if fields[2] == device:
+                return int(fields[9]) * 512
+    return 0
+
+
+def describe_fs(path: str) -> str:
+    """
+    The file system holding C{path}: type, device, mount point, options,
+    and for ext4 whether it has a journal, which decides what an fsync and
+    a syncfs cost.
+    """
+    dev = os.stat(path).st_dev
+    best = None
+    try:
+        with open("/proc/self/mountinfo") as f:
+            for line in f:
+                left, _, right = line.partition(" - ")
+                fields, tail = left.split(), right.split()
+                major, minor = (int(x) for x in fields[2].split(":"))
+                if os.makedev(major, minor) == dev and (best is None or len(fields[4]) > len(best[0])):
+                    best = (fields[4], tail[0], tail[1], fields[5])
+    except (OSError, ValueError, IndexError):
+        return "file system unknown"
+    if best is None:
+        return "file system unknown"
+    mountpoint, fstype, source, options = best
+    text = f"{fstype} on {source} mounted at {mountpoint}, {options}"
+    if fstype.startswith("ext"):
+        device = block_device(path)
+        journal = bool(device) and any(n.startswith(f"{device}-") for n in _listdir("/proc/fs/jbd2"))
+        text += ", with a journal" if journal else ", no journal"
+    return text
+
+
+def _listdir(path: str) -> list[str]:
+    try:
+        return os.listdir(path)
+    except OSError:
+        return []
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
 def percentile(sorted_values: list[float], p: float) -> float:
     """
     Nearest-rank percentile of already sorted values.
@@ -782,6 +1140,20 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--w4-mib", type=int, default=100)
     p.add_argument("--w5", default="1000,10000", help="W5 connection counts (default 1000,10000)")
     p.add_argument("--w5-in-flight", type=int, default=100, help="W5 connections being opened at once")
+    p.add_argument("--w6-messages", type=int, default=0, help="W6 messages (default: --messages)")
+    p.add_argument("--w6-seconds", type=float, default=60,
+                   help="W6: no new session after this many seconds, so a server slowed to a crawl ends in time "
+                        "(default 60; 0: none)")
+    p.add_argument("--w6-mib", type=int, default=1536,
+                   help="W6: the background writer's file, MiB, rewritten every pass (default 1536; "
+                        "capped at a quarter of the free space)")
+    p.add_argument("--w6-rate", type=float, default=0,
+                   help="W6: the writer's MiB/s (default 0: as fast as the kernel takes it)")
+    p.add_argument("--w6-warmup", type=float, default=5,
+                   help="W6: seconds the writer runs before the load starts (default 5)")
+    p.add_argument("--w7-mib", type=int, default=20, help="W7: the slow session's message size, MiB (default 20)")
+    p.add_argument("--w7-messages", type=int, default=0, help="W7 small messages (default: --messages)")
+    p.add_argument("--w7-seconds", type=float, default=60, help="W7: as --w6-seconds (default 60)")
     p.add_argument("--no-postfix-defaults-probe", dest="postfix_defaults_probe", action="store_false",
                    help="skip the once-per-benchmark W5 check of Postfix's default process limits")
     p.add_argument("--probe-timeout", type=float, default=15)
@@ -803,9 +1175,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--json", metavar="PATH", help="also write every value to this JSON file")
     p.add_argument("--results", default=os.path.join(HERE, "results"), help="where profiles go")
     p.add_argument("--workdir", default=None, help="parent of the servers' temporary directories (default /var/tmp)")
-    p.add_argument("--fs", choices=["loop", "host"], default="loop",
-                   help="loop (default): the Maildirs and Postfix's queue live on a fresh journaled ext4 "
-                        "loop-mounted from a sparse image; host: directly on the file system of --workdir")
+    p.add_argument("--fs", choices=["host", "loop"], default="host",
+                   help="host (default): the Maildirs, Postfix's queue and W6's writer are directly on the "
+                        "file system of --workdir, as a user's Maildir is; loop: on a fresh journaled ext4 "
+                        "loop-mounted from a sparse image, which nothing else writes to")
     p.add_argument("--fs-gib", type=int, default=6, help="size of the loop file system's sparse image")
     p.add_argument("--keep", action="store_true",
                    help="keep the servers' directories (Maildirs, logs; with --fs loop, the image holding them)")
@@ -816,6 +1189,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     bad = [w for w in o.only if w not in WORKLOADS]
     if bad:
         p.error(f"unknown workload(s) {bad}; choose from {','.join(WORKLOADS)}")
+    if {"W6", "W7"} & set(o.only) and "W1" not in o.only:
+        o.only.insert(0, "W1")  # their ratios are to W1 in the same run
     o.servers = [s.strip() for s in o.servers.split(",") if s.strip()]
     bad = [s for s in o.servers if s not in SERVERS]
     if bad:
@@ -903,8 +1278,9 @@ def main(argv: list[str]) -> int:
                 loop.__exit__()
                 loop = None
                 o.fs = "host"
+        bench.fs = describe_fs(o.workdir)
         bench.log(f"servers {','.join(o.servers)}; workloads {','.join(o.only)}; {o.runs} run(s); "
-                  f"work in {o.workdir} ({'fresh loop-mounted ext4' if loop else 'host file system'}); "
+                  f"work in {o.workdir} ({'fresh loop-mounted ext4' if loop else 'host file system'}: {bench.fs}); "
                   f"fd limit {resource.getrlimit(resource.RLIMIT_NOFILE)[0]}; "
                   f"MailHarbor knows the limits {bench.server_options['mailharbor_limit_keys'] or 'none known'}")
         bench.run()

@@ -6,10 +6,15 @@ below); times are time.monotonic(), which is the same clock in every process
 on Linux, so the harness can compare them with its own.  Commands are sent
 in lock step (no pipelining), as smtp-source does.
 
-  burst    W1/W2: --sessions lanes in parallel, each opening sessions of
-           --per-session messages until --total messages were sent; also
+  burst    W1, W6, W7: --sessions lanes in parallel, each opening sessions
+           of --per-session messages until --total messages were sent; also
            reports the median time a command (MAIL, RCPT, DATA) took to be
-           answered, and the median wait from the end of data to its 250.
+           answered, and the p50 and p99 wait from the end of data (the
+           final CRLF.CRLF written) to its 250.  With --seconds, no session
+           is opened after that many seconds (the result says cut_short).
+  bigloop  W7's slow mailbox: one session sending messages of --size bytes
+           to --recipient, one after another, from {"ready": ...} until a
+           line on stdin; then prints the result.
   latency  W3: one connection, one message at a time; per-message latency
            until the 250 reply, and, with --count-dir, until the file is in
            that directory (for a server that queues before storing).
@@ -37,6 +42,7 @@ from typing import TypedDict
 SENDER = b"sender@example.net"
 RECIPIENT = b"rcpt@example.com"
 HELO = b"loadgen.example.net"
+MiB = 1024 * 1024
 
 
 class SMTPError(Exception):
@@ -149,38 +155,50 @@ class Client(asyncio.Protocol):
         await self.expect(220, "banner")
         await self.command(b"EHLO " + HELO + b"\r\n", 250)
 
-    async def send(self, message: bytes, steps: list[float] | None = None) -> bytes:
+    async def send(self, message: bytes, steps: list[float] | None = None, recipient: bytes = RECIPIENT) -> bytes:
         """
         One transaction; C{message} is already dot-stuffed with CRLF line
         ends and ends with CRLF.  With C{steps}, appends how long MAIL,
-        RCPT and DATA took to be answered, then the end of data.
+        RCPT and DATA took to be answered, then the wait from the end of
+        data (the message and its final ".\\r\\n" handed to the socket)
+        to the 250.
         """
         now = time.monotonic
         t0 = now()
         await self.command(b"MAIL FROM:<" + SENDER + b">\r\n", 250)
         t1 = now()
-        await self.command(b"RCPT TO:<" + RECIPIENT + b">\r\n", 250)
+        await self.command(b"RCPT TO:<" + recipient + b">\r\n", 250)
         t2 = now()
         await self.command(b"DATA\r\n", 354)
         t3 = now()
         assert self.transport is not None
         self.transport.write(message)
         self.transport.write(b".\r\n")
+        await self.drain()
+        t4 = now()
         reply = await self.expect(250, "end of data")
         if steps is not None:
-            steps += (t1 - t0, t2 - t1, t3 - t2, now() - t3)
+            steps += (t1 - t0, t2 - t1, t3 - t2, now() - t4)
         return reply
 
-    async def send_big(self, chunks: Iterable[bytes | memoryview]) -> bytes:
+    async def send_big(self, chunks: Iterable[bytes | memoryview], recipient: bytes = RECIPIENT) -> tuple[bytes, float]:
+        """
+        One transaction of a message given in chunks, each written once the
+        last has drained; returns the 250 reply and the wait from the end
+        of data to it.
+        """
         await self.command(b"MAIL FROM:<" + SENDER + b">\r\n", 250)
-        await self.command(b"RCPT TO:<" + RECIPIENT + b">\r\n", 250)
+        await self.command(b"RCPT TO:<" + recipient + b">\r\n", 250)
         await self.command(b"DATA\r\n", 354)
         assert self.transport is not None
         for chunk in chunks:
             self.transport.write(chunk)
             await self.drain()
         self.transport.write(b".\r\n")
-        return await self.expect(250, "end of data")
+        await self.drain()
+        t = time.monotonic()
+        reply = await self.expect(250, "end of data")
+        return reply, time.monotonic() - t
 
     async def quit(self) -> None:
         assert self.transport is not None
@@ -223,6 +241,20 @@ def count_files(directory: str) -> int:
         return 0
 
 
+def percentile(sorted_values: list[float], p: float) -> float | None:
+    """
+    Nearest-rank percentile of already sorted values (as the harness's).
+    """
+    if not sorted_values:
+        return None
+    rank = max(1, -(-len(sorted_values) * p // 100))
+    return sorted_values[int(rank) - 1]
+
+
+def _ms(value: float | None) -> float | None:
+    return None if value is None else value * 1000
+
+
 async def burst(options: argparse.Namespace) -> dict[str, object]:
     total = options.total
     per = options.per_session
@@ -246,7 +278,7 @@ async def burst(options: argparse.Namespace) -> dict[str, object]:
                 client.transport.close()
 
     async def lane() -> None:
-        while state["next"] < sessions:
+        while state["next"] < sessions and not (options.seconds and time.monotonic() - start > options.seconds):
             index = state["next"]
             state["next"] += 1
             try:
@@ -262,6 +294,7 @@ async def burst(options: argparse.Namespace) -> dict[str, object]:
     for task in pending:
         task.cancel()
     end = time.monotonic()
+    cut = state["next"] < sessions and not pending
     if pending:
         state["errors"].append(f"timed out after {options.timeout}s")
         state["error_count"] += 1
@@ -271,11 +304,64 @@ async def burst(options: argparse.Namespace) -> dict[str, object]:
         "start": start,
         "end": end,
         "sent": state["ok"],
-        "command_ms": commands[len(commands) // 2] * 1000 if commands else None,
-        "end_of_data_ms": ends[len(ends) // 2] * 1000 if ends else None,
-        "sessions": sessions,
+        "command_ms": _ms(percentile(commands, 50)),
+        "end_of_data_ms": _ms(percentile(ends, 50)),
+        "end_of_data_p99_ms": _ms(percentile(ends, 99)),
+        "end_of_data_max_ms": _ms(ends[-1] if ends else None),
+        "sessions": state["next"],
+        "cut_short": cut,
         "error_count": state["error_count"],
         "errors": state["errors"],
+    }
+
+
+async def bigloop(options: argparse.Namespace) -> dict[str, object]:
+    """
+    W7's slow mailbox: one session sending messages of --size bytes to
+    --recipient, one after another, from the moment it prints
+    {"ready": ...} until a line (or end of file) on stdin; the message in
+    flight then is finished, so what was acknowledged is whole.  A process
+    of its own, so its copying does not delay the small sessions' client.
+    """
+    message = make_message(options.size, 10**8)
+    view = memoryview(message)
+    chunks = [view[i : i + MiB] for i in range(0, len(message), MiB)]
+    recipient = options.recipient.encode("ascii")
+    loop = asyncio.get_running_loop()
+    waits: list[float] = []
+    errors: list[str] = []
+    stop = loop.run_in_executor(None, sys.stdin.readline)
+    start = time.monotonic()
+    ready = False
+    try:
+        client = await asyncio.wait_for(connect(options.host, options.port), options.timeout)
+        try:
+            await asyncio.wait_for(client.greet(), options.timeout)
+            print(json.dumps({"ready": True}), flush=True)
+            ready = True
+            while not stop.done():
+                _, wait = await asyncio.wait_for(client.send_big(chunks, recipient), options.timeout)
+                waits.append(wait)
+            await client.quit()
+        finally:
+            if client.transport is not None:
+                client.transport.close()
+    except (TimeoutError, OSError, SMTPError) as e:
+        errors.append(f"{type(e).__name__}: {e}")
+        if not ready:
+            print(json.dumps({"ready": False}), flush=True)
+    end = time.monotonic()
+    await stop  # the harness's line (or end of file) comes before the result
+    waits.sort()
+    return {
+        "start": start,
+        "end": end,
+        "sent": len(waits),
+        "bytes": len(message) * len(waits),
+        "end_of_data_ms": _ms(percentile(waits, 50)),
+        "end_of_data_max_ms": _ms(waits[-1] if waits else None),
+        "error_count": len(errors),
+        "errors": errors,
     }
 
 
@@ -444,14 +530,17 @@ async def idle(options: argparse.Namespace) -> dict[str, object]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("mode", choices=["burst", "latency", "big", "idle"])
+    parser.add_argument("mode", choices=["burst", "latency", "big", "idle", "bigloop"])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--sessions", type=int, default=20, help="parallel sessions (burst)")
     parser.add_argument("--per-session", type=int, default=10, help="messages per session (burst)")
     parser.add_argument("--total", type=int, default=5000, help="messages in all (burst, latency)")
     parser.add_argument("--size", type=int, default=1024, help="message size in bytes")
+    parser.add_argument("--seconds", type=float, default=0,
+                        help="burst: open no new session after this many seconds (0: until --total are sent)")
     parser.add_argument("--count-dir", help="latency: wait until each message is a file here")
+    parser.add_argument("--recipient", default="slow@slow.example.com", help="bigloop: RCPT TO")
     parser.add_argument("--connections", type=int, default=1000, help="idle connections")
     parser.add_argument("--in-flight", type=int, default=100, help="idle: connections being opened at once")
     parser.add_argument("--timeout", type=float, default=120, help="bound on every wait, seconds")
@@ -460,7 +549,7 @@ def main() -> None:
     if soft < hard:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     cpu0 = time.process_time()
-    mode = {"burst": burst, "latency": latency, "big": big, "idle": idle}[options.mode]
+    mode = {"burst": burst, "latency": latency, "big": big, "idle": idle, "bigloop": bigloop}[options.mode]
     result = asyncio.run(mode(options))
     result["client_cpu"] = time.process_time() - cpu0
     print(json.dumps(result), flush=True)

@@ -29,6 +29,9 @@ import procstat
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DOMAIN = "example.com"
+# W7's slow mailbox: a domain of its own, so its big messages land in a
+# Maildir (and a new/ to fsync) apart from the small ones.
+SLOW_DOMAIN = "slow.example.com"
 MAX_MESSAGE = 128 * 1024 * 1024  # every server is set to take W4's 100 MiB
 
 
@@ -131,13 +134,23 @@ class Server:
 
     @property
     def new_dir(self) -> str:
-        return os.path.join(self.maildir, DOMAIN, "new")
+        return self.new_dir_of(DOMAIN)
 
-    def count(self) -> int:
+    def new_dir_of(self, domain: str) -> str:
+        return os.path.join(self.maildir, domain, "new")
+
+    def count(self, domain: str = DOMAIN) -> int:
         try:
-            return sum(1 for e in os.scandir(self.new_dir) if not e.name.startswith("."))
+            return sum(1 for e in os.scandir(self.new_dir_of(domain)) if not e.name.startswith("."))
         except FileNotFoundError:
             return 0
+
+    def storage_dirs(self) -> list[str]:
+        """
+        The directories the server writes mail to (its Maildir; Postfix: its
+        queue too), which must all be on the file system under test.
+        """
+        return [self.maildir]
 
     def root_pid(self) -> int:
         assert self.process is not None
@@ -243,6 +256,7 @@ class MailHarbor(Server):
             "mailharbor",
             "--port", f"tcp:{self.port}:interface=127.0.0.1" + self.options.get("mailharbor_endpoint_extra", ""),
             "--domain", DOMAIN,
+            "--domain", SLOW_DOMAIN,
             "--maildir", self.maildir,
             "--hostname", "mailharbor.bench.localdomain",
         ]
@@ -261,6 +275,7 @@ class Aiosmtpd(Server):
             "--port", str(self.port),
             "--maildir", self.maildir,
             "--domain", DOMAIN,
+            "--domain", SLOW_DOMAIN,
             "--max-size", str(MAX_MESSAGE),
         ]
 
@@ -338,7 +353,7 @@ alias_database =
 local_recipient_maps =
 biff = no
 maillog_file = {workdir}/maillog
-virtual_mailbox_domains = {domain}
+virtual_mailbox_domains = {domain}, {slow_domain}
 virtual_mailbox_base = {maildir}
 virtual_mailbox_maps = texthash:{config}/vmailbox
 virtual_uid_maps = static:{uid}
@@ -387,6 +402,7 @@ class Postfix(Server):
                     data=data,
                     workdir=self.workdir,
                     domain=DOMAIN,
+                    slow_domain=SLOW_DOMAIN,
                     maildir=self.maildir,
                     config=self.config,
                     uid=nobody.pw_uid,
@@ -404,7 +420,10 @@ class Postfix(Server):
             )
         with open(os.path.join(self.config, "vmailbox"), "w") as f:
             # The trailing slash makes it a Maildir.
-            f.write(f"@{DOMAIN} {DOMAIN}/\n")
+            f.write(f"@{DOMAIN} {DOMAIN}/\n@{SLOW_DOMAIN} {SLOW_DOMAIN}/\n")
+
+    def storage_dirs(self) -> list[str]:
+        return [self.maildir, os.path.join(self.workdir, "queue"), os.path.join(self.workdir, "data")]
 
     def start(self) -> None:
         self.prepare()
