@@ -260,7 +260,9 @@ class WebhookTests(TestCase):
         runner = HookRunner(spool, [hook], self.reactor, runInRealThread)
         self.addCleanup(runner.stop)
         runner.dispatch(runner.record([self.event]))
-        await pollUntil(lambda: not runner.active, "the job is done")
+        # A job waiting for its retry is not active: it is done once it
+        # is no longer pending either.
+        await pollUntil(lambda: not runner.active and not any(runner.pendingCounts.values()), "the job is done")
         self.assertEqual(len(self.receiver.requests), 3)
         self.assertEqual(runner.spool.pendingJobs(), [])
         self.assertEqual(runner.spool.deadJobs(), [])

@@ -8,9 +8,13 @@ read from the spool) and when the service starts and stops;
 L{JobAttempts} takes each job it is given from there: it waits until the
 job is due, calls the hook within the hook's C{max_in_flight}, and then
 removes the job's file, buries it as a dead letter, or updates it and
-tries again later.  Changes to one job's file are made in order, in a
-worker thread.  It tells the runner when it lets go of a job and when a
-job is over, so the runner can keep its count and refill its window.
+tries again later.  Once the updated file says when the job is next due,
+it lets go of the job and hands it back to the runner, which leaves it
+on disk until then (so jobs waiting for a retry do not fill the window);
+if the file could not be updated, the job waits in memory instead.
+Changes to one job's file are made in order, in a worker thread.  It
+tells the runner when it lets go of a job and when a job is over, so the
+runner can keep its count and refill its window.
 
 It logs under the runner's namespace (operators filter the runner's log
 by it), through the runner's own logger.
@@ -85,6 +89,7 @@ class JobAttempts:
         *,
         forgotten: Callable[[Job], None],
         finished: Callable[[Job, bool], None],
+        waiting: Callable[[Job], None],
     ) -> None:
         """
         @param hooks: The hooks, by name; every job given is for one of them.
@@ -98,6 +103,10 @@ class JobAttempts:
             over or left in the spool.
         @param finished: Called, after C{forgotten}, with a job that is
             over and whether its file left C{pending/}.
+        @param waiting: Called, after C{forgotten}, with a job let go of
+            once its file says when its retry is due; the runner gives it
+            again (L{schedule}) when it is to be attempted, or at once, to
+            wait in memory.
         """
         self._hooks = hooks
         self._limits = {
@@ -111,6 +120,7 @@ class JobAttempts:
         self._log = log
         self._forgotten = forgotten
         self._finished = finished
+        self._waiting = waiting
         self._entries: dict[str, _Entry] = {}
         self._writes: set[Deferred[bool]] = set()
         self._stopping = False
@@ -296,11 +306,27 @@ class JobAttempts:
             **fields,
         )
         updated = entry.job
-        self._write(entry, lambda: self._spool.update(updated), "update")
+        written = self._write(entry, lambda: self._spool.update(updated), "update")
         if self._stopping:
             self._forget(entry)
         else:
             self._schedule(entry, delay)
+            written.addCallback(self._retryWritten, entry)
+
+    def _retryWritten(self, changed: bool, entry: _Entry) -> None:
+        """
+        A job's file now says when its retry is due: let go of the job, so
+        that it does not wait in its hook's window, and hand it back to
+        the runner.  Not if the change failed (the file would have it
+        attempted at once, with its old count), or if the job is no longer
+        waiting here (stopped, or already attempted again).
+        """
+        if not changed or self._stopping or entry.call is None or self._entries.get(entry.job.id) is not entry:
+            return
+        entry.call.cancel()
+        entry.call = None
+        self._forget(entry)
+        self._waiting(entry.job)
 
     def _finish(self, entry: _Entry, operation: Callable[[], None], what: str) -> None:
         """

@@ -12,12 +12,21 @@ results.  A job goes through it like this::
 
     reserve (prepared) -> settle (committed) -> admit (held) -> forget
                                                               -> finished
+                                             -> defer (waiting) -> admit
                        -> release (not stored)
 
 A job is I{pending} from L{Backlog.reserve} until its file leaves
 C{pending/} (L{Backlog.finished} with C{changed}) or its delivery fails
 (L{Backlog.release}); a scan (L{Backlog.beginScan}, L{Backlog.scanned})
 sets the counts again from what the directory holds.
+
+A job waiting for a retry (its file says when it is due, after a failed
+attempt or at start) is not held: it is L{Backlog.defer}red, remembered
+by its id and due time only, skipped by scans until it is due and then
+read again, oldest first, like any job.  So jobs a hook keeps failing on
+never fill its window and keep its other jobs on disk; a hook has at
+most C{max_pending} of them remembered (L{Backlog.deferLimits}), and one
+beyond that is held in its window, waiting there, as a last resort.
 """
 
 from __future__ import annotations
@@ -29,10 +38,15 @@ from attrs import frozen
 from harbor.hooks.config import DEFAULT_MAX_PENDING
 from harbor.hooks.events import BacklogFull, Job
 
-#: Jobs of one hook held in memory at most (scheduled, waiting for a
-#: retry, or running), or twice the hook's C{max_in_flight} if that is
-#: more; the rest of its backlog waits on disk.  Each costs a few KiB.
+#: Jobs of one hook held in memory at most (due, or running), or twice
+#: the hook's C{max_in_flight} if that is more; the rest of its backlog
+#: waits on disk.  Each costs a few KiB.  Jobs waiting for a retry are not
+#: held (see L{Backlog.defer}).
 WINDOW = 256
+
+#: Jobs waiting for a retry remembered for a hook without C{max_pending},
+#: in windows: a hook with a cap remembers as many as its cap.
+DEFER_WINDOWS = 64
 
 
 @frozen
@@ -58,8 +72,8 @@ class ScanPlan:
 
     @ivar room: How many job files to read for each hook: its window's
         room.
-    @ivar skip: Ids of jobs not to read: those held, just finished or
-        being committed.
+    @ivar skip: Ids of jobs not to read: those held, waiting for a retry
+        not yet due, just finished or being committed.
     @ivar uncounted: Ids of jobs not to count either: those being
         committed, counted by their reservations instead.
     @ivar counts: Each hook's pending jobs when the scan began.
@@ -95,6 +109,10 @@ class Backlog:
         self._window = {
             name: max(window, 2 * (limit.maxInFlight or 0)) for name, limit in limits.items()
         }
+        self._deferLimit = {
+            name: DEFER_WINDOWS * self._window[name] if limit.maxPending is None else limit.maxPending
+            for name, limit in limits.items()
+        }
         # Each hook's pending jobs: on disk in pending/, or prepared for a
         # delivery still being committed.  Kept up to date as jobs come
         # and go, and set again by each scan of the spool (which also
@@ -102,6 +120,10 @@ class Backlog:
         self._counts = dict.fromkeys(limits, 0)
         # Each hook's jobs held in memory, by id.
         self._held: dict[str, set[str]] = {name: set() for name in limits}
+        # Each hook's jobs waiting for a retry, not held: their due times
+        # by id.  Their files are in pending/ (and counted), not read
+        # until they are due.
+        self._deferred: dict[str, dict[str, float]] = {name: {} for name in limits}
         # Jobs prepared for deliveries not yet committed, by id, with each
         # hook's count: neither dispatched nor read from the spool until
         # the commit has succeeded.
@@ -133,11 +155,44 @@ class Backlog:
         return {name: len(ids) for name, ids in self._held.items()}
 
     @property
+    def deferred(self) -> dict[str, int]:
+        """
+        Each hook's jobs waiting for a retry without being held, by name.
+        """
+        return {name: len(ids) for name, ids in self._deferred.items()}
+
+    @property
+    def deferLimits(self) -> dict[str, int]:
+        """
+        Each hook's jobs waiting for a retry remembered at most, by name:
+        its C{max_pending}, or L{DEFER_WINDOWS} windows without one.
+        """
+        return dict(self._deferLimit)
+
+    @property
+    def nextDue(self) -> float | None:
+        """
+        When the first job waiting for a retry is due (it may be already),
+        or L{None} if none is waiting: a scan then should read it.
+        """
+        return min((min(ids.values()) for ids in self._deferred.values() if ids), default=None)
+
+    @property
     def windows(self) -> dict[str, int]:
         """
         Each hook's window: its jobs held in memory at most, by name.
         """
         return dict(self._window)
+
+    def full(self) -> list[BacklogFull]:
+        """
+        Each hook that has C{max_pending} pending jobs, in the hooks' order.
+        """
+        return [
+            BacklogFull(name, self._counts[name], limit)
+            for name, limit in self._maxPending.items()
+            if limit is not None and self._counts[name] >= limit
+        ]
 
     def check(self) -> None:
         """
@@ -145,9 +200,8 @@ class Backlog:
 
         @raise BacklogFull: naming the first such hook.
         """
-        for name, limit in self._maxPending.items():
-            if limit is not None and self._counts[name] >= limit:
-                raise BacklogFull(name, self._counts[name], limit)
+        for full in self.full():
+            raise full
 
     def reserve(self, jobs: Sequence[Job]) -> None:
         """
@@ -197,12 +251,39 @@ class Backlog:
         if (
             held is None
             or job.id in held
+            or job.id in self._deferred[job.hook]
             or job.id in self._finished
             or job.id in self._committing
             or len(held) >= self._window[job.hook]
         ):
             return False
         held.add(job.id)
+        return True
+
+    def defer(self, job: Job) -> bool:
+        """
+        Remember a job that is not held and waits for a retry, by its id
+        and due time only, so that it does not take room in its hook's
+        window: scans skip its file until a scan begins at or after its
+        C{due}, which then reads it again (L{nextDue} says when).
+
+        Not for a job that is held, already waiting, just finished or
+        being committed, or whose hook has L{deferLimits} jobs waiting: it
+        is then held, if at all, by L{admit}.
+
+        @return: Whether it is now remembered as waiting.
+        """
+        deferred = self._deferred.get(job.hook)
+        if (
+            deferred is None
+            or job.id in deferred
+            or job.id in self._held[job.hook]
+            or job.id in self._finished
+            or job.id in self._committing
+            or len(deferred) >= self._deferLimit[job.hook]
+        ):
+            return False
+        deferred[job.id] = job.due
         return True
 
     def forget(self, job: Job) -> None:
@@ -231,8 +312,10 @@ class Backlog:
     def beginScan(self, now: float) -> ScanPlan:
         """
         What a scan of the spool beginning now may read: each hook's
-        window's room, none of the jobs held, just finished or being
-        committed (so the memory a scan takes is bounded by the room).
+        window's room, none of the jobs held, waiting for a retry not yet
+        due, just finished or being committed (so the memory a scan takes
+        is bounded by the room).  Jobs waiting for a retry that are due
+        now are no longer remembered: their files are read like any.
         """
         # A job whose file went before this scan started cannot be in its
         # listing, so only later ones need remembering (and skipping): a
@@ -241,9 +324,13 @@ class Backlog:
         self._finished = {k: t for k, t in self._finished.items() if t >= now}
         committing = frozenset(self._committing)
         held = frozenset().union(*self._held.values())
+        waiting: set[str] = set()
+        for name, deferred in self._deferred.items():
+            self._deferred[name] = deferred = {k: due for k, due in deferred.items() if due > now}
+            waiting.update(deferred)
         return ScanPlan(
             room={name: self._window[name] - len(ids) for name, ids in self._held.items()},
-            skip=held.union(self._finished, committing),
+            skip=held.union(waiting, self._finished, committing),
             uncounted=committing,
             counts=dict(self._counts),
             reserved=dict(self._reserved),
@@ -284,11 +371,12 @@ class Backlog:
     def wantsRefill(self) -> bool:
         """
         Whether a hook's window has drained to half while more of its jobs
-        wait in the spool: then a scan should read more, so the backlog
-        drains as fast as the hook works, not one window per rescan.
+        wait in the spool (other than those waiting for a retry): then a
+        scan should read more, so the backlog drains as fast as the hook
+        works, not one window per rescan.
         """
         for name, held in self._held.items():
-            waiting = self._counts[name] - len(held) - self._reserved[name]
+            waiting = self._counts[name] - len(held) - self._reserved[name] - len(self._deferred[name])
             if waiting > 0 and len(held) <= self._window[name] // 2:
                 return True
         return False

@@ -28,6 +28,10 @@ retrying failures and surviving restarts.
      time, as the window drains.  At start, L{HookRunner.start} counts the
      pending jobs and resumes the oldest, and the spool is looked at again
      every few seconds for jobs put back by C{mailharbor hooks retry}.
+  5. A job waiting for a retry is not held in the window: once its file
+     says when it is due, only its id and due time are kept, and the
+     spool is read again when it is due, so jobs a hook keeps failing on
+     never keep its other jobs waiting on disk.
 
 The counting (pending jobs, the window, jobs being committed, what a scan
 may read) is L{harbor.hooks.backlog.Backlog}'s; running each job held in
@@ -130,7 +134,15 @@ class HookRunner(Service):
             lambda: self._log,
             forgotten=self._backlog.forget,
             finished=self._jobFinished,
+            waiting=self._jobWaiting,
         )
+        # The delayed call that reads the spool when the first job waiting
+        # for a retry is due, and when.
+        self._wakeCall: Any = None
+        self._wakeAt = 0.0
+        # The hooks whose backlog was full when last looked at, logged
+        # once as they fill and once as they drain.
+        self._full: dict[str, BacklogFull] = {}
         self._scanAgain = False
         self._unknownHooks: set[str] = set()
         self._scanning = False
@@ -146,7 +158,8 @@ class HookRunner(Service):
     @property
     def active(self) -> dict[str, Job]:
         """
-        The jobs this runner has scheduled or is running, by id.
+        The jobs this runner has scheduled or is running, by id: not those
+        waiting in the spool for a retry (L{waitingCounts}).
         """
         return self._attempts.active
 
@@ -159,26 +172,55 @@ class HookRunner(Service):
         """
         return self._backlog.counts
 
+    @property
+    def waitingCounts(self) -> dict[str, int]:
+        """
+        Each hook's jobs waiting in the spool for a retry that is not due
+        yet, by name: counted as pending, not held in memory.
+        """
+        return self._backlog.deferred
+
     def checkBacklog(self) -> None:
         """
         Refuse new mail while a hook has C{max_pending} pending jobs: at
         RCPT, so the client need not send the body, and again by
         L{prepare} at the end of the data.  Call it in the reactor thread.
 
-        @raise BacklogFull: naming the first such hook (logged, with its
-            name).
+        @raise BacklogFull: naming the first such hook (logged once as
+            the hook fills, not at each refusal; see L{_noteBacklog}).
         """
-        try:
-            self._backlog.check()
-        except BacklogFull as full:
-            self._log.warn(
-                "Hook {hook} has {pending} pending jobs (max_pending {limit}): "
-                "new mail is refused with 451 until they drain",
-                hook=full.hook,
-                pending=full.pending,
-                limit=full.limit,
-            )
-            raise
+        self._noteBacklog()
+        self._backlog.check()
+
+    def _noteBacklog(self) -> None:
+        """
+        Log each hook whose backlog has just reached its C{max_pending}
+        (one warning: mail is refused from now on), and each that has
+        drained below it since (one line: mail is taken again): once per
+        change, not per refused recipient, which under load would flood
+        the log.
+        """
+        full = {state.hook: state for state in self._backlog.full()}
+        for name, state in full.items():
+            if name not in self._full:
+                self._log.warn(
+                    "Hook {hook} has {pending} pending jobs (max_pending {limit}): "
+                    "new mail is refused with 451 until they drain",
+                    hook=name,
+                    pending=state.pending,
+                    limit=state.limit,
+                )
+        counts = self._backlog.counts
+        for name, state in self._full.items():
+            if name not in full:
+                self._log.info(
+                    "Hook {hook} has {pending} pending jobs, below max_pending {limit}: "
+                    "new mail is taken again",
+                    hook=name,
+                    pending=counts[name],
+                    limit=state.limit,
+                )
+        self._full = full
 
     def prepare(self, events: Sequence[NewMessage]) -> list[Job]:
         """
@@ -206,6 +248,7 @@ class HookRunner(Service):
             for name in self._hooks:
                 jobs.append(Job(jobID(event, name), name, event, created=now, due=now))
         self._backlog.reserve(jobs)
+        self._noteBacklog()
         return jobs
 
     def persist(self, jobs: Sequence[Job]) -> None:
@@ -238,6 +281,7 @@ class HookRunner(Service):
         reactor thread.
         """
         self._backlog.release(jobs, self._reactor.seconds())
+        self._noteBacklog()
 
     def record(self, events: Sequence[NewMessage]) -> list[Job]:
         """
@@ -323,6 +367,9 @@ class HookRunner(Service):
             self._loop.stop()
         self._loop = None
         await stopped
+        if self._wakeCall is not None and self._wakeCall.active():
+            self._wakeCall.cancel()
+        self._wakeCall = None
         closing = []
         for hook in self._hooks.values():
             closing.append(maybeDeferred(hook.stop))
@@ -356,12 +403,20 @@ class HookRunner(Service):
             for name in scan.counts:
                 if name not in self._hooks:
                     self._unknownHook(name)
+            self._noteBacklog()
             admitted = 0
+            waiting = self._backlog.deferred
             for job in scan.jobs:
                 try:
-                    admitted += self._admit(job)
+                    # A retry coming due is not news: its failure was
+                    # logged with when it would be tried again.
+                    admitted += self._admit(job) and (resuming or not job.attempts)
                 except Exception:  # noqa: BLE001 -- logged: one bad job stops no others
                     self._log.failure("Cannot start hook job {job}", job=job.id)
+            if self._backlog.deferred != waiting:
+                # Jobs read that wait for a retry took no room: read on,
+                # past them, for jobs that are due.
+                self._scanAgain = True
             if admitted:
                 self._log.info(
                     "{what} {count} pending hook jobs",
@@ -376,6 +431,7 @@ class HookRunner(Service):
 
         def done(ignored: object) -> None:
             self._scanning = False
+            self._wake()
             if self._scanAgain:
                 self._scanAgain = False
                 self._refill()
@@ -396,9 +452,12 @@ class HookRunner(Service):
 
     def _admit(self, job: Job) -> bool:
         """
-        Schedule a job unless it is already scheduled, running, just
-        finished or being committed, or its hook's window is full (it then
-        waits in the spool).
+        Schedule a job unless it is already scheduled, running, waiting
+        for a retry, just finished or being committed, or its hook's
+        window is full (it then waits in the spool).  A job not due yet is
+        left in the spool until it is, remembered by id and due time,
+        taking no room in the window (unless its hook has too many such
+        jobs: then it waits in the window).
 
         @return: whether it was scheduled.
         """
@@ -406,6 +465,9 @@ class HookRunner(Service):
             return False
         if job.hook not in self._hooks:
             self._unknownHook(job.hook)
+            return False
+        if job.due > self._reactor.seconds() and self._backlog.defer(job):
+            self._wake(job.due)
             return False
         if not self._backlog.admit(job):
             return False
@@ -432,4 +494,45 @@ class HookRunner(Service):
         in the spool.
         """
         self._backlog.finished(job, changed, self._reactor.seconds())
+        self._noteBacklog()
         self._refill()
+
+    def _jobWaiting(self, job: Job) -> None:
+        """
+        A job that failed was let go of once its file said when its retry
+        is due: leave it in the spool until then, taking no room in its
+        hook's window, which is refilled from the spool.
+        """
+        try:
+            self._admit(job)
+        except Exception:  # noqa: BLE001 -- logged: the job stays in the spool for a scan
+            self._log.failure("Cannot schedule the retry of hook job {job}", job=job.id)
+        self._refill()
+
+    def _wake(self, due: float | None = None) -> None:
+        """
+        Read the spool again when the first job waiting for a retry is
+        due, so that it is attempted then, not at the next rescan.
+
+        @param due: When a job just left waiting is due; without it, the
+            first due of all those waiting is looked up.
+        """
+        if due is None:
+            due = self._backlog.nextDue
+        if due is None or self._attempts.stopping:
+            return
+        if self._wakeCall is not None and self._wakeCall.active():
+            if self._wakeAt <= due:
+                return
+            self._wakeCall.cancel()
+        self._wakeAt = due
+        self._wakeCall = self._reactor.callLater(max(0.0, due - self._reactor.seconds()), self._retriesDue)
+
+    def _retriesDue(self) -> None:
+        """
+        A job waiting for a retry is due: read it (and any other due) from
+        the spool.
+        """
+        self._wakeCall = None
+        if not self._attempts.stopping:
+            self._rescan(resuming=False)

@@ -10,7 +10,9 @@ from collections.abc import Mapping
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from harbor.hooks.backlog import WINDOW, Backlog, HookLimits
+from attrs import evolve
+
+from harbor.hooks.backlog import DEFER_WINDOWS, WINDOW, Backlog, HookLimits
 from harbor.hooks.config import DEFAULT_MAX_PENDING
 from harbor.hooks.events import BacklogFull, Job, NewMessage, jobID
 
@@ -336,6 +338,86 @@ class ScanTests(SynchronousTestCase):
         b.finished(job(1), changed=True, now=NOW)
         b.scanned(plan, {}, writing=False)
         self.assertEqual(b.counts, {"a": 0})
+
+
+class DeferTests(SynchronousTestCase):
+    """
+    Tests for L{Backlog.defer}: jobs waiting for a retry, remembered by id
+    and due time, not held.
+    """
+
+    def test_deferredTakesNoRoom(self) -> None:
+        """
+        A held job let go of for its retry (and another read not due yet)
+        takes no room in the window, and is not admitted while it waits.
+        """
+        b = backlog(2)
+        stored(b, *(job(n) for n in range(4)))
+        b.admit(job(0))
+        b.admit(job(1))
+        b.forget(job(0))
+        self.assertTrue(b.defer(evolve(job(0), due=NOW + 30)))
+        self.assertTrue(b.defer(evolve(job(3), due=NOW + 60)))
+        self.assertFalse(b.admit(job(0)))
+        self.assertEqual([b.admit(job(2)), b.admit(job(3))], [True, False])
+        self.assertEqual((b.held, b.deferred, b.counts), ({"a": 2}, {"a": 2}, {"a": 4}))
+
+    def test_notDeferredTwiceOrWhileHeld(self) -> None:
+        """
+        A job already waiting, held, being committed or just finished is
+        not deferred.
+        """
+        b = backlog()
+        stored(b, job(1), job(2))
+        b.reserve([job(3)])
+        b.admit(job(1))
+        b.forget(job(2))
+        b.finished(job(2), changed=False, now=NOW)
+        stored(b, job(4))
+        self.assertTrue(b.defer(job(4)))
+        self.assertEqual([b.defer(job(n)) for n in (1, 2, 3, 4)], [False, False, False, False])
+        self.assertEqual(b.deferred, {"a": 1})
+
+    def test_scanSkipsUntilDue(self) -> None:
+        """
+        Scans skip a waiting job's file until one begins at or after its
+        due time, which reads it again like any.
+        """
+        b = backlog()
+        stored(b, job(1), job(2))
+        b.defer(evolve(job(1), due=NOW + 30))
+        b.defer(evolve(job(2), due=NOW + 60))
+        self.assertEqual(b.nextDue, NOW + 30)
+        self.assertEqual(b.beginScan(NOW + 29.9).skip, {job(1).id, job(2).id})
+        self.assertEqual(b.beginScan(NOW + 30).skip, {job(2).id})
+        self.assertEqual((b.deferred, b.nextDue), ({"a": 1}, NOW + 60))
+        self.assertTrue(b.admit(job(1)))
+        b.beginScan(NOW + 60)
+        self.assertEqual((b.deferred, b.nextDue), ({"a": 0}, None))
+
+    def test_deferLimitIsMaxPending(self) -> None:
+        """
+        A hook remembers at most its C{max_pending} waiting jobs (a hook
+        without one, L{DEFER_WINDOWS} windows' worth); beyond that a job
+        is not deferred, and may be held instead.
+        """
+        b = backlog(4, a=HookLimits(maxPending=2), b=HookLimits(maxPending=None))
+        self.assertEqual(b.deferLimits, {"a": 2, "b": DEFER_WINDOWS * 4})
+        stored(b, *(job(n) for n in range(3)))
+        self.assertEqual([b.defer(job(n)) for n in range(3)], [True, True, False])
+        self.assertTrue(b.admit(job(2)))
+
+    def test_waitingJobsNeedNoRefill(self) -> None:
+        """
+        Jobs waiting for a retry do not make an empty window read the
+        spool: there is nothing there to run until they are due.
+        """
+        b = backlog(4)
+        stored(b, job(1), job(2))
+        b.defer(job(1))
+        self.assertTrue(b.wantsRefill())
+        b.defer(job(2))
+        self.assertFalse(b.wantsRefill())
 
 
 class RefillTests(SynchronousTestCase):

@@ -18,7 +18,7 @@ from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from twisted.application.service import IService
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
 from twisted.logger import ILogObserver, Logger, formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
@@ -316,7 +316,7 @@ class DispatchTests(RunnerTestCase):
         self.assertEqual(len(hook.calls), 3)
         hook.waiting[1].errback(HookFailed("x"))
         self.assertEqual(len(hook.calls), 4)
-        self.assertEqual(len(runner.active), 4)
+        self.assertEqual((len(runner.active), runner.waitingCounts), (3, {"fake": 1}))
 
     def test_dispatchTwiceRunsOnce(self) -> None:
         """
@@ -652,6 +652,116 @@ class BacklogTests(RunnerTestCase):
             d.callback(None)
         self.assertEqual((len(hook.calls), self.pending(), runner.active), (10, [], {}))
 
+    def poisoned(self, poison: set[str], retry: RetryPolicy | None = None, **kwargs: Any) -> FakeHook:
+        """
+        A hook that fails, every time, for the messages with ids in
+        C{poison} (as a webhook answering 500 for certain messages), and
+        succeeds for all others.
+        """
+        hook = FakeHook(retry=retry or RetryPolicy(attempts=8, backoff=30, maxBackoff=3600), **kwargs)
+
+        def run(event: NewMessage) -> Deferred[object]:
+            hook.calls.append(event)
+            return fail(HookFailed("500")) if event.id in poison else succeed(None)
+
+        hook.run = run  # type: ignore[method-assign]
+        return hook
+
+    def test_retryingJobsDoNotHoldUpHealthyOnes(self) -> None:
+        """
+        Jobs waiting for a retry take no room in their hook's window: with
+        a window of 4 and 4 jobs the hook keeps failing on, its 6 healthy
+        jobs are read from the spool and run at once (not at a rescan),
+        and each failing one is attempted again exactly once at each of
+        its due times, until it is parked as a dead letter.
+        """
+        events = self.manyEvents(10)
+        poison = {e.id for e in events[:4]}
+        hook = self.poisoned(poison, RetryPolicy(attempts=3, backoff=30, maxBackoff=3600))
+        runner = self.runner(hook, window=4, rescanInterval=1e9)
+        runner.dispatch(runner.record(events))
+        self.clock.advance(0)
+        self.assertEqual({e.id for e in hook.calls} - poison, {e.id for e in events[4:]})
+        self.assertEqual(len(hook.calls), 10)
+        self.assertEqual((runner.active, runner.waitingCounts, runner.pendingCounts), ({}, {"fake": 4}, {"fake": 4}))
+        self.assertEqual(len(self.pending()), 4)
+        self.clock.advance(29.9)
+        self.assertEqual(len(hook.calls), 10)
+        self.clock.advance(0.1)
+        self.assertEqual(len(hook.calls), 14)
+        self.assertEqual(sorted(e.id for e in hook.calls[10:]), sorted(poison))
+        self.assertEqual({j.attempts for j in runner.spool.pendingJobs()}, {2})
+        self.clock.advance(59.9)
+        self.assertEqual(len(hook.calls), 14)
+        self.clock.advance(0.1)
+        self.assertEqual(len(hook.calls), 18)
+        self.assertEqual((self.pending(), len(self.dead()), runner.waitingCounts), ([], 4, {"fake": 0}))
+        self.clock.advance(3600)
+        self.assertEqual(len(hook.calls), 18)
+
+    def test_jobsNotDueAtStartWaitOnDisk(self) -> None:
+        """
+        Jobs found at start waiting out a backoff take no room in the
+        window either: the due ones run at once, the others when due.
+        """
+        events = self.manyEvents(10)
+        poison = {e.id for e in events[:4]}
+        first = self.runner(self.poisoned(poison), window=4, rescanInterval=1e9)
+        first.dispatch(first.record(events[:4]))
+        self.clock.advance(0)
+        self.successResultOf(first.stop())
+        first.record(events[4:])
+        hook = self.poisoned(set())
+        runner = self.runner(hook, window=4, rescanInterval=1e9)
+        self.successResultOf(runner.start())
+        self.clock.advance(0)
+        self.assertEqual([e.id for e in hook.calls], [e.id for e in events[4:]])
+        self.assertEqual((runner.active, runner.waitingCounts), ({}, {"fake": 4}))
+        self.clock.advance(30)
+        self.assertEqual(sorted(e.id for e in hook.calls[6:]), sorted(poison))
+        self.assertEqual((self.pending(), runner.pendingCounts), ([], {"fake": 0}))
+
+    def test_waitingBeyondCapHeldInWindow(self) -> None:
+        """
+        A hook remembers at most C{max_pending} jobs waiting for a retry;
+        one beyond that waits in its window, as a last resort, and is
+        still attempted at its due time, once.
+        """
+        events = self.manyEvents(3)
+        self.runner(FakeHook()).record(events)
+        hook = self.poisoned({e.id for e in events}, maxPending=2)
+        runner = self.runner(hook, window=4, rescanInterval=1e9)
+        self.successResultOf(runner.start())
+        self.clock.advance(0)
+        self.assertEqual((len(runner.active), runner.waitingCounts), (1, {"fake": 2}))
+        self.clock.advance(30)
+        self.assertEqual(sorted(e.id for e in hook.calls), sorted(2 * [e.id for e in events]))
+
+    def test_retryKeptInMemoryIfItsFileCannotBeUpdated(self) -> None:
+        """
+        A job whose file could not be updated after a failure waits for
+        its retry in memory (its file would have it attempted at once),
+        and is attempted at its due time.
+        """
+        hook = FakeHook(outcomes=[HookFailed("500")])
+        runner = self.runner(hook, rescanInterval=1e9)
+        (job,) = runner.record([self.event])
+        update = runner.spool.update
+
+        def broken(job: Job) -> None:
+            raise OSError("disk full")
+
+        self.patch(runner.spool, "update", broken)
+        runner.dispatch([job])
+        self.clock.advance(0)
+        self.assertEqual((list(runner.active), runner.waitingCounts), ([job.id], {"fake": 0}))
+        self.patch(runner.spool, "update", update)
+        self.clock.advance(9.9)
+        self.assertEqual(len(hook.calls), 1)
+        self.clock.advance(0.1)
+        self.assertEqual((len(hook.calls), self.pending()), (2, []))
+        self.flushLoggedErrors(OSError)
+
     def test_pendingCounts(self) -> None:
         """
         The pending jobs of each hook are counted from the spool at start,
@@ -769,6 +879,42 @@ class BacklogTests(RunnerTestCase):
         )
         hook.waiting[0].callback(None)
         self.assertEqual(len(runner.prepare([storeMessage(self, count=3)])), 2)
+
+    def test_backlogFullLoggedOnceAsItFillsAndDrains(self) -> None:
+        """
+        A hook whose backlog reaches C{max_pending} is logged once, with
+        its name and cap, however many recipients are then refused, and
+        once more (as taking mail again) when it drains below the cap,
+        rather than once per refusal.
+        """
+        events = self.logged()
+        hook = FakeHook("slow", outcomes=[WAIT, WAIT, WAIT], maxPending=2)
+        runner = self.runner(hook, FakeHook("quick"))
+        runner.dispatch(runner.record(self.manyEvents(2)))
+        self.clock.advance(0)
+        for n in range(50):
+            self.assertRaises(BacklogFull, runner.checkBacklog)
+        self.assertRaises(BacklogFull, runner.prepare, [storeMessage(self, count=3)])
+
+        def lines() -> list[str]:
+            return [formatEvent(e) for e in events if e.get("hook") == "slow" and "max_pending" in e["log_format"]]
+
+        self.assertEqual(
+            lines(),
+            ["Hook slow has 2 pending jobs (max_pending 2): new mail is refused with 451 until they drain"],
+        )
+        hook.waiting[0].callback(None)
+        drained = "Hook slow has 1 pending jobs, below max_pending 2: new mail is taken again"
+        self.assertEqual(lines()[1:], [drained])
+        for n in range(5):
+            runner.checkBacklog()
+        self.assertEqual(len(lines()), 2)
+        runner.dispatch(runner.record([storeMessage(self, count=4)]))
+        self.clock.advance(0)
+        self.assertRaises(BacklogFull, runner.checkBacklog)
+        self.assertEqual(len(lines()), 3, "full again: logged again")
+        levels = [e["log_level"].name for e in events if e.get("hook") == "slow" and "max_pending" in e["log_format"]]
+        self.assertEqual(levels, ["warn", "info", "warn"])
 
     def test_maxPendingDefault(self) -> None:
         """
