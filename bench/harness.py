@@ -63,6 +63,7 @@ import procstat
 from servers import (
     SERVERS,
     SLOW_DOMAIN,
+    MailHarbor,
     Server,
     ServerError,
     ServerOptions,
@@ -157,7 +158,7 @@ class Bench:
         print(f"[{stamp}] {message}", file=sys.stderr, flush=True)
 
     def _mailharbor_limit_keys(self) -> list[str]:
-        if "mailharbor" not in self.options.servers:
+        if not {"mailharbor", *self.options.variants} & set(self.options.servers):
             return []
         out = subprocess.run(
             [self.python, "-c", "import harbor.limits as c; print(' '.join(getattr(c, 'LIMIT_KEYS', {})))"],
@@ -215,7 +216,12 @@ class Bench:
         workdir = tempfile.mkdtemp(prefix=f"{name}-{label}-", dir=self.options.workdir)
         os.chmod(workdir, 0o755)
         options: ServerOptions = {**self.server_options, **(extra or {})}
-        server = SERVERS[name](workdir, free_port(), self.venv, options)
+        if name in self.options.variants:
+            options["mailharbor_toml"] = self.options.variants[name]
+            server: Server = MailHarbor(workdir, free_port(), self.venv, options)
+            server.name = name  # its column, and its label in the log
+        else:
+            server = SERVERS[name](workdir, free_port(), self.venv, options)
         self.live.append(server)
         server.start()
         self.check_storage(server)
@@ -668,7 +674,7 @@ class Bench:
 
     def table(self) -> str:
         servers = self.options.servers
-        peers = [s for s in servers if s != "mailharbor"] if "mailharbor" in servers else []
+        peers = [s for s in servers if s != "mailharbor" and s not in self.options.variants] if "mailharbor" in servers else []
         header = [f"metric (median of {self.options.runs:d} runs)"] + servers + [f"MH/{p}" for p in peers] + ["better"]
         rows = [header]
         for key, label, better, fmt in self.metrics():
@@ -1166,6 +1172,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    help="appended to MailHarbor's tcp:PORT:interface=127.0.0.1 endpoint, e.g. ':backlog=511'")
     p.add_argument("--mailharbor-workers", type=int, default=1, metavar="N",
                    help="run MailHarbor with --workers N (CPU and memory rows then count only the first process)")
+    p.add_argument("--mailharbor-variant", action="append", default=[], metavar="NAME:KEY=VALUE,...",
+                   help="a server NAME (for --servers) that is MailHarbor with these lines in its mailharbor.toml, "
+                        "e.g. mh-l1:commit_lanes=1 or 'mh-syncfs:group_commit=\"syncfs\"'; repeatable; "
+                        "MH/peer ratios stay those of the plain mailharbor column")
     p.add_argument("--postfix-main", action="append", default=[], metavar="'NAME = VALUE'",
                    help="extra main.cf line for the Postfix instance, repeatable (e.g. 'in_flow_delay = 0')")
     p.add_argument("--timeout", type=float, default=180, help="bound on each measurement's waits, seconds")
@@ -1191,10 +1201,18 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         p.error(f"unknown workload(s) {bad}; choose from {','.join(WORKLOADS)}")
     if {"W6", "W7"} & set(o.only) and "W1" not in o.only:
         o.only.insert(0, "W1")  # their ratios are to W1 in the same run
+    o.variants = {}
+    for spec in o.mailharbor_variant:
+        name, sep, settings = spec.partition(":")
+        name = name.strip()
+        lines = [kv.strip() for kv in settings.split(",") if kv.strip()]
+        if not sep or not name or name in SERVERS or name in o.variants or not all("=" in kv for kv in lines):
+            p.error(f"--mailharbor-variant {spec!r}: want a new NAME:key=value,key=value")
+        o.variants[name] = lines
     o.servers = [s.strip() for s in o.servers.split(",") if s.strip()]
-    bad = [s for s in o.servers if s not in SERVERS]
+    bad = [s for s in o.servers if s not in SERVERS and s not in o.variants]
     if bad:
-        p.error(f"unknown server(s) {bad}; choose from {','.join(SERVERS)}")
+        p.error(f"unknown server(s) {bad}; choose from {','.join([*SERVERS, *o.variants])}")
     o.w5 = [int(n) for n in o.w5.split(",") if n.strip()]
     if o.runs < 1:
         p.error("--runs must be at least 1")

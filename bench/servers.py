@@ -10,6 +10,8 @@ Maildir, and stopped (with everything it started) afterwards.
               directories) delivering with virtual(8) to a Maildir
   smtp-sink   Postfix's smtp-sink: reads and discards (the no-storage
               ceiling)
+  NAME        a MailHarbor variant (--mailharbor-variant NAME:key=value,...):
+              mailharbor with those lines added to its mailharbor.toml
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ class ServerOptions(TypedDict, total=False):
     mailharbor_endpoint_extra: str
     mailharbor_workers: int
     mailharbor_limit_keys: list[str]
+    mailharbor_toml: list[str]
     max_connections: int
 
 
@@ -242,6 +245,8 @@ class MailHarbor(Server):
         workers = self.options.get("mailharbor_workers", 1)
         if workers > 1 and "workers" in known:
             lines.append(f"workers = {workers}")
+        # A variant's own settings (--mailharbor-variant), last so they win.
+        lines += self.options.get("mailharbor_toml", [])
         self.config = None
         if lines:
             self.config = os.path.join(self.workdir, "mailharbor.toml")
