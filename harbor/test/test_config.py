@@ -49,13 +49,13 @@ class ConfigTests(SynchronousTestCase):
 
     def test_commitLanes(self) -> None:
         """
-        commit_lanes and commit_batch default to 4 and 32 and take a whole
+        commit_lanes and commit_batch default to 8 and 32 and take a whole
         number from 1 up to a bound; anything else is an error naming the
         setting.
         """
         base = {"domain": "example.com", "hostname": "mx.example.com"}
         config = Config.fromMapping(base)
-        self.assertEqual((config.commitLanes, config.commitBatch), (4, 32))
+        self.assertEqual((config.commitLanes, config.commitBatch), (8, 32))
         config = Config.fromMapping({**base, "commit_lanes": 1, "commit_batch": 1})
         self.assertEqual((config.commitLanes, config.commitBatch), (1, 1))
         config = Config.fromMapping({**base, "commit_lanes": 64, "commit_batch": 1024})
