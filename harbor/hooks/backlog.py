@@ -248,17 +248,22 @@ class Backlog:
         @return: Whether it is now held.
         """
         held = self._held.get(job.hook)
-        if (
-            held is None
-            or job.id in held
-            or job.id in self._deferred[job.hook]
-            or job.id in self._finished
-            or job.id in self._committing
-            or len(held) >= self._window[job.hook]
-        ):
+        if held is None or self._tracked(job) or len(held) >= self._window[job.hook]:
             return False
         held.add(job.id)
         return True
+
+    def _tracked(self, job: Job) -> bool:
+        """
+        Whether C{job} (of a known hook) is held, waiting for a retry, just
+        finished or being committed.
+        """
+        return (
+            job.id in self._held[job.hook]
+            or job.id in self._deferred[job.hook]
+            or job.id in self._finished
+            or job.id in self._committing
+        )
 
     def defer(self, job: Job) -> bool:
         """
@@ -274,14 +279,7 @@ class Backlog:
         @return: Whether it is now remembered as waiting.
         """
         deferred = self._deferred.get(job.hook)
-        if (
-            deferred is None
-            or job.id in deferred
-            or job.id in self._held[job.hook]
-            or job.id in self._finished
-            or job.id in self._committing
-            or len(deferred) >= self._deferLimit[job.hook]
-        ):
+        if deferred is None or self._tracked(job) or len(deferred) >= self._deferLimit[job.hook]:
             return False
         deferred[job.id] = job.due
         return True
