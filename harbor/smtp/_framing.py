@@ -18,6 +18,14 @@ from __future__ import annotations
 from attrs import frozen
 
 CRLF = b"\r\n"
+
+# RFC 5321 section 4.5.3.1.4, raised for MAIL by the parameters we take:
+# SIZE (RFC 1870: 26), BODY=8BITMIME (14), SMTPUTF8 (RFC 6531: 10).
+MAX_COMMAND_LINE = 512
+# AUTH= (RFC 4954: 500) too; an AUTH command line may be 12288 octets.
+LINE_LIMITS = {b"MAIL": MAX_COMMAND_LINE + 26 + 14 + 10 + 500, b"AUTH": 12288 + 2}
+# Nothing longer is ever buffered as one command line.
+MAX_BUFFERED_LINE = 12288 + 2
 _TERMINATOR = b".\r\n"
 
 

@@ -33,6 +33,7 @@ from collections.abc import Callable
 from typing import Any
 
 from harbor.limits import Limits
+from harbor.smtp._errors import JUNK_VERBS, ClientErrors
 from harbor.smtp._events import (
     NEED_DATA,
     PAUSED,
@@ -55,7 +56,15 @@ from harbor.smtp._events import (
     Verify,
     Wait,
 )
-from harbor.smtp._framing import ChunkDecoder, DataDecoder, InputBuffer, LineTooLong
+from harbor.smtp._framing import (
+    LINE_LIMITS,
+    MAX_BUFFERED_LINE,
+    MAX_COMMAND_LINE,
+    ChunkDecoder,
+    DataDecoder,
+    InputBuffer,
+    LineTooLong,
+)
 from harbor.smtp._parse import chunkSize, heloName, mailFrom, rcptAddress, rcptTo
 from harbor.smtp._replies import (
     ALREADY_AUTHENTICATED,
@@ -92,16 +101,6 @@ from harbor.smtp._replies import (
 )
 from harbor.smtp._sasl import MECHANISMS, SASLExchange
 
-# RFC 5321 section 4.5.3.1.4, raised for MAIL by the parameters we take:
-# SIZE (RFC 1870: 26), BODY=8BITMIME (14), SMTPUTF8 (RFC 6531: 10).
-MAX_COMMAND_LINE = 512
-# AUTH= (RFC 4954: 500) too; an AUTH command line may be 12288 octets.
-_LINE_LIMITS = {b"MAIL": MAX_COMMAND_LINE + 26 + 14 + 10 + 500, b"AUTH": 12288 + 2}
-# Nothing longer is ever buffered as one command line.
-_MAX_BUFFERED_LINE = 12288 + 2
-
-# Commands that move no mail, counted against the junk limit.
-_JUNK = frozenset({b"NOOP", b"RSET", b"VRFY", b"HELP"})
 # The events that need no reply: the session carries on reading after them.
 _UNANSWERED = frozenset({ChunkStarted, BodyReceived, BodyRefused})
 
@@ -124,7 +123,7 @@ class SMTPSession:
         long among them) have been read, so the application can tell when
         the next one is due.
     @ivar lastCode: The code of the last reply sent.
-    @ivar errors: How many errors the client has made in all.
+    @ivar clientErrors: The client's errors (L{ClientErrors}).
     @ivar messageSize: The size of the current transaction's message so far
         (or of the last transaction's, until the next MAIL), as sent: a line
         end counts two octets (RFC 1870).  A chunk refused unread does not
@@ -166,7 +165,7 @@ class SMTPSession:
         self.tlsAvailable = tlsAvailable
         self.tlsActive = tlsActive
 
-        self._input = InputBuffer(_MAX_BUFFERED_LINE)
+        self._input = InputBuffer(MAX_BUFFERED_LINE)
         # Message data received with nothing buffered before it, kept as it
         # came: decoded without a copy into the buffer and out again.
         self._unread: bytes | None = None
@@ -182,9 +181,7 @@ class SMTPSession:
         self.verb = "-"
         self.linesRead = 0
         self.lastCode = 0
-        self.errors = 0
-        self._errorsSinceDelivery = 0
-        self._junk = 0
+        self.clientErrors = ClientErrors(limits)
         self.errorLimitReached = False
 
         # What the client has said, which STARTTLS forgets (RFC 3207).
@@ -227,6 +224,11 @@ class SMTPSession:
         self._afterRefusedChunk = False
 
     # What the application asks
+
+    @property
+    def errors(self) -> int:
+        """How many errors the client has made in all."""
+        return self.clientErrors.total
 
     @property
     def chunkedSize(self) -> int | None:
@@ -444,7 +446,7 @@ class SMTPSession:
 
     def _messageAnswered(self, event: MessageEnded, reply: Reply) -> bool:
         if reply.code < 400:
-            self._delivered()
+            self.clientErrors.delivered()
         return False
 
     def _startTLSAnswered(self, event: StartTLSRequested, reply: Reply) -> bool:
@@ -477,7 +479,7 @@ class SMTPSession:
             self._afterRefusedChunk = not event.last
         elif event.last:
             self._endTransaction()
-            self._delivered()
+            self.clientErrors.delivered()
         return hangUp
 
     def _countError(self) -> bool:
@@ -486,9 +488,7 @@ class SMTPSession:
 
         @return: whether it was one too many since the last message stored.
         """
-        self.errors += 1
-        self._errorsSinceDelivery += 1
-        if self._errorsSinceDelivery >= self._limits.maxErrors and not self._closed:
+        if self.clientErrors.error() and not self._closed:
             self._closed = True
             self.errorLimitReached = True
             return True
@@ -496,21 +496,11 @@ class SMTPSession:
 
     def _countJunk(self) -> bool:
         """
-        Count a command that moves no mail; past the junk limit, each is
-        also an error (Postfix's C{smtpd_junk_command_limit}), so a client
-        cannot hold a connection with NOOPs forever.
+        Count a command that moves no mail (L{ClientErrors.junk}).
 
         @return: whether that was the client's last error allowed.
         """
-        self._junk += 1
-        return self._junk > self._limits.maxJunkCommands and self._countError()
-
-    def _delivered(self) -> None:
-        """
-        A message was stored: as Postfix, the error and junk limits count
-        "without delivering mail".
-        """
-        self._errorsSinceDelivery = self._junk = 0
+        return self.clientErrors.junk() and self._countError()
 
     # The state a transaction leaves
 
@@ -560,11 +550,11 @@ class SMTPSession:
         self.verb = verb[:16].decode("ascii", "replace") or "-"
         if verb != b"BDAT":
             self._afterRefusedChunk = False
-        if len(line) + 2 > _LINE_LIMITS.get(verb, MAX_COMMAND_LINE):
+        if len(line) + 2 > LINE_LIMITS.get(verb, MAX_COMMAND_LINE):
             return Answer(LINE_TOO_LONG)
         if self._refused and verb != b"QUIT":
             return Answer(NO_SERVICE)
-        if verb in _JUNK and self._countJunk():
+        if verb in JUNK_VERBS and self._countJunk():
             return TooManyErrors(Reply(421, "4.7.0", f"{self._hostname} Error: too many errors"))
         command = _COMMANDS.get(verb)
         if command is None:

@@ -37,6 +37,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("harbor.delivery",),
     (
         "harbor.smtp._framing",
+        "harbor.smtp._errors",
         "harbor.smtp._replies",
         "harbor.smtp._events",
         "harbor.smtp._parse",
@@ -67,6 +68,7 @@ PURE = (
     "harbor.store.reader",
     "harbor.store.mime",
     "harbor.smtp._framing",
+    "harbor.smtp._errors",
     "harbor.smtp._replies",
     "harbor.smtp._events",
     "harbor.smtp._parse",
