@@ -8,11 +8,13 @@ from __future__ import annotations
 import os
 import re
 import smtplib
+import socket
 import sys
 from typing import Any
 
 from twisted.internet import reactor
 from twisted.internet.error import ProcessExitedAlready
+from twisted.internet.protocol import ProcessProtocol
 from twisted.trial.unittest import TestCase
 
 from harbor.api import Config, NewMessage, PolicyRequest, Refuse, buildService
@@ -23,12 +25,64 @@ EXAMPLE = os.path.join(EXAMPLES, "embed.py")
 ASYNCIO_EXAMPLE = os.path.join(EXAMPLES, "asyncio_app.py")
 
 
+def freePort() -> int:
+    """
+    A loopback port nothing listens on now, for a program to listen on.
+    """
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    port: int = probe.getsockname()[1]
+    probe.close()
+    return port
+
+
+class ExampleOutput(ProcessProtocol):
+    """
+    What an example program wrote (standard output and error together),
+    and how it ended.
+    """
+
+    data = b""
+    exitCode: int | None = None
+    ended = False
+    process: Any = None
+
+    def outReceived(self, data: bytes) -> None:
+        self.data += data
+
+    errReceived = outReceived
+
+    def processEnded(self, reason: Any) -> None:
+        self.exitCode = reason.value.exitCode
+        self.ended = True
+
+
 class EmbeddingTests(TestCase):
     """
     The API and the example.
     """
 
     timeout = 120
+
+    def runExample(self, arguments: list[str], stopWith: str, path: str | None = None) -> ExampleOutput:
+        """
+        Run an example program with this Python, stopped with the signal
+        C{stopWith} when the test ends if it has not ended by then.
+        """
+        output = ExampleOutput()
+        output.process = reactor.spawnProcess(
+            output, sys.executable, [sys.executable, *arguments], env=subprocessEnvironment(), path=path
+        )
+
+        async def stop() -> None:
+            try:
+                output.process.signalProcess(stopWith)
+            except ProcessExitedAlready:
+                pass
+            await pollUntil(lambda: output.ended, "the example stops")
+
+        self.addCleanup(stop)
+        return output
 
     async def test_api(self) -> None:
         """
@@ -81,39 +135,10 @@ class EmbeddingTests(TestCase):
         examples/embed.py runs, receives a message and prints what its hook
         was given; its policy refuses noreply@.
         """
-        from twisted.internet.protocol import ProcessProtocol
-
-        class Output(ProcessProtocol):
-            data = b""
-            ended = False
-
-            def outReceived(self, data: bytes) -> None:
-                self.data += data
-
-            errReceived = outReceived
-
-            def processEnded(self, reason: object) -> None:
-                self.ended = True
-
-        probe = __import__("socket").socket()
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-        probe.close()
-        output = Output()
+        port = freePort()
         cwd = os.path.abspath(self.mktemp())
         os.makedirs(cwd)
-        process = reactor.spawnProcess(
-            output, sys.executable, [sys.executable, EXAMPLE, str(port)], env=subprocessEnvironment(), path=cwd
-        )
-
-        async def stop() -> None:
-            try:
-                process.signalProcess("TERM")
-            except ProcessExitedAlready:
-                pass
-            await pollUntil(lambda: output.ended, "the example stops")
-
-        self.addCleanup(stop)
+        output = self.runExample([EXAMPLE, str(port)], stopWith="TERM", path=cwd)
 
         def send() -> dict[str, tuple[int, bytes]]:
             for _ in range(100):
@@ -142,47 +167,18 @@ class EmbeddingTests(TestCase):
         import base64
         import ssl
 
-        from twisted.internet.protocol import ProcessProtocol
-
         from harbor.test.certs import TestCA
-
-        class Output(ProcessProtocol):
-            data = b""
-            exitCode: int | None = None
-            ended = False
-
-            def outReceived(self, data: bytes) -> None:
-                self.data += data
-
-            errReceived = outReceived
-
-            def processEnded(self, reason: Any) -> None:
-                self.exitCode = reason.value.exitCode
-                self.ended = True
 
         ca = TestCA(self.mktemp())
         certificate, key = ca.issue()
-        probe = __import__("socket").socket()
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-        probe.close()
+        port = freePort()
         root = os.path.abspath(self.mktemp())
-        output = Output()
         arguments = [
-            sys.executable, ASYNCIO_EXAMPLE, "--port", str(port), "--maildir", root, "--domain", "example.com",
+            ASYNCIO_EXAMPLE, "--port", str(port), "--maildir", root, "--domain", "example.com",
             "--user", "demo", "--password", "s3cret", "--tls-cert", certificate, "--tls-key", key,
             "--heartbeat", "0.2",
         ]
-        process = reactor.spawnProcess(output, sys.executable, arguments, env=subprocessEnvironment())
-
-        async def stop() -> None:
-            try:
-                process.signalProcess("KILL")
-            except ProcessExitedAlready:
-                pass
-            await pollUntil(lambda: output.ended, "the example stops")
-
-        self.addCleanup(stop)
+        output = self.runExample(arguments, stopWith="KILL")
 
         def plain(password: bytes) -> str:
             return "PLAIN " + base64.b64encode(b"\0demo\0" + password).decode()
@@ -218,7 +214,7 @@ class EmbeddingTests(TestCase):
         self.assertIn(b"asyncio app: login accepted for demo from 127.0.0.1", output.data)
         self.assertEqual(len(os.listdir(os.path.join(root, ".submitted", "demo", "new"))), 1)
         await pollUntil(lambda: b"1 messages handled so far" in output.data, "the heartbeat task runs")
-        process.signalProcess("TERM")
+        output.process.signalProcess("TERM")
         await pollUntil(lambda: output.ended, "the example stops on SIGTERM")
         self.assertIn(b"asyncio app: stopped", output.data)
         self.assertEqual(output.exitCode, 0, output.data.decode(errors="replace"))

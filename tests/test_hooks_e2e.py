@@ -108,6 +108,24 @@ class HookEndToEndTests(TestCase):
 
         return await inThread(send)
 
+    async def serveGated(self, settings: str = "") -> tuple[str, str, RunningServer]:
+        """
+        Start the service with one command hook, C{slow} (with C{settings}
+        too), that waits until its gate file exists.
+
+        @return: the hook's output directory, the gate's path, the server.
+        """
+        outputs = os.path.abspath(self.mktemp())
+        os.makedirs(outputs)
+        gate = os.path.join(outputs, "gate")
+        server = await self.serve(
+            "[[hook]]\n"
+            'name = "slow"\n'
+            'kind = "command"\n'
+            f"command = {toml([sys.executable, '-c', HOOK_SCRIPT, outputs, gate])}\n" + settings
+        )
+        return outputs, gate, server
+
     def outputs(self, directory: str) -> list[dict[str, object]]:
         """
         What the test command hook has written into C{directory}.
@@ -158,15 +176,7 @@ class HookEndToEndTests(TestCase):
         The 250 reply comes while the hook is still blocked; the hook
         finishes afterwards.
         """
-        outputs = os.path.abspath(self.mktemp())
-        os.makedirs(outputs)
-        gate = os.path.join(outputs, "gate")
-        server = await self.serve(
-            "[[hook]]\n"
-            'name = "slow"\n'
-            'kind = "command"\n'
-            f"command = {toml([sys.executable, '-c', HOOK_SCRIPT, outputs, gate])}\n"
-        )
+        outputs, gate, server = await self.serveGated()
         self.assertEqual(await self.send(server, "alice@example.com"), 250)
         self.assertEqual(self.outputs(outputs), [], "the hook was still waiting for its gate")
         open(gate, "w").close()  # noqa: ASYNC230 (a small local file)
@@ -178,16 +188,7 @@ class HookEndToEndTests(TestCase):
         and the third is refused with 451 4.3.0 (and not stored); once the
         hook is unblocked and its backlog drains, mail is taken again.
         """
-        outputs = os.path.abspath(self.mktemp())
-        os.makedirs(outputs)
-        gate = os.path.join(outputs, "gate")
-        server = await self.serve(
-            "[[hook]]\n"
-            'name = "slow"\n'
-            'kind = "command"\n'
-            f"command = {toml([sys.executable, '-c', HOOK_SCRIPT, outputs, gate])}\n"
-            "max_pending = 2\n"
-        )
+        outputs, gate, server = await self.serveGated("max_pending = 2\n")
         self.assertEqual(await self.send(server, "alice@example.com"), 250)
         self.assertEqual(await self.send(server, "bob@example.com"), 250)
 

@@ -119,15 +119,15 @@ class SessionDriver(Protocol):
         if self._closed or self._waiting or not self._timing:
             return
         request = (self._smtp.receivingBody, self._smtp.linesRead)
+        now = self._clock.seconds()
         if request != self._request:
             self._request = request
-            now = self._clock.seconds()
             if request[0]:
                 self._deadline.startData(now, self._smtp.buffered)
             else:
                 self._deadline.startCommand(now, self._smtp.buffered)
         if not request[0]:
-            self._deadline.chunkedMessage(self._clock.seconds(), self._smtp.chunkedSize)
+            self._deadline.chunkedMessage(now, self._smtp.chunkedSize)
         self._schedule()
 
     def _schedule(self) -> None:
