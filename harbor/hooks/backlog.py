@@ -186,22 +186,14 @@ class Backlog:
 
     def full(self) -> list[BacklogFull]:
         """
-        Each hook that has C{max_pending} pending jobs, in the hooks' order.
+        Each hook that has C{max_pending} pending jobs, in the hooks' order:
+        more jobs for it are refused (the runner raises the first).
         """
         return [
             BacklogFull(name, self._counts[name], limit)
             for name, limit in self._maxPending.items()
             if limit is not None and self._counts[name] >= limit
         ]
-
-    def check(self) -> None:
-        """
-        Refuse more jobs while a hook has C{max_pending} pending ones.
-
-        @raise BacklogFull: naming the first such hook.
-        """
-        for full in self.full():
-            raise full
 
     def reserve(self, jobs: Sequence[Job]) -> None:
         """

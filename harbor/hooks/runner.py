@@ -189,16 +189,18 @@ class HookRunner(Service):
         @raise BacklogFull: naming the first such hook (logged once as
             the hook fills, not at each refusal; see L{_noteBacklog}).
         """
-        self._noteBacklog()
-        self._backlog.check()
+        for full in self._noteBacklog().values():
+            raise full
 
-    def _noteBacklog(self) -> None:
+    def _noteBacklog(self) -> dict[str, BacklogFull]:
         """
         Log each hook whose backlog has just reached its C{max_pending}
         (one warning: mail is refused from now on), and each that has
         drained below it since (one line: mail is taken again): once per
         change, not per refused recipient, which under load would flood
         the log.
+
+        @return: The hooks that are full, by name.
         """
         full = {state.hook: state for state in self._backlog.full()}
         for name, state in full.items():
@@ -221,6 +223,7 @@ class HookRunner(Service):
                     limit=state.limit,
                 )
         self._full = full
+        return full
 
     def prepare(self, events: Sequence[NewMessage]) -> list[Job]:
         """

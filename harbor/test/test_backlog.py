@@ -14,7 +14,7 @@ from attrs import evolve
 
 from harbor.hooks.backlog import DEFER_WINDOWS, WINDOW, Backlog, HookLimits
 from harbor.hooks.config import DEFAULT_MAX_PENDING
-from harbor.hooks.events import BacklogFull, Job, NewMessage, jobID
+from harbor.hooks.events import Job, NewMessage, jobID
 
 NOW = 1_700_000_000.0
 
@@ -61,20 +61,19 @@ def scan(b: Backlog, listed: Mapping[str, int], writing: bool = False, now: floa
 
 class LimitTests(SynchronousTestCase):
     """
-    Tests for C{max_pending} (L{Backlog.check}) and the window's size.
+    Tests for C{max_pending} (L{Backlog.full}) and the window's size.
     """
 
-    def test_refusedAtMaxPending(self) -> None:
+    def test_fullAtMaxPending(self) -> None:
         """
-        Once a hook has C{max_pending} pending jobs, check raises
-        L{BacklogFull} naming it, its count and its limit; below, it
-        passes.
+        Once a hook has C{max_pending} pending jobs, it is full: a
+        L{BacklogFull} naming it, its count and its limit; below, it is not.
         """
         b = backlog(a=HookLimits(maxPending=2))
         b.reserve([job(1)])
-        b.check()
+        self.assertEqual(b.full(), [])
         b.reserve([job(2)])
-        error = self.assertRaises(BacklogFull, b.check)
+        [error] = b.full()
         self.assertEqual((error.hook, error.pending, error.limit), ("a", 2, 2))
 
     def test_firstFullHookNamed(self) -> None:
@@ -83,7 +82,7 @@ class LimitTests(SynchronousTestCase):
         """
         b = backlog(a=HookLimits(maxPending=5), b=HookLimits(maxPending=1), c=HookLimits(maxPending=1))
         b.reserve([job(1, "a"), job(1, "b"), job(1, "c")])
-        self.assertEqual(self.assertRaises(BacklogFull, b.check).hook, "b")
+        self.assertEqual([error.hook for error in b.full()], ["b", "c"])
 
     def test_noLimit(self) -> None:
         """
@@ -91,7 +90,7 @@ class LimitTests(SynchronousTestCase):
         """
         b = backlog()
         b.reserve([job(n) for n in range(1000)])
-        b.check()
+        self.assertEqual(b.full(), [])
         self.assertEqual(b.counts, {"a": 1000})
 
     def test_defaultLimit(self) -> None:
