@@ -15,7 +15,8 @@ from __future__ import annotations
 import json
 import os
 import uuid
-from collections.abc import Container, Mapping, Sequence
+from collections.abc import Container, Iterable, Mapping, Sequence
+from typing import Literal
 
 from twisted.logger import Logger
 
@@ -49,6 +50,30 @@ class PendingScan:
 
     jobs: tuple[Job, ...]
     counts: Mapping[str, int]
+
+
+@frozen
+class HookStatus:
+    """
+    Where one hook's job for one message stands (L{HookSpool.statusOf}).
+
+    @ivar hook: The hook's name.
+    @ivar jobID: The job's id (what L{HookSpool.revive} takes).
+    @ivar state: C{"pending"} (waiting for an attempt, or being run),
+        C{"dead"} (given up on) or C{"delivered"} (the hook is configured
+        and no job is left for the message: it succeeded).
+    @ivar attempts: Attempts made and failed so far.
+    @ivar nextAttempt: When a pending job is next tried, seconds since the
+        epoch; L{None} otherwise.
+    @ivar error: Why the last attempt failed, if one did.
+    """
+
+    hook: str
+    jobID: str
+    state: Literal["pending", "dead", "delivered"]
+    attempts: int = 0
+    nextAttempt: float | None = None
+    error: str | None = None
 
 
 def hookOf(jobID: str) -> str:
@@ -328,3 +353,85 @@ class HookSpool:
             raise
         return destination
 
+    def statusOf(self, messageID: str, hooks: Iterable[str] = ()) -> list[HookStatus]:
+        """
+        The hook jobs of one stored message, for a reader to see what its
+        hooks made of it.
+
+        Job files are named C{<message id>,<hook>.json}; with the hooks
+        named, each is looked up by its path (in C{pending/}, C{dead/} and
+        any other directory of the spool that jobs are moved to while they
+        run), so that a backlog of any size is never listed.  Without,
+        C{pending/} and C{dead/} are listed for the message's jobs.
+
+        @param messageID: The message's Maildir id.
+        @param hooks: The names of the hooks configured: one found in no
+            directory is C{"delivered"}.
+        @return: One status per hook named, in that order, then any other
+            hook's jobs found, by hook name.
+        """
+        if not isJobID(messageID) or "," in messageID:
+            return []
+        hooks = tuple(hooks)
+        found: dict[str, HookStatus] = {}
+        for state, directory in self._jobDirectories():
+            if hooks:
+                names = [f"{messageID},{hook}{_JOB_SUFFIX}" for hook in hooks]
+            else:
+                try:
+                    names = sorted(os.listdir(directory))
+                except OSError:
+                    continue
+            for name in names:
+                jobID = name[: -len(_JOB_SUFFIX)]
+                if not name.endswith(_JOB_SUFFIX) or jobID.rpartition(",")[0] != messageID:
+                    continue
+                hook = hookOf(jobID)
+                if hook in found:
+                    continue
+                job = self._peek(os.path.join(directory, name))
+                if job is not None:
+                    pending = state == "pending"
+                    found[hook] = HookStatus(
+                        hook, jobID, state, job.attempts, job.due if pending else None, job.error
+                    )
+        statuses = [
+            found.pop(hook) if hook in found else HookStatus(hook, f"{messageID},{hook}", "delivered")
+            for hook in hooks
+        ]
+        return statuses + [found[hook] for hook in sorted(found)]
+
+    def _jobDirectories(self) -> list[tuple[Literal["pending", "dead"], str]]:
+        # pending/ and dead/, then any other directory of the spool, and
+        # those directly below it, that a job may be moved to while it is
+        # being run (counted as pending).
+        directories: list[tuple[Literal["pending", "dead"], str]] = [
+            ("pending", self._pending),
+            ("dead", self._dead),
+        ]
+        known = {self._tmp, self._pending, self._dead}
+        try:
+            with os.scandir(self.directory) as entries:
+                others = sorted(e.path for e in entries if e.is_dir(follow_symlinks=False) and e.path not in known)
+        except OSError:
+            return directories
+        for other in others:
+            directories.append(("pending", other))
+            try:
+                with os.scandir(other) as entries:
+                    directories.extend(
+                        ("pending", e.path) for e in sorted(entries, key=lambda e: e.name)
+                        if e.is_dir(follow_symlinks=False)
+                    )
+            except OSError:
+                continue
+        return directories
+
+    def _peek(self, path: str) -> Job | None:
+        # Read a job file without setting it aside when unusable: looking
+        # is not the server's business of running it.
+        try:
+            with open(path, "rb") as f:
+                return Job.fromJSON(json.loads(f.read()))
+        except (OSError, ValueError):
+            return None

@@ -1,4 +1,4 @@
-# -*- test-case-name: harbor.test.test_names,harbor.test.test_fs,harbor.test.test_writer,harbor.test.test_headers,harbor.test.test_reader,harbor.test.test_mime -*-
+# -*- test-case-name: harbor.test.test_names,harbor.test.test_fs,harbor.test.test_writer,harbor.test.test_headers,harbor.test.test_reader,harbor.test.test_mime,harbor.test.test_browse,harbor.test.test_search,harbor.test.test_changes -*-
 """
 The Maildir store: the server's writer and the operator's reader.
 
@@ -15,9 +15,27 @@ The Maildir store: the server's writer and the operator's reader.
     stored messages, for the C{mailharbor} command.
   - L{harbor.store.mime}: a message taken apart into its text and
     attachments.
+  - L{harbor.store.browse}: the web interface's view: the tree with its
+    counts, pages of summaries with a cursor, the seen flag both ways.
+  - L{harbor.store.search}: the search words (L{harbor.store.search.SYNTAX}).
+  - L{harbor.store.changes}: snapshots of directory listings and their
+    differences, for live updates.
 
-The writer imports no reactor; names, lanes, headers, reader and mime import no
+The writer imports no reactor; names, lanes, headers, reader, mime, browse,
+search and changes import no
 Twisted at all, so the C{mailharbor} command stays light.
 """
 
-__all__ = ["commits", "fs", "headers", "lanes", "mime", "names", "reader", "writer"]
+__all__ = [
+    "browse",
+    "changes",
+    "commits",
+    "fs",
+    "headers",
+    "lanes",
+    "mime",
+    "names",
+    "reader",
+    "search",
+    "writer",
+]

@@ -450,7 +450,7 @@ def listMessages(root: str, query: Query = Query()) -> list[MessageSummary]:
     for _, _, mailbox, directory, filename in candidates:
         if query.limit is not None and len(summaries) >= query.limit:
             break
-        message = _messageFile(mailbox, directory, filename)
+        message = messageFile(mailbox, directory, filename)
         if message is None:
             continue
         try:
@@ -602,12 +602,19 @@ def _scanMaildir(mailbox: str, path: str) -> Iterator[MessageFile]:
     for sub in MESSAGE_DIRECTORIES:
         directory = os.path.join(path, sub)
         for filename in sorted(_listDirectory(directory)):
-            message = _messageFile(mailbox, directory, filename)
+            message = messageFile(mailbox, directory, filename)
             if message is not None:
                 yield message
 
 
-def _messageFile(mailbox: str, directory: str, filename: str) -> MessageFile | None:
+def messageFile(mailbox: str, directory: str, filename: str) -> MessageFile | None:
+    """
+    Describe the file C{filename} in C{directory} (a Maildir's C{new/} or
+    C{cur/}) from its name alone.
+
+    @param mailbox: The name of the Maildir, relative to the root.
+    @return: The message, or L{None} if the name is not a message's.
+    """
     name = parseName(filename)
     if name is None:
         return None
