@@ -17,12 +17,14 @@ The Maildir store: the server's writer and the operator's reader.
     attachments.
   - L{harbor.store.browse}: the web interface's view: the tree with its
     counts, pages of summaries with a cursor, the seen flag both ways.
+  - L{harbor.store.summaries}: one line of those pages, and the matching
+    of search words against it.
   - L{harbor.store.search}: the search words (L{harbor.store.search.SYNTAX}).
   - L{harbor.store.changes}: snapshots of directory listings and their
     differences, for live updates.
 
-The writer imports no reactor; names, lanes, headers, reader, mime, browse,
-search and changes import no
+The writer imports no reactor; names, lanes, headers, reader, mime,
+browse, summaries, search and changes import no
 Twisted at all, so the C{mailharbor} command stays light.
 """
 
@@ -37,5 +39,6 @@ __all__ = [
     "names",
     "reader",
     "search",
+    "summaries",
     "writer",
 ]

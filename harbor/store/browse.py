@@ -23,32 +23,30 @@ from __future__ import annotations
 
 import base64
 import heapq
-import io
 import json
 import math
 import os
-import stat
+import re
 import time
 from collections.abc import Callable, Collection, Iterable, Iterator
-from datetime import UTC, datetime
-from typing import Any, BinaryIO
+from typing import Any
 
 from attrs import frozen
 
-from harbor.store.headers import cleanText, decodeHeader, headerFields, readHeaderBlock
-from harbor.store.mime import parseMessage
-from harbor.store.names import MaildirName, parseName
 from harbor.store.reader import (
+    LAST_TIME,
     MESSAGE_DIRECTORIES,
     MessageFile,
     StoreError,
     deliveryTime,
     findMailboxes,
     markSeen,
+    markUnseen,
     messageFile,
     relocate,
 )
-from harbor.store.search import BODY_READ_LIMIT, Budget, Query, SearchError
+from harbor.store.search import Budget, Query, SearchError
+from harbor.store.summaries import Summary, isoTime, openMessage, readSummary, summarise
 
 __all__ = [
     "SUBMITTED",
@@ -63,23 +61,18 @@ __all__ = [
     "maildirs",
     "setSeen",
     "splitKey",
-    "unseenFilename",
+    "summarise",
 ]
 
 #: The directory, and the tree's "domain", of mail that users submitted.
 SUBMITTED = ".submitted"
-# The header fields a summary is made of.
-_SUMMARY_HEADERS = (
-    "Return-Path",
-    "Delivered-To",
-    "From",
-    "To",
-    "Cc",
-    "Subject",
-    "Date",
-    "Content-Type",
-    "Content-Disposition",
-)
+# The first characters of names that are not messages': hidden files, and
+# names without an id.
+_NOT_AN_ID = frozenset({"", ".", ",", ":"})
+# The common name: a delivery time (seconds, then maybe MailHarbor's
+# microseconds), the rest of the id, then its fields or info; read as
+# harbor.store.reader.deliveryTime reads an id.
+_TIMED_NAME = re.compile(r"([0-9]{1,12})(?:\.(?:M([0-9]{1,6})(?![0-9]))?[^,:]*)?(?=[,:]|\Z)")
 _CURSOR_VERSION = "1"
 #: The bounds of a search page unless told otherwise.
 DEFAULT_BUDGET = Budget()
@@ -126,69 +119,6 @@ class Folder:
             "new": self.new,
             "unread": self.unread,
             "total": self.total,
-        }
-
-
-@frozen
-class Summary:
-    """
-    One line of a listing.
-
-    @ivar id: The message's Maildir id.
-    @ivar mailbox: The key of the Maildir it is in (L{Folder.key}).
-    @ivar delivered: When it was delivered, from its id (or, for a name
-        without a time, the file's modification time).
-    @ivar date: The C{Date:} header as the sender wrote it, or L{None}.
-    @ivar sender: The envelope sender (C{Return-Path:}, without its angle
-        brackets), C{""} for the null sender, L{None} without the header.
-    @ivar recipient: The envelope recipient this copy was delivered for
-        (C{Delivered-To:}), or L{None}.
-    @ivar fromHeader: The decoded C{From:}, or C{""}.
-    @ivar toHeader: The decoded C{To:}, or C{""}.
-    @ivar subject: The decoded subject, or C{""}.
-    @ivar size: The file's size in bytes.
-    @ivar seen: Whether it has the seen flag.
-    @ivar new: Whether it is still in C{new/} (no mail reader has seen it
-        arrive).
-    @ivar hasAttachment: Whether its top-level headers say it has
-        attachments (see L{hasAttachment}).
-    """
-
-    id: str
-    mailbox: str
-    delivered: float
-    date: str | None
-    sender: str | None
-    recipient: str | None
-    fromHeader: str
-    toHeader: str
-    subject: str
-    size: int
-    seen: bool
-    new: bool
-    hasAttachment: bool
-
-    def asJSON(self) -> dict[str, Any]:
-        """
-        The summary as plain JSON values: as its attributes, with
-        C{from} and C{to} for the headers, C{delivered} in ISO 8601 (UTC)
-        and C{timestamp} its seconds since the epoch.
-        """
-        return {
-            "id": self.id,
-            "mailbox": self.mailbox,
-            "delivered": _isoTime(self.delivered),
-            "timestamp": self.delivered,
-            "date": self.date,
-            "sender": self.sender,
-            "recipient": self.recipient,
-            "from": self.fromHeader,
-            "to": self.toHeader,
-            "subject": self.subject,
-            "size": self.size,
-            "seen": self.seen,
-            "new": self.new,
-            "hasAttachment": self.hasAttachment,
         }
 
 
@@ -283,16 +213,13 @@ def mailboxTree(root: str, mailboxes: Collection[str] | None = None) -> list[Fol
     for folder, path in maildirs(root, mailboxes):
         new = unread = total = 0
         for sub in MESSAGE_DIRECTORIES:
-            for filename in _messageNames(os.path.join(path, sub)):
-                name = parseName(filename)
-                if name is None:
-                    continue
-                total += 1
-                if sub == "new":
-                    new += 1
-                    unread += 1
-                elif "S" not in name.flags:
-                    unread += 1
+            names = _messageNames(os.path.join(path, sub))
+            total += len(names)
+            if sub == "new":
+                new += len(names)
+                unread += len(names)
+            else:
+                unread += sum(1 for filename in names if "S" not in _flags(filename))
         tree.append(Folder(folder.key, folder.domain, folder.mailbox, folder.folder, new, unread, total))
     return tree
 
@@ -368,7 +295,7 @@ def listPage(
         searched += 1
         if query.readsBodies:
             bodies += 1
-        summary = _readSummary(message, delivered, query)
+        summary = readSummary(message, delivered, query)
         if summary is not None:
             messages.append(summary)
     else:
@@ -383,7 +310,7 @@ def listPage(
         _encodeCursor(last),
         searched,
         complete=False,
-        stoppedBecause=f"{stopped}; mail delivered before {_isoTime(last[0])} is not searched yet: "
+        stoppedBecause=f"{stopped}; mail delivered before {isoTime(last[0])} is not searched yet: "
         "go on to the next page to search it",
     )
 
@@ -428,7 +355,7 @@ def findSummary(
     delivered = deliveryTime(message.name.id)
     for _ in range(2):
         try:
-            with _open(message.path) as f:
+            with openMessage(message.path) as f:
                 summary, _ = summarise(message, f, delivered)
         except FileNotFoundError:
             found = relocate(message)
@@ -464,140 +391,43 @@ def setSeen(
     return markUnseen(message)
 
 
-def unseenFilename(filename: str) -> str:
-    """
-    The name a message's file has once its seen flag is cleared: its other
-    flags kept, the C{:2,} kept even with none left (as Dovecot does).
-    """
-    base, colon, info = filename.partition(":")
-    if not colon or not info.startswith("2,"):
-        return filename
-    return f"{base}:2,{info[2:].replace('S', '')}"
-
-
-def markUnseen(message: MessageFile) -> MessageFile:
-    """
-    Clear a message's seen flag by renaming it within C{cur/}; one in
-    C{new/} is unseen already.
-
-    @return: Where the message is now.
-    @raise StoreError: if it vanished, a file has the new name already, or
-        the rename fails.
-    """
-    for _ in range(2):
-        target = unseenFilename(message.filename)
-        if message.subdirectory != "cur" or target == message.filename:
-            return message
-        destination = os.path.join(message.maildir, "cur", target)
-        if os.path.lexists(destination):
-            raise StoreError(f"cannot mark {message.name.id} unread: {destination} exists")
-        try:
-            os.rename(message.path, destination)
-        except FileNotFoundError:
-            found = relocate(message)
-            if found is None:
-                break
-            message = found
-            continue
-        except OSError as e:
-            raise StoreError(f"cannot mark {message.name.id} unread: {e.strerror or e}") from None
-        return MessageFile(
-            mailbox=message.mailbox,
-            path=destination,
-            filename=target,
-            name=MaildirName(message.name.id, message.name.size, target.partition(":2,")[2]),
-            subdirectory="cur",
-            seen=False,
-        )
-    raise StoreError(f"message {message.name.id} vanished")
-
-
-def summarise(message: MessageFile, f: BinaryIO, delivered: float | None = None) -> tuple[Summary, bytes]:
-    """
-    Describe a message from its header block.
-
-    @param message: Where it was found.
-    @param f: Its open file, at its start.
-    @param delivered: Its delivery time, if known already.
-    @return: The summary and the raw header block.
-    @raise OSError: if the file cannot be read.
-    """
-    status = os.fstat(f.fileno())
-    block = readHeaderBlock(f)
-    fields = headerFields(block, _SUMMARY_HEADERS)
-
-    def header(name: str) -> str | None:
-        value = fields.get(name)
-        return None if value is None else cleanText(decodeHeader(name, value))
-
-    sender = header("Return-Path")
-    if sender is not None and sender.startswith("<") and sender.endswith(">"):
-        sender = sender[1:-1].strip()
-    summary = Summary(
-        id=message.name.id,
-        mailbox=message.mailbox,
-        delivered=status.st_mtime if delivered is None else delivered,
-        date=header("Date"),
-        sender=sender,
-        recipient=header("Delivered-To"),
-        fromHeader=header("From") or "",
-        toHeader=header("To") or "",
-        subject=header("Subject") or "",
-        size=status.st_size,
-        seen=message.seen,
-        new=message.subdirectory == "new",
-        hasAttachment=hasAttachment(fields.get("Content-Type", ""), fields.get("Content-Disposition", "")),
-    )
-    return summary, block
-
-
-def hasAttachment(contentType: str, disposition: str) -> bool:
-    """
-    Whether a message has attachments, judged from its top-level headers
-    alone, as mail readers mark a list: a C{multipart/mixed} message, one
-    whose whole body is an attachment, or one whose single part is not
-    text.  (C{multipart/alternative} and C{multipart/related}, text and
-    HTML with inline images, have none.)
-    """
-    if disposition.partition(";")[0].strip().lower() == "attachment":
-        return True
-    kind = contentType.partition(";")[0].strip().lower()
-    if kind == "multipart/mixed":
-        return True
-    return bool(kind) and not kind.startswith(("text/", "multipart/", "message/"))
-
-
 def _candidates(
     key: str, path: str, query: Query, position: tuple[float, str, str] | None
-) -> Iterator[tuple[float, str, str, str, str]]:
+) -> list[tuple[float, str, str, str, str]]:
     # The messages of one Maildir that the words about names let in, after
-    # the cursor, as (delivered, id, key, directory, filename).
+    # the cursor, as (delivered, id, key, directory, filename).  This runs
+    # for every message of the store, so the common name is read with one
+    # regular expression and no function call.
+    found = []
+    timed = _TIMED_NAME.match
+    unread = query.unread
+    dated = query.after is not None or query.before is not None
     for sub in MESSAGE_DIRECTORIES:
         directory = os.path.join(path, sub)
         for filename in _messageNames(directory):
-            end = len(filename)
-            for separator in (",", ":"):
-                found = filename.find(separator, 0, end)
-                if found >= 0:
-                    end = found
-            identifier = filename[:end]
-            if not identifier:
-                continue
-            if query.unread is not None:
-                seen = sub == "cur" and "S" in _flags(filename)
-                if not query.admitsSeen(seen):
-                    continue
-            delivered = deliveryTime(identifier)
-            if delivered is None:
+            match = timed(filename)
+            if match is not None:
+                text, micro = match.groups()
+                seconds = int(text)
+                delivered = seconds + int(micro) / 1_000_000 if micro else float(seconds)
+            if match is not None and seconds <= LAST_TIME:
+                identifier = match.group()
+            else:
+                identifier = filename.partition(",")[0].partition(":")[0]
                 try:
                     delivered = os.stat(os.path.join(directory, filename), follow_symlinks=False).st_mtime
                 except OSError:
                     continue
-            if not query.admitsTime(delivered):
+            if unread is not None and not query.admitsSeen(sub == "cur" and "S" in _flags(filename)):
                 continue
-            if position is not None and (delivered, identifier, key) >= position:
+            if dated and not query.admitsTime(delivered):
                 continue
-            yield delivered, identifier, key, directory, filename
+            if position is not None and (
+                delivered > position[0] or (delivered == position[0] and (identifier, key) >= position[1:])
+            ):
+                continue
+            found.append((delivered, identifier, key, directory, filename))
+    return found
 
 
 def _newestFirst(candidates: list[Any], first: int) -> Iterator[Any]:
@@ -620,84 +450,16 @@ def _overBudget(budget: Budget, searched: int, bodies: int, readsBodies: bool, l
     return None
 
 
-def _readSummary(message: MessageFile, delivered: float, query: Query) -> Summary | None:
-    # The summary of a candidate if it matches the query; None if it does
-    # not, or vanished, or cannot be read.
-    for _ in range(2):
-        try:
-            with _open(message.path) as f:
-                summary, block = summarise(message, f, delivered)
-                if not query.readsHeaders and not query.readsBodies:
-                    return summary
-                if not query.matchesHeaders(
-                    _searchFields(summary, block), _headerText(summary, block), summary.hasAttachment
-                ):
-                    return None
-                if query.readsBodies:
-                    f.seek(0)
-                    details = parseMessage(io.BytesIO(f.read(BODY_READ_LIMIT)))
-                    if not query.matchesBody((details.text or "").casefold()):
-                        return None
-                return summary
-        except FileNotFoundError:
-            found = relocate(message)
-            if found is None:
-                return None
-            message = found
-        except OSError:
-            return None
-    return None
-
-
-def _searchFields(summary: Summary, block: bytes) -> dict[str, str]:
-    cc = headerFields(block, ("Cc",)).get("Cc", "")
-    return {
-        "from": f"{summary.fromHeader}\n{summary.sender or ''}".casefold(),
-        "to": f"{summary.toHeader}\n{cleanText(decodeHeader('Cc', cc))}\n{summary.recipient or ''}".casefold(),
-        "subject": summary.subject.casefold(),
-    }
-
-
-def _headerText(summary: Summary, block: bytes) -> str:
-    # The raw block, for any header, and the decoded values, for encoded
-    # words in the common ones.
-    decoded = (summary.fromHeader, summary.toHeader, summary.subject)
-    return "\n".join((block.decode("utf-8", "replace"), *decoded)).casefold()
-
-
-def _open(path: str) -> BinaryIO:
-    # Never through a symbolic link: a Maildir holds files, and a link
-    # planted in one must not show what it points to.
-    descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
-    try:
-        if not stat.S_ISREG(os.fstat(descriptor).st_mode):
-            raise IsADirectoryError(path)
-        return os.fdopen(descriptor, "rb")
-    except BaseException:
-        os.close(descriptor)
-        raise
-
-
 def _messageNames(directory: str) -> list[str]:
-    # The names in new/ or cur/ that can be messages: regular files (or,
-    # where the file system does not say, anything) whose names are
-    # printable and not hidden.  A directory that cannot be read has none.
+    # The names in new/ or cur/ that can be messages' (as parseName reads
+    # them: not hidden, with an id before any , or :), and printable.  Only
+    # names are read: a directory or link among them is refused when it is
+    # opened (openMessage).  A directory that cannot be read has none.
     try:
-        with os.scandir(directory) as entries:
-            return [
-                entry.name
-                for entry in entries
-                if not entry.name.startswith(".") and entry.name.isprintable() and _isFile(entry)
-            ]
+        names = os.listdir(directory)
     except OSError:
         return []
-
-
-def _isFile(entry: os.DirEntry[str]) -> bool:
-    try:
-        return entry.is_file(follow_symlinks=False)
-    except OSError:
-        return False
+    return [name for name in names if name[:1] not in _NOT_AN_ID and name.isprintable()]
 
 
 def _flags(filename: str) -> str:
@@ -738,10 +500,3 @@ def _decodeCursor(cursor: str) -> tuple[float, str, str]:
     ):
         raise problem
     return float(value[0]), value[1], value[2]
-
-
-def _isoTime(when: float) -> str:
-    try:
-        return datetime.fromtimestamp(when, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    except (ValueError, OverflowError, OSError):
-        return "?"

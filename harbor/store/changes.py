@@ -83,11 +83,12 @@ class Change:
 
 
 @frozen
-class _Listing:
-    # One directory's message names, and the modification time (ns) and
-    # the time it was listed at, for reuse by the next snapshot.
-    names: frozenset[str]
-    mtime: int
+class _Maildir:
+    # One Maildir's messages by id, and, to tell whether the next snapshot
+    # can reuse them, the modification times (ns) of its new/ and cur/ and
+    # when they were listed.
+    messages: Mapping[str, Entry]
+    mtimes: tuple[int, int]
     listedAt: float
 
 
@@ -96,14 +97,24 @@ class Snapshot:
     """
     The messages of some Maildirs at one moment.
 
-    @ivar messages: By (Maildir key, message id), where each file is.
+    @ivar maildirs: By Maildir key, its messages by id.
     """
 
-    messages: Mapping[tuple[str, str], Entry]
-    _listings: Mapping[str, _Listing] = field(factory=dict, repr=False, eq=False, alias="listings")
+    _maildirs: Mapping[str, _Maildir] = field(alias="maildirs")
+
+    @property
+    def messages(self) -> dict[tuple[str, str], Entry]:
+        """
+        Every message, by Maildir key and message id.
+        """
+        return {
+            (key, identifier): entry
+            for key, maildir in self._maildirs.items()
+            for identifier, entry in maildir.messages.items()
+        }
 
     def __len__(self) -> int:
-        return len(self.messages)
+        return sum(len(maildir.messages) for maildir in self._maildirs.values())
 
 
 def snapshot(
@@ -119,31 +130,17 @@ def snapshot(
     @param keys: The keys of the Maildirs to look at (L{Folder.key}), or
         L{None} for all of them.
     @param previous: An earlier snapshot, whose listings are reused for the
-        directories that have not changed since.
+        Maildirs that have not changed since.
     @param clock: The wall clock, compared with directories' times.
     @raise harbor.store.reader.StoreError: if C{root} cannot be read.
     """
-    old = {} if previous is None else previous._listings
-    listings: dict[str, _Listing] = {}
-    messages: dict[tuple[str, str], Entry] = {}
+    old = {} if previous is None else previous._maildirs
+    found: dict[str, _Maildir] = {}
     for folder, path in maildirs(root, keys):
-        for sub in MESSAGE_DIRECTORIES:
-            directory = os.path.join(path, sub)
-            listing = _list(directory, old.get(directory), clock)
-            if listing is None:
-                continue
-            listings[directory] = listing
-            for filename in listing.names:
-                name = parseName(filename)
-                if name is None:
-                    continue
-                seen = sub == "cur" and "S" in name.flags
-                where = (folder.key, name.id)
-                # A file in both new/ and cur/ (a reader's copy before its
-                # unlink) counts where it is going: cur/.
-                if where not in messages or sub == "cur":
-                    messages[where] = Entry(sub, filename, seen)
-    return Snapshot(messages, listings)
+        listed = _look(path, old.get(folder.key), clock)
+        if listed is not None:
+            found[folder.key] = listed
+    return Snapshot(found)
 
 
 def diff(old: Snapshot, new: Snapshot) -> list[Change]:
@@ -153,35 +150,56 @@ def diff(old: Snapshot, new: Snapshot) -> list[Change]:
     @return: The changes, deletions first, then by mailbox and id.
     """
     changes = []
-    for where, entry in old.messages.items():
-        if where not in new.messages:
-            changes.append(Change("deleted", where[0], where[1], False))
-    for where, entry in new.messages.items():
-        before = old.messages.get(where)
-        if before is None:
-            changes.append(Change("new", where[0], where[1], entry.seen))
-        elif before != entry:
-            kind: ChangeKind = "seen" if entry.seen and not before.seen else "moved"
-            changes.append(Change(kind, where[0], where[1], entry.seen))
+    empty: Mapping[str, Entry] = {}
+    for key in sorted(old._maildirs.keys() | new._maildirs.keys()):
+        before = old._maildirs.get(key)
+        after = new._maildirs.get(key)
+        if before is not None and after is not None and before.messages is after.messages:
+            continue
+        earlier = empty if before is None else before.messages
+        later = empty if after is None else after.messages
+        for identifier in earlier.keys() - later.keys():
+            changes.append(Change("deleted", key, identifier, False))
+        for identifier, entry in later.items():
+            was = earlier.get(identifier)
+            if was is None:
+                changes.append(Change("new", key, identifier, entry.seen))
+            elif was != entry:
+                kind: ChangeKind = "seen" if entry.seen and not was.seen else "moved"
+                changes.append(Change(kind, key, identifier, entry.seen))
     order = {"deleted": 0, "new": 1, "seen": 1, "moved": 1}
     changes.sort(key=lambda change: (order[change.kind], change.mailbox, change.id))
     return changes
 
 
-def _list(directory: str, previous: _Listing | None, clock: Callable[[], float]) -> _Listing | None:
+def _look(path: str, previous: _Maildir | None, clock: Callable[[], float]) -> _Maildir | None:
+    # One Maildir's messages: those of the previous look if neither of its
+    # directories changed since (and the look was not racy), else listed
+    # anew.  None if it cannot be read.
     try:
-        mtime = os.stat(directory).st_mtime_ns
+        mtimes = tuple(os.stat(os.path.join(path, sub)).st_mtime_ns for sub in MESSAGE_DIRECTORIES)
     except OSError:
         return None
     if (
         previous is not None
-        and previous.mtime == mtime
-        and previous.listedAt - mtime / 1e9 > RACY_SECONDS
+        and previous.mtimes == mtimes
+        and previous.listedAt - max(mtimes) / 1e9 > RACY_SECONDS
     ):
         return previous
     listedAt = clock()
-    try:
-        names = frozenset(name for name in os.listdir(directory) if name.isprintable())
-    except OSError:
-        return None
-    return _Listing(names, mtime, listedAt)
+    messages: dict[str, Entry] = {}
+    for sub in MESSAGE_DIRECTORIES:
+        try:
+            names = os.listdir(os.path.join(path, sub))
+        except OSError:
+            return None
+        for filename in names:
+            if not filename.isprintable():
+                continue
+            name = parseName(filename)
+            if name is None:
+                continue
+            # A file in both new/ and cur/ (a reader's copy before its
+            # unlink) counts where it is going: cur/, listed second.
+            messages[name.id] = Entry(sub, filename, sub == "cur" and "S" in name.flags)
+    return _Maildir(messages, (mtimes[0], mtimes[1]), listedAt)

@@ -45,7 +45,7 @@ STALE_TEMPORARY_AGE = 36 * 60 * 60
 _ID = re.compile(r"[^,:/]+")
 _DELIVERY_TIME = re.compile(r"([0-9]+)(?:\Z|\.(?:M([0-9]{1,6})(?![0-9]))?)")
 # The latest time datetime can represent (9999-12-31T23:59:59Z).
-_LAST_TIME = 253402300799
+LAST_TIME = 253402300799
 
 
 class StoreError(Exception):
@@ -332,7 +332,7 @@ def deliveryTime(messageID: str) -> float | None:
     if match is None:
         return None
     seconds, micro = match.groups()
-    if int(seconds) > _LAST_TIME:
+    if int(seconds) > LAST_TIME:
         return None
     if micro is None:
         return float(seconds)
@@ -538,6 +538,54 @@ def markSeen(message: MessageFile) -> MessageFile:
             name=MaildirName(message.name.id, message.name.size, target.partition(":2,")[2]),
             subdirectory="cur",
             seen=True,
+        )
+    raise StoreError(f"message {message.name.id} vanished")
+
+
+def unseenFilename(filename: str) -> str:
+    """
+    The name a message's file has once its seen flag is cleared: its other
+    flags kept, the C{:2,} kept even with none left (as Dovecot does).
+    """
+    base, colon, info = filename.partition(":")
+    if not colon or not info.startswith("2,"):
+        return filename
+    return f"{base}:2,{info[2:].replace('S', '')}"
+
+
+def markUnseen(message: MessageFile) -> MessageFile:
+    """
+    Clear a message's seen flag by renaming it within C{cur/}; one in
+    C{new/} is unseen already.
+
+    @return: Where the message is now.
+    @raise StoreError: if it vanished, a file has the new name already, or
+        the rename fails.
+    """
+    for _ in range(2):
+        target = unseenFilename(message.filename)
+        if message.subdirectory != "cur" or target == message.filename:
+            return message
+        destination = os.path.join(message.maildir, "cur", target)
+        if os.path.lexists(destination):
+            raise StoreError(f"cannot mark {message.name.id} unread: {destination} exists")
+        try:
+            os.rename(message.path, destination)
+        except FileNotFoundError:
+            found = relocate(message)
+            if found is None:
+                break
+            message = found
+            continue
+        except OSError as e:
+            raise StoreError(f"cannot mark {message.name.id} unread: {e.strerror or e}") from None
+        return MessageFile(
+            mailbox=message.mailbox,
+            path=destination,
+            filename=target,
+            name=MaildirName(message.name.id, message.name.size, target.partition(":2,")[2]),
+            subdirectory="cur",
+            seen=False,
         )
     raise StoreError(f"message {message.name.id} vanished")
 

@@ -68,6 +68,7 @@ PURE = (
     "harbor.store.reader",
     "harbor.store.mime",
     "harbor.store.search",
+    "harbor.store.summaries",
     "harbor.store.browse",
     "harbor.store.changes",
     "harbor.smtp._framing",
