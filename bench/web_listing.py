@@ -42,7 +42,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
 from harbor.store import browse, changes, summaries
-from harbor.store.search import parseQuery
+from harbor.store.search import Query, parseQuery
 
 HOST = "mx.example.com"
 START = 1_764_000_000
@@ -130,8 +130,8 @@ def countOpens() -> list[str]:
         opened.append(path)
         return real(path)
 
-    summaries.openMessage = recording  # type: ignore[assignment]
-    browse.openMessage = recording  # type: ignore[assignment]
+    summaries.openMessage = recording
+    browse.openMessage = recording  # type: ignore[attr-defined]
     return opened
 
 
@@ -194,7 +194,11 @@ def report(root: str, runs: int) -> None:
         ("(b) search body:\"message 99999\", one page", 'body:"message 99999"'),
     ):
         query = parseQuery(text)
-        seconds, page = timed(runs, lambda query=query: browse.listPage(root, None, query))
+
+        def search(query: Query = query) -> browse.Page:
+            return browse.listPage(root, None, query)
+
+        seconds, page = timed(runs, search)
         state = "complete" if page.complete else f"stopped: {page.stoppedBecause}"
         line(label, seconds, f"{len(page.messages)} found, {page.searched:,} read, {state}")
 

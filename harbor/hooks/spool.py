@@ -367,8 +367,8 @@ class HookSpool:
         @param messageID: The message's Maildir id.
         @param hooks: The names of the hooks configured: one found in no
             directory is C{"delivered"}.
-        @return: One status per hook named, in that order, then any other
-            hook's jobs found, by hook name.
+        @return: One status per hook named, in that order; without names,
+            one per job found, by hook name.
         """
         if not isJobID(messageID) or "," in messageID:
             return []
