@@ -11,7 +11,18 @@ from datetime import UTC, datetime, timedelta, timezone
 from twisted.trial.unittest import SynchronousTestCase
 
 from harbor.store.browse import listPage
-from harbor.store.search import SYNTAX, Budget, Query, SearchError, Term, parseQuery
+from harbor.store.search import (
+    BODY_READ_LIMIT,
+    MAX_BODY_SCANNED,
+    MAX_SCANNED,
+    SEARCH_SECONDS,
+    SYNTAX,
+    Budget,
+    Query,
+    SearchError,
+    Term,
+    parseQuery,
+)
 from harbor.test.test_browse import NOW, StoreTestCase, messageBytes, messageID
 
 DAY = 24 * 60 * 60
@@ -171,6 +182,14 @@ class ParseQueryTests(SynchronousTestCase):
         for word in ("from:", "to:", "subject:", "mailbox:", "folder:", "before:", "after:",
                      "is:unread", "is:read", "has:attachment", "body:", '"', "-"):
             self.assertIn(word, SYNTAX)
+
+    def test_syntaxStatesTheBounds(self) -> None:
+        """
+        The bounds the documentation gives are those the code applies.
+        """
+        self.assertIn(f"no more\nthan {MAX_SCANNED:,} messages, or {SEARCH_SECONDS:g} seconds", SYNTAX)
+        self.assertIn(f"no more than\n{MAX_BODY_SCANNED:,} messages", SYNTAX)
+        self.assertIn(f"first {BODY_READ_LIMIT // 1024 // 1024} MiB", SYNTAX)
 
 
 class QueryMatchTests(SynchronousTestCase):
