@@ -25,6 +25,9 @@ from harbor.store.search import BODY_READ_LIMIT, Query
 
 __all__ = ["Summary", "hasAttachment", "isoTime", "openMessage", "readSummary", "summarise"]
 
+#: The most characters of a header a summary keeps: a line of a listing
+#: stays a line, whatever a sender wrote (the message's page shows all).
+MAX_FIELD = 1000
 # The header fields a summary is made of.
 _SUMMARY_HEADERS = (
     "Return-Path",
@@ -118,7 +121,10 @@ def summarise(message: MessageFile, f: BinaryIO, delivered: float | None = None)
 
     def header(name: str) -> str | None:
         value = fields.get(name)
-        return None if value is None else cleanText(decodeHeader(name, value))
+        if value is None:
+            return None
+        text = cleanText(decodeHeader(name, value[: 4 * MAX_FIELD]))
+        return text if len(text) <= MAX_FIELD else text[: MAX_FIELD - 1] + "\u2026"
 
     sender = header("Return-Path")
     if sender is not None and sender.startswith("<") and sender.endswith(">"):

@@ -449,6 +449,16 @@ class ListPageTests(StoreTestCase):
             },
         )
 
+    def test_longHeadersCut(self) -> None:
+        """
+        A huge header is cut to L{summaries.MAX_FIELD} characters in a
+        summary, with an ellipsis.
+        """
+        root = self.makeRoot()
+        self.deliver(root, "example.com", messageID(NOW), messageBytes(subject="x" * 100_000))
+        [summary] = listPage(root, None, parseQuery("")).messages
+        self.assertEqual(summary.subject, "x" * (summaries.MAX_FIELD - 1) + "\u2026")
+
     def test_pageJSON(self) -> None:
         """
         A page's JSON form has its summaries, cursor and completeness.
