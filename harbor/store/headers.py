@@ -80,11 +80,15 @@ def headerFields(block: bytes, names: Iterable[str]) -> dict[str, str]:
     end = _NOT_A_HEADER_LINE.search(text)
     if end is not None:
         text = text[: end.start()]
-    fields = {}
-    for name in names:
-        match = _fieldPattern(name).search(text)
-        if match is not None:
-            fields[name] = _FOLD.sub("", match.group(1)).rstrip("\r")
+    wanted = {name.lower(): name for name in names}
+    fields: dict[str, str] = {}
+    # One pass over the block, whatever the number of fields wanted.
+    for match in _FIELD_LINE.finditer(text):
+        name = wanted.get(match.group(1).lower())
+        if name is not None and name not in fields:
+            fields[name] = _FOLD.sub("", match.group(2)).rstrip("\r")
+            if len(fields) == len(wanted):
+                break
     return fields
 
 
@@ -173,9 +177,8 @@ def cleanText(text: str) -> str:
     return " ".join("".join(kept).split())
 
 
-@functools.cache
-def _fieldPattern(name: str) -> re.Pattern[str]:
-    return re.compile(rf"^{re.escape(name)}:[ \t]*(.*(?:\n[ \t].*)*)", re.MULTILINE | re.IGNORECASE)
+# A field: its name, and its value with any continuation lines.
+_FIELD_LINE = re.compile(r"^([\041-\071\073-\176]+):[ \t]*(.*(?:\n[ \t].*)*)", re.MULTILINE)
 
 
 @functools.cache

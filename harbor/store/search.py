@@ -183,6 +183,14 @@ class Query:
         return self.hasAttachment is not None or any(t.field != "body" for t in self.terms)
 
     @property
+    def readsAnyHeader(self) -> bool:
+        """
+        Whether matching needs the text of every header (for free text),
+        not only the few a summary has.
+        """
+        return any(t.field == "text" for t in self.terms)
+
+    @property
     def readsBodies(self) -> bool:
         """
         Whether matching reads each candidate's body.

@@ -115,6 +115,14 @@ def summarise(message: MessageFile, f: BinaryIO, delivered: float | None = None)
     @return: The summary and the raw header block.
     @raise OSError: if the file cannot be read.
     """
+    summary, block, _ = _summarise(message, f, delivered)
+    return summary, block
+
+
+def _summarise(
+    message: MessageFile, f: BinaryIO, delivered: float | None
+) -> tuple[Summary, bytes, dict[str, str]]:
+    # summarise, and the raw fields it read.
     status = os.fstat(f.fileno())
     block = readHeaderBlock(f)
     fields = headerFields(block, _SUMMARY_HEADERS)
@@ -144,7 +152,7 @@ def summarise(message: MessageFile, f: BinaryIO, delivered: float | None = None)
         new=message.subdirectory == "new",
         hasAttachment=hasAttachment(fields.get("Content-Type", ""), fields.get("Content-Disposition", "")),
     )
-    return summary, block
+    return summary, block, fields
 
 
 def hasAttachment(contentType: str, disposition: str) -> bool:
@@ -178,12 +186,11 @@ def readSummary(message: MessageFile, delivered: float, query: Query) -> Summary
     for _ in range(2):
         try:
             with openMessage(message.path) as f:
-                summary, block = summarise(message, f, delivered)
+                summary, block, fields = _summarise(message, f, delivered)
                 if not query.readsHeaders and not query.readsBodies:
                     return summary
-                if not query.matchesHeaders(
-                    _searchFields(summary, block), _headerText(summary, block), summary.hasAttachment
-                ):
+                text = _headerText(summary, block) if query.readsAnyHeader else ""
+                if not query.matchesHeaders(_searchFields(summary, fields), text, summary.hasAttachment):
                     return None
                 if query.readsBodies:
                     f.seek(0)
@@ -201,8 +208,8 @@ def readSummary(message: MessageFile, delivered: float, query: Query) -> Summary
     return None
 
 
-def _searchFields(summary: Summary, block: bytes) -> dict[str, str]:
-    cc = headerFields(block, ("Cc",)).get("Cc", "")
+def _searchFields(summary: Summary, fields: dict[str, str]) -> dict[str, str]:
+    cc = fields.get("Cc", "")
     return {
         "from": f"{summary.fromHeader}\n{summary.sender or ''}".casefold(),
         "to": f"{summary.toHeader}\n{cleanText(decodeHeader('Cc', cc))}\n{summary.recipient or ''}".casefold(),
