@@ -96,6 +96,17 @@ class HeaderFieldsTests(SynchronousTestCase):
 
         self.assertEqual(fields, {"Delivered-To": "a@example.com", "Subject": "one\ttwo"})
 
+    def test_continuationIsNotAField(self) -> None:
+        """
+        A continuation line that looks like a field belongs to the field
+        before it; an mbox C{From } line is no field.
+        """
+        block = b"From sender Fri Nov 22\nX-Note: a\n Subject: fake\nSubject: real\nFrom: me\n"
+
+        fields = headerFields(block, ["subject", "From"])
+
+        self.assertEqual(fields, {"subject": "real", "From": "me"})
+
     def test_stopsAtNonHeaderLine(self) -> None:
         """
         Like the C{email} package, the first line that is not a header ends
