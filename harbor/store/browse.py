@@ -284,7 +284,9 @@ def listPage(
     for delivered, identifier, key, directory, filename in _newestFirst(candidates, limit + 1):
         if len(messages) >= limit:
             break
-        if searching:
+        # The first candidate is always read, so that every page makes
+        # progress, however busy the machine.
+        if searching and searched:
             stopped = _overBudget(budget, searched, bodies, query.readsBodies, clock() > deadline)
             if stopped is not None:
                 break

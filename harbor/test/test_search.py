@@ -332,10 +332,22 @@ class SearchPageTests(StoreTestCase):
         page = listPage(
             self.root, None, parseQuery("from:nobody"), clock=lambda: float(next(ticks)), budget=Budget(seconds=1.5)
         )
+        # The clock reads 0 when the page starts, then 1 and 2 before the
+        # second and third messages.
         self.assertFalse(page.complete)
-        self.assertEqual(page.searched, 1)
+        self.assertEqual(page.searched, 2)
         self.assertIn("for 1.5 seconds", page.stoppedBecause or "")
         self.assertIsNotNone(page.cursor)
+
+    def test_alwaysProgress(self) -> None:
+        """
+        A page reads at least one message whatever its budget, so that
+        following the cursors always ends.
+        """
+        pages = self.allPages(self.root, "from:bank", budget=Budget(maxScanned=0, seconds=0))
+        self.assertEqual([page.searched for page in pages], [1, 1, 1])
+        self.assertEqual([page.complete for page in pages], [False, False, True])
+        self.assertEqual([self.ids(page) for page in pages], [[], [], [messageID(NOW, count=1)]])
 
     def test_stoppedByBodies(self) -> None:
         """
