@@ -1,0 +1,416 @@
+"""
+Tests for L{harbor.web.render}: hostile HTML made safe, the headers that
+keep it so, and hostile messages read without raising.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+from html.parser import HTMLParser
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from harbor.test.xssvectors import XSS_VECTORS
+from harbor.web import render
+from harbor.web.render import (
+    Part,
+    contentDisposition,
+    downloadHeaders,
+    htmlDocument,
+    htmlHeaders,
+    sanitizeHTML,
+)
+
+PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 24
+# Tags that can run, load or submit something, or hide markup from a
+# sanitizer: none may be in sanitized output.
+DANGEROUS_TAGS = frozenset(
+    {
+        "script", "style", "iframe", "frame", "frameset", "object", "embed", "applet",
+        "form", "input", "button", "textarea", "select", "option", "isindex", "base",
+        "meta", "link", "svg", "math", "template", "noscript", "xmp", "video", "audio",
+        "source", "track", "area", "map", "animate", "set", "foreignobject", "portal",
+    }
+)
+URL_ATTRIBUTES = frozenset({"href", "src"})
+FORBIDDEN_ATTRIBUTES = frozenset(
+    {
+        "srcset", "background", "action", "formaction", "xlink:href", "srcdoc", "data",
+        "poster", "dynsrc", "lowsrc", "ping", "http-equiv", "content", "form", "id", "class",
+    }
+)
+
+
+class _Elements(HTMLParser):
+    """
+    Every start tag of a document, with its attributes, entities decoded
+    as a browser decodes them.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.elements: list[tuple[str, list[tuple[str, str | None]]]] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.elements.append((tag, attrs))
+
+    def handle_startendtag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.elements.append((tag, attrs))
+
+
+def elementsOf(html: str) -> list[tuple[str, list[tuple[str, str | None]]]]:
+    """
+    The start tags of C{html}, parsed by L{html.parser}.
+    """
+    parser = _Elements()
+    parser.feed(html)
+    parser.close()
+    return parser.elements
+
+
+def scheme(url: str) -> str:
+    """
+    The scheme of C{url} as a browser reads it (WHATWG: surrounding C0
+    controls and spaces stripped, tabs and line breaks removed), or C{""}
+    for a relative URL.
+    """
+    url = re.sub(r"[\t\n\r]", "", url).strip("\x00- ").lower()
+    match = re.match(r"([a-z][a-z0-9+.-]*):", url)
+    return match.group(1) if match else ""
+
+
+def scriptCapable(html: str, cidPrefix: str = "/m/1/cid/") -> list[str]:
+    """
+    What in sanitized HTML could run script, load something or submit a
+    form: the empty list when nothing.
+    """
+    found = []
+    if re.search(r"<\s*/?\s*script", html, re.IGNORECASE):
+        found.append("a script tag in the text")
+    for tag, attrs in elementsOf(html):
+        if tag in DANGEROUS_TAGS or ":" in tag or "-" in tag:
+            found.append(f"<{tag}>")
+        for name, value in attrs:
+            value = value or ""
+            if name.startswith("on") or name in FORBIDDEN_ATTRIBUTES:
+                found.append(f"<{tag} {name}>")
+            elif name == "style" and re.search(r"url|expression|javascript|behavior|binding|\\|@", value, re.IGNORECASE):
+                found.append(f"<{tag} style={value!r}>")
+            elif name in URL_ATTRIBUTES:
+                kind = scheme(value)
+                if name == "href" and kind not in ("http", "https", "mailto", "tel"):
+                    found.append(f"<{tag} href={value!r}>")
+                elif name == "src" and not (
+                    kind in ("http", "https")
+                    or re.match(r"data:image/(png|jpeg|gif|webp)[;,]", value)
+                    or (kind == "" and value.startswith(cidPrefix))
+                ):
+                    found.append(f"<{tag} src={value!r}>")
+    return found
+
+
+def cidURL(contentID: str) -> str:
+    """
+    The C{cidURL} of these tests: every Content-ID is known.
+    """
+    return "/m/1/cid/" + contentID
+
+
+class XSSVectorTests(SynchronousTestCase):
+    """
+    Tests that no known XSS vector survives L{sanitizeHTML}.
+    """
+
+    def test_vectorsNamedOnce(self) -> None:
+        """
+        The collection is large and each vector has its own name, so the
+        browser tests can report which one ran.
+        """
+        names = [name for name, _ in XSS_VECTORS]
+        self.assertGreaterEqual(len(names), 30)
+        self.assertEqual(len(names), len(set(names)))
+
+    def test_checkerFindsScript(self) -> None:
+        """
+        The checker of these tests sees what the sanitizer must remove, so
+        its silence on sanitized output means something.
+        """
+        for name, html in XSS_VECTORS:
+            if name in ("script-in-comment", "script-conditional-comment", "script-cdata", "textarea-breakout",
+                        "title-breakout", "template", "style-element-import", "form-phishing-post",
+                        "script-null-byte", "attribute-quote-breakout", "link-stylesheet"):
+                continue
+            self.assertNotEqual(scriptCapable(html), [], name)
+
+    def test_noVectorSurvives(self) -> None:
+        """
+        For every vector, the sanitized HTML has no script-capable tag,
+        no event handler, no URL of a scheme that runs or loads a
+        document, and no style that fetches, with images allowed or not.
+        """
+        for loadImages in (False, True):
+            for name, html in XSS_VECTORS:
+                safe = sanitizeHTML(html, loadImages, cidURL)
+                self.assertEqual(scriptCapable(safe.html), [], f"{name}: {safe.html!r}")
+
+    def test_noVectorSurvivesInContext(self) -> None:
+        """
+        Vectors inside a table cell, a link and a quoted attribute of a
+        newsletter come out as harmless as on their own.
+        """
+        for name, html in XSS_VECTORS:
+            for wrapped in (
+                f"<table><tr><td>{html}</td></tr></table>",
+                f'<a href="https://example.com/">{html}</a>',
+                f"<div><p>{html}",
+            ):
+                self.assertEqual(scriptCapable(sanitizeHTML(wrapped, True, cidURL).html), [], name)
+
+
+NEWSLETTER = """
+<html><head><title>Weekly</title><style>p { color: red }</style></head>
+<body bgcolor="#ffffff">
+<table width="600" cellpadding="4" cellspacing="0" border="0" align="center">
+  <tr><td bgcolor="#003366" style="color: #ffffff; font-family: Arial, sans-serif; padding: 8px">
+    <h1 style="margin: 0; font-size: 24px">News <b>this week</b></h1></td></tr>
+  <tr><td colspan="2" style="background: url(https://tracker.example/bg.gif) #eee; border: 1px solid rgb(0, 0, 0)">
+    <p>Read <a href="https://example.com/article?id=1&amp;utm=x" title="Article">the article</a>
+       or <a href="mailto:editor@example.com">write to us</a>.</p>
+    <img src="cid:logo@example.com" alt="Logo" width="120" height="40">
+    <img src="https://tracker.example/open.gif?u=alice" width="1" height="1">
+    <img src="http://images.example.com/hero.jpg" alt="Hero">
+    <ul><li>one</li><li>two</li></ul>
+  </td></tr>
+</table>
+</body></html>
+"""
+
+
+class SanitizeTests(SynchronousTestCase):
+    """
+    Tests that L{sanitizeHTML} keeps a newsletter's formatting, rewrites
+    its inline images and blocks its remote ones.
+    """
+
+    def test_keepsFormatting(self) -> None:
+        """
+        Tables, their layout attributes, headings, lists, links and safe
+        inline styles survive.
+        """
+        html = sanitizeHTML(NEWSLETTER, False, cidURL).html
+        tags = [tag for tag, _ in elementsOf(html)]
+        for tag in ("table", "tr", "td", "h1", "b", "p", "a", "ul", "li", "img"):
+            self.assertIn(tag, tags)
+        self.assertIn('cellpadding="4"', html)
+        self.assertIn('bgcolor="#003366"', html)
+        self.assertIn('colspan="2"', html)
+        self.assertIn("font-family: Arial, sans-serif", html)
+        self.assertIn("border: 1px solid rgb(0, 0, 0)", html)
+        self.assertIn('href="https://example.com/article?id=1&amp;utm=x"', html)
+        self.assertIn('href="mailto:editor@example.com"', html)
+        self.assertNotIn("Weekly", html)
+        self.assertNotIn("color: red", html)
+
+    def test_linksOpenWithoutOpener(self) -> None:
+        """
+        Links open in a new browsing context with neither opener nor
+        referrer.
+        """
+        for tag, attrs in elementsOf(sanitizeHTML(NEWSLETTER, False, cidURL).html):
+            if tag == "a":
+                self.assertEqual(dict(attrs).get("target"), "_blank")
+                self.assertEqual(dict(attrs).get("rel"), "noopener noreferrer")
+
+    def test_remoteImagesBlocked(self) -> None:
+        """
+        Remote images lose their URL by default and are counted; a CSS
+        url() goes whatever is chosen, with the rest of its style kept.
+        """
+        safe = sanitizeHTML(NEWSLETTER, False, cidURL)
+        self.assertEqual(safe.remoteImages, 2)
+        self.assertNotIn("tracker.example", safe.html)
+        self.assertNotIn("images.example.com", safe.html)
+        self.assertIn('alt="Hero"', safe.html)
+
+    def test_remoteImagesLoaded(self) -> None:
+        """
+        With images asked for, remote images keep their URL and are still
+        counted; a CSS url() is removed all the same.
+        """
+        safe = sanitizeHTML(NEWSLETTER, True, cidURL)
+        self.assertEqual(safe.remoteImages, 2)
+        self.assertIn('src="https://tracker.example/open.gif?u=alice"', safe.html)
+        self.assertIn('src="http://images.example.com/hero.jpg"', safe.html)
+        self.assertNotIn("bg.gif", safe.html)
+
+    def test_cidRewritten(self) -> None:
+        """
+        A C{cid:} image's URL is what C{cidURL} gives for its Content-ID,
+        URL-decoded; an unknown one loses its URL.
+        """
+        asked = []
+
+        def known(contentID: str) -> str | None:
+            asked.append(contentID)
+            return "/m/7/cid/logo%40example.com" if contentID == "logo@example.com" else None
+
+        safe = sanitizeHTML('<img src="cid:logo%40example.com"><img src="CID:other">', False, known)
+        self.assertEqual(asked, ["logo@example.com", "other"])
+        self.assertEqual(safe.html, '<img src="/m/7/cid/logo%40example.com"><img>')
+        self.assertEqual(safe.remoteImages, 0)
+
+    def test_relativeURLsRemoved(self) -> None:
+        """
+        Relative URLs, which would point into this server, are removed,
+        even one that looks like a cid: rewrite.
+        """
+        safe = sanitizeHTML('<a href="/m/1/delete">x</a><img src="/m/2/cid/a"><img src="//evil.example/t">', True, cidURL)
+        self.assertEqual(scriptCapable(safe.html, cidPrefix="/nothing/"), [])
+        self.assertNotIn("/m/", safe.html)
+        self.assertNotIn("evil", safe.html)
+
+    def test_dataImages(self) -> None:
+        """
+        C{data:} images of a raster type stay; SVG ones do not.
+        """
+        png = "data:image/png;base64," + base64.b64encode(PNG).decode()
+        safe = sanitizeHTML(f'<img src="{png}"><img src="data:image/svg+xml,<svg/>">', False, cidURL)
+        self.assertEqual(safe.html, f'<img src="{png}"><img>')
+
+    def test_styleFunctions(self) -> None:
+        """
+        Inline styles keep declarations without functions or with colour
+        and arithmetic ones, and lose any other function, escapes and
+        comments.
+        """
+        cases = {
+            "color: red; width: calc(100% - 2px)": "color: red; width: calc(100% - 2px)",
+            "color: red; background-image: image-set('x.png' 1x)": "color: red",
+            "color: red; background: URL(x)": "color: red",
+            "background: u\\72l(x)": None,
+            "color: red /* x */": None,
+            "font-family: 'Arial'; @import 'x'": "font-family: 'Arial'",
+            "junk": None,
+        }
+        for style, expected in cases.items():
+            html = sanitizeHTML(f'<p style="{style}">x</p>', True, cidURL).html
+            attrs = dict(elementsOf(html)[0][1])
+            self.assertEqual(attrs.get("style"), expected, style)
+
+    def test_hugeHTML(self) -> None:
+        """
+        HTML longer than L{render.MAX_BODY_CHARS} is cut, not refused.
+        """
+        safe = sanitizeHTML("<p>" + "x" * (render.MAX_BODY_CHARS + 10), False, cidURL)
+        self.assertLessEqual(len(safe.html), render.MAX_BODY_CHARS + 10)
+        self.assertTrue(safe.html.startswith("<p>xxx"))
+
+    def test_document(self) -> None:
+        """
+        The served document declares UTF-8 and no referrer, around the
+        sanitized fragment.
+        """
+        page = htmlDocument(sanitizeHTML("<p>caf\u00e9</p>", False, cidURL))
+        self.assertIn(b'<meta charset="utf-8">', page)
+        self.assertIn(b'<meta name="referrer" content="no-referrer">', page)
+        self.assertIn("<p>caf\u00e9</p>".encode(), page)
+
+
+class HeadersTests(SynchronousTestCase):
+    """
+    Tests for L{htmlHeaders} and L{downloadHeaders}.
+    """
+
+    def test_htmlHeaders(self) -> None:
+        """
+        The sanitized HTML is served with a policy that runs nothing and
+        loads only inline and our own images, nosniff, no referrer, and no
+        caching.
+        """
+        headers = dict(htmlHeaders(False))
+        csp = headers[b"Content-Security-Policy"].decode()
+        directives = {d.split()[0]: d.split()[1:] for d in csp.split("; ")}
+        self.assertEqual(directives["default-src"], ["'none'"])
+        self.assertEqual(directives["img-src"], ["data:", "'self'"])
+        self.assertEqual(directives["style-src"], ["'unsafe-inline'"])
+        self.assertEqual(directives["form-action"], ["'none'"])
+        self.assertEqual(directives["base-uri"], ["'none'"])
+        self.assertEqual(directives["frame-ancestors"], ["'self'"])
+        self.assertNotIn("allow-scripts", directives["sandbox"])
+        self.assertNotIn("allow-same-origin", directives["sandbox"])
+        self.assertNotIn("script-src", directives)
+        self.assertEqual(headers[b"X-Content-Type-Options"], b"nosniff")
+        self.assertEqual(headers[b"Referrer-Policy"], b"no-referrer")
+        self.assertEqual(headers[b"Content-Type"], b"text/html; charset=utf-8")
+        self.assertEqual(headers[b"Cache-Control"], b"no-store")
+
+    def test_htmlHeadersLoadImages(self) -> None:
+        """
+        Asking for images adds only C{http:} and C{https:} to C{img-src}.
+        """
+        without = dict(htmlHeaders(False))[b"Content-Security-Policy"].decode()
+        withImages = dict(htmlHeaders(True))[b"Content-Security-Policy"].decode()
+        self.assertEqual(withImages, without.replace("img-src data: 'self'", "img-src data: 'self' http: https:"))
+        self.assertNotEqual(withImages, without)
+
+    def part(self, contentType: str, inline: bool, filename: str | None = "f") -> Part:
+        """
+        A part of C{contentType}.
+        """
+        return Part(index=2, contentType=contentType, filename=filename, size=3, contentID=None, inline=inline)
+
+    def test_downloadAttachment(self) -> None:
+        """
+        Anything but an inline image is an C{application/octet-stream}
+        attachment, HTML and SVG included.
+        """
+        for contentType in ("text/html", "image/svg+xml", "application/pdf", "text/plain", "image/png"):
+            headers = dict(downloadHeaders(self.part(contentType, inline=False)))
+            self.assertEqual(headers[b"Content-Type"], b"application/octet-stream", contentType)
+            self.assertTrue(headers[b"Content-Disposition"].startswith(b"attachment;"))
+            self.assertEqual(headers[b"X-Content-Type-Options"], b"nosniff")
+        headers = dict(downloadHeaders(self.part("image/svg+xml", inline=True)))
+        self.assertEqual(headers[b"Content-Type"], b"application/octet-stream")
+
+    def test_downloadInlineImage(self) -> None:
+        """
+        An inline raster image is served as its type, inline, nosniff.
+        """
+        for contentType in ("image/png", "image/jpeg", "image/gif", "image/webp"):
+            headers = dict(downloadHeaders(self.part(contentType, inline=True)))
+            self.assertEqual(headers[b"Content-Type"], contentType.encode())
+            self.assertTrue(headers[b"Content-Disposition"].startswith(b"inline;"))
+            self.assertEqual(headers[b"X-Content-Type-Options"], b"nosniff")
+
+    def test_filenameSafe(self) -> None:
+        """
+        A hostile file name cannot break the header, add one, or name a
+        path: quotes, line breaks, slashes and non-ASCII are encoded or
+        replaced.
+        """
+        hostile = 'evil"; filename="x.exe\r\nSet-Cookie: a=b/../../caf\u00e9 \u202e.txt'
+        value = dict(downloadHeaders(self.part("application/pdf", False, hostile)))[b"Content-Disposition"]
+        self.assertNotIn(b"\r", value)
+        self.assertNotIn(b"\n", value)
+        self.assertNotIn(b"/", value.split(b"filename*=")[1])
+        fallback = value.split(b'filename="')[1].split(b'"')[0]
+        self.assertNotIn(b";", fallback)
+        self.assertEqual(value.count(b'"'), 2)
+        self.assertIn(b"filename*=UTF-8''caf%C3%A9%20.txt", value)
+
+    def test_filenameMissing(self) -> None:
+        """
+        A part without a name is named after its position and type.
+        """
+        value = dict(downloadHeaders(self.part("application/pdf", False, None)))[b"Content-Disposition"]
+        self.assertEqual(value, b"attachment; filename=\"attachment-3.pdf\"; filename*=UTF-8''attachment-3.pdf")
+
+    def test_contentDisposition(self) -> None:
+        """
+        The plain C{filename} keeps safe ASCII and replaces the rest.
+        """
+        self.assertEqual(
+            contentDisposition("inline", "r\u00e9sum\u00e9 (1).png"),
+            "inline; filename=\"r_sum_ (1).png\"; filename*=UTF-8''r%C3%A9sum%C3%A9%20%281%29.png",
+        )

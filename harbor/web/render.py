@@ -1,0 +1,701 @@
+# -*- test-case-name: harbor.test.test_render -*-
+"""
+A stored message taken apart for the browser, its HTML made safe to show,
+and the HTTP headers that keep it safe once shown.
+
+Hostile mail is the normal case here: every byte of a message comes from
+whoever sent it.  So:
+
+  - L{readMessage} never raises on what is in the message: a parse bounded
+    against MIME bombs (L{harbor.store.mime.parseTree}), every header
+    decoded tolerantly, and whatever was wrong said in
+    L{MessageView.problems} rather than hidden.
+  - L{sanitizeHTML} passes HTML through nh3 (Ammonia) with explicit
+    allow-lists of tags, attributes and URL schemes, so no script, form,
+    frame, plug-in, C{on*} handler, C{javascript:} URL, C{<base>} or
+    C{<meta>} survives, and remote images are removed unless asked for.
+  - L{htmlHeaders} gives the sanitized document a Content-Security-Policy
+    that would stop script even if the sanitizer let some through, and
+    L{downloadHeaders} makes every attachment a download but a few raster
+    image types.
+
+Pure: no Twisted and no I/O but reading the file object it is given, so it
+runs in a thread and is tested without a reactor.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from email.message import Message
+from typing import BinaryIO
+from urllib.parse import quote, unquote
+
+import nh3
+from attrs import field, frozen
+
+from harbor.store.headers import cleanText, decodeHeader
+from harbor.store.mime import (
+    MAX_MIME_DEPTH,
+    cleanBody,
+    contentTypeOf,
+    htmlToText,
+    isAttachment,
+    leafParts,
+    parseTree,
+    partData,
+    partFilename,
+    partText,
+    safeFilename,
+)
+
+# Bounds on what one message can make the reader hold or do.
+MAX_HEADERS = 1000
+MAX_PROBLEMS = 50
+# The text and HTML views are cut at this many characters: a browser
+# would choke on more, and no one reads it.
+MAX_BODY_CHARS = 4 * 1024 * 1024
+
+# Raster image types a browser may show inline, with the bytes each file
+# starts with: a part is shown only if its content agrees with its type,
+# so an HTML page labelled image/png is still a download.  SVG is an XML
+# document that can carry script: never inline.
+INLINE_IMAGE_TYPES: dict[str, tuple[bytes, ...]] = {
+    "image/png": (b"\x89PNG\r\n\x1a\n",),
+    "image/jpeg": (b"\xff\xd8\xff",),
+    "image/gif": (b"GIF87a", b"GIF89a"),
+    "image/webp": (b"RIFF",),
+}
+
+_FOLD = re.compile(r"\r?\n")
+
+
+@frozen
+class Part:
+    """
+    One leaf part of a message: its text, its HTML, an attachment, an
+    image it shows.
+
+    @ivar index: Its position among the message's leaf parts, from 0; what
+        L{partContent} takes.
+    @ivar contentType: Its declared MIME type, in lower case.
+    @ivar filename: The name the sender gave it, made safe for display, or
+        L{None}.
+    @ivar size: The size of its content in bytes, transfer encoding undone.
+    @ivar contentID: Its C{Content-ID} without the angle brackets, or
+        L{None}: what a C{cid:} URL in the HTML names.
+    @ivar inline: Whether a browser may show it inline: an allow-listed
+        raster image whose content starts as its type says.
+    @ivar attachment: Whether it is an attachment, rather than the text or
+        HTML the views show.
+    """
+
+    index: int
+    contentType: str
+    filename: str | None
+    size: int
+    contentID: str | None
+    inline: bool
+    attachment: bool = True
+
+
+@frozen
+class MessageView:
+    """
+    A message taken apart for the browser.
+
+    @ivar headers: Every header, in order, decoded (RFC 2047) and on one
+        line, with no control character.
+    @ivar subject: The first C{Subject}, decoded; C{""} without one.
+    @ivar fromHeader: The first C{From}, decoded; C{""} without one.
+    @ivar toHeader: The first C{To}, decoded; C{""} without one.
+    @ivar date: The first C{Date} as written, or L{None}.
+    @ivar text: The text view: the first text/plain part, or text made
+        from the HTML when there is none; L{None} without either.
+    @ivar html: The first text/html part, B{raw and unsanitized}: only
+        L{sanitizeHTML} may make it a page.  L{None} without one.
+    @ivar parts: Every leaf part, in order.
+    @ivar problems: What was wrong with the message, in words for its
+        reader: malformed structure, unknown charsets, parts left out.
+    """
+
+    headers: tuple[tuple[str, str], ...]
+    subject: str
+    fromHeader: str
+    toHeader: str
+    date: str | None
+    text: str | None
+    html: str | None = field(repr=False)
+    parts: tuple[Part, ...]
+    problems: tuple[str, ...]
+
+
+@frozen
+class SafeHTML:
+    """
+    HTML made safe to serve with L{htmlHeaders}.
+
+    @ivar html: The sanitized fragment.
+    @ivar remoteImages: How many remote (C{http:}, C{https:}) images the
+        HTML has: removed unless images were asked for, kept if they were.
+    """
+
+    html: str = field(repr=False)
+    remoteImages: int
+
+
+def readMessage(f: BinaryIO) -> MessageView:
+    """
+    Take a message apart into its headers, its text and HTML, and its
+    parts.
+
+    Nothing in the message makes this raise: the parse is bounded
+    (L{harbor.store.mime.MAX_MIME_PARTS} parts, L{MAX_MIME_DEPTH} levels of
+    nesting, L{MAX_HEADERS} headers, L{MAX_BODY_CHARS} characters of text
+    and of HTML), and what was wrong or left out is said in
+    L{MessageView.problems}.  The parts' contents are decoded one at a
+    time, to measure them, and not kept: a 25 MiB attachment costs its
+    decoding once, and L{partContent} reads it again when it is asked for.
+
+    @param f: The message, positioned at its start.
+    @return: What the message is made of.
+    @raise OSError: if the file cannot be read.
+    """
+    problems = _Problems()
+    try:
+        root, cut = parseTree(f)
+    except OSError:
+        raise
+    except Exception as e:  # noqa: BLE001
+        # parseTree keeps what it can; this is for a bug, not a message.
+        return _unreadable(f"the message could not be read ({type(e).__name__})")
+    if cut is not None:
+        problems.add(cut)
+    headers = _headers(root, problems)
+    plain: tuple[Message, int] | None = None
+    html: tuple[Message, int] | None = None
+    parts = []
+    leaves, deeper = leafParts(root)
+    if deeper:
+        problems.add(f"parts nested deeper than {MAX_MIME_DEPTH} levels are not shown")
+    for index, leaf in enumerate(leaves):
+        try:
+            part, _ = _describe(index, leaf)
+        except Exception:  # noqa: BLE001
+            problems.add(f"part {index + 1} could not be read")
+            continue
+        if leaf is not root:
+            problems.defects(f"part {index + 1}", leaf)
+        if not part.attachment:
+            if plain is None and (part.contentType == "text/plain" or part.contentType.startswith("multipart/")):
+                plain = (leaf, index)
+            elif html is None and part.contentType == "text/html":
+                html = (leaf, index)
+        parts.append(part)
+    problems.defects("the message", root)
+
+    htmlText = None if html is None else _bodyText(*html, problems)
+    text: str | None = None
+    if plain is not None:
+        text = cleanBody(_bodyText(*plain, problems))
+    elif htmlText is not None:
+        text = cleanBody(htmlToText(htmlText))
+    first: dict[str, str] = {}
+    for name, value in headers:
+        first.setdefault(name.lower(), value)
+    return MessageView(
+        headers=tuple(headers),
+        subject=first.get("subject", ""),
+        fromHeader=first.get("from", ""),
+        toHeader=first.get("to", ""),
+        date=first.get("date"),
+        text=text,
+        html=htmlText,
+        parts=tuple(parts),
+        problems=problems.all(),
+    )
+
+
+def partContent(f: BinaryIO, index: int) -> tuple[Part, bytes] | None:
+    """
+    One part of a message and its content, for a download or an inline
+    image.
+
+    @param f: The message, positioned at its start.
+    @param index: The part's L{Part.index}.
+    @return: The part and its content with the transfer encoding undone,
+        or L{None} when the message has no such part (or it cannot be
+        read).
+    @raise OSError: if the file cannot be read.
+    """
+    if index < 0:
+        return None
+    try:
+        root, _ = parseTree(f)
+        leaves, _ = leafParts(root)
+        if index >= len(leaves):
+            return None
+        return _describe(index, leaves[index])
+    except OSError:
+        raise
+    except Exception:  # noqa: BLE001
+        return None
+
+
+def partForContentID(parts: Sequence[Part], contentID: str) -> Part | None:
+    """
+    The part a C{cid:} URL names.
+
+    @param parts: The message's parts.
+    @param contentID: The Content-ID, with or without angle brackets, as
+        L{sanitizeHTML} gives it to C{cidURL} (URL-decoded).
+    @return: The first part with that Content-ID (exactly, else ignoring
+        case, as some senders change it), or L{None}.
+    """
+    wanted = _bareContentID(contentID)
+    if not wanted:
+        return None
+    for part in parts:
+        if part.contentID == wanted:
+            return part
+    folded = wanted.casefold()
+    for part in parts:
+        if part.contentID is not None and part.contentID.casefold() == folded:
+            return part
+    return None
+
+
+# The HTML a message may keep.  Everything else is removed, keeping its
+# text (a <form>'s labels, a <button>'s words) unless it is in _DROPPED.
+_TAGS = frozenset(
+    {
+        "a", "abbr", "acronym", "address", "article", "aside", "b", "bdi", "bdo",
+        "big", "blockquote", "br", "caption", "center", "cite", "code", "col",
+        "colgroup", "dd", "del", "details", "dfn", "div", "dl", "dt", "em",
+        "figcaption", "figure", "font", "footer", "h1", "h2", "h3", "h4", "h5",
+        "h6", "header", "hgroup", "hr", "i", "img", "ins", "kbd", "li", "main",
+        "mark", "nav", "ol", "p", "pre", "q", "rp", "rt", "ruby", "s", "samp",
+        "section", "small", "span", "strike", "strong", "sub", "summary", "sup",
+        "table", "tbody", "td", "tfoot", "th", "thead", "time", "tr", "tt", "u",
+        "ul", "var", "wbr",
+    }
+)
+# Removed with everything in them: code (script, style, template), what is
+# never shown (title, head matter), documents of other languages that can
+# carry script (svg, math), frames and plug-ins, and noscript, whose
+# content a browser without script would show but a sanitizer parses
+# another way.  Style sheets go too: their url()s and selectors are more
+# than a filter should try to read, and mail that is meant to be read
+# everywhere has its styles inline.
+_DROPPED = frozenset(
+    {
+        "script", "style", "template", "title", "svg", "math", "iframe", "frame",
+        "frameset", "object", "embed", "applet", "noscript", "noembed", "noframes",
+        "xmp", "plaintext", "textarea", "select",
+    }
+)
+_CELL = {"align", "valign", "bgcolor", "width", "height", "colspan", "rowspan", "nowrap", "scope", "headers"}
+# Presentation attributes only: no id or class (no style sheet is kept for
+# them to match), no event handler, no URL but a link's and an image's.
+_ATTRIBUTES: dict[str, set[str]] = {
+    "*": {"title", "lang", "dir", "style", "align"},
+    "a": {"href", "name"},
+    "img": {"src", "alt", "width", "height", "border", "hspace", "vspace", "align"},
+    "table": {"width", "height", "border", "cellpadding", "cellspacing", "bgcolor", "align", "summary"},
+    "tr": {"align", "valign", "bgcolor", "height"},
+    "td": _CELL,
+    "th": _CELL,
+    "col": {"span", "width", "align", "valign"},
+    "colgroup": {"span", "width", "align", "valign"},
+    "font": {"color", "face", "size"},
+    "hr": {"width", "size", "noshade", "color"},
+    "ol": {"start", "type", "reversed"},
+    "ul": {"type"},
+    "li": {"value", "type"},
+    "time": {"datetime"},
+    "details": {"open"},
+    "bdo": {"dir"},
+}
+# Checked by nh3 on every URL attribute; relative URLs are removed too (they
+# would point into this server), but for our cid: rewrites.  Which scheme fits which attribute is
+# decided in _Filter.
+_URL_SCHEMES = frozenset({"http", "https", "mailto", "tel", "cid", "data"})
+_LINK_SCHEMES = ("http:", "https:", "mailto:", "tel:")
+_DATA_IMAGE = re.compile(r"data:image/(png|jpeg|gif|webp)[;,]", re.IGNORECASE)
+# CSS functions a style attribute may use: colours and arithmetic.  url(),
+# image-set(), expression() and the rest would fetch or run something.
+_STYLE_FUNCTIONS = frozenset({"rgb", "rgba", "hsl", "hsla", "calc", "min", "max", "clamp"})
+_CSS_FUNCTION = re.compile(r"([a-z0-9_-]*)\s*\(")
+_CSS_PROPERTY = re.compile(r"-?[a-z][a-z0-9-]*")
+_CSS_FORBIDDEN = re.compile(r"behavior|binding|expression|javascript|vbscript|@", re.IGNORECASE)
+
+
+def sanitizeHTML(html: str, loadImages: bool, cidURL: Callable[[str], str | None]) -> SafeHTML:
+    """
+    Make a message's HTML safe to show.
+
+    nh3 parses it as a browser would (html5ever) and writes back only what
+    the allow-lists name: formatting, tables, links and images.  What no
+    allow-list names is gone: C{<script>}, C{<style>}, C{<form>} and its
+    controls, frames, C{<object>}, C{<embed>}, C{<svg>}, C{<math>},
+    C{<base>}, C{<meta>}, C{<link>}, comments (and with them Outlook's
+    conditional comments), every C{on*} handler, C{srcset}, C{background}
+    and relative URLs.  Then:
+
+      - a link keeps an C{http:}, C{https:}, C{mailto:} or C{tel:} URL,
+        and opens in a new browsing context without opener or referrer
+        (C{target="_blank" rel="noopener noreferrer"});
+      - an image keeps a C{data:} URL of a raster type; its C{cid:} URL
+        becomes C{cidURL(contentID)} (removed when that is L{None}); its
+        remote URL is counted, and kept only when C{loadImages};
+      - a C{style} attribute keeps its declarations that use no CSS
+        function but colours and arithmetic: no C{url()} fetches, even
+        when images are allowed, and no C{expression()} runs in old
+        browsers.
+
+    @param html: The message's HTML, as L{MessageView.html}.
+    @param loadImages: Whether remote images stay.
+    @param cidURL: Gives our URL for an image by Content-ID (URL-decoded,
+        without angle brackets), or L{None} for an unknown one.
+    @return: The safe HTML, and how many remote images it had.
+    """
+    if len(html) > MAX_BODY_CHARS:
+        html = html[:MAX_BODY_CHARS]
+    attributeFilter = _Filter(loadImages, cidURL)
+    try:
+        cleaned = nh3.clean(
+            html,
+            tags=set(_TAGS),
+            clean_content_tags=set(_DROPPED),
+            attributes={tag: set(names) for tag, names in _ATTRIBUTES.items()},
+            attribute_filter=attributeFilter,
+            strip_comments=True,
+            link_rel="noopener noreferrer",
+            set_tag_attribute_values={"a": {"target": "_blank"}},
+            url_schemes=set(_URL_SCHEMES),
+            # nh3 checks URLs after the filter: the only relative ones to
+            # keep are the cid: rewrites it made (it removed the message's).
+            url_relative=attributeFilter.keepRelative,
+        )
+    except BaseException as e:
+        # nh3 reports a bug of its own as a PanicException, which derives
+        # from BaseException; a message must not be the end of the thread.
+        if isinstance(e, (KeyboardInterrupt, SystemExit)):
+            raise
+        return SafeHTML("", 0)
+    return SafeHTML(cleaned, attributeFilter.remoteImages)
+
+
+def htmlDocument(safe: SafeHTML) -> bytes:
+    """
+    The page that shows sanitized HTML, served with L{htmlHeaders}.
+
+    @param safe: What L{sanitizeHTML} made.
+    @return: A complete UTF-8 HTML document around it.
+    """
+    return (
+        '<!DOCTYPE html>\n<html><head><meta charset="utf-8">'
+        '<meta name="referrer" content="no-referrer"></head>\n<body>'
+        + safe.html
+        + "</body></html>\n"
+    ).encode("utf-8")
+
+
+def contentSecurityPolicy(loadImages: bool) -> str:
+    """
+    The Content-Security-Policy of a sanitized message, the second of its
+    three layers (after nh3, before the C{<iframe sandbox>} of the page).
+
+      - C{default-src 'none'}: no script, frame, font, plug-in, fetch or
+        style sheet loads, whatever the sanitizer let through;
+        C{form-action 'none'} and C{base-uri 'none'}, which
+        C{default-src} does not cover, likewise.
+      - C{sandbox allow-popups allow-popups-to-escape-sandbox}: the
+        document runs no script and gets an opaque origin, so it can read
+        no cookie and call no API of ours even when opened outside its
+        frame.  Popups are allowed so that a link the reader clicks opens
+        (in a new tab, without opener: no script can open one, since none
+        runs); the page's C{<iframe sandbox>} must allow them too.
+      - C{img-src data: 'self'}: inline images and our own C{cid:}
+        rewrites (C{/m/ID/cid/CID}).  CSP cannot name a path for every
+        message, and C{'self'} is the right source: CSP 3 matches it
+        against the origin of the document's URL, not the opaque origin
+        C{sandbox} gives the document, and Chromium and Firefox do so.
+        C{http: https:} are added only when the reader asked for images.
+      - C{style-src 'unsafe-inline'}: the C{style} attributes the
+        sanitizer kept.  Inline style cannot run script, the sandbox has
+        none to run, and the sanitizer removed any C{url()} from it, so
+        it fetches nothing either; without it most newsletters lose their
+        layout.
+      - C{frame-ancestors 'self'}: only our own pages frame a message.
+
+    @param loadImages: Whether remote images may load.
+    """
+    images = "data: 'self'" + (" http: https:" if loadImages else "")
+    return (
+        "default-src 'none'; "
+        f"img-src {images}; "
+        "style-src 'unsafe-inline'; "
+        "form-action 'none'; "
+        "base-uri 'none'; "
+        "frame-ancestors 'self'; "
+        "sandbox allow-popups allow-popups-to-escape-sandbox"
+    )
+
+
+def htmlHeaders(loadImages: bool) -> list[tuple[bytes, bytes]]:
+    """
+    The HTTP headers of a sanitized message (L{htmlDocument}).
+
+    @param loadImages: Whether remote images may load (see
+        L{contentSecurityPolicy}).
+    @return: Header names and values.
+    """
+    return [
+        (b"Content-Type", b"text/html; charset=utf-8"),
+        (b"Content-Security-Policy", contentSecurityPolicy(loadImages).encode("ascii")),
+        (b"X-Content-Type-Options", b"nosniff"),
+        (b"Referrer-Policy", b"no-referrer"),
+        (b"Cache-Control", b"no-store"),
+    ]
+
+
+def downloadHeaders(part: Part) -> list[tuple[bytes, bytes]]:
+    """
+    The HTTP headers of a part served on its own.
+
+    Every part is a download (C{attachment}) of type
+    C{application/octet-stream}, which no browser renders, but an inline
+    image (L{Part.inline}: PNG, JPEG, GIF or WebP whose bytes agree),
+    which is served as such.  SVG is never inline: it is a document that
+    can run script.  Both get C{nosniff}, so the type is not guessed from
+    the content, and a policy that runs nothing should a browser render
+    it anyway.
+
+    @param part: The part.
+    @return: Header names and values.
+    """
+    name = safeFilename(part.filename, part.index + 1, part.contentType)
+    if part.inline and part.contentType in INLINE_IMAGE_TYPES:
+        contentType, disposition = part.contentType, "inline"
+    else:
+        contentType, disposition = "application/octet-stream", "attachment"
+    return [
+        (b"Content-Type", contentType.encode("ascii")),
+        (b"Content-Disposition", contentDisposition(disposition, name).encode("ascii")),
+        (b"X-Content-Type-Options", b"nosniff"),
+        (b"Content-Security-Policy", b"default-src 'none'; sandbox"),
+        (b"Referrer-Policy", b"no-referrer"),
+        (b"Cache-Control", b"no-store"),
+    ]
+
+
+def contentDisposition(disposition: str, filename: str) -> str:
+    """
+    A C{Content-Disposition} value naming a file, in ASCII.
+
+    The name goes twice: as C{filename*} in UTF-8, percent-encoded (RFC
+    6266, RFC 8187), which browsers prefer, and as a plain C{filename}
+    with everything but safe ASCII made C{_}, for the rest.  No quote,
+    backslash, semicolon or line break of the sender's gets through
+    either way.
+
+    @param disposition: C{attachment} or C{inline}.
+    @param filename: The name, already made safe for a directory
+        (L{safeFilename}).
+    """
+    fallback = re.sub(r"[^A-Za-z0-9 !#$&+,.=@^_`{}~()\[\]-]", "_", filename).strip() or "attachment"
+    encoded = quote(filename, safe="!#$&+-.^_`|~")
+    return f"{disposition}; filename=\"{fallback}\"; filename*=UTF-8''{encoded}"
+
+
+class _Filter:
+    """
+    The nh3 C{attribute_filter} of L{sanitizeHTML}: decides each URL by the
+    attribute it is in, rewrites C{cid:} images, counts remote ones and
+    filters inline styles.
+
+    @ivar remoteImages: The remote images seen so far.
+    """
+
+    def __init__(self, loadImages: bool, cidURL: Callable[[str], str | None]) -> None:
+        self._loadImages = loadImages
+        self._cidURL = cidURL
+        self.remoteImages = 0
+        self._rewritten: set[str] = set()
+
+    def keepRelative(self, url: str) -> str | None:
+        """
+        nh3's C{url_relative}: keep a relative URL only if it is one of
+        our C{cid:} rewrites.
+        """
+        return url if url in self._rewritten else None
+
+    def __call__(self, tag: str, attribute: str, value: str) -> str | None:
+        if attribute == "style":
+            return _filterStyle(value)
+        if tag == "a" and attribute == "href":
+            return value if _normalURL(value).startswith(_LINK_SCHEMES) else None
+        if tag == "img" and attribute == "src":
+            return self._image(value)
+        return value
+
+    def _image(self, value: str) -> str | None:
+        url = _normalURL(value)
+        if url.startswith("cid:"):
+            try:
+                rewritten = self._cidURL(_bareContentID(unquote(value.strip()[4:])))
+            except Exception:  # noqa: BLE001
+                return None
+            if rewritten is not None:
+                self._rewritten.add(rewritten)
+            return rewritten
+        if url.startswith(("http:", "https:")):
+            self.remoteImages += 1
+            return value if self._loadImages else None
+        if _DATA_IMAGE.match(url):
+            return value
+        return None
+
+
+def _normalURL(value: str) -> str:
+    # A URL as a browser reads its scheme: surrounding spaces and control
+    # characters stripped, tabs and line breaks anywhere removed (WHATWG
+    # URL), in lower case.
+    return re.sub(r"[\t\n\r]", "", value).strip("\x00- ").lower()
+
+
+def _filterStyle(value: str) -> str | None:
+    # Escapes and comments can spell "url(" without those letters in a
+    # row: a style with either is dropped whole.
+    if "\\" in value or "/*" in value or "<" in value:
+        return None
+    kept = []
+    for declaration in value.split(";"):
+        name, colon, setting = declaration.partition(":")
+        name = name.strip().lower()
+        if not colon or not _CSS_PROPERTY.fullmatch(name) or _CSS_FORBIDDEN.search(declaration):
+            continue
+        functions = _CSS_FUNCTION.findall(setting.lower())
+        if any(function not in _STYLE_FUNCTIONS for function in functions):
+            continue
+        kept.append(f"{name}: {setting.strip()}")
+    return "; ".join(kept) or None
+
+
+def _describe(index: int, leaf: Message) -> tuple[Part, bytes]:
+    contentType = contentTypeOf(leaf)
+    data = partData(leaf, contentType)
+    magic = INLINE_IMAGE_TYPES.get(contentType)
+    inline = magic is not None and data.startswith(magic)
+    if contentType == "image/webp":
+        inline = inline and data[8:12] == b"WEBP"
+    part = Part(
+        index=index,
+        contentType=cleanText(contentType),
+        filename=partFilename(leaf),
+        size=len(data),
+        contentID=_contentID(leaf),
+        inline=inline,
+        attachment=isAttachment(leaf, contentType),
+    )
+    return part, data
+
+
+def _contentID(leaf: Message) -> str | None:
+    try:
+        raw = leaf.get("Content-ID")
+    except Exception:  # noqa: BLE001
+        return None
+    if raw is None:
+        return None
+    return _bareContentID(cleanText(str(raw))) or None
+
+
+def _bareContentID(value: str) -> str:
+    value = value.strip()
+    if value.startswith("<") and value.endswith(">"):
+        value = value[1:-1].strip()
+    return value
+
+
+def _bodyText(leaf: Message, index: int, problems: _Problems) -> str:
+    text, problem = partText(leaf)
+    if problem is not None:
+        problems.add(f"part {index + 1}: {problem}")
+    if len(text) > MAX_BODY_CHARS:
+        problems.add(f"part {index + 1} is longer than {MAX_BODY_CHARS} characters; the rest is not shown")
+        text = text[:MAX_BODY_CHARS]
+    return text
+
+
+def _headers(root: Message, problems: _Problems) -> list[tuple[str, str]]:
+    headers = []
+    try:
+        items = root.raw_items()
+    except Exception:  # noqa: BLE001
+        problems.add("the message's headers could not be read")
+        return []
+    for count, (name, raw) in enumerate(items):
+        if count >= MAX_HEADERS:
+            problems.add(f"the message has more than {MAX_HEADERS} headers; the rest are not shown")
+            break
+        value = _FOLD.sub("", str(raw))
+        headers.append((cleanText(str(name)), cleanText(decodeHeader(str(name), _eightBit(value)))))
+    return headers
+
+
+def _eightBit(value: str) -> str:
+    # The parser keeps bytes that are not ASCII as surrogate escapes;
+    # headers in UTF-8 (RFC 6532) are read as such, anything else is left
+    # for cleanText to show as U+FFFD.
+    try:
+        return value.encode("ascii", "surrogateescape").decode("utf-8")
+    except UnicodeError:
+        return value
+
+
+def _unreadable(problem: str) -> MessageView:
+    return MessageView(
+        headers=(), subject="", fromHeader="", toHeader="", date=None,
+        text=None, html=None, parts=(), problems=(problem,),
+    )
+
+
+# What the email package's defects mean, for a reader.
+_DEFECTS = {
+    "NoBoundaryInMultipartDefect": "is multipart but names no boundary; shown as one part",
+    "StartBoundaryNotFoundDefect": "is multipart but its boundary never appears; shown as one part",
+    "CloseBoundaryNotFoundDefect": "has no closing boundary; it may have been cut short",
+    "FirstHeaderLineIsContinuationDefect": "starts with a continuation line",
+    "MisplacedEnvelopeHeaderDefect": 'has a "From " line among its headers',
+    "MissingHeaderBodySeparatorDefect": "has a malformed header line; what follows was taken for the body",
+    "MultipartInvariantViolationDefect": "is multipart but has no parts",
+    "InvalidMultipartContentTransferEncodingDefect": "is multipart with a transfer encoding",
+    "InvalidBase64PaddingDefect": "has base64 with bad padding",
+    "InvalidBase64CharactersDefect": "has characters that are not base64 in its base64",
+    "InvalidBase64LengthDefect": "has base64 of an impossible length",
+    "UndecodableBytesDefect": "has bytes that are not ASCII in a header",
+}
+
+
+class _Problems:
+    """
+    What was wrong with a message, each said once, at most
+    L{MAX_PROBLEMS}.
+    """
+
+    def __init__(self) -> None:
+        self._seen: dict[str, None] = {}
+
+    def add(self, problem: str) -> None:
+        if len(self._seen) < MAX_PROBLEMS:
+            self._seen[problem] = None
+
+    def defects(self, where: str, part: Message) -> None:
+        for defect in getattr(part, "defects", ()):
+            kind = type(defect).__name__
+            self.add(f"{where} {_DEFECTS.get(kind, 'is malformed (' + kind + ')')}")
+
+    def all(self) -> tuple[str, ...]:
+        return tuple(self._seen)
