@@ -6,19 +6,25 @@ keep it so, and hostile messages read without raising.
 from __future__ import annotations
 
 import base64
+import io
 import re
 from html.parser import HTMLParser
 
 from twisted.trial.unittest import SynchronousTestCase
 
+from harbor.store import mime
 from harbor.test.xssvectors import XSS_VECTORS
 from harbor.web import render
 from harbor.web.render import (
+    MessageView,
     Part,
     contentDisposition,
     downloadHeaders,
     htmlDocument,
     htmlHeaders,
+    partContent,
+    partForContentID,
+    readMessage,
     sanitizeHTML,
 )
 
@@ -414,3 +420,333 @@ class HeadersTests(SynchronousTestCase):
             contentDisposition("inline", "r\u00e9sum\u00e9 (1).png"),
             "inline; filename=\"r_sum_ (1).png\"; filename*=UTF-8''r%C3%A9sum%C3%A9%20%281%29.png",
         )
+
+
+def message(*lines: str | bytes) -> io.BytesIO:
+    """
+    A message file of C{lines}, joined with CRLF as they are stored.
+    """
+    return io.BytesIO(b"\r\n".join(line if isinstance(line, bytes) else line.encode() for line in lines))
+
+
+def newsletterMessage(png: bytes = PNG) -> io.BytesIO:
+    """
+    A message as mail clients write it: text and HTML alternatives, the
+    HTML's logo as a related part, and an attachment.
+    """
+    return message(
+        "Return-Path: <news@example.org>",
+        "Received: from a.example ([192.0.2.1]) by mx.example.com (MailHarbor) with ESMTP id 1; Wed, 2 Dec 2026 08:00:00 +0000",
+        "From: =?utf-8?q?J=C3=B6rg?= <news@example.org>",
+        "To: alice@example.com",
+        "Subject: =?utf-8?b?V2Vla2x5IOKAkyBuZXdz?=",
+        "Date: Wed, 2 Dec 2026 08:00:00 +0000",
+        "MIME-Version: 1.0",
+        'Content-Type: multipart/mixed; boundary="outer"',
+        "",
+        "--outer",
+        'Content-Type: multipart/alternative; boundary="alt"',
+        "",
+        "--alt",
+        "Content-Type: text/plain; charset=utf-8",
+        "",
+        "Plain caf\u00e9",
+        "--alt",
+        'Content-Type: multipart/related; boundary="rel"',
+        "",
+        "--rel",
+        "Content-Type: text/html; charset=utf-8",
+        "",
+        '<p>HTML caf\u00e9 <img src="cid:logo@example.org"></p>',
+        "--rel",
+        "Content-Type: image/png",
+        "Content-ID: <logo@example.org>",
+        "Content-Transfer-Encoding: base64",
+        "",
+        base64.b64encode(png).decode(),
+        "--rel--",
+        "--alt--",
+        "--outer",
+        "Content-Type: application/pdf",
+        'Content-Disposition: attachment; filename="=?utf-8?q?r=C3=A9sum=C3=A9.pdf?="',
+        "Content-Transfer-Encoding: base64",
+        "",
+        base64.b64encode(b"%PDF-1.4 x").decode(),
+        "--outer--",
+        "",
+    )
+
+
+def nested(depth: int) -> io.BytesIO:
+    """
+    A message of C{depth} multiparts, each in the one before.
+    """
+    lines = ["Subject: deep"]
+    for level in range(depth):
+        lines += [f'Content-Type: multipart/mixed; boundary="b{level}"', "", f"--b{level}"]
+    lines += ["Content-Type: text/plain", "", "bottom"]
+    for level in reversed(range(depth)):
+        lines += [f"--b{level}--"]
+    return message(*lines)
+
+
+class ReadMessageTests(SynchronousTestCase):
+    """
+    Tests for L{readMessage}, L{partContent} and the C{cid:} helpers.
+    """
+
+    def test_views(self) -> None:
+        """
+        A multipart message gives its decoded headers in order, its text
+        and raw HTML, and every leaf part with what the views need.
+        """
+        view = readMessage(newsletterMessage())
+        self.assertIsInstance(view, MessageView)
+        self.assertEqual([name for name, _ in view.headers][:5], ["Return-Path", "Received", "From", "To", "Subject"])
+        self.assertEqual(view.subject, "Weekly \u2013 news")
+        self.assertEqual(view.fromHeader, "J\u00f6rg <news@example.org>")
+        self.assertEqual(view.toHeader, "alice@example.com")
+        self.assertEqual(view.date, "Wed, 2 Dec 2026 08:00:00 +0000")
+        self.assertEqual(view.text, "Plain caf\u00e9")
+        self.assertEqual(view.html, '<p>HTML caf\u00e9 <img src="cid:logo@example.org"></p>')
+        assert view.html is not None
+        self.assertEqual(
+            view.parts,
+            (
+                Part(0, "text/plain", None, len("Plain caf\u00e9".encode()), None, False, attachment=False),
+                Part(1, "text/html", None, len(view.html.encode()), None, False, attachment=False),
+                Part(2, "image/png", None, len(PNG), "logo@example.org", True),
+                Part(3, "application/pdf", "r\u00e9sum\u00e9.pdf", 10, None, False),
+            ),
+        )
+        self.assertEqual(view.problems, ())
+
+    def test_textFromHTML(self) -> None:
+        """
+        Without a text/plain part, the text view is made from the HTML.
+        """
+        view = readMessage(message("Content-Type: text/html", "", "<p>One</p><p>Two &amp; <b>three</b></p>"))
+        self.assertEqual(view.text, "One\n\nTwo & three\n")
+        self.assertEqual(view.html, "<p>One</p><p>Two &amp; <b>three</b></p>")
+
+    def test_noBody(self) -> None:
+        """
+        A message of headers only has empty text and no HTML.
+        """
+        view = readMessage(message("Subject: s", "", ""))
+        self.assertEqual((view.text, view.html, view.subject), ("", None, "s"))
+
+    def test_headersSafe(self) -> None:
+        """
+        Headers are decoded (RFC 2047 and raw UTF-8) and have no control
+        or direction character, whatever the encoded words hide.
+        """
+        view = readMessage(
+            message(
+                "Subject: =?utf-8?q?a=0D=0Ab=07c=E2=80=AEd?=",
+                b"X-Raw: caf\xc3\xa9 \xff",
+                "X-Tab: a\tb",
+                "",
+                "x",
+            )
+        )
+        self.assertEqual(view.headers, (("Subject", "a bcd"), ("X-Raw", "caf\u00e9 \ufffd"), ("X-Tab", "a b")))
+        for _, value in view.headers:
+            self.assertTrue(value.isprintable(), value)
+
+    def test_headersBounded(self) -> None:
+        """
+        No more than L{render.MAX_HEADERS} headers are kept, and the rest
+        are said to be left out.
+        """
+        self.patch(render, "MAX_HEADERS", 3)
+        view = readMessage(message(*[f"X-{n}: v" for n in range(10)], "", "x"))
+        self.assertEqual(len(view.headers), 3)
+        self.assertIn("the message has more than 3 headers; the rest are not shown", view.problems)
+
+    def test_unknownCharset(self) -> None:
+        """
+        Text in a charset Python does not know is shown as UTF-8 if it is
+        that, else as Windows-1252, and the problem says so.
+        """
+        latin = readMessage(message("Content-Type: text/plain; charset=x-klingon", "", b"caf\xe9"))
+        self.assertEqual(latin.text, "caf\u00e9")
+        self.assertEqual(latin.problems, ("part 1: its charset 'x-klingon' is unknown; shown as Windows-1252",))
+        utf8 = readMessage(message("Content-Type: text/plain; charset=x-klingon", "", b"caf\xc3\xa9"))
+        self.assertEqual(utf8.text, "caf\u00e9")
+        self.assertEqual(utf8.problems, ("part 1: its charset 'x-klingon' is unknown; shown as UTF-8",))
+
+    def test_missingBoundary(self) -> None:
+        """
+        A multipart whose boundary never comes is shown as one text, and
+        the problem says what was wrong.
+        """
+        view = readMessage(message("Content-Type: multipart/mixed; boundary=nowhere", "", "just text"))
+        self.assertEqual(view.text, "just text")
+        self.assertIn("the message is multipart but its boundary never appears; shown as one part", view.problems)
+        unnamed = readMessage(message("Content-Type: multipart/mixed", "", "text"))
+        self.assertIn("the message is multipart but names no boundary; shown as one part", unnamed.problems)
+
+    def test_unclosedAndBadBase64(self) -> None:
+        """
+        A multipart cut short and an attachment of broken base64 are read
+        as far as they go, and said.
+        """
+        view = readMessage(
+            message(
+                "Content-Type: multipart/mixed; boundary=b", "", "--b", "Content-Type: text/plain", "", "hello",
+                "--b", "Content-Type: application/pdf", "Content-Transfer-Encoding: base64", "", "QUJD=x!!",
+            )
+        )
+        self.assertEqual(view.text, "hello")
+        self.assertEqual(view.parts[1].contentType, "application/pdf")
+        self.assertIn("the message has no closing boundary; it may have been cut short", view.problems)
+        self.assertTrue(any("base64" in problem for problem in view.problems), view.problems)
+
+    def test_deepNesting(self) -> None:
+        """
+        Parts nested deeper than the bound are left out, and said; a
+        nesting deep enough to exhaust the parser's recursion is read as
+        far as it got.
+        """
+        shallow = readMessage(nested(mime.MAX_MIME_DEPTH))
+        self.assertEqual(shallow.text, "bottom")
+        self.assertEqual(shallow.problems, ())
+        deep = readMessage(nested(mime.MAX_MIME_DEPTH + 1))
+        self.assertIsNone(deep.text)
+        self.assertIn(f"parts nested deeper than {mime.MAX_MIME_DEPTH} levels are not shown", deep.problems)
+        bomb = readMessage(nested(5000))
+        self.assertEqual(bomb.subject, "deep")
+        self.assertTrue(bomb.problems)
+
+    def test_tooManyParts(self) -> None:
+        """
+        The parse stops after L{mime.MAX_MIME_PARTS} parts, and says so.
+        """
+        lines = ["Content-Type: multipart/mixed; boundary=b", ""]
+        for _ in range(mime.MAX_MIME_PARTS + 50):
+            lines += ["--b", "Content-Type: application/octet-stream", "", "x"]
+        view = readMessage(message(*lines, "--b--"))
+        self.assertLess(len(view.parts), mime.MAX_MIME_PARTS)
+        self.assertIn(
+            f"the message has more than {mime.MAX_MIME_PARTS} parts; the rest are not shown", view.problems
+        )
+
+    def test_hostileNeverRaises(self) -> None:
+        """
+        Malformed messages of every kind are read without raising.
+        """
+        samples = [
+            b"",
+            b"\xff\xfe\x00garbage",
+            b"no colon line\r\n\r\nbody",
+            b" continuation first\r\nSubject: x\r\n\r\nb",
+            b"Content-Type: ;;;\r\n\r\nb",
+            b"Content-Type: text/plain; charset=\"\r\n\r\nb",
+            b"Content-Type: multipart/mixed; boundary=\"\"\r\n\r\n--\r\n\r\n",
+            b"Content-Transfer-Encoding: quoted-printable\r\n\r\n=ZZ=\r\n",
+            b"Content-Type: message/rfc822\r\n\r\nSubject: inner\r\n\r\nx",
+            b"Content-Type: image/png\r\nContent-Transfer-Encoding: base64\r\nContent-ID: <\r\n\r\n!!!!",
+            b"Subject: =?x-unknown?q?abc?= =?utf-8?b?!!!?=\r\nFrom: <<<@@@>>>\r\n\r\n",
+            b"Content-Type: text/html; charset=utf-8\r\n\r\n<p" + b"<" * 10000,
+        ]
+        for data in samples:
+            view = readMessage(io.BytesIO(data))
+            self.assertIsInstance(view, MessageView, data[:40])
+            if view.html is not None:
+                sanitizeHTML(view.html, False, cidURL)
+
+    def test_bodyBounded(self) -> None:
+        """
+        Text longer than L{render.MAX_BODY_CHARS} is cut, and said.
+        """
+        self.patch(render, "MAX_BODY_CHARS", 100)
+        view = readMessage(message("Content-Type: text/plain", "", "x" * 500))
+        self.assertEqual(view.text, "x" * 100)
+        self.assertIn("part 1 is longer than 100 characters; the rest is not shown", view.problems)
+
+    def test_largeAttachment(self) -> None:
+        """
+        A 25 MiB attachment is measured, not kept in the view, and read
+        whole by L{partContent}.
+        """
+        data = bytes(range(256)) * (25 * 4096)
+        f = message(
+            "Content-Type: multipart/mixed; boundary=b", "", "--b", "Content-Type: text/plain", "", "see attached",
+            "--b", "Content-Type: application/zip", 'Content-Disposition: attachment; filename="big.zip"',
+            "Content-Transfer-Encoding: base64", "", base64.encodebytes(data).decode(), "--b--",
+        )
+        view = readMessage(f)
+        self.assertEqual(view.parts[1].size, len(data))
+        self.assertEqual(view.problems, ())
+        f.seek(0)
+        found = partContent(f, 1)
+        assert found is not None
+        self.assertEqual(found[0], view.parts[1])
+        self.assertTrue(found[1] == data)
+
+    def test_partContent(self) -> None:
+        """
+        L{partContent} gives a part as L{readMessage} describes it, with
+        its decoded content; L{None} for a part the message lacks.
+        """
+        view = readMessage(newsletterMessage())
+        for part in view.parts:
+            found = partContent(newsletterMessage(), part.index)
+            assert found is not None
+            self.assertEqual(found[0], part)
+            self.assertEqual(len(found[1]), part.size)
+        self.assertEqual(partContent(newsletterMessage(), 2)[1], PNG)  # type: ignore[index]
+        self.assertIsNone(partContent(newsletterMessage(), 4))
+        self.assertIsNone(partContent(newsletterMessage(), -1))
+
+    def test_inlineOnlyWhenContentAgrees(self) -> None:
+        """
+        An image is inline only if its bytes are of the type it claims:
+        an HTML page labelled image/png is a download.
+        """
+        fake = readMessage(newsletterMessage(png=b"<script>alert(1)</script>"))
+        self.assertFalse(fake.parts[2].inline)
+        self.assertEqual(dict(downloadHeaders(fake.parts[2]))[b"Content-Type"], b"application/octet-stream")
+        svg = readMessage(message("Content-Type: image/svg+xml", "", "<svg onload=alert(1)/>"))
+        self.assertFalse(svg.parts[0].inline)
+
+    def test_partForContentID(self) -> None:
+        """
+        A Content-ID finds its part with or without angle brackets, and
+        ignoring case only when nothing matches exactly.
+        """
+        parts = readMessage(newsletterMessage()).parts
+        self.assertEqual(partForContentID(parts, "logo@example.org"), parts[2])
+        self.assertEqual(partForContentID(parts, "<logo@example.org>"), parts[2])
+        self.assertEqual(partForContentID(parts, "LOGO@example.org"), parts[2])
+        self.assertIsNone(partForContentID(parts, "other@example.org"))
+        self.assertIsNone(partForContentID(parts, "<>"))
+
+    def test_cidDataURLs(self) -> None:
+        """
+        L{cidDataURLs} inlines a message's images by Content-ID, within
+        its byte limit, so the sanitized document needs no request.
+        """
+        view = readMessage(newsletterMessage())
+        assert view.html is not None
+        safe = sanitizeHTML(view.html, False, render.cidDataURLs(newsletterMessage()))
+        png = "data:image/png;base64," + base64.b64encode(PNG).decode()
+        self.assertIn(f'<img src="{png}">', safe.html)
+        self.assertEqual(scriptCapable(safe.html), [])
+        limited = render.cidDataURLs(newsletterMessage(), limit=len(PNG) - 1)
+        self.assertIsNone(limited("logo@example.org"))
+
+    def test_readHTML(self) -> None:
+        """
+        L{render.readHTML} gives the view and the safe HTML with its
+        images inlined, from one parse; L{None} for a message without
+        HTML.
+        """
+        view, safe = render.readHTML(newsletterMessage(), loadImages=False)
+        self.assertEqual(view, readMessage(newsletterMessage()))
+        assert safe is not None
+        png = "data:image/png;base64," + base64.b64encode(PNG).decode()
+        self.assertEqual(safe.html, f'<p>HTML caf\u00e9 <img src="{png}"></p>')
+        _, none = render.readHTML(message("Subject: x", "", "text"), loadImages=True)
+        self.assertIsNone(none)

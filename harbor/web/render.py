@@ -25,6 +25,7 @@ runs in a thread and is tested without a reactor.
 
 from __future__ import annotations
 
+import base64
 import re
 from collections.abc import Callable, Sequence
 from email.message import Message
@@ -55,6 +56,8 @@ MAX_PROBLEMS = 50
 # The text and HTML views are cut at this many characters: a browser
 # would choke on more, and no one reads it.
 MAX_BODY_CHARS = 4 * 1024 * 1024
+# The most bytes of images L{cidDataURLs} puts into one document.
+MAX_INLINE_IMAGES = 8 * 1024 * 1024
 
 # Raster image types a browser may show inline, with the bytes each file
 # starts with: a part is shown only if its content agrees with its type,
@@ -161,6 +164,34 @@ def readMessage(f: BinaryIO) -> MessageView:
     @return: What the message is made of.
     @raise OSError: if the file cannot be read.
     """
+    return _read(f, 0)[0]
+
+
+def readHTML(f: BinaryIO, loadImages: bool, imageLimit: int = MAX_INLINE_IMAGES) -> tuple[MessageView, SafeHTML | None]:
+    """
+    Read a message and make its HTML safe to show, in one parse: what
+    C{/m/ID/html} needs.
+
+    The HTML's C{cid:} images are inlined as C{data:} URLs (see
+    L{cidDataURLs}), so the sanitized document needs no request of its
+    own.
+
+    @param f: The message, positioned at its start.
+    @param loadImages: Whether remote images stay (L{sanitizeHTML}).
+    @param imageLimit: The most bytes of images to inline.
+    @return: The message, and its safe HTML or L{None} when it has no
+        HTML.
+    @raise OSError: if the file cannot be read.
+    """
+    view, urls = _read(f, imageLimit)
+    if view.html is None:
+        return view, None
+    return view, sanitizeHTML(view.html, loadImages, _resolver(view.parts, urls))
+
+
+def _read(f: BinaryIO, imageLimit: int) -> tuple[MessageView, dict[str, str]]:
+    # readMessage, keeping the data: URLs of the first inline images with
+    # a Content-ID, up to imageLimit bytes in all.
     problems = _Problems()
     try:
         root, cut = parseTree(f)
@@ -168,7 +199,7 @@ def readMessage(f: BinaryIO) -> MessageView:
         raise
     except Exception as e:  # noqa: BLE001
         # parseTree keeps what it can; this is for a bug, not a message.
-        return _unreadable(f"the message could not be read ({type(e).__name__})")
+        return _unreadable(f"the message could not be read ({type(e).__name__})"), {}
     if cut is not None:
         problems.add(cut)
     headers = _headers(root, problems)
@@ -178,12 +209,21 @@ def readMessage(f: BinaryIO) -> MessageView:
     leaves, deeper = leafParts(root)
     if deeper:
         problems.add(f"parts nested deeper than {MAX_MIME_DEPTH} levels are not shown")
+    urls: dict[str, str] = {}
+    imageBytes = 0
     for index, leaf in enumerate(leaves):
         try:
-            part, _ = _describe(index, leaf)
+            part, data = _describe(index, leaf)
         except Exception:  # noqa: BLE001
+            # Kept in its place, so that parts[i].index == i.
             problems.add(f"part {index + 1} could not be read")
+            parts.append(Part(index, "application/octet-stream", None, 0, None, False))
             continue
+        if part.inline and part.contentID is not None and part.contentID not in urls:
+            imageBytes += part.size
+            if imageBytes <= imageLimit:
+                urls[part.contentID] = _dataURL(part.contentType, data)
+        del data
         if leaf is not root:
             problems.defects(f"part {index + 1}", leaf)
         if not part.attachment:
@@ -203,7 +243,7 @@ def readMessage(f: BinaryIO) -> MessageView:
     first: dict[str, str] = {}
     for name, value in headers:
         first.setdefault(name.lower(), value)
-    return MessageView(
+    view = MessageView(
         headers=tuple(headers),
         subject=first.get("subject", ""),
         fromHeader=first.get("from", ""),
@@ -214,6 +254,7 @@ def readMessage(f: BinaryIO) -> MessageView:
         parts=tuple(parts),
         problems=problems.all(),
     )
+    return view, urls
 
 
 def partContent(f: BinaryIO, index: int) -> tuple[Part, bytes] | None:
@@ -240,6 +281,39 @@ def partContent(f: BinaryIO, index: int) -> tuple[Part, bytes] | None:
         raise
     except Exception:  # noqa: BLE001
         return None
+
+
+def cidDataURLs(f: BinaryIO, limit: int = MAX_INLINE_IMAGES) -> Callable[[str], str | None]:
+    """
+    The C{cidURL} for L{sanitizeHTML} that inlines a message's images as
+    C{data:} URLs, so that the sanitized document needs no request of its
+    own (which its opaque origin would make without the session cookie;
+    see L{contentSecurityPolicy}).
+
+    Only inline images (L{Part.inline}: a raster type whose bytes agree)
+    with a Content-ID are inlined, in order, until their total size
+    reaches C{limit}; a C{cid:} URL naming another part, or one past the
+    limit, is removed.
+
+    @param f: The message, positioned at its start.
+    @param limit: The most bytes of images to inline.
+    @return: Gives the C{data:} URL for a Content-ID, or L{None}.
+    @raise OSError: if the file cannot be read.
+    """
+    view, urls = _read(f, limit)
+    return _resolver(view.parts, urls)
+
+
+def _resolver(parts: Sequence[Part], urls: dict[str, str]) -> Callable[[str], str | None]:
+    def cidURL(contentID: str) -> str | None:
+        part = partForContentID(parts, contentID)
+        return None if part is None or part.contentID is None else urls.get(part.contentID)
+
+    return cidURL
+
+
+def _dataURL(contentType: str, data: bytes) -> str:
+    return f"data:{contentType};base64," + base64.b64encode(data).decode("ascii")
 
 
 def partForContentID(parts: Sequence[Part], contentID: str) -> Part | None:
@@ -420,7 +494,13 @@ def contentSecurityPolicy(loadImages: bool) -> str:
         rewrites (C{/m/ID/cid/CID}).  CSP cannot name a path for every
         message, and C{'self'} is the right source: CSP 3 matches it
         against the origin of the document's URL, not the opaque origin
-        C{sandbox} gives the document, and Chromium and Firefox do so.
+        C{sandbox} gives the document.  Tried in Debian's Chromium: an
+        image at C{/m/1/cid/x} loads, one on another host does not.  But
+        the image request comes from an opaque origin, so the browser
+        calls it cross-site (C{Sec-Fetch-Site: cross-site}) and sends no
+        C{SameSite=Strict} (nor C{Lax}) cookie with it: behind a login,
+        a C{cid:} URL must carry its own proof, or the image must be
+        inlined as a C{data:} URL (L{cidDataURLs}).
         C{http: https:} are added only when the reader asked for images.
       - C{style-src 'unsafe-inline'}: the C{style} attributes the
         sanitizer kept.  Inline style cannot run script, the sandbox has
@@ -650,7 +730,7 @@ def _eightBit(value: str) -> str:
     # headers in UTF-8 (RFC 6532) are read as such, anything else is left
     # for cleanText to show as U+FFFD.
     try:
-        return value.encode("ascii", "surrogateescape").decode("utf-8")
+        return value.encode("ascii", "surrogateescape").decode("utf-8", "surrogateescape")
     except UnicodeError:
         return value
 
