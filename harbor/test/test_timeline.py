@@ -6,6 +6,7 @@ real-world messages read as hops.
 from __future__ import annotations
 
 import io
+import json
 from email.utils import parsedate_to_datetime
 
 from twisted.internet.task import Clock
@@ -271,3 +272,15 @@ class TimelineTests(SynchronousTestCase):
         hops = timelineOf(headers).hops
         self.assertEqual(len(hops), MAX_HOPS)
         self.assertEqual(hops[-1].byHost, "h0")
+
+    def test_asJSON(self) -> None:
+        """
+        The timeline's JSON form has every hop, oldest first, with what
+        the page shows.
+        """
+        described = timelineOf([("Return-Path", "<a@b>"), ("Received", POSTFIX), ("Received", EXIM)]).asJSON()
+        self.assertEqual(json.loads(json.dumps(described)), described)
+        self.assertEqual(described["returnPath"], "<a@b>")
+        self.assertEqual([hop["byHost"] for hop in described["hops"]], ["mail.example.org", "relay.example.net"])
+        self.assertEqual(described["hops"][1]["cipher"], "TLS_AES_256_GCM_SHA384")
+        self.assertEqual(described["hops"][1]["delay"], 61.0)

@@ -29,7 +29,7 @@ import base64
 import re
 from collections.abc import Callable, Sequence
 from email.message import Message
-from typing import BinaryIO
+from typing import Any, BinaryIO
 from urllib.parse import quote, unquote
 
 import nh3
@@ -101,6 +101,22 @@ class Part:
     inline: bool
     attachment: bool = True
 
+    def asJSON(self) -> dict[str, Any]:
+        """
+        Describe this part with plain JSON values, for the API.
+
+        @return: A mapping of the attributes by their names.
+        """
+        return {
+            "index": self.index,
+            "contentType": self.contentType,
+            "filename": self.filename,
+            "size": self.size,
+            "contentID": self.contentID,
+            "inline": self.inline,
+            "attachment": self.attachment,
+        }
+
 
 @frozen
 class MessageView:
@@ -131,6 +147,30 @@ class MessageView:
     html: str | None = field(repr=False)
     parts: tuple[Part, ...]
     problems: tuple[str, ...]
+
+    def asJSON(self) -> dict[str, Any]:
+        """
+        Describe this message with plain JSON values, for the API.
+
+        The raw HTML is left out: an API client that put it in a page
+        would run what the sanitizer exists to remove.  C{hasHTML} says
+        whether there is some to fetch, sanitized, from its own URL.
+
+        @return: A mapping with C{headers} (a list of name and value
+            pairs), C{subject}, C{from}, C{to}, C{date}, C{text},
+            C{hasHTML}, C{parts} and C{problems}.
+        """
+        return {
+            "headers": [[name, value] for name, value in self.headers],
+            "subject": self.subject,
+            "from": self.fromHeader,
+            "to": self.toHeader,
+            "date": self.date,
+            "text": self.text,
+            "hasHTML": self.html is not None,
+            "parts": [part.asJSON() for part in self.parts],
+            "problems": list(self.problems),
+        }
 
 
 @frozen

@@ -26,6 +26,7 @@ import re
 from collections.abc import Sequence
 from datetime import UTC
 from email.utils import parsedate_to_datetime
+from typing import Any
 
 from attrs import evolve, frozen
 
@@ -74,6 +75,27 @@ class Hop:
     id: str | None = None
     raw: str = ""
 
+    def asJSON(self) -> dict[str, Any]:
+        """
+        Describe this hop with plain JSON values, for the API.
+
+        @return: A mapping of the attributes by their names; C{time} and
+            C{delay} in seconds.
+        """
+        return {
+            "byHost": self.byHost,
+            "fromHost": self.fromHost,
+            "fromIP": self.fromIP,
+            "protocol": self.protocol,
+            "tlsVersion": self.tlsVersion,
+            "cipher": self.cipher,
+            "time": self.time,
+            "delay": self.delay,
+            "forAddress": self.forAddress,
+            "id": self.id,
+            "raw": self.raw,
+        }
+
 
 @frozen
 class Timeline:
@@ -93,6 +115,20 @@ class Timeline:
     deliveredTo: str | None
     hops: tuple[Hop, ...]
     deliveredToAll: tuple[str, ...] = ()
+
+    def asJSON(self) -> dict[str, Any]:
+        """
+        Describe this timeline with plain JSON values, for the API.
+
+        @return: A mapping with C{returnPath}, C{deliveredTo},
+            C{deliveredToAll} and C{hops} (oldest first).
+        """
+        return {
+            "returnPath": self.returnPath,
+            "deliveredTo": self.deliveredTo,
+            "deliveredToAll": list(self.deliveredToAll),
+            "hops": [hop.asJSON() for hop in self.hops],
+        }
 
 
 def timelineOf(headers: Sequence[tuple[str, str]]) -> Timeline:
