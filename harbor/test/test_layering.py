@@ -32,7 +32,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("harbor.routing", "harbor.limits", "harbor.filters", "harbor.access"),
     ("harbor.store", "harbor.tls", "harbor.auth", "harbor.ownership"),
     # The pure half of the web interface reads the store's messages.
-    ("harbor.web.render", "harbor.web.timeline"),
+    ("harbor.web.sanitize", "harbor.web.render", "harbor.web.timeline"),
     ("harbor.hooks.config",),
     ("harbor.config",),
     ("harbor.hooks", "harbor.hooks.backlog", "harbor.hooks.attempts", "harbor.dnsbl", "harbor.policyhook"),
@@ -72,6 +72,7 @@ PURE = (
     "harbor.store.mime",
     "harbor.web",
     "harbor.web.render",
+    "harbor.web.sanitize",
     "harbor.web.timeline",
     "harbor.smtp._framing",
     "harbor.smtp._errors",

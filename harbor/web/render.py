@@ -10,7 +10,7 @@ whoever sent it.  So:
     against MIME bombs (L{harbor.store.mime.parseTree}), every header
     decoded tolerantly, and whatever was wrong said in
     L{MessageView.problems} rather than hidden.
-  - L{sanitizeHTML} passes HTML through nh3 (Ammonia) with explicit
+  - L{sanitizeHTML} (from L{harbor.web.sanitize}) passes HTML through nh3 (Ammonia) with explicit
     allow-lists of tags, attributes and URL schemes, so no script, form,
     frame, plug-in, C{on*} handler, C{javascript:} URL, C{<base>} or
     C{<meta>} survives, and remote images are removed unless asked for.
@@ -30,9 +30,8 @@ import re
 from collections.abc import Callable, Sequence
 from email.message import Message
 from typing import Any, BinaryIO
-from urllib.parse import quote, unquote
+from urllib.parse import quote
 
-import nh3
 from attrs import field, frozen
 
 from harbor.store.headers import cleanText, decodeHeader
@@ -49,6 +48,29 @@ from harbor.store.mime import (
     partText,
     safeFilename,
 )
+from harbor.web.sanitize import SafeHTML, bareContentID, htmlDocument, sanitizeHTML
+
+__all__ = [
+    "INLINE_IMAGE_TYPES",
+    "MAX_BODY_CHARS",
+    "MAX_HEADERS",
+    "MAX_INLINE_IMAGES",
+    "MAX_PROBLEMS",
+    "MessageView",
+    "Part",
+    "SafeHTML",
+    "cidDataURLs",
+    "contentDisposition",
+    "contentSecurityPolicy",
+    "downloadHeaders",
+    "htmlDocument",
+    "htmlHeaders",
+    "partContent",
+    "partForContentID",
+    "readHTML",
+    "readMessage",
+    "sanitizeHTML",
+]
 
 # Bounds on what one message can make the reader hold or do.
 MAX_HEADERS = 1000
@@ -171,20 +193,6 @@ class MessageView:
             "parts": [part.asJSON() for part in self.parts],
             "problems": list(self.problems),
         }
-
-
-@frozen
-class SafeHTML:
-    """
-    HTML made safe to serve with L{htmlHeaders}.
-
-    @ivar html: The sanitized fragment.
-    @ivar remoteImages: How many remote (C{http:}, C{https:}) images the
-        HTML has: removed unless images were asked for, kept if they were.
-    """
-
-    html: str = field(repr=False)
-    remoteImages: int
 
 
 def readMessage(f: BinaryIO) -> MessageView:
@@ -366,7 +374,7 @@ def partForContentID(parts: Sequence[Part], contentID: str) -> Part | None:
     @return: The first part with that Content-ID (exactly, else ignoring
         case, as some senders change it), or L{None}.
     """
-    wanted = _bareContentID(contentID)
+    wanted = bareContentID(contentID)
     if not wanted:
         return None
     for part in parts:
@@ -377,142 +385,6 @@ def partForContentID(parts: Sequence[Part], contentID: str) -> Part | None:
         if part.contentID is not None and part.contentID.casefold() == folded:
             return part
     return None
-
-
-# The HTML a message may keep.  Everything else is removed, keeping its
-# text (a <form>'s labels, a <button>'s words) unless it is in _DROPPED.
-_TAGS = frozenset(
-    {
-        "a", "abbr", "acronym", "address", "article", "aside", "b", "bdi", "bdo",
-        "big", "blockquote", "br", "caption", "center", "cite", "code", "col",
-        "colgroup", "dd", "del", "details", "dfn", "div", "dl", "dt", "em",
-        "figcaption", "figure", "font", "footer", "h1", "h2", "h3", "h4", "h5",
-        "h6", "header", "hgroup", "hr", "i", "img", "ins", "kbd", "li", "main",
-        "mark", "nav", "ol", "p", "pre", "q", "rp", "rt", "ruby", "s", "samp",
-        "section", "small", "span", "strike", "strong", "sub", "summary", "sup",
-        "table", "tbody", "td", "tfoot", "th", "thead", "time", "tr", "tt", "u",
-        "ul", "var", "wbr",
-    }
-)
-# Removed with everything in them: code (script, style, template), what is
-# never shown (title, head matter), documents of other languages that can
-# carry script (svg, math), frames and plug-ins, and noscript, whose
-# content a browser without script would show but a sanitizer parses
-# another way.  Style sheets go too: their url()s and selectors are more
-# than a filter should try to read, and mail that is meant to be read
-# everywhere has its styles inline.
-_DROPPED = frozenset(
-    {
-        "script", "style", "template", "title", "svg", "math", "iframe", "frame",
-        "frameset", "object", "embed", "applet", "noscript", "noembed", "noframes",
-        "xmp", "plaintext", "textarea", "select",
-    }
-)
-_CELL = {"align", "valign", "bgcolor", "width", "height", "colspan", "rowspan", "nowrap", "scope", "headers"}
-# Presentation attributes only: no id or class (no style sheet is kept for
-# them to match), no event handler, no URL but a link's and an image's.
-_ATTRIBUTES: dict[str, set[str]] = {
-    "*": {"title", "lang", "dir", "style", "align"},
-    "a": {"href", "name"},
-    "img": {"src", "alt", "width", "height", "border", "hspace", "vspace", "align"},
-    "table": {"width", "height", "border", "cellpadding", "cellspacing", "bgcolor", "align", "summary"},
-    "tr": {"align", "valign", "bgcolor", "height"},
-    "td": _CELL,
-    "th": _CELL,
-    "col": {"span", "width", "align", "valign"},
-    "colgroup": {"span", "width", "align", "valign"},
-    "font": {"color", "face", "size"},
-    "hr": {"width", "size", "noshade", "color"},
-    "ol": {"start", "type", "reversed"},
-    "ul": {"type"},
-    "li": {"value", "type"},
-    "time": {"datetime"},
-    "details": {"open"},
-    "bdo": {"dir"},
-}
-# Checked by nh3 on every URL attribute; relative URLs are removed too (they
-# would point into this server), but for our cid: rewrites.  Which scheme fits which attribute is
-# decided in _Filter.
-_URL_SCHEMES = frozenset({"http", "https", "mailto", "tel", "cid", "data"})
-_LINK_SCHEMES = ("http:", "https:", "mailto:", "tel:")
-_DATA_IMAGE = re.compile(r"data:image/(png|jpeg|gif|webp)[;,]", re.IGNORECASE)
-# CSS functions a style attribute may use: colours and arithmetic.  url(),
-# image-set(), expression() and the rest would fetch or run something.
-_STYLE_FUNCTIONS = frozenset({"rgb", "rgba", "hsl", "hsla", "calc", "min", "max", "clamp"})
-_CSS_FUNCTION = re.compile(r"([a-z0-9_-]*)\s*\(")
-_CSS_PROPERTY = re.compile(r"-?[a-z][a-z0-9-]*")
-_CSS_FORBIDDEN = re.compile(r"behavior|binding|expression|javascript|vbscript|@", re.IGNORECASE)
-
-
-def sanitizeHTML(html: str, loadImages: bool, cidURL: Callable[[str], str | None]) -> SafeHTML:
-    """
-    Make a message's HTML safe to show.
-
-    nh3 parses it as a browser would (html5ever) and writes back only what
-    the allow-lists name: formatting, tables, links and images.  What no
-    allow-list names is gone: C{<script>}, C{<style>}, C{<form>} and its
-    controls, frames, C{<object>}, C{<embed>}, C{<svg>}, C{<math>},
-    C{<base>}, C{<meta>}, C{<link>}, comments (and with them Outlook's
-    conditional comments), every C{on*} handler, C{srcset}, C{background}
-    and relative URLs.  Then:
-
-      - a link keeps an C{http:}, C{https:}, C{mailto:} or C{tel:} URL,
-        and opens in a new browsing context without opener or referrer
-        (C{target="_blank" rel="noopener noreferrer"});
-      - an image keeps a C{data:} URL of a raster type; its C{cid:} URL
-        becomes C{cidURL(contentID)} (removed when that is L{None}); its
-        remote URL is counted, and kept only when C{loadImages};
-      - a C{style} attribute keeps its declarations that use no CSS
-        function but colours and arithmetic: no C{url()} fetches, even
-        when images are allowed, and no C{expression()} runs in old
-        browsers.
-
-    @param html: The message's HTML, as L{MessageView.html}.
-    @param loadImages: Whether remote images stay.
-    @param cidURL: Gives our URL for an image by Content-ID (URL-decoded,
-        without angle brackets), or L{None} for an unknown one.
-    @return: The safe HTML, and how many remote images it had.
-    """
-    if len(html) > MAX_BODY_CHARS:
-        html = html[:MAX_BODY_CHARS]
-    attributeFilter = _Filter(loadImages, cidURL)
-    try:
-        cleaned = nh3.clean(
-            html,
-            tags=set(_TAGS),
-            clean_content_tags=set(_DROPPED),
-            attributes={tag: set(names) for tag, names in _ATTRIBUTES.items()},
-            attribute_filter=attributeFilter,
-            strip_comments=True,
-            link_rel="noopener noreferrer",
-            set_tag_attribute_values={"a": {"target": "_blank"}},
-            url_schemes=set(_URL_SCHEMES),
-            # nh3 checks URLs after the filter: the only relative ones to
-            # keep are the cid: rewrites it made (it removed the message's).
-            url_relative=attributeFilter.keepRelative,
-        )
-    except BaseException as e:
-        # nh3 reports a bug of its own as a PanicException, which derives
-        # from BaseException; a message must not be the end of the thread.
-        if isinstance(e, (KeyboardInterrupt, SystemExit)):
-            raise
-        return SafeHTML("", 0)
-    return SafeHTML(cleaned, attributeFilter.remoteImages)
-
-
-def htmlDocument(safe: SafeHTML) -> bytes:
-    """
-    The page that shows sanitized HTML, served with L{htmlHeaders}.
-
-    @param safe: What L{sanitizeHTML} made.
-    @return: A complete UTF-8 HTML document around it.
-    """
-    return (
-        '<!DOCTYPE html>\n<html><head><meta charset="utf-8">'
-        '<meta name="referrer" content="no-referrer"></head>\n<body>'
-        + safe.html
-        + "</body></html>\n"
-    ).encode("utf-8")
 
 
 def contentSecurityPolicy(loadImages: bool) -> str:
@@ -629,80 +501,6 @@ def contentDisposition(disposition: str, filename: str) -> str:
     return f"{disposition}; filename=\"{fallback}\"; filename*=UTF-8''{encoded}"
 
 
-class _Filter:
-    """
-    The nh3 C{attribute_filter} of L{sanitizeHTML}: decides each URL by the
-    attribute it is in, rewrites C{cid:} images, counts remote ones and
-    filters inline styles.
-
-    @ivar remoteImages: The remote images seen so far.
-    """
-
-    def __init__(self, loadImages: bool, cidURL: Callable[[str], str | None]) -> None:
-        self._loadImages = loadImages
-        self._cidURL = cidURL
-        self.remoteImages = 0
-        self._rewritten: set[str] = set()
-
-    def keepRelative(self, url: str) -> str | None:
-        """
-        nh3's C{url_relative}: keep a relative URL only if it is one of
-        our C{cid:} rewrites.
-        """
-        return url if url in self._rewritten else None
-
-    def __call__(self, tag: str, attribute: str, value: str) -> str | None:
-        if attribute == "style":
-            return _filterStyle(value)
-        if tag == "a" and attribute == "href":
-            return value if _normalURL(value).startswith(_LINK_SCHEMES) else None
-        if tag == "img" and attribute == "src":
-            return self._image(value)
-        return value
-
-    def _image(self, value: str) -> str | None:
-        url = _normalURL(value)
-        if url.startswith("cid:"):
-            try:
-                rewritten = self._cidURL(_bareContentID(unquote(value.strip()[4:])))
-            except Exception:  # noqa: BLE001
-                return None
-            if rewritten is not None:
-                self._rewritten.add(rewritten)
-            return rewritten
-        if url.startswith(("http:", "https:")):
-            self.remoteImages += 1
-            return value if self._loadImages else None
-        if _DATA_IMAGE.match(url):
-            return value
-        return None
-
-
-def _normalURL(value: str) -> str:
-    # A URL as a browser reads its scheme: surrounding spaces and control
-    # characters stripped, tabs and line breaks anywhere removed (WHATWG
-    # URL), in lower case.
-    return re.sub(r"[\t\n\r]", "", value).strip("\x00- ").lower()
-
-
-def _filterStyle(value: str) -> str | None:
-    # Escapes and comments can spell "url(" without those letters in a
-    # row: a style with either is dropped whole.
-    if "\\" in value or "/*" in value or "<" in value:
-        return None
-    kept = []
-    for declaration in value.split(";"):
-        name, colon, setting = declaration.partition(":")
-        name = name.strip().lower()
-        if not colon or not _CSS_PROPERTY.fullmatch(name) or _CSS_FORBIDDEN.search(declaration):
-            continue
-        functions = _CSS_FUNCTION.findall(setting.lower())
-        if any(function not in _STYLE_FUNCTIONS for function in functions):
-            continue
-        kept.append(f"{name}: {setting.strip()}")
-    return "; ".join(kept) or None
-
-
 def _describe(index: int, leaf: Message) -> tuple[Part, bytes]:
     contentType = contentTypeOf(leaf)
     data = partData(leaf, contentType)
@@ -729,14 +527,7 @@ def _contentID(leaf: Message) -> str | None:
         return None
     if raw is None:
         return None
-    return _bareContentID(cleanText(str(raw))) or None
-
-
-def _bareContentID(value: str) -> str:
-    value = value.strip()
-    if value.startswith("<") and value.endswith(">"):
-        value = value[1:-1].strip()
-    return value
+    return bareContentID(cleanText(str(raw))) or None
 
 
 def _bodyText(leaf: Message, index: int, problems: _Problems) -> str:
