@@ -339,3 +339,61 @@ class SanitizePropertyTests(SynchronousTestCase):
         safe = sanitizeHTML("".join(pieces), loadImages, cidURL)
         self.assertEqual(scriptCapable(safe.html), [], safe.html)
         self.assertEqual(scriptCapable(sanitizeHTML(safe.html, loadImages, cidURL).html), [])
+
+
+class NestingTests(SynchronousTestCase):
+    """
+    Tests for L{sanitize.boundNesting}, which keeps html5ever's quadratic
+    cost in the nesting depth bounded.
+    """
+
+    def depth(self, html: str) -> int:
+        """
+        The deepest nesting of C{html}'s elements, as L{html.parser} reads
+        them (every start tag opens, every end tag closes).
+        """
+        deepest = current = 0
+        for match in re.finditer(r"<(/?)[a-z]", html):
+            current += -1 if match.group(1) else 1
+            deepest = max(deepest, current)
+        return deepest
+
+    def test_deepNestingFlattened(self) -> None:
+        """
+        Elements nested deeper than L{sanitize.MAX_HTML_DEPTH} lose their
+        tags but not their text, and the problem is said.
+        """
+        safe = sanitizeHTML("<div>" * 100000 + "bottom" + "</div>" * 100000, False, cidURL)
+        self.assertEqual(self.depth(safe.html), sanitize.MAX_HTML_DEPTH)
+        self.assertIn("bottom", safe.html)
+        self.assertEqual(
+            safe.problems,
+            (f"the HTML nests elements deeper than {sanitize.MAX_HTML_DEPTH} levels; the deeper tags are left out",),
+        )
+
+    def test_unmatchedEndTagsDoNotHide(self) -> None:
+        """
+        End tags of elements that are not open close nothing, so they
+        cannot make deep nesting look shallow.
+        """
+        html, flattened = sanitize.boundNesting("<div></span>" * 1000, 10)
+        self.assertTrue(flattened)
+        self.assertEqual(html.count("<div>"), 10)
+
+    def test_siblingsAndVoidsAddNoDepth(self) -> None:
+        """
+        Void elements and those a sibling closes (C{<p>}, C{<li>},
+        C{<td>}) are not counted, so long plain documents are untouched.
+        """
+        html = "<table>" + "<tr><td>x<br><img src=cid:a><p>y" * 5000 + "</table>" + "<ul>" + "<li>z" * 5000
+        self.assertEqual(sanitize.boundNesting(html, 10), (html, False))
+        self.assertEqual(sanitizeHTML(NEWSLETTER, False, cidURL).problems, ())
+
+    def test_longHTMLSaid(self) -> None:
+        """
+        HTML cut for its length says so.
+        """
+        self.patch(sanitize, "MAX_HTML_CHARS", 10)
+        safe = sanitizeHTML("<p>" + "x" * 20, False, cidURL)
+        self.assertEqual(safe.html, "<p>xxxxxxx</p>")
+        self.assertEqual(safe.problems, ("the HTML is longer than 10 characters; the rest is not shown",))

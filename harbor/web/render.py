@@ -10,8 +10,9 @@ whoever sent it.  So:
     against MIME bombs (L{harbor.store.mime.parseTree}), every header
     decoded tolerantly, and whatever was wrong said in
     L{MessageView.problems} rather than hidden.
-  - L{sanitizeHTML} (from L{harbor.web.sanitize}) passes HTML through nh3 (Ammonia) with explicit
-    allow-lists of tags, attributes and URL schemes, so no script, form,
+  - L{sanitizeHTML} (from L{harbor.web.sanitize}) passes HTML through
+    nh3 (Ammonia) with explicit allow-lists of tags, attributes and URL
+    schemes, so no script, form,
     frame, plug-in, C{on*} handler, C{javascript:} URL, C{<base>} or
     C{<meta>} survives, and remote images are removed unless asked for.
   - L{htmlHeaders} gives the sanitized document a Content-Security-Policy
@@ -228,7 +229,8 @@ def readHTML(f: BinaryIO, loadImages: bool, imageLimit: int = MAX_INLINE_IMAGES)
     @param loadImages: Whether remote images stay (L{sanitizeHTML}).
     @param imageLimit: The most bytes of images to inline.
     @return: The message, and its safe HTML or L{None} when it has no
-        HTML.
+        HTML; what was cut from the HTML to bound the work is in
+        L{SafeHTML.problems}.
     @raise OSError: if the file cannot be read.
     """
     view, urls = _read(f, imageLimit)
