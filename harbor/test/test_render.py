@@ -285,6 +285,17 @@ class ReadMessageTests(SynchronousTestCase):
         self.assertEqual(len(view.headers), 3)
         self.assertIn("the message has more than 3 headers; the rest are not shown", view.problems)
 
+    def test_longHeaderCut(self) -> None:
+        """
+        A header longer than L{render.MAX_HEADER_CHARS} is cut before its
+        encoded words are decoded (which costs more than linear time), and
+        the problem is said.
+        """
+        self.patch(render, "MAX_HEADER_CHARS", 28)
+        view = readMessage(message("Subject: " + "=?utf-8?q?a?= " * 10, "", "x"))
+        self.assertEqual(view.subject, "aa")
+        self.assertEqual(view.problems, ("the Subject header is longer than 28 characters; it is cut",))
+
     def test_unknownCharset(self) -> None:
         """
         Text in a charset Python does not know is shown as UTF-8 if it is

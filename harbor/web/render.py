@@ -55,6 +55,7 @@ __all__ = [
     "INLINE_IMAGE_TYPES",
     "MAX_BODY_CHARS",
     "MAX_HEADERS",
+    "MAX_HEADER_CHARS",
     "MAX_INLINE_IMAGES",
     "MAX_PROBLEMS",
     "MessageView",
@@ -75,6 +76,8 @@ __all__ = [
 
 # Bounds on what one message can make the reader hold or do.
 MAX_HEADERS = 1000
+# A header value is cut at this many characters before it is decoded.
+MAX_HEADER_CHARS = 16 * 1024
 MAX_PROBLEMS = 50
 # The text and HTML views are cut at this many characters: a browser
 # would choke on more, and no one reads it.
@@ -203,7 +206,8 @@ def readMessage(f: BinaryIO) -> MessageView:
 
     Nothing in the message makes this raise: the parse is bounded
     (L{harbor.store.mime.MAX_MIME_PARTS} parts, L{MAX_MIME_DEPTH} levels of
-    nesting, L{MAX_HEADERS} headers, L{MAX_BODY_CHARS} characters of text
+    nesting, L{MAX_HEADERS} headers of L{MAX_HEADER_CHARS} characters each,
+    L{MAX_BODY_CHARS} characters of text
     and of HTML), and what was wrong or left out is said in
     L{MessageView.problems}.  The parts' contents are decoded one at a
     time, to measure them, and not kept: a 25 MiB attachment costs its
@@ -554,6 +558,11 @@ def _headers(root: Message, problems: _Problems) -> list[tuple[str, str]]:
             problems.add(f"the message has more than {MAX_HEADERS} headers; the rest are not shown")
             break
         value = _FOLD.sub("", str(raw))
+        if len(value) > MAX_HEADER_CHARS:
+            # Decoding encoded words costs more than linear time: 4 MB of
+            # them took a minute.
+            problems.add(f"the {cleanText(str(name))[:40]} header is longer than {MAX_HEADER_CHARS} characters; it is cut")
+            value = value[:MAX_HEADER_CHARS]
         headers.append((cleanText(str(name)), cleanText(decodeHeader(str(name), _eightBit(value)))))
     return headers
 
