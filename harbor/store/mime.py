@@ -115,23 +115,8 @@ def parseMessage(f: BinaryIO) -> MessageDetails:
     @return: What it is made of.
     @raise OSError: if the file cannot be read.
     """
-    factory = _BoundedMessageFactory(MAX_MIME_PARTS)
-    parser = BytesFeedParser(_factory=factory, policy=policy.default)
-    factory.arm()
-    truncated = False
-    try:
-        while chunk := f.read(64 * 1024):
-            parser.feed(chunk)
-        root = parser.close()
-    except OSError:
-        raise
-    except Exception:  # noqa: BLE001
-        # Too many parts (the factory refused one), nesting deep enough to
-        # exhaust the parser's recursion, or a bug in the email package:
-        # keep what was parsed until then.
-        truncated = True
-        root = factory.root if factory.root is not None else EmailMessage()
-
+    root, cut = parseTree(f)
+    truncated = cut is not None
     headers = []
     for name in SUMMARY_HEADERS:
         for value in headerValues(root, name, allOrNone=True):
@@ -140,13 +125,13 @@ def parseMessage(f: BinaryIO) -> MessageDetails:
     plain: Message | None = None
     html: Message | None = None
     attachments = []
-    walked, deeper = _walk(root)
+    walked, deeper = leafParts(root)
     truncated = truncated or deeper
     for part in walked:
-        contentType = _contentType(part)
-        if _isAttachment(part, contentType):
+        contentType = contentTypeOf(part)
+        if isAttachment(part, contentType):
             attachments.append(
-                Attachment(_filename(part), contentType, _attachmentContent(part, contentType))
+                Attachment(partFilename(part), contentType, partData(part, contentType))
             )
         elif plain is None and (
             contentType == "text/plain" or contentType.startswith("multipart/")
@@ -158,9 +143,9 @@ def parseMessage(f: BinaryIO) -> MessageDetails:
     text: str | None = None
     textType: str | None = None
     if plain is not None:
-        text, textType = cleanBody(_textContent(plain)), "text/plain"
+        text, textType = cleanBody(partText(plain)[0]), "text/plain"
     elif html is not None:
-        text, textType = cleanBody(htmlToText(_textContent(html))), "text/html"
+        text, textType = cleanBody(htmlToText(partText(html)[0])), "text/html"
     return MessageDetails(
         headers=tuple(headers),
         text=text,
@@ -168,6 +153,41 @@ def parseMessage(f: BinaryIO) -> MessageDetails:
         attachments=tuple(attachments),
         truncated=truncated,
     )
+
+
+def parseTree(f: BinaryIO) -> tuple[EmailMessage, str | None]:
+    """
+    Parse a message into the C{email} package's tree, bounded against
+    messages built to exhaust the reader (MIME bombs).
+
+    The parse stops after L{MAX_MIME_PARTS} parts, which bounds the memory
+    and time it takes; nesting deep enough to exhaust the parser's
+    recursion, or a bug in the C{email} package, also stops it.  What was
+    parsed until then is kept.  The whole message is read into memory, as
+    the C{email} package needs; the server's maximum message size, when
+    one is set, bounds it.
+
+    @param f: The message, positioned at its start.
+    @return: The root of the tree, and why the parse stopped early, or
+        L{None} when it did not.
+    @raise OSError: if the file cannot be read.
+    """
+    factory = _BoundedMessageFactory(MAX_MIME_PARTS)
+    parser = BytesFeedParser(_factory=factory, policy=policy.default)
+    factory.arm()
+    try:
+        while chunk := f.read(64 * 1024):
+            parser.feed(chunk)
+        return parser.close(), None
+    except OSError:
+        raise
+    except _TooManyParts:
+        cut = f"the message has more than {MAX_MIME_PARTS} parts; the rest are not shown"
+    except RecursionError:
+        cut = "the message's parts are nested too deep to read; the deeper ones are not shown"
+    except Exception as e:  # noqa: BLE001
+        cut = f"the message could not be read to its end ({type(e).__name__}); the rest is not shown"
+    return (factory.root if factory.root is not None else EmailMessage()), cut
 
 
 def htmlToText(html: str) -> str:
@@ -375,18 +395,24 @@ class _TextExtractor(HTMLParser):
             self.pieces.append(data)
 
 
-def _walk(root: Message) -> tuple[list[Message], bool]:
-    # The leaf parts of a message, in order, no deeper than MAX_MIME_DEPTH;
-    # an encapsulated message (message/*) is a leaf, and so is a multipart
-    # the parser could not split (it has no boundary).  Iterative, so no
-    # structure exhausts the stack.  Returns the parts and whether some
-    # were too deep.
+def leafParts(root: Message) -> tuple[list[Message], bool]:
+    """
+    The leaf parts of a message, in order, no deeper than
+    L{MAX_MIME_DEPTH}.
+
+    An encapsulated message (C{message/*}) is a leaf, and so is a
+    multipart the parser could not split (it has no boundary).  The walk
+    is iterative, so no structure exhausts the stack.
+
+    @param root: The parsed message.
+    @return: The parts, and whether some were too deep to be looked at.
+    """
     leaves = []
     deeper = False
     stack: list[tuple[Message, int]] = [(root, 0)]
     while stack:
         part, depth = stack.pop()
-        children = part.get_payload() if _contentType(part).startswith("multipart/") else None
+        children = part.get_payload() if contentTypeOf(part).startswith("multipart/") else None
         if isinstance(children, list):
             if depth >= MAX_MIME_DEPTH:
                 deeper = deeper or bool(children)
@@ -398,14 +424,23 @@ def _walk(root: Message) -> tuple[list[Message], bool]:
     return leaves, deeper
 
 
-def _contentType(part: Message) -> str:
+def contentTypeOf(part: Message) -> str:
+    """
+    A part's MIME type in lower case, C{application/octet-stream} when its
+    C{Content-Type} cannot be read.
+    """
     try:
         return part.get_content_type()
     except Exception:  # noqa: BLE001
         return "application/octet-stream"
 
 
-def _isAttachment(part: Message, contentType: str) -> bool:
+def isAttachment(part: Message, contentType: str) -> bool:
+    """
+    Whether a leaf part is an attachment rather than the message's text:
+    anything but text, and text with a file name or an C{attachment}
+    disposition.
+    """
     if contentType.startswith("multipart/"):
         # One the parser could not split: its body is shown as text.
         return False
@@ -417,7 +452,11 @@ def _isAttachment(part: Message, contentType: str) -> bool:
         return False
 
 
-def _filename(part: Message) -> str | None:
+def partFilename(part: Message) -> str | None:
+    """
+    The file name a sender gave a part, made safe for a terminal, or
+    L{None}.
+    """
     try:
         name = part.get_filename()
     except Exception:  # noqa: BLE001
@@ -425,7 +464,11 @@ def _filename(part: Message) -> str | None:
     return None if name is None else cleanText(str(name))
 
 
-def _attachmentContent(part: Message, contentType: str) -> bytes:
+def partData(part: Message, contentType: str) -> bytes:
+    """
+    A leaf part's content with its transfer encoding undone; an
+    encapsulated message as its bytes; C{b""} when it cannot be decoded.
+    """
     try:
         if contentType.startswith("message/"):
             payload = part.get_payload()
@@ -441,19 +484,46 @@ def _attachmentContent(part: Message, contentType: str) -> bytes:
     return data if isinstance(data, bytes) else b""
 
 
-def _textContent(part: Message) -> str:
+def partText(part: Message) -> tuple[str, str | None]:
+    """
+    A text part's content as text, decoded with its charset.
+
+    A charset Python does not know, or none at all for bytes that are not
+    ASCII, is not a reason to hide the text: it is decoded as UTF-8 if it
+    is that, else as Windows-1252 (what browsers make of Latin-1), and the
+    fallback is said.
+
+    @return: The text, and what was wrong with its charset or L{None}.
+    """
+    unknown = False
     try:
         content = part.get_content()  # type: ignore[attr-defined]
         if isinstance(content, str):
-            return content
+            return content, None
+    except KeyError:
+        # No content manager for the type: a multipart the parser could
+        # not split.
+        pass
+    except LookupError:
+        unknown = True
     except Exception:  # noqa: BLE001, S110
-        # An unknown charset, most often.
+        # A multipart the parser could not split, a bug in the email
+        # package: read the bytes below.
         pass
     try:
         data = part.get_payload(decode=True)
     except Exception:  # noqa: BLE001
-        return ""
-    return data.decode("utf-8", "replace") if isinstance(data, bytes) else ""
+        return "", "its content could not be decoded"
+    if not isinstance(data, bytes):
+        return "", None
+    named = None
+    if unknown:
+        charset = cleanText(str(part.get_param("charset", "") or ""))[:40]
+        named = f"its charset {charset!r} is unknown"
+    try:
+        return data.decode("utf-8"), named and f"{named}; shown as UTF-8"
+    except UnicodeDecodeError:
+        return data.decode("windows-1252", "replace"), f"{named or 'it is not UTF-8'}; shown as Windows-1252"
 
 
 def _boundFilename(name: str, limit: int) -> str:

@@ -31,6 +31,8 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("harbor.address",),
     ("harbor.routing", "harbor.limits", "harbor.filters", "harbor.access"),
     ("harbor.store", "harbor.tls", "harbor.auth", "harbor.ownership"),
+    # The pure half of the web interface reads the store's messages.
+    ("harbor.web.sanitize", "harbor.web.render", "harbor.web.timeline"),
     ("harbor.hooks.config",),
     ("harbor.config",),
     ("harbor.hooks", "harbor.hooks.backlog", "harbor.hooks.attempts", "harbor.dnsbl", "harbor.policyhook"),
@@ -46,6 +48,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ),
     ("harbor.smtp._session",),
     ("harbor.smtp",),
+    ("harbor.web",),
     ("harbor.preflight", "harbor._workers", "harbor.service"),
     ("harbor.tap", "harbor.api", "harbor.cli"),
 )
@@ -71,6 +74,10 @@ PURE = (
     "harbor.store.summaries",
     "harbor.store.browse",
     "harbor.store.changes",
+    "harbor.web",
+    "harbor.web.render",
+    "harbor.web.sanitize",
+    "harbor.web.timeline",
     "harbor.smtp._framing",
     "harbor.smtp._errors",
     "harbor.smtp._replies",
