@@ -29,7 +29,7 @@ PACKAGE = Path(harbor.__file__).parent
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("harbor._syntax", "harbor._logging", "harbor._awaitable"),
     ("harbor.address",),
-    ("harbor.routing", "harbor.limits", "harbor.filters", "harbor.access"),
+    ("harbor.routing", "harbor.limits", "harbor.filters", "harbor.access", "harbor.proxyheader"),
     ("harbor.store", "harbor.tls", "harbor.auth", "harbor.ownership"),
     ("harbor.hooks.config",),
     ("harbor.config",),
@@ -59,6 +59,7 @@ PURE = (
     "harbor.routing",
     "harbor.limits",
     "harbor.filters",
+    "harbor.proxyheader",
     "harbor.config",
     "harbor.hooks.config",
     "harbor.hooks.backlog",
