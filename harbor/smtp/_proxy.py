@@ -207,6 +207,3 @@ class ProxyHeaderFactory(WrappingFactory):
         """
         self.trusted = [ipaddress.ip_network(network) for network in trusted]
         self.timeout = timeout
-
-    def logPrefix(self) -> str:
-        return f"{WrappingFactory.logPrefix(self)} (PROXY)"
