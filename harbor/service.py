@@ -277,7 +277,7 @@ class HarborService(MultiService):
             if proxied:
                 proxy = ProxyHeaderFactory(wrapped, config.trustedProxies, limits.commandTimeout, reactor)
                 self._proxies.append(proxy)
-                wrapped = proxy
+                wrapped = proxy  # type: ignore[assignment]
             endpoint = serverFromString(reactor, withBacklog(description, limits.listenBacklog))
             adopt = None
             if inheritedSockets:
@@ -531,6 +531,8 @@ class HarborService(MultiService):
         grace = self.config.limits.shutdownGrace
         self._workers.signal("TERM")
         stopped: Deferred[Any] = super().stopService()
+        for proxy in self._proxies:
+            proxy.stopWaiting()
 
         def closeSessions(ignored: object) -> Deferred[None]:
             if len(self._registry):

@@ -23,12 +23,19 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, cast
 
 from zope.interface import directlyProvides, implementer, providedBy
 
 from twisted.internet.address import IPv4Address, IPv6Address
-from twisted.internet.interfaces import IAddress, IDelayedCall, IHandshakeListener, IProtocol, IReactorTime
+from twisted.internet.interfaces import (
+    IAddress,
+    IDelayedCall,
+    IHandshakeListener,
+    IProtocol,
+    IReactorTime,
+    ITransport,
+)
 from twisted.internet.protocol import Factory, Protocol
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.python.failure import Failure
@@ -68,6 +75,9 @@ class ProxyHeaderReceiver(ProtocolWrapper):
     """
 
     factory: ProxyHeaderFactory
+    # The TCP (or UNIX) transport, which the wrapped protocol reaches
+    # through this one.
+    transport: Any
     _log = PublishedLogger("harbor.smtp.proxy")
 
     def __init__(self, factory: ProxyHeaderFactory, wrappedProtocol: IProtocol) -> None:
@@ -107,6 +117,14 @@ class ProxyHeaderReceiver(ProtocolWrapper):
         host = getattr(self.transport.getPeer(), "host", None)
         return None if host is None else str(host)
 
+    def abortWaiting(self) -> None:
+        """
+        The server is stopping: a connection still waiting for its header
+        is closed now (one with a session is the registry's to end).
+        """
+        if self.header is None:
+            self._refuse("server shutting down")
+
     def _refuse(self, reason: str) -> None:
         if self._decided:
             return
@@ -145,7 +163,7 @@ class ProxyHeaderReceiver(ProtocolWrapper):
             self._peer = _address(*header.source)
         if header.destination is not None:
             self._host = _address(*header.destination)
-        self.wrappedProtocol.makeConnection(self)
+        self.wrappedProtocol.makeConnection(cast(ITransport, self))
         if rest and self.connected and not self.disconnecting:
             self.wrappedProtocol.dataReceived(rest)
 
@@ -186,7 +204,7 @@ class ProxyHeaderFactory(WrappingFactory):
     @ivar clock: Times the header.
     """
 
-    protocol = ProxyHeaderReceiver  # type: ignore[assignment]
+    protocol = ProxyHeaderReceiver
     noisy = False
 
     def __init__(
@@ -207,3 +225,11 @@ class ProxyHeaderFactory(WrappingFactory):
         """
         self.trusted = [ipaddress.ip_network(network) for network in trusted]
         self.timeout = timeout
+
+    def stopWaiting(self) -> None:
+        """
+        Close the connections still waiting for their header: the server
+        is stopping.
+        """
+        for protocol in list(self.protocols):
+            protocol.abortWaiting()

@@ -5,12 +5,14 @@ L{StringTransport}, with the SMTP session behind them.
 
 from __future__ import annotations
 
+import base64
 import mailbox
 import os
 from typing import Any, cast
 
 from zope.interface.verify import verifyObject
 
+from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.error import ConnectionDone
@@ -21,8 +23,10 @@ from twisted.logger import ILogObserver, Logger, formatEvent
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
+from harbor.auth import TextOrBytes
 from harbor.filters import parseFilters
 from harbor.limits import Limits
+from harbor.policyhook import PolicyHook, PolicyRequest
 from harbor.routing import DomainConfig
 from harbor.smtp._factory import HarborSMTPFactory, ServerSettings
 from harbor.smtp._protocol import HarborESMTP
@@ -208,6 +212,50 @@ class RealAddressTests(ProxyTestCase):
         self.assertEqual(self.connect().send(v1("192.0.2.10")), BANNER)
         self.assertEqual(lookups, ["192.0.2.10"])
 
+    def test_policyHook(self) -> None:
+        """
+        The policy hook is asked about the header's client.
+        """
+        asked: list[str] = []
+
+        def hook(request: PolicyRequest) -> None:
+            asked.append(request.client)
+
+        self.deliverer.policyHook = PolicyHook(hook, self.clock)
+        connection = self.connect()
+        connection.send(v1("192.0.2.7"))
+        self.assertIn(b"250 2.1.5 Ok", connection.send(ENVELOPE))
+        self.assertEqual(asked, ["192.0.2.7"])
+
+    def test_authThrottle(self) -> None:
+        """
+        Failed logins are counted against the header's client, not the
+        balancer: another client behind it is not slowed down.
+        """
+        checker = InMemoryUsernamePasswordDatabaseDontUse(alice=b"right")
+        smtp = HarborSMTPFactory(
+            self.deliverer,
+            ServerSettings(
+                HOSTNAME,
+                Limits(),
+                checkers=(TextOrBytes(checker),),  # type: ignore[arg-type]
+                allowPlaintextAuth=True,
+            ),
+            self.clock,
+        )
+        self.factory = ProxyHeaderFactory(smtp, self.trusted, 300, self.clock)
+        wrong = b"AUTH PLAIN " + base64.b64encode(b"\0alice\0wrong") + b"\r\n"
+        guesser = self.connect()
+        guesser.send(v1("192.0.2.66") + b"EHLO x\r\n")
+        self.assertTrue(guesser.send(wrong).startswith(b"535 "))
+        # The second failure in a row from 192.0.2.66 waits a second.
+        self.assertEqual(guesser.send(wrong), b"")
+        self.clock.advance(1)
+        self.assertTrue(guesser.transport.value().startswith(b"535 "))
+        other = self.connect()
+        other.send(v1("192.0.2.8") + b"EHLO x\r\n")
+        self.assertTrue(other.send(wrong).startswith(b"535 "))
+
     def test_pregreet(self) -> None:
         """
         The pregreet wait starts once the header is in: a client talking
@@ -297,6 +345,18 @@ class RefusalTests(ProxyTestCase):
         connection.close()
         self.assertEqual(self.proxyLog(), ["proxy=127.0.0.1 refused: closed before sending a PROXY header"])
         self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_stopWaiting(self) -> None:
+        """
+        A stopping server closes the connections still waiting for their
+        header, and leaves those with a session to the session registry.
+        """
+        waiting = self.connect()
+        talking = self.connect()
+        talking.send(v1("192.0.2.7"))
+        self.factory.stopWaiting()
+        self.assertRefused(waiting, "proxy=127.0.0.1 refused: server shutting down")
+        self.assertFalse(talking.transport.disconnecting)
 
     def test_reconfigured(self) -> None:
         """

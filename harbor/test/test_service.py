@@ -150,7 +150,10 @@ class HarborServiceTests(SynchronousTestCase):
             "trusted_proxies": ["192.0.2.0/24"],
         }
         config = Config.fromMapping(mapping)
-        reread = lambda: (Config.fromMapping({**mapping, "trusted_proxies": ["10.0.0.0/8"]}), [])  # noqa: E731
+
+        def reread() -> tuple[Config, list[ICredentialsChecker]]:
+            return Config.fromMapping({**mapping, "trusted_proxies": ["10.0.0.0/8"]}), []
+
         service = HarborService(config, self.reactor, reread=reread)
         service.privilegedStartService()
         self.addCleanup(service.stopService)
@@ -170,8 +173,9 @@ class HarborServiceTests(SynchronousTestCase):
         )
         worker.privilegedStartService()
         self.addCleanup(worker.stopService)
-        [(fd, family, adopted), second] = self.reactor.adoptedPorts
-        self.assertIsInstance(adopted, ProxyHeaderFactory)
+        [first, second] = self.reactor.adoptedPorts
+        self.assertEqual(first[:2], (3, socket.AF_INET))
+        self.assertIsInstance(first[2], ProxyHeaderFactory)
         self.assertIsInstance(second[2], HarborSMTPFactory)
 
     def test_hangUpHandler(self) -> None:
