@@ -29,6 +29,7 @@ from harbor._syntax import (
     boolean,
     checkTarget,
     choice,
+    networks,
     normaliseDomain,
     stringList,
 )
@@ -79,10 +80,15 @@ _TOP_LEVEL_KEYS = frozenset(
         "group_commit",
         "commit_lanes",
         "commit_batch",
+        "trusted_proxies",
     }
     | set(LIMIT_KEYS)
 )
 DEFAULT_SUBMISSION_MAILBOX = ".submitted/{user}"
+# Who may send PROXY headers to haproxy: listeners: a balancer on this
+# host.  A balancer elsewhere must be listed, so that a header forged by
+# anyone who can reach the port is never believed.
+DEFAULT_TRUSTED_PROXIES = ("127.0.0.0/8", "::1/128")
 
 
 @frozen
@@ -148,6 +154,9 @@ class Config:
     @ivar commitBatch: The most messages one of them commits at a time.
     @ivar policyHookDefault: What a failing or slow policy hook means:
         C{"accept"} or C{"tempfail"}.
+    @ivar trustedProxies: The networks (CIDR) allowed to send a PROXY
+        header to C{haproxy:} listeners; a connection from anywhere else
+        is closed unread.
     """
 
     listeners: tuple[Listener, ...]
@@ -168,6 +177,7 @@ class Config:
     groupCommit: str = DEFAULT_COMMIT_MODE
     commitLanes: int = DEFAULT_COMMIT_LANES
     commitBatch: int = DEFAULT_COMMIT_BATCH
+    trustedProxies: tuple[str, ...] = DEFAULT_TRUSTED_PROXIES
 
     @property
     def ports(self) -> tuple[str, ...]:
@@ -216,6 +226,7 @@ class Config:
             group_commit=self.groupCommit,
             commit_lanes=self.commitLanes,
             commit_batch=self.commitBatch,
+            trusted_proxies=list(self.trustedProxies),
         )
         return mapping
 
@@ -258,6 +269,9 @@ class Config:
         )
         if not listeners:
             raise ConfigError("port", "at least one listening port is required")
+        trustedProxies = networks(mapping.get("trusted_proxies", DEFAULT_TRUSTED_PROXIES), "trusted_proxies")
+        if not trustedProxies and any(listener.port.startswith("haproxy:") for listener in listeners):
+            raise ConfigError("trusted_proxies", "haproxy: listeners need at least one trusted proxy network")
         tls = _tlsFiles(mapping)
         if tls is None:
             for key in ("tls_port", "submission_port", "require_tls"):
@@ -327,6 +341,7 @@ class Config:
             groupCommit=_groupCommit(mapping),
             commitLanes=_count(mapping, "commit_lanes", DEFAULT_COMMIT_LANES, MAX_COMMIT_LANES),
             commitBatch=_count(mapping, "commit_batch", DEFAULT_COMMIT_BATCH, MAX_COMMIT_BATCH),
+            trustedProxies=trustedProxies,
         )
 
 

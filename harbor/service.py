@@ -222,6 +222,7 @@ class HarborService(MultiService):
         from twisted.protocols.tls import TLSMemoryBIOFactory
 
         from harbor.smtp._factory import HarborSMTPFactory, SessionRegistry
+        from harbor.smtp._proxy import ProxyHeaderFactory, splitProxy
 
         super().__init__()
         self.config = config
@@ -261,6 +262,7 @@ class HarborService(MultiService):
         self._worker = bool(inheritedSockets)
         self._workers = Workers(reactor, arguments, self._log)
         self._factories: list[HarborSMTPFactory] = []
+        self._proxies: list[ProxyHeaderFactory] = []
         for listener, listenerSettings in zip(config.listeners, settings):
             factory = HarborSMTPFactory(
                 deliverer, listenerSettings, reactor, self._connections, self._failures, self._registry
@@ -269,7 +271,14 @@ class HarborService(MultiService):
             wrapped: Factory = factory
             if listener.implicitTLS:
                 wrapped = TLSMemoryBIOFactory(self._tls, False, factory)  # type: ignore[arg-type, assignment]
-            endpoint = serverFromString(reactor, withBacklog(listener.port, limits.listenBacklog))
+            # The PROXY header comes first, before TLS and SMTP; the port
+            # under it is listened on (and adopted by workers) as any other.
+            proxied, description = splitProxy(listener.port)
+            if proxied:
+                proxy = ProxyHeaderFactory(wrapped, config.trustedProxies, limits.commandTimeout, reactor)
+                self._proxies.append(proxy)
+                wrapped = proxy  # type: ignore[assignment]
+            endpoint = serverFromString(reactor, withBacklog(description, limits.listenBacklog))
             adopt = None
             if inheritedSockets:
                 fd, family = inheritedSockets[len(self._factories) - 1]
@@ -465,6 +474,8 @@ class HarborService(MultiService):
         for factory, listenerSettings in zip(self._factories, settings):
             factory.deliverer = deliverer
             factory.settings = listenerSettings
+        for proxy in self._proxies:
+            proxy.configure(config.trustedProxies, limits.commandTimeout)
         self._log.info(
             "Reloaded the configuration: receiving mail for {domains}",
             domains=", ".join(d.name for d in config.domains),
@@ -520,6 +531,8 @@ class HarborService(MultiService):
         grace = self.config.limits.shutdownGrace
         self._workers.signal("TERM")
         stopped: Deferred[Any] = super().stopService()
+        for proxy in self._proxies:
+            proxy.stopWaiting()
 
         def closeSessions(ignored: object) -> Deferred[None]:
             if len(self._registry):

@@ -21,7 +21,10 @@ On Twisted:
    outcome and log line;
  - L{harbor.smtp._auth}: logins through L{twisted.cred};
  - L{harbor.smtp._factory}: the factory, listener settings and the
-   registry of open connections that a shutdown drains.
+   registry of open connections that a shutdown drains;
+ - L{harbor.smtp._proxy}: C{haproxy:} listeners, which read the PROXY
+   header (L{harbor.proxyheader}) from trusted proxies before the session
+   starts.
 """
 
 __all__: list[str] = []

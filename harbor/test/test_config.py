@@ -33,6 +33,24 @@ class ConfigTests(SynchronousTestCase):
         self.assertEqual(config.maildir, os.path.abspath("Maildir"))
         self.assertEqual(config.domains, (DomainConfig("example.com"),))
 
+    def test_trustedProxies(self) -> None:
+        """
+        Only a balancer on this host may send PROXY headers by default;
+        trusted_proxies lists networks in their normal form, and a bad one,
+        or none at all with a haproxy: listener, is an error naming it.
+        """
+        config = Config.fromMapping({"domain": "example.com", "hostname": "mx.example.com"})
+        self.assertEqual(config.trustedProxies, ("127.0.0.0/8", "::1/128"))
+        config = Config.fromMapping(
+            {"domain": "example.com", "hostname": "mx.example.com", "trusted_proxies": "2001:DB8::/32"}
+        )
+        self.assertEqual(config.trustedProxies, ("2001:db8::/32",))
+        base = {"domain": "example.com", "hostname": "mx.example.com"}
+        self.assertIn("not-a-net", str(self.assertConfigError({**base, "trusted_proxies": ["not-a-net"]}, "trusted_proxies")))
+        self.assertConfigError({**base, "trusted_proxies": 10}, "trusted_proxies")
+        self.assertConfigError({**base, "trusted_proxies": [], "port": "haproxy:tcp:25"}, "trusted_proxies")
+        self.assertEqual(Config.fromMapping({**base, "trusted_proxies": []}).trustedProxies, ())
+
     def test_groupCommit(self) -> None:
         """
         group_commit is "fsync" unless set to "syncfs" or "off"; the old
@@ -390,6 +408,7 @@ EVERY_SETTING: dict[str, object] = {
     "group_commit": "syncfs",
     "commit_lanes": 3,
     "commit_batch": 8,
+    "trusted_proxies": ["10.0.0.0/24", "fd00::1"],
 }
 
 
@@ -426,6 +445,7 @@ class AsMappingTests(SynchronousTestCase):
         self.assertEqual((full["hook"][0]["max_pending"], full["hook"][1]["max_pending"]), (10_000, 50))
         self.assertEqual(full["dns_servers"], ["192.0.2.53:53", "192.0.2.54:5353", "2001:db8::53"])
         self.assertEqual((full["group_commit"], full["commit_lanes"], full["commit_batch"]), ("syncfs", 3, 8))
+        self.assertEqual(full["trusted_proxies"], ["10.0.0.0/24", "fd00::1/128"])
         plain = Config.fromMapping({"domain": "example.com"}, fqdn=lambda: "mx.example.net").asMapping()
         self.assertLessEqual(set(plain), set(_TOP_LEVEL_KEYS))
         self.assertNotIn("tls_cert", plain)

@@ -29,7 +29,7 @@ PACKAGE = Path(harbor.__file__).parent
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("harbor._syntax", "harbor._logging", "harbor._awaitable"),
     ("harbor.address",),
-    ("harbor.routing", "harbor.limits", "harbor.filters", "harbor.access"),
+    ("harbor.routing", "harbor.limits", "harbor.filters", "harbor.access", "harbor.proxyheader"),
     ("harbor.store", "harbor.tls", "harbor.auth", "harbor.ownership"),
     # The pure half of the web interface reads the store's messages.
     ("harbor.web.sanitize", "harbor.web.render", "harbor.web.timeline"),
@@ -62,6 +62,7 @@ PURE = (
     "harbor.routing",
     "harbor.limits",
     "harbor.filters",
+    "harbor.proxyheader",
     "harbor.config",
     "harbor.hooks.config",
     "harbor.hooks.backlog",

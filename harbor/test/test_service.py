@@ -133,6 +133,51 @@ class HarborServiceTests(SynchronousTestCase):
         self.assertEqual(self.reactor.adoptedPorts, [(3, socket.AF_INET, factory)])
         self.assertEqual(self.reactor.tcpServers, [])
 
+    def test_proxyListener(self) -> None:
+        """
+        A C{haproxy:} listener reads the PROXY header before SMTP: the port
+        under it is listened on with the listen backlog, a worker adopts it
+        with the same wrapper, and a reload changes who is trusted.
+        """
+        from harbor.smtp._proxy import ProxyHeaderFactory
+
+        mapping = {
+            "domain": "a.example",
+            "hostname": "mx.example",
+            "maildir": self.root,
+            "port": ["haproxy:tcp:2525:interface=127.0.0.1", "tcp:2526"],
+            "listen_backlog": 77,
+            "trusted_proxies": ["192.0.2.0/24"],
+        }
+        config = Config.fromMapping(mapping)
+
+        def reread() -> tuple[Config, list[ICredentialsChecker]]:
+            return Config.fromMapping({**mapping, "trusted_proxies": ["10.0.0.0/8"]}), []
+
+        service = HarborService(config, self.reactor, reread=reread)
+        service.privilegedStartService()
+        self.addCleanup(service.stopService)
+        self.assertEqual(
+            [(port, backlog, interface) for port, _, backlog, interface in self.reactor.tcpServers],
+            [(2525, 77, "127.0.0.1"), (2526, 77, "")],
+        )
+        proxied, plain = (s._factory for s in service if isinstance(s, ListeningService))
+        assert isinstance(proxied, ProxyHeaderFactory)
+        self.assertIsInstance(proxied.wrappedFactory, HarborSMTPFactory)
+        self.assertIsInstance(plain, HarborSMTPFactory)
+        self.assertEqual([str(n) for n in proxied.trusted], ["192.0.2.0/24"])
+        service.reload()
+        self.assertEqual([str(n) for n in proxied.trusted], ["10.0.0.0/8"])
+        worker = HarborService(
+            config, self.reactor, inheritedSockets=[(3, int(socket.AF_INET)), (4, int(socket.AF_INET))]
+        )
+        worker.privilegedStartService()
+        self.addCleanup(worker.stopService)
+        [first, second] = self.reactor.adoptedPorts
+        self.assertEqual(first[:2], (3, socket.AF_INET))
+        self.assertIsInstance(first[2], ProxyHeaderFactory)
+        self.assertIsInstance(second[2], HarborSMTPFactory)
+
     def test_hangUpHandler(self) -> None:
         """
         A running service reloads on SIGHUP; stopping puts the handler it
