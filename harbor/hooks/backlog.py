@@ -138,6 +138,9 @@ class Backlog:
         # When each job id last finished (its file gone), so that a scan
         # that listed the file before it went does not run the job again.
         self._finished: dict[str, float] = {}
+        # Each hook's jobs claimed by other instances sharing the spool,
+        # as the last scan found them.
+        self._elsewhere: dict[str, int] = {}
 
     @property
     def counts(self) -> dict[str, int]:
@@ -328,7 +331,9 @@ class Backlog:
             departures=self._departures,
         )
 
-    def scanned(self, plan: ScanPlan, counts: Mapping[str, int], writing: bool) -> None:
+    def scanned(
+        self, plan: ScanPlan, counts: Mapping[str, int], writing: bool, elsewhere: Mapping[str, int] | None = None
+    ) -> None:
         """
         Set the counts from what a scan's listing found.
 
@@ -337,7 +342,11 @@ class Backlog:
             L{ScanPlan.uncounted}), by name; unknown hooks are ignored.
         @param writing: Whether changes to job files are under way, which
             the listing may or may not have seen.
+        @param elsewhere: Of C{counts}, each hook's jobs claimed by other
+            instances sharing the spool (being run there): pending, but
+            not for this instance to read.
         """
+        self._elsewhere = dict(elsewhere or {})
         # The count is what the directory holds (jobs put back from the
         # dead letters and files removed by hand included), plus the jobs
         # being committed when the scan began (counted by their
@@ -366,7 +375,13 @@ class Backlog:
         works, not one window per rescan.
         """
         for name, held in self._held.items():
-            waiting = self._counts[name] - len(held) - self._reserved[name] - len(self._deferred[name])
+            waiting = (
+                self._counts[name]
+                - len(held)
+                - self._reserved[name]
+                - len(self._deferred[name])
+                - self._elsewhere.get(name, 0)
+            )
             if waiting > 0 and len(held) <= self._window[name] // 2:
                 return True
         return False

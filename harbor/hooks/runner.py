@@ -267,7 +267,10 @@ class HookRunner(Service):
             left behind.
         """
         if jobs:
-            self.spool.add(jobs)
+            # Claimed by this instance until the commit has succeeded: the
+            # message is not in its Maildir yet, and another instance
+            # sharing the spool would find it missing and drop the job.
+            self.spool.add(jobs, claimed=True)
 
     def withdraw(self, jobs: Sequence[Job]) -> None:
         """
@@ -298,7 +301,9 @@ class HookRunner(Service):
         """
         jobs = self.prepare(events)
         try:
-            self.persist(jobs)
+            if jobs:
+                # Already stored: pending at once, for any instance.
+                self.spool.add(jobs)
         except BaseException:
             self.release(jobs)
             raise
@@ -316,12 +321,18 @@ class HookRunner(Service):
         beyond the hook's window wait in the spool for their turn.  After
         L{stop}, jobs stay in the spool for the next start.
         """
+        unclaim = []
         for job in jobs:
             try:
                 self._backlog.settle(job)
-                self._admit(job)
+                if not self._admit(job):
+                    unclaim.append(job.id)
             except Exception:  # noqa: BLE001 -- logged: dispatch never raises
                 self._log.failure("Cannot start hook job {job}", job=getattr(job, "id", job))
+        if unclaim:
+            # Written as claimed (see persist), and not run here now: left
+            # for any instance, this one included, to read from pending/.
+            self._inThread(lambda: self.spool.unclaim(unclaim), "put back hook jobs")
 
     def startService(self) -> None:
         super().startService()
@@ -379,6 +390,22 @@ class HookRunner(Service):
         for outcome in await DeferredList(closing, consumeErrors=True):
             if not outcome[0]:
                 self._log.failure("Error stopping a hook", cast(Failure, outcome[1]))
+        # Jobs whose attempts were cancelled are still claimed: any
+        # instance may run them now.
+        await self._inThread(self.spool.releaseAll, "put back the claimed hook jobs")
+
+    def _inThread(self, work: Any, what: str) -> Deferred[None]:
+        """
+        Do blocking spool work in a thread, logging (not raising) a
+        failure.
+        """
+        d: Deferred[Any] = maybeDeferred(self._runInThread, work)
+
+        def failed(failure: Failure) -> None:
+            self._log.failure("Cannot {what} in the spool {directory}", failure, what=what, directory=self.spool.directory)
+
+        d.addCallbacks(lambda ignored: None, failed)
+        return d
 
     def _rescan(self, resuming: bool) -> Deferred[None]:
         """
@@ -397,12 +424,14 @@ class HookRunner(Service):
         def read() -> PendingScan:
             # Nothing is created here: the spool appears with the first
             # job, so a server without hooks leaves no trace on disk.
+            # Jobs claimed by instances that have ended are pending again.
+            self.spool.takeOver()
             return self.spool.scan(plan.room, plan.skip, uncounted=plan.uncounted)
 
         def found(scan: PendingScan) -> None:
             # A spool write under way may have changed a file the listing
             # saw, or not: then the counts are not set from it.
-            self._backlog.scanned(plan, scan.counts, writing=self._attempts.writing)
+            self._backlog.scanned(plan, scan.counts, writing=self._attempts.writing, elsewhere=scan.elsewhere)
             for name in scan.counts:
                 if name not in self._hooks:
                     self._unknownHook(name)
