@@ -90,6 +90,7 @@ class HookRunner(Service):
         rescanInterval: float = RESCAN_INTERVAL,
         stopTimeout: float = STOP_TIMEOUT,
         window: int = WINDOW,
+        instance: str | None = None,
     ) -> None:
         """
         @param spoolDirectory: Where job files are kept, usually
@@ -104,12 +105,14 @@ class HookRunner(Service):
             cancelling them.
         @param window: Jobs of one hook held in memory at most (see
             L{WINDOW}).
+        @param instance: This runner's id for its claims in the spool
+            (L{harbor.hooks.claims}); a new one by default.
         """
         names = [hook.name for hook in hooks]
         duplicates = sorted({name for name in names if names.count(name) > 1})
         if duplicates:
             raise ValueError(f"two hooks are named {duplicates[0]!r}")
-        self.spool = HookSpool(spoolDirectory, fs)
+        self.spool = HookSpool(spoolDirectory, fs, instance)
         self._hooks = {hook.name: hook for hook in hooks}
         self._reactor = reactor
         self._runInThread = runInThread
