@@ -92,7 +92,7 @@ class SharedSpoolTests(TestCase):
         A configuration file with one command hook, C{h}, running
         C{script} with the calls file as C{$0}.
         """
-        path = os.path.abspath(self.mktemp())
+        path: str = os.path.abspath(self.mktemp())
         with open(path, "w") as f:
             f.write(
                 "[[hook]]\n"
@@ -114,9 +114,14 @@ class SharedSpoolTests(TestCase):
         """
         try:
             with open(self.calls) as f:
-                return [tuple(line.split()) for line in f.read().splitlines()]  # type: ignore[misc]
+                lines = f.read().splitlines()
         except FileNotFoundError:
             return []
+        calls = []
+        for line in lines:
+            deliveryID, pid = line.split()
+            calls.append((deliveryID, pid))
+        return calls
 
     def spoolEmpty(self) -> bool:
         """
@@ -129,6 +134,9 @@ class SharedSpoolTests(TestCase):
         return not pending and not held
 
     def assertEachOnce(self, stored: Sequence[str]) -> None:
+        """
+        Every stored message reached the hook, each exactly once.
+        """
         counts = Counter(deliveryID for deliveryID, _ in self.delivered())
         self.assertEqual(sorted(counts), sorted(f"{id},h" for id in stored))
         self.assertEqual({n for n in counts.values()}, {1}, [k for k, n in counts.items() if n > 1][:5])
@@ -140,7 +148,7 @@ class SharedSpoolTests(TestCase):
         delivery id, and both instances ran the hook.
         """
         config = self.config(SLOW_HOOK, "max_in_flight = 8\n")
-        (first, firstPort), (second, secondPort) = [await self.instance(config) for _ in range(2)]
+        (_, firstPort), (_, secondPort) = [await self.instance(config) for _ in range(2)]
         sent = await inThread(lambda: sendMany(firstPort, 300) + sendMany(secondPort, 300))
         self.assertEqual(len(sent), 600)
         await pollUntil(lambda: len(self.delivered()) >= 600 and self.spoolEmpty(), "the backlog drains", 90)

@@ -6,9 +6,12 @@ outcome does to the job's file in the spool, and the retries.
 L{harbor.hooks.runner.HookRunner} decides which jobs to hold (its window,
 read from the spool) and when the service starts and stops;
 L{JobAttempts} takes each job it is given from there: it waits until the
-job is due, calls the hook within the hook's C{max_in_flight}, and then
-removes the job's file, buries it as a dead letter, or updates it and
-tries again later.  Once the updated file says when the job is next due,
+job is due, claims it in the spool (so that no other instance sharing
+the spool runs it meanwhile; one that has it, or has since tried it and
+made it wait for a retry, wins, and the job is let go of here), calls
+the hook within the hook's C{max_in_flight} with the job's delivery id,
+and then removes the job's file, buries it as a dead letter, or updates
+it (giving up the claim) and tries again later.  Once the updated file says when the job is next due,
 it lets go of the job and hands it back to the runner, which leaves it
 on disk until then (so jobs waiting for a retry do not fill the window);
 if the file could not be updated, the job waits in memory instead.

@@ -20,6 +20,14 @@ C{pending/} (L{Backlog.finished} with C{changed}) or its delivery fails
 (L{Backlog.release}); a scan (L{Backlog.beginScan}, L{Backlog.scanned})
 sets the counts again from what the directory holds.
 
+With several instances sharing the spool, the counts are the whole
+spool's: each scan counts C{pending/} and every instance's claims, and
+between scans only this instance's own changes are seen, so C{max_pending}
+refuses mail a little late (or stops refusing it a little late) by what
+the others did meanwhile.  The jobs other instances have claimed are
+remembered apart, as not for this one to read, so that they never make
+it scan again for more (L{Backlog.wantsRefill}).
+
 A job waiting for a retry (its file says when it is due, after a failed
 attempt or at start) is not held: it is L{Backlog.defer}red, remembered
 by its id and due time only, skipped by scans until it is due and then

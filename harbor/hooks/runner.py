@@ -32,6 +32,15 @@ retrying failures and surviving restarts.
      says when it is due, only its id and due time are kept, and the
      spool is read again when it is due, so jobs a hook keeps failing on
      never keep its other jobs waiting on disk.
+  6. Several instances (processes) may share the spool: each attempt
+     first claims its job (L{harbor.hooks.claims}), so no job is ever run
+     by two at once and each retry count holds.  A delivery's jobs are
+     written claimed by the instance that stored the message, which runs
+     them, or puts them back in C{pending/} for any instance if its
+     window is full; a failed attempt puts its job back with the attempt
+     counted.  Each scan first takes over the claims of instances that
+     have ended, and the counts that C{max_pending} bounds are the whole
+     spool's, set by each scan (see L{harbor.hooks.backlog}).
 
 The counting (pending jobs, the window, jobs being committed, what a scan
 may read) is L{harbor.hooks.backlog.Backlog}'s; running each job held in
