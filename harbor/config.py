@@ -34,7 +34,7 @@ from harbor._syntax import (
     stringList,
 )
 from harbor.filters import Filter, filterTable, parseFilters
-from harbor.hooks.config import HookConfig, hookTable, parseHooks
+from harbor.hooks.config import SPOOL_NAME, HookConfig, hookTable, parseHooks
 from harbor.limits import LIMIT_KEYS, Limits, limitsMapping, parseLimits
 from harbor.routing import DomainConfig, domainTable, parseDomainTable
 from harbor.store.lanes import (
@@ -75,6 +75,7 @@ _TOP_LEVEL_KEYS = frozenset(
         "dnsbl",
         "dns_servers",
         "hook",
+        "hook_spool",
         "policy_hook",
         "policy_hook_default",
         "group_commit",
@@ -144,6 +145,9 @@ class Config:
     @ivar dnsServers: DNS servers for those lookups, or none for the
         system's.
     @ivar hooks: The new-message hooks (L{harbor.hooks.config.HookConfig}).
+    @ivar hookSpool: Absolute path of the hooks' job spool, which
+        instances receiving into the same Maildirs share:
+        C{<maildir>/.hooks} unless set (C{""} given means that too).
     @ivar policyHook: The policy hook, C{package.module:function}, if any.
     @ivar groupCommit: How finished messages are made durable (see
         L{harbor.store.lanes}): C{"fsync"} in batches, each file fsynced
@@ -172,12 +176,18 @@ class Config:
     dnsbl: tuple[str, ...] = ()
     dnsServers: tuple[tuple[str, int], ...] = ()
     hooks: tuple[HookConfig, ...] = ()
+    hookSpool: str = ""
     policyHook: str | None = None
     policyHookDefault: str = "accept"
     groupCommit: str = DEFAULT_COMMIT_MODE
     commitLanes: int = DEFAULT_COMMIT_LANES
     commitBatch: int = DEFAULT_COMMIT_BATCH
     trustedProxies: tuple[str, ...] = DEFAULT_TRUSTED_PROXIES
+
+    def __attrs_post_init__(self) -> None:
+        if not self.hookSpool:
+            # Frozen: the default follows maildir, so it is set once here.
+            object.__setattr__(self, "hookSpool", os.path.join(self.maildir, SPOOL_NAME))
 
     @property
     def ports(self) -> tuple[str, ...]:
@@ -218,6 +228,7 @@ class Config:
             dnsbl=list(self.dnsbl),
             dns_servers=[host if ":" in host else f"{host}:{port}" for host, port in self.dnsServers],
             hook=[hookTable(hook) for hook in self.hooks],
+            hook_spool=self.hookSpool,
         )
         if self.policyHook is not None:
             mapping["policy_hook"] = self.policyHook
@@ -336,6 +347,7 @@ class Config:
             dnsbl=tuple(normaliseDomain(zone, "dnsbl") for zone in stringList(mapping.get("dnsbl", []), "dnsbl")),
             dnsServers=tuple(_dnsServer(s) for s in stringList(mapping.get("dns_servers", []), "dns_servers")),
             hooks=_hooks(mapping),
+            hookSpool=_hookSpool(mapping, os.path.abspath(maildir), domains),
             policyHook=_policyHook(mapping),
             policyHookDefault=choice(mapping, "policy_hook_default", POLICY_HOOK_DEFAULTS),
             groupCommit=_groupCommit(mapping),
@@ -388,6 +400,26 @@ def _hooks(mapping: Mapping[str, Any]) -> tuple[HookConfig, ...]:
     if "hook" not in mapping:
         return ()
     return tuple(parseHooks(mapping["hook"]))
+
+
+def _hookSpool(mapping: Mapping[str, Any], maildir: str, domains: tuple[DomainConfig, ...]) -> str:
+    """
+    The C{hook_spool} setting: a directory, by default C{<maildir>/.hooks},
+    that is neither the Maildir root nor in a domain's Maildir.
+    """
+    value = mapping.get("hook_spool")
+    if value is None:
+        return os.path.join(maildir, SPOOL_NAME)
+    if not isinstance(value, str) or not value or "\0" in value:
+        raise ConfigError("hook_spool", "must be the path of a directory")
+    spool = os.path.abspath(value)
+    if spool == maildir:
+        raise ConfigError("hook_spool", "must not be the Maildir root itself: use a directory of its own")
+    for domain in domains:
+        home = os.path.join(maildir, domain.name)
+        if spool == home or spool.startswith(home + os.sep):
+            raise ConfigError("hook_spool", f"must not be in the Maildir of {domain.name} ({home})")
+    return spool
 
 
 def _dnsServer(text: str) -> tuple[str, int]:

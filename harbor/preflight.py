@@ -25,7 +25,7 @@ from harbor.access import Identity
 from harbor.auth import readUsers
 from harbor.config import Config, Listener
 from harbor.hooks.loading import checkHooks
-from harbor.hooks.spool import SPOOL_DIRECTORIES, spoolFor
+from harbor.hooks.spool import SPOOL_DIRECTORIES
 from harbor.ownership import (
     AccessProblem,
     IDirectories,
@@ -67,7 +67,7 @@ def checkConfig(
     @param credCheckers: Ways to authenticate other than the users file
         (twistd's C{--auth}).
     @param codeHooks: New-message hooks given in code; like the
-        configured ones, they run in one process only.
+        configured ones, they need the hook spool.
     @param policy: A policy function given in code, which takes the place
         of the configuration's C{policy_hook}; that one is then not
         imported.
@@ -93,8 +93,6 @@ def checkConfig(
             raise ConfigError("users_file", str(e)) from None
     if config.limits.workers > 1 and any(port.startswith("systemd:") for port in config.ports):
         raise Conflict("workers", "systemd's sockets are adopted by one process only")
-    if config.limits.workers > 1 and (config.hooks or codeHooks):
-        raise Conflict("workers", "new-message hooks run in one process only; use one worker with [[hook]]")
     checkHooks(config.hooks)
     if config.policyHook is not None and policy is None:
         loadPolicyHook(config.policyHook, "policy_hook")
@@ -108,21 +106,27 @@ def checkConfig(
         checkForUser(config, runAs, bool(config.hooks or codeHooks), fs)
 
 
-def workingDirectories(config: Config, withSpool: bool) -> list[str]:
+def workingDirectories(config: Config, withSpool: bool) -> list[tuple[str, list[str]]]:
     """
-    The directories MailHarbor writes in from the start, parents first:
-    every domain's Maildirs (C{tmp}, C{new}, C{cur}) and, with hooks,
-    the hook spool.
+    The directories MailHarbor writes in from the start, parents first,
+    each with the root it is in: every domain's Maildirs (C{tmp}, C{new},
+    C{cur}) in the Maildir root and, with hooks, the hook spool
+    (C{hook_spool}), in the Maildir root too by default, or its own root.
     """
     directories = []
     for domain in config.domains:
         for mailbox in domain.mailboxPaths():
             maildir = os.path.join(config.maildir, mailbox)
             directories += [maildir, *(os.path.join(maildir, sub) for sub in SUBDIRECTORIES)]
+    roots = [(config.maildir, directories)]
     if withSpool:
-        spool = spoolFor(config.maildir)
-        directories += [spool, *(os.path.join(spool, sub) for sub in SPOOL_DIRECTORIES)]
-    return directories
+        spool = config.hookSpool
+        inSpool = [spool, *(os.path.join(spool, sub) for sub in SPOOL_DIRECTORIES)]
+        if spool.startswith(config.maildir + os.sep):
+            directories += inSpool
+        else:
+            roots.append((spool, inSpool))
+    return roots
 
 
 def checkForUser(config: Config, identity: Identity, withSpool: bool, fs: IDirectories | None = None) -> None:
@@ -136,10 +140,12 @@ def checkForUser(config: Config, identity: Identity, withSpool: bool, fs: IDirec
         missing permission.
     """
     after = f"; MailHarbor runs as {identity.name} after twistd drops privileges"
-    try:
-        planDirectories(config.maildir, workingDirectories(config, withSpool), identity, fs)
-    except AccessProblem as e:
-        raise ConfigError("maildir", f"{e}{after}") from None
+    for root, directories in workingDirectories(config, withSpool):
+        try:
+            planDirectories(root, directories, identity, fs)
+        except AccessProblem as e:
+            setting = "maildir" if root == config.maildir else "hook_spool"
+            raise ConfigError(setting, f"{e}{after}") from None
     files = [("users_file", config.usersFile)]
     if config.tls is not None:
         files += [("tls_cert", config.tls.certificate), ("tls_key", config.tls.key)]
@@ -159,7 +165,10 @@ def prepareForUser(config: Config, identity: Identity, withSpool: bool, fs: IDir
     @return: The directories made.
     @raise AccessProblem: if C{identity} could not use them after all.
     """
-    return prepareDirectories(config.maildir, workingDirectories(config, withSpool), identity, fs)
+    made = []
+    for root, directories in workingDirectories(config, withSpool):
+        made += prepareDirectories(root, directories, identity, fs)
+    return made
 
 
 

@@ -36,7 +36,6 @@ from harbor.auth import Authenticate, CallbackChecker, TextOrBytes, UsersFileChe
 from harbor.config import Config, withBacklog
 from harbor.hooks.kinds import IHook, loadHooks
 from harbor.hooks.runner import HookRunner
-from harbor.hooks.spool import spoolFor
 from harbor.limits import ConnectionCounter, FailureTracker, Throttle
 from harbor.ownership import AccessProblem, identityAfterDrop
 from harbor.policyhook import PolicyHook, PolicyRequest, loadPolicyHook
@@ -244,6 +243,7 @@ class HarborService(MultiService):
         # The [[hook]] tables the running hooks were made from: a reload
         # cannot swap a hook whose jobs are in flight, so it says so instead.
         self._hookConfigs = config.hooks
+        self._hookSpool = config.hookSpool
         self._policy = policy
         self._authenticate = None if authenticate is None else CallbackChecker(authenticate)
         # The DNS blocklists and their resolver, kept across reloads that
@@ -309,7 +309,7 @@ class HarborService(MultiService):
         hooks = loadHooks(config.hooks, reactor, runInThread) + list(extraHooks)
         if not hooks:
             return None
-        runner = HookRunner(spoolFor(config.maildir), hooks, reactor, runInThread)
+        runner = HookRunner(config.hookSpool, hooks, reactor, runInThread)
         runner.setServiceParent(self)
         return runner
 
@@ -458,6 +458,8 @@ class HarborService(MultiService):
                 "group_commit, commit_lanes and commit_batch changes in the configuration "
                 "take effect after a restart"
             )
+        if config.hookSpool != self._hookSpool:
+            self._log.warn("hook_spool changes in the configuration take effect after a restart")
         if config.hooks != self._hookConfigs:
             self._log.warn(
                 "[[hook]] changes in the configuration take effect after a restart; "

@@ -48,6 +48,7 @@ _CLI_KEYS = (
     "users_file",
     "require_tls",
     "allow_plaintext_auth",
+    "hook_spool",
 )
 
 # The settings naming files that the start-up checks read.
@@ -88,6 +89,7 @@ class Options(usage.Options, strcred.AuthOptionMixin):
         ["users-file", None, None, "Users file for AUTH (see `mailharbor passwd`)"],
         ["log-format", None, "text", "text, or json for one JSON object per line (for log shippers)"],
         ["workers", None, None, "Processes sharing the listening sockets [default: 1]", int],
+        ["hook-spool", None, None, "Directory of the new-message hooks' jobs [default: MAILDIR/.hooks]"],
         ["inherit-fds", None, None, "(internal) listening sockets handed to a worker: FD:FAMILY,..."],
         ["json-log", None, "-", "With --log-format json: the file to append to, or - for standard output"],
     ]

@@ -21,6 +21,8 @@ from zope.interface.verify import verifyObject
 from twisted.internet.defer import maybeDeferred
 from twisted.trial.unittest import TestCase
 
+from attrs import evolve
+
 from harbor.hooks.config import RetryPolicy
 from harbor.hooks.events import HookFailed, MessageGone, NewMessage, jobID
 from harbor.hooks.kinds import CommandHook, IHook, WebhookHook
@@ -86,6 +88,7 @@ class CommandHookTests(TestCase):
                 "MAILHARBOR_CLIENT": "2001:db8::1",
                 "MAILHARBOR_ID": self.event.id,
                 "MAILHARBOR_PATH": self.event.path,
+                "MAILHARBOR_DELIVERY_ID": jobID(event, "cmd"),
                 "EXTRA": "yes",
             },
         )
@@ -188,6 +191,7 @@ class WebhookTests(TestCase):
         self.assertEqual(headers[b"content-type"], b"application/json")
         self.assertEqual(headers[b"authorization"], b"Bearer t")
         self.assertEqual(headers[b"idempotency-key"], jobID(self.event, "web").encode("ascii"))
+        self.assertEqual(headers[b"mailharbor-delivery-id"], jobID(self.event, "web").encode("ascii"))
         document = json.loads(body)
         self.assertEqual(base64.b64decode(document.pop("message")), MESSAGE)
         self.assertEqual(
@@ -202,6 +206,16 @@ class WebhookTests(TestCase):
                 "size": len(MESSAGE),
             },
         )
+
+    async def test_deliveryIdOfTheCall(self) -> None:
+        """
+        A call given its delivery id (as the runner gives it) carries that
+        id in both headers and the JSON body.
+        """
+        await self.hook().run(evolve(self.event, deliveryId="abc,web"))
+        ((headers, body),) = self.receiver.requests
+        self.assertEqual((headers[b"idempotency-key"], headers[b"mailharbor-delivery-id"]), (b"abc,web", b"abc,web"))
+        self.assertEqual(json.loads(body)["delivery_id"], "abc,web")
 
     async def test_multipart(self) -> None:
         """

@@ -367,6 +367,8 @@ def hooksCommand(arguments: argparse.Namespace, out: IO[str], err: IO[str], now:
 
     if arguments.spool is not None:
         directory = os.path.abspath(arguments.spool)
+    elif arguments.config is not None and (configured := _configuredSpool(arguments.config)) is not None:
+        directory = configured
     else:
         directory = spoolFor(resolveRoot(arguments.maildir, arguments.config))
     spool = HookSpool(directory)
@@ -395,6 +397,24 @@ def hooksCommand(arguments: argparse.Namespace, out: IO[str], err: IO[str], now:
             writeText(out, alignColumns(rows, set()))
         return 1 if unusable else 0
     return _retryJobs(spool, arguments, now, out, err)
+
+
+def _configuredSpool(config: str) -> str | None:
+    """
+    The configuration file's C{hook_spool}, if it sets one: read alone,
+    as L{resolveRoot} reads C{maildir}.
+
+    @raise CommandError: with status 2 if it is unusable.
+    """
+    try:
+        spool = loadFile(config).get("hook_spool")
+    except ConfigError as e:
+        raise CommandError(f"{e.problem} (--config)", status=2) from None
+    if spool is None:
+        return None
+    if not isinstance(spool, str) or not spool:
+        raise CommandError(f"{config}: hook_spool: must be the path of a directory", status=2)
+    return os.path.abspath(spool)
 
 
 @contextmanager

@@ -400,7 +400,9 @@ def _whereOptions(spool: bool) -> argparse.ArgumentParser:
     where.add_argument(
         "--config",
         metavar="FILE",
-        help="take the Maildir root from this MailHarbor configuration file",
+        help="take the Maildir root "
+        + ("(and hook_spool, if set) " if spool else "")
+        + "from this MailHarbor configuration file",
     )
     if spool:
         where.add_argument("--spool", metavar="DIRECTORY", help="the hook spool itself")

@@ -6,9 +6,12 @@ outcome does to the job's file in the spool, and the retries.
 L{harbor.hooks.runner.HookRunner} decides which jobs to hold (its window,
 read from the spool) and when the service starts and stops;
 L{JobAttempts} takes each job it is given from there: it waits until the
-job is due, calls the hook within the hook's C{max_in_flight}, and then
-removes the job's file, buries it as a dead letter, or updates it and
-tries again later.  Once the updated file says when the job is next due,
+job is due, claims it in the spool (so that no other instance sharing
+the spool runs it meanwhile; one that has it, or has since tried it and
+made it wait for a retry, wins, and the job is let go of here), calls
+the hook within the hook's C{max_in_flight} with the job's delivery id,
+and then removes the job's file, buries it as a dead letter, or updates
+it (giving up the claim) and tries again later.  Once the updated file says when the job is next due,
 it lets go of the job and hands it back to the runner, which leaves it
 on disk until then (so jobs waiting for a retry do not fill the window);
 if the file could not be updated, the job waits in memory instead.
@@ -23,7 +26,7 @@ by it), through the runner's own logger.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, cast
 
 from twisted.internet.defer import (
     CancelledError,
@@ -31,6 +34,7 @@ from twisted.internet.defer import (
     DeferredList,
     DeferredSemaphore,
     maybeDeferred,
+    succeed,
 )
 from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
@@ -45,7 +49,7 @@ from harbor.hooks.events import (
     describe,
 )
 from harbor.hooks.kinds import IHook, RunInThread
-from harbor.hooks.spool import HookSpool
+from harbor.hooks.spool import Claim, HookSpool
 
 
 class _NeverStored(Exception):
@@ -54,6 +58,26 @@ class _NeverStored(Exception):
     the job comes to run: its delivery failed after the job was written
     (or a mail reader deleted it since).
     """
+
+
+class _TakenElsewhere(Exception):
+    """
+    A job's file was not in C{pending/} when it came to be claimed: another
+    instance sharing the spool has it, or has finished it.
+    """
+
+
+class _NotDue(Exception):
+    """
+    A job, read again as it was claimed, is waiting for a retry that is
+    not due yet: another instance tried it since this one read it.
+
+    @ivar job: The job as its file now says.
+    """
+
+    def __init__(self, job: Job) -> None:
+        super().__init__(job.id)
+        self.job = job
 
 
 class _Entry:
@@ -217,7 +241,6 @@ class JobAttempts:
         entry.call = None
         hook = self._hooks[entry.job.hook]
         limit = self._limits.get(hook.name)
-        event = entry.job.event
 
         def missing(failure: Failure) -> Failure:
             # The message was not found before the hook was called: it
@@ -227,13 +250,37 @@ class JobAttempts:
                 return Failure(_NeverStored(str(failure.value)))
             return failure
 
-        def attempt() -> Deferred[object]:
-            # Blocking: locating the message may list its Maildir.  Done
-            # within the hook's limit, so that no more of these wait for
-            # a thread than the hook has calls running.
-            d: Deferred[Any] = self._runInThread(event.locate)
+        def claimed(claim: Claim | None) -> Deferred[object]:
+            if claim is None:
+                raise _TakenElsewhere(entry.job.id)
+            if not claim.due:
+                raise _NotDue(claim.job)
+            # The file's job, not the one read earlier: another instance
+            # may have tried it since, and its attempts are the count.
+            entry.job = claim.job
+            delivery = evolve(claim.job.event, deliveryId=claim.job.id)
+            d: Deferred[Any] = self._runInThread(delivery.locate)
             d.addErrback(missing)
-            d.addCallback(lambda path: hook.run(event))
+            d.addCallback(lambda path: hook.run(delivery))
+            return d
+
+        def attempt() -> Deferred[object]:
+            # Blocking: claiming the job reads its file, and locating the
+            # message may list its Maildir.  Done within the hook's limit,
+            # so that no more of these wait for a thread than the hook has
+            # calls running, and no job is claimed before it can run.
+            jobID = entry.job.id
+
+            def claim(ignored: object) -> Deferred[Claim | None]:
+                now = self._reactor.seconds()
+                return self._runInThread(lambda: self._spool.claim(jobID, now))
+
+            # Not before this job's earlier file changes are done: the
+            # update of a failed attempt gives up its claim, which must
+            # not undo this one.
+            d: Deferred[Any] = self._afterWrites(entry)
+            d.addCallback(claim)
+            d.addCallback(claimed)
             return d
 
         d = maybeDeferred(attempt) if limit is None else limit.run(attempt)
@@ -259,6 +306,17 @@ class JobAttempts:
         if self._stopping and failure.check(CancelledError):
             # Interrupted by shutdown, not failed: left as it is on disk.
             self._forget(entry)
+            return
+        if failure.check(_TakenElsewhere):
+            # Never attempted here: its file stays where it is, counted.
+            self._log().debug("Hook job {job} is run by another instance", job=job.id)
+            self._forget(entry)
+            self._finished(job, False)
+            return
+        if failure.check(_NotDue):
+            entry.job = cast(_NotDue, failure.value).job
+            self._forget(entry)
+            self._waiting(entry.job)
             return
         if failure.check(_NeverStored):
             self._log().info(
@@ -339,6 +397,23 @@ class JobAttempts:
             self._finished(entry.job, changed)
 
         self._write(entry, operation, what).addCallback(forget)
+
+    def _afterWrites(self, entry: _Entry) -> Deferred[None]:
+        """
+        A L{Deferred} that fires once the changes to a job's file under way
+        are done, leaving their results alone.
+        """
+        previous = entry.writing
+        if previous is None:
+            return succeed(None)
+        done: Deferred[None] = Deferred()
+
+        def passOn(result: object) -> object:
+            done.callback(None)
+            return result
+
+        previous.addBoth(passOn)
+        return done
 
     def _write(self, entry: _Entry, operation: Callable[[], None], what: str) -> Deferred[bool]:
         """

@@ -20,6 +20,14 @@ C{pending/} (L{Backlog.finished} with C{changed}) or its delivery fails
 (L{Backlog.release}); a scan (L{Backlog.beginScan}, L{Backlog.scanned})
 sets the counts again from what the directory holds.
 
+With several instances sharing the spool, the counts are the whole
+spool's: each scan counts C{pending/} and every instance's claims, and
+between scans only this instance's own changes are seen, so C{max_pending}
+refuses mail a little late (or stops refusing it a little late) by what
+the others did meanwhile.  The jobs other instances have claimed are
+remembered apart, as not for this one to read, so that they never make
+it scan again for more (L{Backlog.wantsRefill}).
+
 A job waiting for a retry (its file says when it is due, after a failed
 attempt or at start) is not held: it is L{Backlog.defer}red, remembered
 by its id and due time only, skipped by scans until it is due and then
@@ -138,6 +146,9 @@ class Backlog:
         # When each job id last finished (its file gone), so that a scan
         # that listed the file before it went does not run the job again.
         self._finished: dict[str, float] = {}
+        # Each hook's jobs claimed by other instances sharing the spool,
+        # as the last scan found them.
+        self._elsewhere: dict[str, int] = {}
 
     @property
     def counts(self) -> dict[str, int]:
@@ -328,7 +339,9 @@ class Backlog:
             departures=self._departures,
         )
 
-    def scanned(self, plan: ScanPlan, counts: Mapping[str, int], writing: bool) -> None:
+    def scanned(
+        self, plan: ScanPlan, counts: Mapping[str, int], writing: bool, elsewhere: Mapping[str, int] | None = None
+    ) -> None:
         """
         Set the counts from what a scan's listing found.
 
@@ -337,7 +350,11 @@ class Backlog:
             L{ScanPlan.uncounted}), by name; unknown hooks are ignored.
         @param writing: Whether changes to job files are under way, which
             the listing may or may not have seen.
+        @param elsewhere: Of C{counts}, each hook's jobs claimed by other
+            instances sharing the spool (being run there): pending, but
+            not for this instance to read.
         """
+        self._elsewhere = dict(elsewhere or {})
         # The count is what the directory holds (jobs put back from the
         # dead letters and files removed by hand included), plus the jobs
         # being committed when the scan began (counted by their
@@ -366,7 +383,13 @@ class Backlog:
         works, not one window per rescan.
         """
         for name, held in self._held.items():
-            waiting = self._counts[name] - len(held) - self._reserved[name] - len(self._deferred[name])
+            waiting = (
+                self._counts[name]
+                - len(held)
+                - self._reserved[name]
+                - len(self._deferred[name])
+                - self._elsewhere.get(name, 0)
+            )
             if waiting > 0 and len(held) <= self._window[name] // 2:
                 return True
         return False

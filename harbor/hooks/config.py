@@ -36,6 +36,11 @@ DEFAULT_MAX_PENDING = 10_000
 #: back by C{mailharbor hooks retry} (the command and the server share it).
 RESCAN_INTERVAL = 30.0
 
+#: The hook spool's directory name inside the Maildir root, its default
+#: place (C{hook_spool}).  It cannot clash with a domain's Maildir, and
+#: having neither C{new/} nor C{cur/} it is never taken for one.
+SPOOL_NAME = ".hooks"
+
 #: What a hook's name may be: it names the hook's job files.
 HOOK_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 

@@ -19,7 +19,7 @@ from email.parser import BytesParser
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
-from attrs import frozen
+from attrs import field, frozen
 
 from harbor.store.names import parseName
 
@@ -101,6 +101,11 @@ class NewMessage:
     @ivar path: Where the copy was stored, in its Maildir's C{new/}.  A
         mail reader may since have moved it to C{cur/}; L{locate} finds it.
     @ivar id: The copy's Maildir id, as given in the 250 reply.
+    @ivar deliveryId: When a hook is called: the id of this call's job
+        (C{"<id>,<hook name>"}), the same on every retry and in every
+        instance sharing the spool, so that a receiver can drop the
+        repeats a crash can cause.  L{None} in the job files, which know
+        it otherwise.  Not compared: it says which call, not which copy.
     """
 
     sender: str
@@ -109,6 +114,7 @@ class NewMessage:
     client: str
     path: str
     id: str
+    deliveryId: str | None = field(default=None, eq=False)
 
     def locate(self) -> str:
         """
@@ -164,9 +170,10 @@ class NewMessage:
 
     def asJSON(self) -> dict[str, Any]:
         """
-        The envelope as plain JSON values, as job files and webhooks carry it.
+        The envelope as plain JSON values, as job files and webhooks carry
+        it; with C{delivery_id} when it is set (for a webhook's call).
         """
-        return {
+        value: dict[str, Any] = {
             "id": self.id,
             "sender": self.sender,
             "recipient": self.recipient,
@@ -174,6 +181,9 @@ class NewMessage:
             "client": self.client,
             "path": self.path,
         }
+        if self.deliveryId is not None:
+            value["delivery_id"] = self.deliveryId
+        return value
 
     @classmethod
     def fromJSON(cls, value: object) -> NewMessage:
@@ -195,7 +205,10 @@ class NewMessage:
         user = value.get("user")
         if user is not None and not isinstance(user, str):
             raise ValueError("the event's user is not a string")
-        return cls(user=user, **fields)
+        deliveryId = value.get("delivery_id")
+        if deliveryId is not None and not isinstance(deliveryId, str):
+            raise ValueError("the event's delivery_id is not a string")
+        return cls(user=user, deliveryId=deliveryId, **fields)
 
 
 @frozen

@@ -185,8 +185,9 @@ class CommandHook:
     is the stored file itself, so it may also seek in it or ask its size.
     Besides the server's own environment and the configured variables it
     gets C{MAILHARBOR_SENDER}, C{MAILHARBOR_RECIPIENT}, C{MAILHARBOR_USER}
-    (empty without authentication), C{MAILHARBOR_CLIENT}, C{MAILHARBOR_ID}
-    and C{MAILHARBOR_PATH}.  Exit status 0 is success; any other status, a
+    (empty without authentication), C{MAILHARBOR_CLIENT}, C{MAILHARBOR_ID},
+    C{MAILHARBOR_PATH} and C{MAILHARBOR_DELIVERY_ID} (the job's id, the
+    same on every retry: see L{NewMessage.deliveryId}).  Exit status 0 is success; any other status, a
     signal, or running longer than the timeout (which kills it) is failure.
     """
 
@@ -241,6 +242,7 @@ class CommandHook:
             MAILHARBOR_CLIENT=event.client,
             MAILHARBOR_ID=event.id,
             MAILHARBOR_PATH=path,
+            MAILHARBOR_DELIVERY_ID=deliveryID(event, self.name),
         )
         return environment
 
@@ -371,8 +373,10 @@ class WebhookHook:
     plus C{size} and C{message}, the stored bytes in base64; or
     C{multipart/form-data} with a C{metadata} part (that JSON, without
     C{message}) and a C{message} part (C{message/rfc822}, the stored
-    bytes).  Each request carries an C{Idempotency-Key} header, the job id,
-    the same on every retry, so a receiver can drop repeats.  A 2xx status
+    bytes).  Each request carries the job's id, the same on every retry
+    and in every instance, in C{MailHarbor-Delivery-Id} and
+    C{Idempotency-Key} headers (and as C{delivery_id} in the JSON), so a
+    receiver can drop repeats.  A 2xx status
     is success; any other status, a connection failure or running past the
     timeout is failure.  Redirects are not followed.
     """
@@ -486,7 +490,8 @@ class WebhookHook:
             {
                 "Content-Type": [contentType],
                 "User-Agent": ["MailHarbor"],
-                "Idempotency-Key": [jobID(event, self.name)],
+                "Idempotency-Key": [deliveryID(event, self.name)],
+                "MailHarbor-Delivery-Id": [deliveryID(event, self.name)],
             }
         )
         for key, value in self._extraHeaders.items():
@@ -516,6 +521,15 @@ class WebhookHook:
         if self._pool is None:
             return None
         return self._pool.closeCachedConnections()  # type: ignore[no-any-return]
+
+
+def deliveryID(event: NewMessage, hookName: str) -> str:
+    """
+    The delivery id of a call of hook C{hookName} for C{event}: the one
+    the runner set (L{NewMessage.deliveryId}), or else the job's id, which
+    it always is, for a hook called outside the runner.
+    """
+    return event.deliveryId if event.deliveryId is not None else jobID(event, hookName)
 
 
 def _tail(output: bytes) -> str:

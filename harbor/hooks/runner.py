@@ -32,6 +32,15 @@ retrying failures and surviving restarts.
      says when it is due, only its id and due time are kept, and the
      spool is read again when it is due, so jobs a hook keeps failing on
      never keep its other jobs waiting on disk.
+  6. Several instances (processes) may share the spool: each attempt
+     first claims its job (L{harbor.hooks.claims}), so no job is ever run
+     by two at once and each retry count holds.  A delivery's jobs are
+     written claimed by the instance that stored the message, which runs
+     them, or puts them back in C{pending/} for any instance if its
+     window is full; a failed attempt puts its job back with the attempt
+     counted.  Each scan first takes over the claims of instances that
+     have ended, and the counts that C{max_pending} bounds are the whole
+     spool's, set by each scan (see L{harbor.hooks.backlog}).
 
 The counting (pending jobs, the window, jobs being committed, what a scan
 may read) is L{harbor.hooks.backlog.Backlog}'s; running each job held in
@@ -90,6 +99,7 @@ class HookRunner(Service):
         rescanInterval: float = RESCAN_INTERVAL,
         stopTimeout: float = STOP_TIMEOUT,
         window: int = WINDOW,
+        instance: str | None = None,
     ) -> None:
         """
         @param spoolDirectory: Where job files are kept, usually
@@ -104,12 +114,14 @@ class HookRunner(Service):
             cancelling them.
         @param window: Jobs of one hook held in memory at most (see
             L{WINDOW}).
+        @param instance: This runner's id for its claims in the spool
+            (L{harbor.hooks.claims}); a new one by default.
         """
         names = [hook.name for hook in hooks]
         duplicates = sorted({name for name in names if names.count(name) > 1})
         if duplicates:
             raise ValueError(f"two hooks are named {duplicates[0]!r}")
-        self.spool = HookSpool(spoolDirectory, fs)
+        self.spool = HookSpool(spoolDirectory, fs, instance)
         self._hooks = {hook.name: hook for hook in hooks}
         self._reactor = reactor
         self._runInThread = runInThread
@@ -267,7 +279,10 @@ class HookRunner(Service):
             left behind.
         """
         if jobs:
-            self.spool.add(jobs)
+            # Claimed by this instance until the commit has succeeded: the
+            # message is not in its Maildir yet, and another instance
+            # sharing the spool would find it missing and drop the job.
+            self.spool.add(jobs, claimed=True)
 
     def withdraw(self, jobs: Sequence[Job]) -> None:
         """
@@ -298,7 +313,9 @@ class HookRunner(Service):
         """
         jobs = self.prepare(events)
         try:
-            self.persist(jobs)
+            if jobs:
+                # Already stored: pending at once, for any instance.
+                self.spool.add(jobs)
         except BaseException:
             self.release(jobs)
             raise
@@ -316,12 +333,18 @@ class HookRunner(Service):
         beyond the hook's window wait in the spool for their turn.  After
         L{stop}, jobs stay in the spool for the next start.
         """
+        unclaim = []
         for job in jobs:
             try:
                 self._backlog.settle(job)
-                self._admit(job)
+                if not self._admit(job):
+                    unclaim.append(job.id)
             except Exception:  # noqa: BLE001 -- logged: dispatch never raises
                 self._log.failure("Cannot start hook job {job}", job=getattr(job, "id", job))
+        if unclaim:
+            # Written as claimed (see persist), and not run here now: left
+            # for any instance, this one included, to read from pending/.
+            self._inThread(lambda: self.spool.unclaim(unclaim), "put back hook jobs")
 
     def startService(self) -> None:
         super().startService()
@@ -379,6 +402,22 @@ class HookRunner(Service):
         for outcome in await DeferredList(closing, consumeErrors=True):
             if not outcome[0]:
                 self._log.failure("Error stopping a hook", cast(Failure, outcome[1]))
+        # Jobs whose attempts were cancelled are still claimed: any
+        # instance may run them now.
+        await self._inThread(self.spool.releaseAll, "put back the claimed hook jobs")
+
+    def _inThread(self, work: Any, what: str) -> Deferred[None]:
+        """
+        Do blocking spool work in a thread, logging (not raising) a
+        failure.
+        """
+        d: Deferred[Any] = maybeDeferred(self._runInThread, work)
+
+        def failed(failure: Failure) -> None:
+            self._log.failure("Cannot {what} in the spool {directory}", failure, what=what, directory=self.spool.directory)
+
+        d.addCallbacks(lambda ignored: None, failed)
+        return d
 
     def _rescan(self, resuming: bool) -> Deferred[None]:
         """
@@ -397,12 +436,14 @@ class HookRunner(Service):
         def read() -> PendingScan:
             # Nothing is created here: the spool appears with the first
             # job, so a server without hooks leaves no trace on disk.
+            # Jobs claimed by instances that have ended are pending again.
+            self.spool.takeOver()
             return self.spool.scan(plan.room, plan.skip, uncounted=plan.uncounted)
 
         def found(scan: PendingScan) -> None:
             # A spool write under way may have changed a file the listing
             # saw, or not: then the counts are not set from it.
-            self._backlog.scanned(plan, scan.counts, writing=self._attempts.writing)
+            self._backlog.scanned(plan, scan.counts, writing=self._attempts.writing, elsewhere=scan.elsewhere)
             for name in scan.counts:
                 if name not in self._hooks:
                     self._unknownHook(name)

@@ -4,10 +4,13 @@ The hook spool: the durable job files, one per (stored copy, hook), that
 make hook calls at-least-once and survive restarts.
 
 The spool is Maildir-like: C{tmp/} (files being written), C{pending/} (jobs
-to run) and C{dead/} (jobs given up on); a job file is written in C{tmp/},
-fsynced and renamed into place, and the directory is fsynced.  It lives
-next to the Maildirs (L{spoolFor}).  The runner uses it from worker
-threads, and C{mailharbor hooks} directly, without any reactor.
+to run), C{claimed/} (jobs being run, one directory per instance: see
+L{harbor.hooks.claims}) and C{dead/} (jobs given up on); a job file is
+written in C{tmp/}, fsynced and renamed into place, and the directory is
+fsynced.  It lives next to the Maildirs (L{spoolFor}) unless C{hook_spool}
+says otherwise, and several instances may share it.  The runner uses it
+from worker threads, and C{mailharbor hooks} directly, without any
+reactor.
 """
 
 from __future__ import annotations
@@ -22,17 +25,16 @@ from twisted.logger import Logger
 
 from attrs import evolve, frozen
 
+from harbor.hooks.claims import CLAIMED, InstanceClaims, newInstanceID
+from harbor.hooks.config import SPOOL_NAME
 from harbor.hooks.events import Job, isJobID
 from harbor.store.fs import IFileSystem, RealFileSystem, StorageError, quietly
 
-#: The spool's directory name inside the Maildir root.  It cannot clash
-#: with a domain's Maildir, and having neither C{new/} nor C{cur/} it is
-#: never taken for one.
-SPOOL_NAME = ".hooks"
+__all__ = ["SPOOL_DIRECTORIES", "SPOOL_NAME", "Claim", "HookSpool", "PendingScan", "hookOf", "spoolFor"]
 
-#: The spool's directories: files being written, jobs to run, jobs given
-#: up on.
-SPOOL_DIRECTORIES = ("tmp", "pending", "dead")
+#: The spool's directories: files being written, jobs to run, jobs being
+#: run (by instance), jobs given up on.
+SPOOL_DIRECTORIES = ("tmp", "pending", CLAIMED, "dead")
 
 _JOB_SUFFIX = ".json"
 
@@ -50,6 +52,23 @@ class PendingScan:
 
     jobs: tuple[Job, ...]
     counts: Mapping[str, int]
+    elsewhere: Mapping[str, int] = {}
+
+
+@frozen
+class Claim:
+    """
+    A job this instance has claimed (L{HookSpool.claim}), as its file
+    says now.
+
+    @ivar job: The job.
+    @ivar due: Whether it is due: if not, its claim was given up again at
+        once (another instance tried it meanwhile, and its retry is not
+        due yet).
+    """
+
+    job: Job
+    due: bool
 
 
 @frozen
@@ -102,21 +121,31 @@ class HookSpool:
 
     _log = Logger()
 
-    def __init__(self, directory: str, fs: IFileSystem | None = None) -> None:
+    def __init__(self, directory: str, fs: IFileSystem | None = None, instance: str | None = None) -> None:
         """
         @param fs: The file-system calls that make files durable, for tests
             to record or break.
+        @param instance: This instance's id for its claims; a new one
+            (L{newInstanceID}) by default.
         """
         self.directory = directory
         self._fs: IFileSystem = RealFileSystem() if fs is None else fs
-        self._tmp, self._pending, self._dead = (os.path.join(directory, name) for name in SPOOL_DIRECTORIES)
+        self._tmp, self._pending, self._claimed, self._dead = (
+            os.path.join(directory, name) for name in SPOOL_DIRECTORIES
+        )
+        self.claims = InstanceClaims(directory, self._pending, newInstanceID() if instance is None else instance)
         self._prepared = False
 
     def isPending(self, jobID: str) -> bool:
         """
-        Whether C{jobID} names a job waiting to run.
+        Whether C{jobID} names a job waiting to run or being run.
         """
-        return isJobID(jobID) and os.path.exists(self.pendingPath(jobID))
+        if not isJobID(jobID):
+            return False
+        name = jobID + _JOB_SUFFIX
+        return os.path.exists(self.pendingPath(jobID)) or any(
+            found == name for _, found in self.claims.claimedNames()
+        )
 
     def pendingPath(self, jobID: str) -> str:
         """
@@ -137,50 +166,115 @@ class HookSpool:
         @raise StorageError: if they cannot be created.
         """
         try:
-            for directory in (self._tmp, self._pending, self._dead):
+            for directory in (self._tmp, self._pending, self._claimed, self._dead):
                 self._fs.makeDirectories(directory)
         except OSError as e:
             raise StorageError.fromOSError("creating the hook spool", e) from e
         self._prepared = True
 
-    def add(self, jobs: Sequence[Job]) -> None:
+    def add(self, jobs: Sequence[Job], claimed: bool = False) -> None:
         """
-        Make new jobs durable in C{pending/}: all of them or, on failure,
-        none.
+        Make new jobs durable in C{pending/}, or claimed by this instance:
+        all of them or, on failure, none.
 
+        @param claimed: Whether to write them as claimed by this instance,
+            where no other instance looks: for the jobs of a message not
+            yet in its Maildir, which another instance would find missing
+            and drop.  The runner runs them or releases them
+            (L{unclaim}) once the message is stored.
         @raise StorageError: if they could not be written.
         """
         if not self._prepared:
             self.prepare()
         written: list[str] = []
         try:
+            if claimed:
+                self.claims.register()
             for job in jobs:
-                written.append(self._write(job, self.pendingPath(job.id)))
-            self._fs.syncDirectory(self._pending)
+                written.append(self._write(job, self._placeOf(job.id, claimed)))
+            self._fs.syncDirectory(self.claims.directory if claimed else self._pending)
         except OSError as e:
             for path in written:
                 quietly(self._fs.unlink, path)
             raise StorageError.fromOSError("recording the message for its hooks", e) from e
 
+    def _placeOf(self, jobID: str, claimed: bool) -> str:
+        return self.claims.path(jobID + _JOB_SUFFIX) if claimed else self.pendingPath(jobID)
+
+    def claim(self, jobID: str, now: float) -> Claim | None:
+        """
+        Claim a job for an attempt: move its file from C{pending/} into
+        this instance's claim directory (L{harbor.hooks.claims}), unless it
+        is there already, and read it again, as another instance may have
+        tried it since this one read it.  A job whose retry is not due yet
+        is put back at once.
+
+        @param now: The time, to tell whether the job is due.
+        @return: The claim, or L{None} if the job is neither pending nor
+            claimed by this instance (another instance has it, or it is
+            over).
+        """
+        name = jobID + _JOB_SUFFIX
+        if not self.claims.claim(name):
+            return None
+        job = self._load(self.claims.path(name))
+        if job is None:
+            return None
+        if job.due > now:
+            self.claims.release(name)
+            return Claim(job, due=False)
+        return Claim(job, due=True)
+
+    def unclaim(self, jobIDs: Sequence[str]) -> None:
+        """
+        Put jobs this instance has claimed back in C{pending/}, for any
+        instance to run; those not claimed by it are left alone.
+        """
+        for jobID in jobIDs:
+            self.claims.release(jobID + _JOB_SUFFIX)
+
+    def releaseAll(self) -> int:
+        """
+        At shutdown: put back every job this instance has claimed (see
+        L{harbor.hooks.claims.InstanceClaims.releaseAll}).
+        """
+        return self.claims.releaseAll()
+
+    def takeOver(self) -> int:
+        """
+        Put back the jobs claimed by instances that have ended (see
+        L{harbor.hooks.claims.InstanceClaims.takeOver}).
+        """
+        return self.claims.takeOver()
+
     def update(self, job: Job) -> None:
         """
-        Replace a pending job's file, after a failed attempt.
+        Replace a job's file after a failed attempt, and give up its claim:
+        the new file, with the attempt counted and when the job is next
+        due, is made durable in the claim directory, then put back in
+        C{pending/}, so that a crash in between leaves it to be taken
+        over, never with its old count.
         """
-        self._write(job, self.pendingPath(job.id))
+        claimed = os.path.exists(self._placeOf(job.id, True))
+        self._write(job, self._placeOf(job.id, claimed))
+        if claimed:
+            self._fs.rename(self._placeOf(job.id, True), self.pendingPath(job.id))
         self._fs.syncDirectory(self._pending)
 
     def remove(self, job: Job) -> None:
         """
-        Forget a job that succeeded.
+        Forget a job that succeeded: its claimed file, or its pending one.
 
         The directory is not fsynced: after a crash the job would run once
         more, which at-least-once delivery allows, and it saves a disk
         flush per message.
         """
-        try:
-            self._fs.unlink(self.pendingPath(job.id))
-        except FileNotFoundError:
-            pass
+        for claimed in (True, False):
+            try:
+                self._fs.unlink(self._placeOf(job.id, claimed))
+            except FileNotFoundError:
+                continue
+            return
 
     def discard(self, jobs: Sequence[Job]) -> None:
         """
@@ -229,14 +323,23 @@ class HookSpool:
 
     def pendingJobs(self, unusable: list[tuple[str, str]] | None = None) -> list[Job]:
         """
-        Every job waiting to run, oldest first.
+        Every job waiting to run or being run (claimed by an instance),
+        oldest first.
 
         @param unusable: If given, a job file that cannot be read as a job
             is added to it, with why, and left where it is (for a command
             that only looks); otherwise it is logged and set aside as
             C{.bad}, as the server does.
         """
-        return self._jobs(self._pending, unusable)
+        jobs = self._jobs(self._pending, unusable)
+        seen = {job.id for job in jobs}
+        for instance, name in sorted(self.claims.claimedNames()):
+            if name.endswith(_JOB_SUFFIX) and name[: -len(_JOB_SUFFIX)] not in seen:
+                job = self._load(os.path.join(self._claimed, instance, name), unusable)
+                if job is not None:
+                    jobs.append(job)
+        jobs.sort(key=lambda job: (job.created, job.id))
+        return jobs
 
     def scan(
         self, room: Mapping[str, int], skip: Container[str] = (), uncounted: Container[str] = ()
@@ -255,6 +358,9 @@ class HookSpool:
         @param skip: Ids of jobs not to read (those the caller holds).
         @param uncounted: Ids of jobs not to count either (those the
             caller counts otherwise).
+
+        Jobs claimed by instances (being run) are counted, not read; those
+        of other instances are counted in L{PendingScan.elsewhere} too.
         """
         counts: dict[str, int] = {}
         chosen: dict[str, list[str]] = {}
@@ -281,6 +387,19 @@ class HookSpool:
                         del names[limit:]
         except FileNotFoundError:
             return PendingScan((), {})
+        # Jobs being run, by this instance and the others, are pending
+        # too: the backlog that max_pending bounds is the spool's.
+        elsewhere: dict[str, int] = {}
+        for instance, name in self.claims.claimedNames():
+            if not name.endswith(_JOB_SUFFIX):
+                continue
+            jobID = name[: -len(_JOB_SUFFIX)]
+            if jobID in uncounted:
+                continue
+            hook = hookOf(jobID)
+            counts[hook] = counts.get(hook, 0) + 1
+            if instance != self.claims.instance:
+                elsewhere[hook] = elsewhere.get(hook, 0) + 1
         jobs = []
         for hook, names in chosen.items():
             names.sort()
@@ -292,7 +411,7 @@ class HookSpool:
                 else:
                     jobs.append(job)
         jobs.sort(key=lambda job: (job.created, job.id))
-        return PendingScan(tuple(jobs), counts)
+        return PendingScan(tuple(jobs), counts, elsewhere)
 
     def deadJobs(self, unusable: list[tuple[str, str]] | None = None) -> list[Job]:
         """

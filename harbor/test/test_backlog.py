@@ -463,3 +463,17 @@ class RefillTests(SynchronousTestCase):
         self.assertFalse(b.wantsRefill())
         b.settle(job(1))
         self.assertTrue(b.wantsRefill())
+
+    def test_claimedElsewhereAreNotWaiting(self) -> None:
+        """
+        Jobs another instance has claimed count as pending (for
+        max_pending) but do not make an empty window read the spool:
+        they are not there for this instance to run.
+        """
+        b = backlog(4, a=HookLimits(maxPending=3))
+        plan = b.beginScan(NOW)
+        b.scanned(plan, {"a": 3}, writing=False, elsewhere={"a": 3})
+        self.assertEqual((b.counts, [full.hook for full in b.full()]), ({"a": 3}, ["a"]))
+        self.assertFalse(b.wantsRefill())
+        b.scanned(b.beginScan(NOW), {"a": 4}, writing=False, elsewhere={"a": 3})
+        self.assertTrue(b.wantsRefill())

@@ -224,6 +224,29 @@ class ConfigTests(SynchronousTestCase):
         self.assertConfigError({"domain": "example.com", "maildir": ""}, "maildir")
         self.assertConfigError({"domain": "example.com", "maildir": 3}, "maildir")
 
+    def test_hookSpool(self) -> None:
+        """
+        The hook spool is <maildir>/.hooks unless hook_spool names another
+        directory, made absolute; a Config made in code follows its
+        maildir too.
+        """
+        config = Config.fromMapping({"domain": "example.com", "maildir": "/srv/mail"})
+        self.assertEqual(config.hookSpool, "/srv/mail/.hooks")
+        config = Config.fromMapping({"domain": "example.com", "maildir": "/srv/mail", "hook_spool": "spool"})
+        self.assertEqual(config.hookSpool, os.path.abspath("spool"))
+        inCode = Config(listeners=(), domains=(DomainConfig("example.com"),), maildir="/m", hostname="mx")
+        self.assertEqual(inCode.hookSpool, "/m/.hooks")
+
+    def test_badHookSpool(self) -> None:
+        """
+        A hook_spool that is not a path, is the Maildir root, or is in a
+        domain's Maildir is refused, naming the setting.
+        """
+        base = {"domain": "example.com", "maildir": "/srv/mail"}
+        for bad in ("", 3, "/srv/mail", "/srv/mail/", "/srv/mail/example.com", "/srv/mail/example.com/.hooks"):
+            self.assertConfigError({**base, "hook_spool": bad}, "hook_spool")
+        self.assertEqual(Config.fromMapping({**base, "hook_spool": "/srv/mail/.spool"}).hookSpool, "/srv/mail/.spool")
+
     def test_frozen(self) -> None:
         """
         A configuration cannot be changed once built.
@@ -403,6 +426,7 @@ EVERY_SETTING: dict[str, object] = {
         {"name": "web", "kind": "webhook", "url": "https://hooks.example/in", "format": "multipart",
          "headers": {"Authorization": "Bearer x"}, "backoff": 5, "max_backoff": 50},
     ],
+    "hook_spool": "/var/spool/mailharbor/hooks",
     "policy_hook": "pkg.mod:policy",
     "policy_hook_default": "tempfail",
     "group_commit": "syncfs",
@@ -446,7 +470,9 @@ class AsMappingTests(SynchronousTestCase):
         self.assertEqual(full["dns_servers"], ["192.0.2.53:53", "192.0.2.54:5353", "2001:db8::53"])
         self.assertEqual((full["group_commit"], full["commit_lanes"], full["commit_batch"]), ("syncfs", 3, 8))
         self.assertEqual(full["trusted_proxies"], ["10.0.0.0/24", "fd00::1/128"])
+        self.assertEqual(full["hook_spool"], "/var/spool/mailharbor/hooks")
         plain = Config.fromMapping({"domain": "example.com"}, fqdn=lambda: "mx.example.net").asMapping()
+        self.assertEqual(plain["hook_spool"], os.path.join(plain["maildir"], ".hooks"))
         self.assertLessEqual(set(plain), set(_TOP_LEVEL_KEYS))
         self.assertNotIn("tls_cert", plain)
         self.assertEqual(plain["port"], ["tcp:25"])

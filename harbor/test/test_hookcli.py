@@ -201,3 +201,41 @@ class CommandLineTests(SpoolTestCase):
         status, out, err = self.invoke("list", "--config", config + ".missing")
         self.assertEqual(status, 2)
         self.assertIn("config", err)
+
+    def test_configuredSpoolFromConfig(self) -> None:
+        """
+        With C{--config} the spool is the file's C{hook_spool} when it sets
+        one, whatever its C{maildir}; a C{hook_spool} that is not a path
+        is status 2.
+        """
+        elsewhere = os.path.abspath(self.mktemp())
+        spool = HookSpool(elsewhere)
+        job = Job(jobID(self.event, "other"), "other", self.event, NOW, NOW, 0, None)
+        spool.add([job])
+        config = os.path.abspath(self.mktemp())
+        with open(config, "w") as f:
+            f.write(f"maildir = {json.dumps(self.root)}\nhook_spool = {json.dumps(elsewhere)}\n")
+        status, out, err = self.invoke("list", "--config", config)
+        self.assertEqual(status, 0, err)
+        self.assertIn(job.id, out)
+        self.assertNotIn(self.pendingJob.id, out)
+        with open(config, "w") as f:
+            f.write("hook_spool = 7\n")
+        status, out, err = self.invoke("list", "--config", config)
+        self.assertEqual(status, 2)
+        self.assertIn("hook_spool", err)
+
+    def test_claimedJobsListedAsPending(self) -> None:
+        """
+        A job an instance has claimed (being run) is listed as pending, and
+        is pending, not dead, to C{hooks retry}.
+        """
+        claim = self.spool.claim(self.pendingJob.id, NOW + 60)
+        self.assertIsNotNone(claim)
+        self.assertEqual(os.listdir(os.path.join(self.spool.directory, "pending")), [])
+        status, out, err = self.invoke("list", "--maildir", self.root)
+        self.assertEqual((status, err), (0, ""))
+        self.assertIn(self.pendingJob.id, out)
+        status, _, err = self.invoke("retry", self.pendingJob.id, "--maildir", self.root)
+        self.assertIn(f"{self.pendingJob.id} is pending, not dead", err)
+        self.spool.releaseAll()

@@ -10,6 +10,8 @@ import os
 
 from twisted.trial.unittest import SynchronousTestCase
 
+from attrs import evolve
+
 from harbor.hooks.events import (
     Job,
     MessageGone,
@@ -94,3 +96,23 @@ class NewMessageTests(SynchronousTestCase):
         good = Job(jobID(event, "h"), "h", event, created=NOW, due=NOW + 30, attempts=2, error=None).asJSON()
         for key, value in [("due", float("inf")), ("due", float("nan")), ("created", 1e20), ("due", -1)]:
             self.assertRaises(ValueError, Job.fromJSON, {**good, key: value})
+
+
+class DeliveryIdTests(SynchronousTestCase):
+    """
+    Tests for L{NewMessage.deliveryId}, which a call of a hook carries.
+    """
+
+    def test_notCompared(self) -> None:
+        """
+        The delivery id says which call, not which copy: events that
+        differ only in it are equal, and it is in the JSON form (as a
+        webhook gets it) only when set, read back from it.
+        """
+        event = NewMessage("s@x", "r@y", None, "192.0.2.1", "/m/new/1", "1")
+        called = evolve(event, deliveryId="1,web")
+        self.assertEqual(called, event)
+        self.assertNotIn("delivery_id", event.asJSON())
+        self.assertEqual(called.asJSON()["delivery_id"], "1,web")
+        self.assertEqual(NewMessage.fromJSON(called.asJSON()).deliveryId, "1,web")
+        self.assertRaises(ValueError, NewMessage.fromJSON, {**called.asJSON(), "delivery_id": 3})

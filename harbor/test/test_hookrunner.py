@@ -68,6 +68,14 @@ class RunnerTestCase(SynchronousTestCase):
         """
         return sorted(os.listdir(os.path.join(self.spoolDirectory, "pending")))
 
+    def claimed(self, runner: HookRunner) -> list[str]:
+        """
+        The file names in C{runner}'s claim directory in the spool: the
+        jobs it is running, or has written for deliveries.
+        """
+        directory = runner.spool.claims.directory
+        return sorted(os.listdir(directory)) if os.path.isdir(directory) else []
+
     def dead(self) -> list[str]:
         """
         The file names in the spool's C{dead/}.
@@ -299,7 +307,8 @@ class DispatchTests(RunnerTestCase):
         runner.dispatch(runner.record([later]))
         self.clock.advance(0)
         self.assertEqual(quick.calls, [self.event, later])
-        self.assertEqual(self.pending(), sorted([f"{self.event.id},slow.json", f"{later.id},slow.json"]))
+        self.assertEqual(self.pending(), [])
+        self.assertEqual(self.claimed(runner), sorted([f"{self.event.id},slow.json", f"{later.id},slow.json"]))
 
     def test_maxInFlight(self) -> None:
         """
@@ -350,25 +359,28 @@ class DispatchTests(RunnerTestCase):
             threads.append((f, d))
             return d
 
-        def findMessages() -> None:
-            # Let each attempt's look for its message through.
-            for item in [t for t in threads if getattr(t[0], "__name__", "") == "locate"]:
-                threads.remove(item)
-                item[1].callback(item[0]())
+        def runFirst() -> None:
+            f, d = threads.pop(0)
+            d.callback(f())
 
         hook = FakeHook(outcomes=[HookFailed("x")])
         runner = HookRunner(self.spoolDirectory, [hook], self.clock, later)
+        self.addCleanup(runner.stop)
         (job,) = runner.record([self.event])
         runner.dispatch([job])
         self.clock.advance(0)
-        findMessages()
+        runFirst()  # the claim
+        runFirst()  # the look for the message
+        self.assertEqual((len(hook.calls), len(threads)), (1, 1), "the update is under way")
         self.clock.advance(10)
-        findMessages()
+        self.assertEqual(len(threads), 1, "the retry's claim waits for the update")
+        runFirst()  # the update, which puts the job back in pending/
+        self.assertEqual(self.pending(), [job.id + ".json"])
+        runFirst()  # the retry's claim
+        runFirst()
         self.assertEqual(len(hook.calls), 2)
-        self.assertEqual(len(threads), 1, "the removal waits for the update")
         while threads:
-            f, d = threads.pop(0)
-            d.callback(f())
+            runFirst()
         self.assertEqual(self.pending(), [])
         self.assertEqual(runner.active, {})
 
@@ -640,7 +652,8 @@ class BacklogTests(RunnerTestCase):
         runner = self.runner(hook, window=4, rescanInterval=1e9)
         runner.dispatch(runner.record(self.manyEvents(10)))
         self.clock.advance(0)
-        self.assertEqual((len(runner.active), len(hook.calls), len(self.pending())), (4, 4, 10))
+        self.assertEqual((len(runner.active), len(hook.calls), len(self.pending())), (4, 4, 6))
+        self.assertEqual(len(self.claimed(runner)), 4, "those running are claimed")
         for d in list(hook.waiting):
             d.callback(None)
         self.clock.advance(0)
@@ -984,9 +997,12 @@ class BacklogTests(RunnerTestCase):
         threads.runAll()
         self.assertEqual(hook.calls, [])
         self.clock.advance(30)
+        self.assertEqual((self.pending(), self.claimed(runner)), ([], [jobs[0].id + ".json"]))
         (scan, scanned) = threads.pending.pop(0)
         later = runner.prepare([storeMessage(self, count=2)])
-        runner.persist(later)
+        # Written where another instance could see them (persist claims
+        # them), for this scan to read.
+        runner.spool.add(later)
         result = scan()
         self.assertEqual([job.id for job in result.jobs], [later[0].id])
         scanned.callback(result)
@@ -1014,7 +1030,8 @@ class BacklogTests(RunnerTestCase):
         # listing reads them, but is not heard of yet.
         (scan, scanned) = threads.pending.pop(0)
         jobs = runner.prepare([self.event])
-        runner.persist(jobs)
+        # Unclaimed, as persist does not write them, for the scan to read.
+        runner.spool.add(jobs)
         result = scan()
         self.assertEqual([job.id for job in result.jobs], [jobs[0].id])
         runner.withdraw(jobs)

@@ -143,17 +143,11 @@ class CheckConfigTests(SynchronousTestCase):
 
     def test_workersWithHooks(self) -> None:
         """
-        Worker processes cannot have new-message hooks, configured or given
-        in code; one process can.
+        Worker processes may have new-message hooks, configured or given
+        in code: they share the hook spool, each job claimed by one.
         """
-        expected = "new-message hooks run in one process only; use one worker with [[hook]]"
-        error = self.assertRefused({"domain": "example.com", "workers": 2, "hook": [HOOK]}, "workers")
-        self.assertIsInstance(error, Conflict)
-        self.assertEqual(error.problem, expected)
-        error = self.assertRefused({"domain": "example.com", "workers": 2}, "workers", codeHooks=[object()])
-        self.assertEqual(error.problem, expected)
-        check({"domain": "example.com", "hook": [HOOK]}, codeHooks=[object()])
-        check({"domain": "example.com", "workers": 2})
+        check({"domain": "example.com", "workers": 2, "hook": [HOOK]})
+        check({"domain": "example.com", "workers": 2}, codeHooks=[object()])
 
     def test_hookImport(self) -> None:
         """
@@ -322,11 +316,27 @@ class WorkingDirectoriesTests(SynchronousTestCase):
             for maildir in ("/m/a.example", "/m/a.example/bob", "/m/b.example")
             for path in (maildir, f"{maildir}/tmp", f"{maildir}/new", f"{maildir}/cur")
         ]
-        self.assertEqual(workingDirectories(config, False), maildirs)
-        self.assertEqual(
-            workingDirectories(config, True),
-            [*maildirs, "/m/.hooks", "/m/.hooks/tmp", "/m/.hooks/pending", "/m/.hooks/dead"],
+        self.assertEqual(workingDirectories(config, False), [("/m", maildirs)])
+        spool = ["/m/.hooks", "/m/.hooks/tmp", "/m/.hooks/pending", "/m/.hooks/claimed", "/m/.hooks/dead"]
+        self.assertEqual(workingDirectories(config, True), [("/m", [*maildirs, *spool])])
+
+    def test_spoolElsewhere(self) -> None:
+        """
+        A C{hook_spool} outside the Maildir root is a root of its own, made
+        for the user with its parents made for root.
+        """
+        fs = FakeDirectories({"/srv": directory(0o755), "/var": directory(0o755)})
+        config = Config.fromMapping(
+            {"hostname": "mx.example", "domain": "example.com", "maildir": "/srv/mail", "hook_spool": "/var/spool/hooks"}
         )
+        ((root, _), (spoolRoot, spool)) = workingDirectories(config, True)
+        self.assertEqual((root, spoolRoot), ("/srv/mail", "/var/spool/hooks"))
+        self.assertEqual(spool[0], "/var/spool/hooks")
+        made = prepareForUser(config, NOBODY, True, fs)
+        self.assertIn("/var/spool/hooks/claimed", made)
+        self.assertEqual(fs.paths["/var/spool/hooks/pending"], directory(0o700, 65534, 65534))
+        self.assertEqual(fs.paths["/var/spool/hooks"], directory(0o700, 65534, 65534))
+        self.assertEqual(fs.paths["/var/spool"], directory(0o755))
 
     def test_prepareForUser(self) -> None:
         """
@@ -335,5 +345,6 @@ class WorkingDirectoriesTests(SynchronousTestCase):
         fs = FakeDirectories({"/srv": directory(0o755)})
         config = Config.fromMapping({"hostname": "mx.example", "domain": "example.com", "maildir": "/srv/mail"})
         made = prepareForUser(config, NOBODY, True, fs)
-        self.assertEqual(made, ["/srv/mail", *workingDirectories(config, True)])
+        ((_, directories),) = workingDirectories(config, True)
+        self.assertEqual(made, ["/srv/mail", *directories])
         self.assertEqual(fs.paths["/srv/mail/.hooks/pending"], directory(0o700, 65534, 65534))

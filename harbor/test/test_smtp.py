@@ -619,7 +619,12 @@ class HookJobTests(SMTPTestCase):
         self.patch(HookRunner, "_log", Logger(observer=cast(ILogObserver, self.runnerEvents.append)))
 
     def pendingJobs(self) -> list[str]:
-        return files(self.spool, "pending")
+        """
+        The job files waiting to run, or claimed by the runner (written so
+        by a delivery, and while running).
+        """
+        claimed = self.runner.spool.claims.directory
+        return sorted(files(self.spool, "pending") + (os.listdir(claimed) if os.path.isdir(claimed) else []))
 
     def send(self) -> bytes:
         """
@@ -632,13 +637,14 @@ class HookJobTests(SMTPTestCase):
 
     def test_jobsDurableBeforeRename(self) -> None:
         """
-        The job file is written, fsynced, renamed into the spool's
-        C{pending/} and that directory fsynced, all before the copy is
-        renamed into C{new/}; the hook is called only after the 250.
+        The job file is written, fsynced, renamed into the runner's claim
+        directory in the spool (where no other instance looks) and that
+        directory fsynced, all before the copy is renamed into C{new/};
+        the hook is called only after the 250.
         """
         self.fs.calls.clear()
         self.assertTrue(self.send().startswith(b"250 2.0.0 Ok: stored as "))
-        pending = os.path.join(self.spool, "pending")
+        pending = self.runner.spool.claims.directory
         new = os.path.join(self.root, "example.com", "new")
         calls = [(name, path) for name, path in self.fs.calls if name != "makeDirectories"]
         job = next(i for i, (name, path) in enumerate(calls) if path.startswith(os.path.join(self.spool, "tmp")))
@@ -660,7 +666,7 @@ class HookJobTests(SMTPTestCase):
         is renamed, nothing stored, no job left or counted.
         """
         self.fs.failOn = "syncDirectory"
-        self.fs.failUnder = os.path.join(self.spool, "pending")
+        self.fs.failUnder = self.runner.spool.claims.directory
         self.fs.calls.clear()
         self.assertEqual(self.send(), b"452 4.3.1 Error: insufficient system storage\r\n")
         self.assertNothingStored()

@@ -85,6 +85,17 @@ class OptionsTests(SynchronousTestCase):
         self.assertEqual([d.name for d in config.domains], ["b.example"])
         self.assertEqual(config.maildir, "/srv/mail")
 
+    def test_hookSpoolOption(self) -> None:
+        """
+        C{--hook-spool} sets the hook spool, over the file's C{hook_spool};
+        without either it follows C{--maildir}.
+        """
+        path = self.writeConfig('domain = ["a.example"]\nmaildir = "/srv/mail"\nhook_spool = "/srv/spool"\n')
+        self.assertEqual(parse("--config", path).config.hookSpool, "/srv/spool")
+        self.assertEqual(parse("--config", path, "--hook-spool", "/var/hooks").config.hookSpool, "/var/hooks")
+        self.assertEqual(parse("--domain", "a.example", "--maildir", "/m").config.hookSpool, "/m/.hooks")
+        self.assertUsageError(["--domain", "a.example", "--maildir", "/m", "--hook-spool", "/m"], "--hook-spool")
+
     def test_configErrorsNameFileAndKey(self) -> None:
         """
         An error in the file names the file and the key.
