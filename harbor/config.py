@@ -79,6 +79,7 @@ _TOP_LEVEL_KEYS = frozenset(
         "group_commit",
         "commit_lanes",
         "commit_batch",
+        "metrics",
     }
     | set(LIMIT_KEYS)
 )
@@ -148,6 +149,8 @@ class Config:
     @ivar commitBatch: The most messages one of them commits at a time.
     @ivar policyHookDefault: What a failing or slow policy hook means:
         C{"accept"} or C{"tempfail"}.
+    @ivar metrics: The endpoint serving C{/metrics}, C{/healthz} and
+        C{/readyz}, without authentication, or L{None} for none.
     """
 
     listeners: tuple[Listener, ...]
@@ -168,6 +171,7 @@ class Config:
     groupCommit: str = DEFAULT_COMMIT_MODE
     commitLanes: int = DEFAULT_COMMIT_LANES
     commitBatch: int = DEFAULT_COMMIT_BATCH
+    metrics: str | None = None
 
     @property
     def ports(self) -> tuple[str, ...]:
@@ -217,6 +221,8 @@ class Config:
             commit_lanes=self.commitLanes,
             commit_batch=self.commitBatch,
         )
+        if self.metrics is not None:
+            mapping["metrics"] = self.metrics
         return mapping
 
     @classmethod
@@ -327,6 +333,7 @@ class Config:
             groupCommit=_groupCommit(mapping),
             commitLanes=_count(mapping, "commit_lanes", DEFAULT_COMMIT_LANES, MAX_COMMIT_LANES),
             commitBatch=_count(mapping, "commit_batch", DEFAULT_COMMIT_BATCH, MAX_COMMIT_BATCH),
+            metrics=_metrics(mapping),
         )
 
 
@@ -354,6 +361,31 @@ def _count(mapping: Mapping[str, Any], key: str, default: int, maximum: int) -> 
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= maximum:
         raise ConfigError(key, f"must be a whole number from 1 to {maximum}")
     return value
+
+
+def _metrics(mapping: Mapping[str, Any]) -> str | None:
+    """
+    The C{metrics} setting: an endpoint, a bare port number meaning that
+    port on 127.0.0.1 (the metrics and health checks have no
+    authentication), or L{None}.
+    """
+    value = mapping.get("metrics")
+    if value is None or value is False or value == "":
+        return None
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise ConfigError("metrics", "must be a port number or an endpoint, e.g. 9025 or tcp:9025:interface=10.0.0.5")
+    return loopbackEndpoint(str(value))
+
+
+def loopbackEndpoint(description: str) -> str:
+    """
+    A bare port number as a loopback TCP endpoint; anything else as it is
+    (an endpoint string, parsed at start).
+    """
+    description = description.strip()
+    if description.isdigit():
+        return f"tcp:{description}:interface=127.0.0.1"
+    return description
 
 
 def _policyHook(mapping: Mapping[str, Any]) -> str | None:

@@ -45,7 +45,7 @@ from attrs import evolve
 from OpenSSL import SSL
 
 from harbor._logging import PublishedLogger
-from harbor.delivery import Deliverer, PathAddress, Session, applyFilters
+from harbor.delivery import Deliverer, PathAddress, Session, applyFilters, refusalOf
 from harbor.dnsbl import SharedResult
 from harbor.filters import Filter
 from harbor.limits import ConnectionCounter, FailureTracker, Limits
@@ -173,6 +173,7 @@ class HarborESMTP(SessionDriver):
         )
         self._registry = registry
         self._shuttingDown = False
+        self._draining = False
         self._storing = False
         self._transactions = 0
         self._started = clock.seconds()
@@ -212,6 +213,9 @@ class HarborESMTP(SessionDriver):
                 "client={client} refused: {reason}",
                 client=self.session.clientAddress,
                 reason=refusal,
+                verb="CONNECT",
+                refusal="connection_limit",
+                harbor_event="refusal",
             )
             self._send(Reply(421, "4.7.0", f"{self._hostname} Error: {refusal}"))
             self._close()
@@ -326,6 +330,7 @@ class HarborESMTP(SessionDriver):
         logRendered(
             self._log,
             SESSION_LINE,
+            harbor_event="session",
             client=self.session.clientAddress,
             helo=self.session.helo or "-",
             tls=self.session.tls or "-",
@@ -344,10 +349,21 @@ class HarborESMTP(SessionDriver):
         self._shuttingDown = True
         self._finishShutdown()
 
+    def drain(self) -> None:
+        """
+        The server is draining: finish the transaction in progress, if
+        any (its sender may still add recipients and send the message),
+        and the command being answered, then say goodbye with 421 4.3.2.
+        """
+        self._draining = True
+        self._finishShutdown()
+
     def _finishShutdown(self) -> None:
-        if not self._shuttingDown or self._closed:
+        if not (self._shuttingDown or self._draining) or self._closed:
             return
         if self._smtp.receivingBody or self._storing:
+            return
+        if not self._shuttingDown and (self._tx is not None or self._waiting):
             return
         self._endTransaction("abandoned: server shutting down")
         self._send(Reply(421, "4.3.2", f"{self._hostname} Service shutting down, try again later"))
@@ -376,16 +392,26 @@ class HarborESMTP(SessionDriver):
         if self._greeting is not None and not self._closed:
             self._greeting.cancel()
             self._greeting = None
-            self._log.info("client={client} talked before the greeting", client=self.session.clientAddress)
+            self._log.info(
+                "client={client} talked before the greeting",
+                client=self.session.clientAddress,
+                verb="CONNECT",
+                refusal="pregreet",
+                harbor_event="refusal",
+            )
             self._send(TALKED_TOO_SOON)
             self._close()
             return
         super().dataReceived(data)
 
-    def _reply(self, reply: Reply, counted: bool = True) -> None:
+    def _reply(self, reply: Reply, counted: bool = True, refusal: str | None = None) -> None:
         """
         Send a reply to a command, log it if a refusal, and hang up if the
-        session says the client has made too many errors.
+        session says the client has made too many errors (or, draining,
+        once its transaction is over).
+
+        @param refusal: Why, if a refusal whose reason the deliverer
+            knows (see L{harbor.delivery.refusal}), for the metrics.
         """
         self.transport.write(self._smtp.send(reply, counted))
         if reply.code >= 400:
@@ -396,10 +422,14 @@ class HarborESMTP(SessionDriver):
                 code=reply.code,
                 enhanced=reply.enhanced or "",
                 reason=reply.text,
+                refusal=refusal,
+                harbor_event="refusal",
             )
         if self._smtp.errorLimitReached and not self._closed:
             self._endTransaction("too many errors")
             self._close()
+        elif self._draining:
+            self._finishShutdown()
 
     def _refusalReply(self, failure: Failure, default: str, what: str) -> Reply:
         """
@@ -542,7 +572,10 @@ class HarborESMTP(SessionDriver):
             self._reply(SENDER_OK)
 
         def refused(failure: Failure) -> None:
-            self._reply(self._refusalReply(failure, "5.7.1", "Sender validation failed"))
+            self._reply(
+                self._refusalReply(failure, "5.7.1", "Sender validation failed"),
+                refusal=refusalOf(failure.value),
+            )
 
         self._waitFor(maybeDeferred(delivery.validateFrom, self._clientHelo, origin), accepted, refused)
 
@@ -557,7 +590,10 @@ class HarborESMTP(SessionDriver):
 
         def refused(failure: Failure) -> None:
             tx.rejected.append(event.path.mailbox)
-            self._reply(self._refusalReply(failure, "5.1.1", "Recipient validation failed"))
+            self._reply(
+                self._refusalReply(failure, "5.1.1", "Recipient validation failed"),
+                refusal=refusalOf(failure.value),
+            )
 
         self._waitFor(maybeDeferred(tx.delivery.validateTo, user), accepted, refused)
 

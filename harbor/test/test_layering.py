@@ -30,7 +30,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("harbor._syntax", "harbor._logging", "harbor._awaitable"),
     ("harbor.address",),
     ("harbor.routing", "harbor.limits", "harbor.filters", "harbor.access"),
-    ("harbor.store", "harbor.tls", "harbor.auth", "harbor.ownership"),
+    ("harbor.store", "harbor.tls", "harbor.auth", "harbor.ownership", "harbor.metrics", "harbor.health", "harbor.drain"),
     ("harbor.hooks.config",),
     ("harbor.config",),
     ("harbor.hooks", "harbor.hooks.backlog", "harbor.hooks.attempts", "harbor.dnsbl", "harbor.policyhook"),
