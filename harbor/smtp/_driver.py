@@ -223,6 +223,7 @@ class SessionDriver(Protocol):
                     if isinstance(event, Wait):
                         break
                     getattr(self, self._handlers[type(event)])(event)
+                    self._handled()
                 except Exception:  # noqa: BLE001 -- a bug must not leave the client without a reply
                     self._log.failure("Error handling {verb} command", verb=self._smtp.verb)
                     self._reply(PROCESSING_ERROR)
@@ -343,6 +344,11 @@ class SessionDriver(Protocol):
             self._log.failure("Unexpected error sending a reply")
         finally:
             self._settled()
+
+    def _handled(self) -> None:
+        """
+        An event has been acted on (its reply sent, or awaited).
+        """
 
     def _settled(self) -> None:
         """

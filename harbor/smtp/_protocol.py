@@ -407,8 +407,7 @@ class HarborESMTP(SessionDriver):
     def _reply(self, reply: Reply, counted: bool = True, refusal: str | None = None) -> None:
         """
         Send a reply to a command, log it if a refusal, and hang up if the
-        session says the client has made too many errors (or, draining,
-        once its transaction is over).
+        session says the client has made too many errors.
 
         @param refusal: Why, if a refusal whose reason the deliverer
             knows (see L{harbor.delivery.refusal}), for the metrics.
@@ -428,8 +427,6 @@ class HarborESMTP(SessionDriver):
         if self._smtp.errorLimitReached and not self._closed:
             self._endTransaction("too many errors")
             self._close()
-        elif self._draining:
-            self._finishShutdown()
 
     def _refusalReply(self, failure: Failure, default: str, what: str) -> Reply:
         """
@@ -445,6 +442,12 @@ class HarborESMTP(SessionDriver):
 
     def _settled(self) -> None:
         self._finishShutdown()
+
+    def _handled(self) -> None:
+        if self._draining:
+            # Once the command is answered: a transaction it ended (RSET,
+            # a refused message) leaves the session free to go.
+            self._finishShutdown()
 
     def _replyToFailure(self, failure: Failure) -> None:
         self._reply(failureReply(failure, self._log))
