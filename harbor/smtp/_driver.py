@@ -222,8 +222,7 @@ class SessionDriver(Protocol):
                     event = self._smtp.nextEvent()
                     if isinstance(event, Wait):
                         break
-                    getattr(self, self._handlers[type(event)])(event)
-                    self._handled()
+                    self._dispatch(event)
                 except Exception:  # noqa: BLE001 -- a bug must not leave the client without a reply
                     self._log.failure("Error handling {verb} command", verb=self._smtp.verb)
                     self._reply(PROCESSING_ERROR)
@@ -345,10 +344,11 @@ class SessionDriver(Protocol):
         finally:
             self._settled()
 
-    def _handled(self) -> None:
+    def _dispatch(self, event: Any) -> None:
         """
-        An event has been acted on (its reply sent, or awaited).
+        Act on one of the session's events.
         """
+        getattr(self, self._handlers[type(event)])(event)
 
     def _settled(self) -> None:
         """

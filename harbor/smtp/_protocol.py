@@ -174,6 +174,8 @@ class HarborESMTP(SessionDriver):
         self._registry = registry
         self._shuttingDown = False
         self._draining = False
+        # Draining, with its work done: the next command is its last.
+        self._leaving = False
         self._storing = False
         self._transactions = 0
         self._started = clock.seconds()
@@ -351,23 +353,38 @@ class HarborESMTP(SessionDriver):
 
     def drain(self) -> None:
         """
-        The server is draining: finish the transaction in progress, if
-        any (its sender may still add recipients and send the message),
-        and the command being answered, then say goodbye with 421 4.3.2.
+        The server is draining.  An idle session is told 421 4.3.2 at
+        once.  One in a transaction may finish it (more recipients, the
+        message and its reply), one with a command being answered gets
+        its reply; then the next command gets 421 4.3.2, unless it is
+        QUIT, which gets its 221 as always.
         """
         self._draining = True
-        self._finishShutdown()
+        if not self._closed and not self._busyDraining():
+            self._goodbye()
 
-    def _finishShutdown(self) -> None:
-        if not (self._shuttingDown or self._draining) or self._closed:
-            return
-        if self._smtp.receivingBody or self._storing:
-            return
-        if not self._shuttingDown and (self._tx is not None or self._waiting):
-            return
+    def _busyDraining(self) -> bool:
+        return self._smtp.receivingBody or self._storing or self._tx is not None or self._waiting
+
+    def _drainStep(self) -> None:
+        """
+        A command of a draining session has been answered: once its
+        transaction is over, the next command is its last.
+        """
+        if not self._closed and not self._busyDraining():
+            self._leaving = True
+
+    def _goodbye(self) -> None:
         self._endTransaction("abandoned: server shutting down")
         self._send(Reply(421, "4.3.2", f"{self._hostname} Service shutting down, try again later"))
         self._close()
+
+    def _finishShutdown(self) -> None:
+        if not self._shuttingDown or self._closed:
+            return
+        if self._smtp.receivingBody or self._storing:
+            return
+        self._goodbye()
 
     def timedOut(self, missed: Missed) -> None:
         """
@@ -442,12 +459,18 @@ class HarborESMTP(SessionDriver):
 
     def _settled(self) -> None:
         self._finishShutdown()
-
-    def _handled(self) -> None:
         if self._draining:
-            # Once the command is answered: a transaction it ended (RSET,
-            # a refused message) leaves the session free to go.
-            self._finishShutdown()
+            self._drainStep()
+
+    def _dispatch(self, event: Any) -> None:
+        if self._leaving and not isinstance(event, Quit):
+            # Draining, and this session's work is done: QUIT gets its
+            # 221, anything else the goodbye.
+            self._goodbye()
+            return
+        super()._dispatch(event)
+        if self._draining:
+            self._drainStep()
 
     def _replyToFailure(self, failure: Failure) -> None:
         self._reply(failureReply(failure, self._log))

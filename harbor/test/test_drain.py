@@ -71,7 +71,8 @@ class SessionDrainTests(SynchronousTestCase):
     def test_transactionBeforeDataFinishes(self) -> None:
         """
         A session between MAIL and DATA may carry on: more recipients, the
-        message, its 250, and only then 421 4.3.2; the message is stored.
+        message and its 250; its next command gets 421 4.3.2.  The message
+        is stored.
         """
         smtp = self.connect()
         smtp.send(ENVELOPE)
@@ -81,23 +82,70 @@ class SessionDrainTests(SynchronousTestCase):
         self.assertEqual(smtp.send(b"DATA\r\n")[:3], b"354")
         smtp.send(b"Subject: x\r\n\r\nbody\r\n.\r\n")
         self.threads.runAll()
-        replies = smtp.take().split(b"\r\n")
-        self.assertTrue(replies[0].startswith(b"250 2.0.0 Ok: stored as "), replies)
-        self.assertEqual(replies[1] + b"\r\n", GOODBYE)
+        self.assertTrue(smtp.take().startswith(b"250 2.0.0 Ok: stored as "))
+        self.assertFalse(smtp.transport.disconnecting)
+        self.assertEqual(smtp.send(b"MAIL FROM:<s@x.org>\r\n"), GOODBYE)
         self.assertTrue(smtp.transport.disconnecting)
         # One copy per recipient.
         self.assertEqual(len(files(self.root, "example.com", "new")), 2)
         smtp.close()
 
+    def test_quitAfterTransaction(self) -> None:
+        """
+        A draining session's QUIT after its message gets 221 as always, so
+        a client that sent its mail sees nothing amiss.
+        """
+        smtp = self.connect()
+        smtp.send(ENVELOPE + b"DATA\r\n")
+        self.registry.drain()
+        smtp.send(b"Subject: x\r\n\r\nbody\r\n.\r\nQUIT\r\n")
+        self.threads.runAll()
+        replies = smtp.take().split(b"\r\n")
+        self.assertTrue(replies[0].startswith(b"250 2.0.0 Ok: stored as "), replies)
+        self.assertEqual(replies[1], b"221 2.0.0 Bye")
+        smtp.close()
+
     def test_resetEndsTransaction(self) -> None:
         """
         A draining session whose client resets its transaction gets the
-        RSET's 250, then 421 4.3.2.
+        RSET's 250, then 421 4.3.2 to its next command.
         """
         smtp = self.connect()
         smtp.send(ENVELOPE)
         self.registry.drain()
-        self.assertEqual(smtp.send(b"RSET\r\n"), b"250 2.0.0 Ok\r\n" + GOODBYE)
+        self.assertEqual(smtp.send(b"RSET\r\nNOOP\r\n"), b"250 2.0.0 Ok\r\n" + GOODBYE)
+        smtp.close()
+
+    def test_commandBeingAnswered(self) -> None:
+        """
+        A session whose command waits for its answer (a slow delivery
+        check) when the drain comes gets that answer first.
+        """
+        from twisted.internet.defer import Deferred
+
+        smtp = self.connect()
+        waiting: Deferred[object] = Deferred()
+        delivery = self.deliverer.factoryFor(smtp.protocol.session).getMessageDelivery()
+        self.patch(type(delivery), "validateFrom", lambda self, helo, origin: waiting.addCallback(lambda _: origin))
+        smtp.send(b"MAIL FROM:<s@x.org>\r\n")
+        self.registry.drain()
+        self.assertEqual(smtp.take(), b"")
+        waiting.callback(None)
+        self.assertEqual(smtp.take(), b"250 2.1.0 Ok\r\n")
+        self.assertEqual(smtp.send(b"RSET\r\nNOOP\r\n"), b"250 2.0.0 Ok\r\n" + GOODBYE)
+        smtp.close()
+
+    def test_shutdownEndsLeavingSession(self) -> None:
+        """
+        A session waiting for its last command when the server stops is
+        told 421 4.3.2 then.
+        """
+        smtp = self.connect()
+        smtp.send(ENVELOPE)
+        self.registry.drain()
+        smtp.send(b"RSET\r\n")
+        self.registry.shutdown(30, self.clock)
+        self.assertEqual(smtp.take(), GOODBYE)
         smtp.close()
 
     def test_notDrainingServesOn(self) -> None:
