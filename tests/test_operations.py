@@ -60,6 +60,14 @@ def samples(text: bytes) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]
     }
 
 
+def writeFile(path: str, text: str) -> None:
+    """
+    Write a small file (a configuration) before the reactor is needed.
+    """
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(text)
+
+
 def refused(port: int) -> bool:
     """
     Whether a TCP connection to C{port} on loopback is refused.
@@ -121,8 +129,7 @@ class DrainTests(TestCase):
         workdir = os.path.abspath(self.mktemp())
         os.makedirs(workdir)
         config = os.path.join(workdir, "mailharbor.toml")
-        with open(config, "w") as f:
-            f.write("drain_delay = 1\n")
+        writeFile(config, "drain_delay = 1\n")
         pidfile = os.path.join(workdir, "twistd.pid")
         process, port = await startTwistdServer(
             self,
