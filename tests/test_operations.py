@@ -11,6 +11,7 @@ import io
 import mailbox
 import os
 import re
+import signal
 import smtplib
 import socket
 import urllib.error
@@ -168,3 +169,30 @@ class DrainTests(TestCase):
         self.assertEqual((await inThread(client.quit))[0], 221)
         self.assertEqual(await process.wait(), 0)
         self.assertIn(b"Drained (every session has ended)", process.output)
+
+    async def test_workersDrainToo(self) -> None:
+        """
+        With C{--workers 2}, the drain signal reaches the worker, which
+        drains and ends by itself; the first process then exits with 0.
+        """
+        workdir = os.path.abspath(self.mktemp())
+        os.makedirs(workdir)
+        config = os.path.join(workdir, "mailharbor.toml")
+        writeFile(config, "drain_delay = 0.5\n")
+        process, port = await startTwistdServer(
+            self, os.path.join(workdir, "Maildir"), serviceArguments=["--config", config, "--workers", "2"]
+        )
+        await pollUntil(lambda: b"Started worker 1" in process.output, "the worker starts")
+        await pollUntil(lambda: b"worker 1: " in process.output and b"receiving mail" in process.output, "the worker runs")
+        self.assertEqual(await inThread(sendOne, port, f"a@{DOMAIN}", MESSAGE), {})
+        process.transport.signalProcess(signal.SIGUSR2)
+        self.assertEqual(await process.wait(), 0)
+        output = process.output.decode(errors="replace")
+        self.assertRegex(output, r"worker 1: .*Drained \(every session has ended\)")
+        lines = output.splitlines()
+        ended = [n for n, line in enumerate(lines) if "Worker 1 ended" in line]
+        drained = [n for n, line in enumerate(lines) if "Drained (" in line and "worker 1: " not in line]
+        # The first process waited for its worker before it stopped.
+        self.assertEqual(len(ended), 1)
+        self.assertEqual(len(drained), 1)
+        self.assertLess(ended[0], drained[0])
