@@ -39,8 +39,12 @@ HAPROXY = shutil.which("haproxy") or "/usr/sbin/haproxy"
 CLIENTS = 4
 MESSAGE = b"From: a@remote.example\r\nSubject: rolling\r\n\r\nHello.\r\n"
 
-# The health check of the README's etc/haproxy example, made fast for a
-# test: every 200 ms, one failure takes a server out, one success back.
+ETC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "etc")
+FRAGMENT = os.path.join(ETC, "haproxy", "readyz-check.cfg")
+
+# The balancer around the backend lines of etc/haproxy/readyz-check.cfg
+# (its check, retries and redispatch), with the test's own servers,
+# checked every 200 ms: one failure takes a server out, one success back.
 CONFIG = """\
 global
     maxconn 1000
@@ -51,8 +55,6 @@ defaults
     timeout client 30s
     timeout server 30s
     timeout check 1s
-    retries 3
-    option redispatch
 
 frontend smtp
     bind 127.0.0.1:{front}
@@ -60,11 +62,21 @@ frontend smtp
 
 backend mailharbor
     balance roundrobin
-    option httpchk GET /readyz
-    http-check expect status 200
+{backend}
     default-server inter 200ms fall 1 rise 1
 {servers}
 """
+
+
+def fragmentLines() -> str:
+    """
+    The backend settings of the shipped fragment, but its servers.
+    """
+    with open(FRAGMENT, encoding="utf-8") as f:
+        lines = f.read().split("backend mailharbor\n", 1)[1].splitlines()
+    kept = [line for line in lines if line.strip() and not line.strip().startswith(("#", "server "))]
+    assert any("httpchk GET /readyz" in line for line in kept), kept
+    return "\n".join(kept)
 
 
 def freePorts(count: int) -> list[int]:
@@ -182,7 +194,7 @@ class RollingRestartTests(TestCase):
             f"    server {i.name} 127.0.0.1:{i.smtp} check port {i.metrics}" for i in instances
         )
         path = os.path.abspath(self.mktemp())
-        writeFile(path, CONFIG.format(front=front, servers=servers))
+        writeFile(path, CONFIG.format(front=front, backend=fragmentLines(), servers=servers))
         output = TwistdOutput()
         transport = reactor.spawnProcess(output, HAPROXY, [HAPROXY, "-db", "-f", path], env={})
 
