@@ -13,6 +13,7 @@ C{KillMode=mixed}), which passes SIGHUP and SIGTERM on.
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import sys
 from collections.abc import Sequence
@@ -100,7 +101,7 @@ class Workers:
     def signal(self, name: str) -> None:
         """
         Send every worker still running the signal C{name} (C{"HUP"},
-        C{"TERM"}).
+        C{"TERM"}, C{"USR2"}).
         """
         for worker in self._workers:
             worker.signal(name)
@@ -134,7 +135,9 @@ class _Worker(ProcessProtocol):
 
     def signal(self, name: str) -> None:
         try:
-            self.transport.signalProcess(name)
+            # By number: Twisted knows only a few signals by name, and not
+            # SIGUSR2, the drain's.
+            self.transport.signalProcess(getattr(signal, f"SIG{name}"))
         except ProcessExitedAlready:
             pass
 

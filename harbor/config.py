@@ -82,6 +82,7 @@ _TOP_LEVEL_KEYS = frozenset(
         "commit_lanes",
         "commit_batch",
         "trusted_proxies",
+        "metrics",
     }
     | set(LIMIT_KEYS)
 )
@@ -161,6 +162,8 @@ class Config:
     @ivar trustedProxies: The networks (CIDR) allowed to send a PROXY
         header to C{haproxy:} listeners; a connection from anywhere else
         is closed unread.
+    @ivar metrics: The endpoint serving C{/metrics}, C{/healthz} and
+        C{/readyz}, without authentication, or L{None} for none.
     """
 
     listeners: tuple[Listener, ...]
@@ -183,6 +186,8 @@ class Config:
     commitLanes: int = DEFAULT_COMMIT_LANES
     commitBatch: int = DEFAULT_COMMIT_BATCH
     trustedProxies: tuple[str, ...] = DEFAULT_TRUSTED_PROXIES
+
+    metrics: str | None = None
 
     def __attrs_post_init__(self) -> None:
         if not self.hookSpool:
@@ -239,6 +244,8 @@ class Config:
             commit_batch=self.commitBatch,
             trusted_proxies=list(self.trustedProxies),
         )
+        if self.metrics is not None:
+            mapping["metrics"] = self.metrics
         return mapping
 
     @classmethod
@@ -354,6 +361,7 @@ class Config:
             commitLanes=_count(mapping, "commit_lanes", DEFAULT_COMMIT_LANES, MAX_COMMIT_LANES),
             commitBatch=_count(mapping, "commit_batch", DEFAULT_COMMIT_BATCH, MAX_COMMIT_BATCH),
             trustedProxies=trustedProxies,
+            metrics=_metrics(mapping),
         )
 
 
@@ -381,6 +389,31 @@ def _count(mapping: Mapping[str, Any], key: str, default: int, maximum: int) -> 
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= maximum:
         raise ConfigError(key, f"must be a whole number from 1 to {maximum}")
     return value
+
+
+def _metrics(mapping: Mapping[str, Any]) -> str | None:
+    """
+    The C{metrics} setting: an endpoint, a bare port number meaning that
+    port on 127.0.0.1 (the metrics and health checks have no
+    authentication), or L{None}.
+    """
+    value = mapping.get("metrics")
+    if value is None or value is False or value == "":
+        return None
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise ConfigError("metrics", "must be a port number or an endpoint, e.g. 9025 or tcp:9025:interface=10.0.0.5")
+    return loopbackEndpoint(str(value))
+
+
+def loopbackEndpoint(description: str) -> str:
+    """
+    A bare port number as a loopback TCP endpoint; anything else as it is
+    (an endpoint string, parsed at start).
+    """
+    description = description.strip()
+    if description.isdigit():
+        return f"tcp:{description}:interface=127.0.0.1"
+    return description
 
 
 def _policyHook(mapping: Mapping[str, Any]) -> str | None:

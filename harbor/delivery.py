@@ -182,6 +182,26 @@ class Recipient:
     accept: Accept
 
 
+_E = TypeVar("_E", bound=Exception)
+
+
+def refusal(error: _E, reason: str) -> _E:
+    """
+    Mark a refusal with why it was made (C{"filter"}, C{"dnsbl"},
+    C{"unknown_recipient"}, ...), for the log event of its reply and the
+    metrics counted from it.
+    """
+    error.refusal = reason  # type: ignore[attr-defined]
+    return error
+
+
+def refusalOf(error: BaseException | None) -> str | None:
+    """
+    Why C{error} was raised, if L{refusal} marked it.
+    """
+    return getattr(error, "refusal", None)
+
+
 def applyFilters(
     filters: Sequence[Filter],
     stage: str,
@@ -200,6 +220,7 @@ def applyFilters(
     if matched is not None:
         _filterLog.info(
             "client={client} filter {action} at {stage}: {filter}",
+            harbor_event="filter",
             client=client,
             action=matched.action,
             stage=stage,
@@ -334,7 +355,7 @@ class HarborDelivery:
         self._senderForms = self._deliverer.policy.lookupForms(self.sender) if self._deliverer.filters else ()
         matched = self._filter("mail")
         if matched is not None and matched.action in ("reject", "tempfail"):
-            raise SMTPBadSender(origin, matched.code, f"{matched.enhanced} {matched.text}")
+            raise refusal(SMTPBadSender(origin, matched.code, f"{matched.enhanced} {matched.text}"), "filter")
         return origin
 
     def _filter(self, stage: str, recipient: Path | None = None) -> Filter | None:
@@ -366,10 +387,10 @@ class HarborDelivery:
         try:
             path = pathOf(user.dest, utf8=self._session.utf8)
         except AddressSyntaxError as e:
-            raise SMTPBadRcpt(user, 501, f"5.1.3 Bad recipient address syntax: {e}") from None
+            raise refusal(SMTPBadRcpt(user, 501, f"5.1.3 Bad recipient address syntax: {e}"), "bad_address") from None
         filtered = self._filter("rcpt", path)
         if filtered is not None and filtered.action in ("reject", "tempfail"):
-            raise SMTPBadRcpt(user, filtered.code, f"{filtered.enhanced} {filtered.text}")
+            raise refusal(SMTPBadRcpt(user, filtered.code, f"{filtered.enhanced} {filtered.text}"), "filter")
         if filtered is not None and filtered.action == "discard":
             return self.message
         blocklist = self._session.blocklist
@@ -387,7 +408,10 @@ class HarborDelivery:
     ) -> MessageFactory | Deferred[MessageFactory]:
         if listed is not None:
             client = self._session.clientAddress
-            raise SMTPBadRcpt(user, 554, f"5.7.1 Service unavailable; client [{client}] blocked using {listed}")
+            raise refusal(
+                SMTPBadRcpt(user, 554, f"5.7.1 Service unavailable; client [{client}] blocked using {listed}"),
+                "dnsbl",
+            )
         return self._route(user, path)
 
     def _route(self, user: User, path: Path) -> MessageFactory | Deferred[MessageFactory]:
@@ -406,7 +430,8 @@ class HarborDelivery:
         else:
             decision = self._deliverer.policy.decide(path)
         if isinstance(decision, Reject):
-            raise SMTPBadRcpt(user, decision.code, f"{decision.enhanced} {decision.text}")
+            reason = "relay_denied" if decision.enhanced == "5.7.1" else "unknown_recipient"
+            raise refusal(SMTPBadRcpt(user, decision.code, f"{decision.enhanced} {decision.text}"), reason)
         accepts = decision
         self._checkBacklog(user)
         policy = self._deliverer.policyHook
@@ -415,7 +440,7 @@ class HarborDelivery:
 
         def decided(refuse: Refuse | None) -> Callable[[], HarborMessage]:
             if refuse is not None:
-                raise SMTPBadRcpt(user, refuse.code, f"{refuse.enhanced} {refuse.text}")
+                raise refusal(SMTPBadRcpt(user, refuse.code, f"{refuse.enhanced} {refuse.text}"), "policy_hook")
             return self._add(path, accepts)
 
         request = self.request("rcpt", (canonicalAddress(path),))
@@ -447,7 +472,7 @@ class HarborDelivery:
         try:
             hooks.checkBacklog()
         except BacklogFull:
-            raise SMTPBadRcpt(user, 451, BACKLOG_FULL) from None
+            raise refusal(SMTPBadRcpt(user, 451, BACKLOG_FULL), "hook_backlog") from None
 
     def _add(self, path: Path, accepts: tuple[Accept, ...]) -> Callable[[], HarborMessage]:
         for accept in accepts:

@@ -72,7 +72,11 @@ class Limits:
         stores it as a line end, as Postfix 3.9 does by default;
         C{"reject"} refuses the message with 550 5.5.2.
     @ivar shutdownGrace: Seconds a stopping server gives messages being
-        received to finish.
+        received to finish, and a draining one its open sessions.
+    @ivar drainDelay: Seconds between a drain failing C{/readyz} and the
+        SMTP ports closing, so that a balancer's health check notices
+        first (HAProxy's defaults, C{inter 2s} and C{fall 3}, take up to
+        6 s).
     @ivar dnsblTimeout: Seconds to wait for DNS blocklist answers; no
         answer in time means not listed.
     @ivar pregreetWait: Seconds the banner is held back to catch clients
@@ -105,6 +109,7 @@ class Limits:
     connectionLimitExceptions: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
     bareNewline: str = "normalize"
     shutdownGrace: float = 30
+    drainDelay: float = 7
     dnsblTimeout: float = 5
     pregreetWait: float = 0
     listenBacklog: int = 1024
@@ -128,6 +133,7 @@ LIMIT_KEYS: dict[str, tuple[str, float, type]] = {
     "max_connections": ("maxConnections", 1, int),
     "max_connections_per_client": ("maxConnectionsPerClient", 1, int),
     "shutdown_grace": ("shutdownGrace", 0, float),
+    "drain_delay": ("drainDelay", 0, float),
     "dnsbl_timeout": ("dnsblTimeout", 0.1, float),
     "pregreet_wait": ("pregreetWait", 0, float),
     "listen_backlog": ("listenBacklog", 1, int),

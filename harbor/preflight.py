@@ -79,6 +79,8 @@ def checkConfig(
     """
     for listener in config.listeners:
         checkEndpoint(listener.port, _portSetting(listener))
+    if config.metrics is not None:
+        checkEndpoint(config.metrics, "metrics")
     if config.tls is not None:
         try:
             loadCertificateOptions(config.tls.certificate, config.tls.key)

@@ -15,17 +15,18 @@ from __future__ import annotations
 
 import signal
 import sys
+import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
 from twisted.application.service import IProcess, MultiService, Service
 from twisted.cred.checkers import ICredentialsChecker
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
 from twisted.internet.protocol import Factory
 from twisted.internet.threads import deferToThreadPool
-from twisted.logger import ILogObserver, jsonFileLogObserver
+from twisted.logger import ILogObserver, globalLogPublisher, jsonFileLogObserver
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
@@ -34,9 +35,12 @@ from harbor._workers import Workers
 from harbor.access import Identity
 from harbor.auth import Authenticate, CallbackChecker, TextOrBytes, UsersFileChecker
 from harbor.config import Config, withBacklog
+from harbor.drain import DRAIN_SIGNAL, Drain
+from harbor.health import Readiness, operationsSite
 from harbor.hooks.kinds import IHook, loadHooks
 from harbor.hooks.runner import HookRunner
 from harbor.limits import ConnectionCounter, FailureTracker, Throttle
+from harbor.metrics import Metrics, MetricsResource
 from harbor.ownership import AccessProblem, identityAfterDrop
 from harbor.policyhook import PolicyHook, PolicyRequest, loadPolicyHook
 from harbor.preflight import prepareForUser
@@ -53,7 +57,12 @@ from harbor.tls import ReloadableTLS, TLSConfigurationError
 Reread = Callable[[], tuple[Config, Sequence[ICredentialsChecker]]]
 
 
-def commitPath(config: Config, runInThread: RunInThread[Any]) -> tuple[RealFileSystem, CommitQueue]:
+def commitPath(
+    config: Config,
+    runInThread: RunInThread[Any],
+    observe: Callable[[float], None] | None = None,
+    clock: Callable[[], float] = time.monotonic,
+) -> tuple[RealFileSystem, CommitQueue]:
     """
     The file system the Maildirs are written through and the commit lanes,
     as C{group_commit}, C{commit_lanes} and C{commit_batch} say.
@@ -64,6 +73,8 @@ def commitPath(config: Config, runInThread: RunInThread[Any]) -> tuple[RealFileS
 
     @param runInThread: Runs one batch in a commit thread (the service's
         own pool, of L{CommitQueue.threadsNeeded} threads).
+    @param observe: Told each message's commit latency, read with C{clock}
+        (the metrics' histogram).
     """
     mode = config.groupCommit
     fs = RealFileSystem() if mode == "syncfs" else RealFileSystem(syncfs=None)
@@ -76,6 +87,8 @@ def commitPath(config: Config, runInThread: RunInThread[Any]) -> tuple[RealFileS
         commitMany,
         lanes=config.commitLanes,
         batch=1 if mode == "off" else config.commitBatch,
+        observe=observe,
+        clock=clock,
     )
     return fs, queue
 
@@ -181,6 +194,7 @@ class HarborService(MultiService):
         reread: Reread | None = None,
         runAs: Identity | None = None,
         commitThreads: ThreadPool | None = None,
+        stopProcess: Callable[[], None] | None = None,
     ) -> None:
         """
         @param config: The configuration, already checked by
@@ -215,6 +229,8 @@ class HarborService(MultiService):
             commit lanes' own (not the reactor's, which hooks and password
             checks share); started and stopped with the service.  By
             default a pool of as many threads as the lanes need.
+        @param stopProcess: Ends the process once a drain is over; by
+            default C{reactor.stop}.
         """
         # Imported here, not at the top: twisted.mail.smtp imports the global
         # reactor, and twistd imports this module before it has started one.
@@ -252,7 +268,11 @@ class HarborService(MultiService):
         self._blocklists: tuple[Any, Any] | None = None
         # The commit lanes and their threads live as long as the service:
         # sessions opened before a reload still commit through them.
-        self._fs, self.commits = commitPath(config, self._commitInThread)
+        self.readiness = Readiness()
+        self.metrics = Metrics()
+        self._fs, self.commits = commitPath(
+            config, self._commitInThread, self.metrics.observeCommit, reactor.seconds
+        )
         self._commitSettings = (config.groupCommit, config.commitLanes, config.commitBatch)
         self._commitThreads = commitThreads or ThreadPool(
             minthreads=0, maxthreads=self.commits.threadsNeeded, name="mailharbor-commit"
@@ -261,8 +281,10 @@ class HarborService(MultiService):
         self._store = deliverer.store
         self._worker = bool(inheritedSockets)
         self._workers = Workers(reactor, arguments, self._log)
+        self._previousDrainHandler: Any = None
         self._factories: list[HarborSMTPFactory] = []
         self._proxies: list[ProxyHeaderFactory] = []
+        self._listeners: list[ListeningService] = []
         for listener, listenerSettings in zip(config.listeners, settings):
             factory = HarborSMTPFactory(
                 deliverer, listenerSettings, reactor, self._connections, self._failures, self._registry
@@ -283,7 +305,57 @@ class HarborService(MultiService):
             if inheritedSockets:
                 fd, family = inheritedSockets[len(self._factories) - 1]
                 adopt = (reactor, fd, family)
-            ListeningService(listener.port, endpoint, wrapped, adopt).setServiceParent(self)
+            smtpListener = ListeningService(listener.port, endpoint, wrapped, adopt)
+            smtpListener.setServiceParent(self)
+            self._listeners.append(smtpListener)
+        self._serveMetrics(config)
+        self._drain = Drain(
+            self.readiness,
+            reactor,
+            self._registry,
+            self._stopListening,
+            stopProcess or reactor.stop,
+            limits.drainDelay,
+            limits.shutdownGrace,
+            self._workers.ended,
+        )
+
+    def _serveMetrics(self, config: Config) -> None:
+        """
+        Serve C{/metrics}, C{/healthz} and C{/readyz} on the C{metrics}
+        endpoint, if there is one: in the first process only (a worker has
+        no listener of its own, and counts for itself).
+        """
+        registry = self._registry
+        self.metrics.readStateFrom(
+            connections=lambda: (registry.opened, len(registry)),
+            pendingJobs=None if self.hooks is None else (lambda: self.hooks.pendingCounts),  # type: ignore[union-attr]
+            ready=lambda: self.readiness.ready,
+        )
+        self.metricsListener: ListeningService | None = None
+        if config.metrics is None or self._worker:
+            return
+        site = operationsSite(self.readiness, MetricsResource(self.metrics))
+        self.metricsListener = ListeningService(
+            f"{config.metrics} (metrics)", serverFromString(self._reactor, config.metrics), cast(Factory, site)
+        )
+        self.metricsListener.setServiceParent(self)
+
+    def _stopListening(self) -> Deferred[Any]:
+        """
+        Stop listening on the SMTP ports (not the metrics one).
+        """
+        return DeferredList([maybeDeferred(listener.stopService) for listener in self._listeners])
+
+    def drain(self) -> None:
+        """
+        Leave the balancer's pool and stop once the open sessions have
+        ended (L{harbor.drain.Drain}); the workers drain too.
+        """
+        if not self._drain.started:
+            self._workers.signal("USR2")
+            self.metrics.draining.set(1)
+        self._drain.start()
 
     def _runInThread(self, f: Any) -> Deferred[Any]:
         """
@@ -489,6 +561,9 @@ class HarborService(MultiService):
         self._reactor.callFromThread(self.reload)
         self._reactor.callFromThread(self._workers.signal, "HUP")
 
+    def _drainSignal(self, signalNumber: int, frame: Any) -> None:
+        self._reactor.callFromThread(self.drain)
+
     def _createMaildirs(self) -> None:
         for domain in self.config.domains:
             for mailbox in domain.mailboxPaths():
@@ -515,11 +590,15 @@ class HarborService(MultiService):
             maildir=self.config.maildir,
         )
         self._previousHandler = signal.signal(signal.SIGHUP, self._hangUp)
+        self._previousDrainHandler = signal.signal(DRAIN_SIGNAL, self._drainSignal)
+        globalLogPublisher.addObserver(self.metrics)
         super().startService()
+        # Every listener has its port: privilegedStartService has run.
+        ports = [s.port for s in self._listeners if s.port is not None]
         if not self._worker:
-            # Every listener has its port: privilegedStartService has run.
-            ports = [s.port for s in self if isinstance(s, ListeningService) and s.port is not None]
             self._workers.start(self.config.limits.workers, ports)
+        if len(ports) == len(self._listeners):
+            self.readiness.listening()
 
     def stopService(self) -> Deferred[None]:
         """
@@ -530,6 +609,12 @@ class HarborService(MultiService):
         if self._previousHandler is not None:
             signal.signal(signal.SIGHUP, self._previousHandler)
             self._previousHandler = None
+        if self._previousDrainHandler is not None:
+            signal.signal(DRAIN_SIGNAL, self._previousDrainHandler)
+            self._previousDrainHandler = None
+        self.readiness.stopping()
+        self._drain.cancel()
+        globalLogPublisher.removeObserver(self.metrics)
         grace = self.config.limits.shutdownGrace
         self._workers.signal("TERM")
         stopped: Deferred[Any] = super().stopService()

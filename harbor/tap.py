@@ -49,6 +49,7 @@ _CLI_KEYS = (
     "require_tls",
     "allow_plaintext_auth",
     "hook_spool",
+    "metrics",
 )
 
 # The settings naming files that the start-up checks read.
@@ -92,6 +93,15 @@ class Options(usage.Options, strcred.AuthOptionMixin):
         ["hook-spool", None, None, "Directory of the new-message hooks' jobs [default: MAILDIR/.hooks]"],
         ["inherit-fds", None, None, "(internal) listening sockets handed to a worker: FD:FAMILY,..."],
         ["json-log", None, "-", "With --log-format json: the file to append to, or - for standard output"],
+        [
+            "metrics",
+            None,
+            None,
+            (
+                "Serve /metrics, /healthz and /readyz, without authentication, on this port "
+                "(on 127.0.0.1) or endpoint [default: off]"
+            ),
+        ],
     ]
     optFlags: ClassVar[list[list[Any]]] = [
         ["require-tls", None, "Refuse MAIL on --port listeners until the client has used STARTTLS"],

@@ -28,6 +28,7 @@ from harbor.cli.commands import (
     showCommand,
     statsCommand,
 )
+from harbor.cli.signals import addDrain
 from harbor.config import DEFAULT_MAILDIR
 from harbor.hooks.config import RESCAN_INTERVAL
 
@@ -110,6 +111,7 @@ def buildParser() -> argparse.ArgumentParser:
     _addCheckConfig(commands, jsonOutput)
     _addPasswd(commands)
     _addHooks(commands, jsonOutput)
+    addDrain(commands)
     return parser
 
 

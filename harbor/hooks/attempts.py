@@ -296,7 +296,9 @@ class JobAttempts:
 
     def _succeeded(self, result: object, entry: _Entry) -> None:
         entry.running = None
-        self._log().debug("Hook {hook} done for {id}", hook=entry.job.hook, id=entry.job.event.id)
+        self._log().debug(
+            "Hook {hook} done for {id}", hook=entry.job.hook, id=entry.job.event.id, harbor_event="hook_delivered"
+        )
         job = entry.job
         self._finish(entry, lambda: self._spool.remove(job), "remove")
 
@@ -350,6 +352,7 @@ class JobAttempts:
                 "Hook {hook} gave up on {id} to {recipient} after {attempt} attempts: {error}; "
                 "parked as dead letter {job} (mailharbor hooks retry {job})",
                 job=job.id,
+                harbor_event="hook_dead",
                 **fields,
             )
             dead = evolve(job, attempts=attempts, due=self._reactor.seconds(), error=error)

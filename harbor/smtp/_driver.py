@@ -222,7 +222,7 @@ class SessionDriver(Protocol):
                     event = self._smtp.nextEvent()
                     if isinstance(event, Wait):
                         break
-                    getattr(self, self._handlers[type(event)])(event)
+                    self._dispatch(event)
                 except Exception:  # noqa: BLE001 -- a bug must not leave the client without a reply
                     self._log.failure("Error handling {verb} command", verb=self._smtp.verb)
                     self._reply(PROCESSING_ERROR)
@@ -343,6 +343,12 @@ class SessionDriver(Protocol):
             self._log.failure("Unexpected error sending a reply")
         finally:
             self._settled()
+
+    def _dispatch(self, event: Any) -> None:
+        """
+        Act on one of the session's events.
+        """
+        getattr(self, self._handlers[type(event)])(event)
 
     def _settled(self) -> None:
         """

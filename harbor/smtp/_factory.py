@@ -57,12 +57,33 @@ class SessionRegistry:
     def __init__(self) -> None:
         self._sessions: set[HarborESMTP] = set()
         self._waiters: list[Deferred[None]] = []
+        # Connections ever admitted, for the metrics.
+        self.opened = 0
 
     def __len__(self) -> int:
         return len(self._sessions)
 
     def add(self, session: HarborESMTP) -> None:
         self._sessions.add(session)
+        self.opened += 1
+
+    def drain(self) -> None:
+        """
+        Ask every session to end once its transaction, if any, is over
+        (L{HarborESMTP.drain}).
+        """
+        for session in list(self._sessions):
+            session.drain()
+
+    def whenEmpty(self) -> Deferred[None]:
+        """
+        A L{Deferred} that fires once no session is open.
+        """
+        if not self._sessions:
+            return succeed(None)
+        done: Deferred[None] = Deferred()
+        self._waiters.append(done)
+        return done
 
     def remove(self, session: HarborESMTP) -> None:
         self._sessions.discard(session)

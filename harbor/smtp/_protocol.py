@@ -45,7 +45,7 @@ from attrs import evolve
 from OpenSSL import SSL
 
 from harbor._logging import PublishedLogger
-from harbor.delivery import Deliverer, PathAddress, Session, applyFilters
+from harbor.delivery import Deliverer, PathAddress, Session, applyFilters, refusalOf
 from harbor.dnsbl import SharedResult
 from harbor.filters import Filter
 from harbor.limits import ConnectionCounter, FailureTracker, Limits
@@ -173,6 +173,9 @@ class HarborESMTP(SessionDriver):
         )
         self._registry = registry
         self._shuttingDown = False
+        self._draining = False
+        # Draining, with its work done: the next command is its last.
+        self._leaving = False
         self._storing = False
         self._transactions = 0
         self._started = clock.seconds()
@@ -212,6 +215,9 @@ class HarborESMTP(SessionDriver):
                 "client={client} refused: {reason}",
                 client=self.session.clientAddress,
                 reason=refusal,
+                verb="CONNECT",
+                refusal="connection_limit",
+                harbor_event="refusal",
             )
             self._send(Reply(421, "4.7.0", f"{self._hostname} Error: {refusal}"))
             self._close()
@@ -326,6 +332,7 @@ class HarborESMTP(SessionDriver):
         logRendered(
             self._log,
             SESSION_LINE,
+            harbor_event="session",
             client=self.session.clientAddress,
             helo=self.session.helo or "-",
             tls=self.session.tls or "-",
@@ -344,14 +351,40 @@ class HarborESMTP(SessionDriver):
         self._shuttingDown = True
         self._finishShutdown()
 
+    def drain(self) -> None:
+        """
+        The server is draining.  An idle session is told 421 4.3.2 at
+        once.  One in a transaction may finish it (more recipients, the
+        message and its reply), one with a command being answered gets
+        its reply; then the next command gets 421 4.3.2, unless it is
+        QUIT, which gets its 221 as always.
+        """
+        self._draining = True
+        if not self._closed and not self._busyDraining():
+            self._goodbye()
+
+    def _busyDraining(self) -> bool:
+        return self._smtp.receivingBody or self._storing or self._tx is not None or self._waiting
+
+    def _drainStep(self) -> None:
+        """
+        A command of a draining session has been answered: once its
+        transaction is over, the next command is its last.
+        """
+        if not self._closed and not self._busyDraining():
+            self._leaving = True
+
+    def _goodbye(self) -> None:
+        self._endTransaction("abandoned: server shutting down")
+        self._send(Reply(421, "4.3.2", f"{self._hostname} Service shutting down, try again later"))
+        self._close()
+
     def _finishShutdown(self) -> None:
         if not self._shuttingDown or self._closed:
             return
         if self._smtp.receivingBody or self._storing:
             return
-        self._endTransaction("abandoned: server shutting down")
-        self._send(Reply(421, "4.3.2", f"{self._hostname} Service shutting down, try again later"))
-        self._close()
+        self._goodbye()
 
     def timedOut(self, missed: Missed) -> None:
         """
@@ -376,16 +409,25 @@ class HarborESMTP(SessionDriver):
         if self._greeting is not None and not self._closed:
             self._greeting.cancel()
             self._greeting = None
-            self._log.info("client={client} talked before the greeting", client=self.session.clientAddress)
+            self._log.info(
+                "client={client} talked before the greeting",
+                client=self.session.clientAddress,
+                verb="CONNECT",
+                refusal="pregreet",
+                harbor_event="refusal",
+            )
             self._send(TALKED_TOO_SOON)
             self._close()
             return
         super().dataReceived(data)
 
-    def _reply(self, reply: Reply, counted: bool = True) -> None:
+    def _reply(self, reply: Reply, counted: bool = True, refusal: str | None = None) -> None:
         """
         Send a reply to a command, log it if a refusal, and hang up if the
         session says the client has made too many errors.
+
+        @param refusal: Why, if a refusal whose reason the deliverer
+            knows (see L{harbor.delivery.refusal}), for the metrics.
         """
         self.transport.write(self._smtp.send(reply, counted))
         if reply.code >= 400:
@@ -396,6 +438,8 @@ class HarborESMTP(SessionDriver):
                 code=reply.code,
                 enhanced=reply.enhanced or "",
                 reason=reply.text,
+                refusal=refusal,
+                harbor_event="refusal",
             )
         if self._smtp.errorLimitReached and not self._closed:
             self._endTransaction("too many errors")
@@ -415,6 +459,18 @@ class HarborESMTP(SessionDriver):
 
     def _settled(self) -> None:
         self._finishShutdown()
+        if self._draining:
+            self._drainStep()
+
+    def _dispatch(self, event: Any) -> None:
+        if self._leaving and not isinstance(event, Quit):
+            # Draining, and this session's work is done: QUIT gets its
+            # 221, anything else the goodbye.
+            self._goodbye()
+            return
+        super()._dispatch(event)
+        if self._draining:
+            self._drainStep()
 
     def _replyToFailure(self, failure: Failure) -> None:
         self._reply(failureReply(failure, self._log))
@@ -542,7 +598,10 @@ class HarborESMTP(SessionDriver):
             self._reply(SENDER_OK)
 
         def refused(failure: Failure) -> None:
-            self._reply(self._refusalReply(failure, "5.7.1", "Sender validation failed"))
+            self._reply(
+                self._refusalReply(failure, "5.7.1", "Sender validation failed"),
+                refusal=refusalOf(failure.value),
+            )
 
         self._waitFor(maybeDeferred(delivery.validateFrom, self._clientHelo, origin), accepted, refused)
 
@@ -557,7 +616,10 @@ class HarborESMTP(SessionDriver):
 
         def refused(failure: Failure) -> None:
             tx.rejected.append(event.path.mailbox)
-            self._reply(self._refusalReply(failure, "5.1.1", "Recipient validation failed"))
+            self._reply(
+                self._refusalReply(failure, "5.1.1", "Recipient validation failed"),
+                refusal=refusalOf(failure.value),
+            )
 
         self._waitFor(maybeDeferred(tx.delivery.validateTo, user), accepted, refused)
 

@@ -135,6 +135,7 @@ class Transaction:
         logRendered(
             log,
             TRANSACTION_LINE,
+            harbor_event="transaction",
             client=session.clientAddress,
             helo=session.helo or "",
             tls=session.tls or "-",

@@ -13,6 +13,7 @@ which lane.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable, Hashable, Sequence
 from typing import Any, TypeVar
 
@@ -31,7 +32,7 @@ from harbor.store.writer import Folders, PendingDelivery, StoredMessage
 
 T = TypeVar("T")
 RunInThread = Callable[[Callable[[], T]], "Deferred[T]"]
-_Entry = tuple[PendingDelivery, Folders, "Deferred[list[StoredMessage]]"]
+_Entry = tuple[PendingDelivery, Folders, "Deferred[list[StoredMessage]]", float]
 
 
 def deviceOf(directory: str) -> Hashable:
@@ -86,6 +87,8 @@ class CommitQueue:
         batch: int = DEFAULT_COMMIT_BATCH,
         largeLanes: int = LARGE_COMMIT_LANES,
         fileSystemOf: Callable[[str], Hashable] = deviceOf,
+        observe: Callable[[float], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         """
         @param runInThread: Runs one batch's blocking commit in a thread
@@ -101,6 +104,9 @@ class CommitQueue:
         @param largeLanes: How many large messages may be committed at once.
         @param fileSystemOf: The file system of a C{tmp/} directory
             (blocking, called in a lane; L{deviceOf} by default).
+        @param observe: Told, for each message committed, the seconds from
+            L{commit} to its copies being durable (the commit latency the
+            metrics show); read with C{clock}.
         """
         self._runInThread = runInThread
         self._commitMany = commitMany
@@ -111,6 +117,8 @@ class CommitQueue:
         self._fileSystems: dict[str, Hashable] = {}
         self._idleWaiters: list[Deferred[None]] = []
         self.threadsNeeded = lanes + largeLanes
+        self._observe = observe
+        self._clock = clock
 
     def commit(self, pending: PendingDelivery, folders: Folders) -> Deferred[list[StoredMessage]]:
         """
@@ -126,7 +134,7 @@ class CommitQueue:
             for directory in pending.temporaryDirectories()
         ]
         lanes = self._small if pending.inMemory else self._large
-        lanes.add((pending, folders, d), fileSystems)
+        lanes.add((pending, folders, d, self._clock() if self._observe is not None else 0.0), fileSystems)
         self._start(lanes)
         return d
 
@@ -159,14 +167,14 @@ class CommitQueue:
         unknown = list(
             dict.fromkeys(
                 directory
-                for pending, _, _ in batch
+                for pending, _, _, _ in batch
                 for directory in pending.temporaryDirectories()
                 if directory not in known
             )
         )
 
         def work() -> tuple[list[Any], dict[str, Hashable]]:
-            outcomes = commitMany([(pending, folders) for pending, folders, _ in batch])
+            outcomes = commitMany([(pending, folders) for pending, folders, _, _ in batch])
             learned: dict[str, Hashable] = {}
             for directory in unknown:
                 try:
@@ -185,13 +193,17 @@ class CommitQueue:
             # The next batch first, so the disk is not left idle while
             # this one's senders are answered.
             self._start(lanes)
-            for index, (_, _, d) in enumerate(batch):
+            observe = self._observe
+            now = self._clock() if observe is not None else 0.0
+            for index, (_, _, d, began) in enumerate(batch):
                 outcome = result if isinstance(result, Failure) else result[0][index]
                 if isinstance(outcome, StorageError):
                     d.errback(Failure(outcome))
                 elif isinstance(outcome, Failure):
                     d.errback(outcome)
                 else:
+                    if observe is not None:
+                        observe(now - began)
                     d.callback(outcome)
             if self._idleWaiters and self._small.idle and self._large.idle:
                 waiters, self._idleWaiters = self._idleWaiters, []

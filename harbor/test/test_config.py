@@ -433,6 +433,8 @@ EVERY_SETTING: dict[str, object] = {
     "commit_lanes": 3,
     "commit_batch": 8,
     "trusted_proxies": ["10.0.0.0/24", "fd00::1"],
+    "metrics": 9025,
+    "drain_delay": 3,
 }
 
 
@@ -449,6 +451,23 @@ class AsMappingTests(SynchronousTestCase):
         for mapping in (EVERY_SETTING, {"domain": "example.com"}):
             config = Config.fromMapping(mapping, fqdn=lambda: "mx.example.net")
             self.assertEqual(Config.fromMapping(config.asMapping()), config)
+
+    def test_metricsEndpoint(self) -> None:
+        """
+        C{metrics} is off by default; a bare port number means that port on
+        loopback, an endpoint string is kept, anything else names the
+        setting.
+        """
+        base = {"domain": "example.com", "hostname": "mx.example.com"}
+        self.assertIsNone(Config.fromMapping(base).metrics)
+        self.assertEqual(Config.fromMapping({**base, "metrics": "9100"}).metrics, "tcp:9100:interface=127.0.0.1")
+        self.assertEqual(
+            Config.fromMapping({**base, "metrics": "tcp:9100:interface=10.0.0.5"}).metrics,
+            "tcp:9100:interface=10.0.0.5",
+        )
+        e = self.assertRaises(ConfigError, Config.fromMapping, {**base, "metrics": ["9100"]})
+        self.assertEqual(e.setting, "metrics")
+        self.assertEqual(Config.fromMapping(base).limits.drainDelay, 7)
 
     def test_fileKeys(self) -> None:
         """
@@ -471,6 +490,7 @@ class AsMappingTests(SynchronousTestCase):
         self.assertEqual((full["group_commit"], full["commit_lanes"], full["commit_batch"]), ("syncfs", 3, 8))
         self.assertEqual(full["trusted_proxies"], ["10.0.0.0/24", "fd00::1/128"])
         self.assertEqual(full["hook_spool"], "/var/spool/mailharbor/hooks")
+        self.assertEqual((full["metrics"], full["drain_delay"]), ("tcp:9025:interface=127.0.0.1", 3))
         plain = Config.fromMapping({"domain": "example.com"}, fqdn=lambda: "mx.example.net").asMapping()
         self.assertEqual(plain["hook_spool"], os.path.join(plain["maildir"], ".hooks"))
         self.assertLessEqual(set(plain), set(_TOP_LEVEL_KEYS))

@@ -30,7 +30,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("harbor._syntax", "harbor._logging", "harbor._awaitable"),
     ("harbor.address",),
     ("harbor.routing", "harbor.limits", "harbor.filters", "harbor.access", "harbor.proxyheader"),
-    ("harbor.store", "harbor.tls", "harbor.auth", "harbor.ownership"),
+    ("harbor.store", "harbor.tls", "harbor.auth", "harbor.ownership", "harbor.metrics", "harbor.health", "harbor.drain"),
     # The pure half of the web interface reads the store's messages.
     ("harbor.web.sanitize", "harbor.web.render", "harbor.web.timeline"),
     ("harbor.hooks.config",),

@@ -191,6 +191,90 @@ class HarborServiceTests(SynchronousTestCase):
         self.assertEqual(signal.getsignal(signal.SIGHUP), previous)
 
 
+class OperationsTests(SynchronousTestCase):
+    """
+    The metrics listener, readiness and the drain signal of a service.
+    """
+
+    def setUp(self) -> None:
+        self.root = os.path.abspath(str(self.mktemp()))
+        self.reactor = _Reactor()
+        self.patch(HarborService, "_log", Logger(observer=cast(ILogObserver, lambda e: None)))
+
+    def config(self, **settings: object) -> Config:
+        return Config.fromMapping(
+            {"domain": "a.example", "hostname": "mx.example", "maildir": self.root, "port": "tcp:2525", **settings}
+        )
+
+    def test_metricsListener(self) -> None:
+        """
+        With C{metrics}, the service listens on it too, after the SMTP
+        ports; without it, only on those.
+        """
+        service = HarborService(self.config(), self.reactor)
+        service.privilegedStartService()
+        self.assertEqual([port for port, *_ in self.reactor.tcpServers], [2525])
+        self.assertIsNone(service.metricsListener)
+        reactor = MemoryReactorClock()
+        service = HarborService(self.config(metrics="9025"), reactor)
+        service.privilegedStartService()
+        self.assertEqual([(port, host) for port, _, _, host in reactor.tcpServers], [(2525, ""), (9025, "127.0.0.1")])
+
+    def test_workerServesNoMetrics(self) -> None:
+        """
+        A worker process does not listen on the metrics endpoint the first
+        process serves.
+        """
+        config = self.config(metrics="9025", workers=2)
+        service = HarborService(config, self.reactor, inheritedSockets=[(3, int(socket.AF_INET))])
+        service.privilegedStartService()
+        self.assertEqual(self.reactor.tcpServers, [])
+        self.assertIsNone(service.metricsListener)
+
+    def test_readyOnceListening(self) -> None:
+        """
+        Not ready before the service starts, ready once its ports listen,
+        not ready once it stops.
+        """
+        service = HarborService(self.config(), self.reactor)
+        self.assertFalse(service.readiness.ready)
+        service.privilegedStartService()
+        service.startService()
+        self.assertTrue(service.readiness.ready)
+        service.stopService()
+        self.assertFalse(service.readiness.ready)
+
+    def test_drainSignal(self) -> None:
+        """
+        A running service drains on SIGUSR2: not ready at once, the SMTP
+        port closed after C{drain_delay} (the metrics port still open),
+        and the process stopped, with no session open; stopping puts the
+        handler it replaced back.
+        """
+        previous = signal.getsignal(signal.SIGUSR2)
+        stopped: list[float] = []
+        service = HarborService(
+            self.config(metrics="9025", drain_delay=3), self.reactor,
+            stopProcess=lambda: stopped.append(self.reactor.seconds()),
+        )
+        service.privilegedStartService()
+        service.startService()
+        self.assertEqual(signal.getsignal(signal.SIGUSR2), service._drainSignal)
+        service._drainSignal(signal.SIGUSR2, None)
+        self.reactor.advance(0)
+        self.assertFalse(service.readiness.ready)
+        self.assertEqual(service.metrics.registry.get_sample_value("mailharbor_draining"), 1)
+        self.reactor.advance(2.9)
+        self.assertEqual(stopped, [])
+        self.reactor.advance(0.1)
+        self.assertEqual(stopped, [3])
+        assert service.metricsListener is not None and service.metricsListener.port is not None
+        self.assertEqual([listener.port for listener in service._listeners], [None])
+        self.assertIsNotNone(service.metricsListener.port)
+        service.stopService()
+        self.assertEqual(signal.getsignal(signal.SIGUSR2), previous)
+
+
 ME = Identity("me", os.getuid(), os.getgid(), frozenset(os.getgroups()))
 HOOK = {"name": "notify", "kind": "python", "target": "harbor.test.test_hooks:exampleHandler"}
 

@@ -4,6 +4,7 @@ Tests for L{harbor._workers}: the pre-fork worker processes.
 
 from __future__ import annotations
 
+import signal
 import socket
 import sys
 from typing import Any, cast
@@ -40,10 +41,10 @@ class FakeProcess:
 
     def __init__(self, pid: int) -> None:
         self.pid = pid
-        self.signals: list[str] = []
+        self.signals: list[int] = []
         self.ended = False
 
-    def signalProcess(self, name: str) -> None:
+    def signalProcess(self, name: int) -> None:
         if self.ended:
             raise ProcessExitedAlready()
         self.signals.append(name)
@@ -163,7 +164,8 @@ class WorkersTests(SynchronousTestCase):
         ended = self.workers.ended()
         endProcess(self.reactor, 0)
         self.workers.signal("TERM")
-        self.assertEqual([p.signals for p in self.reactor.processes], [[], ["TERM"]])
+        self.workers.signal("USR2")
+        self.assertEqual([p.signals for p in self.reactor.processes], [[], [signal.SIGTERM, signal.SIGUSR2]])
         self.assertNoResult(ended)
         endProcess(self.reactor, 1)
         self.successResultOf(ended)
