@@ -15,6 +15,8 @@ from harbor.store.fs import (
     StorageError,
     _kernelReportsSyncfsErrors,
     fileSystemType,
+    linkThenUnlink,
+    loadRenameat2,
     loadSyncfs,
 )
 from harbor.store.names import MaildirNamer
@@ -145,10 +147,21 @@ class RealFileSystemTests(SynchronousTestCase):
             realSyncfs(fd)
 
         self.syncfs = recordSyncfs
-        self.store = MaildirStore(self.root, MaildirNamer("h", Clock().seconds, pid=1), RealFileSystem(recordSyncfs, trusted=lambda fd: True))
+        realRename = loadRenameat2() or linkThenUnlink
+
+        def recordRename(source: str, destination: str) -> None:
+            self.calls.append(("rename", destination))
+            realRename(source, destination)
+
+        self.recordRename = recordRename
+        self.store = MaildirStore(
+            self.root,
+            MaildirNamer("h", Clock().seconds, pid=1),
+            RealFileSystem(recordSyncfs, trusted=lambda fd: True, renameat2=recordRename),
+        )
         self.store.create("example.com")
         self.maildir = os.path.join(self.root, "example.com")
-        realOpen, realFsync, realRename = os.open, os.fsync, os.rename
+        realOpen, realFsync = os.open, os.fsync
 
         def recordOpen(path: str, flags: int, mode: int = 0o777) -> int:
             fd = realOpen(path, flags, mode)
@@ -160,13 +173,8 @@ class RealFileSystemTests(SynchronousTestCase):
             self.calls.append(("fsync", self.paths.get(fd, "?")))
             realFsync(fd)
 
-        def recordRename(source: str, destination: str) -> None:
-            self.calls.append(("rename", destination))
-            realRename(source, destination)
-
         self.patch(os, "open", recordOpen)
         self.patch(os, "fsync", recordFsync)
-        self.patch(os, "rename", recordRename)
 
     def listing(self, sub: str) -> list[str]:
         return sorted(os.listdir(os.path.join(self.maildir, sub)))
@@ -279,7 +287,7 @@ class RealFileSystemTests(SynchronousTestCase):
         Without syncfs every file is created and fsynced on its own, all
         before the first rename.
         """
-        store = MaildirStore(self.root, MaildirNamer("h", Clock().seconds, pid=2), RealFileSystem(None))
+        store = MaildirStore(self.root, MaildirNamer("h", Clock().seconds, pid=2), RealFileSystem(None, renameat2=self.recordRename))
         pending = store.begin([("example.com", lambda id: b"A\n"), ("example.com", lambda id: b"B\n")])
         pending.write(b"body\n")
         first, second = pending.commit()
@@ -304,7 +312,7 @@ class RealFileSystemTests(SynchronousTestCase):
         def failing(fd: int) -> None:
             raise OSError(errno.EIO, os.strerror(errno.EIO))
 
-        store = MaildirStore(self.root, MaildirNamer("h", Clock().seconds, pid=2), RealFileSystem(failing, trusted=lambda fd: True))
+        store = MaildirStore(self.root, MaildirNamer("h", Clock().seconds, pid=2), RealFileSystem(failing, trusted=lambda fd: True, renameat2=self.recordRename))
         one = store.begin([("example.com", lambda id: b"")])
         two = store.begin([("example.com", lambda id: b"")])
         one.write(b"1")
