@@ -463,7 +463,7 @@ class PendingDelivery:
         return stored, list(dict.fromkeys(directories))
 
     def _collide(
-        self, published: Sequence[StoredMessage], body: bytes | bytearray | None, whole: _Copy | None
+        self, published: Sequence[StoredMessage], body: bytearray | None, whole: _Copy | None
     ) -> NameTaken:
         """
         A copy's name is taken: undo what this commit did, but keep the
