@@ -1,4 +1,4 @@
-# -*- test-case-name: harbor.test.test_writer -*-
+# -*- test-case-name: harbor.test.test_writer,harbor.test.test_collisions -*-
 """
 The Maildir writer: a streaming delivery that makes a message durable
 before anyone is told it was received.
@@ -129,6 +129,39 @@ class _Copy:
         self.header = self._makeHeader(name)
         self.temporaryPath = os.path.join(self.temporaryDirectory, name)
 
+    def create(self, fs: IFileSystem, body: bytes | bytearray) -> None:
+        """
+        Create the copy's file in C{tmp/} and write its header and C{body}
+        in one write.
+
+        @raise NameTaken: if a file of its name is in C{tmp/} already.
+        @raise StorageError: if that fails; a file that was created is
+            marked in C{created} for L{remove}.
+        """
+        try:
+            self.file = fs.create(self.temporaryPath)
+        except FileExistsError as e:
+            raise NameTaken(f"creating the message file: {self.name} is taken") from e
+        except OSError as e:
+            raise StorageError.fromOSError("creating the message file", e) from e
+        self.created = True
+        try:
+            self.file.write(self.header + body)
+        except OSError as e:
+            raise StorageError.fromOSError("writing the message", e) from e
+
+    def remove(self, fs: IFileSystem) -> None:
+        """
+        Close the copy's file, and remove it from C{tmp/} if this delivery
+        created it; never raises.
+        """
+        f, self.file = self.file, None
+        if f is not None:
+            quietly(f.close)
+        if self.created:
+            self.created = False
+            quietly(fs.unlink, self.temporaryPath)
+
 
 class PendingDelivery:
     """
@@ -244,7 +277,7 @@ class PendingDelivery:
             self._ensureMaildirs()
             for attempt in range(1, NAME_ATTEMPTS + 1):
                 try:
-                    self._createFile(first, body)
+                    first.create(self._fs, body)
                     break
                 except NameTaken:
                     # Nothing has been told the name yet: take another.
@@ -253,27 +286,6 @@ class PendingDelivery:
                     first.rename(self._namer())
         except StorageError as e:
             self.spoil(e)
-
-    def _createFile(self, copy: _Copy, body: bytes | bytearray) -> None:
-        """
-        Create C{copy}'s file in C{tmp/} and write its header and C{body}
-        in one write.
-
-        @raise NameTaken: if a file of its name is in C{tmp/} already.
-        @raise StorageError: if that fails; a file that was created is
-            marked in C{copy.created} for L{_discard} to remove.
-        """
-        try:
-            copy.file = self._fs.create(copy.temporaryPath)
-        except FileExistsError as e:
-            raise NameTaken(f"creating the message file: {copy.name} is taken") from e
-        except OSError as e:
-            raise StorageError.fromOSError("creating the message file", e) from e
-        copy.created = True
-        try:
-            copy.file.write(copy.header + body)
-        except OSError as e:
-            raise StorageError.fromOSError("writing the message", e) from e
 
     @property
     def inMemory(self) -> bool:
@@ -376,7 +388,7 @@ class PendingDelivery:
                 self._ensureMaildirs()
             for copy in self._copies:
                 if body is not None:
-                    self._createFile(copy, body)
+                    copy.create(self._fs, body)
                 elif source is not None or (first is not None and copy is not first):
                     # A spilled message's body is in the first copy's file,
                     # after that copy's own header; a renamed one's in an
@@ -384,7 +396,7 @@ class PendingDelivery:
                     if source is None:
                         assert first is not None
                         source = (first.temporaryPath, len(first.header))
-                    self._createFile(copy, b"")
+                    copy.create(self._fs, b"")
                     assert copy.file is not None
                     self._fs.copyInto(source[0], source[1], self._bodySize, copy.file)
                 assert copy.file is not None
@@ -394,7 +406,7 @@ class PendingDelivery:
                 f, copy.file = copy.file, None
                 f.close()
         except NameTaken as e:
-            raise self._collide([], body, None) from e
+            raise self._collide([], body, None, str(e)) from e
         except StorageError as e:
             raise self.spoil(e) from e
         except OSError as e:
@@ -453,7 +465,8 @@ class PendingDelivery:
                 try:
                     self._fs.renameNoReplace(copy.temporaryPath, final.path)
                 except FileExistsError as e:
-                    raise self._collide(stored, None, copy) from e
+                    taken = f"moving the message into new/: {copy.name} is taken"
+                    raise self._collide(stored, None, copy, taken) from e
                 # Its file is no longer in tmp/ to be removed on failure.
                 copy.created = False
                 stored.append(final)
@@ -463,7 +476,7 @@ class PendingDelivery:
         return stored, list(dict.fromkeys(directories))
 
     def _collide(
-        self, published: Sequence[StoredMessage], body: bytearray | None, whole: _Copy | None
+        self, published: Sequence[StoredMessage], body: bytearray | None, whole: _Copy | None, what: str
     ) -> NameTaken:
         """
         A copy's name is taken: undo what this commit did, but keep the
@@ -476,17 +489,11 @@ class PendingDelivery:
         @param body: The body, if it was in memory when the commit began.
         @param whole: A copy whose file in C{tmp/} is complete, if any
             (else the body is in memory, or in the first copy's file).
+        @param what: Which name was taken where, for the error.
         @return: the failure, to raise.
         """
-        for message in published:
-            quietly(self._fs.unlink, message.path)
-        for directory in dict.fromkeys(os.path.dirname(message.path) for message in published):
-            quietly(self._fs.syncDirectory, directory)
+        _unpublish(self._fs, published)
         self._removeCompanion()
-        for copy in self._copies:
-            if copy.file is not None:
-                quietly(copy.file.close)
-                copy.file = None
         if body is not None:
             self._buffer = body
         elif self._source is None and self._copies:
@@ -495,11 +502,8 @@ class PendingDelivery:
             self._stale.append(keep.temporaryPath)
             keep.created = False
         for copy in self._copies:
-            if copy.created:
-                quietly(self._fs.unlink, copy.temporaryPath)
-                copy.created = False
-        names = ", ".join(copy.name for copy in (self._copies if whole is None else [whole]))
-        return NameTaken(f"moving the message into new/: a file named {names} is there")
+            copy.remove(self._fs)
+        return NameTaken(what)
 
     def finish(self) -> None:
         """
@@ -519,10 +523,7 @@ class PendingDelivery:
 
         @return: C{failure}, to raise.
         """
-        for message in stored:
-            quietly(self._fs.unlink, message.path)
-        for directory in dict.fromkeys(os.path.dirname(message.path) for message in stored):
-            quietly(self._fs.syncDirectory, directory)
+        _unpublish(self._fs, stored)
         return self.spoil(failure)
 
     def spoil(self, failure: StorageError) -> StorageError:
@@ -568,10 +569,7 @@ class PendingDelivery:
         self._buffer = None
         self._removeCompanion()
         for copy in self._copies:
-            if copy.file is not None:
-                quietly(copy.file.close)
-            if copy.created:
-                quietly(self._fs.unlink, copy.temporaryPath)
+            copy.remove(self._fs)
         stale, self._stale, self._source = self._stale, [], None
         for path in stale:
             quietly(self._fs.unlink, path)
@@ -585,6 +583,16 @@ class PendingDelivery:
             assert self._companion is not None
             with contextlib.suppress(Exception):
                 self._companion.remove()
+
+
+def _unpublish(fs: IFileSystem, stored: Sequence[StoredMessage]) -> None:
+    """
+    Remove copies from C{new/} again, durably; never raises.
+    """
+    for message in stored:
+        quietly(fs.unlink, message.path)
+    for directory in dict.fromkeys(os.path.dirname(message.path) for message in stored):
+        quietly(fs.syncDirectory, directory)
 
 
 Folders = Sequence["str | None"] | None
