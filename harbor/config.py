@@ -123,6 +123,41 @@ class TLSFiles:
     key: str
 
 
+def isLoopbackName(name: str) -> bool:
+    """
+    Whether C{name} is one of the names of the loopback address that
+    C{/etc/hosts} files give (C{localhost}, C{localhost.localdomain},
+    C{ip6-localhost}, C{localhost6}, ...), which name no machine.
+    """
+    name = name.lower().rstrip(".")
+    return name.split(".")[0] in ("localhost", "localhost4", "localhost6", "ip6-localhost", "ip6-loopback")
+
+
+def machineName(
+    fqdn: Callable[[], str] = socket.getfqdn, hostname: Callable[[], str] = socket.gethostname
+) -> str:
+    """
+    This machine's name, for when no C{hostname} is set: its fully
+    qualified name if it has one, else the name the kernel has for it.
+
+    C{socket.getfqdn} looks the host name up and returns the first name of
+    the address it finds; where C{/etc/hosts} lists the host name on the
+    C{127.0.0.1} line after C{localhost} (as containers and many small
+    machines do), that is C{localhost}, which names no machine: then the
+    host name itself is the better answer.
+
+    @return: a valid host name, or C{"localhost"} if there is none.
+    """
+    for candidate in (fqdn, hostname):
+        try:
+            name = candidate().lower().rstrip(".")
+        except OSError:
+            continue
+        if HOSTNAME.match(name) and not isLoopbackName(name):
+            return name
+    return "localhost"
+
+
 @frozen
 class Config:
     """
@@ -249,9 +284,7 @@ class Config:
         return mapping
 
     @classmethod
-    def fromMapping(
-        cls, mapping: Mapping[str, Any], fqdn: Callable[[], str] = socket.getfqdn
-    ) -> Config:
+    def fromMapping(cls, mapping: Mapping[str, Any], fqdn: Callable[[], str] = machineName) -> Config:
         """
         Validate a mapping shaped like the TOML file and build a L{Config}.
 
@@ -262,8 +295,9 @@ class Config:
         @param mapping: Keys C{port}, C{domain}, C{maildir}, C{hostname} and
             C{domains} (a table of per-domain tables); all optional but
             C{domain}/C{domains}, of which at least one domain must come.
-        @param fqdn: Finds this machine's name when C{hostname} is not set;
-            callers that do not need it can avoid a slow DNS lookup.
+        @param fqdn: Finds this machine's name when C{hostname} is not set
+            (L{machineName} by default); callers that do not need it can
+            avoid a slow DNS lookup.
         @raise ConfigError: naming the first setting that is wrong.
         """
         unknown = sorted(set(mapping) - _TOP_LEVEL_KEYS)

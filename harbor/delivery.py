@@ -57,7 +57,14 @@ from harbor.routing import (
 )
 from harbor.store.commits import CommitQueue
 from harbor.store.headers import headerValues
-from harbor.store.writer import Companion, MaildirStore, PendingDelivery, StoredMessage
+from harbor.store.writer import (
+    NAME_ATTEMPTS,
+    Companion,
+    MaildirStore,
+    NameTaken,
+    PendingDelivery,
+    StoredMessage,
+)
 
 T = TypeVar("T")
 
@@ -654,6 +661,8 @@ class HarborMessage:
     The body of one transaction, streamed into every recipient's copy.
     """
 
+    _log = Logger()
+
     def __init__(
         self,
         pending: PendingDelivery,
@@ -683,6 +692,8 @@ class HarborMessage:
         self._headers: bytearray | None = bytearray() if wantsHeaders else None
         self._collecting = wantsHeaders
         self.size = 0
+        # Commits that found a name taken (see _store).
+        self._attempts = 0
 
     def dataReceived(self, data: bytes) -> None:
         self.size += len(data)
@@ -765,9 +776,18 @@ class HarborMessage:
                 hooks.dispatch(jobs)
             return copies
 
-        def failed(failure: Failure) -> Failure:
+        def failed(failure: Failure) -> Failure | Deferred[list[StoredMessage]]:
             if jobs:
                 hooks.release(jobs)
+            if failure.check(NameTaken):
+                # Nothing was replaced and nothing is in new/: store it
+                # again under new names, its jobs made for those.
+                self._attempts += 1
+                if self._attempts < NAME_ATTEMPTS:
+                    self._log.warn("{error}; storing the message under new names", error=failure.getErrorMessage())
+                    self._pending.renew()
+                    return self._store(folders)
+                self._pending.abort()
             return failure
 
         return self._commits.commit(self._pending, folders).addCallbacks(stored, failed)

@@ -83,7 +83,7 @@ class Options(usage.Options, strcred.AuthOptionMixin):
     )
     optParameters: ClassVar[list[list[Any]]] = [
         ["maildir", "m", None, f"Root directory of the Maildirs [default: ./{DEFAULT_MAILDIR}]"],
-        ["hostname", None, None, "Name of this server in the banner and Received: headers [default: the FQDN]"],
+        ["hostname", None, None, "Name of this server in the banner, Received: headers and Maildir names [default: the FQDN, or the host name]"],
         ["config", "c", None, "TOML configuration file; command-line options override it"],
         ["tls-cert", None, None, "PEM certificate (with its chain) for STARTTLS and implicit TLS"],
         ["tls-key", None, None, "PEM private key of --tls-cert"],

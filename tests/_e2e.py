@@ -391,16 +391,20 @@ async def runTwistd(
     testCase: TestCase,
     serviceArguments: Sequence[str],
     twistdArguments: Sequence[str] = (),
+    wrapper: Sequence[str] = (),
 ) -> TwistdProcess:
     """
     Start C{twistd -n --pidfile= [twistdArguments] mailharbor
     [serviceArguments]} from the installed package, in a temporary working
     directory; cleanup terminates it and waits for it.
+
+    @param wrapper: A command that runs twistd, such as C{unshare --pid
+        --fork}, put before it.
     """
     cwd = os.path.abspath(testCase.mktemp())
     os.makedirs(cwd)
     process = TwistdProcess(
-        [twistdPath(), "-n", "--pidfile=", *twistdArguments, "mailharbor", *serviceArguments], cwd
+        [*wrapper, twistdPath(), "-n", "--pidfile=", *twistdArguments, "mailharbor", *serviceArguments], cwd
     )
     testCase.addCleanup(process.stop)
     return process
@@ -412,12 +416,14 @@ async def startTwistdServer(
     twistdArguments: Sequence[str] = (),
     logfile: str | None = None,
     serviceArguments: Sequence[str] = (),
+    wrapper: Sequence[str] = (),
 ) -> tuple[TwistdProcess, int]:
     """
     Start a real C{twistd mailharbor} on a free loopback port and wait until
     it logs the port it bound (on its output, or in C{logfile}).
 
     @param serviceArguments: More options for C{mailharbor} itself.
+    @param wrapper: A command to run twistd with (see L{runTwistd}).
 
     @return: the process and the port.
     """
@@ -428,6 +434,7 @@ async def startTwistdServer(
         testCase,
         ["--port", LOOPBACK_PORT, "--domain", DOMAIN, "--maildir", root, "--hostname", HOSTNAME, *serviceArguments],
         twistdArguments,
+        wrapper,
     )
 
     def logged() -> bytes:

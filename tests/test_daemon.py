@@ -398,7 +398,7 @@ class WorkersTests(TestCase):
         def sendUntilWorkerServes() -> int:
             for attempt in range(300):
                 send(port)
-                if any(f"P{worker}Q" in name for name in files(root, DOMAIN, "new")):
+                if any(f"P{worker}R" in name for name in files(root, DOMAIN, "new")):
                     return attempt + 1
             return 0
 

@@ -1,10 +1,11 @@
-# -*- test-case-name: harbor.test.test_names,harbor.test.test_fs,harbor.test.test_writer,harbor.test.test_headers,harbor.test.test_reader,harbor.test.test_mime,harbor.test.test_browse,harbor.test.test_search,harbor.test.test_changes -*-
+# -*- test-case-name: harbor.test.test_names,harbor.test.test_fs,harbor.test.test_writer,harbor.test.test_collisions,harbor.test.test_headers,harbor.test.test_reader,harbor.test.test_mime,harbor.test.test_browse,harbor.test.test_search,harbor.test.test_changes -*-
 """
 The Maildir store: the server's writer and the operator's reader.
 
   - L{harbor.store.names}: the layout of a Maildir and its file names.
   - L{harbor.store.fs}: the file-system calls a delivery makes
-    (L{harbor.store.fs.IFileSystem}), C{syncfs(2)} and making Maildirs.
+    (L{harbor.store.fs.IFileSystem}), C{syncfs(2)}, renaming without
+    replacing, and making Maildirs.
   - L{harbor.store.lanes}: which finished messages go to which commit
     thread (pure), and the defaults of the commit settings.
   - L{harbor.store.commits}: the commit queue, its lanes run in threads.

@@ -5,7 +5,9 @@ The file-system calls a Maildir delivery makes, behind L{IFileSystem}.
 L{RealFileSystem} makes them on the operating system: unbuffered writes,
 C{copy_file_range(2)} where it works, and C{syncfs(2)} (reached through
 ctypes) for making many files durable in one wait, on the kernels and file
-systems where that is as good as an fsync of each file.  Tests put a
+systems where that is as good as an fsync of each file, and
+C{renameat2(2)} with C{RENAME_NOREPLACE} (or a hard link) for moving a
+message into C{new/} without ever replacing another.  Tests put a
 recording or failing file system in its place.
 
 L{makeMaildir} creates a Maildir durably through either, and
@@ -97,7 +99,18 @@ class IFileSystem(Interface):
 
     def rename(source: str, destination: str) -> None:
         """
-        Atomically rename C{source} to C{destination}.
+        Atomically rename C{source} to C{destination}, replacing it if it
+        exists.
+        """
+
+    def renameNoReplace(source: str, destination: str) -> None:
+        """
+        Atomically rename C{source} to C{destination}, unless C{destination}
+        exists: a message moved into C{new/} must never take the place of
+        another one that happens to have its name.
+
+        @raise FileExistsError: if C{destination} exists; C{source} is
+            left where it is.
         """
 
     def unlink(path: str) -> None:
@@ -311,6 +324,89 @@ class _SyncfsGroup:
             quietly(os.close, fd)
 
 
+# renameat2(2)'s flag, and the "current directory" for its descriptors.
+RENAME_NOREPLACE = 1
+_AT_FDCWD = -100
+
+
+def loadRenameat2() -> Callable[[str, str], None] | None:
+    """
+    C{renameat2(2)} with C{RENAME_NOREPLACE} as a function of two paths
+    that raises L{OSError} (L{FileExistsError} if the destination exists),
+    or L{None} where the C library has no C{renameat2} (before glibc 2.28,
+    or not Linux).
+
+    A file system that cannot rename without replacing (NFS, CephFS, FUSE
+    without it) fails it with C{EINVAL}; the caller then links instead.
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        function = _libc().renameat2
+    except (OSError, AttributeError):
+        return None
+    function.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    function.restype = ctypes.c_int
+
+    def renameat2(source: str, destination: str) -> None:
+        if function(_AT_FDCWD, os.fsencode(source), _AT_FDCWD, os.fsencode(destination), RENAME_NOREPLACE) != 0:
+            code = ctypes.get_errno()
+            raise OSError(code, os.strerror(code), source, None, destination)
+
+    return renameat2
+
+
+# What renameat2 fails with where the kernel or the file system cannot
+# rename without replacing: then link(2) does it.
+_NO_RENAMEAT2 = frozenset({errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP})
+# What link(2) fails with where the file system has no hard links.
+_NO_LINKS = frozenset({errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS})
+
+
+def linkThenUnlink(source: str, destination: str) -> None:
+    """
+    Rename C{source} to C{destination} without replacing it, by making a
+    hard link (which fails if C{destination} exists, atomically, also on
+    an NFS or CephFS server) and removing C{source}.
+
+    On NFS a link whose reply was lost is sent again and then fails with
+    C{EEXIST}, although the first one made the link: a destination that is
+    the very file of C{source} counts as done.  A C{source} that cannot be
+    removed is left behind: the message is in its place already, and a
+    stray link in C{tmp/} is harmless.
+
+    @raise FileExistsError: if another file has the name C{destination}.
+    """
+    try:
+        os.link(source, destination)
+    except FileExistsError:
+        if not _sameFile(source, destination):
+            raise
+    quietly(os.unlink, source)
+
+
+def _sameFile(first: str, second: str) -> bool:
+    try:
+        return os.path.samestat(os.stat(first), os.stat(second))
+    except OSError:
+        return False
+
+
+def checkThenRename(source: str, destination: str) -> None:
+    """
+    The last resort of L{RealFileSystem.renameNoReplace} on a file system
+    with neither C{renameat2(2)} flags nor hard links: rename, having
+    looked for C{destination} first.  Not atomic: another writer could take
+    the name between the look and the rename, which the random part of
+    every name (see L{harbor.store.names.MaildirNamer}) leaves to chance.
+
+    @raise FileExistsError: if C{destination} exists.
+    """
+    if os.path.lexists(destination):
+        raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), destination)
+    os.rename(source, destination)
+
+
 _DEFAULT = object()
 
 
@@ -324,6 +420,7 @@ class RealFileSystem:
         self,
         syncfs: Callable[[int], None] | None | object = _DEFAULT,
         trusted: Callable[[int], bool] = isTrustedFileSystem,
+        renameat2: Callable[[str, str], None] | None | object = _DEFAULT,
     ) -> None:
         """
         @param syncfs: Forces a whole file system to stable storage, given
@@ -332,11 +429,20 @@ class RealFileSystem:
         @param trusted: Whether C{syncfs} may stand for an fsync of each
             file on the file system of a descriptor (see
             L{isTrustedFileSystem}, the default).
+        @param renameat2: Renames without replacing (see L{loadRenameat2},
+            the default); L{None} links instead (see L{linkThenUnlink}).
         """
         self._syncfs: Callable[[int], None] | None = (
             loadSyncfs() if syncfs is _DEFAULT else syncfs  # type: ignore[assignment]
         )
         self._trusted = trusted
+        self._renameat2: Callable[[str, str], None] | None = (
+            loadRenameat2() if renameat2 is _DEFAULT else renameat2  # type: ignore[assignment]
+        )
+        # The directories whose file systems refused renameat2's flag, or
+        # hard links: they are not asked again.
+        self._noRenameat2: set[str] = set()
+        self._noLinks: set[str] = set()
 
     def create(self, path: str) -> MessageFile:
         return _DescriptorFile(os.open(path, _CREATE_FLAGS, 0o600))
@@ -416,6 +522,33 @@ class RealFileSystem:
 
     def rename(self, source: str, destination: str) -> None:
         os.rename(source, destination)
+
+    def renameNoReplace(self, source: str, destination: str) -> None:
+        """
+        By C{renameat2(2)} with C{RENAME_NOREPLACE} where the kernel and
+        the file system have it (ext4, XFS, Btrfs, tmpfs, overlayfs); else
+        by L{linkThenUnlink} (NFS, CephFS); else, on a file system without
+        hard links either, by L{checkThenRename}.  What a directory's file
+        system cannot do is remembered, so it costs one failed call once.
+        """
+        directory = os.path.dirname(destination)
+        if self._renameat2 is not None and directory not in self._noRenameat2:
+            try:
+                self._renameat2(source, destination)
+                return
+            except OSError as e:
+                if e.errno not in _NO_RENAMEAT2:
+                    raise
+                self._noRenameat2.add(directory)
+        if directory not in self._noLinks:
+            try:
+                linkThenUnlink(source, destination)
+                return
+            except OSError as e:
+                if e.errno not in _NO_LINKS:
+                    raise
+                self._noLinks.add(directory)
+        checkThenRename(source, destination)
 
     def unlink(self, path: str) -> None:
         os.unlink(path)

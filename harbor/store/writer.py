@@ -1,4 +1,4 @@
-# -*- test-case-name: harbor.test.test_writer -*-
+# -*- test-case-name: harbor.test.test_writer,harbor.test.test_collisions -*-
 """
 The Maildir writer: a streaming delivery that makes a message durable
 before anyone is told it was received.
@@ -47,6 +47,20 @@ from harbor.store.names import MaildirNamer
 # writes the copies to tmp/ (see PendingDelivery).
 MEMORY_THRESHOLD = 64 * 1024
 
+# How many names a delivery tries before it gives up with a 451: with the
+# random part of every name, a second collision means a broken namer.
+NAME_ATTEMPTS = 5
+
+
+class NameTaken(StorageError):
+    """
+    A copy's name was taken by a file that is not this delivery's (in
+    C{tmp/} or in C{new/}), and nothing was replaced.  The delivery is not
+    spoiled: its copies are back in C{tmp/} (or in memory), none is in
+    C{new/}, its companion is removed, and it may be committed again once
+    L{PendingDelivery.renew} has given it new names.
+    """
+
 
 @frozen
 class Companion:
@@ -94,14 +108,59 @@ class _Copy:
         C{tmp/} (and so must remove it if the delivery fails).
     """
 
-    def __init__(self, name: str, directory: str, header: bytes) -> None:
-        self.name = name
+    def __init__(self, name: str, directory: str, makeHeader: Callable[[str], bytes]) -> None:
+        """
+        @param makeHeader: Given the copy's name, the bytes that start it
+            (its trace headers name it): called again by L{rename}.
+        """
         self.directory = directory
-        self.header = header
         self.temporaryDirectory = os.path.join(directory, "tmp")
-        self.temporaryPath = os.path.join(self.temporaryDirectory, name)
+        self._makeHeader = makeHeader
         self.file: MessageFile | None = None
         self.created = False
+        self.rename(name)
+
+    def rename(self, name: str) -> None:
+        """
+        Call the copy C{name} from now on, in its header too; its file, if
+        it had one, is no longer its own.
+        """
+        self.name = name
+        self.header = self._makeHeader(name)
+        self.temporaryPath = os.path.join(self.temporaryDirectory, name)
+
+    def create(self, fs: IFileSystem, body: bytes | bytearray) -> None:
+        """
+        Create the copy's file in C{tmp/} and write its header and C{body}
+        in one write.
+
+        @raise NameTaken: if a file of its name is in C{tmp/} already.
+        @raise StorageError: if that fails; a file that was created is
+            marked in C{created} for L{remove}.
+        """
+        try:
+            self.file = fs.create(self.temporaryPath)
+        except FileExistsError as e:
+            raise NameTaken(f"creating the message file: {self.name} is taken") from e
+        except OSError as e:
+            raise StorageError.fromOSError("creating the message file", e) from e
+        self.created = True
+        try:
+            self.file.write(self.header + body)
+        except OSError as e:
+            raise StorageError.fromOSError("writing the message", e) from e
+
+    def remove(self, fs: IFileSystem) -> None:
+        """
+        Close the copy's file, and remove it from C{tmp/} if this delivery
+        created it; never raises.
+        """
+        f, self.file = self.file, None
+        if f is not None:
+            quietly(f.close)
+        if self.created:
+            self.created = False
+            quietly(fs.unlink, self.temporaryPath)
 
 
 class PendingDelivery:
@@ -127,6 +186,12 @@ class PendingDelivery:
     for many deliveries at once, sharing the waits between them:
     L{writeOut}, then L{writeCompanion}, then L{publish}, then L{finish};
     L{spoil} or L{retract} when a shared wait fails.
+
+    No copy ever replaces a file of another's: a name found taken in
+    C{tmp/} or C{new/} fails the commit with L{NameTaken}, and the caller
+    gives the copies new names (L{renew}), records again what it recorded
+    under the old ones (the hooks' jobs), and commits again.  The body is
+    kept meanwhile, in memory or in one of the old files in C{tmp/}.
     """
 
     def __init__(
@@ -135,6 +200,7 @@ class PendingDelivery:
         copies: Sequence[_Copy],
         threshold: int = MEMORY_THRESHOLD,
         create: bool = False,
+        namer: Callable[[], str] | None = None,
     ) -> None:
         """
         @param copies: The copies, none of them on disk yet.
@@ -142,11 +208,18 @@ class PendingDelivery:
             writing the copies to C{tmp/}.
         @param create: Whether the copies' Maildirs may not exist yet and
             are to be made, durably, before the first file is written.
+        @param namer: Gives a new unique name, for L{renew}.
         """
         self._fs = fs
         self._copies = list(copies)
         self._threshold = threshold
         self._create = create
+        self._namer = namer
+        # After a NameTaken with the body on disk: an old file in tmp/
+        # that holds it (its path, and the length of the header before
+        # it), and the old files to remove once the copies are rewritten.
+        self._source: tuple[str, int] | None = None
+        self._stale: list[str] = []
         # The body while it is in memory; None once spilled (or finished).
         self._buffer: bytearray | None = bytearray()
         self._bodySize = 0
@@ -199,29 +272,20 @@ class PendingDelivery:
         """
         if not self._copies:
             return
+        first = self._copies[0]
         try:
             self._ensureMaildirs()
-            self._createFile(self._copies[0], body)
+            for attempt in range(1, NAME_ATTEMPTS + 1):
+                try:
+                    first.create(self._fs, body)
+                    break
+                except NameTaken:
+                    # Nothing has been told the name yet: take another.
+                    if attempt == NAME_ATTEMPTS or self._namer is None:
+                        raise
+                    first.rename(self._namer())
         except StorageError as e:
             self.spoil(e)
-
-    def _createFile(self, copy: _Copy, body: bytes | bytearray) -> None:
-        """
-        Create C{copy}'s file in C{tmp/} and write its header and C{body}
-        in one write.
-
-        @raise StorageError: if that fails; a file that was created is
-            marked in C{copy.created} for L{_discard} to remove.
-        """
-        try:
-            copy.file = self._fs.create(copy.temporaryPath)
-        except OSError as e:
-            raise StorageError.fromOSError("creating the message file", e) from e
-        copy.created = True
-        try:
-            copy.file.write(copy.header + body)
-        except OSError as e:
-            raise StorageError.fromOSError("writing the message", e) from e
 
     @property
     def inMemory(self) -> bool:
@@ -242,10 +306,30 @@ class PendingDelivery:
             inbox.  The names must already be safe.
         @raise StorageError: if the message could not be stored.
         """
-        [result] = GroupCommit(self._fs, [(self, folders)]).commit()
+        for attempt in range(1, NAME_ATTEMPTS + 1):
+            [result] = GroupCommit(self._fs, [(self, folders)]).commit()
+            if not isinstance(result, NameTaken):
+                break
+            # A companion was written under the old names; its owner must
+            # write it again (see L{renew}).
+            if attempt == NAME_ATTEMPTS or self._companion is not None or self._namer is None:
+                self.abort()
+                break
+            self.renew()
         if isinstance(result, StorageError):
             raise result
         return result
+
+    def renew(self) -> None:
+        """
+        Give every copy a new name (and a header that names it), after a
+        commit failed with L{NameTaken}.  Anything made from the old names
+        (L{planned}, a companion) must be made again before the next
+        commit.  Pure: call it in any thread.
+        """
+        assert self._namer is not None, "a delivery without a namer cannot be renamed"
+        for copy in self._copies:
+            copy.rename(self._namer())
 
     def accompany(self, companion: Companion) -> None:
         """
@@ -298,28 +382,38 @@ class PendingDelivery:
         body = self._buffer
         self._buffer = None
         first = self._copies[0] if self._copies else None
+        source = self._source
         try:
             if body is not None:
                 self._ensureMaildirs()
             for copy in self._copies:
                 if body is not None:
-                    self._createFile(copy, body)
-                elif first is not None and copy is not first:
+                    copy.create(self._fs, body)
+                elif source is not None or (first is not None and copy is not first):
                     # A spilled message's body is in the first copy's file,
-                    # after that copy's own header.
-                    self._createFile(copy, b"")
+                    # after that copy's own header; a renamed one's in an
+                    # old file.
+                    if source is None:
+                        assert first is not None
+                        source = (first.temporaryPath, len(first.header))
+                    copy.create(self._fs, b"")
                     assert copy.file is not None
-                    self._fs.copyInto(first.temporaryPath, len(first.header), self._bodySize, copy.file)
+                    self._fs.copyInto(source[0], source[1], self._bodySize, copy.file)
                 assert copy.file is not None
                 if group is None or body is None or not group.covers(copy.temporaryDirectory):
                     self._fs.fsync(copy.file)
                 # A close can report a failed write-back (NFS) too.
                 f, copy.file = copy.file, None
                 f.close()
+        except NameTaken as e:
+            raise self._collide([], body, None, str(e)) from e
         except StorageError as e:
             raise self.spoil(e) from e
         except OSError as e:
             raise self.spoil(StorageError.fromOSError("syncing the message to disk", e)) from e
+        stale, self._stale, self._source = self._stale, [], None
+        for path in stale:
+            quietly(self._fs.unlink, path)
 
     def writeCompanion(self) -> None:
         """
@@ -368,12 +462,48 @@ class PendingDelivery:
                 new = os.path.dirname(final.path)
                 if folder is not None:
                     makeMaildir(self._fs, os.path.dirname(new), folder=True)
-                self._fs.rename(copy.temporaryPath, final.path)
+                try:
+                    self._fs.renameNoReplace(copy.temporaryPath, final.path)
+                except FileExistsError as e:
+                    taken = f"moving the message into new/: {copy.name} is taken"
+                    raise self._collide(stored, None, copy, taken) from e
+                # Its file is no longer in tmp/ to be removed on failure.
+                copy.created = False
                 stored.append(final)
                 directories.append(new)
         except OSError as e:
             raise self.retract(stored, StorageError.fromOSError("moving the message into new/", e)) from e
         return stored, list(dict.fromkeys(directories))
+
+    def _collide(
+        self, published: Sequence[StoredMessage], body: bytearray | None, whole: _Copy | None, what: str
+    ) -> NameTaken:
+        """
+        A copy's name is taken: undo what this commit did, but keep the
+        message, so that L{renew} and another commit can store it.
+
+        The copies in C{published} are removed from C{new/} again, the
+        companion is removed, and every file in C{tmp/} but one that holds
+        the body is removed.
+
+        @param body: The body, if it was in memory when the commit began.
+        @param whole: A copy whose file in C{tmp/} is complete, if any
+            (else the body is in memory, or in the first copy's file).
+        @param what: Which name was taken where, for the error.
+        @return: the failure, to raise.
+        """
+        _unpublish(self._fs, published)
+        self._removeCompanion()
+        if body is not None:
+            self._buffer = body
+        elif self._source is None and self._copies:
+            keep = whole if whole is not None else self._copies[0]
+            self._source = (keep.temporaryPath, len(keep.header))
+            self._stale.append(keep.temporaryPath)
+            keep.created = False
+        for copy in self._copies:
+            copy.remove(self._fs)
+        return NameTaken(what)
 
     def finish(self) -> None:
         """
@@ -393,10 +523,7 @@ class PendingDelivery:
 
         @return: C{failure}, to raise.
         """
-        for message in stored:
-            quietly(self._fs.unlink, message.path)
-        for directory in dict.fromkeys(os.path.dirname(message.path) for message in stored):
-            quietly(self._fs.syncDirectory, directory)
+        _unpublish(self._fs, stored)
         return self.spoil(failure)
 
     def spoil(self, failure: StorageError) -> StorageError:
@@ -440,16 +567,32 @@ class PendingDelivery:
             return
         self._finished = True
         self._buffer = None
+        self._removeCompanion()
+        for copy in self._copies:
+            copy.remove(self._fs)
+        stale, self._stale, self._source = self._stale, [], None
+        for path in stale:
+            quietly(self._fs.unlink, path)
+
+    def _removeCompanion(self) -> None:
+        """
+        Remove the companion, if it was written; never raises.
+        """
         if self._companionWritten:
             self._companionWritten = False
             assert self._companion is not None
             with contextlib.suppress(Exception):
                 self._companion.remove()
-        for copy in self._copies:
-            if copy.file is not None:
-                quietly(copy.file.close)
-            if copy.created:
-                quietly(self._fs.unlink, copy.temporaryPath)
+
+
+def _unpublish(fs: IFileSystem, stored: Sequence[StoredMessage]) -> None:
+    """
+    Remove copies from C{new/} again, durably; never raises.
+    """
+    for message in stored:
+        quietly(fs.unlink, message.path)
+    for directory in dict.fromkeys(os.path.dirname(message.path) for message in stored):
+        quietly(fs.syncDirectory, directory)
 
 
 Folders = Sequence["str | None"] | None
@@ -658,11 +801,8 @@ class MaildirStore:
             per user), in the committing thread for a small message.
         @raise StorageError: never for now; callers should still expect it.
         """
-        started = []
-        for mailbox, makeHeader in copies:
-            name = self._namer.nextName()
-            started.append(_Copy(name, self.directoryFor(mailbox), makeHeader(name)))
-        return PendingDelivery(self._fs, started, self._threshold, create)
+        started = [_Copy(self._namer.nextName(), self.directoryFor(mailbox), makeHeader) for mailbox, makeHeader in copies]
+        return PendingDelivery(self._fs, started, self._threshold, create, self._namer.nextName)
 
     def commitMany(self, deliveries: Sequence[tuple[PendingDelivery, Folders]]) -> list[CommitResult]:
         """

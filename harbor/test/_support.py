@@ -211,6 +211,10 @@ class RecordingFileSystem:
         self._record("rename", destination)
         self._real.rename(source, destination)
 
+    def renameNoReplace(self, source: str, destination: str) -> None:
+        self._record("renameNoReplace", destination)
+        self._real.renameNoReplace(source, destination)
+
     def unlink(self, path: str) -> None:
         self._record("unlink", path)
         self._real.unlink(path)

@@ -308,7 +308,7 @@ class CommitLaneTests(LaneFixture):
             new = os.path.dirname(copy.path)
             tmp = os.path.join(os.path.dirname(new), "tmp", copy.id)
             fsync = next(i for i, (name, path, _) in enumerate(log) if name == "fsync" and path == tmp)
-            rename = next(i for i, (name, path, _) in enumerate(log) if name == "rename" and path == copy.path)
+            rename = next(i for i, (name, path, _) in enumerate(log) if name == "renameNoReplace" and path == copy.path)
             lane = log[rename][2]
             self.assertEqual(log[fsync][2], lane)
             directory = next(
@@ -341,7 +341,7 @@ class CommitLaneTests(LaneFixture):
         self.assertEqual(self.batches, [1, 5])
         self.assertEqual(
             names,
-            ["fsync", "rename", "syncDirectory"] + ["create", "fsync"] * 5 + ["rename"] * 5 + ["syncDirectory"],
+            ["fsync", "renameNoReplace", "syncDirectory"] + ["create", "fsync"] * 5 + ["renameNoReplace"] * 5 + ["syncDirectory"],
         )
 
     def test_slowFileDoesNotDelayOthers(self) -> None:

@@ -8,7 +8,14 @@ from collections.abc import Mapping
 from twisted.trial.unittest import SynchronousTestCase
 
 from harbor._syntax import ConfigError
-from harbor.config import Config, TLSFiles, loadFile, normalisePort
+from harbor.config import (
+    Config,
+    TLSFiles,
+    isLoopbackName,
+    loadFile,
+    machineName,
+    normalisePort,
+)
 from harbor.limits import Limits
 from harbor.routing import DomainConfig
 
@@ -88,6 +95,39 @@ class ConfigTests(SynchronousTestCase):
         """
         config = Config.fromMapping({"domain": "example.com"}, fqdn=lambda: "Host.Example.NET.")
         self.assertEqual(config.hostname, "host.example.net")
+
+    def test_machineNameNotLocalhost(self) -> None:
+        """
+        Where the FQDN lookup answers localhost (the host name listed after
+        localhost in /etc/hosts), the machine's host name is used instead.
+        """
+        self.assertEqual(machineName(lambda: "localhost", lambda: "vm"), "vm")
+        self.assertEqual(machineName(lambda: "localhost.localdomain", lambda: "Box.Example.ORG"), "box.example.org")
+        config = Config.fromMapping({"domain": "example.com"}, fqdn=lambda: machineName(lambda: "localhost", lambda: "vm"))
+        self.assertEqual(config.hostname, "vm")
+
+    def test_machineNamePrefersFQDN(self) -> None:
+        """
+        A real fully qualified name is preferred to the bare host name.
+        """
+        self.assertEqual(machineName(lambda: "mx.example.net.", lambda: "mx"), "mx.example.net")
+
+    def test_machineNameFallbacks(self) -> None:
+        """
+        Loopback names and unusable names are skipped; with nothing better,
+        the name is localhost.
+        """
+
+        def broken() -> str:
+            raise OSError("no name")
+
+        self.assertEqual(machineName(broken, lambda: "vm"), "vm")
+        self.assertEqual(machineName(lambda: "ip6-localhost", lambda: "bad name"), "localhost")
+        self.assertEqual(machineName(lambda: "localhost6.localdomain6", lambda: "localhost"), "localhost")
+        for name in ("localhost", "LOCALHOST.", "localhost.localdomain", "ip6-loopback", "localhost4"):
+            self.assertTrue(isLoopbackName(name), name)
+        for name in ("mx.example.com", "localhost-mx.example.com", "vm"):
+            self.assertFalse(isLoopbackName(name), name)
 
     def test_unusableFQDN(self) -> None:
         """

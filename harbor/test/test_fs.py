@@ -5,6 +5,7 @@ the writer.
 
 import errno
 import os
+import sys
 
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
@@ -15,6 +16,8 @@ from harbor.store.fs import (
     StorageError,
     _kernelReportsSyncfsErrors,
     fileSystemType,
+    linkThenUnlink,
+    loadRenameat2,
     loadSyncfs,
 )
 from harbor.store.names import MaildirNamer
@@ -145,10 +148,21 @@ class RealFileSystemTests(SynchronousTestCase):
             realSyncfs(fd)
 
         self.syncfs = recordSyncfs
-        self.store = MaildirStore(self.root, MaildirNamer("h", Clock().seconds, pid=1), RealFileSystem(recordSyncfs, trusted=lambda fd: True))
+        realRename = loadRenameat2() or linkThenUnlink
+
+        def recordRename(source: str, destination: str) -> None:
+            self.calls.append(("rename", destination))
+            realRename(source, destination)
+
+        self.recordRename = recordRename
+        self.store = MaildirStore(
+            self.root,
+            MaildirNamer("h", Clock().seconds, pid=1),
+            RealFileSystem(recordSyncfs, trusted=lambda fd: True, renameat2=recordRename),
+        )
         self.store.create("example.com")
         self.maildir = os.path.join(self.root, "example.com")
-        realOpen, realFsync, realRename = os.open, os.fsync, os.rename
+        realOpen, realFsync = os.open, os.fsync
 
         def recordOpen(path: str, flags: int, mode: int = 0o777) -> int:
             fd = realOpen(path, flags, mode)
@@ -160,13 +174,8 @@ class RealFileSystemTests(SynchronousTestCase):
             self.calls.append(("fsync", self.paths.get(fd, "?")))
             realFsync(fd)
 
-        def recordRename(source: str, destination: str) -> None:
-            self.calls.append(("rename", destination))
-            realRename(source, destination)
-
         self.patch(os, "open", recordOpen)
         self.patch(os, "fsync", recordFsync)
-        self.patch(os, "rename", recordRename)
 
     def listing(self, sub: str) -> list[str]:
         return sorted(os.listdir(os.path.join(self.maildir, sub)))
@@ -279,7 +288,7 @@ class RealFileSystemTests(SynchronousTestCase):
         Without syncfs every file is created and fsynced on its own, all
         before the first rename.
         """
-        store = MaildirStore(self.root, MaildirNamer("h", Clock().seconds, pid=2), RealFileSystem(None))
+        store = MaildirStore(self.root, MaildirNamer("h", Clock().seconds, pid=2), RealFileSystem(None, renameat2=self.recordRename))
         pending = store.begin([("example.com", lambda id: b"A\n"), ("example.com", lambda id: b"B\n")])
         pending.write(b"body\n")
         first, second = pending.commit()
@@ -304,7 +313,7 @@ class RealFileSystemTests(SynchronousTestCase):
         def failing(fd: int) -> None:
             raise OSError(errno.EIO, os.strerror(errno.EIO))
 
-        store = MaildirStore(self.root, MaildirNamer("h", Clock().seconds, pid=2), RealFileSystem(failing, trusted=lambda fd: True))
+        store = MaildirStore(self.root, MaildirNamer("h", Clock().seconds, pid=2), RealFileSystem(failing, trusted=lambda fd: True, renameat2=self.recordRename))
         one = store.begin([("example.com", lambda id: b"")])
         two = store.begin([("example.com", lambda id: b"")])
         one.write(b"1")
@@ -336,3 +345,131 @@ class RealFileSystemTests(SynchronousTestCase):
         self.assertIn("syncing the message to disk", str(error))
         self.assertFalse(error.noSpace)
         self.assertNothingLeft()
+
+
+class RenameNoReplaceTests(SynchronousTestCase):
+    """
+    Tests for L{RealFileSystem.renameNoReplace}: a rename that never takes
+    the place of an existing file, by whichever means the file system has.
+    """
+
+    def setUp(self) -> None:
+        self.directory = self.mktemp()
+        os.makedirs(self.directory)
+        self.source = self.write("source", b"mine")
+        self.destination = os.path.join(self.directory, "destination")
+
+    def write(self, name: str, data: bytes) -> str:
+        path = os.path.join(self.directory, name)
+        with open(path, "wb") as f:
+            f.write(data)
+        return path
+
+    def read(self, path: str) -> bytes:
+        with open(path, "rb") as f:
+            return f.read()
+
+    def assertRefused(self, fs: RealFileSystem) -> None:
+        """
+        With the destination taken, C{fs} raises FileExistsError and both
+        files are as they were.
+        """
+        self.write("destination", b"theirs")
+        self.assertRaises(FileExistsError, fs.renameNoReplace, self.source, self.destination)
+        self.assertEqual((self.read(self.source), self.read(self.destination)), (b"mine", b"theirs"))
+
+    def assertRenamed(self, fs: RealFileSystem) -> None:
+        fs.renameNoReplace(self.source, self.destination)
+        self.assertFalse(os.path.exists(self.source))
+        self.assertEqual(self.read(self.destination), b"mine")
+
+    def test_renameat2(self) -> None:
+        """
+        On Linux the C library's renameat2 is found, and refuses to
+        replace a file.
+        """
+        if not sys.platform.startswith("linux"):
+            raise SkipTest("renameat2 is Linux's")
+        renameat2 = loadRenameat2()
+        if renameat2 is None:
+            raise SkipTest("this C library has no renameat2")
+        self.write("destination", b"theirs")
+        self.assertRaises(FileExistsError, renameat2, self.source, self.destination)
+        self.assertEqual(self.read(self.destination), b"theirs")
+        os.unlink(self.destination)
+        renameat2(self.source, self.destination)
+        self.assertEqual(self.read(self.destination), b"mine")
+
+    def test_default(self) -> None:
+        """
+        The default file system renames, and refuses to replace.
+        """
+        self.assertRefused(RealFileSystem())
+        os.unlink(self.destination)
+        self.assertRenamed(RealFileSystem())
+
+    def test_linkWhereRenameat2Refused(self) -> None:
+        """
+        Where renameat2 fails with EINVAL (NFS, CephFS), a hard link is
+        made instead, and renameat2 is not tried again in that directory.
+        """
+        tried: list[str] = []
+
+        def refused(source: str, destination: str) -> None:
+            tried.append(destination)
+            raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
+
+        fs = RealFileSystem(renameat2=refused)
+        self.assertRefused(fs)
+        os.unlink(self.destination)
+        self.assertRenamed(fs)
+        self.assertEqual(tried, [self.destination])
+
+    def test_otherErrorsRaised(self) -> None:
+        """
+        Another failure of renameat2 (a full disk, say) is raised, not
+        papered over by a link.
+        """
+
+        def full(source: str, destination: str) -> None:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+        error = self.assertRaises(OSError, RealFileSystem(renameat2=full).renameNoReplace, self.source, self.destination)
+        self.assertEqual(error.errno, errno.ENOSPC)
+        self.assertFalse(os.path.exists(self.destination))
+
+    def test_withoutRenameat2(self) -> None:
+        """
+        Without renameat2 at all, the link is made at once.
+        """
+        self.assertRefused(RealFileSystem(renameat2=None))
+        os.unlink(self.destination)
+        self.assertRenamed(RealFileSystem(renameat2=None))
+
+    def test_withoutLinks(self) -> None:
+        """
+        On a file system without hard links either, the destination is
+        looked for before a plain rename.
+        """
+        calls: list[str] = []
+
+        def noLinks(source: str, destination: str) -> None:
+            calls.append(destination)
+            raise OSError(errno.EPERM, os.strerror(errno.EPERM))
+
+        self.patch(os, "link", noLinks)
+        fs = RealFileSystem(renameat2=None)
+        self.assertRefused(fs)
+        os.unlink(self.destination)
+        self.assertRenamed(fs)
+        self.assertEqual(calls, [self.destination])
+
+    def test_linkAlreadyMade(self) -> None:
+        """
+        An EEXIST for a link that is the source itself (an NFS LINK sent
+        again after its reply was lost) counts as done.
+        """
+        os.link(self.source, self.destination)
+        linkThenUnlink(self.source, self.destination)
+        self.assertFalse(os.path.exists(self.source))
+        self.assertEqual(self.read(self.destination), b"mine")

@@ -497,8 +497,8 @@ class GroupCommitTests(SMTPTestCase):
         names = [name for name, _ in self.fs.calls]
         self.assertEqual(
             names,
-            ["create", "fsync", "rename", "syncDirectory"]
-            + ["create", "fsync", "create", "fsync", "rename", "rename", "syncDirectory"],
+            ["create", "fsync", "renameNoReplace", "syncDirectory"]
+            + ["create", "fsync", "create", "fsync", "renameNoReplace", "renameNoReplace", "syncDirectory"],
         )
         for driver in [self.smtp] + others:
             self.assertTrue(driver.take().startswith(b"250 2.0.0 Ok: stored as "))
@@ -649,7 +649,7 @@ class HookJobTests(SMTPTestCase):
         calls = [(name, path) for name, path in self.fs.calls if name != "makeDirectories"]
         job = next(i for i, (name, path) in enumerate(calls) if path.startswith(os.path.join(self.spool, "tmp")))
         spoolSynced = calls.index(("syncDirectory", pending))
-        renamed = next(i for i, (name, path) in enumerate(calls) if name == "rename" and path.startswith(new))
+        renamed = next(i for i, (name, path) in enumerate(calls) if name == "renameNoReplace" and path.startswith(new))
         self.assertEqual(
             [name for name, _ in calls[job : spoolSynced + 1]], ["create", "fsync", "rename", "syncDirectory"]
         )
@@ -671,7 +671,7 @@ class HookJobTests(SMTPTestCase):
         self.assertEqual(self.send(), b"452 4.3.1 Error: insufficient system storage\r\n")
         self.assertNothingStored()
         new = os.path.join(self.root, "example.com", "new")
-        self.assertEqual([p for name, p in self.fs.calls if name == "rename" and p.startswith(new)], [])
+        self.assertEqual([p for name, p in self.fs.calls if name == "renameNoReplace" and p.startswith(new)], [])
         self.assertEqual((self.pendingJobs(), self.runner.pendingCounts), ([], {"notify": 0}))
 
     def test_failedRenameRemovesJobs(self) -> None:
@@ -681,7 +681,7 @@ class HookJobTests(SMTPTestCase):
         hook is never called, and the job is no longer counted.
         """
         new = os.path.join(self.root, "example.com", "new")
-        for failing in ("rename", "syncDirectory"):
+        for failing in ("renameNoReplace", "syncDirectory"):
             self.fs.failOn = failing
             self.fs.failUnder = new
             self.fs.failErrno = errno.EIO

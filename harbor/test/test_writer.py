@@ -5,6 +5,7 @@ Tests for L{harbor.store.writer}.
 import errno
 import mailbox
 import os
+import re
 from collections.abc import Sequence
 
 from zope.interface.verify import verifyObject
@@ -120,7 +121,9 @@ class StoreTests(StoreFixture, SynchronousTestCase):
             return b"X-Id: " + id.encode() + b"\n"
 
         self.store.begin([("example.com", header), ("example.com", header)])
-        self.assertEqual(asked, ["0.M0P1Q1.h", "0.M0P1Q2.h"])
+        self.assertEqual(len(asked), 2)
+        self.assertTrue(all(re.fullmatch(r"0\.M0P1R[0-9a-f]{16}Q[12]\.h", name) for name in asked), asked)
+        self.assertNotEqual(*asked)
         self.assertEqual(self.fs.calls, [])
 
     def test_smallMessageInMemoryUntilCommit(self) -> None:
@@ -222,11 +225,11 @@ class StoreTests(StoreFixture, SynchronousTestCase):
         stored = pending.commit()
         self.assertEqual(
             self.callNames(),
-            ["groupSync", "create", "create", "syncfs", "closeGroup", "rename", "rename", "syncDirectory"],
+            ["groupSync", "create", "create", "syncfs", "closeGroup", "renameNoReplace", "renameNoReplace", "syncDirectory"],
         )
         self.assertEqual(self.fs.calls[0][1], os.path.join(self.maildir, "tmp"))
         self.assertEqual(self.fs.calls[-1][1], os.path.join(self.maildir, "new"))
-        self.assertEqual([c[1] for c in self.fs.calls if c[0] == "rename"], [s.path for s in stored])
+        self.assertEqual([c[1] for c in self.fs.calls if c[0] == "renameNoReplace"], [s.path for s in stored])
         self.assertEqual(len(stored), 2)
 
     def test_durabilityOrderLarge(self) -> None:
@@ -242,7 +245,7 @@ class StoreTests(StoreFixture, SynchronousTestCase):
         stored = pending.commit()
         self.assertEqual(
             self.callNames(),
-            ["fsync", "create", "copyInto", "fsync", "rename", "rename", "syncDirectory"],
+            ["fsync", "create", "copyInto", "fsync", "renameNoReplace", "renameNoReplace", "syncDirectory"],
         )
         self.assertEqual(self.fs.calls[-1][1], os.path.join(self.maildir, "new"))
         self.assertEqual(len(stored), 2)
@@ -502,10 +505,10 @@ class StoreTests(StoreFixture, SynchronousTestCase):
         for size in (10, MEMORY_THRESHOLD + 1):
             pending = self.store.begin([("example.com", lambda id: b""), ("example.com", lambda id: b"")])
             pending.write(b"x" * size)
-            self.failNth("rename", 2)
+            self.failNth("renameNoReplace", 2)
             self.assertRaises(StorageError, pending.commit)
             self.assertNothingLeft()
-            del self.fs.rename
+            del self.fs.renameNoReplace
 
     def test_directorySyncFailure(self) -> None:
         """
@@ -537,8 +540,8 @@ class StoreTests(StoreFixture, SynchronousTestCase):
                 self.assertEqual(f.read(), b"b" + b"x" * size)
             names = self.callNames()
             lastFsync = max(i for i, name in enumerate(names) if name in ("fsync", "syncfs"))
-            lastRename = max(i for i, name in enumerate(names) if name == "rename")
-            self.assertLess(lastFsync, names.index("rename"))
+            lastRename = max(i for i, name in enumerate(names) if name == "renameNoReplace")
+            self.assertLess(lastFsync, names.index("renameNoReplace"))
             newSyncs = [
                 i for i, c in enumerate(self.fs.calls) if c[0] == "syncDirectory" and c[1].endswith("new")
             ]
@@ -593,7 +596,7 @@ class CompanionTests(StoreFixture, SynchronousTestCase):
             pending.accompany(self.companion())
             self.fs.calls.clear()
             pending.commit()
-            self.assertEqual(self.callNames(), before + ["companion", "rename", "rename", "syncDirectory"])
+            self.assertEqual(self.callNames(), before + ["companion", "renameNoReplace", "renameNoReplace", "syncDirectory"])
 
     def test_failureStopsTheRename(self) -> None:
         """
@@ -612,7 +615,7 @@ class CompanionTests(StoreFixture, SynchronousTestCase):
             self.fs.calls.clear()
             raised = self.assertRaises(StorageError, pending.commit)
             self.assertTrue(check(raised), raised)
-            self.assertNotIn("rename", self.callNames())
+            self.assertNotIn("renameNoReplace", self.callNames())
             self.assertNotIn("uncompanion", self.callNames())
             self.assertNothingLeft()
 
@@ -621,13 +624,13 @@ class CompanionTests(StoreFixture, SynchronousTestCase):
         If a rename into new/ fails, or new/ cannot be fsynced, the copies
         are taken out of new/ and then the companion is removed.
         """
-        for failing in ("rename", "syncDirectory"):
+        for failing in ("renameNoReplace", "syncDirectory"):
             pending = self.store.begin([("example.com", lambda id: b""), ("example.com", lambda id: b"")])
             pending.write(b"x")
             pending.accompany(self.companion())
             self.fs.calls.clear()
-            if failing == "rename":
-                self.failNth("rename", 2)
+            if failing == "renameNoReplace":
+                self.failNth("renameNoReplace", 2)
             else:
                 self.fs.failOn = "syncDirectory"
             self.assertRaises(StorageError, pending.commit)
@@ -636,11 +639,11 @@ class CompanionTests(StoreFixture, SynchronousTestCase):
             # After the copies are out of new/ and that is durable.
             self.assertEqual(names.count("uncompanion"), 1)
             self.assertLess(lastDirectorySync, names.index("uncompanion"), names)
-            self.assertLess(names.index("companion"), names.index("rename"))
+            self.assertLess(names.index("companion"), names.index("renameNoReplace"))
             self.assertNothingLeft()
             self.fs.failOn = None
-            if "rename" in self.fs.__dict__:
-                del self.fs.rename
+            if "renameNoReplace" in self.fs.__dict__:
+                del self.fs.renameNoReplace
 
     def test_plannedIsPublished(self) -> None:
         """
@@ -746,7 +749,7 @@ class GroupCommitTests(StoreFixture, SynchronousTestCase):
         results = self.store.commitMany([(d, None) for d in deliveries])
         self.assertEqual(
             self.callNames(),
-            ["groupSync"] + ["create"] * 3 + ["syncfs", "closeGroup"] + ["rename"] * 3 + ["syncDirectory"],
+            ["groupSync"] + ["create"] * 3 + ["syncfs", "closeGroup"] + ["renameNoReplace"] * 3 + ["syncDirectory"],
         )
         self.assertEqual(storedCounts(results), [1, 1, 1])
         self.assertEqual(len(self.listing("new")), 3)
@@ -763,7 +766,7 @@ class GroupCommitTests(StoreFixture, SynchronousTestCase):
         results = self.store.commitMany([(large, None)] + [(d, None) for d in small])
         self.assertEqual(
             self.callNames(),
-            ["groupSync", "fsync", "create", "create", "syncfs", "closeGroup"] + ["rename"] * 3 + ["syncDirectory"],
+            ["groupSync", "fsync", "create", "create", "syncfs", "closeGroup"] + ["renameNoReplace"] * 3 + ["syncDirectory"],
         )
         self.assertEqual(storedCounts(results), [1, 1, 1])
 
@@ -811,7 +814,7 @@ class GroupCommitTests(StoreFixture, SynchronousTestCase):
         self.store.commitMany([(d, None) for d in deliveries])
         self.assertEqual(
             self.callNames(),
-            ["create", "fsync", "create", "fsync", "rename", "rename", "syncDirectory"],
+            ["create", "fsync", "create", "fsync", "renameNoReplace", "renameNoReplace", "syncDirectory"],
         )
 
     def test_fewOpenFiles(self) -> None:
