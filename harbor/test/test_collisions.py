@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import email
 import errno
+import glob
 import mailbox
 import os
 import threading
@@ -439,7 +440,11 @@ class DeliveryTests(SynchronousTestCase):
         path = os.path.join(self.root, "example.com", "new", name)
         with open(path, "rb") as f:
             self.assertIn(b" id " + parsed.id.encode() + b"\n", f.read())
-        self.assertEqual([job.split(",")[0] for job in files(self.spool, "pending")], [parsed.id])
+        # The job waits in pending/ or, held by this instance, in its claim
+        # directory; either way it names the stored file.
+        jobs = [os.path.basename(job) for job in glob.glob(os.path.join(self.spool, "pending", "*"))]
+        jobs += [os.path.basename(job) for job in glob.glob(os.path.join(self.spool, "claimed", "*", "*"))]
+        self.assertEqual([job.split(",")[0] for job in jobs], [parsed.id])
         self.clock.advance(0)
         self.threads.runAll()
         self.assertEqual([(event.id, event.path) for event in self.hook.calls], [(parsed.id, path)])
