@@ -368,10 +368,8 @@ class HookSpool:
             with os.scandir(self._pending) as entries:
                 for entry in entries:
                     name = entry.name
-                    if not name.endswith(_JOB_SUFFIX):
-                        continue
-                    jobID = name[: -len(_JOB_SUFFIX)]
-                    if jobID in uncounted:
+                    jobID = _jobIDOf(name)
+                    if jobID is None or jobID in uncounted:
                         continue
                     hook = hookOf(jobID)
                     counts[hook] = counts.get(hook, 0) + 1
@@ -391,10 +389,8 @@ class HookSpool:
         # too: the backlog that max_pending bounds is the spool's.
         elsewhere: dict[str, int] = {}
         for instance, name in self.claims.claimedNames():
-            if not name.endswith(_JOB_SUFFIX):
-                continue
-            jobID = name[: -len(_JOB_SUFFIX)]
-            if jobID in uncounted:
+            jobID = _jobIDOf(name)
+            if jobID is None or jobID in uncounted:
                 continue
             hook = hookOf(jobID)
             counts[hook] = counts.get(hook, 0) + 1
@@ -554,3 +550,13 @@ class HookSpool:
                 return Job.fromJSON(json.loads(f.read()))
         except (OSError, ValueError):
             return None
+
+
+def _jobIDOf(name: str) -> str | None:
+    """
+    The id of the job a spool file holds, or L{None} for a file that is not
+    a job's.
+    """
+    if not name.endswith(_JOB_SUFFIX):
+        return None
+    return name[: -len(_JOB_SUFFIX)]

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any, BinaryIO
 
@@ -513,33 +513,7 @@ def markSeen(message: MessageFile) -> MessageFile:
     @raise StoreError: if the message vanished, a file already has the new
         name, or the rename fails.
     """
-    for _ in range(2):
-        target = seenFilename(message.filename)
-        if message.subdirectory == "cur" and target == message.filename:
-            return message
-        destination = os.path.join(message.maildir, "cur", target)
-        if os.path.lexists(destination):
-            raise StoreError(f"cannot mark {message.name.id} seen: {destination} exists")
-        try:
-            os.rename(message.path, destination)
-        except FileNotFoundError:
-            # A reader moved it meanwhile: mark it where it is now.
-            found = relocate(message)
-            if found is None:
-                break
-            message = found
-            continue
-        except OSError as e:
-            raise StoreError(f"cannot mark {message.name.id} seen: {e.strerror or e}") from None
-        return MessageFile(
-            mailbox=message.mailbox,
-            path=destination,
-            filename=target,
-            name=MaildirName(message.name.id, message.name.size, target.partition(":2,")[2]),
-            subdirectory="cur",
-            seen=True,
-        )
-    raise StoreError(f"message {message.name.id} vanished")
+    return _flagged(message, seenFilename, seen=True, what="seen")
 
 
 def unseenFilename(filename: str) -> str:
@@ -562,30 +536,43 @@ def markUnseen(message: MessageFile) -> MessageFile:
     @raise StoreError: if it vanished, a file has the new name already, or
         the rename fails.
     """
+    return _flagged(message, unseenFilename, seen=False, what="unread")
+
+
+def _flagged(message: MessageFile, rename: Callable[[str], str], seen: bool, what: str) -> MessageFile:
+    """
+    Rename a message into C{cur/} under the name C{rename} gives its file,
+    following it once if a mail reader moves it meanwhile.
+
+    @raise StoreError: if it vanished, a file has the new name already, or
+        the rename fails.
+    """
     for _ in range(2):
-        target = unseenFilename(message.filename)
-        if message.subdirectory != "cur" or target == message.filename:
+        target = rename(message.filename)
+        if target == message.filename and (message.subdirectory == "cur" or not seen):
+            # Flagged so already (an unseen one may still be in new/).
             return message
         destination = os.path.join(message.maildir, "cur", target)
         if os.path.lexists(destination):
-            raise StoreError(f"cannot mark {message.name.id} unread: {destination} exists")
+            raise StoreError(f"cannot mark {message.name.id} {what}: {destination} exists")
         try:
             os.rename(message.path, destination)
         except FileNotFoundError:
+            # A reader moved it meanwhile: mark it where it is now.
             found = relocate(message)
             if found is None:
                 break
             message = found
             continue
         except OSError as e:
-            raise StoreError(f"cannot mark {message.name.id} unread: {e.strerror or e}") from None
+            raise StoreError(f"cannot mark {message.name.id} {what}: {e.strerror or e}") from None
         return MessageFile(
             mailbox=message.mailbox,
             path=destination,
             filename=target,
             name=MaildirName(message.name.id, message.name.size, target.partition(":2,")[2]),
             subdirectory="cur",
-            seen=False,
+            seen=seen,
         )
     raise StoreError(f"message {message.name.id} vanished")
 

@@ -30,12 +30,10 @@ import contextlib
 import os
 from collections.abc import Callable, Sequence
 
-from attrs import frozen
-
+from harbor.store.copies import Companion, Copy, NameTaken, StoredMessage, unpublish
 from harbor.store.fs import (
     GroupSync,
     IFileSystem,
-    MessageFile,
     RealFileSystem,
     StorageError,
     makeMaildir,
@@ -51,116 +49,18 @@ MEMORY_THRESHOLD = 64 * 1024
 # random part of every name, a second collision means a broken namer.
 NAME_ATTEMPTS = 5
 
-
-class NameTaken(StorageError):
-    """
-    A copy's name was taken by a file that is not this delivery's (in
-    C{tmp/} or in C{new/}), and nothing was replaced.  The delivery is not
-    spoiled: its copies are back in C{tmp/} (or in memory), none is in
-    C{new/}, its companion is removed, and it may be committed again once
-    L{PendingDelivery.renew} has given it new names.
-    """
-
-
-@frozen
-class Companion:
-    """
-    Files that must be durable with a message, and gone if it is not
-    stored: its hooks' jobs.  L{GroupCommit} writes them once the message's
-    files are durable and before they are renamed into C{new/}, so that a
-    250 reply means both are on disk, and removes them if the delivery
-    fails after that.
-
-    @ivar write: Writes them durably (blocking); raises if it cannot,
-        leaving none behind.
-    @ivar remove: Removes them again (blocking); never raises.
-    @ivar what: What writing them is, for the error: C{"recording the
-        message for its hooks"}.
-    """
-
-    write: Callable[[], None]
-    remove: Callable[[], None]
-    what: str
-
-
-@frozen
-class StoredMessage:
-    """
-    A message copy that is safely in a Maildir's C{new/}.
-
-    @ivar id: The unique part of the file name, given to the client in the
-        250 reply and accepted by C{mailharbor show}.
-    @ivar path: The file's path.
-    @ivar size: The file's size in bytes.
-    """
-
-    id: str
-    path: str
-    size: int
-
-
-class _Copy:
-    """
-    One recipient's copy: its name, its Maildir, its own header block and,
-    while a spilled message is being written, its open file in C{tmp/}.
-
-    @ivar created: Whether this delivery created the copy's file in
-        C{tmp/} (and so must remove it if the delivery fails).
-    """
-
-    def __init__(self, name: str, directory: str, makeHeader: Callable[[str], bytes]) -> None:
-        """
-        @param makeHeader: Given the copy's name, the bytes that start it
-            (its trace headers name it): called again by L{rename}.
-        """
-        self.directory = directory
-        self.temporaryDirectory = os.path.join(directory, "tmp")
-        self._makeHeader = makeHeader
-        self.file: MessageFile | None = None
-        self.created = False
-        self.rename(name)
-
-    def rename(self, name: str) -> None:
-        """
-        Call the copy C{name} from now on, in its header too; its file, if
-        it had one, is no longer its own.
-        """
-        self.name = name
-        self.header = self._makeHeader(name)
-        self.temporaryPath = os.path.join(self.temporaryDirectory, name)
-
-    def create(self, fs: IFileSystem, body: bytes | bytearray) -> None:
-        """
-        Create the copy's file in C{tmp/} and write its header and C{body}
-        in one write.
-
-        @raise NameTaken: if a file of its name is in C{tmp/} already.
-        @raise StorageError: if that fails; a file that was created is
-            marked in C{created} for L{remove}.
-        """
-        try:
-            self.file = fs.create(self.temporaryPath)
-        except FileExistsError as e:
-            raise NameTaken(f"creating the message file: {self.name} is taken") from e
-        except OSError as e:
-            raise StorageError.fromOSError("creating the message file", e) from e
-        self.created = True
-        try:
-            self.file.write(self.header + body)
-        except OSError as e:
-            raise StorageError.fromOSError("writing the message", e) from e
-
-    def remove(self, fs: IFileSystem) -> None:
-        """
-        Close the copy's file, and remove it from C{tmp/} if this delivery
-        created it; never raises.
-        """
-        f, self.file = self.file, None
-        if f is not None:
-            quietly(f.close)
-        if self.created:
-            self.created = False
-            quietly(fs.unlink, self.temporaryPath)
+__all__ = [
+    "MEMORY_THRESHOLD",
+    "NAME_ATTEMPTS",
+    "CommitResult",
+    "Companion",
+    "Folders",
+    "GroupCommit",
+    "MaildirStore",
+    "NameTaken",
+    "PendingDelivery",
+    "StoredMessage",
+]
 
 
 class PendingDelivery:
@@ -197,7 +97,7 @@ class PendingDelivery:
     def __init__(
         self,
         fs: IFileSystem,
-        copies: Sequence[_Copy],
+        copies: Sequence[Copy],
         threshold: int = MEMORY_THRESHOLD,
         create: bool = False,
         namer: Callable[[], str] | None = None,
@@ -476,7 +376,7 @@ class PendingDelivery:
         return stored, list(dict.fromkeys(directories))
 
     def _collide(
-        self, published: Sequence[StoredMessage], body: bytearray | None, whole: _Copy | None, what: str
+        self, published: Sequence[StoredMessage], body: bytearray | None, whole: Copy | None, what: str
     ) -> NameTaken:
         """
         A copy's name is taken: undo what this commit did, but keep the
@@ -492,7 +392,7 @@ class PendingDelivery:
         @param what: Which name was taken where, for the error.
         @return: the failure, to raise.
         """
-        _unpublish(self._fs, published)
+        unpublish(self._fs, published)
         self._removeCompanion()
         if body is not None:
             self._buffer = body
@@ -523,7 +423,7 @@ class PendingDelivery:
 
         @return: C{failure}, to raise.
         """
-        _unpublish(self._fs, stored)
+        unpublish(self._fs, stored)
         return self.spoil(failure)
 
     def spoil(self, failure: StorageError) -> StorageError:
@@ -583,16 +483,6 @@ class PendingDelivery:
             assert self._companion is not None
             with contextlib.suppress(Exception):
                 self._companion.remove()
-
-
-def _unpublish(fs: IFileSystem, stored: Sequence[StoredMessage]) -> None:
-    """
-    Remove copies from C{new/} again, durably; never raises.
-    """
-    for message in stored:
-        quietly(fs.unlink, message.path)
-    for directory in dict.fromkeys(os.path.dirname(message.path) for message in stored):
-        quietly(fs.syncDirectory, directory)
 
 
 Folders = Sequence["str | None"] | None
@@ -801,7 +691,7 @@ class MaildirStore:
             per user), in the committing thread for a small message.
         @raise StorageError: never for now; callers should still expect it.
         """
-        started = [_Copy(self._namer.nextName(), self.directoryFor(mailbox), makeHeader) for mailbox, makeHeader in copies]
+        started = [Copy(self._namer.nextName(), self.directoryFor(mailbox), makeHeader) for mailbox, makeHeader in copies]
         return PendingDelivery(self._fs, started, self._threshold, create, self._namer.nextName)
 
     def commitMany(self, deliveries: Sequence[tuple[PendingDelivery, Folders]]) -> list[CommitResult]:
