@@ -88,8 +88,11 @@ SECURITY_HEADERS = (
 LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
 TOO_MANY_REQUESTS = 429
 CHANGES = frozenset({b"POST", b"PUT", b"PATCH", b"DELETE"})
-# Paths anyone may reach without logging in (the app serves /static/).
-_PUBLIC = frozenset({("login",), ("logout",), ("api", "v1", "login"), ("api", "v1", "session")})
+# Paths reached without a session (the app serves /static/): the guard
+# answers them itself, /metrics with 403 unless the viewer is an admin.
+_PUBLIC = frozenset(
+    {("login",), ("logout",), ("metrics",), ("api", "v1", "login"), ("api", "v1", "session")}
+)
 # Changes that carry no CSRF token: there is no session to have one yet.
 _LOGINS = frozenset({("login",), ("api", "v1", "login")})
 
