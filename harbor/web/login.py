@@ -227,7 +227,7 @@ def loginPage(next: str, error: str | None = None) -> bytes:
                 tags.link(rel="stylesheet", href="/static/app.css"),
             ),
             tags.body(**{"class": "login"})(
-                tags.main(
+                Tag("main")(
                     tags.h1("MailHarbor"),
                     *problem,
                     tags.form(id="login", method="post", action="/login")(

@@ -412,7 +412,7 @@ class Guard(Resource):
                 request.write(body)
                 request.finish()
 
-        result.addCallbacks(answered, broken).addCallback(finish)
+        result.addCallback(answered).addErrback(broken).addCallback(finish)
         return NOT_DONE_YET
 
     def _logout(self, request: Request, session: Session | None, api: bool) -> bytes:
