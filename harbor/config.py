@@ -260,7 +260,9 @@ def parseWeb(value: object, usersFile: str | None, tls: TLSFiles | None) -> WebC
         if not USER_NAME.match(user):
             raise ConfigError(setting, f"{user!r} is not a user name")
         grants.append((user, tuple(_grantKey(key, setting) for key in stringList(keys, setting))))
-    webTLS = boolean(value, "tls")
+    webTLS = value.get("tls", False)
+    if not isinstance(webTLS, bool):
+        raise ConfigError("web.tls", "must be true or false")
     if webTLS and tls is None:
         raise ConfigError("web.tls", "needs a certificate: set tls_cert and tls_key")
     return WebConfig(

@@ -134,7 +134,7 @@ class WebTestCase(TestCase):
         root = os.path.abspath(self.mktemp())
         os.makedirs(root)
         self.clock = clock or Clock()
-        context = WebContext(root, os.path.join(root, ".hooks"), (), reactor, reactor.getThreadPool(), self.clock.seconds)
+        context = WebContext(root, os.path.join(root, ".hooks"), (), reactor, reactor.getThreadPool(), self.clock.seconds)  # type: ignore[attr-defined]
         checker = None
         if users:
             path = os.path.join(root, "users")
@@ -156,9 +156,9 @@ class WebTestCase(TestCase):
             factory = TLSMemoryBIOFactory(loadCertificateOptions(tls[1], tls[2]), False, site)  # type: ignore[assignment]
             scheme = "https"
             contextFactory = TrustCA(tls[0])
-        port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+        port = reactor.listenTCP(0, factory, interface="127.0.0.1")  # type: ignore[arg-type]
         self.addCleanup(port.stopListening)
-        self.port = port.getHost().port
+        self.port: int = port.getHost().port  # type: ignore[attr-defined]
         self.base = f"{scheme}://127.0.0.1:{self.port}"
         self.origin = self.base
         pool = HTTPConnectionPool(reactor, persistent=False)

@@ -222,7 +222,7 @@ class PureTests(SynchronousTestCase):
         """
         realm = WebRealm(WebConfig("8025", admins=("alice",)))
         self.assertTrue(verifyObject(IRealm, realm))
-        interface, viewer, logout = realm.requestAvatar("alice", None, IViewer)
+        _interface, viewer, _logout = realm.requestAvatar("alice", None, IViewer)
         self.assertEqual(viewer, Viewer("alice", admin=True))
 
     def test_viewerFor(self) -> None:

@@ -25,7 +25,7 @@ class HostTests(WebTestCase):
         """
         self.serve()
         for host in (f"evil.example:{self.port}", "evil.example", "localhost.evil.example"):
-            response, body = await self.fetch("/healthz", headers={"Host": host})
+            response, _body = await self.fetch("/healthz", headers={"Host": host})
             self.assertEqual(response.code, 421, host)
             self.assertEqual(response.headers.getRawHeaders("Content-Type"), ["text/plain; charset=utf-8"])
 
@@ -171,7 +171,7 @@ class BodyLimitTests(WebTestCase):
         A 70 KiB body with its Content-Length gets 413; 60 KiB passes.
         """
         self.serve(users=False)
-        response, body = await self.fetch("/x", b"POST", {"Origin": self.origin}, b"a" * 70 * 1024)
+        response, _body = await self.fetch("/x", b"POST", {"Origin": self.origin}, b"a" * 70 * 1024)
         self.assertEqual(response.code, 413)
         self.assertEqual(response.headers.getRawHeaders("X-Frame-Options"), ["DENY"])
         response, _ = await self.fetch("/x", b"POST", {"Origin": self.origin}, b"a" * 60 * 1024)
@@ -214,12 +214,12 @@ class SessionTests(WebTestCase):
         """
         self.serve()
         cookie, csrf = await self.logIn("alice")
-        response, body = await self.fetch("/", headers={"Cookie": cookie})
+        _, body = await self.fetch("/", headers={"Cookie": cookie})
         self.assertEqual(json.loads(body)["name"], "alice")
         self.assertTrue(json.loads(body)["admin"])
         self.assertEqual(json.loads(body)["csrf"], csrf)
         cookie, _ = await self.logIn("bob")
-        response, body = await self.fetch("/", headers={"Cookie": cookie})
+        _response, body = await self.fetch("/", headers={"Cookie": cookie})
         self.assertEqual((json.loads(body)["admin"], json.loads(body)["grants"]), (False, ["example.net/bob"]))
 
     async def test_noUsers(self) -> None:
