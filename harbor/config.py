@@ -36,7 +36,8 @@ from harbor._syntax import (
 from harbor.filters import Filter, filterTable, parseFilters
 from harbor.hooks.config import SPOOL_NAME, HookConfig, hookTable, parseHooks
 from harbor.limits import LIMIT_KEYS, Limits, limitsMapping, parseLimits
-from harbor.routing import DomainConfig, domainTable, parseDomainTable
+from harbor.routing import USER_NAME, DomainConfig, domainTable, parseDomainTable
+from harbor.store.browse import SUBMITTED, splitKey
 from harbor.store.lanes import (
     COMMIT_MODES,
     DEFAULT_COMMIT_BATCH,
@@ -83,6 +84,7 @@ _TOP_LEVEL_KEYS = frozenset(
         "commit_batch",
         "trusted_proxies",
         "metrics",
+        "web",
     }
     | set(LIMIT_KEYS)
 )
@@ -158,6 +160,189 @@ def machineName(
     return "localhost"
 
 
+# The web interface's port when [web] names none: on loopback.
+DEFAULT_WEB_LISTEN = "8025"
+_WEB_KEYS = frozenset({"listen", "names", "admins", "tls", "access"})
+
+
+@frozen
+class WebConfig:
+    """
+    The web interface (C{web} or C{[web]}): where it listens and who sees
+    what.
+
+    @ivar listen: The endpoint description (a bare port number in the file
+        means that port on 127.0.0.1).
+    @ivar names: Host names (or addresses) the browser may call it by,
+        besides the loopback ones: any other C{Host} is refused, so that a
+        page elsewhere cannot reach it through DNS rebinding.
+    @ivar admins: Users who see every mailbox, and C{/metrics}.
+    @ivar access: Per user, the Maildir keys granted (each with all below
+        it), as pairs in the file's order.
+    @ivar tls: Whether it serves TLS, with C{tls_cert} and C{tls_key}.
+    """
+
+    listen: str
+    names: tuple[str, ...] = ()
+    admins: tuple[str, ...] = ()
+    access: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    tls: bool = False
+
+    def grantsOf(self, user: str) -> tuple[str, ...]:
+        """
+        The keys C{user} was granted in C{[web.access]}.
+        """
+        for name, keys in self.access:
+            if name == user:
+                return keys
+        return ()
+
+    def asTable(self) -> dict[str, Any]:
+        """
+        The C{[web]} table that L{parseWeb} reads as this.
+        """
+        return {
+            "listen": self.listen,
+            "names": list(self.names),
+            "admins": list(self.admins),
+            "tls": self.tls,
+            "access": {user: list(keys) for user, keys in self.access},
+        }
+
+
+def parseWeb(value: object, usersFile: str | None, tls: TLSFiles | None) -> WebConfig | None:
+    """
+    The C{web} setting: absent or C{false} for no web interface, a port
+    number or endpoint (C{web = "8025"}, short for C{[web] listen}), or the
+    C{[web]} table.
+
+    Without a users file the interface has no login and every visitor sees
+    every mailbox, so it must then listen on loopback only.
+
+    @raise ConfigError: naming C{web}, C{web.listen}, C{web.names},
+        C{web.admins}, C{web.access.USER} or C{web.tls}.
+    """
+    if value is None or value is False or value == "":
+        return None
+    if isinstance(value, (str, int)) and not isinstance(value, bool):
+        value = {"listen": value}
+    if not isinstance(value, Mapping):
+        raise ConfigError("web", "must be a port number, an endpoint, or a [web] table")
+    unknown = sorted(set(value) - _WEB_KEYS)
+    if unknown:
+        raise ConfigError(f"web.{unknown[0]}", "unknown setting")
+    listen = value.get("listen", DEFAULT_WEB_LISTEN)
+    if isinstance(listen, bool) or not isinstance(listen, (str, int)) or not str(listen).strip():
+        raise ConfigError("web.listen", "must be a port number or an endpoint, e.g. 8025 or tcp:8025:interface=10.0.0.5")
+    listen = loopbackEndpoint(str(listen))
+    if usersFile is None and not isLocalEndpoint(listen):
+        raise ConfigError(
+            "web.listen",
+            f"{listen!r} is reachable from other machines, and without users the web interface "
+            "has no login: set users_file, or listen on loopback (a bare port number)",
+        )
+    names = []
+    for name in stringList(value.get("names", []), "web.names"):
+        name = name.strip().lower().rstrip(".")
+        if not (HOSTNAME.match(name) or _isAddress(name)):
+            raise ConfigError("web.names", f"{name!r} is not a host name or an IP address")
+        names.append(name)
+    admins = stringList(value.get("admins", []), "web.admins")
+    for admin in admins:
+        if not USER_NAME.match(admin):
+            raise ConfigError("web.admins", f"{admin!r} is not a user name")
+    access = value.get("access", {})
+    if not isinstance(access, Mapping):
+        raise ConfigError("web.access", "must be a table of user = [keys]")
+    grants = []
+    for user, keys in access.items():
+        setting = f"web.access.{user}"
+        if not USER_NAME.match(user):
+            raise ConfigError(setting, f"{user!r} is not a user name")
+        grants.append((user, tuple(_grantKey(key, setting) for key in stringList(keys, setting))))
+    webTLS = value.get("tls", False)
+    if not isinstance(webTLS, bool):
+        raise ConfigError("web.tls", "must be true or false")
+    if webTLS and tls is None:
+        raise ConfigError("web.tls", "needs a certificate: set tls_cert and tls_key")
+    return WebConfig(
+        listen=listen,
+        names=tuple(dict.fromkeys(names)),
+        admins=tuple(dict.fromkeys(admins)),
+        access=tuple(grants),
+        tls=webTLS,
+    )
+
+
+def _isAddress(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text.strip("[]"))
+    except ValueError:
+        return False
+    return True
+
+
+def _grantKey(key: str, setting: str) -> str:
+    """
+    A Maildir key granted in C{[web.access]}: a domain, C{domain/mailbox},
+    a Maildir++ folder below them, or a user's submitted mail, its domain
+    in its ASCII form.
+    """
+    parts = key.strip().strip("/").split("/")
+    if parts[0] != SUBMITTED:
+        parts[0] = normaliseDomain(parts[0], setting)
+    normal = "/".join(parts)
+    if "" in parts or ".." in parts or splitKey(normal) is None:
+        raise ConfigError(setting, f"{key!r} is not a domain, domain/mailbox or folder key")
+    return normal
+
+
+def _endpointFields(description: str) -> list[str]:
+    """
+    An endpoint description split at its unescaped colons, the escapes
+    undone (C{tcp6:80:interface=\\:\\:1}).
+    """
+    fields, current, escaped = [], "", False
+    for character in description:
+        if escaped:
+            current += character
+            escaped = False
+        elif character == "\\":
+            escaped = True
+        elif character == ":":
+            fields.append(current)
+            current = ""
+        else:
+            current += character
+    fields.append(current)
+    return fields
+
+
+def isLocalEndpoint(description: str) -> bool:
+    """
+    Whether a server endpoint description can only be reached from this
+    machine: a C{tcp}, C{tcp6} or C{ssl} endpoint bound to a loopback
+    address, or a UNIX socket.  Anything else (all interfaces, another
+    address, systemd's sockets) might be reached from elsewhere.
+    """
+    fields = _endpointFields(description)
+    kind = fields[0].lower()
+    if kind == "unix":
+        return True
+    if kind not in ("tcp", "tcp6", "ssl"):
+        return False
+    for item in fields[1:]:
+        name, equals, setting = item.partition("=")
+        if equals and name == "interface":
+            if isLoopbackName(setting):
+                return True
+            try:
+                return ipaddress.ip_address(setting).is_loopback
+            except ValueError:
+                return False
+    return False
+
+
 @frozen
 class Config:
     """
@@ -199,6 +384,7 @@ class Config:
         is closed unread.
     @ivar metrics: The endpoint serving C{/metrics}, C{/healthz} and
         C{/readyz}, without authentication, or L{None} for none.
+    @ivar web: The web interface, or L{None} for none (the default).
     """
 
     listeners: tuple[Listener, ...]
@@ -223,6 +409,7 @@ class Config:
     trustedProxies: tuple[str, ...] = DEFAULT_TRUSTED_PROXIES
 
     metrics: str | None = None
+    web: WebConfig | None = None
 
     def __attrs_post_init__(self) -> None:
         if not self.hookSpool:
@@ -281,6 +468,8 @@ class Config:
         )
         if self.metrics is not None:
             mapping["metrics"] = self.metrics
+        if self.web is not None:
+            mapping["web"] = self.web.asTable()
         return mapping
 
     @classmethod
@@ -396,6 +585,7 @@ class Config:
             commitBatch=_count(mapping, "commit_batch", DEFAULT_COMMIT_BATCH, MAX_COMMIT_BATCH),
             trustedProxies=trustedProxies,
             metrics=_metrics(mapping),
+            web=parseWeb(mapping.get("web"), usersFile, tls),
         )
 
 

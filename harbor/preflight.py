@@ -81,6 +81,8 @@ def checkConfig(
         checkEndpoint(listener.port, _portSetting(listener))
     if config.metrics is not None:
         checkEndpoint(config.metrics, "metrics")
+    if config.web is not None:
+        checkEndpoint(config.web.listen, "web.listen")
     if config.tls is not None:
         try:
             loadCertificateOptions(config.tls.certificate, config.tls.key)

@@ -160,6 +160,60 @@ class ListeningService(Service):
         return None
 
 
+class WebInterface(ListeningService):
+    """
+    The web interface's listener (L{harbor.web.site.webSite}), in the
+    first process only.
+
+    @ivar site: The site it serves.
+    """
+
+    def __init__(self, description: str, endpoint: IStreamServerEndpoint, site: Any, factory: Factory) -> None:
+        super().__init__(f"{description} (web)", endpoint, factory)
+        self.site = site
+
+
+def webInterface(
+    config: Config,
+    reactor: Any,
+    readiness: Readiness,
+    metrics: Metrics,
+    hooks: Sequence[str],
+    tls: ReloadableTLS | None,
+) -> WebInterface:
+    """
+    The web interface of C{config.web}: its site, behind TLS with the
+    service's certificate when C{web.tls}, on C{web.listen}.
+
+    Maildir reads and password checks run in the reactor's thread pool;
+    the host names it answers to are C{web.names}, the loopback ones and
+    the server's C{hostname}.
+    """
+    # Imported here: the pages come from harbor.web.app, which the
+    # service needs only when the interface is on.
+    from attrs import evolve
+
+    from harbor.web.app import appResource
+    from harbor.web.base import WebContext
+    from harbor.web.site import webSite
+
+    web = config.web
+    assert web is not None
+    context = WebContext(
+        config.maildir, config.hookSpool, tuple(hooks), reactor, reactor.getThreadPool(), reactor.seconds
+    )
+    checker = None if config.usersFile is None else UsersFileChecker(config.usersFile, context.inThread)
+    names = evolve(web, names=tuple(dict.fromkeys((*web.names, config.hostname))))
+    site = webSite(names, context, appResource(context), readiness, MetricsResource(metrics), checker, web.tls)
+    factory: Factory = cast(Factory, site)
+    if web.tls:
+        from twisted.protocols.tls import TLSMemoryBIOFactory
+
+        assert tls is not None
+        factory = TLSMemoryBIOFactory(tls, False, site)  # type: ignore[assignment]
+    return WebInterface(web.listen, serverFromString(reactor, web.listen), site, factory)
+
+
 class HarborService(MultiService):
     """
     MailHarbor as a whole: its listeners, its connections and its
@@ -309,6 +363,11 @@ class HarborService(MultiService):
             smtpListener.setServiceParent(self)
             self._listeners.append(smtpListener)
         self._serveMetrics(config)
+        self.webListener: WebInterface | None = None
+        if config.web is not None and not self._worker:
+            names = () if self.hooks is None else tuple(hook.name for hook in self.hooks.hooks)
+            self.webListener = webInterface(config, reactor, self.readiness, self.metrics, names, self._tls)
+            self.webListener.setServiceParent(self)
         self._drain = Drain(
             self.readiness,
             reactor,
@@ -530,6 +589,8 @@ class HarborService(MultiService):
                 "group_commit, commit_lanes and commit_batch changes in the configuration "
                 "take effect after a restart"
             )
+        if config.web != self.config.web:
+            self._log.warn("web changes in the configuration take effect after a restart")
         if config.hookSpool != self._hookSpool:
             self._log.warn("hook_spool changes in the configuration take effect after a restart")
         if config.hooks != self._hookConfigs:

@@ -60,6 +60,8 @@ def optionName(setting: str) -> str:
     """
     The command-line option for a configuration setting.
     """
+    if setting == "web.listen":
+        return "--web"
     return "--" + setting.replace("_", "-")
 
 
@@ -100,6 +102,15 @@ class Options(usage.Options, strcred.AuthOptionMixin):
             (
                 "Serve /metrics, /healthz and /readyz, without authentication, on this port "
                 "(on 127.0.0.1) or endpoint [default: off]"
+            ),
+        ],
+        [
+            "web",
+            None,
+            None,
+            (
+                "Serve the web interface on this port (on 127.0.0.1) or endpoint; overrides "
+                "the file's web.listen; another machine's reach needs --users-file [default: off]"
             ),
         ],
     ]
@@ -184,6 +195,12 @@ class Options(usage.Options, strcred.AuthOptionMixin):
             if value is not None and value != [] and value != 0:
                 mapping[key] = bool(value) if key in ("require_tls", "allow_plaintext_auth") else value
                 fromCommandLine.add(key)
+        if self.get("web") is not None:
+            # --web is the [web] table's listen: the file's other web
+            # settings stay.
+            table = mapping.get("web")
+            mapping["web"] = {**table, "listen": self["web"]} if isinstance(table, Mapping) else self["web"]
+            fromCommandLine.update({"web", "web.listen"})
         runAs = self._runAs()
         try:
             config = Config.fromMapping(mapping)

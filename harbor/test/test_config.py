@@ -475,6 +475,13 @@ EVERY_SETTING: dict[str, object] = {
     "trusted_proxies": ["10.0.0.0/24", "fd00::1"],
     "metrics": 9025,
     "drain_delay": 3,
+    "web": {
+        "listen": "tcp:8025",
+        "names": ["Mail.Example.com."],
+        "admins": ["alice"],
+        "tls": True,
+        "access": {"bob": ["example.net/bob", "Example.org"]},
+    },
 }
 
 
@@ -536,3 +543,80 @@ class AsMappingTests(SynchronousTestCase):
         self.assertLessEqual(set(plain), set(_TOP_LEVEL_KEYS))
         self.assertNotIn("tls_cert", plain)
         self.assertEqual(plain["port"], ["tcp:25"])
+
+
+class WebConfigTests(SynchronousTestCase):
+    """
+    Tests for the C{web} setting (L{harbor.config.WebConfig}).
+    """
+
+    def parse(self, **settings: object) -> Config:
+        return Config.fromMapping({"domain": "example.com", "hostname": "mx.example.com", **settings})
+
+    def assertRefused(self, setting: str, **settings: object) -> ConfigError:
+        error: ConfigError = self.assertRaises(ConfigError, self.parse, **settings)
+        self.assertEqual(error.setting, setting)
+        return error
+
+    def test_offByDefault(self) -> None:
+        """
+        There is no web interface unless C{web} is set; C{false} is off too.
+        """
+        self.assertIsNone(self.parse().web)
+        self.assertIsNone(self.parse(web=False).web)
+
+    def test_shorthand(self) -> None:
+        """
+        C{web = "8025"} (or 8025) is the [web] table with that listen: a
+        bare port number on 127.0.0.1.
+        """
+        for value in ("8025", 8025, {"listen": 8025}):
+            web = self.parse(web=value).web
+            assert web is not None
+            self.assertEqual(web.listen, "tcp:8025:interface=127.0.0.1")
+            self.assertEqual((web.names, web.admins, web.access, web.tls), ((), (), (), False))
+
+    def test_table(self) -> None:
+        """
+        The table's names are lower-cased, the grants' domains too, each
+        user's grants kept in order.
+        """
+        web = Config.fromMapping(EVERY_SETTING).web
+        assert web is not None
+        self.assertEqual(web.listen, "tcp:8025")
+        self.assertEqual(web.names, ("mail.example.com",))
+        self.assertEqual(web.admins, ("alice",))
+        self.assertEqual(web.access, (("bob", ("example.net/bob", "example.org")),))
+        self.assertEqual(web.grantsOf("bob"), ("example.net/bob", "example.org"))
+        self.assertEqual(web.grantsOf("carol"), ())
+        self.assertTrue(web.tls)
+
+    def test_notLoopbackWithoutUsers(self) -> None:
+        """
+        Without a users file, an endpoint other machines may reach is
+        refused, naming web.listen and users_file; loopback and UNIX
+        sockets are fine, and with users anything is.
+        """
+        for listen in ("tcp:8025", "tcp:8025:interface=0.0.0.0", "tcp6:8025", "systemd:domain=INET:index=0",
+                       "tcp:8025:interface=10.0.0.5"):
+            error = self.assertRefused("web.listen", web={"listen": listen})
+            self.assertIn("users_file", error.problem)
+        for listen in ("tcp:8025:interface=127.0.0.1", "tcp6:8025:interface=\\:\\:1", "unix:/run/web.sock",
+                       "tcp:8025:interface=localhost"):
+            self.assertIsNotNone(self.parse(web={"listen": listen}).web, listen)
+        self.assertIsNotNone(self.parse(users_file="users", web="tcp:8025").web)
+
+    def test_errorsNameTheSetting(self) -> None:
+        """
+        Each mistake names its setting.
+        """
+        self.assertRefused("web", web=["8025"])
+        self.assertRefused("web.listen", web={"listen": True})
+        self.assertRefused("web.names", web={"names": ["not a name"]})
+        self.assertRefused("web.admins", web={"admins": ["bad user!"]})
+        self.assertRefused("web.access.bob", web={"access": {"bob": ["../etc"]}})
+        self.assertRefused("web.access.bob", web={"access": {"bob": [".hidden"]}})
+        self.assertRefused("web.access", web={"access": ["bob"]})
+        self.assertRefused("web.tls", web={"tls": True})
+        self.assertRefused("web.tls", web={"tls": "yes"})
+        self.assertRefused("web.port", web={"port": 1})

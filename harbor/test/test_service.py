@@ -12,7 +12,9 @@ from collections.abc import Callable, Sequence
 from typing import Any, cast
 from unittest import SkipTest
 
-from twisted.application.service import Application
+from zope.interface.verify import verifyObject
+
+from twisted.application.service import Application, IService
 from twisted.cred.checkers import (
     ICredentialsChecker,
     InMemoryUsernamePasswordDatabaseDontUse,
@@ -21,7 +23,8 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import ILogObserver, Logger, globalLogPublisher
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.web.http_headers import Headers
 
 from harbor.access import Identity
 from harbor.auth import TextOrBytes
@@ -548,3 +551,61 @@ class CommitPathTests(SynchronousTestCase):
         service.reload()
         self.assertIs(service.commits, commits)
         self.assertTrue(any("commit_lanes" in e.get("log_format", "") for e in events))
+
+
+class WebInterfaceTests(TestCase):
+    """
+    The web interface of a service with C{web}.
+    """
+
+    def config(self, **settings: object) -> Config:
+        root = os.path.abspath(str(self.mktemp()))
+        return Config.fromMapping(
+            {"domain": "a.example", "hostname": "mx.example", "maildir": root, "port": "tcp:0:interface=127.0.0.1",
+             **settings}
+        )
+
+    async def test_listensAndAnswers(self) -> None:
+        """
+        With C{web}, the first process serves the web interface: its
+        /healthz answers, and its /readyz is the service's readiness.
+        """
+        from twisted.internet import reactor
+        from twisted.web.client import Agent, HTTPConnectionPool, readBody
+
+        service = HarborService(self.config(web={"listen": "tcp:0:interface=127.0.0.1"}), reactor)
+        listener = service.webListener
+        assert listener is not None
+        self.assertTrue(verifyObject(IService, listener))
+        listener.privilegedStartService()
+        listener.startService()
+        self.addCleanup(listener.stopService)
+        assert listener.port is not None
+        port = listener.port.getHost().port  # type: ignore[attr-defined]
+        pool = HTTPConnectionPool(reactor, persistent=False)
+        self.addCleanup(pool.closeCachedConnections)
+        agent = Agent(reactor, pool=pool)
+        response = await agent.request(b"GET", f"http://127.0.0.1:{port}/healthz".encode())
+        self.assertEqual((response.code, await readBody(response)), (200, b"ok\n"))
+        service.readiness.listening()
+        response = await agent.request(b"GET", f"http://127.0.0.1:{port}/readyz".encode())
+        self.assertEqual((response.code, await readBody(response)), (200, b"ready\n"))
+        response = await agent.request(b"GET", f"http://127.0.0.1:{port}/".encode(), Headers({"Host": ["mx.example"]}))
+        await readBody(response)
+        # The server's hostname is one of the names it answers to: the
+        # app answers, not the guard's 421.
+        self.assertNotEqual(response.code, 421)
+        self.assertIn(b"harbor_session=", response.headers.getRawHeaders(b"Set-Cookie", [b""])[0])
+
+    def test_workerServesNoWeb(self) -> None:
+        """
+        A worker process does not serve the web interface, nor does a
+        service without C{web}.
+        """
+        reactor = MemoryReactorClock()
+        config = self.config(web="8025", workers=2)
+        service = HarborService(config, reactor, inheritedSockets=[(3, int(socket.AF_INET))])
+        service.privilegedStartService()
+        self.assertIsNone(service.webListener)
+        self.assertEqual(reactor.tcpServers, [])
+        self.assertIsNone(HarborService(self.config(), reactor).webListener)

@@ -56,6 +56,23 @@ class OptionsTests(SynchronousTestCase):
         self.assertUsageError([], "--domain", "required")
         self.assertUsageError(["--domain", "a.example", "--hostname", "a b"], "--hostname")
 
+    def test_web(self) -> None:
+        """
+        --web 8025 serves the web interface on loopback; it overrides the
+        file's web.listen and keeps its other web settings; an endpoint
+        other machines reach without users is a usage error naming --web.
+        """
+        self.assertIsNone(parse("--domain", "a.example").config.web)
+        web = parse("--domain", "a.example", "--web", "8025").config.web
+        assert web is not None
+        self.assertEqual(web.listen, "tcp:8025:interface=127.0.0.1")
+        path = self.writeConfig('domain = "a.example"\n[web]\nlisten = "9000"\nnames = ["mail.example"]\n')
+        web = parse("--config", path, "--web", "8025").config.web
+        assert web is not None
+        self.assertEqual((web.listen, web.names), ("tcp:8025:interface=127.0.0.1", ("mail.example",)))
+        self.assertUsageError(["--domain", "a.example", "--web", "tcp:8025"], "--web:", "users_file")
+        self.assertUsageError(["--domain", "a.example", "--web", "nonsense:1"], "--web:")
+
     def writeConfig(self, text: str) -> str:
         path: str = self.mktemp()
         with open(path, "w") as f:
