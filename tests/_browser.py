@@ -315,9 +315,11 @@ class WebClient:
     def get(self, path: str, **kwargs: Any) -> HTTPResponse:
         return self.request("GET", path, **kwargs)
 
-    def postJSON(self, path: str, value: object, **kwargs: Any) -> HTTPResponse:
+    def postJSON(
+        self, path: str, value: object, headers: Mapping[str, str] | None = None, **kwargs: Any
+    ) -> HTTPResponse:
         return self.request(
-            "POST", path, json.dumps(value).encode(), {"Content-Type": "application/json"}, **kwargs
+            "POST", path, json.dumps(value).encode(), {"Content-Type": "application/json", **(headers or {})}, **kwargs
         )
 
     def delete(self, path: str, **kwargs: Any) -> HTTPResponse:
