@@ -50,8 +50,8 @@ def jsonBody(request: Request) -> tuple[Any, bytes | None]:
     The JSON value of a request's body, or the error answer (415 for a
     body that says it is not JSON, 400 for one that does not parse).
     """
-    kind = (request.getHeader(b"content-type") or "").split(";")[0].strip().lower()
-    if kind != "application/json":
+    kind = (request.getHeader(b"content-type") or b"").split(b";")[0].strip().lower()
+    if kind != b"application/json":
         return None, writeJSON(request, {"error": "the request body must be application/json"}, 415)
     request.content.seek(0)
     try:

@@ -43,7 +43,7 @@ def layout(request: Request, title: str, *body: Any) -> Tag:
             tags.script(src="/static/app.js", defer="defer"),
         ),
         tags.body(**{"data-live": "closed"})(
-            tags.header(tags.a("MailHarbor", href="/", class_="home")), tags.main(*body)
+            tags.header(tags.a("MailHarbor", href="/", class_="home")), Tag("main")(*body)
         ),
     )
 
