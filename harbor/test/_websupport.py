@@ -42,7 +42,8 @@ class TestGuard(Resource):
 
     def getChildWithDefault(self, path: bytes, request: Request) -> Resource:
         setViewer(request, self.viewer)
-        return self.app.getChildWithDefault(path, request)
+        child: Resource = self.app.getChildWithDefault(path, request)
+        return child
 
 
 def messageID(seconds: int, count: int = 1) -> str:
@@ -105,12 +106,12 @@ class WebTestCase(TestCase):
         self.context = WebContext(self.root, self.spool, self.hooks, _reactor, self.pool, _reactor.seconds)
         self.app = appResource(self.context)
         self.guard = TestGuard(self.app, ADMIN)
-        self.port = _reactor.listenTCP(0, Site(self.guard), interface="127.0.0.1")  # type: ignore[attr-defined]
+        self.port = _reactor.listenTCP(0, Site(self.guard), interface="127.0.0.1")  # type: ignore[arg-type]
         self.addCleanup(self.port.stopListening)
         self.connections = HTTPConnectionPool(_reactor, persistent=False)
         self.addCleanup(self.connections.closeCachedConnections)
         self.agent = Agent(_reactor, pool=self.connections)
-        self.base = f"http://127.0.0.1:{self.port.getHost().port}"
+        self.base = f"http://127.0.0.1:{self.port.getHost().port}"  # type: ignore[attr-defined]
 
     def maildir(self, key: str) -> str:
         """

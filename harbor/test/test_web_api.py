@@ -105,11 +105,11 @@ class APITests(WebTestCase):
         """
         seen moves the message with :2,S; DELETE removes it.
         """
-        response, value = yield self.getJSON(f"/api/v1/messages/{self.first}/seen", b"POST", {"seen": True})
+        _, value = yield self.getJSON(f"/api/v1/messages/{self.first}/seen", b"POST", {"seen": True})
         self.assertEqual(value, {"id": self.first, "seen": True})
         [message] = mailbox.Maildir(os.path.join(self.root, "example.net/bob"), create=False).values()
         self.assertEqual((message.get_subdir(), message.get_flags()), ("cur", "S"))
-        response, value = yield self.getJSON(f"/api/v1/messages/{self.first}", b"DELETE")
+        _response, value = yield self.getJSON(f"/api/v1/messages/{self.first}", b"DELETE")
         self.assertEqual(value, {"deleted": self.first})
         self.assertEqual(len(mailbox.Maildir(os.path.join(self.root, "example.net/bob"), create=False)), 0)
 

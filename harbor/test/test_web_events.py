@@ -49,6 +49,11 @@ class _SynchronousPool:
             onResult(True, result)
 
 
+def _request() -> Any:
+    # A request as the poller sees one (DummyRequest is not a Request).
+    return DummyRequest([b""])
+
+
 class PollerTests(SynchronousTestCase):
     """
     The poller, driven by a fake clock and a synchronous thread pool.
@@ -73,7 +78,7 @@ class PollerTests(SynchronousTestCase):
         A message dropped into new/ reaches the admin and not a viewer
         granted another mailbox.
         """
-        admin, bob = DummyRequest([b""]), DummyRequest([b""])
+        admin, bob = _request(), _request()
         self.poller.subscribe(admin, ADMIN)
         self.poller.subscribe(bob, Viewer("bob", False, ("example.net/bob",), CSRF))
         self.drop("example.com", messageID(NOW, 1))
@@ -91,7 +96,7 @@ class PollerTests(SynchronousTestCase):
         Subscribers get a keepalive comment every 15 s; when the last one
         goes, polling stops.
         """
-        request = DummyRequest([b""])
+        request = _request()
         self.poller.subscribe(request, ADMIN)
         self.assertTrue(self.poller.running)
         self.clock.advance(KEEPALIVE_SECONDS)
@@ -108,7 +113,7 @@ class PollerTests(SynchronousTestCase):
         While one poll is running, the next is not started.
         """
         self.pool.hold = True
-        self.poller.subscribe(DummyRequest([b""]), ADMIN)
+        self.poller.subscribe(_request(), ADMIN)
         self.clock.advance(1)
         self.clock.advance(1)
         self.clock.advance(1)
@@ -153,7 +158,7 @@ class EventStreamTests(WebTestCase):
         self.assertEqual(response.headers.getRawHeaders(b"content-type"), [b"text/event-stream; charset=utf-8"])
         stream = _Collect()
         response.deliverBody(stream)
-        self.addCleanup(lambda: stream.transport.stopProducing() if stream.transport else None)
+        self.addCleanup(lambda: stream.transport.stopProducing() if stream.transport else None)  # type: ignore[attr-defined]
         yield stream.waitFor(b"retry: 2000\n\n")
         # One poll made the baseline before the message arrives.
         yield deferLater(self.reactor, 1.5, lambda: None)

@@ -45,7 +45,7 @@ class IndexPageTests(WebTestCase):
         Every page carries the CSRF token and our own style sheet and
         script, and no other script.
         """
-        response, body = yield self.request("/")
+        _response, body = yield self.request("/")
         self.assertIn(f'<meta name="csrf-token" content="{CSRF}"'.encode(), body)
         self.assertIn(b'href="/static/app.css"', body)
         self.assertEqual(body.count(b"<script"), 1)
@@ -60,14 +60,14 @@ class IndexPageTests(WebTestCase):
         """
         for n in range(60):
             self.deliver("example.com", messageID(NOW + n, n), messageBytes(subject=f"number {n}"))
-        response, body = yield self.request("/")
+        _, body = yield self.request("/")
         self.assertEqual(body.count(b'<tr class="message unread"'), 50)
         self.assertLess(body.index(b"number 59"), body.index(b"number 58"))
         self.assertNotIn(b"number 9<", body)
         start = body.index(b'href="/?cursor=') + len(b'href="')
         href = body[start:body.index(b'"', start)].decode().replace("&amp;", "&")
         self.assertIn(b'id="next"', body)
-        response, older = yield self.request(href)
+        _response, older = yield self.request(href)
         self.assertEqual(older.count(b'<tr class="message unread"'), 10)
         self.assertIn(b"number 9<", older)
         self.assertNotIn(b'id="next"', older)
@@ -79,7 +79,7 @@ class IndexPageTests(WebTestCase):
         """
         self.deliver("example.com", messageID(NOW, 1), messageBytes(subject="invoice march"))
         self.deliver("example.com", messageID(NOW + 1, 2), messageBytes(subject="holiday"))
-        response, body = yield self.request("/?q=subject%3Ainvoice")
+        _response, body = yield self.request("/?q=subject%3Ainvoice")
         self.assertIn(b"invoice march", body)
         self.assertNotIn(b"holiday", body)
 
@@ -111,13 +111,13 @@ class AccessTests(WebTestCase):
         """
         Bob's tree and list hold only his own mailbox.
         """
-        response, body = yield self.request("/")
+        _, body = yield self.request("/")
         self.assertIn(b"for bob", body)
         self.assertNotIn(b'data-key="example.com', body)
         self.assertNotIn(b"secret plans", body)
-        response, body = yield self.request("/?mailbox=example.com")
+        _, body = yield self.request("/?mailbox=example.com")
         self.assertNotIn(b"secret plans", body)
-        response, body = yield self.request("/?q=secret")
+        _response, body = yield self.request("/?q=secret")
         self.assertNotIn(b"secret plans", body)
 
     @inlineCallbacks
@@ -180,7 +180,7 @@ class MessagePageTests(WebTestCase):
         self.assertIn(b'id="delete"', body)
         self.assertNotIn(b'id="html-frame"', body)
         box = mailbox.Maildir(os.path.join(self.root, "example.net/alice"), create=False)
-        [(key, message)] = box.items()
+        [(_key, message)] = box.items()
         self.assertEqual(message.get_subdir(), "cur")
         self.assertIn("S", message.get_flags())
 
@@ -192,14 +192,14 @@ class MessagePageTests(WebTestCase):
         """
         identifier = messageID(NOW, 1)
         self.deliver("example.com", identifier, self.html())
-        response, body = yield self.request("/m/" + identifier)
+        _, body = yield self.request("/m/" + identifier)
         self.assertIn(b'<iframe id="html-frame" sandbox="allow-popups allow-popups-to-escape-sandbox" src="/m/'
                       + identifier.encode() + b'/html"', body)
         self.assertEqual(body.count(b"<script"), 1)
         self.assertNotIn(b"alert(", body)
         self.assertIn(b'id="load-images" href="/m/' + identifier.encode() + b'?images=1"'
                       if b'id="load-images" href' in body else b'href="/m/' + identifier.encode() + b'?images=1" id="load-images"', body)
-        response, body = yield self.request("/m/" + identifier + "?images=1")
+        _response, body = yield self.request("/m/" + identifier + "?images=1")
         self.assertIn(b'src="/m/' + identifier.encode() + b'/html?images=1"', body)
 
     @inlineCallbacks

@@ -13,14 +13,20 @@ from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import Request
 
-from harbor.hooks.spool import HookSpool
 from harbor.store.browse import listPage, mailboxTree
 from harbor.store.search import SearchError, parseQuery
 from harbor.store.summaries import openMessage
 from harbor.web.base import WebContext, viewerOf
 from harbor.web.common import answer, jsonBody, visibleKeys, writeJSON
 from harbor.web.events import EventsResource, Poller
-from harbor.web.messages import changeSeen, rawHeaders, readDetail, removeMessage, retryHook, _find
+from harbor.web.messages import (
+    _find,
+    changeSeen,
+    rawHeaders,
+    readDetail,
+    removeMessage,
+    retryHook,
+)
 from harbor.web.render import downloadHeaders, partContent
 
 __all__ = ["apiResource"]
@@ -93,7 +99,7 @@ class _Messages(_JSONResource):
     isLeaf = True
 
     def render(self, request: Request) -> object:
-        rest = [part.decode("utf-8", "replace") for part in request.postpath]
+        rest = [part.decode("utf-8", "replace") for part in request.postpath or []]
         if rest in ([], [""]):
             return super().render(request)
         identifier, rest = rest[0], rest[1:]

@@ -39,7 +39,7 @@ class _NotFound(Resource):
 def _static() -> File:
     static = File(STATIC, defaultType="application/octet-stream")
     static.contentTypes = {".js": "text/javascript; charset=utf-8", ".css": "text/css; charset=utf-8"}
-    static.childNotFound = _NotFound()
+    static.childNotFound = _NotFound()  # type: ignore[assignment]
     static.directoryListing = lambda: _NotFound()  # type: ignore[method-assign]
     return static
 

@@ -17,12 +17,14 @@ from __future__ import annotations
 from collections.abc import Callable, Collection
 from typing import Any, TypeVar
 
-from attrs import field, frozen
+from zope.interface import Attribute, Interface, implementer
+
 from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.threadpool import ThreadPool
 from twisted.web.server import Request
-from zope.interface import Attribute, Interface, implementer
+
+from attrs import field, frozen
 
 from harbor.store.browse import allowedKeys
 

@@ -53,9 +53,12 @@ def jsonBody(request: Request) -> tuple[Any, bytes | None]:
     kind = (request.getHeader(b"content-type") or b"").split(b";")[0].strip().lower()
     if kind != b"application/json":
         return None, writeJSON(request, {"error": "the request body must be application/json"}, 415)
-    request.content.seek(0)
+    content = request.content
+    if content is None:
+        return None, writeJSON(request, {"error": "the request has no body"}, 400)
+    content.seek(0)
     try:
-        return json.loads(request.content.read().decode("utf-8")), None
+        return json.loads(content.read().decode("utf-8")), None
     except (ValueError, UnicodeDecodeError):
         return None, writeJSON(request, {"error": "the request body is not valid JSON"}, 400)
 

@@ -14,11 +14,12 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from attrs import frozen
 from twisted.internet.defer import Deferred
 from twisted.web.resource import Resource
 from twisted.web.server import Request
 from twisted.web.template import Tag, tags
+
+from attrs import frozen
 
 from harbor.hooks.spool import HookSpool, HookStatus
 from harbor.store.browse import findSummary, setSeen
@@ -27,7 +28,15 @@ from harbor.store.summaries import Summary, isoTime, openMessage
 from harbor.web.base import Viewer, WebContext, viewerOf
 from harbor.web.common import answer, visibleKeys
 from harbor.web.pages import errorPage, failedPage, humanSize, layout, notFound, render
-from harbor.web.render import MessageView, downloadHeaders, htmlDocument, htmlHeaders, partContent, readHTML, readMessage
+from harbor.web.render import (
+    MessageView,
+    downloadHeaders,
+    htmlDocument,
+    htmlHeaders,
+    partContent,
+    readHTML,
+    readMessage,
+)
 from harbor.web.timeline import Timeline, timelineOf
 
 __all__ = ["MessageDetail", "MessagesResource", "readDetail"]
@@ -119,7 +128,7 @@ class MessageResource(Resource):
         """
         Dispatch on what follows the id and the method.
         """
-        rest = [part.decode("utf-8", "replace") for part in request.postpath]
+        rest = [part.decode("utf-8", "replace") for part in request.postpath or []]
         method = request.method
         if rest in ([], [""]) and method in (b"GET", b"HEAD"):
             return self._page(request)
@@ -143,8 +152,8 @@ class MessageResource(Resource):
         return notFound(request)
 
     def _arg(self, request: Request, name: str) -> str:
-        value = request.args.get(name.encode("ascii"), [b""])[0]
-        return value.decode("utf-8", "replace")
+        values = (request.args or {}).get(name.encode("ascii")) or [b""]
+        return str(values[0].decode("utf-8", "replace"))
 
     def _page(self, request: Request) -> object:
         viewer = viewerOf(request)
