@@ -5,6 +5,7 @@ L{harbor.web.messages}, L{harbor.web.app}) over a real Site on loopback.
 
 from __future__ import annotations
 
+import importlib.metadata
 import importlib.resources
 import mailbox
 import os
@@ -144,6 +145,21 @@ class AccessTests(WebTestCase):
             response, body = yield self.request(path)
             self.assertEqual(response.code, 404, path)
             self.assertNotIn(b"root:", body)
+
+    @inlineCallbacks
+    def test_plantedLink(self) -> Any:
+        """
+        A symbolic link planted in a Maildir under a message's name shows
+        nothing of what it points to, in any view.
+        """
+        self.viewAs(Viewer(None, True, (), CSRF))
+        identifier = messageID(NOW + 5, 9)
+        os.symlink("/etc/passwd", os.path.join(self.root, "example.com", "new", identifier + ",S=10"))
+        for suffix in ("", "/raw", "/html", "/part/0"):
+            response, body = yield self.request("/m/" + identifier + suffix)
+            self.assertEqual(response.code, 404, suffix)
+            self.assertNotIn(b"root:", body)
+            self.assertNotIn(b"Traceback", body)
 
 
 class MessagePageTests(WebTestCase):
@@ -361,6 +377,13 @@ class StaticTests(WebTestCase):
         static = importlib.resources.files("harbor.web") / "static"
         self.assertTrue((static / "app.js").is_file())
         self.assertTrue((static / "app.css").is_file())
+        try:
+            installed = [str(path) for path in importlib.metadata.files("mailharbor") or ()]
+        except importlib.metadata.PackageNotFoundError:
+            installed = []
+        if installed:
+            self.assertIn("harbor/web/static/app.js", installed)
+            self.assertIn("harbor/web/static/app.css", installed)
         setup = os.path.join(os.path.dirname(__file__), "..", "..", "setup.cfg")
         if os.path.exists(setup):
             with open(setup) as f:
