@@ -119,6 +119,24 @@ class PollerTests(SynchronousTestCase):
         self.clock.advance(1)
         self.assertEqual(len(self.pool.held), 1)
 
+    def test_restartWhilePolling(self) -> None:
+        """
+        A poll still running when the last subscriber left does not make
+        a second loop once another subscriber comes.
+        """
+        self.pool.hold = True
+        first = _request()
+        self.poller.subscribe(first, ADMIN)
+        first.processingFailed(Failure(ConnectionError("gone")))
+        self.poller.subscribe(_request(), ADMIN)
+        self.assertEqual(len(self.pool.held), 2)
+        self.pool.hold = False
+        for onResult, f, args, kwargs in self.pool.held:
+            onResult(True, f(*args, **kwargs))
+        calls = self.pool.calls
+        self.clock.advance(1)
+        self.assertEqual(self.pool.calls, calls + 1)
+
 
 class _Collect(Protocol):
     # Gathers a stream's bytes and says when something is in them.

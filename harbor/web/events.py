@@ -43,10 +43,18 @@ class Poller:
         self._context = context
         self._subscribers: dict[Request, Viewer] = {}
         self._previous: Snapshot | None = None
-        self._poll = LoopingCall(self._look)
-        self._poll.clock = context.reactor
-        self._keepalive = LoopingCall(self._ping)
-        self._keepalive.clock = context.reactor
+        # Each start of polling is a new generation, with new loops: a poll
+        # still running from before the last subscriber left is ignored
+        # when it ends, so it never makes two loops at once.
+        self._generation = 0
+        self._poll, self._keepalive = self._loops()
+
+    def _loops(self) -> tuple[LoopingCall, LoopingCall]:
+        poll = LoopingCall(self._look, self._generation)
+        poll.clock = self._context.reactor
+        keepalive = LoopingCall(self._ping)
+        keepalive.clock = self._context.reactor
+        return poll, keepalive
 
     @property
     def running(self) -> bool:
@@ -63,6 +71,8 @@ class Poller:
         request.notifyFinish().addBoth(lambda _: self.unsubscribe(request))
         if not self._poll.running:
             self._previous = None
+            self._generation += 1
+            self._poll, self._keepalive = self._loops()
             self._poll.start(POLL_SECONDS, now=True).addErrback(lambda f: self._log.failure("polling failed", f))
             self._keepalive.start(KEEPALIVE_SECONDS, now=False)
 
@@ -76,11 +86,13 @@ class Poller:
             self._keepalive.stop()
             self._previous = None
 
-    def _look(self) -> Deferred[None]:
+    def _look(self, generation: int) -> Deferred[None]:
         previous = self._previous
         d = self._context.inThread(snapshot, self._context.maildir, None, previous)
 
         def compare(now: Snapshot) -> None:
+            if generation != self._generation:
+                return
             self._previous = now
             if previous is None:
                 return
