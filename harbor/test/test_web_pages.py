@@ -85,6 +85,22 @@ class IndexPageTests(WebTestCase):
         self.assertNotIn(b"holiday", body)
 
     @inlineCallbacks
+    def test_mailboxShown(self) -> Any:
+        """
+        ?mailbox= lists that Maildir and those below it only, and the
+        table says which, for app.js.
+        """
+        self.deliver("example.net/alice", messageID(NOW, 1), messageBytes(subject="to alice"))
+        self.deliver("example.net/alice/.Lists", messageID(NOW + 1, 2), messageBytes(subject="list mail"))
+        self.deliver("example.com", messageID(NOW + 2, 3), messageBytes(subject="to the domain"))
+        _, body = yield self.request("/?mailbox=example.net%2Falice")
+        self.assertIn(b"to alice", body)
+        self.assertIn(b"list mail", body)
+        self.assertNotIn(b"to the domain", body)
+        self.assertIn(b'<table id="messages" data-mailbox="example.net/alice">', body)
+        self.assertIn(b'class="folder current" data-key="example.net/alice"', body)
+
+    @inlineCallbacks
     def test_badQuery(self) -> Any:
         """
         A search that cannot be read is a 400 page with SearchError's text.
