@@ -188,8 +188,13 @@ def maildirs(root: str, mailboxes: Collection[str] | None = None) -> list[tuple[
     The Maildirs of the tree, not yet counted, with their paths.
 
     @param mailboxes: Only those with these keys, or all when L{None}.
+    @return: Nothing for a root that does not exist yet: no mail has arrived
+        since the server started (it makes each domain's Maildir as its
+        first message comes).
     @raise StoreError: if C{root} cannot be read.
     """
+    if not os.path.lexists(root):
+        return []
     found = []
     for key, path in findMailboxes(root):
         if mailboxes is not None and key not in mailboxes:

@@ -243,11 +243,24 @@ class MailboxTreeTests(StoreTestCase):
              "new": 1, "unread": 2, "total": 3},
         )
 
-    def test_noRoot(self) -> None:
+    def test_noRootYet(self) -> None:
         """
-        A missing root is a L{StoreError}.
+        A root that does not exist yet (no mail has arrived since the
+        server started) is an empty tree with nothing to list, not an
+        error: a new user's web interface opens before the first message.
         """
-        self.assertRaises(StoreError, mailboxTree, os.path.abspath(self.mktemp()))
+        root = os.path.abspath(self.mktemp())
+        self.assertEqual(mailboxTree(root), [])
+        self.assertEqual(listPage(root, None, parseQuery("")).messages, ())
+
+    def test_rootNotADirectory(self) -> None:
+        """
+        A root that is not a directory is a L{StoreError}.
+        """
+        root = os.path.abspath(self.mktemp())
+        with open(root, "w"):
+            pass
+        self.assertRaises(StoreError, mailboxTree, root)
 
 
 class AllowedKeysTests(SynchronousTestCase):

@@ -156,6 +156,11 @@ class APITests(WebTestCase):
         the token; logging out (with the token) ends it.
         """
         self.serve()
+        response, body = await self.fetch(
+            "/api/v1/login", b"POST", {"Origin": self.origin, "Content-Type": "application/json"},
+            json.dumps({"user": "alice", "password": PASSWORD}).encode(),
+        )
+        self.assertEqual(json.loads(body), {"user": "alice", "admin": True, "csrf": json.loads(body)["csrf"]})
         cookie, csrf = await self.logIn("bob")
         response, body = await self.fetch("/api/v1/session", headers={"Cookie": cookie})
         self.assertEqual(json.loads(body), {"user": "bob", "admin": False, "csrf": csrf})

@@ -381,7 +381,8 @@ class Guard(Resource):
             kind, value = outcome
             if kind == OK:
                 setSessionCookie(request, value, self._secureRequest(request))
-                return _json(request, 200, {"user": value.user, "csrf": value.csrf})
+                viewer = viewerFor(self._web, value.user, value.csrf)
+                return _json(request, 200, {"user": viewer.name, "admin": viewer.admin, "csrf": viewer.csrf})
             if kind == THROTTLED:
                 request.setHeader(b"Retry-After", retryAfter(value))
                 return _json(request, TOO_MANY_REQUESTS, {"error": "too many failed logins: try again later"})
