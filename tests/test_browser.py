@@ -40,6 +40,8 @@ SETTLE = 0.5
 # What the message page's frame must be: scripts, same-origin, forms,
 # top navigation and modals all refused.
 SANDBOX = "allow-popups allow-popups-to-escape-sandbox"
+# A phone's width in CSS pixels (an iPhone's, 375 by 812).
+PHONE_WIDTH = 375
 
 
 def idsBySubject(server: WebServer) -> dict[str, str]:
@@ -186,7 +188,6 @@ class BrowserTests(TestCase):
         browser = Browser(self, server.base)
         browser.onEveryDocument(MARKER_LISTENER)
         browser.logIn("alice")
-        started = time.monotonic()
         for name, _ in vectors:
             id = ids[f"hostile {name}"]
             browser.get(f"/m/{id}")
@@ -207,7 +208,6 @@ class BrowserTests(TestCase):
         self.assertEqual(canary.seen(), [])
         traces = [entry for entry in browser.consoleLog() if MARK in entry.get("message", "")]
         self.assertEqual(traces, [])
-        self.assertLess(time.monotonic() - started, 60, "the hostile pages take under a minute")
 
     def test_remoteImagesWaitForLoadImages(self) -> None:
         """
@@ -293,11 +293,12 @@ class BrowserTests(TestCase):
     def test_phoneWidthAndDarkMode(self) -> None:
         """
         At a phone's width (375 by 812) neither the message list nor a
-        message page scrolls sideways, and the page follows the system's
+        message page scrolls sideways, even with a long unbroken subject
+        and address, and the page follows the system's
         colour scheme: light when it is light, dark when it is dark.
         """
         server = startWebServer(self)
-        long = "A-rather-long-subject-without-spaces-" * 4
+        long = "A-rather-long-subject-without-spaces-" * 3 + "Unbroken" * 12
         server.send(
             "alice@example.com",
             textMessage("A short one"),
@@ -307,14 +308,17 @@ class BrowserTests(TestCase):
         browser = Browser(self, server.base)
         browser.logIn("alice")
         browser.cdp(
-            "Emulation.setDeviceMetricsOverride", {"width": 375, "height": 812, "deviceScaleFactor": 2, "mobile": True}
+            "Emulation.setDeviceMetricsOverride",
+            {"width": PHONE_WIDTH, "height": 812, "deviceScaleFactor": 2, "mobile": True},
         )
-        for path in ("/", f"/m/{ids[long]}"):
+        for path, picture in (("/", "phone-list.png"), (f"/m/{ids[long]}", "phone-message.png")):
             browser.get(path)
             browser.waitFor("table#messages tr.message" if path == "/" else "h1#subject")
-            widths = browser.script("return [document.documentElement.scrollWidth, window.innerWidth];")
-            self.assertLessEqual(widths[0], widths[1], f"{path} scrolls sideways at 375 px: {widths}")
-        browser.screenshot("phone.png")
+            # Not innerWidth: on a phone the layout viewport grows to fit
+            # content that is too wide, and innerWidth with it.
+            width = browser.script("return document.documentElement.scrollWidth;")
+            self.assertLessEqual(width, PHONE_WIDTH, f"{path} scrolls sideways at {PHONE_WIDTH} px: {width} px wide")
+            browser.screenshot(picture)
 
         browser.cdp("Emulation.setEmulatedMedia", {"features": [{"name": "prefers-color-scheme", "value": "light"}]})
         browser.get("/")

@@ -276,11 +276,13 @@ class APITests(TestCase):
         [name] = os.listdir(os.path.join(server.maildir("example.com"), "cur"))
         self.assertTrue(name.endswith(":2,S"), name)
         self.assertTrue(client.messages()[0]["seen"])
+        self.assertEqual(client.messages("is:unread"), [])
 
         answer = client.postJSON(f"/api/v1/messages/{id}/seen", {"seen": False})
         self.assertEqual(answer.json(), {"id": id, "seen": False})
         md, key = onlyMessage(server)
         self.assertNotIn("S", md.get_message(key).get_flags())
+        self.assertEqual([m["id"] for m in client.messages("is:unread")], [id])
 
         answer = client.delete(f"/api/v1/messages/{id}")
         self.assertEqual(answer.status, 200, answer)
