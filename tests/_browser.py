@@ -83,6 +83,30 @@ def waitUntil(condition: Callable[[], T | None], what: str, limit: float = WAIT)
         time.sleep(_POLL)
 
 
+def untilLive(deliver: Callable[[str], object], shown: Callable[[str], bool], attempts: int = 6) -> None:
+    """
+    Deliver warm-up messages until one is shown live.
+
+    The event stream's poller takes its first look at the Maildirs in a
+    thread once the first stream has opened; mail stored before that look
+    ends is part of what it starts from, never a change.  Once a warm-up
+    message has been shown, the poller is comparing, and any later mail
+    is a change.
+
+    @param deliver: Delivers a message with the given subject.
+    @param shown: Whether the message with that subject has been shown.
+    """
+    for attempt in range(attempts):
+        subject = f"Warm-up {attempt}"
+        deliver(subject)
+        try:
+            waitUntil(lambda: shown(subject), f"{subject!r} is shown live", 4)  # noqa: B023 (called at once)
+        except AssertionError:
+            continue
+        return
+    raise AssertionError(f"none of {attempts} warm-up messages was shown live")
+
+
 def venvCommand(name: str) -> str:
     """
     A console script of the environment the tests run in (C{twistd},

@@ -30,6 +30,7 @@ from tests._browser import (
     requireChromedriver,
     startWebServer,
     textMessage,
+    untilLive,
     waitUntil,
 )
 from tests._hostile import MARK, hostileVectors
@@ -139,6 +140,10 @@ class BrowserTests(TestCase):
         browser.get("/")
         browser.waitFor('body[data-live="open"]')
         browser.script("window.harborTestNotReloaded = true;")
+        untilLive(
+            lambda subject: server.send("alice@example.com", textMessage(subject)),
+            lambda subject: subject in [a.text for a in browser.findAll("table#messages tr.message a.subject")],
+        )
         server.send("alice@example.com", textMessage("Arrived while you looked"))
         waitUntil(
             lambda: "Arrived while you looked" in [a.text for a in browser.findAll("table#messages tr.message a.subject")],
@@ -160,6 +165,10 @@ class BrowserTests(TestCase):
         browser.waitFor("table#messages tr.message")
         browser.waitFor('body[data-live="open"]')
         browser.script("window.harborTestNotReloaded = true;")
+        untilLive(
+            lambda subject: dropIntoMaildir(server.maildir("example.com"), textMessage(subject)),
+            lambda subject: subject in [a.text for a in browser.findAll("table#messages tr.message a.subject")],
+        )
         dropIntoMaildir(server.maildir("example.com"), textMessage("Dropped in by another program"))
         waitUntil(
             lambda: "Dropped in by another program"

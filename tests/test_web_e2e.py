@@ -28,11 +28,13 @@ from tests._browser import (
     WebClient,
     WebServer,
     attachmentMessage,
+    dropIntoMaildir,
     freePort,
     startProcess,
     startWebServer,
     subprocessEnvironment,
     textMessage,
+    untilLive,
     venvCommand,
     waitUntil,
 )
@@ -331,12 +333,21 @@ class APITests(TestCase):
         self.addCleanup(bobStream.close)
         self.assertIn(" 200 ", stream.head.split("\r\n")[0] + " ")
         self.assertIn("text/event-stream", stream.head.lower())
-        # Wait for the poller's first look before sending, so the message
-        # is a change, not part of the first snapshot.
-        time.sleep(1.5)
+
+        def idOf(subject: str) -> str | None:
+            return {m["subject"]: m["id"] for m in alice.messages()}.get(subject)
+
+        def streamed(subject: str) -> bool:
+            id = idOf(subject)
+            try:
+                stream.waitFor(f"new for {subject}", lambda event, data: id is not None and id in data, 0.5)
+            except AssertionError:
+                return False
+            return True
+
+        untilLive(lambda subject: server.send("alice@example.com", textMessage(subject)), streamed)
         server.send("alice@example.com", textMessage("Live"))
         server.send("bob@example.net", textMessage("For bob, live"))
-        waitUntil(lambda: len(alice.messages()) == 2, "both messages are listed")
         ids = {m["subject"]: m["id"] for m in alice.messages()}
 
         def isNew(id: str) -> Any:
@@ -348,6 +359,10 @@ class APITests(TestCase):
         self.assertEqual(change["mailbox"], "example.com")
         self.assertIn("retry: 2000", stream.text)
         bobStream.waitFor("new for bob", isNew(ids["For bob, live"]))
+        dropIntoMaildir(server.maildir("example.net/bob"), textMessage("Dropped for bob"))
+        dropped = waitUntil(lambda: idOf("Dropped for bob"), "the dropped message is listed")
+        bobStream.waitFor("new for the dropped message", isNew(dropped))
+        stream.waitFor("new for the dropped message", isNew(dropped))
         self.assertNotIn(ids["Live"], bobStream.text)
 
     def test_metricsForAdminsOnly(self) -> None:
