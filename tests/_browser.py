@@ -714,6 +714,19 @@ class Browser:
 
         return waitUntil(found, f"{css!r} is on {self.driver.current_url}", limit)
 
+    def frameText(self, css: str) -> str:
+        """
+        The text of the body of the frame C{css} selects (read by the
+        driver, which needs no script of the frame's own).
+        """
+        from selenium.webdriver.common.by import By
+
+        self.driver.switch_to.frame(self.waitFor(css))
+        try:
+            return self.driver.find_element(By.TAG_NAME, "body").text
+        finally:
+            self.driver.switch_to.default_content()
+
     def script(self, source: str, *arguments: Any) -> Any:
         return self.driver.execute_script(source, *arguments)
 
