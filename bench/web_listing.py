@@ -18,7 +18,13 @@ with the page cache warm:
   (b) a from: search that matches one message in ten (one page of 50),
       and one that matches nothing (stopped by the budget of one page);
   (c) mailboxTree, the tree with its counts;
-  (d) changes.snapshot, the first and a repeated one, and findSummary.
+  (d) changes.snapshot, the first and a repeated one, and findSummary;
+  (e) the same first page, search and message through the web interface,
+      as a browser gets them: C{twistd mailharbor --web} is started on the
+      store and asked over HTTP on loopback (the index page with its
+      tree, C{/api/v1/messages}, a message's page), each figure beside
+      the store call it wraps, with their ratio (what HTTP, JSON or the
+      page, and the thread hand-off add).
 
 It prints the figures and the number of files each opened.  The store is
 removed afterwards unless --keep is given (--reuse DIR times an existing
@@ -31,10 +37,14 @@ import argparse
 import os
 import random
 import shutil
+import socket
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
+import urllib.request
 from collections.abc import Callable
 from typing import Any
 
@@ -153,6 +163,7 @@ def main() -> None:
         print(f"generated {options.messages:,} messages in {root} in {time.perf_counter() - began:.1f} s")
     try:
         report(root, options.runs)
+        overHTTP(root, options.runs)
     finally:
         if not options.reuse and not options.keep:
             shutil.rmtree(root)
@@ -217,6 +228,68 @@ def report(root: str, runs: int) -> None:
     newest = browse.listPage(root, None, everything, limit=1).messages[0].id
     seconds, _ = timed(runs, lambda: browse.findSummary(root, newest, None))
     line("(d) findSummary of one message by id", seconds, "")
+
+
+def _freePort() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def overHTTP(root: str, runs: int) -> None:
+    """
+    Time the reads of L{report} again through a running web interface, and
+    print each beside the store call it wraps.
+    """
+    web = _freePort()
+    base = f"http://127.0.0.1:{web}"
+    twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
+    with tempfile.TemporaryDirectory(prefix="mailharbor-web-bench-run-") as run:
+        server = subprocess.Popen(
+            [twistd, "-n", "--pidfile=", "mailharbor", "--port", f"tcp:{_freePort()}:interface=127.0.0.1",
+             "--domain", "example.com", "--domain", "example.net", "--maildir", root, "--web", str(web)],
+            cwd=run, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        try:
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    urllib.request.urlopen(base + "/healthz", timeout=2).read()
+                    break
+                except OSError:
+                    if time.monotonic() > deadline or server.poll() is not None:
+                        raise SystemExit("the web interface did not start") from None
+                    time.sleep(0.2)
+
+            def get(path: str) -> bytes:
+                with urllib.request.urlopen(base + path, timeout=60) as response:
+                    body: bytes = response.read()
+                    return body
+
+            everything = parseQuery("")
+            newest = browse.listPage(root, None, everything, limit=1).messages[0].id
+            bank = parseQuery("from:bank")
+            for label, path, direct in (
+                ("(e) GET / (tree and newest 50)", "/",
+                 lambda: (browse.mailboxTree(root), browse.listPage(root, None, everything))),
+                ("(e) GET /api/v1/messages (newest 50)", "/api/v1/messages",
+                 lambda: browse.listPage(root, None, everything)),
+                ("(e) GET /api/v1/messages?q=from:bank", "/api/v1/messages?" + urllib.parse.urlencode({"q": "from:bank"}),
+                 lambda: browse.listPage(root, None, bank)),
+                ("(e) GET /m/ID (a message's page)", "/m/" + newest,
+                 lambda: browse.findSummary(root, newest, None)),
+            ):
+                get(path)
+                seconds, body = timed(runs, lambda path=path: get(path))
+                alone, _ = timed(runs, direct)
+                print(
+                    f"{label:<44} {seconds * 1000:9.1f} ms   store call alone {alone * 1000:.1f} ms, "
+                    f"ratio {seconds / alone:.2f}; {len(body):,} bytes"
+                )
+        finally:
+            server.terminate()
+            server.wait(30)
 
 
 if __name__ == "__main__":
