@@ -12,6 +12,7 @@ needs the reactor to turn; every wait has its own limit.
 from __future__ import annotations
 
 import html
+import mailbox
 import os
 import struct
 import time
@@ -187,6 +188,41 @@ class BrowserTests(TestCase):
             "the dropped message appears in the list",
         )
         self.assertTrue(browser.script("return window.harborTestNotReloaded === true;"))
+
+    def test_markAndDeleteThroughTheForms(self) -> None:
+        """
+        The message page's forms work in a browser (its Origin and CSRF
+        token pass the guard): opening a message marks it seen, "Mark
+        unread" clears the flag and goes back to the list, where it stays
+        unread, and delete, once confirmed, removes the file and goes back
+        to the list.
+        """
+        server = startWebServer(self)
+        server.send("alice@example.com", textMessage("Handle me"))
+        [id] = idsBySubject(server).values()
+        maildir = server.maildir("example.com")
+
+        def flags() -> list[str]:
+            md = mailbox.Maildir(maildir, factory=None, create=False)
+            return [md.get_message(key).get_subdir() + ":" + md.get_message(key).get_flags() for key in md.iterkeys()]
+
+        browser = Browser(self, server.base)
+        browser.logIn("alice")
+        browser.get(f"/m/{id}")
+        browser.waitFor("h1#subject")
+        self.assertEqual(flags(), ["cur:S"])
+
+        browser.waitFor("form#seen button, form#seen input[type=submit]").click()
+        browser.waitFor("table#messages tr.message.unread")
+        self.assertEqual(flags(), ["cur:"])
+
+        browser.get(f"/m/{id}")
+        browser.waitFor("a#delete").click()
+        browser.waitFor("form#confirm-delete button, form#confirm-delete input[type=submit]").click()
+        waitUntil(lambda: flags() == [], "the message is deleted")
+        browser.waitFor("table#messages")
+        self.assertEqual(browser.driver.current_url, f"{server.base}/")
+        self.assertEqual(browser.findAll("table#messages tr.message"), [])
 
     def test_hostileMessagesRunNoScript(self) -> None:
         """
