@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from email.message import EmailMessage
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any, TypeVar
+from urllib.parse import quote
 
 from twisted.trial.unittest import SkipTest, TestCase
 
@@ -388,8 +389,6 @@ class WebClient:
 
 
 def _quote(text: str) -> str:
-    from urllib.parse import quote
-
     return quote(text, safe="")
 
 
@@ -450,19 +449,6 @@ class WebServer:
         C{example.net/bob}).
         """
         return os.path.join(self.root, *key.split("/"))
-
-    def stop(self) -> None:
-        """
-        Terminate it (SIGTERM, then SIGKILL if it lingers) and reap it.
-        """
-        if self.process.poll() is not None:
-            return
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(WAIT)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(WAIT)
 
 
 def writeUsers(path: str, users: Iterable[str] = PASSWORDS) -> None:
