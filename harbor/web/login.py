@@ -265,10 +265,10 @@ def bodyValue(request: Request, name: str) -> str:
     if kind != b"application/x-www-form-urlencoded" or content is None:
         return ""
     content.seek(0)
-    fields = parse_qs(content.read(), keep_blank_values=True)
+    fields: dict[bytes, list[bytes]] = parse_qs(content.read(), keep_blank_values=True)
     content.seek(0)
-    values = fields.get(name.encode("ascii"), [b""])
-    return values[0].decode("utf-8", "replace")
+    value: bytes = fields.get(name.encode("ascii"), [b""])[0]
+    return value.decode("utf-8", "replace")
 
 
 def jsonBody(request: Request) -> dict[str, Any] | None:
