@@ -281,7 +281,10 @@ def overHTTP(root: str, runs: int) -> None:
                  lambda: browse.findSummary(root, newest, None)),
             ):
                 get(path)
-                seconds, body = timed(runs, lambda path=path: get(path))
+                def fetch(path: str = path) -> bytes:
+                    return get(path)
+
+                seconds, body = timed(runs, fetch)
                 alone, _ = timed(runs, direct)
                 print(
                     f"{label:<44} {seconds * 1000:9.1f} ms   store call alone {alone * 1000:.1f} ms, "

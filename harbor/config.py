@@ -244,7 +244,13 @@ def parseWeb(value: object, usersFile: str | None, tls: TLSFiles | None) -> WebC
     names = []
     for name in stringList(value.get("names", []), "web.names"):
         name = name.strip().lower().rstrip(".")
-        if not (HOSTNAME.match(name) or _isAddress(name)):
+        if name.startswith("[") and name.endswith("]"):
+            # An IPv6 address as a URL writes it; the Host check compares
+            # the address itself, in its one canonical spelling.
+            name = name[1:-1]
+        if _isAddress(name):
+            name = str(ipaddress.ip_address(name))
+        elif not HOSTNAME.match(name):
             raise ConfigError("web.names", f"{name!r} is not a host name or an IP address")
         names.append(name)
     admins = stringList(value.get("admins", []), "web.admins")
@@ -324,6 +330,12 @@ def isLocalEndpoint(description: str) -> bool:
     machine: a C{tcp}, C{tcp6} or C{ssl} endpoint bound to a loopback
     address, or a UNIX socket.  Anything else (all interfaces, another
     address, systemd's sockets) might be reached from elsewhere.
+
+    The address must be a loopback address or exactly C{localhost}: a
+    name such as C{localhost.attacker.example} is resolved when the port
+    is bound, to whatever its owner likes.  And an C{interface} given
+    twice is not local: Twisted would bind the last, so no one of them
+    can be trusted to be the one.
     """
     fields = _endpointFields(description)
     kind = fields[0].lower()
@@ -331,16 +343,17 @@ def isLocalEndpoint(description: str) -> bool:
         return True
     if kind not in ("tcp", "tcp6", "ssl"):
         return False
-    for item in fields[1:]:
-        name, equals, setting = item.partition("=")
-        if equals and name == "interface":
-            if isLoopbackName(setting):
-                return True
-            try:
-                return ipaddress.ip_address(setting).is_loopback
-            except ValueError:
-                return False
-    return False
+    interfaces = [
+        setting for name, equals, setting in (item.partition("=") for item in fields[1:]) if equals and name == "interface"
+    ]
+    if len(interfaces) != 1:
+        return False
+    if interfaces[0].lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(interfaces[0]).is_loopback
+    except ValueError:
+        return False
 
 
 @frozen

@@ -143,12 +143,19 @@ class WebTestCase(TestCase):
 
     @inlineCallbacks
     def request(
-        self, path: str, method: bytes = b"GET", body: bytes | None = None, contentType: bytes | None = None
+        self,
+        path: str,
+        method: bytes = b"GET",
+        body: bytes | None = None,
+        contentType: bytes | None = None,
+        extra: dict[bytes, bytes] | None = None,
     ) -> Any:
         """
-        Make a request; its response and body.
+        Make a request, with C{extra} headers; its response and body.
         """
         headers = Headers({})
+        for name, value in (extra or {}).items():
+            headers.addRawHeader(name, value)
         if contentType is not None:
             headers.addRawHeader(b"Content-Type", contentType)
         producer: IBodyProducer | None = None if body is None else _Bytes(body)  # type: ignore[assignment]

@@ -598,13 +598,23 @@ class WebConfigTests(SynchronousTestCase):
         sockets are fine, and with users anything is.
         """
         for listen in ("tcp:8025", "tcp:8025:interface=0.0.0.0", "tcp6:8025", "systemd:domain=INET:index=0",
-                       "tcp:8025:interface=10.0.0.5"):
+                       "tcp:8025:interface=10.0.0.5", "tcp:8025:interface=127.0.0.1:interface=0.0.0.0",
+                       "tcp:8025:interface=localhost.attacker.example", "ssl:8025:interface=localhost6.example"):
             error = self.assertRefused("web.listen", web={"listen": listen})
             self.assertIn("users_file", error.problem)
         for listen in ("tcp:8025:interface=127.0.0.1", "tcp6:8025:interface=\\:\\:1", "unix:/run/web.sock",
                        "tcp:8025:interface=localhost"):
             self.assertIsNotNone(self.parse(web={"listen": listen}).web, listen)
         self.assertIsNotNone(self.parse(users_file="users", web="tcp:8025").web)
+
+    def test_namesNormalised(self) -> None:
+        """
+        An IPv6 address in web.names is kept as the Host check compares it:
+        without its brackets, in its canonical spelling.
+        """
+        web = self.parse(web={"listen": "8025", "names": ["[2001:DB8:0::5]", "Mail.Example.COM."]}).web
+        assert web is not None
+        self.assertEqual(web.names, ("2001:db8::5", "mail.example.com"))
 
     def test_errorsNameTheSetting(self) -> None:
         """

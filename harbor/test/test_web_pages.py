@@ -15,8 +15,9 @@ from twisted.internet.defer import inlineCallbacks
 
 from harbor.hooks.events import Job, NewMessage
 from harbor.hooks.spool import HookSpool
-from harbor.test._appsupport import CSRF, WebTestCase, messageBytes, messageID
+from harbor.test._appsupport import ADMIN, CSRF, WebTestCase, messageBytes, messageID
 from harbor.web.base import Viewer
+from harbor.web.messages import HIDDEN_ERROR
 
 NOW = 1732314178
 
@@ -217,6 +218,27 @@ class MessagePageTests(WebTestCase):
         self.assertIn("S", message.get_flags())
 
     @inlineCallbacks
+    def test_notSeenUnlessOpened(self) -> Any:
+        """
+        A C{HEAD}, and a C{GET} another site's page made (an C{<img>} of
+        it: C{Sec-Fetch-Site: cross-site} or C{same-site}), do not mark the
+        message seen; a C{GET} typed in or followed from our own pages does.
+        """
+        identifier = messageID(NOW, 1)
+        self.deliver("example.net/alice", identifier)
+        box = mailbox.Maildir(os.path.join(self.root, "example.net/alice"), create=False)
+        response, _ = yield self.request("/m/" + identifier, b"HEAD")
+        self.assertEqual(response.code, 200)
+        for site in (b"cross-site", b"same-site"):
+            response, _ = yield self.request("/m/" + identifier, extra={b"Sec-Fetch-Site": site})
+            self.assertEqual(response.code, 200)
+        [(_key, message)] = box.items()
+        self.assertEqual(message.get_subdir(), "new")
+        response, _ = yield self.request("/m/" + identifier, extra={b"Sec-Fetch-Site": b"same-origin"})
+        [(_key, message)] = box.items()
+        self.assertEqual(message.get_subdir(), "cur")
+
+    @inlineCallbacks
     def test_hostileHTML(self) -> Any:
         """
         An HTML message is framed in a sandbox from its own URL, and the
@@ -334,6 +356,17 @@ class MessagePageTests(WebTestCase):
         self.assertIn(b'data-hook="notify" data-state="dead"', body)
         self.assertIn(b'data-hook="slack" data-state="delivered"', body)
         self.assertIn(b'<form class="retry" method="post"', body)
+        self.assertIn(b"connection refused", body)
+        # Not an admin: a hook's error may name a webhook's secret URL.
+        self.viewAs(Viewer("bob", False, ("example.com",), CSRF))
+        response, shown = yield self.request("/m/" + identifier)
+        self.assertIn(b'data-hook="notify" data-state="dead"', shown)
+        self.assertNotIn(b"connection refused", shown)
+        self.assertNotIn(b"timed out", shown)
+        self.assertIn(HIDDEN_ERROR.encode(), shown)
+        response, detail = yield self.getJSON("/api/v1/messages/" + identifier)
+        self.assertEqual({hook["error"] for hook in detail["hooks"]}, {HIDDEN_ERROR, None})
+        self.viewAs(ADMIN)
         response, _ = yield self.request(f"/m/{identifier}/retry", b"POST", f"hook=notify&csrf={CSRF}".encode(),
                                          b"application/x-www-form-urlencoded")
         self.assertEqual(response.code, 303)

@@ -24,7 +24,8 @@ class HostTests(WebTestCase):
         attacker's name pointed at 127.0.0.1, gets 421, whatever the port.
         """
         self.serve()
-        for host in (f"evil.example:{self.port}", "evil.example", "localhost.evil.example"):
+        for host in (f"evil.example:{self.port}", "evil.example", "localhost.evil.example",
+                     "[::1]evil.example", "[::1]:80:80", "localhost:abc", ":8025", "[localhost]"):
             response, _body = await self.fetch("/healthz", headers={"Host": host})
             self.assertEqual(response.code, 421, host)
             self.assertEqual(response.headers.getRawHeaders("Content-Type"), ["text/plain; charset=utf-8"])
@@ -34,8 +35,9 @@ class HostTests(WebTestCase):
         Loopback names, configured names (any case, any port) and the
         address connected to are accepted.
         """
-        self.serve(WebConfig("tcp:0:interface=127.0.0.1", names=("mail.example.com",)))
-        for host in ("localhost:8025", "127.0.0.1", "[::1]:8025", "Mail.Example.COM:443", "mail.example.com."):
+        self.serve(WebConfig("tcp:0:interface=127.0.0.1", names=("mail.example.com", "2001:db8::5")))
+        for host in ("localhost:8025", "127.0.0.1", "[::1]:8025", "Mail.Example.COM:443", "mail.example.com.",
+                     "[2001:DB8:0::5]:8025", f"127.0.0.1:{self.port}"):
             response, _ = await self.fetch("/healthz", headers={"Host": host})
             self.assertEqual(response.code, 200, host)
 
@@ -158,6 +160,9 @@ class ChangeTests(WebTestCase):
         response, _ = await self.fetch("/m/x/delete", b"POST", form, f"csrf={csrf}".encode())
         self.assertEqual(response.code, 200)
         response, _ = await self.fetch("/m/x/delete", b"POST", form, b"csrf=nope")
+        self.assertEqual(response.code, 403)
+        # The token in the URL's query (kept in histories and logs) does not count.
+        response, _ = await self.fetch(f"/m/x/delete?csrf={csrf}", b"POST", form, b"")
         self.assertEqual(response.code, 403)
 
 

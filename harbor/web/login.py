@@ -18,6 +18,7 @@ import json
 import math
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import parse_qs
 
 from zope.interface import implementer
 
@@ -251,6 +252,23 @@ def formValue(request: Request, name: str) -> str:
     """
     values = (request.args or {}).get(name.encode("ascii"), [b""])
     return values[0].decode("utf-8", "replace") if values else ""
+
+
+def bodyValue(request: Request, name: str) -> str:
+    """
+    A field of a form posted in the request's body (empty when absent):
+    never one from the URL's query, where a CSRF token or a password
+    would be kept in histories, logs and C{Referer} headers.
+    """
+    kind = (request.getHeader(b"content-type") or b"").split(b";")[0].strip().lower()
+    content = request.content
+    if kind != b"application/x-www-form-urlencoded" or content is None:
+        return ""
+    content.seek(0)
+    fields: dict[bytes, list[bytes]] = parse_qs(content.read(), keep_blank_values=True)
+    content.seek(0)
+    value: bytes = fields.get(name.encode("ascii"), [b""])[0]
+    return value.decode("utf-8", "replace")
 
 
 def jsonBody(request: Request) -> dict[str, Any] | None:

@@ -19,7 +19,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request
 from twisted.web.template import Tag, tags
 
-from attrs import frozen
+from attrs import evolve, frozen
 
 from harbor.hooks.spool import HookSpool, HookStatus
 from harbor.store.browse import findSummary, setSeen
@@ -39,7 +39,10 @@ from harbor.web.render import (
 )
 from harbor.web.timeline import Timeline, timelineOf
 
-__all__ = ["MessageDetail", "MessagesResource", "readDetail"]
+__all__ = ["HIDDEN_ERROR", "MessageDetail", "MessagesResource", "opensAsReader", "readDetail"]
+
+#: What a viewer who is not an admin sees of a hook job's error.
+HIDDEN_ERROR = "failed (admins see the error)"
 
 #: The iframe's sandbox: no script, an opaque origin; links open in a new tab.
 SANDBOX = "allow-popups allow-popups-to-escape-sandbox"
@@ -78,7 +81,24 @@ def readDetail(context: WebContext, viewer: Viewer, identifier: str, markSeen: b
     with openMessage(message.path) as f:
         view = readMessage(f)
     hooks = HookSpool(context.hookSpool).statusOf(message.name.id, context.hooks)
+    if not viewer.admin:
+        # A hook's error names its webhook's URL, secret token and all,
+        # or a command's output: the hooks are the operator's, not the
+        # mailbox owner's.
+        hooks = [evolve(status, error=HIDDEN_ERROR) if status.error else status for status in hooks]
     return MessageDetail(message, summary, view, timelineOf(view.headers), tuple(hooks))
+
+
+def opensAsReader(request: Request) -> bool:
+    """
+    Whether a request for a message's page is its reader opening it, which
+    marks it seen: a C{GET} (not a C{HEAD}, which shows nothing) that no
+    other site's page made (an C{<img>} of another site, C{Sec-Fetch-Site:
+    cross-site}, must not mark mail read; without a login there is no
+    cookie to stop it).
+    """
+    site = (request.getHeader(b"sec-fetch-site") or b"").lower()
+    return request.method == b"GET" and site not in (b"cross-site", b"same-site")
 
 
 def _find(context: WebContext, viewer: Viewer, identifier: str) -> MessageFile | None:
@@ -158,7 +178,7 @@ class MessageResource(Resource):
     def _page(self, request: Request) -> object:
         viewer = viewerOf(request)
         images = self._arg(request, "images") == "1"
-        d = self._context.inThread(readDetail, self._context, viewer, self._id, True)
+        d = self._context.inThread(readDetail, self._context, viewer, self._id, opensAsReader(request))
 
         def show(detail: MessageDetail | None) -> Deferred[bytes]:
             if detail is None:

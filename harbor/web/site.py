@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import hmac
 import io
+import ipaddress
 import json
 from collections.abc import Callable
 from typing import Any
@@ -50,6 +51,7 @@ from harbor.web.login import (
     THROTTLED,
     Logins,
     LoginThrottle,
+    bodyValue,
     formValue,
     jsonBody,
     loginPage,
@@ -181,13 +183,25 @@ def _hostOf(header: str) -> str:
     """
     The name in a C{Host} header (or an origin's authority), without its
     port, lower case.
+
+    Anything but C{name}, C{name:port}, C{[address]} or C{[address]:port}
+    is C{""}, which names nothing: no lenient reading of a malformed
+    header may find an allowed name inside it.  An IPv6 address comes in
+    its canonical spelling, as L{harbor.config.WebConfig.names} has it.
     """
     header = header.strip().lower()
     if header.startswith("["):
-        return header[1:].partition("]")[0]
-    if header.count(":") == 1:
-        header = header.partition(":")[0]
-    return header.rstrip(".")
+        inside, closed, rest = header[1:].partition("]")
+        if not closed or (rest and not (rest.startswith(":") and rest[1:].isdigit())):
+            return ""
+        try:
+            return str(ipaddress.IPv6Address(inside))
+        except ValueError:
+            return ""
+    name, colon, port = header.partition(":")
+    if (colon and not port.isdigit()) or not name:
+        return ""
+    return name.rstrip(".")
 
 
 def _origin(url: str) -> tuple[str, str, int] | None:
@@ -255,8 +269,15 @@ class Guard(Resource):
         if not header:
             return False
         name = _hostOf(header.decode("latin-1"))
+        if not name:
+            return False
+        if name in self._names:
+            return True
         local = getattr(request.getHost(), "host", None)
-        return name in self._names or (local is not None and name == _hostOf(str(local)))
+        try:
+            return local is not None and name == str(ipaddress.ip_address(local))
+        except ValueError:
+            return False
 
     def _sameOrigin(self, request: Request) -> bool:
         """
@@ -291,7 +312,7 @@ class Guard(Resource):
             return _Answer(self._toLogin)
         if change and segments not in _LOGINS:
             token = request.getHeader(b"x-csrf-token")
-            given = token.decode("latin-1") if token else formValue(request, "csrf")
+            given = token.decode("latin-1") if token else bodyValue(request, "csrf")
             if session is None or not given or not hmac.compare_digest(given, session.csrf):
                 return _Answer(lambda r: self._refuse(r, api, 403, "missing or wrong CSRF token"))
         if session is None:
@@ -365,7 +386,7 @@ class Guard(Resource):
             request.setResponseCode(http.UNAUTHORIZED)
             return loginPage(nextPath, "Wrong user name or password.")
 
-        return self._checkLogin(request, formValue(request, "user"), formValue(request, "password"), session, answered)
+        return self._checkLogin(request, bodyValue(request, "user"), bodyValue(request, "password"), session, answered)
 
     def _apiLogin(self, request: Request, session: Session | None) -> Any:
         if self._logins is None:
