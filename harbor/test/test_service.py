@@ -599,9 +599,11 @@ class WebInterfaceTests(TestCase):
         # No mail yet (no Maildir root): the index is an empty tree.
         self.assertEqual(response.code, 200)
         # Its reads run in threads of its own, which stop with it.
-        self.assertIsNot(listener.threadpool, reactor.getThreadPool())
+        self.assertIsNot(listener.threadpool, reactor.getThreadPool())  # type: ignore[attr-defined]
         self.assertTrue(listener.threadpool.started)
-        await listener.stopService()
+        stopped = listener.stopService()
+        assert stopped is not None
+        await stopped
         self.assertFalse(listener.threadpool.started)
 
     def test_workerServesNoWeb(self) -> None:
