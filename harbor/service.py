@@ -160,17 +160,37 @@ class ListeningService(Service):
         return None
 
 
+#: The threads of the web interface (L{WebInterface.threadpool}).
+WEB_THREADS = 4
+
+
 class WebInterface(ListeningService):
     """
     The web interface's listener (L{harbor.web.site.webSite}), in the
     first process only.
 
     @ivar site: The site it serves.
+    @ivar threadpool: Its own threads, which read the Maildirs and check
+        passwords for it: a browser downloading big attachments never
+        holds up an SMTP login's password check, nor a hook.
     """
 
-    def __init__(self, description: str, endpoint: IStreamServerEndpoint, site: Any, factory: Factory) -> None:
+    def __init__(
+        self, description: str, endpoint: IStreamServerEndpoint, site: Any, factory: Factory, threadpool: ThreadPool
+    ) -> None:
         super().__init__(f"{description} (web)", endpoint, factory)
         self.site = site
+        self.threadpool = threadpool
+
+    def startService(self) -> None:
+        super().startService()
+        self.threadpool.start()
+
+    def stopService(self) -> Deferred[None] | None:
+        stopped = super().stopService()
+        if self.threadpool.started:
+            self.threadpool.stop()
+        return stopped
 
 
 def webInterface(
@@ -185,8 +205,10 @@ def webInterface(
     The web interface of C{config.web}: its site, behind TLS with the
     service's certificate when C{web.tls}, on C{web.listen}.
 
-    Maildir reads and password checks run in the reactor's thread pool;
-    the host names it answers to are C{web.names}, the loopback ones and
+    Maildir reads and password checks run in a pool of L{WEB_THREADS}
+    threads of its own, which bounds what the interface's readers can
+    make the machine do at once (the memory of big messages read, disk
+    reads) and keeps them out of the reactor's pool; the host names it answers to are C{web.names}, the loopback ones and
     the server's C{hostname}.
     """
     # Imported here: the pages come from harbor.web.app, which the
@@ -199,9 +221,8 @@ def webInterface(
 
     web = config.web
     assert web is not None
-    context = WebContext(
-        config.maildir, config.hookSpool, tuple(hooks), reactor, reactor.getThreadPool(), reactor.seconds
-    )
+    threadpool = ThreadPool(0, WEB_THREADS, "mailharbor-web")
+    context = WebContext(config.maildir, config.hookSpool, tuple(hooks), reactor, threadpool, reactor.seconds)
     checker = None if config.usersFile is None else UsersFileChecker(config.usersFile, context.inThread)
     names = evolve(web, names=tuple(dict.fromkeys((*web.names, config.hostname))))
     site = webSite(names, context, appResource(context), readiness, MetricsResource(metrics), checker, web.tls)
@@ -211,7 +232,7 @@ def webInterface(
 
         assert tls is not None
         factory = TLSMemoryBIOFactory(tls, False, site)  # type: ignore[assignment]
-    return WebInterface(web.listen, serverFromString(reactor, web.listen), site, factory)
+    return WebInterface(web.listen, serverFromString(reactor, web.listen), site, factory, threadpool)
 
 
 class HarborService(MultiService):

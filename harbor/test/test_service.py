@@ -596,6 +596,15 @@ class WebInterfaceTests(TestCase):
         # app answers, not the guard's 421.
         self.assertNotEqual(response.code, 421)
         self.assertIn(b"harbor_session=", response.headers.getRawHeaders(b"Set-Cookie", [b""])[0])
+        # No mail yet (no Maildir root): the index is an empty tree.
+        self.assertEqual(response.code, 200)
+        # Its reads run in threads of its own, which stop with it.
+        self.assertIsNot(listener.threadpool, reactor.getThreadPool())  # type: ignore[attr-defined]
+        self.assertTrue(listener.threadpool.started)
+        stopped = listener.stopService()
+        assert stopped is not None
+        await stopped
+        self.assertFalse(listener.threadpool.started)
 
     def test_workerServesNoWeb(self) -> None:
         """

@@ -108,6 +108,28 @@ class PollerTests(SynchronousTestCase):
         self.assertEqual(self.pool.calls, calls)
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
+    def test_endsWithTheSession(self) -> None:
+        """
+        Once a viewer's session is over (logged out, expired), its stream
+        is told nothing more and is finished, at the next change or
+        keepalive, while another viewer's goes on.
+        """
+        going = [True]
+        request, other = _request(), _request()
+        self.poller.subscribe(request, Viewer("bob", False, ("example.net/bob",), CSRF, alive=lambda: going[0]))
+        self.poller.subscribe(other, ADMIN)
+        self.clock.advance(1)
+        going[0] = False
+        self.drop("example.net/bob", messageID(NOW, 1))
+        self.clock.advance(1)
+        self.assertEqual(request.written, [])
+        self.assertEqual(request.finished, 1)
+        self.assertEqual(len(other.written), 1)
+        self.assertTrue(self.poller.running)
+        self.clock.advance(KEEPALIVE_SECONDS)
+        self.assertIn(b": keepalive\n\n", other.written)
+        self.assertEqual(request.written, [])
+
     def test_pollsNeverOverlap(self) -> None:
         """
         While one poll is running, the next is not started.

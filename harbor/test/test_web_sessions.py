@@ -32,6 +32,23 @@ class SessionStoreTests(SynchronousTestCase):
         self.assertEqual(len(store), 0)
         self.assertEqual(IDLE_TIMEOUT, 12 * 60 * 60)
 
+    def test_aliveDoesNotUse(self) -> None:
+        """
+        Asking whether a session goes on does not use it: a session only
+        asked about (by an open event stream) still expires when idle, and
+        one ended is not alive.
+        """
+        clock = Clock()
+        store = SessionStore(clock.seconds, idle=100)
+        session = store.create("alice")
+        ended = store.create("bob")
+        store.end(ended.id)
+        self.assertFalse(store.alive(ended.id))
+        for _ in range(3):
+            clock.advance(40)
+            self.assertEqual(store.alive(session.id), clock.seconds() <= 100)
+        self.assertIsNone(store.get(session.id))
+
     def test_tokensDistinct(self) -> None:
         """
         Every session has its own random id and CSRF token, of 32 random

@@ -15,19 +15,19 @@ from twisted.web.server import Request
 
 from harbor.store.browse import listPage, mailboxTree
 from harbor.store.search import SearchError, parseQuery
-from harbor.store.summaries import openMessage
 from harbor.web.base import WebContext, viewerOf
 from harbor.web.common import answer, jsonBody, visibleKeys, writeJSON
 from harbor.web.events import EventsResource, Poller
 from harbor.web.messages import (
-    _find,
     changeSeen,
     rawHeaders,
     readDetail,
+    readPart,
+    readRaw,
     removeMessage,
     retryHook,
 )
-from harbor.web.render import downloadHeaders, partContent
+from harbor.web.render import Part, downloadHeaders
 
 __all__ = ["apiResource"]
 
@@ -164,14 +164,7 @@ class _Messages(_JSONResource):
         return answer(request, d.addCallback(show), _failed)
 
     def _raw(self, request: Request, identifier: str) -> object:
-        viewer = viewerOf(request)
-
-        def read() -> bytes | None:
-            message = _find(self._context, viewer, identifier)
-            if message is None:
-                return None
-            with openMessage(message.path) as f:
-                return f.read()
+        d = self._context.inThread(readRaw, self._context, viewerOf(request), identifier)
 
         def show(data: bytes | None) -> bytes:
             if data is None:
@@ -179,19 +172,12 @@ class _Messages(_JSONResource):
             rawHeaders(request)
             return data
 
-        return answer(request, self._context.inThread(read).addCallback(show), _failed)
+        return answer(request, d.addCallback(show), _failed)
 
     def _part(self, request: Request, identifier: str, index: int) -> object:
-        viewer = viewerOf(request)
+        d = self._context.inThread(readPart, self._context, viewerOf(request), identifier, index)
 
-        def read() -> Any:
-            message = _find(self._context, viewer, identifier)
-            if message is None:
-                return None
-            with openMessage(message.path) as f:
-                return partContent(f, index)
-
-        def show(found: Any) -> bytes:
+        def show(found: tuple[Part, bytes] | None) -> bytes:
             if found is None:
                 return _notFound(request)
             part, data = found
@@ -199,7 +185,7 @@ class _Messages(_JSONResource):
                 request.setHeader(name, value)
             return bytes(data)
 
-        return answer(request, self._context.inThread(read).addCallback(show), _failed)
+        return answer(request, d.addCallback(show), _failed)
 
     def _seen(self, request: Request, identifier: str) -> object:
         value, error = jsonBody(request)

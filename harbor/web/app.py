@@ -10,14 +10,14 @@ import os
 
 from twisted.web.resource import Resource
 from twisted.web.server import Request
-from twisted.web.static import File
+from twisted.web.static import Data
 
 from harbor.web.api import apiResource
 from harbor.web.base import WebContext
 from harbor.web.messages import MessagesResource
 from harbor.web.pages import IndexPage, notFound
 
-__all__ = ["STATIC", "appResource"]
+__all__ = ["STATIC", "STATIC_FILES", "appResource"]
 
 #: The directory of app.js and app.css, next to this module.
 STATIC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
@@ -36,11 +36,23 @@ class _NotFound(Resource):
         return notFound(request)
 
 
-def _static() -> File:
-    static = File(STATIC, defaultType="application/octet-stream")
-    static.contentTypes = {".js": "text/javascript; charset=utf-8", ".css": "text/css; charset=utf-8"}
-    static.childNotFound = _NotFound()  # type: ignore[assignment]
-    static.directoryListing = lambda: _NotFound()  # type: ignore[method-assign]
+#: The static files and their types: all there is under C{/static/}.
+STATIC_FILES = {
+    "app.js": "text/javascript; charset=utf-8",
+    "app.css": "text/css; charset=utf-8",
+}
+
+
+def _static() -> Resource:
+    """
+    C{/static/}: the files of L{STATIC_FILES}, read once, as the tree is
+    built at start, so that serving them never touches the disk from the
+    reactor's thread; any other name is our 404.
+    """
+    static = _Root()
+    for name, kind in STATIC_FILES.items():
+        with open(os.path.join(STATIC, name), "rb") as f:
+            static.putChild(name.encode("ascii"), Data(f.read(), kind))
     return static
 
 

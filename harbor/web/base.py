@@ -42,6 +42,7 @@ class IViewer(Interface):
     admin = Attribute("Whether they see every mailbox, and /metrics.")
     grants = Attribute("The keys (domain, domain/mailbox) they were granted, each with all below it.")
     csrf = Attribute("Their session's CSRF token, which every change must carry.")
+    alive = Attribute("A callable: whether their session still goes on.")
 
     def mailboxes(keys: Collection[str]) -> frozenset[str] | None:
         """
@@ -66,12 +67,16 @@ class Viewer:
     @ivar grants: What else they may see: keys, each with all below it
         (L{harbor.store.browse.allowedKeys}).
     @ivar csrf: The CSRF token of their session.
+    @ivar alive: Whether their session still goes on (not logged out, not
+        expired): what an answer that lasts, such as an event stream,
+        asks before it sends more.
     """
 
     name: str | None
     admin: bool
     grants: tuple[str, ...] = ()
     csrf: str = field(default="", repr=False)
+    alive: Callable[[], bool] = field(default=lambda: True, eq=False, repr=False)
 
     def mailboxes(self, keys: Collection[str]) -> frozenset[str] | None:
         """

@@ -108,6 +108,8 @@ class Poller:
         Send each subscriber the changes its viewer may read.
         """
         for request, viewer in list(self._subscribers.items()):
+            if self._ended(request, viewer):
+                continue
             chunk = b"".join(
                 b"event: change\ndata: " + json.dumps(change.asJSON()).encode("utf-8") + b"\n\n"
                 for change in changes
@@ -117,8 +119,22 @@ class Poller:
                 request.write(chunk)
 
     def _ping(self) -> None:
-        for request in list(self._subscribers):
-            request.write(b": keepalive\n\n")
+        for request, viewer in list(self._subscribers.items()):
+            if not self._ended(request, viewer):
+                request.write(b": keepalive\n\n")
+
+    def _ended(self, request: Request, viewer: Viewer) -> bool:
+        """
+        End the stream of a viewer whose session is over (logged out or
+        expired): it is told nothing more, and the browser's reconnection
+        meets the login.  So a stream ends within L{KEEPALIVE_SECONDS} of
+        its session, and before any change is sent after it.
+        """
+        if viewer.alive():
+            return False
+        self.unsubscribe(request)
+        request.finish()
+        return True
 
 
 class EventsResource(Resource):

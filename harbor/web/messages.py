@@ -30,6 +30,7 @@ from harbor.web.common import answer, visibleKeys
 from harbor.web.pages import errorPage, failedPage, humanSize, layout, notFound, render
 from harbor.web.render import (
     MessageView,
+    Part,
     downloadHeaders,
     htmlDocument,
     htmlHeaders,
@@ -39,7 +40,7 @@ from harbor.web.render import (
 )
 from harbor.web.timeline import Timeline, timelineOf
 
-__all__ = ["HIDDEN_ERROR", "MessageDetail", "MessagesResource", "opensAsReader", "readDetail"]
+__all__ = ["HIDDEN_ERROR", "MessageDetail", "MessagesResource", "opensAsReader", "readDetail", "readPart", "readRaw"]
 
 #: What a viewer who is not an admin sees of a hook job's error.
 HIDDEN_ERROR = "failed (admins see the error)"
@@ -99,6 +100,29 @@ def opensAsReader(request: Request) -> bool:
     """
     site = (request.getHeader(b"sec-fetch-site") or b"").lower()
     return request.method == b"GET" and site not in (b"cross-site", b"same-site")
+
+
+def readRaw(context: WebContext, viewer: Viewer, identifier: str) -> bytes | None:
+    """
+    The stored bytes of a message the viewer may see, or L{None}.  Blocking.
+    """
+    message = _find(context, viewer, identifier)
+    if message is None:
+        return None
+    with openMessage(message.path) as f:
+        return f.read()
+
+
+def readPart(context: WebContext, viewer: Viewer, identifier: str, index: int) -> tuple[Part, bytes] | None:
+    """
+    One leaf part of a message the viewer may see (L{partContent}), or
+    L{None}.  Blocking.
+    """
+    message = _find(context, viewer, identifier)
+    if message is None:
+        return None
+    with openMessage(message.path) as f:
+        return partContent(f, index)
 
 
 def _find(context: WebContext, viewer: Viewer, identifier: str) -> MessageFile | None:
@@ -311,14 +335,7 @@ class MessageResource(Resource):
         return answer(request, self._context.inThread(read).addCallback(show), failedPage)
 
     def _raw(self, request: Request) -> object:
-        viewer = viewerOf(request)
-
-        def read() -> bytes | None:
-            message = _find(self._context, viewer, self._id)
-            if message is None:
-                return None
-            with openMessage(message.path) as f:
-                return f.read()
+        d = self._context.inThread(readRaw, self._context, viewerOf(request), self._id)
 
         def show(data: bytes | None) -> Any:
             if data is None:
@@ -326,17 +343,10 @@ class MessageResource(Resource):
             rawHeaders(request)
             return data
 
-        return answer(request, self._context.inThread(read).addCallback(show), failedPage)
+        return answer(request, d.addCallback(show), failedPage)
 
     def _part(self, request: Request, index: int) -> object:
-        viewer = viewerOf(request)
-
-        def read() -> Any:
-            message = _find(self._context, viewer, self._id)
-            if message is None:
-                return None
-            with openMessage(message.path) as f:
-                return partContent(f, index)
+        d = self._context.inThread(readPart, self._context, viewerOf(request), self._id, index)
 
         def show(found: Any) -> Any:
             if found is None:
@@ -346,7 +356,7 @@ class MessageResource(Resource):
                 request.setHeader(name, value)
             return data
 
-        return answer(request, self._context.inThread(read).addCallback(show), failedPage)
+        return answer(request, d.addCallback(show), failedPage)
 
     def _seen(self, request: Request) -> object:
         viewer = viewerOf(request)

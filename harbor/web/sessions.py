@@ -110,6 +110,15 @@ class SessionStore:
         self._sessions.move_to_end(sessionID)
         return session
 
+    def alive(self, sessionID: str) -> bool:
+        """
+        Whether the session with this id goes on, without using it: what a
+        long-lived answer (an event stream) asks from time to time, which
+        must not keep a session alive by itself.
+        """
+        session = self._sessions.get(sessionID)
+        return session is not None and self._seconds() - session.lastUsed <= self._idle
+
     def end(self, sessionID: str | None) -> None:
         """
         End a session (logout); an unknown id is ignored.

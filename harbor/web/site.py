@@ -32,6 +32,7 @@ import io
 import ipaddress
 import json
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 from urllib.parse import quote, urlsplit
 
@@ -42,6 +43,8 @@ from twisted.python.failure import Failure
 from twisted.web import http, server
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
+
+from attrs import evolve
 
 from harbor.config import WebConfig
 from harbor.health import HealthResource, Readiness, ReadyResource
@@ -318,7 +321,8 @@ class Guard(Resource):
         if session is None:
             setViewer(request, Viewer(None, admin=False))
         else:
-            setViewer(request, viewerFor(self._web, session.user, session.csrf))
+            viewer = viewerFor(self._web, session.user, session.csrf)
+            setViewer(request, evolve(viewer, alive=partial(self.sessions.alive, session.id)))
         own = self._own(segments, session)
         if own is not None:
             return own
