@@ -362,7 +362,9 @@ class MessageResource(Resource):
         viewer = viewerOf(request)
         seen = self._arg(request, "seen") != "0"
         d = self._context.inThread(changeSeen, self._context, viewer, self._id, seen)
-        return answer(request, d.addCallback(lambda found: self._back(request, found, "/m/" + self._id)), failedPage)
+        # Back to the list once unread: the message's page would mark it seen again.
+        where = "/m/" + self._id if seen else "/"
+        return answer(request, d.addCallback(lambda found: self._back(request, found, where)), failedPage)
 
     def _confirmDelete(self, request: Request) -> object:
         viewer = viewerOf(request)

@@ -84,7 +84,7 @@ CSP = (
 )
 SECURITY_HEADERS = (
     (b"X-Content-Type-Options", b"nosniff"),
-    (b"Referrer-Policy", b"no-referrer"),
+    (b"Referrer-Policy", b"same-origin"),
     (b"X-Frame-Options", b"DENY"),
     (b"Cache-Control", b"no-store"),
     (b"Content-Security-Policy", CSP.encode("ascii")),
