@@ -165,6 +165,14 @@ class BrowserTests(TestCase):
         subjects = [a.text for a in browser.findAll("table#messages tr.message a.subject")]
         self.assertEqual(subjects[0], "Arrived while you looked")
 
+        # And logs out with the button every page has: the session is over.
+        self.assertEqual(browser.waitFor("form#logout span.user").text, "alice")
+        browser.waitFor("form#logout button").click()
+        waitUntil(lambda: "/login" in browser.driver.current_url, "the logout leads to the login page")
+        self.assertEqual(browser.fetchStatus("/api/v1/session"), 401)
+        browser.get("/")
+        self.assertIn("/login", browser.driver.current_url)
+
     def test_liveUpdateFromAnotherProgram(self) -> None:
         """
         A message another program drops into a Maildir's new/ with plain

@@ -139,6 +139,19 @@ class AccessTests(WebTestCase):
         self.assertNotIn(b"secret plans", body)
 
     @inlineCallbacks
+    def test_logoutButton(self) -> Any:
+        """
+        A logged-in user's pages name them and carry a logout form that
+        posts the CSRF token; without users (no name) there is none.
+        """
+        _, body = yield self.request("/")
+        self.assertIn(b'<form id="logout" method="post" action="/logout"><span class="user">bob</span>', body)
+        self.assertIn(f'<input type="hidden" name="csrf" value="{CSRF}" /><button type="submit">Log out'.encode(), body)
+        self.viewAs(ADMIN)
+        _, body = yield self.request("/")
+        self.assertNotIn(b'id="logout"', body)
+
+    @inlineCallbacks
     def test_messageNotGrantedIsNotFound(self) -> Any:
         """
         A message outside the grants is a 404, as an unknown one, in every

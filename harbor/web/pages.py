@@ -42,9 +42,23 @@ def layout(request: Request, title: str, *body: Any) -> Tag:
             tags.link(rel="stylesheet", href="/static/app.css"),
             tags.script(src="/static/app.js", defer="defer"),
         ),
-        tags.body(**{"data-live": "closed"})(
-            tags.header(tags.a("MailHarbor", href="/", class_="home")), Tag("main")(*body)
-        ),
+        tags.body(**{"data-live": "closed"})(tags.header(tags.a("MailHarbor", href="/", class_="home"), _account(request)), Tag("main")(*body)),
+    )
+
+
+def _account(request: Request) -> Tag | str:
+    """
+    Who is logged in, and the button that logs them out (a POST with the
+    CSRF token, as every change); nothing when there are no users.
+    """
+    viewer = viewerOf(request)
+    if viewer.name is None:
+        return ""
+    return tags.form(id="logout", method="post", action="/logout")(
+        tags.span(viewer.name, class_="user"),
+        " ",
+        tags.input(type="hidden", name="csrf", value=viewer.csrf),
+        tags.button("Log out", type="submit"),
     )
 
 
