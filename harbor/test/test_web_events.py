@@ -48,10 +48,21 @@ class _SynchronousPool:
         else:
             onResult(True, result)
 
+    def release(self) -> None:
+        # Run the calls held, as the threads would finish them.
+        held, self.held = self.held, []
+        for onResult, f, args, kwargs in held:
+            onResult(True, f(*args, **kwargs))
+
 
 def _request() -> Any:
     # A request as the poller sees one (DummyRequest is not a Request).
     return DummyRequest([b""])
+
+
+def _changes(request: DummyRequest) -> list[bytes]:
+    # What the stream carried besides "ready" and keepalives.
+    return [chunk for chunk in request.written if chunk.startswith(b"event: change")]
 
 
 class PollerTests(SynchronousTestCase):
@@ -83,13 +94,38 @@ class PollerTests(SynchronousTestCase):
         self.poller.subscribe(bob, Viewer("bob", False, ("example.net/bob",), CSRF))
         self.drop("example.com", messageID(NOW, 1))
         self.clock.advance(1)
-        self.assertEqual(len(admin.written), 1)
-        self.assertIn(b'"kind": "new"', admin.written[0])
-        self.assertTrue(admin.written[0].startswith(b"event: change\ndata: "))
-        self.assertEqual(bob.written, [])
+        self.assertEqual(len(_changes(admin)), 1)
+        self.assertIn(b'"kind": "new"', _changes(admin)[0])
+        self.assertTrue(_changes(admin)[0].startswith(b"event: change\ndata: "))
+        self.assertEqual(_changes(bob), [])
         self.drop("example.net/bob", messageID(NOW, 2))
         self.clock.advance(1)
-        self.assertEqual(len(bob.written), 1)
+        self.assertEqual(len(_changes(bob)), 1)
+
+    def test_readyOnceAfterALook(self) -> None:
+        """
+        A subscriber is told C{ready} once, when the first poll that began
+        after it came has looked: so what arrived before that look is for
+        it to fetch, and everything after reaches it as changes.
+        """
+        first = _request()
+        self.pool.hold = True
+        self.poller.subscribe(first, ADMIN)
+        self.assertEqual(first.written, [])
+        self.pool.release()
+        self.assertEqual(first.written, [b"event: ready\ndata: {}\n\n"])
+        second = _request()
+        self.poller.subscribe(second, ADMIN)
+        self.assertEqual(second.written, [])
+        self.clock.advance(1)
+        self.pool.release()
+        self.assertEqual(second.written, [b"event: ready\ndata: {}\n\n"])
+        self.drop("example.com", messageID(NOW, 1))
+        self.clock.advance(1)
+        self.pool.release()
+        for request in (first, second):
+            self.assertEqual(request.written.count(b"event: ready\ndata: {}\n\n"), 1)
+            self.assertEqual(len(_changes(request)), 1)
 
     def test_keepaliveAndRemoval(self) -> None:
         """
@@ -122,13 +158,14 @@ class PollerTests(SynchronousTestCase):
         going[0] = False
         self.drop("example.net/bob", messageID(NOW, 1))
         self.clock.advance(1)
-        self.assertEqual(request.written, [])
+        self.assertEqual(_changes(request), [])
         self.assertEqual(request.finished, 1)
-        self.assertEqual(len(other.written), 1)
+        self.assertEqual(len(_changes(other)), 1)
         self.assertTrue(self.poller.running)
+        written = list(request.written)
         self.clock.advance(KEEPALIVE_SECONDS)
         self.assertIn(b": keepalive\n\n", other.written)
-        self.assertEqual(request.written, [])
+        self.assertEqual(request.written, written)
 
     def test_pollsNeverOverlap(self) -> None:
         """

@@ -6,6 +6,10 @@ One L{Poller} looks at the Maildirs (L{harbor.store.changes.snapshot}, in
 the thread pool) every second while anyone is listening, so mail moved by
 Dovecot or mutt shows as well as our own deliveries; each subscriber gets
 only the changes of the Maildirs its viewer may read.
+
+A new subscriber is sent C{event: ready} once a poll has looked after it
+came: from then on every change reaches it, and what arrived between its
+page and that look, it fetches (app.js asks for the first page again).
 """
 
 from __future__ import annotations
@@ -42,6 +46,8 @@ class Poller:
     def __init__(self, context: WebContext) -> None:
         self._context = context
         self._subscribers: dict[Request, Viewer] = {}
+        # Those not yet told that the poll has looked since they came.
+        self._waiting: set[Request] = set()
         self._previous: Snapshot | None = None
         # Each start of polling is a new generation, with new loops: a poll
         # still running from before the last subscriber left is ignored
@@ -68,6 +74,7 @@ class Poller:
         Send C{request} the changes C{viewer} may read, until it finishes.
         """
         self._subscribers[request] = viewer
+        self._waiting.add(request)
         request.notifyFinish().addBoth(lambda _: self.unsubscribe(request))
         if not self._poll.running:
             self._previous = None
@@ -81,6 +88,7 @@ class Poller:
         Stop sending to C{request}; stop polling when no one listens.
         """
         self._subscribers.pop(request, None)
+        self._waiting.discard(request)
         if not self._subscribers and self._poll.running:
             self._poll.stop()
             self._keepalive.stop()
@@ -94,9 +102,9 @@ class Poller:
             if generation != self._generation:
                 return
             self._previous = now
-            if previous is None:
-                return
-            self.publish(diff(previous, now))
+            if previous is not None:
+                self.publish(diff(previous, now))
+            self._ready()
 
         def failed(failure: Any) -> None:
             self._log.failure("looking at the Maildirs failed", failure)
@@ -117,6 +125,19 @@ class Poller:
             )
             if chunk:
                 request.write(chunk)
+
+    def _ready(self) -> None:
+        """
+        Tell those who came since the poll before this one that it has
+        looked: every change from now on reaches them, so what arrived
+        before (after their page was made, before the poll's first look)
+        is for them to fetch, once (C{event: ready}).
+        """
+        waiting, self._waiting = self._waiting, set()
+        for request in waiting:
+            viewer = self._subscribers.get(request)
+            if viewer is not None and not self._ended(request, viewer):
+                request.write(b"event: ready\ndata: {}\n\n")
 
     def _ping(self) -> None:
         for request, viewer in list(self._subscribers.items()):

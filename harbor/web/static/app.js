@@ -62,8 +62,35 @@
       .then(function (response) { return response.ok ? response.json() : null; })
       .then(function (found) {
         if (!found) { return; }
-        var body = table.tBodies[0] || table.appendChild(document.createElement("tbody"));
-        body.insertBefore(row(found.summary), body.firstChild);
+        if (table.querySelector("tr.message[data-id=\"" + CSS.escape(change.id) + "\"]")) { return; }
+        prepend(table, [found.summary]);
+      });
+  }
+  function prepend(table, summaries) {
+    // Newest first, as the list is: put them above the rows there are.
+    var body = table.tBodies[0] || table.appendChild(document.createElement("tbody"));
+    var first = body.firstChild;
+    for (var i = 0; i < summaries.length; i++) { body.insertBefore(row(summaries[i]), first); }
+  }
+  function caughtUp() {
+    // The poll has looked since this page was made: fetch what came in
+    // between, above the newest row shown, on the first page of a list.
+    var table = document.getElementById("messages");
+    var query = new URLSearchParams(window.location.search);
+    if (!table || query.get("q") || query.get("cursor")) { return; }
+    var wanted = table.dataset.mailbox || "";
+    var url = "/api/v1/messages?limit=50" + (wanted ? "&mailbox=" + encodeURIComponent(wanted) : "");
+    fetch(url, { credentials: "same-origin" })
+      .then(function (response) { return response.ok ? response.json() : null; })
+      .then(function (page) {
+        if (!page) { return; }
+        var fresh = [];
+        for (var i = 0; i < page.messages.length; i++) {
+          var s = page.messages[i];
+          if (table.querySelector("tr.message[data-id=\"" + CSS.escape(s.id) + "\"]")) { break; }
+          fresh.push(s);
+        }
+        prepend(table, fresh);
       });
   }
   function start() {
@@ -75,6 +102,7 @@
       var change = JSON.parse(event.data);
       if (change.kind === "new") { added(change); }
     });
+    source.addEventListener("ready", caughtUp);
   }
   if (document.readyState === "loading") {
     document.addEventListener("DOMContentLoaded", start);
