@@ -32,6 +32,7 @@ from urllib.parse import quote
 from twisted.trial.unittest import SkipTest, TestCase
 
 from harbor.auth import setPassword
+from tests._e2e import subprocessEnvironment
 
 if TYPE_CHECKING:
     from selenium.webdriver.chrome.webdriver import WebDriver
@@ -114,17 +115,6 @@ def venvCommand(name: str) -> str:
     C{mailharbor}).
     """
     return os.path.join(os.path.dirname(sys.executable), name)
-
-
-def subprocessEnvironment() -> dict[str, str]:
-    """
-    The environment for a C{twistd} subprocess: this one, without anything
-    that would put the checkout ahead of the installed package.
-    """
-    env = dict(os.environ)
-    env.pop("PYTHONPATH", None)
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
 
 
 def artefactsDirectory() -> str:

@@ -32,12 +32,12 @@ from tests._browser import (
     freePort,
     startProcess,
     startWebServer,
-    subprocessEnvironment,
     textMessage,
     untilLive,
     venvCommand,
     waitUntil,
 )
+from tests._e2e import subprocessEnvironment
 
 README = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.rst")
 
