@@ -49,6 +49,7 @@ from harbor.store.search import Budget, Query, SearchError
 from harbor.store.summaries import Summary, isoTime, openMessage, readSummary, summarise
 
 __all__ = [
+    "PAGE_SIZE",
     "SUBMITTED",
     "Folder",
     "Page",
@@ -76,6 +77,9 @@ _TIMED_NAME = re.compile(r"([0-9]{1,12})(?:\.(?:M([0-9]{1,6})(?![0-9]))?[^,:]*)?
 _CURSOR_VERSION = "1"
 #: The bounds of a search page unless told otherwise.
 DEFAULT_BUDGET = Budget()
+#: How many messages a page holds unless told otherwise (the web
+#: interface's pages, and its API's default C{limit}).
+PAGE_SIZE = 50
 # The longest id looked up: a file name cannot be longer.
 _MAX_ID = 255
 
@@ -249,7 +253,7 @@ def listPage(
     mailboxes: Collection[str] | None,
     query: Query,
     cursor: str | None = None,
-    limit: int = 50,
+    limit: int = PAGE_SIZE,
     clock: Callable[[], float] = time.monotonic,
     budget: Budget = DEFAULT_BUDGET,
 ) -> Page:

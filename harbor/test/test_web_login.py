@@ -95,7 +95,8 @@ class LoginFormTests(WebTestCase):
         self.assertEqual(response.code, 429)  # type: ignore[attr-defined]
         self.assertEqual(response.headers.getRawHeaders("Retry-After"), ["1"])  # type: ignore[attr-defined]
         response, body = await self.fetch(
-            "/api/v1/login", b"POST", {"Origin": self.origin}, json.dumps({"user": "alice", "password": PASSWORD}).encode()
+            "/api/v1/login", b"POST", {"Origin": self.origin, "Content-Type": "application/json"},
+            json.dumps({"user": "alice", "password": PASSWORD}).encode(),
         )
         self.assertEqual(response.code, 429)
         self.assertIn("error", json.loads(body))
@@ -136,7 +137,7 @@ class LoginFormTests(WebTestCase):
         self.serve()
         first, _ = await self.logIn()
         response, _ = await self.fetch(
-            "/api/v1/login", b"POST", {"Cookie": first, "Origin": self.origin},
+            "/api/v1/login", b"POST", {"Cookie": first, "Origin": self.origin, "Content-Type": "application/json"},
             json.dumps({"user": "bob", "password": PASSWORD}).encode(),
         )
         second = cookieOf(response)
@@ -176,16 +177,22 @@ class APITests(WebTestCase):
     async def test_failure(self) -> None:
         """
         A wrong password is 401 JSON; a body that is not the object asked
-        for is 400.
+        for is 400, and one not sent as JSON 415.
         """
         self.serve()
         response, body = await self.fetch(
-            "/api/v1/login", b"POST", {"Origin": self.origin}, json.dumps({"user": "alice", "password": "x"}).encode()
+            "/api/v1/login", b"POST", {"Origin": self.origin, "Content-Type": "application/json"},
+            json.dumps({"user": "alice", "password": "x"}).encode(),
         )
         self.assertEqual((response.code, json.loads(body)), (401, {"error": "wrong user name or password"}))
         self.clock.advance(100)
-        response, body = await self.fetch("/api/v1/login", b"POST", {"Origin": self.origin}, b"[1]")
+        headers = {"Origin": self.origin, "Content-Type": "application/json"}
+        response, body = await self.fetch("/api/v1/login", b"POST", headers, b"[1]")
         self.assertEqual(response.code, 400)
+        # Not JSON by its type (what a form on another site could post): 415.
+        plain = {"Origin": self.origin, "Content-Type": "text/plain"}
+        response, body = await self.fetch("/api/v1/login", b"POST", plain, b'{"user": "alice", "password": "x"}')
+        self.assertEqual(response.code, 415)
 
 
 class PureTests(SynchronousTestCase):

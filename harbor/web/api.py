@@ -13,7 +13,7 @@ from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import Request
 
-from harbor.store.browse import listPage, mailboxTree
+from harbor.store.browse import PAGE_SIZE, listPage, mailboxTree
 from harbor.store.search import SearchError, parseQuery
 from harbor.web.base import WebContext, viewerOf
 from harbor.web.common import answer, jsonBody, visibleKeys, writeJSON
@@ -32,7 +32,7 @@ from harbor.web.render import Part, downloadHeaders
 __all__ = ["apiResource"]
 
 MAX_LIMIT = 200
-DEFAULT_LIMIT = 50
+DEFAULT_LIMIT = PAGE_SIZE
 
 
 def _failed(request: Request, failure: Failure) -> bytes:

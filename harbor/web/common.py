@@ -16,9 +16,9 @@ from twisted.python.failure import Failure
 from twisted.web.server import NOT_DONE_YET, Request
 
 from harbor.store.browse import maildirs
-from harbor.web.base import Viewer, WebContext, viewerOf
+from harbor.web.base import Viewer
 
-__all__ = ["answer", "jsonBody", "visibleKeys", "writeJSON"]
+__all__ = ["answer", "jsonBody", "visibleAndShown", "visibleKeys", "writeJSON"]
 
 _log = Logger()
 
@@ -28,17 +28,29 @@ def visibleKeys(root: str, viewer: Viewer, mailbox: str | None = None) -> frozen
     The keys of the Maildirs C{viewer} may see (L{None}: all), narrowed to
     C{mailbox} and those below it when one is asked for.  Blocking.
     """
+    return visibleAndShown(root, viewer, mailbox)[1]
+
+
+def visibleAndShown(
+    root: str, viewer: Viewer, mailbox: str | None
+) -> tuple[frozenset[str] | None, frozenset[str] | None]:
+    """
+    The keys C{viewer} may see, and of those the ones C{mailbox} shows (it
+    and those below it; all of them without one), from one listing of the
+    tree: a page needs both, for its tree and for its list.  Blocking.
+    """
     keys = [folder.key for folder, _ in maildirs(root)]
     allowed = viewer.mailboxes(keys)
     if not mailbox:
-        return allowed
+        return allowed, allowed
     base = frozenset(keys) if allowed is None else allowed
-    return frozenset(key for key in base if key == mailbox or key.startswith(mailbox + "/"))
+    return allowed, frozenset(key for key in base if key == mailbox or key.startswith(mailbox + "/"))
 
 
 def writeJSON(request: Request, value: Any, code: int = 200) -> bytes:
     """
-    Answer C{request} with C{value} as JSON.
+    Answer C{request} with C{value} as JSON: the status and type set, the
+    body returned as bytes, for a resource to return or L{answer} to write.
     """
     request.setResponseCode(code)
     request.setHeader(b"Content-Type", b"application/json")
@@ -87,10 +99,3 @@ def answer(
 
     d.addErrback(fail).addCallback(write)
     return NOT_DONE_YET
-
-
-def contextViewer(context: WebContext, request: Request) -> tuple[str, Viewer]:
-    """
-    The Maildir root and the request's viewer.
-    """
-    return context.maildir, viewerOf(request)

@@ -95,6 +95,12 @@ class Poller:
             self._previous = None
 
     def _look(self, generation: int) -> Deferred[None]:
+        """
+        One poll: a snapshot in the thread pool, then its changes sent.  A
+        poll of an earlier generation (begun before the last subscriber
+        left and polling stopped, ending after it started again) is
+        dropped, so that a late result never becomes the new baseline.
+        """
         previous = self._previous
         d = self._context.inThread(snapshot, self._context.maildir, None, previous)
 

@@ -14,7 +14,6 @@ its logins get 429 with C{Retry-After}, without a password being checked.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable
 from typing import Any
@@ -269,21 +268,6 @@ def bodyValue(request: Request, name: str) -> str:
     content.seek(0)
     value: bytes = fields.get(name.encode("ascii"), [b""])[0]
     return value.decode("utf-8", "replace")
-
-
-def jsonBody(request: Request) -> dict[str, Any] | None:
-    """
-    The request's body as a JSON object, or L{None} if it is not one.
-    """
-    content = request.content
-    if content is None:
-        return None
-    try:
-        content.seek(0)
-        value = json.loads(content.read() or b"null")
-    except (ValueError, UnicodeDecodeError):
-        return None
-    return value if isinstance(value, dict) else None
 
 
 def retryAfter(seconds: float) -> bytes:

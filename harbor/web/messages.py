@@ -12,7 +12,7 @@ one unknown and one not granted get the same 404.
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, BinaryIO
 
 from twisted.internet.defer import Deferred
 from twisted.web.resource import Resource
@@ -22,8 +22,9 @@ from twisted.web.template import Tag, tags
 from attrs import evolve, frozen
 
 from harbor.hooks.spool import HookSpool, HookStatus
-from harbor.store.browse import findSummary, setSeen
+from harbor.store.browse import findFile, findSummary, setSeen
 from harbor.store.reader import MessageFile, StoreError, deleteMessage
+from harbor.store.reader import markSeen as markMessageSeen
 from harbor.store.summaries import Summary, isoTime, openMessage
 from harbor.web.base import Viewer, WebContext, viewerOf
 from harbor.web.common import answer, visibleKeys
@@ -76,7 +77,7 @@ def readDetail(context: WebContext, viewer: Viewer, identifier: str, markSeen: b
     message, summary = found
     if markSeen and not summary.seen:
         try:
-            message = setSeen(context.maildir, message.name.id, True, keys)
+            message = markMessageSeen(message)
         except StoreError:
             pass
     with openMessage(message.path) as f:
@@ -106,10 +107,10 @@ def readRaw(context: WebContext, viewer: Viewer, identifier: str) -> bytes | Non
     """
     The stored bytes of a message the viewer may see, or L{None}.  Blocking.
     """
-    message = _find(context, viewer, identifier)
-    if message is None:
+    f = _open(context, viewer, identifier)
+    if f is None:
         return None
-    with openMessage(message.path) as f:
+    with f:
         return f.read()
 
 
@@ -118,16 +119,32 @@ def readPart(context: WebContext, viewer: Viewer, identifier: str, index: int) -
     One leaf part of a message the viewer may see (L{partContent}), or
     L{None}.  Blocking.
     """
-    message = _find(context, viewer, identifier)
-    if message is None:
+    f = _open(context, viewer, identifier)
+    if f is None:
         return None
-    with openMessage(message.path) as f:
+    with f:
         return partContent(f, index)
 
 
+def _open(context: WebContext, viewer: Viewer, identifier: str) -> BinaryIO | None:
+    """
+    A message the viewer may see, opened for reading; L{None} if there is
+    none, if it went since it was listed, or if it is not a message (a
+    planted symbolic link, which L{openMessage} refuses to follow).
+    """
+    message = _find(context, viewer, identifier)
+    if message is None:
+        return None
+    try:
+        return openMessage(message.path)
+    except OSError:
+        return None
+
+
 def _find(context: WebContext, viewer: Viewer, identifier: str) -> MessageFile | None:
-    found = findSummary(context.maildir, identifier, visibleKeys(context.maildir, viewer))
-    return None if found is None else found[0]
+    # Found by its name among the Maildirs the viewer may see; nothing is
+    # opened (the callers read, rename or delete it themselves).
+    return findFile(context.maildir, identifier, visibleKeys(context.maildir, viewer))
 
 
 class MessagesResource(Resource):
@@ -317,10 +334,10 @@ class MessageResource(Resource):
         images = self._arg(request, "images") == "1"
 
         def read() -> bytes | None:
-            message = _find(self._context, viewer, self._id)
-            if message is None:
+            f = _open(self._context, viewer, self._id)
+            if f is None:
                 return None
-            with openMessage(message.path) as f:
+            with f:
                 _, safe = readHTML(f, images)
             return None if safe is None else htmlDocument(safe)
 
@@ -417,11 +434,8 @@ def changeSeen(context: WebContext, viewer: Viewer, identifier: str, seen: bool)
 
     @return: Where it is now, or L{None} if there is no such message.
     """
-    message = _find(context, viewer, identifier)
-    if message is None:
-        return None
     try:
-        return setSeen(context.maildir, message.name.id, seen, visibleKeys(context.maildir, viewer))
+        return setSeen(context.maildir, identifier, seen, visibleKeys(context.maildir, viewer))
     except StoreError:
         return None
 

@@ -23,7 +23,7 @@ from harbor.store.browse import Page, listPage, mailboxTree
 from harbor.store.search import SearchError, parseQuery
 from harbor.store.summaries import Summary, isoTime
 from harbor.web.base import WebContext, viewerOf
-from harbor.web.common import answer, visibleKeys
+from harbor.web.common import answer, visibleAndShown
 
 __all__ = ["IndexPage", "errorPage", "layout", "messageRow", "render"]
 
@@ -64,7 +64,9 @@ def _account(request: Request) -> Tag | str:
 
 def render(request: Request, tag: Tag, code: int = 200) -> Deferred[bytes]:
     """
-    Flatten a page as the response to C{request}.
+    Flatten a page as the response to C{request}.  The doctype goes in as
+    text, which the flattener escapes like any other; it is put back as
+    written once, at the very start.
     """
     request.setResponseCode(code)
     request.setHeader(b"Content-Type", b"text/html; charset=utf-8")
@@ -150,11 +152,11 @@ class IndexPage(Resource):
         root = self._context.maildir
 
         def read() -> tuple[Any, Page | None, str | None]:
-            allowed = visibleKeys(root, viewer)
+            allowed, shown = visibleAndShown(root, viewer, mailbox)
             tree = mailboxTree(root, allowed)
             try:
                 query = parseQuery(text)
-                page = listPage(root, visibleKeys(root, viewer, mailbox), query, cursor)
+                page = listPage(root, shown, query, cursor)
             except SearchError as e:
                 return tree, None, str(e)
             return tree, page, None

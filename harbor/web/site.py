@@ -30,7 +30,6 @@ from __future__ import annotations
 import hmac
 import io
 import ipaddress
-import json
 from collections.abc import Callable
 from functools import partial
 from typing import Any
@@ -49,6 +48,7 @@ from attrs import evolve
 from harbor.config import WebConfig
 from harbor.health import HealthResource, Readiness, ReadyResource
 from harbor.web.base import Viewer, WebContext, setViewer
+from harbor.web.common import jsonBody, writeJSON
 from harbor.web.login import (
     OK,
     THROTTLED,
@@ -56,7 +56,6 @@ from harbor.web.login import (
     LoginThrottle,
     bodyValue,
     formValue,
-    jsonBody,
     loginPage,
     retryAfter,
     safeNext,
@@ -158,12 +157,6 @@ def _plain(request: Request, code: int, text: str) -> bytes:
     request.setResponseCode(code)
     request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
     return (text + "\n").encode("utf-8")
-
-
-def _json(request: Request, code: int, value: Any) -> bytes:
-    request.setResponseCode(code)
-    request.setHeader(b"Content-Type", b"application/json")
-    return json.dumps(value).encode("utf-8")
 
 
 class _Answer(Resource):
@@ -311,7 +304,7 @@ class Guard(Resource):
         public = segments in _PUBLIC or segments[:1] == ("static",)
         if session is None and not public:
             if api:
-                return _Answer(lambda r: _json(r, 401, {"error": "not logged in"}))
+                return _Answer(lambda r: writeJSON(r, {"error": "not logged in"}, 401))
             return _Answer(self._toLogin)
         if change and segments not in _LOGINS:
             token = request.getHeader(b"x-csrf-token")
@@ -351,7 +344,7 @@ class Guard(Resource):
 
     def _refuse(self, request: Request, api: bool, code: int, text: str) -> bytes:
         if api:
-            return _json(request, code, {"error": text})
+            return writeJSON(request, {"error": text}, code)
         return _plain(request, code, text)
 
     def _toLogin(self, request: Request) -> bytes:
@@ -394,24 +387,27 @@ class Guard(Resource):
 
     def _apiLogin(self, request: Request, session: Session | None) -> Any:
         if self._logins is None:
-            return _json(request, 404, {"error": "this web interface has no users: no login is needed"})
+            return writeJSON(request, {"error": "this web interface has no users: no login is needed"}, 404)
         if request.method != b"POST":
             request.setHeader(b"Allow", b"POST")
-            return _json(request, http.NOT_ALLOWED, {"error": "POST only"})
-        body = jsonBody(request)
-        if body is None or not isinstance(body.get("user"), str) or not isinstance(body.get("password"), str):
-            return _json(request, 400, {"error": 'send {"user": ..., "password": ...}'})
+            return writeJSON(request, {"error": "POST only"}, http.NOT_ALLOWED)
+        body, refused = jsonBody(request)
+        if refused is not None:
+            # Not application/json (what a cross-site form could send): 415.
+            return refused
+        if not isinstance(body, dict) or not isinstance(body.get("user"), str) or not isinstance(body.get("password"), str):
+            return writeJSON(request, {"error": 'send {"user": ..., "password": ...}'}, 400)
 
         def answered(outcome: tuple[str, Any]) -> bytes:
             kind, value = outcome
             if kind == OK:
                 setSessionCookie(request, value, self._secureRequest(request))
                 viewer = viewerFor(self._web, value.user, value.csrf)
-                return _json(request, 200, {"user": viewer.name, "admin": viewer.admin, "csrf": viewer.csrf})
+                return writeJSON(request, {"user": viewer.name, "admin": viewer.admin, "csrf": viewer.csrf}, 200)
             if kind == THROTTLED:
                 request.setHeader(b"Retry-After", retryAfter(value))
-                return _json(request, TOO_MANY_REQUESTS, {"error": "too many failed logins: try again later"})
-            return _json(request, 401, {"error": "wrong user name or password"})
+                return writeJSON(request, {"error": "too many failed logins: try again later"}, TOO_MANY_REQUESTS)
+            return writeJSON(request, {"error": "wrong user name or password"}, 401)
 
         return self._checkLogin(request, body["user"], body["password"], session, answered)
 
@@ -449,16 +445,16 @@ class Guard(Resource):
             self.sessions.end(session.id)
         clearSessionCookie(request, self._secureRequest(request))
         if api:
-            return _json(request, 200, {"logged_out": True})
+            return writeJSON(request, {"logged_out": True}, 200)
         request.redirect(b"/login" if self._logins is not None else b"/")
         request.setResponseCode(http.SEE_OTHER)
         return b""
 
     def _apiSession(self, request: Request, session: Session | None) -> bytes:
         if session is None:
-            return _json(request, 401, {"error": "not logged in"})
+            return writeJSON(request, {"error": "not logged in"}, 401)
         viewer = viewerFor(self._web, session.user, session.csrf)
-        return _json(request, 200, {"user": viewer.name, "admin": viewer.admin, "csrf": viewer.csrf})
+        return writeJSON(request, {"user": viewer.name, "admin": viewer.admin, "csrf": viewer.csrf}, 200)
 
 
 class WebSite(Site):
