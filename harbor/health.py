@@ -67,7 +67,12 @@ class Readiness:
         self.state = State.STOPPING
 
 
-def _plain(request: Request, code: int, text: str) -> bytes:
+def plainText(request: Request, code: int, text: str) -> bytes:
+    """
+    Answer C{request} with one line of text and C{code}, never cached: what
+    a balancer reads, and what the web interface says where it has no page
+    to show (a refused host, a body too big, a page that failed).
+    """
     request.setResponseCode(code)
     request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
     request.setHeader(b"Cache-Control", b"no-store")
@@ -82,7 +87,7 @@ class HealthResource(Resource):
     isLeaf = True
 
     def render_GET(self, request: Request) -> bytes:
-        return _plain(request, 200, "ok")
+        return plainText(request, 200, "ok")
 
     render_HEAD = render_GET
 
@@ -101,7 +106,7 @@ class ReadyResource(Resource):
 
     def render_GET(self, request: Request) -> bytes:
         state = self._readiness.state
-        return _plain(request, 200 if state is State.READY else 503, state.value)
+        return plainText(request, 200 if state is State.READY else 503, state.value)
 
     render_HEAD = render_GET
 

@@ -20,7 +20,6 @@ import signal
 import smtplib
 import socket
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -32,7 +31,7 @@ from urllib.parse import quote
 from twisted.trial.unittest import SkipTest, TestCase
 
 from harbor.auth import setPassword
-from tests._e2e import subprocessEnvironment
+from tests._e2e import freePort, subprocessEnvironment, venvCommand
 
 if TYPE_CHECKING:
     from selenium.webdriver.chrome.webdriver import WebDriver
@@ -57,15 +56,6 @@ MARKER_LISTENER = (
     " window.addEventListener('message', function (e) { window.__harborTestMessages.push(String(e.data)); });"
     "}"
 )
-
-
-def freePort() -> int:
-    """
-    A TCP port on 127.0.0.1 that nothing listens on now.
-    """
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def waitUntil(condition: Callable[[], T | None], what: str, limit: float = WAIT) -> T:
@@ -107,14 +97,6 @@ def untilLive(deliver: Callable[[str], object], shown: Callable[[str], bool], at
             continue
         return
     raise AssertionError(f"none of {attempts} warm-up messages was shown live")
-
-
-def venvCommand(name: str) -> str:
-    """
-    A console script of the environment the tests run in (C{twistd},
-    C{mailharbor}).
-    """
-    return os.path.join(os.path.dirname(sys.executable), name)
 
 
 def artefactsDirectory() -> str:

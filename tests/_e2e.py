@@ -292,11 +292,29 @@ class RawClient:
         self.sock.close()
 
 
+def venvCommand(name: str) -> str:
+    """
+    A console script of the environment the tests run in (C{twistd},
+    C{mailharbor}).
+    """
+    return os.path.join(os.path.dirname(sys.executable), name)
+
+
 def twistdPath() -> str:
     """
     The C{twistd} of the environment the tests run in.
     """
-    return os.path.join(os.path.dirname(sys.executable), "twistd")
+    return venvCommand("twistd")
+
+
+def freePort() -> int:
+    """
+    A TCP port on 127.0.0.1 that nothing listens on now, for a program
+    started next to listen on.
+    """
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def subprocessEnvironment() -> dict[str, str]:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import re
 import smtplib
-import socket
 import sys
 from typing import Any
 
@@ -18,22 +17,11 @@ from twisted.internet.protocol import ProcessProtocol
 from twisted.trial.unittest import TestCase
 
 from harbor.api import Config, NewMessage, PolicyRequest, Refuse, buildService
-from tests._e2e import inThread, pollUntil, subprocessEnvironment
+from tests._e2e import freePort, inThread, pollUntil, subprocessEnvironment
 
 EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples")
 EXAMPLE = os.path.join(EXAMPLES, "embed.py")
 ASYNCIO_EXAMPLE = os.path.join(EXAMPLES, "asyncio_app.py")
-
-
-def freePort() -> int:
-    """
-    A loopback port nothing listens on now, for a program to listen on.
-    """
-    probe = socket.socket()
-    probe.bind(("127.0.0.1", 0))
-    port: int = probe.getsockname()[1]
-    probe.close()
-    return port
 
 
 class ExampleOutput(ProcessProtocol):

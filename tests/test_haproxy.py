@@ -31,6 +31,7 @@ from tests._e2e import (
     POLL_LIMIT,
     TwistdOutput,
     TwistdProcess,
+    freePort,
     inThread,
     pollUntil,
     runTwistd,
@@ -45,15 +46,6 @@ BACKLOG = 77
 _LISTENING = re.compile(rb"MailHarbor listening on .*\(127\.0\.0\.1 port (\d+)\)")
 # The sections of haproxy.cfg: a keyword at the start of a line.
 _SECTION = re.compile(r"^(?=[a-z])", re.MULTILINE)
-
-
-def freePort() -> int:
-    """
-    A TCP port on 127.0.0.1 that nothing listens on now.
-    """
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def testConfig(frontend: int, servers: Sequence[int], sendProxy: str = "send-proxy-v2") -> str:

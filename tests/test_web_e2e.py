@@ -29,15 +29,13 @@ from tests._browser import (
     WebServer,
     attachmentMessage,
     dropIntoMaildir,
-    freePort,
     startProcess,
     startWebServer,
     textMessage,
     untilLive,
-    venvCommand,
     waitUntil,
 )
-from tests._e2e import subprocessEnvironment
+from tests._e2e import freePort, subprocessEnvironment, venvCommand
 
 README = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.rst")
 

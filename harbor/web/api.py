@@ -16,7 +16,7 @@ from twisted.web.server import Request
 from harbor.store.browse import PAGE_SIZE, listPage, mailboxTree
 from harbor.store.search import SearchError, parseQuery
 from harbor.web.base import WebContext, viewerOf
-from harbor.web.common import answer, jsonBody, visibleKeys, writeJSON
+from harbor.web.common import Answer, answer, jsonBody, visibleKeys, writeJSON
 from harbor.web.events import EventsResource, Poller
 from harbor.web.messages import (
     changeSeen,
@@ -212,16 +212,9 @@ class _Messages(_JSONResource):
         ), _failed)
 
 
-class _NotFound(Resource):
-    isLeaf = True
-
-    def render(self, request: Request) -> bytes:
-        return _notFound(request)
-
-
 class _API(Resource):
     def getChild(self, path: bytes, request: Request) -> Resource:
-        return _NotFound()
+        return Answer(_notFound)
 
     def render(self, request: Request) -> bytes:
         return _notFound(request)

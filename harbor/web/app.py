@@ -14,6 +14,7 @@ from twisted.web.static import Data
 
 from harbor.web.api import apiResource
 from harbor.web.base import WebContext
+from harbor.web.common import Answer
 from harbor.web.messages import MessagesResource
 from harbor.web.pages import IndexPage, notFound
 
@@ -26,14 +27,7 @@ STATIC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
 class _Root(Resource):
     # "" is the index; anything unknown is our 404 page.
     def getChild(self, path: bytes, request: Request) -> Resource:
-        return _NotFound()
-
-
-class _NotFound(Resource):
-    isLeaf = True
-
-    def render(self, request: Request) -> object:
-        return notFound(request)
+        return Answer(notFound)
 
 
 #: The static files and their types: all there is under C{/static/}.

@@ -13,12 +13,13 @@ from typing import Any
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
 from harbor.store.browse import maildirs
 from harbor.web.base import Viewer
 
-__all__ = ["answer", "jsonBody", "visibleAndShown", "visibleKeys", "writeJSON"]
+__all__ = ["Answer", "answer", "jsonBody", "visibleAndShown", "visibleKeys", "writeJSON"]
 
 _log = Logger()
 
@@ -99,3 +100,20 @@ def answer(
 
     d.addErrback(fail).addCallback(write)
     return NOT_DONE_YET
+
+
+class Answer(Resource):
+    """
+    A leaf that answers any method, whatever path is left, with what a
+    function of the request returns (bytes, or L{NOT_DONE_YET}): the
+    guard's refusals and own URLs, and the 404s of the app's trees.
+    """
+
+    isLeaf = True
+
+    def __init__(self, respond: Callable[[Request], Any]) -> None:
+        super().__init__()
+        self._respond = respond
+
+    def render(self, request: Request) -> Any:
+        return self._respond(request)

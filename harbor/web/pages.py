@@ -19,6 +19,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request
 from twisted.web.template import Tag, flattenString, tags
 
+from harbor.health import plainText
 from harbor.store.browse import Page, listPage, mailboxTree
 from harbor.store.search import SearchError, parseQuery
 from harbor.store.summaries import Summary, isoTime
@@ -86,9 +87,7 @@ def failedPage(request: Request, failure: Failure) -> bytes:
     """
     The answer once a page could not be made: a plain 500, no details.
     """
-    request.setResponseCode(500)
-    request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
-    return b"The page could not be made; the server's log says why.\n"
+    return plainText(request, 500, "The page could not be made; the server's log says why.")
 
 
 def notFound(request: Request) -> object:

@@ -46,9 +46,9 @@ from twisted.web.server import NOT_DONE_YET, Request, Site
 from attrs import evolve
 
 from harbor.config import WebConfig
-from harbor.health import HealthResource, Readiness, ReadyResource
+from harbor.health import HealthResource, Readiness, ReadyResource, plainText
 from harbor.web.base import Viewer, WebContext, setViewer
-from harbor.web.common import jsonBody, writeJSON
+from harbor.web.common import Answer, jsonBody, writeJSON
 from harbor.web.login import (
     OK,
     THROTTLED,
@@ -147,32 +147,10 @@ class GuardedRequest(server.Request):
             self.site = self.channel.site  # type: ignore[attr-defined]
             self.channel.persistent = False
             self.setHeader(b"Connection", b"close")
-            self.write(_plain(self, http.REQUEST_ENTITY_TOO_LARGE, f"request body over {BODY_LIMIT} bytes"))
+            self.write(plainText(self, http.REQUEST_ENTITY_TOO_LARGE, f"request body over {BODY_LIMIT} bytes"))
             self.finish()
             return
         super().process()
-
-
-def _plain(request: Request, code: int, text: str) -> bytes:
-    request.setResponseCode(code)
-    request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
-    return (text + "\n").encode("utf-8")
-
-
-class _Answer(Resource):
-    """
-    A leaf that answers any method with what a function of the request
-    returns (bytes, or L{NOT_DONE_YET}).
-    """
-
-    isLeaf = True
-
-    def __init__(self, answer: Callable[[Request], Any]) -> None:
-        super().__init__()
-        self._answer = answer
-
-    def render(self, request: Request) -> Any:
-        return self._answer(request)
 
 
 def _hostOf(header: str) -> str:
@@ -290,7 +268,7 @@ class Guard(Resource):
 
     def _route(self, request: Request, segments: tuple[str, ...]) -> Resource:
         if not self._hostAllowed(request):
-            return _Answer(lambda r: _plain(r, 421, "this web interface is not known by that host name"))
+            return Answer(lambda r: plainText(r, 421, "this web interface is not known by that host name"))
         if segments in (("healthz",), ("readyz",)):
             return self._health if segments == ("healthz",) else self._ready
         session = self.sessions.get(sessionCookie(request))
@@ -300,17 +278,17 @@ class Guard(Resource):
         api = segments[:1] == ("api",)
         change = request.method in CHANGES
         if change and not self._sameOrigin(request):
-            return _Answer(lambda r: self._refuse(r, api, 403, "cross-origin request refused"))
+            return Answer(lambda r: self._refuse(r, api, 403, "cross-origin request refused"))
         public = segments in _PUBLIC or segments[:1] == ("static",)
         if session is None and not public:
             if api:
-                return _Answer(lambda r: writeJSON(r, {"error": "not logged in"}, 401))
-            return _Answer(self._toLogin)
+                return Answer(lambda r: writeJSON(r, {"error": "not logged in"}, 401))
+            return Answer(self._toLogin)
         if change and segments not in _LOGINS:
             token = request.getHeader(b"x-csrf-token")
             given = token.decode("latin-1") if token else bodyValue(request, "csrf")
             if session is None or not given or not hmac.compare_digest(given, session.csrf):
-                return _Answer(lambda r: self._refuse(r, api, 403, "missing or wrong CSRF token"))
+                return Answer(lambda r: self._refuse(r, api, 403, "missing or wrong CSRF token"))
         if session is None:
             setViewer(request, Viewer(None, admin=False))
         else:
@@ -328,24 +306,24 @@ class Guard(Resource):
         if segments == ("metrics",):
             viewer = None if session is None else viewerFor(self._web, session.user, session.csrf)
             if viewer is None or not viewer.admin:
-                return _Answer(lambda r: _plain(r, 403, "/metrics is for admins"))
+                return Answer(lambda r: plainText(r, 403, "/metrics is for admins"))
             return self._metrics
         if segments == ("login",):
-            return _Answer(lambda r: self._loginPage(r, session))
+            return Answer(lambda r: self._loginPage(r, session))
         if segments == ("logout",):
-            return _Answer(lambda r: self._logout(r, session, api=False))
+            return Answer(lambda r: self._logout(r, session, api=False))
         if segments == ("api", "v1", "login"):
-            return _Answer(lambda r: self._apiLogin(r, session))
+            return Answer(lambda r: self._apiLogin(r, session))
         if segments == ("api", "v1", "logout"):
-            return _Answer(lambda r: self._logout(r, session, api=True))
+            return Answer(lambda r: self._logout(r, session, api=True))
         if segments == ("api", "v1", "session"):
-            return _Answer(lambda r: self._apiSession(r, session))
+            return Answer(lambda r: self._apiSession(r, session))
         return None
 
     def _refuse(self, request: Request, api: bool, code: int, text: str) -> bytes:
         if api:
             return writeJSON(request, {"error": text}, code)
-        return _plain(request, code, text)
+        return plainText(request, code, text)
 
     def _toLogin(self, request: Request) -> bytes:
         target = b"/login"
@@ -366,7 +344,7 @@ class Guard(Resource):
             return loginPage(nextPath)
         if request.method != b"POST":
             request.setHeader(b"Allow", b"GET, HEAD, POST")
-            return _plain(request, http.NOT_ALLOWED, "GET or POST only")
+            return plainText(request, http.NOT_ALLOWED, "GET or POST only")
 
         def answered(outcome: tuple[str, Any]) -> bytes:
             kind, value = outcome
@@ -427,7 +405,7 @@ class Guard(Resource):
 
         def broken(failure: Failure) -> bytes:
             self._log.failure("web login client={client} user={user} could not be checked", failure, client=client, user=user)
-            return _plain(request, http.SERVICE_UNAVAILABLE, "logins cannot be checked now; try again later")
+            return plainText(request, http.SERVICE_UNAVAILABLE, "logins cannot be checked now; try again later")
 
         def finish(body: bytes) -> None:
             if not gone:
